@@ -1,0 +1,76 @@
+# grpcmesh task runner. `make demo` and `make test` work on a fresh clone: the first target that
+# needs the environment bootstraps a pinned uv, syncs the locked venv and generates proto code.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/uv/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+GEN := gen/python
+PROTOS := $(shell find protos -name '*.proto')
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export BUF_CACHE_DIR ?= $(CURDIR)/.tools/buf-cache
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.synced ## create/refresh the locked virtualenv
+
+$(GEN)/.stamp: $(VENV)/.synced $(PROTOS)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=$(GEN) --grpc_python_out=$(GEN) \
+	  --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTOS)
+	find $(GEN)/grpcmesh -type d -exec touch {}/__init__.py \;
+	touch $(GEN)/grpcmesh/py.typed $@
+
+.PHONY: gen
+gen: $(GEN)/.stamp ## generate Python code from protos/ (never edited by hand)
+
+.PHONY: sysdeps
+sysdeps: ## install system packages the tests use (promtool), if missing
+	@command -v promtool >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+.PHONY: lint
+lint: gen ## ruff, mypy, buf lint, buf breaking against the released API
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf breaking --against protos/baseline/image.json
+
+.PHONY: fmt
+fmt: venv ## format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: test
+test: gen sysdeps lint ## every test tier (lint, unit, integration, end to end)
+	$(PY) -m pytest
+
+.PHONY: demo
+demo: gen ## start the reference services locally and place demo orders through them
+	$(PY) -m grpcmesh_loadgen.demo
+
+.PHONY: bench
+bench: gen ## benchmarks: kit tax and PlaceOrder throughput (prints ratios)
+	$(PY) bench/kit_tax.py
+	$(PY) bench/place_order.py
+
+.PHONY: proto-baseline
+proto-baseline: venv ## record the current protos as the released API (buf breaking compares to it)
+	$(VENV)/bin/buf build -o protos/baseline/image.json
