@@ -1,0 +1,186 @@
+"""ServiceApp: server bootstrap and lifecycle for every service on the kit.
+
+Lifecycle: bind -> health NOT_SERVING -> on_start hooks (open stores, resume work, wait for the
+sidecar) -> SERVING -> ... SIGTERM -> NOT_SERVING at once -> drain (still serving, so callers
+that have not yet seen the health change do not fail) -> stop(grace) lets in-flight calls finish
+-> on_stop hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+
+from grpcmesh_kit.channels import ChannelFactory
+from grpcmesh_kit.config import KitSettings, SettingsWatcher
+from grpcmesh_kit.interceptors import client_interceptors, server_interceptors
+from grpcmesh_kit.logs import configure_logging
+from grpcmesh_kit.metrics import MetricsEndpoint
+from grpcmesh_kit.tracing import create_tracer_provider
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=KitSettings)
+Hook = Callable[[], Awaitable[None]]
+Register = Callable[[grpc.aio.Server], None]
+
+OVERALL = ""  # the health service's name for the whole server
+
+
+class ServiceApp(Generic[S]):
+    def __init__(self, settings: S, *, tracer_provider: TracerProvider | None = None) -> None:
+        self._watcher = SettingsWatcher(settings)
+        self._owns_tracer = tracer_provider is None
+        self.tracer_provider = tracer_provider or create_tracer_provider(settings.service_name)
+        self.metrics = MetricsEndpoint()
+        self.channels = ChannelFactory(
+            lambda: self.settings, client_interceptors(self.metrics, self.tracer_provider)
+        )
+        self._services: list[tuple[str, Register]] = []
+        self._start_hooks: list[Hook] = []
+        self._stop_hooks: list[Hook] = []
+        self._server: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self.port = 0
+        self.metrics_port = 0
+
+    @property
+    def settings(self) -> S:
+        """The current settings, re-read whenever the config file changes."""
+        return self._watcher.current
+
+    @property
+    def watcher(self) -> SettingsWatcher[S]:
+        return self._watcher
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    @property
+    def metrics_address(self) -> str:
+        return f"{self.settings.metrics_host}:{self.metrics_port}"
+
+    @property
+    def service_names(self) -> list[str]:
+        return [name for name, _ in self._services]
+
+    def add_service(self, descriptor: ServiceDescriptor, register: Register) -> None:
+        self._services.append((descriptor.full_name, register))
+
+    def on_start(self, hook: Hook) -> None:
+        self._start_hooks.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        self._stop_hooks.append(hook)
+
+    def _server_options(self) -> list[tuple[str, int]]:
+        s = self.settings
+        return [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.keepalive_time_ms", s.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", s.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Accept client keepalive pings down to 10 s instead of answering with GOAWAY.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+    async def start(self) -> None:
+        """Bind, answer health as NOT_SERVING, run start hooks, then report SERVING."""
+        s = self.settings
+        server = grpc.aio.server(
+            interceptors=server_interceptors(self.metrics, self.tracer_provider),
+            options=self._server_options(),
+        )
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        for _name, register in self._services:
+            register(server)
+        reflection.enable_server_reflection(
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        for name in (OVERALL, *self.service_names):
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        self.metrics_port = self.metrics.start(s.metrics_host, s.metrics_port)
+        await server.start()
+        self._server, self._health = server, health
+        if s.ports_file is not None:
+            s.ports_file.write_text(json.dumps({"grpc": self.port, "metrics": self.metrics_port}))
+        log.info(
+            "%s listening on %s, metrics on %s", s.service_name, self.address, self.metrics_address
+        )
+        for hook in self._start_hooks:
+            await hook()
+        self._watch_task = asyncio.create_task(self._watcher.watch(), name="config-watch")
+        for name in (OVERALL, *self.service_names):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s serving", s.service_name)
+
+    async def stop(self, *, drain: bool = True) -> None:
+        """NOT_SERVING, drain, stop(grace), stop hooks. Safe to call twice."""
+        server, health = self._server, self._health
+        self._server = self._health = None
+        if server is None or health is None:
+            return
+        s = self.settings
+        await health.enter_graceful_shutdown()
+        if drain and s.drain_seconds > 0:
+            log.info("draining for %.1fs", s.drain_seconds)
+            await asyncio.sleep(s.drain_seconds)
+        await server.stop(s.grace_seconds)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        for hook in reversed(self._stop_hooks):
+            await hook()
+        await self.channels.close()
+        self.metrics.stop()
+        if self._owns_tracer:
+            self.tracer_provider.shutdown()
+        log.info("%s stopped", s.service_name)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ServiceApp[S]]:
+        """Start, yield, stop: for tests and embedding (no signal handlers)."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        s = self.settings
+        configure_logging(s.service_name, s.log_level, s.log_format)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("shutdown signal received")
+        finally:
+            await self.stop()

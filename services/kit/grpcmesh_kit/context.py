@@ -1,0 +1,29 @@
+"""Per-RPC state carried in contextvars, so logs and outgoing calls see it without plumbing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+REQUEST_ID_HEADER = "x-request-id"
+"""The header Envoy also generates and propagates, so ids survive the sidecars."""
+
+
+@dataclass(frozen=True, slots=True)
+class RpcContext:
+    request_id: str
+    method: str
+    deadline: float | None
+    """time.monotonic() value after which the caller has given up; None without a deadline."""
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+current_rpc: ContextVar[RpcContext | None] = ContextVar("grpcmesh_rpc", default=None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex

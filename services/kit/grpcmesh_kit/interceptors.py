@@ -1,0 +1,365 @@
+"""Server and client interceptors. The kit fixes their order (see ``server_interceptors``).
+
+Server, outermost first: tracing (OpenTelemetry, W3C context) -> request context (request id,
+deadline) -> metrics -> error mapping. Metrics sit outside error mapping so they count the status
+the caller really gets; request context sits inside tracing so log lines carry the span.
+Client, outermost first: context propagation (request id, deadline) -> tracing -> metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeAlias, cast
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.trace import TracerProvider
+
+from grpcmesh_kit.context import REQUEST_ID_HEADER, RpcContext, current_rpc, new_request_id
+from grpcmesh_kit.errors import InvalidArgument, ServiceError
+from grpcmesh_kit.metrics import GrpcType, MetricsEndpoint, RpcMetrics
+
+log = logging.getLogger(__name__)
+
+Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+Wrap = Callable[[Unary], Unary]
+WrapStream = Callable[[Streaming], Streaming]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+def _rewrap(handler: Handler, unary: Wrap, stream: WrapStream) -> Handler:
+    """A copy of ``handler`` whose behaviour is wrapped; keeps (de)serialisers and arity."""
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary:
+        wrapped_unary = unary(cast(Unary, handler.unary_unary))
+        return grpc.unary_unary_rpc_method_handler(wrapped_unary, des, ser)
+    if handler.stream_unary:
+        wrapped_unary = unary(cast(Unary, handler.stream_unary))
+        return grpc.stream_unary_rpc_method_handler(wrapped_unary, des, ser)
+    behaviour = cast(Streaming, handler.unary_stream or handler.stream_stream)
+    # A streaming handler is either an async generator or a coroutine using context.write().
+    wrapped: Any = (
+        stream(behaviour)
+        if inspect.isasyncgenfunction(behaviour)
+        else unary(cast(Unary, behaviour))
+    )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrapped, des, ser)
+    return grpc.stream_stream_rpc_method_handler(wrapped, des, ser)
+
+
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        raise NotImplementedError
+
+
+class RequestContextInterceptor(_WrappingInterceptor):
+    """Sets the RPC's request id (from ``x-request-id`` or new) and deadline in a contextvar,
+    and echoes the request id in trailing metadata."""
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        def enter(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            metadata = dict(context.invocation_metadata() or ())
+            request_id = str(metadata.get(REQUEST_ID_HEADER) or new_request_id())
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            current_rpc.set(RpcContext(request_id, method, deadline))
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+
+        def unary(behaviour: Unary) -> Unary:
+            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                enter(context)
+                return await behaviour(request, context)
+
+            return call
+
+        def stream(behaviour: Streaming) -> Streaming:
+            async def call(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                enter(context)
+                async for response in behaviour(request, context):
+                    yield response
+
+            return call
+
+        return _rewrap(handler, unary, stream)
+
+
+def _final_code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):  # some grpcio builds report the raw integer
+        return grpc.StatusCode(_CODES_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN.value)).name
+    if error is None:
+        return "OK"
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    return "UNKNOWN"
+
+
+_CODES_BY_VALUE = {c.value[0]: c.value for c in grpc.StatusCode}
+
+
+class MetricsServerInterceptor(_WrappingInterceptor):
+    """go-grpc-prometheus server metrics: started, handled{grpc_code}, messages, latency."""
+
+    def __init__(self, endpoint: MetricsEndpoint) -> None:
+        self._endpoint = endpoint
+        self._metrics: RpcMetrics = endpoint.server_side
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        m = self._metrics
+        labels = self._endpoint.labels(
+            GrpcType.of(handler.request_streaming, handler.response_streaming), method
+        )
+        received, sent = m.msg_received.labels(**labels), m.msg_sent.labels(**labels)
+
+        async def count_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                received.inc()
+                yield request
+
+        def begin(request: Any) -> tuple[float, Any]:
+            m.started.labels(**labels).inc()
+            if handler.request_streaming:
+                return time.perf_counter(), count_requests(request)
+            received.inc()
+            return time.perf_counter(), request
+
+        def end(
+            context: grpc.aio.ServicerContext[Any, Any], start: float, error: BaseException | None
+        ) -> None:
+            m.handled.labels(**labels, grpc_code=_final_code(context, error)).inc()
+            m.handling_seconds.labels(**labels).observe(time.perf_counter() - start)
+
+        def unary(behaviour: Unary) -> Unary:
+            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                start, request = begin(request)
+                error: BaseException | None = None
+                try:
+                    response = await behaviour(request, context)
+                    if not handler.response_streaming:
+                        sent.inc()
+                    return response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    end(context, start, error)
+
+            return call
+
+        def stream(behaviour: Streaming) -> Streaming:
+            async def call(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                start, request = begin(request)
+                error: BaseException | None = None
+                try:
+                    async for response in behaviour(request, context):
+                        sent.inc()
+                        yield response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    end(context, start, error)
+
+            return call
+
+        return _rewrap(handler, unary, stream)
+
+
+class ErrorInterceptor(_WrappingInterceptor):
+    """Maps kit errors to statuses; anything unexpected becomes INTERNAL with no traceback
+    for the caller (the traceback goes to the server log with the request id)."""
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+            if isinstance(exc, ServiceError):
+                await context.abort_with_status(rpc_status.to_status(status_for(exc)))
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        def unary(behaviour: Unary) -> Unary:
+            async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    return await behaviour(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+
+            return call
+
+        def stream(behaviour: Streaming) -> Streaming:
+            async def call(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+
+            return call
+
+        return _rewrap(handler, unary, stream)
+
+
+def status_for(error: ServiceError) -> status_pb2.Status:
+    """The google.rpc.Status for a kit error; INVALID_ARGUMENT carries a BadRequest detail so
+    clients can read the field without parsing the message."""
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    if isinstance(error, InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.field, description=error.reason
+                    )
+                ]
+            )
+        )
+        status.details.append(detail)
+    assert status.code != code_pb2.OK
+    return status
+
+
+def server_interceptors(
+    endpoint: MetricsEndpoint, tracer_provider: TracerProvider
+) -> list[grpc.aio.ServerInterceptor]:
+    return [
+        aio_server_interceptor(tracer_provider=tracer_provider),
+        RequestContextInterceptor(),
+        MetricsServerInterceptor(endpoint),
+        ErrorInterceptor(),
+    ]
+
+
+# --- client side -------------------------------------------------------------------------------
+
+
+def _outgoing(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    """Adds the current request id and caps the timeout at the incoming call's deadline."""
+    rpc = current_rpc.get()
+    if rpc is None:
+        return details
+    metadata = grpc.aio.Metadata(*tuple(details.metadata or ()))
+    if not metadata.get_all(REQUEST_ID_HEADER):
+        metadata.add(REQUEST_ID_HEADER, rpc.request_id)
+    timeout = details.timeout
+    remaining = rpc.time_remaining()
+    if remaining is not None:
+        timeout = max(0.0, remaining) if timeout is None else min(timeout, max(0.0, remaining))
+    return grpc.aio.ClientCallDetails(
+        details.method, timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class ContextClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
+):
+    """Propagates the request id and the remaining deadline to outgoing calls."""
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(_outgoing(client_call_details), request)
+
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(_outgoing(client_call_details), request)
+
+
+def _method_name(details: grpc.aio.ClientCallDetails) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+class MetricsClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
+):
+    """go-grpc-prometheus client metrics (grpc_client_*)."""
+
+    def __init__(self, endpoint: MetricsEndpoint) -> None:
+        self._endpoint = endpoint
+        self._metrics = endpoint.client_side
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        m = self._metrics
+        labels = self._endpoint.labels(GrpcType.UNARY, _method_name(client_call_details))
+        m.started.labels(**labels).inc()
+        m.msg_sent.labels(**labels).inc()
+        start = time.perf_counter()
+        call = await continuation(client_call_details, request)
+        code = await call.code()
+        if code == grpc.StatusCode.OK:
+            m.msg_received.labels(**labels).inc()
+        m.handled.labels(**labels, grpc_code=code.name).inc()
+        m.handling_seconds.labels(**labels).observe(time.perf_counter() - start)
+        return call
+
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        m = self._metrics
+        labels = self._endpoint.labels(GrpcType.SERVER_STREAM, _method_name(client_call_details))
+        m.started.labels(**labels).inc()
+        m.msg_sent.labels(**labels).inc()
+        start = time.perf_counter()
+        call = await continuation(client_call_details, request)
+
+        async def responses() -> AsyncIterator[Any]:
+            code = "OK"
+            try:
+                async for response in call:
+                    m.msg_received.labels(**labels).inc()
+                    yield response
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                m.handled.labels(**labels, grpc_code=code).inc()
+                m.handling_seconds.labels(**labels).observe(time.perf_counter() - start)
+
+        return responses()
+
+
+def client_interceptors(
+    endpoint: MetricsEndpoint, tracer_provider: TracerProvider
+) -> Sequence[grpc.aio.ClientInterceptor]:
+    return [
+        ContextClientInterceptor(),
+        *aio_client_interceptors(tracer_provider=tracer_provider),
+        MetricsClientInterceptor(endpoint),
+    ]

@@ -1,0 +1,88 @@
+"""A tiny service on the kit for the kit's own tests.
+
+It serves CatalogService (a real proto from protos/) with behaviour the tests steer: an optional
+delay, a kit error or a crash on chosen product ids, and a downstream call through the kit's
+channel factory. Runnable as a process: ``python tests/kit/echo_service.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
+from grpcmesh_kit import InvalidArgument, KitSettings, NotFound, ServiceApp, current_rpc
+
+CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
+
+
+class EchoSettings(KitSettings):
+    service_name: str = "echo"
+    delay_ms: int = 0
+    downstream: str = ""
+    """If set, GetProduct also calls GetProduct on this service (via app.channels)."""
+
+
+class EchoCatalog(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, app: ServiceApp[EchoSettings]) -> None:
+        self.app = app
+        self.seen: list[dict[str, Any]] = []
+
+    async def ListProducts(
+        self, request: catalog_pb2.ListProductsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.ListProductsResponse:
+        return catalog_pb2.ListProductsResponse()
+
+    async def GetProduct(
+        self, request: catalog_pb2.GetProductRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> catalog_pb2.GetProductResponse:
+        rpc = current_rpc.get()
+        self.seen.append(
+            {
+                "request_id": rpc.request_id if rpc else None,
+                "remaining": rpc.time_remaining() if rpc else None,
+            }
+        )
+        settings = self.app.settings
+        if settings.delay_ms:
+            await asyncio.sleep(settings.delay_ms / 1000)
+        if request.product_id == "":
+            raise InvalidArgument("product_id", "must not be empty")
+        if request.product_id == "missing":
+            raise NotFound("product 'missing' does not exist")
+        if request.product_id == "crash":
+            raise RuntimeError("secret internal detail")
+        name = "echo"
+        if settings.downstream:
+            stub = catalog_pb2_grpc.CatalogServiceStub(
+                self.app.channels.channel(settings.downstream)
+            )
+            downstream = await stub.GetProduct(request, timeout=5)
+            name = f"{settings.service_name}>{downstream.product.name}"
+        return catalog_pb2.GetProductResponse(
+            product=catalog_pb2.Product(
+                product_id=request.product_id,
+                name=name,
+                description=request.product_id,
+                price=common_pb2.Money(currency_code="USD", amount_minor=100),
+            )
+        )
+
+
+def build_app(
+    settings: EchoSettings, **kwargs: Any
+) -> tuple[ServiceApp[EchoSettings], EchoCatalog]:
+    app = ServiceApp(settings, **kwargs)
+    servicer = EchoCatalog(app)
+    app.add_service(
+        CATALOG,
+        lambda server: catalog_pb2_grpc.add_CatalogServiceServicer_to_server(servicer, server),
+    )
+    return app, servicer
+
+
+if __name__ == "__main__":
+    app, _ = build_app(EchoSettings())
+    asyncio.run(app.run())
