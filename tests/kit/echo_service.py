@@ -21,6 +21,8 @@ CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 class EchoSettings(KitSettings):
     service_name: str = "echo"
     delay_ms: int = 0
+    startup_delay_ms: int = 0
+    """How long the start hook takes: the window in which health must say NOT_SERVING."""
     downstream: str = ""
     """If set, GetProduct also calls GetProduct on this service (via app.channels)."""
 
@@ -76,6 +78,11 @@ def build_app(
 ) -> tuple[ServiceApp[EchoSettings], EchoCatalog]:
     app = ServiceApp(settings, **kwargs)
     servicer = EchoCatalog(app)
+
+    async def warm_up() -> None:
+        await asyncio.sleep(settings.startup_delay_ms / 1000)
+
+    app.on_start(warm_up)
     app.add_service(
         CATALOG,
         lambda server: catalog_pb2_grpc.add_CatalogServiceServicer_to_server(servicer, server),

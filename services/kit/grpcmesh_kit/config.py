@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -66,6 +66,13 @@ class KitSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
 
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        # Kept so a reload re-applies what the code passed, and re-reads env and file for the rest.
+        self._overrides = dict(overrides)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -84,8 +91,7 @@ class KitSettings(BaseSettings):
 
     def reloaded(self) -> Self:
         """Fresh settings from the same sources (env and the file), keeping explicit overrides."""
-        explicit = {name: getattr(self, name) for name in self.model_fields_set}
-        return type(self)(**explicit)
+        return type(self)(**self._overrides)
 
 
 class _YamlFileSource(PydanticBaseSettingsSource):

@@ -19,7 +19,11 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import (
+    aio_client_interceptors,
+    aio_server_interceptor,
+    filters,
+)
 from opentelemetry.trace import TracerProvider
 
 from grpcmesh_kit.context import REQUEST_ID_HEADER, RpcContext, current_rpc, new_request_id
@@ -252,8 +256,17 @@ def status_for(error: ServiceError) -> status_pb2.Status:
 def server_interceptors(
     endpoint: MetricsEndpoint, tracer_provider: TracerProvider
 ) -> list[grpc.aio.ServerInterceptor]:
+    # Probes and reflection are not traced: they are noise in every trace view, and the
+    # OpenTelemetry interceptor only understands async-generator streaming handlers while the
+    # stock health Watch writes through context.write().
+    untraced = filters.negate(
+        filters.any_of(
+            filters.service_name("grpc.health.v1.Health"),
+            filters.service_prefix("grpc.reflection."),
+        )
+    )
     return [
-        aio_server_interceptor(tracer_provider=tracer_provider),
+        aio_server_interceptor(tracer_provider=tracer_provider, filter_=untraced),
         RequestContextInterceptor(),
         MetricsServerInterceptor(endpoint),
         ErrorInterceptor(),
