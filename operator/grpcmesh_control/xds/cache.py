@@ -1,0 +1,143 @@
+"""Snapshot cache: per-group snapshots, change notification, and per-node status.
+
+Nodes map to groups through a pluggable function (by default the node id itself), so every
+replica of a service can share one snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from grpcmesh_control.xds.resources import VersionedSnapshot
+
+
+@dataclass(frozen=True)
+class NackRecord:
+    type_url: str
+    version: str
+    message: str
+    at: float
+
+
+@dataclass
+class NodeStatus:
+    """What the control plane knows about one Envoy (for `status`, metrics and tests)."""
+
+    node_id: str
+    group: str
+    connected_since: float | None = None
+    streams: int = 0
+    acked: dict[str, str] = field(default_factory=dict)
+    """type URL -> last version the node ACKed."""
+    nack: NackRecord | None = None
+    """The latest rejection, kept until the node ACKs a newer version of that type."""
+    acked_snapshot: str | None = None
+    """The snapshot version whose every requested type the node has ACKed."""
+
+    @property
+    def connected(self) -> bool:
+        return self.streams > 0
+
+
+GroupOf = Callable[[str], str]
+
+
+class SnapshotCache:
+    def __init__(self, group_of: GroupOf = lambda node_id: node_id) -> None:
+        self.group_of = group_of
+        self._snapshots: dict[str, VersionedSnapshot] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._generation: dict[str, int] = {}
+        self._nodes: dict[str, NodeStatus] = {}
+        self._listeners: list[Callable[[NodeStatus], None]] = []
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def set_snapshot(self, group: str, snapshot: VersionedSnapshot) -> bool:
+        """Publish ``snapshot`` for ``group``; False (and no push) when nothing changed."""
+        current = self._snapshots.get(group)
+        if current is not None and current.version == snapshot.version:
+            return False
+        self._snapshots[group] = snapshot
+        self._generation[group] = self._generation.get(group, 0) + 1
+        event = self._changed.pop(group, None)
+        if event is not None:
+            event.set()
+        return True
+
+    def remove_snapshot(self, group: str) -> None:
+        self._snapshots.pop(group, None)
+
+    def snapshot(self, group: str) -> VersionedSnapshot | None:
+        return self._snapshots.get(group)
+
+    def groups(self) -> list[str]:
+        return sorted(self._snapshots)
+
+    def generation(self, group: str) -> int:
+        return self._generation.get(group, 0)
+
+    async def wait_for_change(self, group: str, seen_generation: int) -> int:
+        """Return the group's generation once it is past ``seen_generation``."""
+        while self.generation(group) <= seen_generation:
+            event = self._changed.setdefault(group, asyncio.Event())
+            await event.wait()
+        return self.generation(group)
+
+    # --- node status ---------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[NodeStatus], None]) -> None:
+        """Called after every status change (connect, ACK, NACK, disconnect)."""
+        self._listeners.append(listener)
+
+    def node(self, node_id: str) -> NodeStatus:
+        status = self._nodes.get(node_id)
+        if status is None:
+            status = self._nodes[node_id] = NodeStatus(node_id, self.group_of(node_id))
+        return status
+
+    def nodes(self) -> list[NodeStatus]:
+        return [self._nodes[n] for n in sorted(self._nodes)]
+
+    def connected(self, node_id: str) -> NodeStatus:
+        status = self.node(node_id)
+        if status.streams == 0:
+            status.connected_since = time.time()
+        status.streams += 1
+        self._notify(status)
+        return status
+
+    def disconnected(self, node_id: str) -> None:
+        status = self.node(node_id)
+        status.streams = max(0, status.streams - 1)
+        if status.streams == 0:
+            status.connected_since = None
+        self._notify(status)
+
+    def record_ack(self, node_id: str, type_url: str, version: str, watched: set[str]) -> None:
+        status = self.node(node_id)
+        status.acked[type_url] = version
+        if (
+            status.nack is not None
+            and status.nack.type_url == type_url
+            and (status.nack.version != version)
+        ):
+            status.nack = None
+        snapshot = self._snapshots.get(status.group)
+        if snapshot is not None and all(
+            status.acked.get(t) == snapshot.of(t).version for t in watched
+        ):
+            status.acked_snapshot = snapshot.version
+        self._notify(status)
+
+    def record_nack(self, node_id: str, type_url: str, version: str, message: str) -> None:
+        status = self.node(node_id)
+        status.nack = NackRecord(type_url, version, message, time.time())
+        self._notify(status)
+
+    def _notify(self, status: NodeStatus) -> None:
+        for listener in self._listeners:
+            listener(status)
