@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import signal
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -37,6 +38,28 @@ Hook = Callable[[], Awaitable[None]]
 Register = Callable[[grpc.aio.Server], None]
 
 OVERALL = ""  # the health service's name for the whole server
+
+
+class SidecarNotReady(RuntimeError):
+    """The sidecar did not report ready in time; the app must not claim to be SERVING."""
+
+
+async def wait_for_sidecar(admin: str, timeout: float) -> None:
+    """Poll Envoy's /ready until it answers 200 (LIVE: initial xDS fetch done)."""
+
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{admin}/ready", timeout=2) as response:
+                return int(response.status) == 200
+        except OSError:
+            return False
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(probe):
+        if asyncio.get_running_loop().time() > deadline:
+            raise SidecarNotReady(f"sidecar at {admin} not ready after {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+    log.info("sidecar %s ready", admin)
 
 
 class ServiceApp(Generic[S]):
@@ -132,6 +155,8 @@ class ServiceApp(Generic[S]):
         )
         for hook in self._start_hooks:
             await hook()
+        if s.sidecar_admin:
+            await wait_for_sidecar(s.sidecar_admin, s.sidecar_ready_timeout_seconds)
         self._watch_task = asyncio.create_task(self._watcher.watch(), name="config-watch")
         for name in (OVERALL, *self.service_names):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)

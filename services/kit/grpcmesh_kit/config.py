@@ -63,6 +63,10 @@ class KitSettings(BaseSettings):
     sidecar_egress: str | None = None
     """host:port of the local Envoy's egress listener; when set, every channel dials it and
     Envoy routes on :authority (the target service name)."""
+    sidecar_admin: str | None = None
+    """host:port of the local Envoy's admin listener; when set, the app reports SERVING only
+    once Envoy's /ready answers 200, i.e. the sidecar holds its first config from xDS."""
+    sidecar_ready_timeout_seconds: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
 
