@@ -49,3 +49,16 @@ async def test_unexpected_exception_is_internal_without_detail(
 async def test_oversized_message_is_resource_exhausted(echo_channel: grpc.aio.Channel) -> None:
     error = await call(echo_channel, "x" * (4 * 1024 * 1024 + 1))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_errors_still_echo_the_request_id(echo_channel: grpc.aio.Channel) -> None:
+    stub = catalog_pb2_grpc.CatalogServiceStub(echo_channel)
+    for product_id in ("", "crash"):
+        call = stub.GetProduct(
+            catalog_pb2.GetProductRequest(product_id=product_id),
+            metadata=(("x-request-id", f"req-{product_id}"),),
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+        trailers = dict(await call.trailing_metadata() or ())
+        assert trailers["x-request-id"] == f"req-{product_id}"

@@ -149,14 +149,21 @@ class ServiceApp(Generic[S]):
         await server.start()
         self._server, self._health = server, health
         if s.ports_file is not None:
+            # Written once bound, before SERVING: launchers learn the ports here and must still
+            # wait for health to say SERVING before sending traffic.
             s.ports_file.write_text(json.dumps({"grpc": self.port, "metrics": self.metrics_port}))
         log.info(
             "%s listening on %s, metrics on %s", s.service_name, self.address, self.metrics_address
         )
-        for hook in self._start_hooks:
-            await hook()
-        if s.sidecar_admin:
-            await wait_for_sidecar(s.sidecar_admin, s.sidecar_ready_timeout_seconds)
+        try:
+            for hook in self._start_hooks:
+                await hook()
+            if s.sidecar_admin:
+                await wait_for_sidecar(s.sidecar_admin, s.sidecar_ready_timeout_seconds)
+        except BaseException:
+            # Nothing half-started may outlive a failed start: close the server, run stop hooks.
+            await self.stop(drain=False)
+            raise
         self._watch_task = asyncio.create_task(self._watcher.watch(), name="config-watch")
         for name in (OVERALL, *self.service_names):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -181,7 +188,7 @@ class ServiceApp(Generic[S]):
         for hook in reversed(self._stop_hooks):
             await hook()
         await self.channels.close()
-        self.metrics.stop()
+        await asyncio.to_thread(self.metrics.stop)
         if self._owns_tracer:
             self.tracer_provider.shutdown()
         log.info("%s stopped", s.service_name)

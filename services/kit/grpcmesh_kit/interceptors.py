@@ -200,10 +200,14 @@ class ErrorInterceptor(_WrappingInterceptor):
 
     def wrap(self, handler: Handler, method: str) -> Handler:
         async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+            # abort replaces trailing metadata, so the request id echo is re-attached here.
+            rpc = current_rpc.get()
+            echo = ((REQUEST_ID_HEADER, rpc.request_id),) if rpc else ()
             if isinstance(exc, ServiceError):
-                await context.abort_with_status(rpc_status.to_status(status_for(exc)))
+                status = rpc_status.to_status(status_for(exc))
+                await context.abort(status.code, status.details, (*status.trailing_metadata, *echo))
             log.exception("unhandled error in %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error", echo)
 
         def unary(behaviour: Unary) -> Unary:
             async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

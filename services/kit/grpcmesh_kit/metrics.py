@@ -121,6 +121,7 @@ class MetricsEndpoint:
         return int(server.server_port)
 
     def stop(self) -> None:
+        """Blocks up to the server's poll interval (0.5 s): call it off the event loop."""
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

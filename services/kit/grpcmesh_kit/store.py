@@ -61,13 +61,22 @@ class Store:
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one write transaction; commit if it returns, roll back if it raises."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._tx, fn)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._tx, fn, "BEGIN IMMEDIATE"
+        )
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a read transaction: a consistent view that, in WAL mode, never blocks
+        (or waits for) writers in other processes."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._tx, fn, "BEGIN DEFERRED"
+        )
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], begin: str) -> T:
         conn = self._conn
         if conn is None:
             raise RuntimeError("Store.open() was not awaited")
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(begin)
         try:
             result = fn(conn)
         except BaseException:
@@ -84,4 +93,15 @@ class Store:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """Split a script into statements the way SQLite parses them (semicolons inside strings
+    and trigger bodies do not end a statement)."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        statements.append(pending.strip())
+    return [s for s in statements if s.rstrip(";").strip()]
