@@ -1,0 +1,1 @@
+"""Catalog reference service: a read-only, cached product catalogue."""

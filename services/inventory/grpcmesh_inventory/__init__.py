@@ -1,0 +1,1 @@
+"""Inventory reference service: stock levels and per-order reservations."""

@@ -1,0 +1,1 @@
+"""Payments reference service: idempotent charges and refunds with injectable failures."""

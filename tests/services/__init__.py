@@ -1,0 +1,1 @@
+"""Tests of the reference services (catalog, inventory, payments, orders)."""
