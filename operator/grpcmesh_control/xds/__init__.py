@@ -13,6 +13,7 @@ from grpcmesh_control.xds.resources import (
     ROUTE,
     TypeResources,
     VersionedSnapshot,
+    pack_snapshot,
     version_snapshot,
 )
 from grpcmesh_control.xds.server import AdsServicer
@@ -29,5 +30,6 @@ __all__ = [
     "SnapshotCache",
     "TypeResources",
     "VersionedSnapshot",
+    "pack_snapshot",
     "version_snapshot",
 ]

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from grpcmesh_control.xds.resources import VersionedSnapshot
 
@@ -28,6 +29,8 @@ class NodeStatus:
 
     node_id: str
     group: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The node's bootstrap metadata (ports, bind address) from its first request."""
     connected_since: float | None = None
     streams: int = 0
     acked: dict[str, str] = field(default_factory=dict)
@@ -102,8 +105,12 @@ class SnapshotCache:
     def nodes(self) -> list[NodeStatus]:
         return [self._nodes[n] for n in sorted(self._nodes)]
 
-    def connected(self, node_id: str) -> NodeStatus:
+    def connected(self, node_id: str, metadata: dict[str, Any] | None = None) -> NodeStatus:
+        """Record a stream. Listeners run before the first response is computed, so one that
+        publishes a snapshot for a new node lets its first request be answered at once."""
         status = self.node(node_id)
+        if metadata is not None:
+            status.metadata = metadata
         if status.streams == 0:
             status.connected_since = time.time()
         status.streams += 1

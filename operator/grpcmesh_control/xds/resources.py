@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -48,6 +49,31 @@ class VersionedSnapshot:
 
 
 _EMPTY = TypeResources(version=_hash(b""), resources={}, resource_versions={})
+
+
+class ContentVersioned(Protocol):
+    """A snapshot that already carries content versions (translate.Snapshot does)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def versions(self) -> Mapping[str, str]: ...
+
+    def by_type(self) -> Mapping[str, Mapping[str, Message]]: ...
+
+
+def pack_snapshot(snapshot: ContentVersioned) -> VersionedSnapshot:
+    """Keep the snapshot's own versions (so status reports the version translate computed)
+    and add the per-resource versions delta xDS needs."""
+    packed = version_snapshot(snapshot.by_type())
+    by_type = {
+        type_url: TypeResources(
+            snapshot.versions.get(type_url, typed.version), typed.resources, typed.resource_versions
+        )
+        for type_url, typed in packed.by_type.items()
+    }
+    return VersionedSnapshot(version=snapshot.version, by_type=by_type)
 
 
 def version_snapshot(resources: Mapping[str, Mapping[str, Message]]) -> VersionedSnapshot:

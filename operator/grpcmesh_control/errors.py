@@ -1,0 +1,71 @@
+"""The control plane's error vocabulary, in one place.
+
+``MeshError`` is the base of every error the core raises on purpose:
+
+- ``InvalidResource``: a MeshService document fails the CRD schema or a semantic rule. Carries
+  one ``FieldError`` per problem; the message names the source and each field path, e.g.
+  ``orders.yaml (MeshService default/orders): spec.trafficPolicy.retries.attempts: -1 is less
+  than the minimum of 0``. The webhook returns it verbatim, the operator puts it in a condition.
+- ``InvalidNodeId``: an Envoy node id (or its metadata) does not follow the naming conventions
+  of ``grpcmesh_control.translate.naming``.
+- ``UnknownNode``: a sidecar's service is not (yet) in the registry; the xDS server keeps the
+  stream open and answers once it appears.
+- ``InconsistentSnapshot``: a snapshot would reference a resource it does not contain. Never
+  published: the previous good snapshot stays in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "FieldError",
+    "InconsistentSnapshot",
+    "InvalidNodeId",
+    "InvalidResource",
+    "MeshError",
+    "UnknownNode",
+]
+
+
+class MeshError(Exception):
+    """Base of every error the control plane core raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field. ``path`` is dotted, with list indexes: ``spec.versions[1]``."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class InvalidResource(MeshError):
+    """A resource document is invalid. ``errors`` lists every problem found, sorted by path."""
+
+    def __init__(self, source: str, errors: Iterable[FieldError]) -> None:
+        self.source = source
+        self.errors = tuple(sorted(set(errors), key=lambda e: (e.path, e.reason)))
+        detail = "; ".join(str(e) for e in self.errors) or "invalid"
+        super().__init__(f"{source}: {detail}")
+
+
+class InvalidNodeId(MeshError):
+    """An Envoy node id or node metadata does not follow the naming conventions."""
+
+
+class UnknownNode(MeshError):
+    """A node belongs to a service the registry does not know (yet)."""
+
+
+class InconsistentSnapshot(MeshError):
+    """A snapshot references resources it does not contain (or names one twice)."""
+
+    def __init__(self, node_id: str, problems: Iterable[str]) -> None:
+        self.node_id = node_id
+        self.problems = tuple(problems)
+        super().__init__(f"inconsistent snapshot for {node_id}: " + "; ".join(self.problems))

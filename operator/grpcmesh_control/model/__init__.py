@@ -1,0 +1,71 @@
+"""The mesh's domain model: parsed MeshServices, endpoints and the method catalog. No I/O
+besides reading the CRD schema file once; imports neither kopf nor grpc."""
+
+from grpcmesh_control.errors import FieldError, InvalidResource
+from grpcmesh_control.model.catalog import Idempotency, MethodCatalog, MethodInfo, ServiceInfo
+from grpcmesh_control.model.durations import format_duration, parse_duration
+from grpcmesh_control.model.mesh import (
+    Backend,
+    CircuitBreaker,
+    Endpoint,
+    EnvVar,
+    ExternalHost,
+    GrpcSpec,
+    KeyRef,
+    LoadBalancer,
+    MeshService,
+    MethodPolicy,
+    OutlierDetection,
+    ResourceList,
+    Resources,
+    RetryBudget,
+    RetryOn,
+    RetryOverride,
+    RetryPolicy,
+    TrafficPolicy,
+    VersionTarget,
+    Workload,
+)
+from grpcmesh_control.model.parse import (
+    parse_endpoint,
+    parse_mesh_service,
+    parse_mesh_services_yaml,
+)
+from grpcmesh_control.model.schema import API_VERSION, CRD_PATH, KIND
+
+__all__ = [
+    "API_VERSION",
+    "CRD_PATH",
+    "KIND",
+    "Backend",
+    "CircuitBreaker",
+    "Endpoint",
+    "EnvVar",
+    "ExternalHost",
+    "FieldError",
+    "GrpcSpec",
+    "Idempotency",
+    "InvalidResource",
+    "KeyRef",
+    "LoadBalancer",
+    "MeshService",
+    "MethodCatalog",
+    "MethodInfo",
+    "MethodPolicy",
+    "OutlierDetection",
+    "ResourceList",
+    "Resources",
+    "RetryBudget",
+    "RetryOn",
+    "RetryOverride",
+    "RetryPolicy",
+    "ServiceInfo",
+    "TrafficPolicy",
+    "VersionTarget",
+    "Workload",
+    "format_duration",
+    "parse_duration",
+    "parse_endpoint",
+    "parse_mesh_service",
+    "parse_mesh_services_yaml",
+]

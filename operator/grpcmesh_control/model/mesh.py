@@ -1,0 +1,247 @@
+"""The mesh's domain values: a parsed MeshService and the endpoints that serve it.
+
+Frozen dataclasses and string enums, defaults filled in by the parser, so translation never
+has to ask "was this set?" except where unset means something (``None`` fields say so).
+Defaults are stated once, here, and repeated in the CRD's field descriptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+
+__all__ = [
+    "Backend",
+    "CircuitBreaker",
+    "Endpoint",
+    "EnvVar",
+    "ExternalHost",
+    "GrpcSpec",
+    "KeyRef",
+    "LoadBalancer",
+    "MeshService",
+    "MethodPolicy",
+    "OutlierDetection",
+    "ResourceList",
+    "Resources",
+    "RetryBudget",
+    "RetryOn",
+    "RetryOverride",
+    "RetryPolicy",
+    "TrafficPolicy",
+    "VersionTarget",
+    "Workload",
+]
+
+DEFAULT_VERSION = "v1"
+
+
+class RetryOn(StrEnum):
+    """gRPC status codes a retry may be triggered by (the ones Envoy can retry on)."""
+
+    UNAVAILABLE = "UNAVAILABLE"
+    CANCELLED = "CANCELLED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INTERNAL = "INTERNAL"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+
+
+class LoadBalancer(StrEnum):
+    LEAST_REQUEST = "LEAST_REQUEST"
+    ROUND_ROBIN = "ROUND_ROBIN"
+    RANDOM = "RANDOM"
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """Concurrent retries allowed: ``percent`` of active requests, at least ``min_concurrency``.
+
+    Defaults are Envoy's own budget defaults (20%, 3).
+    """
+
+    percent: float = 20.0
+    min_concurrency: int = 3
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Service-level retries. ``attempts`` counts retries after the first try (Istio's meaning)."""
+
+    attempts: int = 2
+    per_try_timeout: timedelta | None = None
+    retry_on: tuple[RetryOn, ...] = (RetryOn.UNAVAILABLE,)
+    budget: RetryBudget = field(default_factory=RetryBudget)
+
+
+@dataclass(frozen=True)
+class RetryOverride:
+    """Per-method retry fields; ``None`` inherits the service's value."""
+
+    attempts: int | None = None
+    per_try_timeout: timedelta | None = None
+    retry_on: tuple[RetryOn, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Passive health checking. Only the detectors that are set (not ``None``) are enforced."""
+
+    consecutive_5xx: int | None = None
+    consecutive_gateway_failure: int | None = None
+    interval: timedelta = timedelta(seconds=10)
+    base_ejection_time: timedelta = timedelta(seconds=30)
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    """Per caller sidecar and version cluster; ``None`` keeps Envoy's default (1024, retries 3)."""
+
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """How callers call the service. The defaults apply when spec.trafficPolicy omits a field."""
+
+    timeout: timedelta = timedelta(seconds=15)
+    connect_timeout: timedelta = timedelta(seconds=1)
+    load_balancer: LoadBalancer = LoadBalancer.LEAST_REQUEST
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    outlier_detection: OutlierDetection | None = None
+    circuit_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+
+
+@dataclass(frozen=True)
+class MethodPolicy:
+    """Overrides for one method; ``None`` fields inherit the service's traffic policy."""
+
+    name: str  # package.Service/Method
+    timeout: timedelta | None = None
+    idempotent: bool | None = None
+    retries: RetryOverride | None = None
+
+    @property
+    def service(self) -> str:
+        return self.name.partition("/")[0]
+
+    @property
+    def method(self) -> str:
+        return self.name.partition("/")[2]
+
+
+@dataclass(frozen=True)
+class VersionTarget:
+    """A version of the workload and the percentage of calls it receives."""
+
+    name: str
+    weight: int
+    image: str | None = None
+    replicas: int | None = None
+
+
+@dataclass(frozen=True)
+class ExternalHost:
+    host: str
+    port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A service this one calls: a MeshService by name, or an external host."""
+
+    name: str
+    external: ExternalHost | None = None
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """Exactly one of ``value``, ``secret_key_ref``, ``config_map_key_ref`` is set."""
+
+    name: str
+    value: str | None = None
+    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = None
+
+
+@dataclass(frozen=True)
+class ResourceList:
+    cpu: str | None = None
+    memory: str | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    requests: ResourceList = field(default_factory=ResourceList)
+    limits: ResourceList = field(default_factory=ResourceList)
+
+
+@dataclass(frozen=True)
+class Workload:
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[EnvVar, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass(frozen=True)
+class GrpcSpec:
+    port: int
+    services: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MeshService:
+    """A parsed, validated MeshService.
+
+    ``versions`` is never empty: without spec.versions it holds the single implicit version
+    (spec.workload.version, default v1) at weight 100. ``config`` is sorted by key.
+    """
+
+    name: str
+    namespace: str
+    grpc: GrpcSpec
+    versions: tuple[VersionTarget, ...] = (VersionTarget(DEFAULT_VERSION, 100),)
+    replicas: int = 1
+    workload: Workload | None = None
+    backends: tuple[Backend, ...] = ()
+    traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+    methods: tuple[MethodPolicy, ...] = ()
+    config: tuple[tuple[str, str], ...] = ()
+    generation: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, as Kubernetes tools print it."""
+        return f"{self.namespace}/{self.name}"
+
+    def method(self, name: str) -> MethodPolicy | None:
+        """The override for ``package.Service/Method``, if any."""
+        return next((m for m in self.methods if m.name == name), None)
+
+    @property
+    def config_map(self) -> Mapping[str, str]:
+        return dict(self.config)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One replica's address as callers reach it (its sidecar's inbound port), by version."""
+
+    address: str
+    port: int
+    version: str
+    ready: bool = True

@@ -1,0 +1,83 @@
+"""The MeshService schema, loaded from the CRD file (the one source of truth).
+
+A CRD may not say ``additionalProperties: false`` next to ``properties`` (the API server
+rejects it); the API server refuses unknown fields through strict field validation instead.
+``strict_schema`` adds ``additionalProperties: false`` to every object that lists its
+properties, so the local validator refuses the same documents ``kubectl apply`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "API_VERSION",
+    "CRD_PATH",
+    "GROUP",
+    "KIND",
+    "VERSION",
+    "load_crd",
+    "openapi_schema",
+    "strict_schema",
+]
+
+GROUP = "grpcmesh.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MeshService"
+
+# operator/grpcmesh_control/model/schema.py -> repository root. Packaging must ship manifests/
+# next to the package (or pass an explicit path) for this default to resolve outside the repo.
+CRD_PATH = (
+    Path(__file__).resolve().parents[3] / "manifests" / "crds" / "meshservices.grpcmesh.io.yaml"
+)
+
+
+def load_crd(path: Path = CRD_PATH) -> dict[str, Any]:
+    """The CRD document at ``path``."""
+    with path.open(encoding="utf-8") as stream:
+        doc = yaml.safe_load(stream)
+    if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+        raise ValueError(f"{path}: not a CustomResourceDefinition")
+    return doc
+
+
+def openapi_schema(crd: Mapping[str, Any], version: str = VERSION) -> dict[str, Any]:
+    """The ``openAPIV3Schema`` of ``version`` in ``crd``, as written."""
+    for entry in crd["spec"]["versions"]:
+        if entry["name"] == version:
+            schema: dict[str, Any] = entry["schema"]["openAPIV3Schema"]
+            return schema
+    raise KeyError(f"CRD {crd['metadata']['name']} has no version {version}")
+
+
+def strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` that refuses unknown fields, like strict field validation."""
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties":
+            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
+            out[key] = strict_schema(value)
+        elif key in ("anyOf", "allOf", "oneOf"):
+            out[key] = [strict_schema(sub) for sub in value]
+        else:
+            out[key] = value
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields", False)
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@cache
+def default_strict_schema() -> Mapping[str, Any]:
+    """The strict schema of the CRD at ``CRD_PATH``; read once per process."""
+    return strict_schema(openapi_schema(load_crd()))

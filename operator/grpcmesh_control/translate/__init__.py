@@ -1,0 +1,47 @@
+"""Pure translation: MeshServices + endpoints + method catalog -> Registry -> per-node Snapshot of
+Envoy v3 resources. No I/O; imports neither kopf nor grpc. Naming conventions: ``naming``."""
+
+from grpcmesh_control.errors import InconsistentSnapshot, InvalidNodeId, UnknownNode
+from grpcmesh_control.translate.build import build_snapshot
+from grpcmesh_control.translate.naming import (
+    NodeId,
+    NodeKind,
+    ProxyNode,
+    external_cluster_name,
+    inbound_cluster_name,
+    version_cluster_name,
+)
+from grpcmesh_control.translate.policy import EffectiveRetry, RoutePolicy, route_policies
+from grpcmesh_control.translate.registry import Problem, Registry
+from grpcmesh_control.translate.snapshot import (
+    PUSH_ORDER,
+    ResourceType,
+    Snapshot,
+    check_consistency,
+    resource_name,
+)
+from grpcmesh_control.translate.static import static_bootstrap
+
+__all__ = [
+    "PUSH_ORDER",
+    "EffectiveRetry",
+    "InconsistentSnapshot",
+    "InvalidNodeId",
+    "NodeId",
+    "NodeKind",
+    "Problem",
+    "ProxyNode",
+    "Registry",
+    "ResourceType",
+    "RoutePolicy",
+    "Snapshot",
+    "UnknownNode",
+    "build_snapshot",
+    "check_consistency",
+    "external_cluster_name",
+    "inbound_cluster_name",
+    "resource_name",
+    "route_policies",
+    "static_bootstrap",
+    "version_cluster_name",
+]

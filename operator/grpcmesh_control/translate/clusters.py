@@ -1,0 +1,185 @@
+"""Clusters and load assignments: one EDS cluster per MeshService version, the local app, and
+external hosts. Every cluster speaks HTTP/2 upstream, because gRPC needs it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from grpcmesh_control.model.mesh import (
+    Backend,
+    CircuitBreaker,
+    Endpoint,
+    LoadBalancer,
+    MeshService,
+    OutlierDetection,
+    RetryBudget,
+    VersionTarget,
+)
+from grpcmesh_control.translate import _envoy as e
+from grpcmesh_control.translate.naming import (
+    LOCALHOST,
+    external_cluster_name,
+    inbound_cluster_name,
+    version_cluster_name,
+)
+
+__all__ = [
+    "external_cluster",
+    "inbound_cluster",
+    "load_assignment",
+    "service_clusters",
+    "version_cluster",
+]
+
+Cluster = e.cluster_pb2.Cluster
+LOCAL_CONNECT_TIMEOUT = timedelta(seconds=1)
+ENFORCE_ALWAYS = 100  # percent; Envoy's enforcing_* fields
+NEVER = 0
+
+_LB_POLICIES = {
+    LoadBalancer.LEAST_REQUEST: Cluster.LbPolicy.LEAST_REQUEST,
+    LoadBalancer.ROUND_ROBIN: Cluster.LbPolicy.ROUND_ROBIN,
+    LoadBalancer.RANDOM: Cluster.LbPolicy.RANDOM,
+}
+
+
+def version_cluster(svc: MeshService, version: VersionTarget) -> e.cluster_pb2.Cluster:
+    """EDS cluster ``<service>|<version>``, configured by the *target's* traffic policy."""
+    policy = svc.traffic_policy
+    name = version_cluster_name(svc.name, version.name)
+    cluster = Cluster(
+        name=name,
+        type=Cluster.DiscoveryType.EDS,
+        eds_cluster_config=Cluster.EdsClusterConfig(eds_config=e.ads_source(), service_name=name),
+        connect_timeout=e.duration(policy.connect_timeout),
+        lb_policy=_LB_POLICIES[policy.load_balancer],
+        typed_extension_protocol_options=e.http2_upstream_options(),
+        # Not-ready endpoints are sent as UNHEALTHY; with Envoy's default 50% panic threshold
+        # they would get traffic as soon as half a version is not ready. 0 disables panic mode.
+        common_lb_config=Cluster.CommonLbConfig(
+            healthy_panic_threshold=e.percent_pb2.Percent(value=0.0)
+        ),
+        circuit_breakers=_circuit_breakers(policy.circuit_breaker, policy.retries.budget),
+    )
+    if policy.outlier_detection is not None:
+        cluster.outlier_detection.CopyFrom(_outlier_detection(policy.outlier_detection))
+    return cluster
+
+
+def service_clusters(svc: MeshService) -> list[e.cluster_pb2.Cluster]:
+    """A cluster per declared version, weight 0 included, so shifting weight needs no new CDS."""
+    return [version_cluster(svc, v) for v in svc.versions]
+
+
+def _circuit_breakers(
+    limits: CircuitBreaker, budget: RetryBudget
+) -> e.circuit_breaker_pb2.CircuitBreakers:
+    thresholds = e.circuit_breaker_pb2.CircuitBreakers.Thresholds(
+        priority=e.base_pb2.RoutingPriority.DEFAULT,
+        # Always set: it bounds retries by load instead of by a fixed count (and, per Envoy,
+        # takes precedence over max_retries).
+        retry_budget=e.circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
+            budget_percent=e.percent_pb2.Percent(value=budget.percent),
+            min_retry_concurrency=e.u32(budget.min_concurrency),
+        ),
+    )
+    for field, value in (
+        ("max_connections", limits.max_connections),
+        ("max_pending_requests", limits.max_pending_requests),
+        ("max_requests", limits.max_requests),
+        ("max_retries", limits.max_retries),
+    ):
+        if value is not None:
+            getattr(thresholds, field).value = value
+    return e.circuit_breaker_pb2.CircuitBreakers(thresholds=[thresholds])
+
+
+def _outlier_detection(spec: OutlierDetection) -> e.outlier_detection_pb2.OutlierDetection:
+    out = e.outlier_detection_pb2.OutlierDetection(
+        interval=e.duration(spec.interval),
+        base_ejection_time=e.duration(spec.base_ejection_time),
+        max_ejection_percent=e.u32(spec.max_ejection_percent),
+        # Envoy enforces consecutive 5xx and success rate by default and gateway failures not
+        # at all; enforce exactly the detectors the resource sets.
+        enforcing_consecutive_5xx=e.u32(ENFORCE_ALWAYS if spec.consecutive_5xx else NEVER),
+        enforcing_consecutive_gateway_failure=e.u32(
+            ENFORCE_ALWAYS if spec.consecutive_gateway_failure else NEVER
+        ),
+        enforcing_success_rate=e.u32(NEVER),
+    )
+    if spec.consecutive_5xx is not None:
+        out.consecutive_5xx.value = spec.consecutive_5xx
+    if spec.consecutive_gateway_failure is not None:
+        out.consecutive_gateway_failure.value = spec.consecutive_gateway_failure
+    return out
+
+
+def load_assignment(
+    cluster_name: str, endpoints: Iterable[Endpoint]
+) -> e.endpoint_pb2.ClusterLoadAssignment:
+    """Always a load assignment, even empty: an EDS cluster without one never finishes warming."""
+    health = e.health_check_pb2.HealthStatus
+    lb_endpoints = [
+        e.endpoint_components_pb2.LbEndpoint(
+            endpoint=e.endpoint_components_pb2.Endpoint(
+                address=e.socket_address(ep.address, ep.port)
+            ),
+            health_status=health.HEALTHY if ep.ready else health.UNHEALTHY,
+        )
+        for ep in endpoints
+    ]
+    assignment = e.endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
+    if lb_endpoints:
+        assignment.endpoints.add().lb_endpoints.extend(lb_endpoints)
+    return assignment
+
+
+def inbound_cluster(app_port: int) -> e.cluster_pb2.Cluster:
+    """STATIC cluster ``inbound|<port>``: the app on 127.0.0.1."""
+    name = inbound_cluster_name(app_port)
+    return Cluster(
+        name=name,
+        type=Cluster.DiscoveryType.STATIC,
+        connect_timeout=e.duration(LOCAL_CONNECT_TIMEOUT),
+        load_assignment=load_assignment(name, [Endpoint(LOCALHOST, app_port, "")]),
+        typed_extension_protocol_options=e.http2_upstream_options(),
+    )
+
+
+def external_cluster(backend: Backend, ca_bundle: str) -> e.cluster_pb2.Cluster:
+    """STRICT_DNS cluster ``external|<name>``. With TLS the server certificate must chain to
+    ``ca_bundle`` (a file in the proxy's image) and name the host."""
+    if backend.external is None:
+        raise ValueError(f"backend {backend.name} is not external")
+    host = backend.external
+    name = external_cluster_name(backend.name)
+    cluster = Cluster(
+        name=name,
+        type=Cluster.DiscoveryType.STRICT_DNS,
+        dns_lookup_family=Cluster.DnsLookupFamily.V4_PREFERRED,
+        connect_timeout=e.duration(LOCAL_CONNECT_TIMEOUT),
+        load_assignment=load_assignment(name, [Endpoint(host.host, host.port, "")]),
+        typed_extension_protocol_options=e.http2_upstream_options(),
+    )
+    if host.tls:
+        validation = e.tls_common_pb2.CertificateValidationContext(
+            match_typed_subject_alt_names=[
+                e.tls_common_pb2.SubjectAltNameMatcher(
+                    san_type=e.tls_common_pb2.SubjectAltNameMatcher.SanType.DNS,
+                    matcher=e.string_matcher_pb2.StringMatcher(exact=host.host),
+                )
+            ]
+        )
+        # A file, not system_root_certs: Envoy does not implement that field (gRPC-only).
+        validation.trusted_ca.filename = ca_bundle
+        tls = e.tls_pb2.UpstreamTlsContext(
+            sni=host.host,
+            common_tls_context=e.tls_pb2.CommonTlsContext(
+                alpn_protocols=["h2"], validation_context=validation
+            ),
+        )
+        cluster.transport_socket.CopyFrom(
+            e.base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=e.pack(tls))
+        )
+    return cluster

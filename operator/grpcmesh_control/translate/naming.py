@@ -1,0 +1,220 @@
+"""Node identity and resource naming: the conventions every part of the mesh relies on.
+
+Node ids (Envoy bootstrap ``node.id``; ``~`` never occurs in DNS names, so it splits safely):
+
+- ``sidecar~<service>~<replica>``: the sidecar of one replica of MeshService ``<service>``,
+  e.g. ``sidecar~orders~orders-v1-7d9f8-abcde`` (the pod name) or ``sidecar~orders~0`` locally.
+- ``ingress~<name>`` or ``ingress~<name>~<replica>``: an ingress gateway, e.g.
+  ``ingress~gateway``.
+
+``node.cluster`` is the service name for sidecars and ``ingress`` for gateways.
+
+Ports a node listens on come from its bootstrap's ``node.metadata["grpcmesh"]`` (see
+``ProxyNode.from_node``), so the local launcher can allocate them while Kubernetes pods use the
+defaults: ``inbound_port`` (15006), ``egress_port`` (15001), ``app_port`` (the service's
+``spec.grpc.port``), ``ingress_port`` (8080), ``bind_address`` (0.0.0.0, for inbound and
+ingress), ``ca_bundle`` (/etc/ssl/certs/ca-certificates.crt: the CA file in the proxy's image
+that TLS to external backends is verified against).
+The egress listener always binds 127.0.0.1: only the local app may use it.
+
+Resource names inside a node's snapshot:
+
+==========================  ==================================================================
+Listener ``inbound``        ``<bind>:<inbound_port>`` -> the app on ``127.0.0.1:<app_port>``;
+                            its route configuration is inline (it changes only with the
+                            listener).
+Listener ``egress``         ``127.0.0.1:<egress_port>``; RDS ``egress``; the app dials it with
+                            ``:authority`` = backend name.
+Listener ``ingress``        ``<bind>:<ingress_port>``; RDS ``ingress``.
+RouteConfiguration          ``egress`` (one virtual host per backend, domains ``name`` and
+                            ``name:*``) and ``ingress`` (one virtual host ``*``, routes by gRPC
+                            path prefix ``/<package.Service>/``).
+Cluster ``<svc>|<version>`` EDS, one per version of a MeshService; its load assignment has the
+                            same name. E.g. ``payments|v2``.
+Cluster ``inbound|<port>``  STATIC, the local app.
+Cluster ``external|<name>`` STRICT_DNS, an external backend.
+==========================  ==================================================================
+
+Route order within a service: exact method paths (``/<package.Service>/<Method>``) whose policy
+differs from the service's, then the service prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from grpcmesh_control.errors import InvalidNodeId
+
+__all__ = [
+    "DEFAULT_EGRESS_PORT",
+    "DEFAULT_INBOUND_PORT",
+    "DEFAULT_INGRESS_PORT",
+    "EGRESS",
+    "INBOUND",
+    "INGRESS",
+    "METADATA_KEY",
+    "NodeId",
+    "NodeKind",
+    "ProxyNode",
+    "external_cluster_name",
+    "inbound_cluster_name",
+    "version_cluster_name",
+]
+
+INBOUND = "inbound"
+EGRESS = "egress"
+INGRESS = "ingress"
+
+DEFAULT_INBOUND_PORT = 15006
+DEFAULT_EGRESS_PORT = 15001
+DEFAULT_INGRESS_PORT = 8080
+DEFAULT_BIND_ADDRESS = "0.0.0.0"  # pods are reached on their IP; ports are explicit
+DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian/Ubuntu, incl. Envoy's image
+LOCALHOST = "127.0.0.1"
+
+METADATA_KEY = "grpcmesh"
+_SEP = "~"
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_REPLICA = re.compile(r"^[A-Za-z0-9]([-._A-Za-z0-9]*[A-Za-z0-9])?$")
+
+
+class NodeKind(StrEnum):
+    SIDECAR = "sidecar"
+    INGRESS = "ingress"
+
+
+@dataclass(frozen=True)
+class NodeId:
+    """A parsed node id. ``name`` is the service (sidecars) or the gateway name (ingress)."""
+
+    kind: NodeKind
+    name: str
+    replica: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name) or len(self.name) > 63:
+            raise InvalidNodeId(f"{self.name!r} is not a DNS-1035 label")
+        if self.kind is NodeKind.SIDECAR and not self.replica:
+            raise InvalidNodeId(f"sidecar node {self.name!r} needs a replica")
+        if self.replica and not _REPLICA.match(self.replica):
+            raise InvalidNodeId(
+                f"replica {self.replica!r} has characters other than [-._A-Za-z0-9]"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> NodeId:
+        parts = text.split(_SEP)
+        try:
+            kind = NodeKind(parts[0])
+        except ValueError:
+            raise InvalidNodeId(
+                f"node id {text!r}: expected sidecar~<service>~<replica> or ingress~<name>"
+            ) from None
+        if kind is NodeKind.SIDECAR and len(parts) != 3:
+            raise InvalidNodeId(f"node id {text!r}: expected sidecar~<service>~<replica>")
+        if kind is NodeKind.INGRESS and len(parts) not in (2, 3):
+            raise InvalidNodeId(f"node id {text!r}: expected ingress~<name>[~<replica>]")
+        return cls(kind, parts[1], parts[2] if len(parts) == 3 else "")
+
+    @classmethod
+    def sidecar(cls, service: str, replica: str) -> NodeId:
+        return cls(NodeKind.SIDECAR, service, replica)
+
+    @classmethod
+    def ingress(cls, name: str = "gateway", replica: str = "") -> NodeId:
+        return cls(NodeKind.INGRESS, name, replica)
+
+    @property
+    def envoy_cluster(self) -> str:
+        """Envoy's ``node.cluster``: the service for sidecars, ``ingress`` for gateways."""
+        return self.name if self.kind is NodeKind.SIDECAR else INGRESS
+
+    def __str__(self) -> str:
+        parts = [self.kind.value, self.name] + ([self.replica] if self.replica else [])
+        return _SEP.join(parts)
+
+
+@dataclass(frozen=True)
+class ProxyNode:
+    """A connected Envoy: who it is and where it listens. ``app_port`` None = spec.grpc.port."""
+
+    id: NodeId
+    inbound_port: int = DEFAULT_INBOUND_PORT
+    egress_port: int = DEFAULT_EGRESS_PORT
+    ingress_port: int = DEFAULT_INGRESS_PORT
+    app_port: int | None = None
+    bind_address: str = DEFAULT_BIND_ADDRESS
+    ca_bundle: str = DEFAULT_CA_BUNDLE
+
+    @classmethod
+    def from_node(cls, node_id: str, metadata: Mapping[str, Any] | None = None) -> ProxyNode:
+        """From Envoy's ``node.id`` and ``node.metadata`` (as a dict, e.g. ``MessageToDict``)."""
+        ours = (metadata or {}).get(METADATA_KEY) or {}
+        if not isinstance(ours, Mapping):
+            raise InvalidNodeId(f"node {node_id}: metadata.{METADATA_KEY} must be a mapping")
+        defaults = cls(NodeId.parse(node_id))
+        bind = _text(node_id, ours, "bind_address", defaults.bind_address)
+        ca_bundle = _text(node_id, ours, "ca_bundle", defaults.ca_bundle)
+        return cls(
+            id=defaults.id,
+            inbound_port=_port(node_id, ours, "inbound_port", defaults.inbound_port),
+            egress_port=_port(node_id, ours, "egress_port", defaults.egress_port),
+            ingress_port=_port(node_id, ours, "ingress_port", defaults.ingress_port),
+            app_port=_optional_port(node_id, ours, "app_port"),
+            bind_address=bind,
+            ca_bundle=ca_bundle,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``node.metadata`` that makes ``from_node`` return this node (for bootstraps)."""
+        ours: dict[str, Any] = {
+            "inbound_port": self.inbound_port,
+            "egress_port": self.egress_port,
+            "ingress_port": self.ingress_port,
+            "bind_address": self.bind_address,
+            "ca_bundle": self.ca_bundle,
+        }
+        if self.app_port is not None:
+            ours["app_port"] = self.app_port
+        return {METADATA_KEY: ours}
+
+
+def _text(node_id: str, metadata: Mapping[str, Any], key: str, default: str) -> str:
+    value = metadata.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise InvalidNodeId(f"node {node_id}: metadata.{METADATA_KEY}.{key}: {value!r}")
+    return value
+
+
+def _port(node_id: str, metadata: Mapping[str, Any], key: str, default: int) -> int:
+    port = _optional_port(node_id, metadata, key)
+    return default if port is None else port
+
+
+def _optional_port(node_id: str, metadata: Mapping[str, Any], key: str) -> int | None:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    # protobuf Struct carries numbers as floats: 15006.0 is fine, 15006.5 is not.
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise InvalidNodeId(f"node {node_id}: metadata.{METADATA_KEY}.{key}: {value!r}")
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise InvalidNodeId(f"node {node_id}: metadata.{METADATA_KEY}.{key}: {port} out of range")
+    return port
+
+
+def version_cluster_name(service: str, version: str) -> str:
+    return f"{service}|{version}"
+
+
+def inbound_cluster_name(app_port: int) -> str:
+    return f"{INBOUND}|{app_port}"
+
+
+def external_cluster_name(backend: str) -> str:
+    return f"external|{backend}"

@@ -1,0 +1,163 @@
+"""Route configurations: egress (one virtual host per backend, keyed by ``:authority``), ingress
+(one virtual host, keyed by gRPC service path) and the inbound one (everything to the app)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from envoy.config.route.v3 import route_components_pb2 as route
+
+from grpcmesh_control.model.mesh import Backend, MeshService, RetryOn
+from grpcmesh_control.translate import _envoy as e
+from grpcmesh_control.translate.naming import (
+    EGRESS,
+    INBOUND,
+    INGRESS,
+    external_cluster_name,
+    inbound_cluster_name,
+    version_cluster_name,
+)
+from grpcmesh_control.translate.policy import EffectiveRetry, RoutePolicy, route_policies
+from grpcmesh_control.translate.registry import Registry
+
+__all__ = [
+    "ALWAYS_RETRIED",
+    "RETRY_ON_TOKENS",
+    "egress_route_config",
+    "inbound_route_config",
+    "ingress_route_config",
+    "retry_policy",
+    "service_routes",
+]
+
+# Envoy's x-envoy-retry-grpc-on names.
+RETRY_ON_TOKENS = {
+    RetryOn.UNAVAILABLE: "unavailable",
+    RetryOn.CANCELLED: "cancelled",
+    RetryOn.DEADLINE_EXCEEDED: "deadline-exceeded",
+    RetryOn.INTERNAL: "internal",
+    RetryOn.RESOURCE_EXHAUSTED: "resource-exhausted",
+}
+# The request never reached a server in these cases, so they are as safe as the method is.
+ALWAYS_RETRIED = ("connect-failure", "refused-stream")
+NO_TIMEOUT = timedelta(0)
+
+
+def retry_policy(retry: EffectiveRetry) -> route.RetryPolicy:
+    tokens = [RETRY_ON_TOKENS[code] for code in retry.retry_on] + list(ALWAYS_RETRIED)
+    policy = route.RetryPolicy(
+        retry_on=",".join(tokens),
+        num_retries=e.u32(retry.attempts),
+        # Retry on another endpoint than the ones that already failed this call.
+        retry_host_predicate=[
+            route.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=e.pack(e.previous_hosts_pb2.PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
+    if retry.per_try_timeout is not None:
+        policy.per_try_timeout.CopyFrom(e.duration(retry.per_try_timeout))
+    return policy
+
+
+def service_routes(
+    svc: MeshService, registry: Registry, *, ingress: bool = False
+) -> list[route.Route]:
+    """Routes for ``svc``: method overrides first, then one prefix per gRPC service.
+
+    ``ingress`` keeps only the gRPC services ``svc`` owns in the registry, since the ingress
+    cannot tell two services with the same gRPC service apart (sidecars can, by authority).
+    """
+    return [
+        _route(svc, policy)
+        for policy in route_policies(svc, registry.catalog)
+        if not ingress or registry.grpc_owners.get(policy.grpc_service) == svc.name
+    ]
+
+
+def _route(svc: MeshService, policy: RoutePolicy) -> route.Route:
+    match = (
+        route.RouteMatch(path=policy.path) if policy.exact else route.RouteMatch(prefix=policy.path)
+    )
+    action = _target(svc)
+    action.timeout.CopyFrom(e.duration(policy.timeout))
+    if policy.retry is not None:
+        action.retry_policy.CopyFrom(retry_policy(policy.retry))
+    return route.Route(name=f"{svc.name}{policy.path}", match=match, route=action)
+
+
+def _target(svc: MeshService) -> route.RouteAction:
+    """One cluster, or weighted clusters when traffic is split across versions."""
+    live = [v for v in svc.versions if v.weight > 0]
+    if len(live) == 1:
+        return route.RouteAction(cluster=version_cluster_name(svc.name, live[0].name))
+    return route.RouteAction(
+        weighted_clusters=route.WeightedCluster(
+            clusters=[
+                route.WeightedCluster.ClusterWeight(
+                    name=version_cluster_name(svc.name, v.name), weight=e.u32(v.weight)
+                )
+                for v in live
+            ]
+        )
+    )
+
+
+def _virtual_host(name: str, routes: list[route.Route]) -> route.VirtualHost:
+    # The kit's channel factory sends :authority = the backend name; grpc clients may add a port.
+    return route.VirtualHost(name=name, domains=[name, f"{name}:*"], routes=routes)
+
+
+def _external_virtual_host(backend: Backend) -> route.VirtualHost:
+    # No policy is declared for an external host: no retries, and the caller's own gRPC
+    # deadline (not a route timeout) bounds each call, streaming or not.
+    action = route.RouteAction(
+        cluster=external_cluster_name(backend.name), timeout=e.duration(NO_TIMEOUT)
+    )
+    if backend.external is not None:
+        action.host_rewrite_literal = backend.external.host
+    catch_all = route.Route(
+        name=f"{backend.name}/", match=route.RouteMatch(prefix="/"), route=action
+    )
+    return _virtual_host(backend.name, [catch_all])
+
+
+def egress_route_config(svc: MeshService, registry: Registry) -> e.route_pb2.RouteConfiguration:
+    """What ``svc``'s app may call: one virtual host per resolvable backend, by name."""
+    hosts = []
+    for backend in sorted(registry.resolved_backends(svc), key=lambda b: b.name):
+        if backend.external is not None:
+            hosts.append(_external_virtual_host(backend))
+            continue
+        target = registry.service(backend.name)
+        if target is not None:  # always, for a resolved backend; narrows the type
+            hosts.append(_virtual_host(target.name, service_routes(target, registry)))
+    return e.route_pb2.RouteConfiguration(name=EGRESS, virtual_hosts=hosts)
+
+
+def ingress_route_config(registry: Registry) -> e.route_pb2.RouteConfiguration:
+    """Every MeshService, routed by the gRPC service in the request path."""
+    routes = [r for svc in registry.services for r in service_routes(svc, registry, ingress=True)]
+    return e.route_pb2.RouteConfiguration(
+        name=INGRESS,
+        virtual_hosts=[route.VirtualHost(name=INGRESS, domains=["*"], routes=routes)],
+    )
+
+
+def inbound_route_config(app_port: int) -> e.route_pb2.RouteConfiguration:
+    """Everything to the local app. No timeout here: the caller's sidecar enforces deadlines."""
+    forward = route.RouteAction(
+        cluster=inbound_cluster_name(app_port), timeout=e.duration(NO_TIMEOUT)
+    )
+    return e.route_pb2.RouteConfiguration(
+        name=INBOUND,
+        virtual_hosts=[
+            route.VirtualHost(
+                name=INBOUND,
+                domains=["*"],
+                routes=[route.Route(name="app", match=route.RouteMatch(prefix="/"), route=forward)],
+            )
+        ],
+    )

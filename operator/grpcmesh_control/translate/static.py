@@ -1,0 +1,62 @@
+"""A snapshot as a static Envoy bootstrap: RDS routes inlined into their listeners, EDS clusters
+turned STATIC with their load assignments inlined.
+
+For debugging and tests: ``envoy --mode validate`` checks a snapshot this way without an xDS
+server, and a node's config can be replayed by hand (``envoy -c``) when the control plane is
+suspected. Not used on the serving path.
+"""
+
+from __future__ import annotations
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+from grpcmesh_control.translate import _envoy as e
+from grpcmesh_control.translate.listeners import HCM_FILTER
+from grpcmesh_control.translate.naming import LOCALHOST
+from grpcmesh_control.translate.snapshot import Snapshot
+
+__all__ = ["static_bootstrap"]
+
+Cluster = e.cluster_pb2.Cluster
+HCM = e.http_connection_manager_pb2.HttpConnectionManager
+
+
+def static_bootstrap(
+    snapshot: Snapshot, *, admin_port: int, cluster: str = "static"
+) -> bootstrap_pb2.Bootstrap:
+    routes = {r.name: r for r in snapshot.routes}
+    assignments = {a.cluster_name: a for a in snapshot.endpoints}
+
+    listeners = []
+    for original in snapshot.listeners:
+        listener = e.listener_pb2.Listener()
+        listener.CopyFrom(original)
+        for chain in listener.filter_chains:
+            for network_filter in chain.filters:
+                if network_filter.name != HCM_FILTER:
+                    continue
+                hcm = HCM()
+                network_filter.typed_config.Unpack(hcm)
+                if hcm.HasField("rds"):
+                    hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])  # clears rds
+                network_filter.typed_config.CopyFrom(e.pack(hcm))
+        listeners.append(listener)
+
+    clusters = []
+    for original in snapshot.clusters:
+        static = Cluster()
+        static.CopyFrom(original)
+        if static.type == Cluster.DiscoveryType.EDS:
+            name = static.eds_cluster_config.service_name or static.name
+            static.ClearField("eds_cluster_config")
+            static.type = Cluster.DiscoveryType.STATIC
+            static.load_assignment.CopyFrom(assignments[name])
+        clusters.append(static)
+
+    return bootstrap_pb2.Bootstrap(
+        node=e.base_pb2.Node(id=snapshot.node_id, cluster=cluster),
+        admin=bootstrap_pb2.Admin(address=e.socket_address(LOCALHOST, admin_port)),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
+            listeners=listeners, clusters=clusters
+        ),
+    )

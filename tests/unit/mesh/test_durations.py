@@ -1,0 +1,45 @@
+"""CRD durations: Go-style spellings to exact timedeltas and back."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from grpcmesh_control.model import format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("250ms", timedelta(milliseconds=250)),
+        ("2s", timedelta(seconds=2)),
+        ("0.1s", timedelta(milliseconds=100)),
+        ("1.5s", timedelta(milliseconds=1500)),
+        ("1m30s", timedelta(seconds=90)),
+        ("2h", timedelta(hours=2)),
+        ("0s", timedelta(0)),
+    ],
+)
+def test_parse(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "2", "2 s", "-1s", "1d", "s", "1.s"])
+def test_parse_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (timedelta(milliseconds=250), "250ms"),
+        (timedelta(seconds=2), "2s"),
+        (timedelta(microseconds=1500), "0.0015s"),
+        (timedelta(0), "0s"),
+    ],
+)
+def test_format_round_trips(value: timedelta, text: str) -> None:
+    assert format_duration(value) == text
+    assert parse_duration(text) == value

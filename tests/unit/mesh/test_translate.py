@@ -1,0 +1,422 @@
+"""Translation, YAML in -> typed Envoy resources out: the reference mesh's sidecar and ingress
+snapshots, asserted on what Envoy will do (which route retries, which deadline, which cluster)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+from grpcmesh_control.model import (
+    Endpoint,
+    MeshService,
+    MethodCatalog,
+    parse_mesh_service,
+    parse_mesh_services_yaml,
+)
+from grpcmesh_control.translate import (
+    InvalidNodeId,
+    NodeId,
+    NodeKind,
+    ProxyNode,
+    Registry,
+    Snapshot,
+    UnknownNode,
+    build_snapshot,
+)
+
+from .conftest import ENDPOINTS
+from .envoy_views import cluster, hcm, listener, route, route_config, speaks_http2, virtual_host
+
+Doc = dict[str, Any]
+CATALOG_SVC = "/grpcmesh.shop.v1.CatalogService/"
+INVENTORY_SVC = "/grpcmesh.shop.v1.InventoryService/"
+ORDER_SVC = "/grpcmesh.shop.v1.OrderService/"
+PAYMENT_SVC = "/grpcmesh.shop.v1.PaymentService/"
+EDS = cluster_pb2.Cluster.DiscoveryType.EDS
+
+
+@pytest.fixture
+def orders_sidecar(registry: Registry) -> Snapshot:
+    return build_snapshot(registry, ProxyNode(NodeId.sidecar("orders", "orders-0")))
+
+
+@pytest.fixture
+def ingress(registry: Registry) -> Snapshot:
+    return build_snapshot(registry, ProxyNode(NodeId.ingress()))
+
+
+def seconds(duration: Any) -> float:
+    return float(duration.ToTimedelta() / timedelta(seconds=1))
+
+
+# --- sidecar ----------------------------------------------------------------------------------
+
+
+def test_sidecar_listeners(orders_sidecar: Snapshot) -> None:
+    inbound = listener(orders_sidecar, "inbound")
+    assert inbound.address.socket_address.address == "0.0.0.0"
+    assert inbound.address.socket_address.port_value == 15006
+    assert inbound.traffic_direction == base_pb2.TrafficDirection.INBOUND
+    to_app = route(hcm(inbound).route_config.virtual_hosts[0], "/anything/At.All")
+    assert to_app.route.cluster == "inbound|50051"
+    assert seconds(to_app.route.timeout) == 0  # the caller's sidecar enforces deadlines
+
+    egress = listener(orders_sidecar, "egress")
+    assert egress.address.socket_address.address == "127.0.0.1"
+    assert egress.address.socket_address.port_value == 15001
+    rds = hcm(egress).rds
+    assert rds.route_config_name == "egress"
+    assert rds.config_source.HasField("ads")
+    assert rds.config_source.resource_api_version == config_source_pb2.ApiVersion.V3
+
+
+def test_inbound_cluster_is_the_local_app_over_http2(orders_sidecar: Snapshot) -> None:
+    app = cluster(orders_sidecar, "inbound|50051")
+    assert app.type == cluster_pb2.Cluster.DiscoveryType.STATIC
+    (endpoint,) = app.load_assignment.endpoints[0].lb_endpoints
+    address = endpoint.endpoint.address.socket_address
+    assert (address.address, address.port_value) == ("127.0.0.1", 50051)
+    assert speaks_http2(app)
+
+
+def test_egress_has_one_virtual_host_per_backend_keyed_by_authority(
+    orders_sidecar: Snapshot,
+) -> None:
+    config = route_config(orders_sidecar, "egress")
+    assert [(h.name, list(h.domains)) for h in config.virtual_hosts] == [
+        ("catalog", ["catalog", "catalog:*"]),
+        ("inventory", ["inventory", "inventory:*"]),
+        ("payments", ["payments", "payments:*"]),
+    ]
+
+
+def test_retries_only_on_idempotent_methods(orders_sidecar: Snapshot) -> None:
+    inventory = virtual_host(route_config(orders_sidecar, "egress"), "inventory")
+    for method in ("ReserveStock", "ReleaseStock", "CommitStock", "GetStock"):
+        policy = route(inventory, INVENTORY_SVC + method).route.retry_policy
+        assert policy.retry_on == "unavailable,connect-failure,refused-stream", method
+        assert policy.num_retries.value == 2
+        assert seconds(policy.per_try_timeout) == 0.5
+        assert policy.retry_host_predicate[0].name == "envoy.retry_host_predicates.previous_hosts"
+    adjust = route(inventory, INVENTORY_SVC + "AdjustStock")
+    assert not adjust.route.HasField("retry_policy")  # not idempotent: never retried
+    unknown = route(inventory, INVENTORY_SVC + "NotInTheProtos")
+    assert unknown.match.prefix == INVENTORY_SVC
+    assert not unknown.route.HasField("retry_policy")
+
+
+def test_timeouts_per_service_and_method(orders_sidecar: Snapshot) -> None:
+    egress = route_config(orders_sidecar, "egress")
+    inventory = virtual_host(egress, "inventory")
+    assert seconds(route(inventory, INVENTORY_SVC + "GetStock").route.timeout) == 2
+    assert seconds(route(inventory, INVENTORY_SVC + "ReserveStock").route.timeout) == 3
+    assert seconds(route(inventory, INVENTORY_SVC + "AdjustStock").route.timeout) == 5
+    catalog = virtual_host(egress, "catalog")
+    assert seconds(route(catalog, CATALOG_SVC + "GetProduct").route.timeout) == 1
+
+
+def test_exact_method_routes_precede_the_service_prefix(orders_sidecar: Snapshot) -> None:
+    inventory = virtual_host(route_config(orders_sidecar, "egress"), "inventory")
+    kinds = [r.match.WhichOneof("path_specifier") for r in inventory.routes]
+    assert kinds == ["path"] * (len(kinds) - 1) + ["prefix"]
+
+
+def test_canary_versions_get_weighted_clusters(orders_sidecar: Snapshot) -> None:
+    payments = virtual_host(route_config(orders_sidecar, "egress"), "payments")
+    for path in (PAYMENT_SVC + "Charge", PAYMENT_SVC + "Unknown"):
+        action = route(payments, path).route
+        assert not action.cluster
+        weights = [(c.name, c.weight.value) for c in action.weighted_clusters.clusters]
+        assert weights == [("payments|v1", 90), ("payments|v2", 10)]
+
+
+def test_clusters_of_a_sidecar(orders_sidecar: Snapshot) -> None:
+    assert [c.name for c in orders_sidecar.clusters] == [
+        "catalog|v1",
+        "inbound|50051",
+        "inventory|v1",
+        "payments|v1",
+        "payments|v2",
+    ]
+    for item in orders_sidecar.clusters:
+        assert speaks_http2(item), item.name
+        if item.name.startswith("inbound"):
+            continue
+        assert item.type == EDS
+        assert item.eds_cluster_config.service_name == item.name
+        assert item.eds_cluster_config.eds_config.HasField("ads")
+        assert item.lb_policy == cluster_pb2.Cluster.LbPolicy.LEAST_REQUEST
+        assert item.common_lb_config.healthy_panic_threshold.value == 0
+
+
+def test_outlier_detection_enforces_only_what_is_set(orders_sidecar: Snapshot) -> None:
+    catalog = cluster(orders_sidecar, "catalog|v1").outlier_detection
+    assert catalog.consecutive_gateway_failure.value == 5
+    assert catalog.enforcing_consecutive_gateway_failure.value == 100
+    assert catalog.enforcing_consecutive_5xx.value == 0
+    assert catalog.enforcing_success_rate.value == 0
+    assert (seconds(catalog.interval), seconds(catalog.base_ejection_time)) == (5, 30)
+    assert catalog.max_ejection_percent.value == 50
+    inventory = cluster(orders_sidecar, "inventory|v1").outlier_detection
+    assert (inventory.consecutive_5xx.value, inventory.enforcing_consecutive_5xx.value) == (10, 100)
+
+
+def test_circuit_breakers_and_retry_budget(orders_sidecar: Snapshot) -> None:
+    (limits,) = cluster(orders_sidecar, "inventory|v1").circuit_breakers.thresholds
+    assert limits.priority == base_pb2.RoutingPriority.DEFAULT
+    assert (limits.max_connections.value, limits.max_pending_requests.value) == (100, 100)
+    assert limits.max_requests.value == 200
+    assert not limits.HasField("max_retries")  # Envoy's default; the budget governs anyway
+    assert limits.retry_budget.budget_percent.value == 20
+    assert limits.retry_budget.min_retry_concurrency.value == 3
+    (payments,) = cluster(orders_sidecar, "payments|v2").circuit_breakers.thresholds
+    assert payments.max_requests.value == 100
+    assert not payments.HasField("max_connections")
+
+
+def test_load_assignments_carry_readiness(orders_sidecar: Snapshot) -> None:
+    assignments = {a.cluster_name: a for a in orders_sidecar.endpoints}
+    assert set(assignments) == {"catalog|v1", "inventory|v1", "payments|v1", "payments|v2"}
+    statuses = {
+        e.endpoint.address.socket_address.address: e.health_status
+        for e in assignments["catalog|v1"].endpoints[0].lb_endpoints
+    }
+    assert statuses == {
+        "10.0.0.1": health_check_pb2.HealthStatus.HEALTHY,
+        "10.0.0.2": health_check_pb2.HealthStatus.UNHEALTHY,
+    }
+    v2 = assignments["payments|v2"].endpoints[0].lb_endpoints
+    assert [e.endpoint.address.socket_address.address for e in v2] == ["10.0.2.2"]
+
+
+def test_ports_come_from_node_metadata(registry: Registry) -> None:
+    metadata = {
+        "grpcmesh": {
+            "inbound_port": 41001.0,  # protobuf Struct numbers are floats
+            "egress_port": 41002,
+            "app_port": 41003,
+            "bind_address": "127.0.0.1",
+        }
+    }
+    node = ProxyNode.from_node("sidecar~orders~local-0", metadata)
+    assert ProxyNode.from_node(str(node.id), node.metadata()) == node
+    snapshot = build_snapshot(registry, node)
+    inbound = listener(snapshot, "inbound").address.socket_address
+    assert (inbound.address, inbound.port_value) == ("127.0.0.1", 41001)
+    assert listener(snapshot, "egress").address.socket_address.port_value == 41002
+    assert [c.name for c in snapshot.clusters if c.name.startswith("inbound")] == ["inbound|41003"]
+
+
+# --- ingress ----------------------------------------------------------------------------------
+
+
+def test_ingress_routes_every_service_by_path(ingress: Snapshot) -> None:
+    (gateway,) = ingress.listeners
+    assert gateway.name == "ingress"
+    assert gateway.address.socket_address.port_value == 8080
+    assert hcm(gateway).use_remote_address.value is True
+    (host,) = route_config(ingress, "ingress").virtual_hosts
+    assert list(host.domains) == ["*"]
+    targets = {
+        CATALOG_SVC + "ListProducts": "catalog|v1",
+        INVENTORY_SVC + "GetStock": "inventory|v1",
+        ORDER_SVC + "PlaceOrder": "orders|v1",
+    }
+    for path, target in targets.items():
+        assert route(host, path).route.cluster == target
+    assert len(route(host, PAYMENT_SVC + "Charge").route.weighted_clusters.clusters) == 2
+
+
+def test_ingress_streaming_and_overridden_methods(ingress: Snapshot) -> None:
+    (host,) = route_config(ingress, "ingress").virtual_hosts
+    watch = route(host, ORDER_SVC + "WatchOrder").route
+    assert seconds(watch.timeout) == 0  # server-streaming: no deadline
+    assert watch.retry_policy.num_retries.value == 2  # NO_SIDE_EFFECTS: retried...
+    assert not watch.retry_policy.HasField("per_try_timeout")  # ...without cutting the stream
+    place = route(host, ORDER_SVC + "PlaceOrder").route
+    assert seconds(place.timeout) == 10
+    assert (place.retry_policy.num_retries.value, seconds(place.retry_policy.per_try_timeout)) == (
+        1,
+        8,
+    )
+
+
+def test_ingress_has_every_version_cluster_and_empty_assignments(ingress: Snapshot) -> None:
+    names = [c.name for c in ingress.clusters]
+    assert names == ["catalog|v1", "inventory|v1", "orders|v1", "payments|v1", "payments|v2"]
+    orders = next(a for a in ingress.endpoints if a.cluster_name == "orders|v1")
+    assert len(orders.endpoints) == 0  # no endpoints yet, but the assignment is sent
+
+
+# --- registry edge cases ------------------------------------------------------------------------
+
+
+def test_unknown_backend_is_reported_and_skipped(
+    example_docs: dict[str, Doc], services: dict[str, MeshService], catalog: MethodCatalog
+) -> None:
+    doc = example_docs["orders"]
+    doc["spec"]["backends"].append({"name": "shipping"})
+    orders = parse_mesh_service(doc, catalog=catalog)
+    registry = Registry.build({**services, "orders": orders}.values(), ENDPOINTS, catalog)
+    assert [str(p) for p in registry.problems] == [
+        "MeshService default/orders: spec.backends[3].name: no MeshService shipping; "
+        "not routable until it exists"
+    ]
+    snapshot = build_snapshot(registry, ProxyNode(NodeId.sidecar("orders", "0")))
+    hosts = [h.name for h in route_config(snapshot, "egress").virtual_hosts]
+    assert "shipping" not in hosts and "payments" in hosts
+
+
+def test_same_name_in_two_namespaces(
+    example_docs: dict[str, Doc], services: dict[str, MeshService]
+) -> None:
+    doc = example_docs["catalog"]
+    doc["metadata"]["namespace"] = "staging"
+    registry = Registry.build([*services.values(), parse_mesh_service(doc)])
+    assert [str(p) for p in registry.problems] == [
+        "MeshService staging/catalog: metadata.name: name already used by default/catalog"
+    ]
+    resolved = registry.service("catalog")
+    assert resolved is not None and resolved.namespace == "default"
+
+
+def test_a_grpc_service_claimed_twice_is_routed_to_its_first_owner_at_ingress(
+    example_docs: dict[str, Doc], services: dict[str, MeshService], catalog: MethodCatalog
+) -> None:
+    doc = example_docs["catalog"]
+    doc["metadata"]["name"] = "catalog-next"
+    registry = Registry.build([*services.values(), parse_mesh_service(doc)], {}, catalog)
+    assert "already served by MeshService default/catalog" in str(registry.problems[0])
+    (host,) = route_config(
+        build_snapshot(registry, ProxyNode(NodeId.ingress())), "ingress"
+    ).virtual_hosts
+    assert route(host, CATALOG_SVC + "GetProduct").route.cluster == "catalog|v1"
+
+
+def test_endpoints_of_undeclared_versions_are_not_routed(services: dict[str, MeshService]) -> None:
+    # e.g. pods of a retired version still draining
+    endpoints = {"catalog": [Endpoint("10.0.0.1", 1, "v1"), Endpoint("10.0.0.9", 1, "v0")]}
+    registry = Registry.build(services.values(), endpoints)
+    snapshot = build_snapshot(registry, ProxyNode(NodeId.ingress()))
+    catalog = [a for a in snapshot.endpoints if a.cluster_name.startswith("catalog|")]
+    assert [a.cluster_name for a in catalog] == ["catalog|v1"]
+    (only,) = catalog[0].endpoints[0].lb_endpoints
+    assert only.endpoint.address.socket_address.address == "10.0.0.1"
+
+
+def test_zero_weight_version_has_a_cluster_but_no_traffic(
+    example_docs: dict[str, Doc], services: dict[str, MeshService]
+) -> None:
+    doc = example_docs["payments"]
+    doc["spec"]["versions"] = [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}]
+    registry = Registry.build([services["orders"], parse_mesh_service(doc)])
+    snapshot = build_snapshot(registry, ProxyNode(NodeId.sidecar("orders", "0")))
+    assert {"payments|v1", "payments|v2"} <= {c.name for c in snapshot.clusters}
+    payments = virtual_host(route_config(snapshot, "egress"), "payments")
+    assert route(payments, PAYMENT_SVC + "Charge").route.cluster == "payments|v1"
+
+
+EXTERNAL = """
+apiVersion: grpcmesh.io/v1alpha1
+kind: MeshService
+metadata: {name: quotes}
+spec:
+  grpc: {port: 9000, services: [test.v1.Quotes]}
+  backends:
+    - name: fx
+      external: {host: fx.example.com, port: 443, tls: true}
+"""
+
+
+def test_external_backend_over_tls() -> None:
+    registry = Registry.build(parse_mesh_services_yaml(EXTERNAL, source="quotes.yaml"))
+    snapshot = build_snapshot(registry, ProxyNode(NodeId.sidecar("quotes", "0")))
+    fx = cluster(snapshot, "external|fx")
+    assert fx.type == cluster_pb2.Cluster.DiscoveryType.STRICT_DNS
+    assert speaks_http2(fx)
+    tls = tls_pb2.UpstreamTlsContext()
+    fx.transport_socket.typed_config.Unpack(tls)
+    assert tls.sni == "fx.example.com"
+    assert list(tls.common_tls_context.alpn_protocols) == ["h2"]
+    validation = tls.common_tls_context.validation_context
+    assert validation.trusted_ca.filename == "/etc/ssl/certs/ca-certificates.crt"
+    assert validation.match_typed_subject_alt_names[0].matcher.exact == "fx.example.com"
+    host = virtual_host(route_config(snapshot, "egress"), "fx")
+    action = route(host, "/any.Service/Method").route
+    assert (action.cluster, action.host_rewrite_literal) == ("external|fx", "fx.example.com")
+    assert snapshot.endpoints == ()  # DNS clusters carry their own hosts; no EDS
+
+
+def test_the_ca_bundle_is_the_proxys() -> None:
+    registry = Registry.build(parse_mesh_services_yaml(EXTERNAL, source="quotes.yaml"))
+    node = ProxyNode.from_node("sidecar~quotes~0", {"grpcmesh": {"ca_bundle": "/etc/pki/ca.pem"}})
+    fx = cluster(build_snapshot(registry, node), "external|fx")
+    tls = tls_pb2.UpstreamTlsContext()
+    fx.transport_socket.typed_config.Unpack(tls)
+    assert tls.common_tls_context.validation_context.trusted_ca.filename == "/etc/pki/ca.pem"
+
+
+def test_unknown_sidecar_service(registry: Registry) -> None:
+    with pytest.raises(UnknownNode, match="no MeshService shipping"):
+        build_snapshot(registry, ProxyNode(NodeId.sidecar("shipping", "0")))
+
+
+# --- node ids ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "sidecar~orders~orders-v1-7d9f8-abcde",
+            NodeId(NodeKind.SIDECAR, "orders", "orders-v1-7d9f8-abcde"),
+        ),
+        ("ingress~gateway", NodeId(NodeKind.INGRESS, "gateway")),
+        ("ingress~gateway~1", NodeId(NodeKind.INGRESS, "gateway", "1")),
+    ],
+)
+def test_node_ids_round_trip(text: str, expected: NodeId) -> None:
+    assert NodeId.parse(text) == expected
+    assert str(expected) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "orders",
+        "sidecar~orders",
+        "sidecar~Orders~0",
+        "router~x",
+        "sidecar~orders~a~b",
+        "sidecar~orders~a/b",
+    ],
+)
+def test_bad_node_ids(text: str) -> None:
+    with pytest.raises(InvalidNodeId):
+        NodeId.parse(text)
+
+
+def test_envoy_cluster_of_a_node() -> None:
+    assert NodeId.sidecar("orders", "0").envoy_cluster == "orders"
+    assert NodeId.ingress().envoy_cluster == "ingress"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"grpcmesh": {"inbound_port": 15006.5}},
+        {"grpcmesh": {"egress_port": 0}},
+        {"grpcmesh": {"app_port": "8080"}},
+        {"grpcmesh": {"bind_address": ""}},
+        {"grpcmesh": {"ca_bundle": 1}},
+        {"grpcmesh": "ports"},
+    ],
+)
+def test_bad_node_metadata(metadata: dict[str, Any]) -> None:
+    with pytest.raises(InvalidNodeId):
+        ProxyNode.from_node("sidecar~orders~0", metadata)

@@ -1,0 +1,24 @@
+"""A translated snapshot enters the xDS cache with the versions translate computed, so the
+version in `status` is the one a user can reproduce from the resources."""
+
+from __future__ import annotations
+
+from grpcmesh_control.translate import Registry, build_snapshot
+from grpcmesh_control.translate.naming import NodeId, ProxyNode
+from grpcmesh_control.xds import PUSH_ORDER, SnapshotCache, pack_snapshot
+
+
+def test_pack_keeps_translate_versions_and_adds_per_resource_ones(registry: Registry) -> None:
+    node = ProxyNode.from_node(str(NodeId.sidecar("orders", "0")), {})
+    snapshot = build_snapshot(registry, node)
+    packed = pack_snapshot(snapshot)
+    assert packed.version == snapshot.version
+    for type_url in PUSH_ORDER:
+        typed = packed.of(type_url)
+        assert typed.version == snapshot.versions[type_url]
+        assert set(typed.resources) == set(snapshot.resources(type_url))
+        assert set(typed.resource_versions) == set(typed.resources)
+
+    cache = SnapshotCache()
+    assert cache.set_snapshot(str(node.id), packed) is True
+    assert cache.set_snapshot(str(node.id), pack_snapshot(build_snapshot(registry, node))) is False
