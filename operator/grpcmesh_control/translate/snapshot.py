@@ -73,7 +73,7 @@ class Snapshot:
     endpoints: tuple[e.endpoint_pb2.ClusterLoadAssignment, ...] = ()
     listeners: tuple[e.listener_pb2.Listener, ...] = ()
     routes: tuple[e.route_pb2.RouteConfiguration, ...] = ()
-    versions: Mapping[ResourceType, str] = field(init=False, compare=False)
+    versions: Mapping[str, str] = field(init=False, compare=False)
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
