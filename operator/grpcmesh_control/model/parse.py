@@ -13,14 +13,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 # No stubs for jsonschema in the environment yet (types-jsonschema would add them).
-from jsonschema import Draft4Validator  # type: ignore[import-untyped]
-from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]
-from jsonschema.validators import extend  # type: ignore[import-untyped]
+from jsonschema import Draft4Validator
+from jsonschema.exceptions import ValidationError
+from jsonschema.validators import extend
 
 from grpcmesh_control.errors import FieldError, InvalidResource
 from grpcmesh_control.model.catalog import MethodCatalog
@@ -111,7 +111,7 @@ def parse_endpoint(doc: Mapping[str, Any]) -> Endpoint:
 
 # Draft 4 is the JSON Schema dialect OpenAPI v3.0 (and so the CRD schema) is based on. Any
 # Mapping is an object, so read-only views (kopf's bodies, MappingProxyType) validate too.
-_Validator = extend(
+_Validator = extend(  # type: ignore[no-untyped-call]
     Draft4Validator,
     type_checker=Draft4Validator.TYPE_CHECKER.redefine(
         "object", lambda _checker, instance: isinstance(instance, Mapping)
@@ -134,7 +134,7 @@ def _field_errors(error: ValidationError) -> Iterator[FieldError]:
     path = _path(error.absolute_path)
     instance = error.instance
     if error.validator == "required" and isinstance(instance, Mapping):
-        for name in error.validator_value:
+        for name in cast(list[str], error.validator_value):
             if name not in instance:
                 yield FieldError(_join(path, name), "required field is missing")
     elif error.validator == "additionalProperties" and isinstance(instance, Mapping):
