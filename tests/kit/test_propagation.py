@@ -51,7 +51,9 @@ async def test_trace_request_id_and_deadline_cross_a_hop() -> None:
     front_left = front_servicer.seen[0]["remaining"]
     backend_left = backend_servicer.seen[0]["remaining"]
     assert front_left is not None and backend_left is not None
-    assert 0 < backend_left <= front_left <= 3
+    assert 0 < front_left <= 3
+    # The wire format (grpc-timeout) rounds, so allow a few ms; the point is 3 s, not 5 s.
+    assert 0 < backend_left <= front_left + 0.05
 
     spans = exporter.get_finished_spans()
     assert len(spans) == 3  # front server, front client, backend server

@@ -3,7 +3,7 @@
 from grpcmesh_kit.app import ServiceApp
 from grpcmesh_kit.channels import ChannelFactory, UnknownService
 from grpcmesh_kit.config import KitSettings, SettingsWatcher
-from grpcmesh_kit.context import REQUEST_ID_HEADER, RpcContext, current_rpc
+from grpcmesh_kit.context import REQUEST_ID_HEADER, RpcContext, current_rpc, detached_context
 from grpcmesh_kit.errors import (
     Aborted,
     AlreadyExists,
@@ -36,4 +36,5 @@ __all__ = [
     "configure_logging",
     "create_tracer_provider",
     "current_rpc",
+    "detached_context",
 ]

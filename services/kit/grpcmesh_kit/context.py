@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 import uuid
 from contextvars import ContextVar
@@ -27,3 +28,14 @@ current_rpc: ContextVar[RpcContext | None] = ContextVar("grpcmesh_rpc", default=
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+def detached_context() -> contextvars.Context:
+    """A copy of the current context without the RPC's deadline, for work that must outlive
+    the call that started it (e.g. a saga); the request id is kept, so its logs and outgoing
+    calls still correlate. Pass it to ``asyncio.create_task(..., context=...)``."""
+    context = contextvars.copy_context()
+    rpc = context.get(current_rpc)
+    if rpc is not None:
+        context.run(current_rpc.set, RpcContext(rpc.request_id, rpc.method, None))
+    return context

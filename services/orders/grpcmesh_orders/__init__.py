@@ -1,0 +1,1 @@
+"""Orders reference service: an event-sourced order saga over catalog, inventory, payments."""

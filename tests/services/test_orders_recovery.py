@@ -1,0 +1,216 @@
+"""Orders recovery: a real orders process killed mid-saga and restarted on the same database,
+and compensations that keep failing, finished later by a retry or by the resumer at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpcmesh.shop.v1 import orders_pb2, orders_pb2_grpc, payments_pb2
+from tests.services.orders_fixtures import (
+    CHARGE,
+    Mode,
+    Rule,
+    Shop,
+    assert_books_balance,
+    event_names,
+    list_all,
+    payment_of,
+    place,
+    place_request,
+    rpc_error,
+    running_shop,
+    stock_of,
+    watch_all,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+PENDING = orders_pb2.ORDER_STATE_PENDING
+CANCELLED = orders_pb2.ORDER_STATE_CANCELLED
+CONFIRMED = orders_pb2.ORDER_STATE_CONFIRMED
+
+
+# --- 4. kill -9 mid-saga -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def orders_process(
+    shop: Shop, name: str, timeout: float = 20
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``python -m grpcmesh_orders`` on an OS-assigned port, configured through GRPCMESH_*;
+    yields (process, address) once it reports SERVING, kills it on exit."""
+    ports_file = shop.tmp_path / f"{name}.ports.json"
+    env = {
+        **os.environ,
+        "GRPCMESH_PORT": "0",
+        "GRPCMESH_METRICS_PORT": "0",
+        "GRPCMESH_PORTS_FILE": str(ports_file),
+        "GRPCMESH_DB_PATH": str(shop.orders_db),
+        "GRPCMESH_TARGETS": json.dumps(shop.targets),
+        "GRPCMESH_DRAIN_SECONDS": "0",
+        "GRPCMESH_COMPENSATION_BACKOFF_SECONDS": "0.01",
+        "GRPCMESH_COMPENSATION_MAX_BACKOFF_SECONDS": "0.1",
+    }
+    with (shop.tmp_path / f"{name}.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "grpcmesh_orders", env=env, stdout=log, stderr=log
+        )
+        try:
+            address = await _wait_until_serving(process, ports_file, timeout)
+            yield process, address
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+
+async def _wait_until_serving(
+    process: asyncio.subprocess.Process, ports_file: Path, timeout: float
+) -> str:
+    async with asyncio.timeout(timeout):
+        while not ports_file.exists():  # written once bound, before the start hooks
+            assert process.returncode is None, "orders exited during start"
+            await asyncio.sleep(0.02)
+        address = f"127.0.0.1:{json.loads(ports_file.read_text())['grpc']}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="")
+            while (await health.Check(request)).status != health_pb2.HealthCheckResponse.SERVING:
+                await asyncio.sleep(0.02)
+        return address
+
+
+def pending_in_db(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        (count,) = conn.execute("SELECT COUNT(*) FROM orders WHERE state = 'PENDING'").fetchone()
+        return int(count)
+    finally:
+        conn.close()
+
+
+async def test_orders_killed_mid_saga_finish_every_order_after_restart(tmp_path: Path) -> None:
+    stock = {"sku-0001": 12, "sku-0002": 100}
+    keys = [f"key-{n}" for n in range(24)]
+    items = (("sku-0001", 1), ("sku-0002", 2))
+    # Slow payments keep sagas in flight; limited stock makes some orders cancel.
+    async with running_shop(
+        tmp_path, stock=stock, payments={"latency_ms": 400}, with_orders=False
+    ) as shop:
+        async with orders_process(shop, "first") as (process, address):
+            channel = await shop.stack.enter_async_context(grpc.aio.insecure_channel(address))
+            stub = orders_pb2_grpc.OrderServiceStub(channel)
+            charges_arrived = shop.faults.when(CHARGE, 4)
+            placing = [asyncio.create_task(place(stub, key, items, timeout=30)) for key in keys]
+            await asyncio.wait_for(charges_arrived.wait(), timeout=15)
+            process.send_signal(signal.SIGKILL)
+            assert await process.wait() == -signal.SIGKILL
+        outcomes = await asyncio.gather(*placing, return_exceptions=True)
+        assert all(isinstance(o, orders_pb2.Order | grpc.aio.AioRpcError) for o in outcomes)
+        # The kill interrupted sagas: their logs end without a terminal event.
+        assert pending_in_db(shop.orders_db) > 0
+
+        async with orders_process(shop, "second") as (_, address):
+            channel = await shop.stack.enter_async_context(grpc.aio.insecure_channel(address))
+            stub = orders_pb2_grpc.OrderServiceStub(channel)
+            # No client action needed: the resumer finishes every interrupted saga.
+            async with asyncio.timeout(20):
+                recovered = await list_all(stub)
+                while any(o.state == PENDING for o in recovered):
+                    await asyncio.sleep(0.05)
+                    recovered = await list_all(stub)
+            assert recovered
+
+            # Clients retrying with their keys get the same orders, now terminal; keys whose
+            # request never reached orders before the kill get new orders.
+            final = await asyncio.gather(*(place(stub, key, items, timeout=30) for key in keys))
+            assert {o.order_id for o in recovered} <= {o.order_id for o in final}
+            assert len({o.order_id for o in final}) == len(keys)
+            assert all(o.state in (CONFIRMED, CANCELLED) for o in final)
+            assert sum(o.state == CONFIRMED for o in final) == 12  # all of sku-0001, no more
+            for order in final:
+                events = await watch_all(stub, order.order_id)
+                assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+            await assert_books_balance(shop, final, stock)
+            # Charges in flight at the kill were sent again after the restart (same keys), and
+            # payments answered them with the first outcome: more calls than payments.
+            assert shop.faults.calls[CHARGE] > len(shop.faults.payment_ids) == 12
+
+
+# --- compensation that keeps failing -------------------------------------------------------------
+
+
+ITEMS = (("sku-0001", 1),)
+STOCK = {"sku-0001": 5}
+STALLED = ["PLACED", "PRICED", "STOCK_RESERVED", "STEP_FAILED", "STOCK_RELEASED"]
+
+
+def logged_types(db: Path, order_id: str) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT type FROM order_events WHERE order_id = ? ORDER BY sequence", (order_id,)
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+    finally:
+        conn.close()
+
+
+async def stall_an_order(shop: Shop) -> orders_pb2.Order:
+    """Payments is down for good: the charge fails with an unknown outcome, and resolving it
+    (by resending) fails too, so the order is left compensating."""
+    shop.faults.rules[CHARGE] = Rule(Mode.REJECT, times=None)
+    stub = shop.order_stub
+    error = await rpc_error(stub.PlaceOrder(place_request("k", ITEMS), timeout=10))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "retry with the same idempotency_key" in (error.details() or "")
+    (order,) = await list_all(stub)
+    assert order.state == PENDING
+    assert logged_types(shop.orders_db, order.order_id) == STALLED
+    # Stock was released before the money question came up.
+    assert (await stock_of(shop, "sku-0001")).reserved == 0
+    return order
+
+
+async def test_a_stalled_compensation_is_finished_by_a_client_retry(tmp_path: Path) -> None:
+    async with running_shop(tmp_path, stock=STOCK, orders={"compensation_attempts": 2}) as shop:
+        stalled = await stall_an_order(shop)
+        del shop.faults.rules[CHARGE]  # payments is back
+
+        order = await place(shop.order_stub, "k", ITEMS)
+        assert order.order_id == stalled.order_id
+        assert order.state == CANCELLED
+        # The resent charge captured (the outage recorded nothing), so it was refunded.
+        assert (await payment_of(shop, order.payment_id)).state == (
+            payments_pb2.PAYMENT_STATE_REFUNDED
+        )
+        await assert_books_balance(shop, [order], STOCK)
+
+
+async def test_a_stalled_compensation_is_resumed_at_start(tmp_path: Path) -> None:
+    async with running_shop(tmp_path, stock=STOCK, orders={"compensation_attempts": 2}) as shop:
+        stalled = await stall_an_order(shop)
+        del shop.faults.rules[CHARGE]
+
+        await shop.restart_orders()
+        # Nobody retries: the resumer at start finishes it, and the watch sees it happen.
+        rest = await watch_all(shop.order_stub, stalled.order_id, after=len(STALLED))
+        assert event_names(rest) == ["PAYMENT_CAPTURED", "PAYMENT_REFUNDED", "CANCELLED"]
+        order = (
+            await shop.order_stub.GetOrder(orders_pb2.GetOrderRequest(order_id=stalled.order_id))
+        ).order
+        assert order.state == CANCELLED
+        assert "charge failed (UNAVAILABLE)" in order.failure_reason
+        await assert_books_balance(shop, [order], STOCK)
