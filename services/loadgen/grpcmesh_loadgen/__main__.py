@@ -1,0 +1,3 @@
+from grpcmesh_loadgen.cli import app
+
+app(prog_name="grpcmesh-loadgen")
