@@ -65,7 +65,9 @@ async def test_trace_request_id_and_deadline_cross_a_hop() -> None:
         for s in server_spans
         if s.parent and s.parent.span_id != 0 and s.parent.span_id == client_span.context.span_id
     )
-    assert backend_span.name == "/grpcmesh.shop.v1.CatalogService/GetProduct"
+    assert backend_span.name == "grpcmesh.shop.v1.CatalogService/GetProduct"
+    assert backend_span.attributes is not None
+    assert backend_span.attributes["rpc.grpc.status_code"] == 0
 
 
 async def test_json_logs_carry_trace_span_and_request_id() -> None:

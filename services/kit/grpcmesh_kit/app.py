@@ -15,7 +15,7 @@ import logging
 import signal
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from grpcmesh_kit.channels import ChannelFactory
 from grpcmesh_kit.config import KitSettings, SettingsWatcher
-from grpcmesh_kit.interceptors import client_interceptors, server_interceptors
+from grpcmesh_kit.interceptors import LayeredServer, client_interceptors, server_layers
 from grpcmesh_kit.logs import configure_logging
 from grpcmesh_kit.metrics import MetricsEndpoint
 from grpcmesh_kit.tracing import create_tracer_provider
@@ -106,9 +106,9 @@ class ServiceApp(Generic[S]):
         self._services.append((descriptor.full_name, register))
 
     def add_interceptor(self, interceptor: grpc.aio.ServerInterceptor) -> None:
-        """Add a server interceptor inside the kit's own (so metrics and tracing see what it
-        does); call before start. For cross-cutting needs of one service, or fault injection
-        in tests."""
+        """Add a gRPC server interceptor; call before start. It runs before the kit's layers
+        (which wrap the handlers themselves), so what it does to a call (e.g. an injected fault
+        in tests) reaches the caller without passing through the kit's metrics and tracing."""
         self._extra_interceptors.append(interceptor)
 
     def on_start(self, hook: Hook) -> None:
@@ -134,16 +134,17 @@ class ServiceApp(Generic[S]):
         """Bind, answer health as NOT_SERVING, run start hooks, then report SERVING."""
         s = self.settings
         server = grpc.aio.server(
-            interceptors=[
-                *server_interceptors(self.metrics, self.tracer_provider),
-                *self._extra_interceptors,
-            ],
+            interceptors=self._extra_interceptors,
             options=self._server_options(),
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        layered = cast(
+            grpc.aio.Server,
+            LayeredServer(server, server_layers(self.metrics, self.tracer_provider)),
+        )
         for _name, register in self._services:
-            register(server)
+            register(layered)
         reflection.enable_server_reflection(
             [
                 *self.service_names,

@@ -1,6 +1,6 @@
 """The kit's error vocabulary.
 
-Servicers and domain code raise these; one server interceptor (``interceptors.ErrorInterceptor``)
+Servicers and domain code raise these; one server layer (``interceptors.ErrorLayer``)
 turns them into gRPC statuses. Anything else becomes INTERNAL without a traceback for the caller.
 """
 

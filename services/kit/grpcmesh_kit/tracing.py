@@ -6,14 +6,23 @@ from __future__ import annotations
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 
 
 def create_tracer_provider(
     service_name: str, exporter: SpanExporter | None = None
 ) -> TracerProvider:
-    """A provider tagged with the service name. Without an exporter spans are still created
-    (their ids reach logs and downstream calls) but go nowhere."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    """A provider tagged with the service name.
+
+    Without an exporter, traces this service starts are not recorded: their ids still reach
+    logs and downstream calls, but recording spans nobody collects was most of the kit's
+    per-call overhead (bench/kit_tax.py). A caller's sampling decision is always honoured
+    (ParentBased), so a trace sampled upstream stays whole.
+    """
+    root = ALWAYS_ON if exporter is not None else ALWAYS_OFF
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}), sampler=ParentBased(root)
+    )
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
