@@ -40,10 +40,11 @@ $(GEN)/.stamp: $(VENV)/.synced $(PROTOS)
 gen: $(GEN)/.stamp ## generate Python code from protos/ (never edited by hand)
 
 .PHONY: sysdeps
-sysdeps: ## install system packages the tests use (promtool), if missing
-	@command -v promtool >/dev/null || { \
+sysdeps: ## install system packages the tests use (promtool, curl), if missing
+	@{ command -v promtool && command -v curl; } >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO apt-get install -y -qq --no-install-recommends prometheus curl >/dev/null; }
 
 .PHONY: lint
 lint: gen ## ruff, mypy, buf lint, buf breaking against the released API

@@ -16,6 +16,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from grpcmesh_control.translate.naming import LOCALHOST
 __all__ = [
     "ADMIN_CLUSTER",
     "XDS_CLUSTER",
+    "XdsTransport",
     "envoy_command",
     "find_envoy",
     "render_bootstrap",
@@ -48,6 +50,15 @@ DEFAULT_MAX_DOWNSTREAM_CONNECTIONS = 50_000
 Cluster = e.cluster_pb2.Cluster
 
 
+class XdsTransport(StrEnum):
+    """The ADS flavour a node speaks (Envoy's ``api_type``); the control plane serves both."""
+
+    SOTW = "GRPC"
+    """State of the world: every response carries every resource of its type."""
+    DELTA = "DELTA_GRPC"
+    """Incremental: only changed and removed resources; cheaper for large meshes."""
+
+
 def render_bootstrap(
     node_id: str,
     cluster: str,
@@ -59,6 +70,7 @@ def render_bootstrap(
     bind_address: str = "0.0.0.0",
     xds_connect_timeout: timedelta = timedelta(seconds=1),
     max_downstream_connections: int = DEFAULT_MAX_DOWNSTREAM_CONNECTIONS,
+    xds_transport: XdsTransport = XdsTransport.SOTW,
 ) -> dict[str, Any]:
     """The bootstrap as a dict (proto3 JSON field names).
 
@@ -66,6 +78,7 @@ def render_bootstrap(
     the control plane can move. ``node_metadata`` is usually ``ProxyNode.metadata()``.
     ``health_port`` adds a static listener serving only ``HEALTH_PATHS`` from the admin
     interface, for kubelet probes and Prometheus (which cannot reach 127.0.0.1).
+    ``xds_transport`` picks state-of-the-world (default) or delta ADS.
     """
     host, port = _split_host_port(xds_address)
     metadata = struct_pb2.Struct()
@@ -75,7 +88,7 @@ def render_bootstrap(
         admin=bootstrap_pb2.Admin(address=e.socket_address(LOCALHOST, admin_port)),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
             ads_config=config_source_pb2.ApiConfigSource(
-                api_type=config_source_pb2.ApiConfigSource.ApiType.GRPC,
+                api_type=config_source_pb2.ApiConfigSource.ApiType.Value(xds_transport.value),
                 transport_api_version=config_source_pb2.ApiVersion.V3,
                 grpc_services=[
                     grpc_service_pb2.GrpcService(

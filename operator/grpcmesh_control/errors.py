@@ -6,6 +6,9 @@
   one ``FieldError`` per problem; the message names the source and each field path, e.g.
   ``orders.yaml (MeshService default/orders): spec.trafficPolicy.retries.attempts: -1 is less
   than the minimum of 0``. The webhook returns it verbatim, the operator puts it in a condition.
+- ``InvalidResourceSet``: a set of resource files (local mode's ``resources/`` directory, or
+  it plus the documents of an ``apply``) fails: one ``InvalidResource`` per bad document or
+  broken whole-set rule (duplicate names, unknown backends, a gRPC service served twice).
 - ``InvalidNodeId``: an Envoy node id (or its metadata) does not follow the naming conventions
   of ``grpcmesh_control.translate.naming``.
 - ``UnknownNode``: a sidecar's service is not (yet) in the registry; the xDS server keeps the
@@ -24,6 +27,7 @@ __all__ = [
     "InconsistentSnapshot",
     "InvalidNodeId",
     "InvalidResource",
+    "InvalidResourceSet",
     "MeshError",
     "UnknownNode",
 ]
@@ -52,6 +56,15 @@ class InvalidResource(MeshError):
         self.errors = tuple(sorted(set(errors), key=lambda e: (e.path, e.reason)))
         detail = "; ".join(str(e) for e in self.errors) or "invalid"
         super().__init__(f"{source}: {detail}")
+
+
+class InvalidResourceSet(MeshError):
+    """Resource files are invalid as a set. ``problems`` holds every failing document, in file
+    order; the message puts one per line."""
+
+    def __init__(self, problems: Iterable[InvalidResource]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems) or "invalid resources")
 
 
 class InvalidNodeId(MeshError):

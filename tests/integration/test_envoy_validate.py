@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from grpcmesh_control.bootstrap import render_bootstrap
+from grpcmesh_control.bootstrap import XdsTransport, render_bootstrap
 from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.model import Endpoint, MeshService, parse_mesh_services_yaml
 from grpcmesh_control.translate import NodeId, ProxyNode, Registry, build_snapshot, static_bootstrap
@@ -117,13 +117,16 @@ def test_dangling_route_is_rejected(registry: Registry, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("xds_address", "health_port"),
+    ("xds_address", "health_port", "transport"),
     [
-        ("127.0.0.1:18000", None),
-        ("grpcmesh-control.grpcmesh-system.svc:18000", 15021),
+        ("127.0.0.1:18000", None, XdsTransport.SOTW),
+        ("127.0.0.1:18000", None, XdsTransport.DELTA),
+        ("grpcmesh-control.grpcmesh-system.svc:18000", 15021, XdsTransport.SOTW),
     ],
 )
-def test_bootstrap_validates(xds_address: str, health_port: int | None, tmp_path: Path) -> None:
+def test_bootstrap_validates(
+    xds_address: str, health_port: int | None, transport: XdsTransport, tmp_path: Path
+) -> None:
     node = ProxyNode(NodeId.sidecar("orders", "0"), app_port=50051)
     config = render_bootstrap(
         str(node.id),
@@ -132,6 +135,7 @@ def test_bootstrap_validates(xds_address: str, health_port: int | None, tmp_path
         15000,
         node_metadata=node.metadata(),
         health_port=health_port,
+        xds_transport=transport,
     )
     assert_valid(config, tmp_path / "bootstrap.json")
 

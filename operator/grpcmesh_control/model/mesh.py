@@ -216,6 +216,8 @@ class MeshService:
     grpc: GrpcSpec
     versions: tuple[VersionTarget, ...] = (VersionTarget(DEFAULT_VERSION, 100),)
     replicas: int = 1
+    expose: bool = False
+    """Routed at the ingress gateway; off by default, so nothing is public by accident."""
     workload: Workload | None = None
     backends: tuple[Backend, ...] = ()
     traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)

@@ -290,6 +290,7 @@ def _build(body: Doc) -> MeshService:
         grpc=GrpcSpec(spec["grpc"]["port"], tuple(spec["grpc"]["services"])),
         versions=versions,
         replicas=spec.get("replicas", 1),
+        expose=spec.get("expose", False),
         workload=None if workload is None else _workload(workload),
         backends=tuple(_backend(b) for b in spec.get("backends", [])),
         traffic_policy=_traffic_policy(spec.get("trafficPolicy", {})),

@@ -3,8 +3,8 @@
 Sidecar ``sidecar~<svc>~<replica>``: listener ``inbound`` (to its app) and ``egress`` (RDS
 ``egress``: a virtual host per backend of ``<svc>``), cluster ``inbound|<app port>``, an EDS
 cluster and load assignment per version of each MeshService backend, a DNS cluster per external
-backend. Ingress: listener ``ingress`` (RDS ``ingress``: every service by gRPC path), an EDS
-cluster and load assignment per version of every service.
+backend. Ingress: listener ``ingress`` (RDS ``ingress``: every exposed service by gRPC path),
+an EDS cluster and load assignment per version of every exposed service (``spec.expose``).
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService) -> Snapshot:
 
 
 def _ingress(registry: Registry, node: ProxyNode) -> Snapshot:
-    clusters = [c for svc in registry.services for c in service_clusters(svc)]
-    endpoints = [a for svc in registry.services for a in _assignments(registry, svc)]
+    # Only exposed services: the gateway holds no route, cluster or address of the rest.
+    exposed = registry.exposed_services()
+    clusters = [c for svc in exposed for c in service_clusters(svc)]
+    endpoints = [a for svc in exposed for a in _assignments(registry, svc)]
     return Snapshot(
         node_id=str(node.id),
         clusters=tuple(clusters),

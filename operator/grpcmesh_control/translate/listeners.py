@@ -3,6 +3,8 @@ address, direction and where their routes come from (inline for inbound, RDS oth
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -11,11 +13,22 @@ from grpcmesh_control.translate import _envoy as e
 from grpcmesh_control.translate.naming import EGRESS, INBOUND, INGRESS, LOCALHOST, ProxyNode
 from grpcmesh_control.translate.routes import inbound_route_config
 
-__all__ = ["HCM_FILTER", "ROUTER_FILTER", "egress_listener", "inbound_listener", "ingress_listener"]
+__all__ = [
+    "HCM_FILTER",
+    "ROUTER_FILTER",
+    "STREAM_IDLE_TIMEOUT",
+    "egress_listener",
+    "inbound_listener",
+    "ingress_listener",
+]
 
 HCM = hcm_pb2.HttpConnectionManager
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
+# A server-streaming call (WatchOrder) may legitimately send nothing for as long as a saga
+# waits; Envoy's 5 min default would reset it. Dead peers are found by HTTP/2 keepalive and
+# deadlines by grpc-timeout (routes.honour_grpc_timeout), so idleness only has to catch leaks.
+STREAM_IDLE_TIMEOUT = timedelta(hours=1)
 Direction = e.base_pb2.TrafficDirection
 
 
@@ -30,6 +43,7 @@ def _hcm(stat_prefix: str, *, edge: bool = False) -> hcm_pb2.HttpConnectionManag
         ],
         # Only the ingress faces clients directly; sidecars must keep the caller's XFF.
         use_remote_address=e.wrappers_pb2.BoolValue(value=edge),
+        stream_idle_timeout=e.duration(STREAM_IDLE_TIMEOUT),
     )
 
 

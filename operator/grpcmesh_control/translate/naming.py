@@ -28,7 +28,7 @@ Listener ``egress``         ``127.0.0.1:<egress_port>``; RDS ``egress``; the app
 Listener ``ingress``        ``<bind>:<ingress_port>``; RDS ``ingress``.
 RouteConfiguration          ``egress`` (one virtual host per backend, domains ``name`` and
                             ``name:*``) and ``ingress`` (one virtual host ``*``, routes by gRPC
-                            path prefix ``/<package.Service>/``).
+                            path prefix ``/<package.Service>/``, exposed services only).
 Cluster ``<svc>|<version>`` EDS, one per version of a MeshService; its load assignment has the
                             same name. E.g. ``payments|v2``.
 Cluster ``inbound|<port>``  STATIC, the local app.

@@ -113,6 +113,10 @@ class Registry:
         of a version no longer declared (pods still draining, say) are never routed."""
         return tuple(e for e in self.endpoints.get(service, ()) if e.version == version)
 
+    def exposed_services(self) -> tuple[MeshService, ...]:
+        """Services routed at the ingress gateway (``spec.expose``), by name."""
+        return tuple(s for s in self.services if s.expose)
+
     def resolved_backends(self, svc: MeshService) -> tuple[Backend, ...]:
         """``svc``'s backends that can be routed: external ones and existing MeshServices."""
         return tuple(b for b in svc.backends if b.external is not None or b.name in self._by_name)

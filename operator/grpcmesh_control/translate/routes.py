@@ -24,6 +24,7 @@ __all__ = [
     "ALWAYS_RETRIED",
     "RETRY_ON_TOKENS",
     "egress_route_config",
+    "honour_grpc_timeout",
     "inbound_route_config",
     "ingress_route_config",
     "retry_policy",
@@ -41,6 +42,25 @@ RETRY_ON_TOKENS = {
 # The request never reached a server in these cases, so they are as safe as the method is.
 ALWAYS_RETRIED = ("connect-failure", "refused-stream")
 NO_TIMEOUT = timedelta(0)
+
+
+def honour_grpc_timeout(timeout: timedelta = NO_TIMEOUT) -> route.RouteAction.MaxStreamDuration:
+    """A call's deadline as Envoy enforces it: ``timeout``, or the caller's ``grpc-timeout``
+    header if that is shorter; ``timeout`` 0s bounds the call by the caller's deadline alone.
+
+    Without the header limit Envoy ignores the caller's deadline: an upstream call outlives a
+    client that has given up, and a stream with no route timeout (server-streaming) is bounded
+    by nothing. The route's own bound must be ``max_stream_duration`` too, not only
+    ``RouteAction.timeout``: once a route sets ``max_stream_duration`` Envoy ignores its
+    ``timeout`` (the "new timeouts" path), and an expired ``timeout`` is answered with HTTP 504,
+    which gRPC clients read as UNAVAILABLE (retryable, "never ran") rather than
+    DEADLINE_EXCEEDED. An expired stream duration is answered with DEADLINE_EXCEEDED.
+    Both measured with Envoy 1.40 (tests/e2e: the per-method timeout test).
+    """
+    limits = route.RouteAction.MaxStreamDuration(grpc_timeout_header_max=e.duration(timeout))
+    if timeout > NO_TIMEOUT:
+        limits.max_stream_duration.CopyFrom(e.duration(timeout))
+    return limits
 
 
 def retry_policy(retry: EffectiveRetry) -> route.RetryPolicy:
@@ -82,7 +102,10 @@ def _route(svc: MeshService, policy: RoutePolicy) -> route.Route:
         route.RouteMatch(path=policy.path) if policy.exact else route.RouteMatch(prefix=policy.path)
     )
     action = _target(svc)
+    # Envoy enforces the deadline through max_stream_duration (see honour_grpc_timeout) and
+    # ignores `timeout` on such a route; it is kept so the route reads the same as its policy.
     action.timeout.CopyFrom(e.duration(policy.timeout))
+    action.max_stream_duration.CopyFrom(honour_grpc_timeout(policy.timeout))
     if policy.retry is not None:
         action.retry_policy.CopyFrom(retry_policy(policy.retry))
     return route.Route(name=f"{svc.name}{policy.path}", match=match, route=action)
@@ -114,7 +137,9 @@ def _external_virtual_host(backend: Backend) -> route.VirtualHost:
     # No policy is declared for an external host: no retries, and the caller's own gRPC
     # deadline (not a route timeout) bounds each call, streaming or not.
     action = route.RouteAction(
-        cluster=external_cluster_name(backend.name), timeout=e.duration(NO_TIMEOUT)
+        cluster=external_cluster_name(backend.name),
+        timeout=e.duration(NO_TIMEOUT),
+        max_stream_duration=honour_grpc_timeout(),
     )
     if backend.external is not None:
         action.host_rewrite_literal = backend.external.host
@@ -138,8 +163,12 @@ def egress_route_config(svc: MeshService, registry: Registry) -> e.route_pb2.Rou
 
 
 def ingress_route_config(registry: Registry) -> e.route_pb2.RouteConfiguration:
-    """Every MeshService, routed by the gRPC service in the request path."""
-    routes = [r for svc in registry.services for r in service_routes(svc, registry, ingress=True)]
+    """Every exposed MeshService (``spec.expose``), routed by the gRPC service in the path."""
+    routes = [
+        r
+        for svc in registry.exposed_services()
+        for r in service_routes(svc, registry, ingress=True)
+    ]
     return e.route_pb2.RouteConfiguration(
         name=INGRESS,
         virtual_hosts=[route.VirtualHost(name=INGRESS, domains=["*"], routes=routes)],
@@ -149,7 +178,9 @@ def ingress_route_config(registry: Registry) -> e.route_pb2.RouteConfiguration:
 def inbound_route_config(app_port: int) -> e.route_pb2.RouteConfiguration:
     """Everything to the local app. No timeout here: the caller's sidecar enforces deadlines."""
     forward = route.RouteAction(
-        cluster=inbound_cluster_name(app_port), timeout=e.duration(NO_TIMEOUT)
+        cluster=inbound_cluster_name(app_port),
+        timeout=e.duration(NO_TIMEOUT),
+        max_stream_duration=honour_grpc_timeout(),
     )
     return e.route_pb2.RouteConfiguration(
         name=INBOUND,

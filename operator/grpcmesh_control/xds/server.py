@@ -97,10 +97,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     change = self._watch(stream)
         finally:
             for task in (next_request, change):
-                if task is not None and not task.done():
+                if task is None:
+                    continue
+                if not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                         await task
+                elif not task.cancelled():
+                    # A stream closed while a response was being sent leaves the read done with
+                    # StopAsyncIteration; retrieve it, or asyncio logs "never retrieved".
+                    task.exception()
             stream.close()
 
     def _watch(self, stream: _Stream[Any, Any]) -> asyncio.Future[int]:

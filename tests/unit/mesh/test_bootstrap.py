@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.bootstrap import envoy_command, render_bootstrap
+from grpcmesh_control.bootstrap import XdsTransport, envoy_command, render_bootstrap
 from grpcmesh_control.translate import NodeId, ProxyNode
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -44,6 +44,11 @@ def test_everything_dynamic_comes_over_ads() -> None:
     assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]
     for key in ("cds_config", "lds_config"):
         assert dynamic[key] == {"ads": {}, "resource_api_version": "V3"}
+
+
+def test_delta_xds_is_a_choice() -> None:
+    ads = sidecar_bootstrap(xds_transport=XdsTransport.DELTA)["dynamic_resources"]["ads_config"]
+    assert ads["api_type"] == "DELTA_GRPC"
 
 
 @pytest.mark.parametrize(

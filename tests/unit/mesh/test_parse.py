@@ -82,6 +82,7 @@ def test_defaults_for_a_minimal_resource() -> None:
     (svc,) = parse_mesh_services_yaml(MINIMAL, source="echo.yaml")
     assert svc.namespace == "default"
     assert svc.replicas == 1
+    assert svc.expose is False  # internal unless it asks to be routed at the ingress
     assert svc.workload is None
     assert svc.versions == (VersionTarget("v1", 100),)
     assert svc.traffic_policy == TrafficPolicy()
@@ -90,6 +91,14 @@ def test_defaults_for_a_minimal_resource() -> None:
     assert svc.traffic_policy.retries.attempts == 2
     assert svc.traffic_policy.retries.retry_on == (RetryOn.UNAVAILABLE,)
     assert svc.traffic_policy.outlier_detection is None
+
+
+def test_expose(example_docs: dict[str, Doc], catalog: MethodCatalog) -> None:
+    assert parse_mesh_service(example_docs["orders"], catalog=catalog).expose is True
+    doc = example_docs["inventory"]
+    doc["spec"]["expose"] = "yes"
+    with pytest.raises(InvalidResource, match=r"spec\.expose: 'yes' is not of type 'boolean'"):
+        parse_mesh_service(doc, source="inventory.yaml")
 
 
 def test_zero_timeout_means_no_deadline_not_the_default(example_docs: dict[str, Doc]) -> None:

@@ -212,10 +212,49 @@ def test_ports_come_from_node_metadata(registry: Registry) -> None:
     assert [c.name for c in snapshot.clusters if c.name.startswith("inbound")] == ["inbound|41003"]
 
 
+def test_every_route_honours_the_callers_grpc_timeout(
+    orders_sidecar: Snapshot, ingress: Snapshot
+) -> None:
+    # Envoy bounds the call by the caller's grpc-timeout capped at the route's timeout
+    # (grpc_timeout_header_max; 0s = uncapped), and by the route's timeout without a header
+    # (max_stream_duration: Envoy ignores RouteAction.timeout on such a route, and answers an
+    # expired stream duration with DEADLINE_EXCEEDED). Streaming routes (0s): the header only.
+    configs = [*orders_sidecar.routes, *ingress.routes]
+    configs.append(hcm(listener(orders_sidecar, "inbound")).route_config)
+    actions = [r.route for config in configs for h in config.virtual_hosts for r in h.routes]
+    assert actions
+    for action in actions:
+        assert action.HasField("max_stream_duration")
+        limits = action.max_stream_duration
+        assert limits.HasField("grpc_timeout_header_max")
+        assert seconds(limits.grpc_timeout_header_max) == seconds(action.timeout)
+        if seconds(action.timeout) == 0:
+            assert not limits.HasField("max_stream_duration")  # no bound but the caller's
+        else:
+            assert seconds(limits.max_stream_duration) == seconds(action.timeout)
+    assert any(seconds(a.timeout) > 0 for a in actions)
+    assert any(seconds(a.timeout) == 0 for a in actions)
+
+
+def test_external_routes_honour_the_callers_grpc_timeout() -> None:
+    registry = Registry.build(parse_mesh_services_yaml(EXTERNAL, source="quotes.yaml"))
+    snapshot = build_snapshot(registry, ProxyNode(NodeId.sidecar("quotes", "0")))
+    action = route(virtual_host(route_config(snapshot, "egress"), "fx"), "/a.B/C").route
+    assert action.max_stream_duration.HasField("grpc_timeout_header_max")
+
+
+def test_quiet_streams_are_not_cut_after_five_minutes(
+    orders_sidecar: Snapshot, ingress: Snapshot
+) -> None:
+    # WatchOrder may send nothing while a saga waits; Envoy's default idle timeout is 5 min.
+    for item in [*orders_sidecar.listeners, *ingress.listeners]:
+        assert seconds(hcm(item).stream_idle_timeout) == 3600, item.name
+
+
 # --- ingress ----------------------------------------------------------------------------------
 
 
-def test_ingress_routes_every_service_by_path(ingress: Snapshot) -> None:
+def test_ingress_routes_exposed_services_by_path(ingress: Snapshot) -> None:
     (gateway,) = ingress.listeners
     assert gateway.name == "ingress"
     assert gateway.address.socket_address.port_value == 8080
@@ -224,12 +263,44 @@ def test_ingress_routes_every_service_by_path(ingress: Snapshot) -> None:
     assert list(host.domains) == ["*"]
     targets = {
         CATALOG_SVC + "ListProducts": "catalog|v1",
-        INVENTORY_SVC + "GetStock": "inventory|v1",
         ORDER_SVC + "PlaceOrder": "orders|v1",
     }
     for path, target in targets.items():
         assert route(host, path).route.cluster == target
+
+
+def test_ingress_does_not_route_unexposed_services(ingress: Snapshot) -> None:
+    # inventory and payments leave spec.expose at its default (false): internal only.
+    (host,) = route_config(ingress, "ingress").virtual_hosts
+    for path in (INVENTORY_SVC + "GetStock", PAYMENT_SVC + "Charge"):
+        with pytest.raises(AssertionError, match="no route matches"):
+            route(host, path)
+
+
+def test_exposing_a_service_routes_it_at_the_ingress(
+    example_docs: dict[str, Doc], services: dict[str, MeshService], catalog: MethodCatalog
+) -> None:
+    doc = example_docs["payments"]
+    doc["spec"]["expose"] = True
+    registry = Registry.build(
+        {**services, "payments": parse_mesh_service(doc, catalog=catalog)}.values(),
+        ENDPOINTS,
+        catalog,
+    )
+    snapshot = build_snapshot(registry, ProxyNode(NodeId.ingress()))
+    (host,) = route_config(snapshot, "ingress").virtual_hosts
     assert len(route(host, PAYMENT_SVC + "Charge").route.weighted_clusters.clusters) == 2
+    assert {"payments|v1", "payments|v2"} <= {c.name for c in snapshot.clusters}
+
+
+def test_an_ingress_with_nothing_exposed_is_still_consistent(
+    services: dict[str, MeshService],
+) -> None:
+    internal = [s for s in services.values() if not s.expose]
+    snapshot = build_snapshot(Registry.build(internal), ProxyNode(NodeId.ingress()))
+    (host,) = route_config(snapshot, "ingress").virtual_hosts
+    assert list(host.routes) == []
+    assert snapshot.clusters == () and snapshot.endpoints == ()
 
 
 def test_ingress_streaming_and_overridden_methods(ingress: Snapshot) -> None:
@@ -246,9 +317,11 @@ def test_ingress_streaming_and_overridden_methods(ingress: Snapshot) -> None:
     )
 
 
-def test_ingress_has_every_version_cluster_and_empty_assignments(ingress: Snapshot) -> None:
+def test_ingress_has_every_exposed_version_cluster_and_empty_assignments(
+    ingress: Snapshot,
+) -> None:
     names = [c.name for c in ingress.clusters]
-    assert names == ["catalog|v1", "inventory|v1", "orders|v1", "payments|v1", "payments|v2"]
+    assert names == ["catalog|v1", "orders|v1"]
     orders = next(a for a in ingress.endpoints if a.cluster_name == "orders|v1")
     assert len(orders.endpoints) == 0  # no endpoints yet, but the assignment is sent
 

@@ -1,0 +1,138 @@
+"""The control plane's Prometheus metrics, on a registry of its own (no process globals).
+
+================================================  =========  ======================================
+``grpcmesh_xds_pushes_total{type}``               counter    responses sent to Envoys
+``grpcmesh_xds_acks_total{type}``                 counter    responses Envoys accepted
+``grpcmesh_xds_nacks_total{type}``                counter    responses Envoys rejected
+``grpcmesh_xds_connected_proxies``                gauge      Envoys with an open ADS stream
+``grpcmesh_snapshot_rebuilds_total``              counter    rebuilds (successful or not)
+``grpcmesh_snapshot_rebuild_errors_total``        counter    rebuilds that published nothing
+``grpcmesh_snapshot_rebuild_duration_seconds``    histogram  time to build every node's snapshot
+``grpcmesh_source_problems``                      gauge      invalid source files right now
+================================================  =========  ======================================
+
+``type`` is ``cluster``, ``endpoint``, ``listener``, ``route`` or ``other`` (bounded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from grpcmesh_control.runtime.publisher import RebuildOutcome
+from grpcmesh_control.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
+
+__all__ = ["ControlPlaneMetrics", "MeteredSnapshotCache", "XdsType"]
+
+
+class XdsType(StrEnum):
+    """The ``type`` label: a short name per xDS type URL."""
+
+    CLUSTER = "cluster"
+    ENDPOINT = "endpoint"
+    LISTENER = "listener"
+    ROUTE = "route"
+    OTHER = "other"
+
+    @classmethod
+    def of(cls, type_url: str) -> XdsType:
+        return _TYPES.get(type_url, cls.OTHER)
+
+
+_TYPES = {
+    CLUSTER: XdsType.CLUSTER,
+    ENDPOINT: XdsType.ENDPOINT,
+    LISTENER: XdsType.LISTENER,
+    ROUTE: XdsType.ROUTE,
+}
+
+
+class ControlPlaneMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.pushes = Counter(
+            "grpcmesh_xds_pushes",
+            "xDS responses sent to Envoys, by resource type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.acks = Counter(
+            "grpcmesh_xds_acks",
+            "xDS responses Envoys accepted (ACK), by resource type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.nacks = Counter(
+            "grpcmesh_xds_nacks",
+            "xDS responses Envoys rejected (NACK), by resource type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.connected = Gauge(
+            "grpcmesh_xds_connected_proxies",
+            "Envoys with at least one open ADS stream.",
+            registry=self.registry,
+        )
+        self.rebuilds = Counter(
+            "grpcmesh_snapshot_rebuilds",
+            "Snapshot rebuilds, successful or not.",
+            registry=self.registry,
+        )
+        self.rebuild_errors = Counter(
+            "grpcmesh_snapshot_rebuild_errors",
+            "Snapshot rebuilds that failed and published nothing (last good kept).",
+            registry=self.registry,
+        )
+        self.rebuild_duration = Histogram(
+            "grpcmesh_snapshot_rebuild_duration_seconds",
+            "Time to build and publish every node's snapshot.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.source_problems = Gauge(
+            "grpcmesh_source_problems",
+            "Source files (resources, endpoints) that are invalid right now; the last valid "
+            "content of each is in use.",
+            registry=self.registry,
+        )
+        for label in XdsType:  # export zeros, so rate() works from the first scrape
+            for counter in (self.pushes, self.acks, self.nacks):
+                counter.labels(type=label.value)
+
+    def observe(self, *, cache: SnapshotCache, source_problems: Callable[[], int]) -> None:
+        """Compute the gauges from live state at each scrape."""
+        self.connected.set_function(lambda: sum(1 for n in cache.nodes() if n.connected))
+        self.source_problems.set_function(lambda: float(source_problems()))
+
+    def pushed(self, node_id: str, type_url: str) -> None:
+        """``AdsServicer``'s ``on_push`` hook."""
+        self.pushes.labels(type=XdsType.of(type_url).value).inc()
+
+    def rebuilt(self, outcome: RebuildOutcome) -> None:
+        """``Publisher``'s ``on_rebuild`` hook."""
+        self.rebuilds.inc()
+        self.rebuild_duration.observe(outcome.duration)
+        if not outcome.ok:
+            self.rebuild_errors.inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition format, for ``GET /metrics``."""
+        return generate_latest(self.registry)
+
+
+class MeteredSnapshotCache(SnapshotCache):
+    """A ``SnapshotCache`` that counts ACKs and NACKs (the cache is where they are recorded)."""
+
+    def __init__(self, metrics: ControlPlaneMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def record_ack(self, node_id: str, type_url: str, version: str, watched: set[str]) -> None:
+        super().record_ack(node_id, type_url, version, watched)
+        self.metrics.acks.labels(type=XdsType.of(type_url).value).inc()
+
+    def record_nack(self, node_id: str, type_url: str, version: str, message: str) -> None:
+        super().record_nack(node_id, type_url, version, message)
+        self.metrics.nacks.labels(type=XdsType.of(type_url).value).inc()

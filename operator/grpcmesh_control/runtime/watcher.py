@@ -1,0 +1,161 @@
+"""Local mode's inputs, live: the run directory's ``resources/*.yaml`` and ``endpoints.json``,
+polled by content hash, plus ``apply`` (validate, then write atomically).
+
+Each source keeps its last valid content: an invalid edit (a half-written file, a typo) is
+reported in ``problems`` and ignored until fixed; the mesh keeps running on what was valid.
+Polling rather than inotify: portable, and a 100 ms poll of a few small files costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from grpcmesh_control.errors import InvalidResource, InvalidResourceSet
+from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.runtime.clock import Clock
+from grpcmesh_control.sources import (
+    ENDPOINTS_FILE,
+    RESOURCES_DIR,
+    ApplyPlan,
+    EndpointMap,
+    ResourceSet,
+    parse_endpoints,
+    parse_resource_files,
+    plan_apply,
+    read_endpoints,
+    read_resource_files,
+)
+
+__all__ = ["DEFAULT_POLL_INTERVAL", "FileSources", "OnChange"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL = 0.1
+
+OnChange = Callable[[tuple[MeshService, ...], Mapping[str, tuple[Endpoint, ...]]], None]
+
+
+def _digest(parts: Mapping[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(parts):
+        for part in (name.encode(), parts[name]):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    return digest.hexdigest()
+
+
+class FileSources:
+    """The run directory as the mesh's source of truth. ``on_change`` gets the valid services
+    and endpoints whenever either changes (``Publisher.update``)."""
+
+    def __init__(
+        self, state_dir: Path, on_change: OnChange, *, catalog: MethodCatalog | None = None
+    ) -> None:
+        # Absolute, so logs and errors say where; relative paths would also follow a chdir.
+        self.resources_dir = state_dir.absolute() / RESOURCES_DIR
+        self.endpoints_file = state_dir.absolute() / ENDPOINTS_FILE
+        self._on_change = on_change
+        self._catalog = catalog
+        self._resources_digest: str | None = None
+        self._endpoints_digest: str | None = None
+        self.resources = ResourceSet()
+        self.endpoints: EndpointMap = {}
+        self._resource_problems: tuple[str, ...] = ()
+        self._endpoint_problems: tuple[str, ...] = ()
+        self._read_problem: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        """Why a source is not in use right now (its last valid content is)."""
+        found = [*self._resource_problems, *self._endpoint_problems]
+        if self._read_problem is not None:
+            found.append(self._read_problem)
+        return found
+
+    def reload(self) -> bool:
+        """Read both sources; parse whichever changed; call ``on_change`` if the valid content
+        changed. Returns whether it did."""
+        try:
+            files = read_resource_files(self.resources_dir)
+            endpoints = read_endpoints(self.endpoints_file)
+        except OSError as exc:  # a file replaced between listing and reading: next poll
+            self._read_problem = f"reading {exc.filename}: {exc.strerror}"
+            return False
+        self._read_problem = None
+        changed = self._load_resources(files)
+        changed = self._load_endpoints(endpoints) or changed
+        if changed:
+            self._on_change(self.resources.services, self.endpoints)
+        return changed
+
+    def _load_resources(self, files: Mapping[str, bytes]) -> bool:
+        digest = _digest(files)
+        if digest == self._resources_digest:
+            return False
+        self._resources_digest = digest
+        try:
+            loaded = parse_resource_files(files, catalog=self._catalog)
+        except InvalidResourceSet as exc:
+            self._resource_problems = tuple(f"{RESOURCES_DIR}/{p}" for p in exc.problems)
+            log.warning("invalid resources, keeping the last valid set:\n%s", exc)
+            return False
+        self._resource_problems = ()
+        if loaded == self.resources:
+            return False
+        self.resources = loaded
+        log.info("resources: %s", ", ".join(e.label for e in loaded.entries) or "none")
+        return True
+
+    def _load_endpoints(self, content: bytes | None) -> bool:
+        digest = _digest({} if content is None else {ENDPOINTS_FILE: content})
+        if digest == self._endpoints_digest:
+            return False
+        self._endpoints_digest = digest
+        try:
+            loaded = {} if content is None else parse_endpoints(content)
+        except InvalidResource as exc:
+            self._endpoint_problems = (str(exc),)
+            log.warning("invalid endpoints, keeping the last valid ones: %s", exc)
+            return False
+        self._endpoint_problems = ()
+        if loaded == self.endpoints:
+            return False
+        self.endpoints = loaded
+        return True
+
+    async def watch(self, clock: Clock, interval: float = DEFAULT_POLL_INTERVAL) -> None:
+        """Reload every ``interval`` seconds, until cancelled."""
+        while True:
+            await clock.sleep(interval)
+            self.reload()
+
+    def apply(self, filename: str, content: bytes) -> ApplyPlan:
+        """Validate ``content`` as ``resources/<filename>`` together with the current files
+        (``sources.plan_apply``); on success write it atomically, delete the files whose
+        resources moved into it, and reload. Raises ``InvalidResourceSet``, changing nothing."""
+        plan = plan_apply(
+            read_resource_files(self.resources_dir), filename, content, catalog=self._catalog
+        )
+        self.resources_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.resources_dir / plan.filename, plan.content)
+        for name in plan.removed:
+            (self.resources_dir / name).unlink(missing_ok=True)
+        log.info("applied %s (%s)", plan.filename, ", ".join(plan.applied))
+        self.reload()
+        return plan
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    # Hidden temporary name: the loader skips dotfiles, so a poll never sees a partial file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(content)
+        tmp.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

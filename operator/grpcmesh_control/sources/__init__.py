@@ -1,0 +1,32 @@
+"""Where the mesh's model comes from. Local mode: YAML files and an endpoints file (``files``).
+Pure parsing and validation, plus the few functions that read the files."""
+
+from grpcmesh_control.sources.files import (
+    ENDPOINTS_FILE,
+    RESOURCES_DIR,
+    ApplyPlan,
+    EndpointMap,
+    ResourceSet,
+    SourcedService,
+    check_resource_set,
+    parse_endpoints,
+    parse_resource_files,
+    plan_apply,
+    read_endpoints,
+    read_resource_files,
+)
+
+__all__ = [
+    "ENDPOINTS_FILE",
+    "RESOURCES_DIR",
+    "ApplyPlan",
+    "EndpointMap",
+    "ResourceSet",
+    "SourcedService",
+    "check_resource_set",
+    "parse_endpoints",
+    "parse_resource_files",
+    "plan_apply",
+    "read_endpoints",
+    "read_resource_files",
+]

@@ -1,0 +1,202 @@
+"""The admin HTTP API over the control plane's real parts (no xDS server, no Envoy): status,
+apply, the snapshot dump and metrics, on an in-process aiohttp test server (loopback)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from grpcmesh_control.model import MethodCatalog
+from grpcmesh_control.runtime.admin import AdminContext, admin_app
+from grpcmesh_control.runtime.controlplane import ControlPlane, ControlPlaneSettings
+from grpcmesh_control.translate import NodeId, ProxyNode
+from grpcmesh_control.xds import CLUSTER, LISTENER
+
+ORDERS = "sidecar~orders~0"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, example_files: dict[str, bytes]) -> Path:
+    (tmp_path / "resources").mkdir()
+    for name, content in example_files.items():
+        (tmp_path / "resources" / name).write_bytes(content)
+    return tmp_path
+
+
+@pytest.fixture
+def control_plane(state_dir: Path, catalog: MethodCatalog) -> ControlPlane:
+    cp = ControlPlane(ControlPlaneSettings(state_dir), catalog=catalog)
+    cp.sources.reload()
+    cp.publisher.rebuild()
+    return cp
+
+
+@pytest.fixture
+async def client(control_plane: ControlPlane) -> AsyncIterator[TestClient[Any, Any]]:
+    cp = control_plane
+    app = admin_app(AdminContext(cp.sources, cp.publisher, cp.cache, cp.metrics))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
+        yield test_client
+
+
+async def get_json(client: TestClient[Any, Any], path: str, status: int = 200) -> Any:
+    response = await client.get(path)
+    assert response.status == status, await response.text()
+    return await response.json()
+
+
+async def test_healthz(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/healthz")
+    assert response.status == 200
+
+
+async def test_status_before_any_node(
+    client: TestClient[Any, Any], control_plane: ControlPlane
+) -> None:
+    status = await get_json(client, "/status")
+    assert status["version"] == control_plane.publisher.version
+    assert status["problems"] == []
+    assert status["nodes"] == []
+    orders = next(s for s in status["services"] if s["name"] == "orders")
+    assert orders == {
+        "name": "orders",
+        "namespace": "default",
+        "file": "orders.yaml",
+        "expose": True,
+        "versions": [{"name": "v1", "weight": 100}],
+        "endpoints": {"total": 0, "ready": 0},
+    }
+
+
+async def test_status_of_a_node_through_ack_and_nack(
+    client: TestClient[Any, Any], control_plane: ControlPlane
+) -> None:
+    cache = control_plane.cache
+    metadata = ProxyNode(NodeId.sidecar("orders", "0")).metadata()
+    cache.connected(ORDERS, metadata)
+    snapshot = cache.snapshot(ORDERS)
+    assert snapshot is not None
+    (node,) = (await get_json(client, "/status"))["nodes"]
+    assert node["id"] == ORDERS
+    assert node["connected"] is True
+    assert node["connected_since"].endswith("+00:00")
+    assert (node["acked_version"], node["snapshot_version"]) == (None, snapshot.version)
+    assert node["nack"] is None and node["problem"] is None
+
+    watched = {CLUSTER, LISTENER}
+    for type_url in watched:
+        cache.record_ack(ORDERS, type_url, snapshot.of(type_url).version, watched)
+    (node,) = (await get_json(client, "/status"))["nodes"]
+    assert node["acked_version"] == node["snapshot_version"] == snapshot.version
+
+    cache.record_nack(ORDERS, CLUSTER, "bad", "cluster x: no good")
+    (node,) = (await get_json(client, "/status"))["nodes"]
+    assert node["nack"]["type_url"] == CLUSTER
+    assert (node["nack"]["version"], node["nack"]["message"]) == ("bad", "cluster x: no good")
+
+
+async def test_status_reports_problems_of_sources_and_nodes(
+    client: TestClient[Any, Any], control_plane: ControlPlane, state_dir: Path
+) -> None:
+    (state_dir / "endpoints.json").write_text('{"endpoints": [{"service": 1}]}')
+    control_plane.sources.reload()
+    control_plane.cache.connected("sidecar~shipping~0", {})
+    status = await get_json(client, "/status")
+    assert any(p.startswith("endpoints.json: endpoints[0].address") for p in status["problems"])
+    (node,) = status["nodes"]
+    assert node["snapshot_version"] is None
+    assert node["problem"] == "node sidecar~shipping~0: no MeshService shipping"
+
+
+async def test_apply_refused_with_400_naming_file_and_field(
+    client: TestClient[Any, Any], state_dir: Path, example_files: dict[str, bytes]
+) -> None:
+    before = sorted((p.name, p.read_bytes()) for p in (state_dir / "resources").iterdir())
+    bad = example_files["payments.yaml"].replace(b"weight: 10", b"weight: 0")
+    response = await client.post("/apply", data=bad, headers={"X-Filename": "payments.yaml"})
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"] == (
+        "payments.yaml (MeshService default/payments): spec.versions: weights sum to 90, "
+        "must be 100"
+    )
+    assert body["problems"] == [body["error"]]
+    after = sorted((p.name, p.read_bytes()) for p in (state_dir / "resources").iterdir())
+    assert after == before
+
+
+async def test_apply_without_a_file_name(
+    client: TestClient[Any, Any], example_files: dict[str, bytes]
+) -> None:
+    response = await client.post("/apply", data=example_files["payments.yaml"])
+    assert response.status == 400
+    assert (await response.json())["error"] == "X-Filename: header is missing"
+
+
+async def test_apply_accepted(
+    client: TestClient[Any, Any],
+    control_plane: ControlPlane,
+    state_dir: Path,
+    example_files: dict[str, bytes],
+) -> None:
+    content = example_files["payments.yaml"].replace(b"weight: 90", b"weight: 80")
+    content = content.replace(b"weight: 10", b"weight: 20")
+    response = await client.post("/apply", data=content, headers={"X-Filename": "payments.yaml"})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["file"] == "payments.yaml"
+    assert body["applied"] == ["default/payments"]
+    assert body["removed"] == []
+    assert (state_dir / "resources" / "payments.yaml").read_bytes() == content
+    # The version the next rebuild will report; rebuilding now, /status shows it.
+    assert body["version"] != control_plane.publisher.version
+    control_plane.publisher.rebuild()
+    assert (await get_json(client, "/status"))["version"] == body["version"]
+
+
+async def test_debug_snapshot(client: TestClient[Any, Any], control_plane: ControlPlane) -> None:
+    control_plane.cache.connected(ORDERS, ProxyNode(NodeId.sidecar("orders", "0")).metadata())
+    dump = await get_json(client, f"/debug/snapshot?node={ORDERS}")
+    snapshot = control_plane.cache.snapshot(ORDERS)
+    assert snapshot is not None
+    assert dump["node"] == ORDERS
+    assert dump["version"] == snapshot.version
+    listeners = dump["resources"][LISTENER]
+    assert listeners["version"] == snapshot.of(LISTENER).version
+    assert sorted(r["name"] for r in listeners["resources"]) == ["egress", "inbound"]
+    assert all(
+        r["@type"].endswith("envoy.config.listener.v3.Listener") for r in listeners["resources"]
+    )
+
+
+async def test_debug_snapshot_errors(client: TestClient[Any, Any]) -> None:
+    assert (await get_json(client, "/debug/snapshot", 400))["error"]
+    missing = await get_json(client, "/debug/snapshot?node=sidecar~nobody~0", 404)
+    assert missing["error"] == "no snapshot for node sidecar~nobody~0"
+
+
+async def test_metrics(client: TestClient[Any, Any], control_plane: ControlPlane) -> None:
+    cache = control_plane.cache
+    cache.connected(ORDERS, {})
+    cache.record_ack(ORDERS, CLUSTER, "v", {CLUSTER})
+    cache.record_nack(ORDERS, LISTENER, "v", "no")
+    control_plane.metrics.pushed(ORDERS, CLUSTER)
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = await response.text()
+    for line in (
+        'grpcmesh_xds_pushes_total{type="cluster"} 1.0',
+        'grpcmesh_xds_acks_total{type="cluster"} 1.0',
+        'grpcmesh_xds_nacks_total{type="listener"} 1.0',
+        "grpcmesh_xds_connected_proxies 1.0",
+        "grpcmesh_snapshot_rebuilds_total 1.0",
+        "grpcmesh_snapshot_rebuild_errors_total 0.0",
+        "grpcmesh_snapshot_rebuild_duration_seconds_count 1.0",
+        "grpcmesh_source_problems 0.0",
+    ):
+        assert line in text.splitlines(), line
