@@ -55,12 +55,12 @@ from grpcmesh_orders.saga import (
     progress,
 )
 from grpcmesh_orders.validation import (
-    LineItemLike,
     decode_page_token,
     encode_page_token,
     validate_list_orders,
     validate_place_order,
 )
+from grpcmesh_shop import LineItemLike
 
 ORDER = "o-1"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)

@@ -8,10 +8,10 @@ import json
 from dataclasses import dataclass
 
 from grpcmesh_kit import InvalidArgument
+from grpcmesh_shop import require_id
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-MAX_ID_LENGTH = 128
 
 # Versioned so the token format can change later without misreading old tokens.
 _TOKEN_VERSION = 1
@@ -84,8 +84,4 @@ def make_page(rows: list[Product], limit: int) -> Page:
 
 
 def validate_product_id(product_id: str) -> str:
-    if not product_id:
-        raise InvalidArgument("product_id", "is required")
-    if len(product_id) > MAX_ID_LENGTH:
-        raise InvalidArgument("product_id", f"must be at most {MAX_ID_LENGTH} characters")
-    return product_id
+    return require_id(product_id, "product_id")

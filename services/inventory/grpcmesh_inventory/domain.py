@@ -10,13 +10,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from grpcmesh_kit import Aborted, FailedPrecondition, InvalidArgument
+from grpcmesh_shop import LineItemLike, require_id, validate_line_items
 
-MAX_ID_LENGTH = 128
-MAX_ITEMS = 100
-MAX_QUANTITY = 1000
 # Bounds one AdjustStock call; keeps stock far from SQLite's 64-bit integer limit.
 MAX_ADJUST_DELTA = 1_000_000_000
 
@@ -61,51 +58,17 @@ class Reservation:
     items: tuple[LineItem, ...]
 
 
-class LineItemLike(Protocol):
-    """What validation needs from a request item (a proto LineItem fits)."""
-
-    @property
-    def product_id(self) -> str: ...
-
-    @property
-    def quantity(self) -> int: ...
-
-
 def validate_order_id(order_id: str) -> str:
-    if not order_id:
-        raise InvalidArgument("order_id", "is required")
-    if len(order_id) > MAX_ID_LENGTH:
-        raise InvalidArgument("order_id", f"must be at most {MAX_ID_LENGTH} characters")
-    return order_id
+    return require_id(order_id, "order_id")
 
 
 def validate_product_id(product_id: str, field: str = "product_id") -> str:
-    if not product_id:
-        raise InvalidArgument(field, "is required")
-    if len(product_id) > MAX_ID_LENGTH:
-        raise InvalidArgument(field, f"must be at most {MAX_ID_LENGTH} characters")
-    return product_id
+    return require_id(product_id, field)
 
 
 def validate_reserve(order_id: str, items: Sequence[LineItemLike]) -> ReserveCommand:
     validate_order_id(order_id)
-    if not 1 <= len(items) <= MAX_ITEMS:
-        raise InvalidArgument("items", f"must have between 1 and {MAX_ITEMS} items")
-    seen: dict[str, int] = {}
-    checked: list[LineItem] = []
-    for index, item in enumerate(items):
-        product_id = validate_product_id(item.product_id, f"items[{index}].product_id")
-        if product_id in seen:
-            raise InvalidArgument(
-                f"items[{index}].product_id",
-                f"duplicates items[{seen[product_id]}] ({product_id!r})",
-            )
-        seen[product_id] = index
-        if not 1 <= item.quantity <= MAX_QUANTITY:
-            raise InvalidArgument(
-                f"items[{index}].quantity", f"must be between 1 and {MAX_QUANTITY}"
-            )
-        checked.append(LineItem(product_id, item.quantity))
+    checked = (LineItem(*item) for item in validate_line_items(items))
     return ReserveCommand(order_id, tuple(sorted(checked, key=lambda i: i.product_id)))
 
 

@@ -10,32 +10,23 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from grpcmesh_kit.errors import InvalidArgument
 from grpcmesh_orders.events import LineItem
+from grpcmesh_shop import (
+    MAX_ID_LENGTH,
+    LineItemLike,
+    require_id,
+    validate_currency,
+    validate_line_items,
+)
 
-MAX_KEY_LENGTH = 128
-MAX_ID_LENGTH = 128
-MAX_ITEMS = 100
-MAX_QUANTITY = 1000
+MAX_KEY_LENGTH = MAX_ID_LENGTH
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-_CURRENCY = re.compile(r"[A-Z]{3}")
 _TOKEN_VERSION = 1
-
-
-class LineItemLike(Protocol):
-    """What validation reads from a request item (a proto LineItem fits)."""
-
-    @property
-    def product_id(self) -> str: ...
-
-    @property
-    def quantity(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -63,46 +54,21 @@ class PlaceOrderCommand:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _require_id(value: str, field: str, max_length: int = MAX_ID_LENGTH) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    if len(value) > max_length:
-        raise InvalidArgument(field, f"must be at most {max_length} characters")
-    return value
-
-
 def validate_place_order(
     idempotency_key: str,
     customer_id: str,
     items: Sequence[LineItemLike],
     currency_code: str,
 ) -> PlaceOrderCommand:
-    _require_id(idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
-    _require_id(customer_id, "customer_id")
-    if not 1 <= len(items) <= MAX_ITEMS:
-        raise InvalidArgument("items", f"must have between 1 and {MAX_ITEMS} items")
-    first_index: dict[str, int] = {}
-    checked: list[LineItem] = []
-    for index, item in enumerate(items):
-        product_id = _require_id(item.product_id, f"items[{index}].product_id")
-        if product_id in first_index:
-            raise InvalidArgument(
-                f"items[{index}].product_id",
-                f"duplicates items[{first_index[product_id]}] ({product_id!r})",
-            )
-        first_index[product_id] = index
-        if not 1 <= item.quantity <= MAX_QUANTITY:
-            raise InvalidArgument(
-                f"items[{index}].quantity", f"must be between 1 and {MAX_QUANTITY}"
-            )
-        checked.append(LineItem(product_id, item.quantity))
-    if not _CURRENCY.fullmatch(currency_code):
-        raise InvalidArgument("currency_code", "must be three upper-case letters (ISO 4217)")
-    return PlaceOrderCommand(idempotency_key, customer_id, tuple(checked), currency_code)
+    require_id(idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
+    require_id(customer_id, "customer_id")
+    checked = tuple(LineItem(*item) for item in validate_line_items(items))
+    validate_currency(currency_code)
+    return PlaceOrderCommand(idempotency_key, customer_id, checked, currency_code)
 
 
 def validate_order_id(order_id: str) -> str:
-    return _require_id(order_id, "order_id")
+    return require_id(order_id, "order_id")
 
 
 def validate_after_sequence(after_sequence: int) -> int:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
 from grpcmesh_kit import FailedPrecondition, InvalidArgument
+from grpcmesh_shop import require_id, validate_currency
 
-MAX_ID_LENGTH = 128
-_CURRENCY = re.compile(r"[A-Z]{3}")
 # Largest amount SQLite (and a proto int64) can hold.
 MAX_AMOUNT_MINOR = 2**63 - 1
 
@@ -65,17 +63,8 @@ class Payment:
     decline_reason: str = ""
 
 
-def _required_id(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument(field, f"must be at most {MAX_ID_LENGTH} characters")
-    return value
-
-
 def validate_money(currency_code: str, amount_minor: int, field: str = "amount") -> Money:
-    if not _CURRENCY.fullmatch(currency_code):
-        raise InvalidArgument(f"{field}.currency_code", "must be three upper-case letters")
+    validate_currency(currency_code, f"{field}.currency_code")
     if not 0 < amount_minor <= MAX_AMOUNT_MINOR:
         raise InvalidArgument(f"{field}.amount_minor", "must be positive")
     return Money(currency_code, amount_minor)
@@ -88,9 +77,9 @@ def validate_charge(
     amount: Money | None,
 ) -> ChargeCommand:
     """``amount`` is None when the request has no amount message at all."""
-    _required_id(idempotency_key, "idempotency_key")
-    _required_id(order_id, "order_id")
-    _required_id(customer_id, "customer_id")
+    require_id(idempotency_key, "idempotency_key")
+    require_id(order_id, "order_id")
+    require_id(customer_id, "customer_id")
     if amount is None:
         raise InvalidArgument("amount", "is required")
     checked = validate_money(amount.currency_code, amount.amount_minor)
@@ -99,12 +88,12 @@ def validate_charge(
 
 def validate_refund(idempotency_key: str, payment_id: str) -> RefundCommand:
     return RefundCommand(
-        _required_id(idempotency_key, "idempotency_key"), _required_id(payment_id, "payment_id")
+        require_id(idempotency_key, "idempotency_key"), require_id(payment_id, "payment_id")
     )
 
 
 def validate_payment_id(payment_id: str) -> str:
-    return _required_id(payment_id, "payment_id")
+    return require_id(payment_id, "payment_id")
 
 
 def decide_outcome(roll: float, failure_rate: float, failure_code: FailureCode) -> Outcome:
