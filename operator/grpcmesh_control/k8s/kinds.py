@@ -1,0 +1,71 @@
+"""The kinds the operator writes, with what RBAC and pruning need to know about each."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CONFIG_MAP",
+    "DEPLOYMENT",
+    "MESH",
+    "OWNED_KINDS",
+    "SERVICE",
+    "SERVICE_MONITOR",
+    "VIRTUAL_NODE",
+    "VIRTUAL_ROUTER",
+    "VIRTUAL_SERVICE",
+    "Kind",
+    "kind_of",
+    "object_key",
+]
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    """API group; "" is the core group."""
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+SERVICE = Kind("", "v1", "Service", "services")
+CONFIG_MAP = Kind("", "v1", "ConfigMap", "configmaps")
+DEPLOYMENT = Kind("apps", "v1", "Deployment", "deployments")
+SERVICE_MONITOR = Kind("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
+MESH = Kind("appmesh.k8s.aws", "v1beta2", "Mesh", "meshes", namespaced=False)
+VIRTUAL_NODE = Kind("appmesh.k8s.aws", "v1beta2", "VirtualNode", "virtualnodes")
+VIRTUAL_ROUTER = Kind("appmesh.k8s.aws", "v1beta2", "VirtualRouter", "virtualrouters")
+VIRTUAL_SERVICE = Kind("appmesh.k8s.aws", "v1beta2", "VirtualService", "virtualservices")
+
+OWNED_KINDS = (
+    CONFIG_MAP,
+    SERVICE,
+    DEPLOYMENT,
+    SERVICE_MONITOR,
+    MESH,
+    VIRTUAL_NODE,
+    VIRTUAL_ROUTER,
+    VIRTUAL_SERVICE,
+)
+"""Every kind ``desired_objects`` may return, in the order they are applied."""
+
+_BY_TYPE = {(k.api_version, k.kind): k for k in OWNED_KINDS}
+
+
+def kind_of(obj: Mapping[str, Any]) -> Kind:
+    """The ``Kind`` of a rendered object; ``KeyError`` for a kind the operator does not own."""
+    return _BY_TYPE[(obj["apiVersion"], obj["kind"])]
+
+
+def object_key(obj: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """``(apiVersion, kind, namespace, name)``: identity for diffing desired and actual."""
+    metadata = obj["metadata"]
+    return (obj["apiVersion"], obj["kind"], metadata.get("namespace", ""), metadata["name"])

@@ -1,0 +1,482 @@
+"""desired_objects on the example MeshServices: which objects, and the fields that carry the
+design (sidecar model, probes, config reload, bootstrap hash, ownership, determinism)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import yaml
+
+from grpcmesh_control.errors import InvalidResource
+from grpcmesh_control.k8s import OperatorSettings, Provider, desired_objects, object_key
+from grpcmesh_control.k8s.names import (
+    ANNOTATION_BOOTSTRAP_HASH,
+    LABEL_SERVICE,
+    LABEL_VERSION,
+    PROXY_CONTAINER,
+)
+from grpcmesh_control.model import MeshService, MethodCatalog, parse_mesh_service
+from grpcmesh_control.translate import NodeId, ProxyNode
+
+from .conftest import NAMESPACE, owner_of
+
+Obj = dict[str, Any]
+
+
+def render(svc: MeshService, settings: OperatorSettings) -> list[Obj]:
+    return desired_objects(svc, namespace=NAMESPACE, owner=owner_of(svc.name), settings=settings)
+
+
+def by_kind(objects: list[Obj], kind: str) -> dict[str, Obj]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def one(objects: list[Obj], kind: str, name: str) -> Obj:
+    return by_kind(objects, kind)[name]
+
+
+def containers(deployment: Obj) -> tuple[Obj, Obj]:
+    spec = deployment["spec"]["template"]["spec"]
+    (proxy,) = spec["initContainers"]
+    (app,) = spec["containers"]
+    return proxy, app
+
+
+def env_of(container: Obj) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_objects_of_each_example(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    rendered = {name: [(o["kind"], o["metadata"]["name"]) for o in render(svc, settings)]
+                for name, svc in services.items()}  # fmt: skip
+    assert rendered["payments"] == [
+        ("ConfigMap", "payments-config"),
+        ("ConfigMap", "payments-envoy-bootstrap"),
+        ("Service", "payments"),
+        ("Service", "payments-v1"),
+        ("Service", "payments-v2"),
+        ("Deployment", "payments-v1"),
+        ("Deployment", "payments-v2"),
+        ("ServiceMonitor", "payments"),
+    ]
+    assert rendered["orders"] == [
+        ("ConfigMap", "orders-config"),
+        ("ConfigMap", "orders-envoy-bootstrap"),
+        ("Service", "orders"),
+        ("Service", "orders-v1"),
+        ("Deployment", "orders-v1"),
+        ("ServiceMonitor", "orders"),
+    ]
+    # Unique identities, so apply and prune can key on them.
+    for objects in map(lambda s: render(s, settings), services.values()):
+        assert len({object_key(o) for o in objects}) == len(objects)
+
+
+def test_service_targets_the_sidecar_inbound_port(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    service = one(render(services["orders"], settings), "Service", "orders")
+    grpc, metrics, health = service["spec"]["ports"]
+    assert grpc == {
+        "appProtocol": "grpc",
+        "name": "grpc",
+        "port": 50051,
+        "protocol": "TCP",
+        "targetPort": settings.proxy.inbound_port,
+    }
+    assert (metrics["name"], metrics["targetPort"]) == ("metrics", settings.app.metrics_port)
+    assert (health["name"], health["targetPort"]) == ("envoy-health", settings.proxy.health_port)
+    assert service["spec"]["selector"] == {LABEL_SERVICE: "orders"}
+    assert LABEL_VERSION not in service["metadata"]["labels"]
+
+
+def test_per_version_services_are_headless_and_labelled(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    for version in ("v1", "v2"):
+        service = one(render(services["payments"], settings), "Service", f"payments-{version}")
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["selector"] == {LABEL_SERVICE: "payments", LABEL_VERSION: version}
+        # EndpointSlices copy these labels: that is how the control plane learns the version.
+        assert service["metadata"]["labels"][LABEL_VERSION] == version
+        (port,) = service["spec"]["ports"]
+        assert port["targetPort"] == settings.proxy.inbound_port
+
+
+def test_labels(services: dict[str, MeshService], settings: OperatorSettings) -> None:
+    deployment = one(render(services["payments"], settings), "Deployment", "payments-v2")
+    expected = {
+        "app.kubernetes.io/instance": "payments",
+        "app.kubernetes.io/managed-by": "grpcmesh-operator",
+        "app.kubernetes.io/name": "payments",
+        "app.kubernetes.io/part-of": "grpcmesh",
+        "app.kubernetes.io/version": "v2",
+        "grpcmesh.io/service": "payments",
+        "grpcmesh.io/version": "v2",
+    }
+    assert deployment["metadata"]["labels"] == expected
+    assert deployment["spec"]["template"]["metadata"]["labels"] == expected
+    assert deployment["spec"]["selector"] == {
+        "matchLabels": {"grpcmesh.io/service": "payments", "grpcmesh.io/version": "v2"}
+    }
+
+
+def test_versions_get_their_image_and_replicas(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    doc = example_docs["payments"]
+    doc["spec"]["replicas"] = 3
+    doc["spec"]["versions"][1]["replicas"] = 1
+    objects = render(parse_mesh_service(doc, catalog=catalog), settings)
+    v1, v2 = (one(objects, "Deployment", f"payments-{v}") for v in ("v1", "v2"))
+    assert (v1["spec"]["replicas"], v2["spec"]["replicas"]) == (3, 1)
+    assert containers(v1)[1]["image"] == "ghcr.io/grpcmesh/payments:0.1.0"
+    assert containers(v2)[1]["image"] == "ghcr.io/grpcmesh/payments:0.2.0"
+
+
+def test_envoy_is_a_native_sidecar(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    proxy, _ = containers(one(render(services["orders"], settings), "Deployment", "orders-v1"))
+    assert proxy["name"] == PROXY_CONTAINER
+    assert proxy["restartPolicy"] == "Always"
+    health = settings.proxy.health_port
+    assert proxy["startupProbe"]["httpGet"] == {"path": "/ready", "port": health}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": health}
+    # A control plane outage must not restart sidecars: liveness does not ask /ready.
+    assert proxy["livenessProbe"] == {
+        "tcpSocket": {"port": health},
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+    }
+    command = proxy["command"]
+    assert command[:3] == [settings.proxy.binary, "-c", "/etc/grpcmesh/envoy/envoy.json"]
+    assert "--disable-hot-restart" in command
+
+
+def test_node_id_comes_from_the_pod_name(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    proxy, _ = containers(one(render(services["orders"], settings), "Deployment", "orders-v1"))
+    command = proxy["command"]
+    node = command[command.index("--service-node") + 1]
+    cluster = command[command.index("--service-cluster") + 1]
+    assert node == "sidecar~orders~$(POD_NAME)"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        proxy["env"]
+    )
+    # What the kubelet makes of it parses as the control plane's node id.
+    expanded = NodeId.parse(node.replace("$(POD_NAME)", "orders-v1-7d9f8c6b5-x2x4q"))
+    assert expanded == NodeId.sidecar("orders", "orders-v1-7d9f8c6b5-x2x4q")
+    assert cluster == expanded.envoy_cluster
+
+
+def test_app_probes_go_through_the_sidecar(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    _, app = containers(one(render(services["orders"], settings), "Deployment", "orders-v1"))
+    inbound = {"port": settings.proxy.inbound_port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert app[probe]["grpc"] == inbound, probe
+    # The app stays on loopback: only the sidecar (and so the probes through it) reaches it.
+    assert env_of(app)["GRPCMESH_HOST"] == "127.0.0.1"
+    assert env_of(app)["GRPCMESH_PORT"] == "50051"
+    # Liveness outlasts a sidecar restart.
+    liveness = app["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+
+
+def test_app_env(services: dict[str, MeshService], settings: OperatorSettings) -> None:
+    _, app = containers(one(render(services["inventory"], settings), "Deployment", "inventory-v1"))
+    env = env_of(app)
+    assert env["GRPCMESH_SIDECAR_EGRESS"] == "127.0.0.1:15001"
+    assert env["GRPCMESH_SIDECAR_ADMIN"] == f"127.0.0.1:{settings.proxy.admin_port}"
+    assert env["GRPCMESH_CONFIG_FILE"] == "/etc/grpcmesh/config/config.yaml"
+    assert env["GRPCMESH_METRICS_HOST"] == "0.0.0.0"
+    assert env["GRPCMESH_METRICS_PORT"] == "9464"
+    assert env["GRPCMESH_SERVICE_NAME"] == "inventory"
+    assert env["GRPCMESH_LOG_LEVEL"] == "INFO"  # the workload's own
+    assert app["env"][0]["name"] == "GRPCMESH_LOG_LEVEL"  # the workload's first, then ours
+    # spec.config sets db_path, so no env variable overrides it (env beats the config file).
+    assert "GRPCMESH_DB_PATH" not in env
+
+
+def test_db_path_defaults_into_the_data_volume(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    _, app = containers(one(render(services["catalog"], settings), "Deployment", "catalog-v1"))
+    assert env_of(app)["GRPCMESH_DB_PATH"] == "/var/lib/catalog/catalog.db"
+    mounts = {m["mountPath"]: m["name"] for m in app["volumeMounts"]}
+    assert mounts["/var/lib/catalog"] == "data"
+
+
+def test_the_workload_cannot_override_mesh_variables(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    doc = example_docs["inventory"]
+    doc["spec"]["workload"]["env"].append({"name": "GRPCMESH_PORT", "value": "1"})
+    svc = parse_mesh_service(doc, catalog=catalog)
+    _, app = containers(one(render(svc, settings), "Deployment", "inventory-v1"))
+    assert [e["value"] for e in app["env"] if e["name"] == "GRPCMESH_PORT"] == ["50051"]
+
+
+def test_secret_and_config_map_env(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    doc = example_docs["orders"]
+    doc["spec"]["workload"]["env"] = [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "m"}}},
+    ]
+    _, app = containers(
+        one(render(parse_mesh_service(doc, catalog=catalog), settings), "Deployment", "orders-v1")
+    )
+    assert app["env"][:2] == doc["spec"]["workload"]["env"]
+
+
+def test_volumes(services: dict[str, MeshService], settings: OperatorSettings) -> None:
+    deployment = one(render(services["orders"], settings), "Deployment", "orders-v1")
+    proxy, app = containers(deployment)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes == {
+        "data": {"name": "data", "emptyDir": {}},
+        "grpcmesh-bootstrap": {
+            "name": "grpcmesh-bootstrap",
+            "configMap": {"name": "orders-envoy-bootstrap"},
+        },
+        "grpcmesh-config": {"name": "grpcmesh-config", "configMap": {"name": "orders-config"}},
+        "tmp": {"name": "tmp", "emptyDir": {}},
+    }
+    # A directory mount (no subPath), or ConfigMap updates never reach the running pod.
+    for mount in [*app["volumeMounts"], *proxy["volumeMounts"]]:
+        assert "subPath" not in mount
+    mounts = {m["name"]: m for m in app["volumeMounts"]}
+    assert mounts["grpcmesh-config"] == {
+        "name": "grpcmesh-config",
+        "mountPath": "/etc/grpcmesh/config",
+        "readOnly": True,
+    }
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    assert mounts["data"]["mountPath"] == "/var/lib/orders"  # where spec.config's db_path is
+
+
+def test_resources_from_the_spec_with_defaults(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    def resources(name: str) -> Any:
+        return containers(one(render(services[name], settings), "Deployment", f"{name}-v1"))[1][
+            "resources"
+        ]
+
+    assert resources("catalog") == {
+        "limits": {"cpu": "500m", "memory": "256Mi"},
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+    }
+    # Requests given and no limits: no default limit, which could undercut the request.
+    assert resources("inventory") == {"requests": {"cpu": "50m", "memory": "64Mi"}}
+    assert resources("payments") == {
+        "limits": {"memory": "512Mi"},
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+    }
+
+
+def test_only_a_limit_makes_it_the_request(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    doc = example_docs["payments"]
+    doc["spec"]["workload"]["resources"] = {"limits": {"memory": "64Mi", "cpu": 1}}
+    deployment = one(
+        render(parse_mesh_service(doc, catalog=catalog), settings), "Deployment", "payments-v1"
+    )
+    assert containers(deployment)[1]["resources"] == {
+        "limits": {"cpu": "1", "memory": "64Mi"},
+        "requests": {"cpu": "1", "memory": "64Mi"},
+    }
+
+
+def test_config_map_holds_spec_config(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    svc = parse_mesh_service(example_docs["catalog"], catalog=catalog)
+    config = one(render(svc, settings), "ConfigMap", "catalog-config")
+    assert yaml.safe_load(config["data"]["config.yaml"]) == {"cache_ttl_seconds": "30"}
+    del example_docs["catalog"]["spec"]["config"]
+    empty = parse_mesh_service(example_docs["catalog"], catalog=catalog)
+    # Still a file the kit can read (and later reload when config appears).
+    assert one(render(empty, settings), "ConfigMap", "catalog-config")["data"] == {
+        "config.yaml": "{}\n"
+    }
+
+
+def test_bootstrap_config_map(services: dict[str, MeshService], settings: OperatorSettings) -> None:
+    bootstrap_cm = one(render(services["orders"], settings), "ConfigMap", "orders-envoy-bootstrap")
+    bootstrap = json.loads(bootstrap_cm["data"]["envoy.json"])
+    assert bootstrap["node"]["cluster"] == "orders"
+    node = ProxyNode.from_node(bootstrap["node"]["id"], bootstrap["node"]["metadata"])
+    assert (node.app_port, node.inbound_port, node.egress_port) == (50051, 15006, 15001)
+    admin = bootstrap["admin"]["address"]["socket_address"]
+    assert (admin["address"], admin["port_value"]) == ("127.0.0.1", settings.proxy.admin_port)
+    (health,) = bootstrap["static_resources"]["listeners"]
+    assert health["address"]["socket_address"]["port_value"] == settings.proxy.health_port
+    xds = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "xds_cluster")
+    xds_host = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert xds_host["socket_address"]["address"] == settings.xds_address.rpartition(":")[0]
+
+
+def _templates(objects: list[Obj]) -> dict[str, Obj]:
+    return {n: d["spec"]["template"] for n, d in by_kind(objects, "Deployment").items()}
+
+
+def test_bootstrap_change_rolls_pods_but_config_change_does_not(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    svc = parse_mesh_service(example_docs["payments"], catalog=catalog)
+    before = render(svc, settings)
+    hashes = {
+        n: t["metadata"]["annotations"][ANNOTATION_BOOTSTRAP_HASH]
+        for n, t in _templates(before).items()
+    }
+    assert len(set(hashes.values())) == 1  # one bootstrap per service
+
+    moved = render(svc, dataclasses.replace(settings, xds_address="cp.elsewhere.svc:18000"))
+    assert one(moved, "ConfigMap", "payments-envoy-bootstrap") != one(
+        before, "ConfigMap", "payments-envoy-bootstrap"
+    )
+    for name, template in _templates(moved).items():
+        assert template["metadata"]["annotations"][ANNOTATION_BOOTSTRAP_HASH] != hashes[name]
+
+    example_docs["payments"]["spec"]["config"]["failure_rate"] = "0.5"
+    reconfigured = render(parse_mesh_service(example_docs["payments"], catalog=catalog), settings)
+    assert one(reconfigured, "ConfigMap", "payments-config") != one(
+        before, "ConfigMap", "payments-config"
+    )
+    # The app config reloads live: the pod templates (and so the pods) stay as they are.
+    assert by_kind(reconfigured, "Deployment") == by_kind(before, "Deployment")
+
+
+def test_every_object_is_owned_by_the_mesh_service(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    for svc in services.values():
+        for obj in render(svc, settings):
+            assert obj["metadata"]["namespace"] == NAMESPACE
+            assert obj["metadata"]["ownerReferences"] == [
+                {
+                    "apiVersion": "grpcmesh.io/v1alpha1",
+                    "blockOwnerDeletion": True,
+                    "controller": True,
+                    "kind": "MeshService",
+                    "name": svc.name,
+                    "uid": owner_of(svc.name).uid,
+                }
+            ]
+
+
+def test_output_is_deterministic_and_unshared(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    first = render(services["payments"], settings)
+    snapshot = copy.deepcopy(first)
+    # Editing one result must not leak into the next (no shared sub-dicts or cached objects).
+    containers(one(first, "Deployment", "payments-v1"))[1]["readinessProbe"]["grpc"]["port"] = 1
+    one(first, "Service", "payments")["spec"]["ports"].clear()
+    second = render(services["payments"], settings)
+    assert second == snapshot
+    assert json.dumps(second) == json.dumps(snapshot)
+
+
+def test_without_a_workload_no_deployment(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    del example_docs["orders"]["spec"]["workload"]
+    objects = render(parse_mesh_service(example_docs["orders"], catalog=catalog), settings)
+    assert by_kind(objects, "Deployment") == {}
+    # Injected pods mount the bootstrap ConfigMap, so it is still rendered.
+    assert "orders-envoy-bootstrap" in by_kind(objects, "ConfigMap")
+    assert "orders" in by_kind(objects, "Service")
+
+
+def test_service_monitor_only_with_its_crd(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    without = dataclasses.replace(settings, service_monitor_crd=False)
+    assert by_kind(render(services["orders"], without), "ServiceMonitor") == {}
+    objects = render(services["orders"], settings)
+    monitor = one(objects, "ServiceMonitor", "orders")
+    spec = monitor["spec"]
+    assert spec["endpoints"] == [
+        {"path": "/metrics", "port": "metrics"},
+        {"path": "/stats/prometheus", "port": "envoy-health"},
+    ]
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # It selects the main Service and not the per-version ones (no pod scraped twice) ...
+    selected = [s for s in by_kind(objects, "Service").values() if _selects(spec["selector"], s)]
+    assert [s["metadata"]["name"] for s in selected] == ["orders"]
+    # ... whose port names the endpoints refer to.
+    port_names = {p["name"] for p in selected[0]["spec"]["ports"]}
+    assert {e["port"] for e in spec["endpoints"]} <= port_names
+
+
+def _selects(selector: Mapping[str, Any], obj: Obj) -> bool:
+    labels = obj["metadata"]["labels"]
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "DoesNotExist"
+        if expression["key"] in labels:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("port", [15000, 15001, 15006, 15021, 9464])
+def test_reserved_ports_are_refused(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings, port: int
+) -> None:
+    example_docs["orders"]["spec"]["grpc"]["port"] = port
+    svc = parse_mesh_service(example_docs["orders"], catalog=catalog)
+    with pytest.raises(InvalidResource) as caught:
+        render(svc, settings)
+    assert [e.path for e in caught.value.errors] == ["spec.grpc.port"]
+    assert "reserved" in str(caught.value)
+
+
+def test_long_names_stay_valid_and_distinct(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    doc = example_docs["payments"]
+    doc["metadata"]["name"] = "p" * 60
+    doc["spec"]["versions"] = [
+        {"name": "canary-" + "a" * 50, "weight": 50},
+        {"name": "canary-" + "b" * 50, "weight": 50},
+    ]
+    objects = render(parse_mesh_service(doc, catalog=catalog), settings)
+    names = [o["metadata"]["name"] for o in objects if o["kind"] in ("Service", "Deployment")]
+    assert all(len(n) <= 63 for n in names)
+    assert len(set(names)) == len(names) - 2  # a version's Service and Deployment share a name
+
+
+def test_appmesh_provider_drops_the_native_sidecar(
+    services: dict[str, MeshService], appmesh_settings: OperatorSettings
+) -> None:
+    objects = render(services["payments"], appmesh_settings)
+    assert "payments-envoy-bootstrap" not in by_kind(objects, "ConfigMap")
+    deployment = one(objects, "Deployment", "payments-v1")
+    template = deployment["spec"]["template"]
+    assert "initContainers" not in template["spec"]
+    assert ANNOTATION_BOOTSTRAP_HASH not in template["metadata"]["annotations"]
+    (app,) = template["spec"]["containers"]
+    assert app["readinessProbe"]["grpc"] == {"port": 50051}
+    assert "GRPCMESH_SIDECAR_EGRESS" not in env_of(app)
+    service = one(objects, "Service", "payments")
+    assert service["spec"]["ports"][0]["targetPort"] == 50051
+    assert [p["name"] for p in service["spec"]["ports"]] == ["grpc", "metrics"]
+    kinds = {o["kind"] for o in objects}
+    assert {"Mesh", "VirtualNode", "VirtualRouter", "VirtualService"} <= kinds
+    assert appmesh_settings.provider is Provider.APPMESH

@@ -1,0 +1,112 @@
+"""The operator's RBAC (manifests/rbac): valid objects, no wildcards, and every kind the
+operator writes is covered with exactly the verbs apply and prune need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from grpcmesh_control.k8s import OWNED_KINDS, Kind
+
+from .checks import validate_builtin
+from .conftest import REPO
+
+RBAC = REPO / "manifests" / "rbac"
+WRITE_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
+APPMESH_GROUP = "appmesh.k8s.aws"
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    with path.open() as stream:
+        return [d for d in yaml.safe_load_all(stream) if d]
+
+
+def rules(path: Path) -> list[dict[str, Any]]:
+    (role,) = [d for d in load(path) if d["kind"] == "ClusterRole"]
+    found: list[dict[str, Any]] = role["rules"]
+    return found
+
+
+def allowed(rule_list: list[dict[str, Any]], group: str, resource: str) -> set[str]:
+    verbs: set[str] = set()
+    for rule in rule_list:
+        if group in rule["apiGroups"] and resource in rule["resources"]:
+            verbs |= set(rule["verbs"])
+    return verbs
+
+
+NATIVE = rules(RBAC / "operator.yaml")
+APPMESH = rules(RBAC / "operator-appmesh.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(RBAC.glob("*.yaml")), ids=lambda p: p.name)
+def test_objects_validate(path: Path) -> None:
+    for doc in load(path):
+        validate_builtin(doc)
+
+
+@pytest.mark.parametrize("path", sorted(RBAC.glob("*.yaml")), ids=lambda p: p.name)
+def test_no_wildcards(path: Path) -> None:
+    for rule in rules(path):
+        for key in ("apiGroups", "resources", "verbs"):
+            assert all("*" not in item for item in rule[key]), rule
+        assert "nonResourceURLs" not in rule
+
+
+@pytest.mark.parametrize("kind", OWNED_KINDS, ids=lambda k: k.kind)
+def test_every_written_kind_is_covered(kind: Kind) -> None:
+    rule_list = APPMESH if kind.group == APPMESH_GROUP else NATIVE
+    assert allowed(rule_list, kind.group, kind.plural) == WRITE_VERBS
+
+
+def test_app_mesh_rules_only_in_their_own_role() -> None:
+    assert all(APPMESH_GROUP not in r["apiGroups"] for r in NATIVE)
+    assert {g for r in APPMESH for g in r["apiGroups"]} == {APPMESH_GROUP}
+
+
+def test_the_rest_is_least_privilege() -> None:
+    assert allowed(NATIVE, "grpcmesh.io", "meshservices") == {"get", "list", "watch", "patch"}
+    assert allowed(NATIVE, "grpcmesh.io", "meshservices/status") == {"get", "patch"}
+    assert allowed(NATIVE, "grpcmesh.io", "meshservices/finalizers") == set()
+    assert allowed(NATIVE, "discovery.k8s.io", "endpointslices") == {"list", "watch"}
+    assert allowed(NATIVE, "", "events") == {"create"}
+    crds = allowed(NATIVE, "apiextensions.k8s.io", "customresourcedefinitions")
+    assert crds == {"get", "list", "watch"}
+    # Nothing it does not use: pods, secrets, namespaces, peering, leases, webhooks.
+    for group, resource in [
+        ("", "pods"),
+        ("", "secrets"),
+        ("", "namespaces"),
+        ("kopf.dev", "clusterkopfpeerings"),
+        ("coordination.k8s.io", "leases"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+    ]:
+        assert allowed(NATIVE, group, resource) == set(), resource
+    covered = {(g, r) for rule in NATIVE for g in rule["apiGroups"] for r in rule["resources"]}
+    expected = {(k.group, k.plural) for k in OWNED_KINDS if k.group != APPMESH_GROUP} | {
+        ("grpcmesh.io", "meshservices"),
+        ("grpcmesh.io", "meshservices/status"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("", "events"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+    }
+    assert covered == expected
+
+
+def test_bindings_tie_the_roles_to_the_service_account() -> None:
+    docs = load(RBAC / "operator.yaml") + load(RBAC / "operator-appmesh.yaml")
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    roles = {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"}
+    bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert {b["roleRef"]["name"] for b in bindings} == roles
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {
+                "kind": "ServiceAccount",
+                "name": account["metadata"]["name"],
+                "namespace": account["metadata"]["namespace"],
+            }
+        ]
