@@ -24,7 +24,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from grpcmesh_kit.context import REQUEST_ID_HEADER, RpcContext, current_rpc, new_request_id
 from grpcmesh_kit.errors import InvalidArgument, ServiceError
-from grpcmesh_kit.metrics import GrpcType, MetricsEndpoint, RpcMetrics, split_method
+from grpcmesh_kit.metrics import (
+    GrpcType,
+    MetricsEndpoint,
+    RpcMetrics,
+    go_code_name,
+    split_method,
+)
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +285,7 @@ class MetricsServerLayer:
         def count_handled(code: str) -> None:
             child = handled.get(code)
             if child is None:
-                child = handled[code] = m.handled.labels(**labels, grpc_code=code)
+                child = handled[code] = m.handled.labels(**labels, grpc_code=go_code_name(code))
             child.inc()
 
         async def count_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -474,7 +480,7 @@ class MetricsClientInterceptor(
         code = await call.code()
         if code == grpc.StatusCode.OK:
             m.msg_received.labels(**labels).inc()
-        m.handled.labels(**labels, grpc_code=code.name).inc()
+        m.handled.labels(**labels, grpc_code=go_code_name(code.name)).inc()
         m.handling_seconds.labels(**labels).observe(time.perf_counter() - start)
         return call
 
@@ -501,7 +507,7 @@ class MetricsClientInterceptor(
                 code = "CANCELLED"
                 raise
             finally:
-                m.handled.labels(**labels, grpc_code=code).inc()
+                m.handled.labels(**labels, grpc_code=go_code_name(code)).inc()
                 m.handling_seconds.labels(**labels).observe(time.perf_counter() - start)
 
         return responses()

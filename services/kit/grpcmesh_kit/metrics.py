@@ -43,6 +43,34 @@ class GrpcType(enum.StrEnum):
         return cls.UNARY
 
 
+GO_CODE_NAMES = {
+    "OK": "OK",
+    "CANCELLED": "Canceled",
+    "UNKNOWN": "Unknown",
+    "INVALID_ARGUMENT": "InvalidArgument",
+    "DEADLINE_EXCEEDED": "DeadlineExceeded",
+    "NOT_FOUND": "NotFound",
+    "ALREADY_EXISTS": "AlreadyExists",
+    "PERMISSION_DENIED": "PermissionDenied",
+    "RESOURCE_EXHAUSTED": "ResourceExhausted",
+    "FAILED_PRECONDITION": "FailedPrecondition",
+    "ABORTED": "Aborted",
+    "OUT_OF_RANGE": "OutOfRange",
+    "UNIMPLEMENTED": "Unimplemented",
+    "INTERNAL": "Internal",
+    "UNAVAILABLE": "Unavailable",
+    "DATA_LOSS": "DataLoss",
+    "UNAUTHENTICATED": "Unauthenticated",
+}
+"""grpc_code label values as go-grpc-prometheus writes them (Go's codes.Code.String()), so
+dashboards and alerts written for Go services match Python ones too."""
+
+
+def go_code_name(status_name: str) -> str:
+    """'UNAVAILABLE' (grpc.StatusCode name) -> 'Unavailable'."""
+    return GO_CODE_NAMES.get(status_name, "Unknown")
+
+
 def split_method(full_method: str) -> tuple[str, str]:
     """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
     service, _, method = full_method.lstrip("/").rpartition("/")
