@@ -65,7 +65,7 @@ test: gen sysdeps lint ## every test tier (lint, unit, integration, end to end)
 
 .PHONY: demo
 demo: gen ## start the reference services locally and place demo orders through them
-	$(PY) -m grpcmesh_loadgen.demo
+	$(VENV)/bin/grpcmesh demo --up
 
 .PHONY: bench
 bench: gen ## benchmarks: kit tax and PlaceOrder throughput (prints ratios)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,20 @@ async def test_failed_start_hook_stops_everything(tmp_path: Path) -> None:
     for port in (app.port, app.metrics_port):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             pass
+
+
+async def test_replicas_can_open_one_new_database_at_once(tmp_path: Path) -> None:
+    """Like replicas of a service starting together on a shared file."""
+    import asyncio
+
+    stores = [Store(tmp_path / "shared.db", MIGRATIONS) for _ in range(6)]
+    await asyncio.gather(*(store.open() for store in stores))
+
+    def insert(item_id: str) -> Callable[[sqlite3.Connection], object]:
+        return lambda conn: conn.execute("INSERT INTO item (id) VALUES (?)", (item_id,))
+
+    await asyncio.gather(*(store.run(insert(f"i{i}")) for i, store in enumerate(stores)))
+    count = await stores[0].read(lambda c: c.execute("SELECT COUNT(*) FROM item").fetchone()[0])
+    for store in stores:
+        await store.close()
+    assert count == 6

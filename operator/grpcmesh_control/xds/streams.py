@@ -19,7 +19,15 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.json_format import MessageToDict
 
 from grpcmesh_control.xds.cache import SnapshotCache
-from grpcmesh_control.xds.resources import PUSH_ORDER, WILDCARD_TYPES, VersionedSnapshot
+from grpcmesh_control.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    WILDCARD_TYPES,
+    VersionedSnapshot,
+)
 
 _nonces = itertools.count(1)
 
@@ -112,6 +120,7 @@ class SotwStream:
             else [typed.resources[n] for n in sorted(state.names) if n in typed.resources]
         )
         state.sent_version, state.sent_names, state.nonce = typed.version, state.names, _nonce()
+        self._expire_dependents(type_url)
         return discovery_pb2.DiscoveryResponse(
             version_info=typed.version,
             resources=list(selected),
@@ -119,9 +128,20 @@ class SotwStream:
             nonce=state.nonce,
         )
 
+    def _expire_dependents(self, type_url: str) -> None:
+        """A cluster (listener) Envoy receives anew warms until it gets its endpoints (routes)
+        again, even when they did not change; without a resend it waits out its 15 s initial
+        fetch timeout and holds back the listeners and routes behind it."""
+        dependent = _DEPENDENT.get(type_url)
+        if dependent is not None and dependent in self._types:
+            self._types[dependent].sent_version = None
+
     def close(self) -> None:
         if self.node_id is not None:
             self.cache.disconnected(self.node_id)
+
+
+_DEPENDENT = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 
 
 @dataclass
@@ -224,6 +244,10 @@ class DeltaStream:
         state.responded = True
         for resource in changed:
             state.known[resource.name] = resource.version
+        if type_url == CLUSTER and ENDPOINT in self._types:
+            # Re-sent clusters warm until they get their load assignment again (see SotwStream).
+            for resource in changed:
+                self._types[ENDPOINT].known.pop(resource.name, None)
         for name in removed:
             state.known.pop(name, None)
         nonce = _nonce()

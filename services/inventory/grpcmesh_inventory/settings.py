@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from grpcmesh_kit import KitSettings
 
@@ -18,3 +19,9 @@ class InventorySettings(KitSettings):
     seed_stock: dict[Annotated[str, Field(min_length=1)], Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict
     )
+
+    @field_validator("seed_stock", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        # A MeshService's spec.config holds strings, so the mounted file carries JSON text.
+        return json.loads(value) if isinstance(value, str) else value

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random
+
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
@@ -40,7 +42,7 @@ class Store:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         self._conn = conn
@@ -90,6 +92,19 @@ class Store:
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=True)
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switching a new file to WAL needs an exclusive lock and ignores busy_timeout, so two
+    replicas opening one new database at once would fail with "database is locked": retry."""
+    for attempt in Retrying(
+        retry=retry_if_exception_type(sqlite3.OperationalError),
+        wait=wait_random(0.01, 0.1),
+        stop=stop_after_delay(BUSY_TIMEOUT_MS / 1000),
+        reraise=True,
+    ):
+        with attempt:
+            conn.execute("PRAGMA journal_mode = WAL")
 
 
 def _statements(script: str) -> list[str]:

@@ -265,3 +265,43 @@ def test_delta_eds_by_subscription_and_nack_without_loop() -> None:
     cache.set_snapshot(NODE.id, version_snapshot(snapshot({"a": 2, "b": 1})))
     [fixed] = stream.on_snapshot()
     assert [r.name for r in fixed.resources] == ["a"]
+
+
+def _with_outlier_detection(resources: dict[str, dict[str, Message]]) -> None:
+    for cluster in resources[CLUSTER].values():
+        assert isinstance(cluster, cluster_pb2.Cluster)
+        cluster.outlier_detection.consecutive_5xx.value = 3
+
+
+def test_a_changed_cluster_gets_its_unchanged_endpoints_again() -> None:
+    """Envoy warms a re-sent cluster until it sees its load assignment again."""
+    cache = cache_with({"a": 1})
+    stream = SotwStream(cache)
+    [cds] = stream.on_request(request(CLUSTER))
+    [eds] = stream.on_request(request(ENDPOINT, ("a",)))
+    stream.on_request(request(CLUSTER, ack=cds))
+    stream.on_request(request(ENDPOINT, ("a",), ack=eds))
+    changed = snapshot({"a": 1})
+    _with_outlier_detection(changed)
+    cache.set_snapshot(NODE.id, version_snapshot(changed))
+    pushed = stream.on_snapshot()
+    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT]
+    assert pushed[1].version_info == eds.version_info  # same endpoints, sent again
+    assert names_in(pushed[1]) == ["a"]
+
+
+def test_delta_a_changed_cluster_gets_its_endpoints_again() -> None:
+    cache = cache_with({"a": 1, "b": 1})
+    stream = DeltaStream(cache)
+    [cds] = stream.on_request(delta(CLUSTER))
+    [eds] = stream.on_request(delta(ENDPOINT, ("a", "b")))
+    stream.on_request(delta(CLUSTER, ack=cds))
+    stream.on_request(delta(ENDPOINT, ack=eds))
+    changed = snapshot({"a": 1, "b": 1})
+    cluster = changed[CLUSTER]["a"]
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    cluster.outlier_detection.consecutive_5xx.value = 3
+    cache.set_snapshot(NODE.id, version_snapshot(changed))
+    cds_update, eds_update = stream.on_snapshot()
+    assert [r.name for r in cds_update.resources] == ["a"]
+    assert [r.name for r in eds_update.resources] == ["a"]

@@ -1,0 +1,430 @@
+"""``grpcmesh``: run the mesh locally and talk to it.
+
+Exit codes: 0 done; 1 refused or failed (invalid resources, a failed demo call, a process that
+would not start); 2 cannot run (no mesh running, control plane unreachable); 128+signal when
+interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from grpcmesh_control.errors import MeshError
+from grpcmesh_control.runtime.local import (
+    DEFAULT_RUN_DIR,
+    AdminUnavailable,
+    ControlPlaneClient,
+    LauncherError,
+    MeshOptions,
+    NotConverged,
+    PlanError,
+    RunState,
+    StartupError,
+    SupervisorSettings,
+    read_state,
+    run_mesh,
+    status_document,
+    wait_converged,
+)
+
+__all__ = ["app"]
+
+EXIT_FAILED = 1
+EXIT_CANNOT_RUN = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="grpcmesh: a service mesh for Python gRPC services. Local mode runs it on this machine.",
+)
+
+StateDir = Annotated[
+    Path, typer.Option("--state-dir", help="Run-state directory of the local mesh.")
+]
+
+
+def _default_resources() -> Path:
+    """manifests/examples of this checkout (cwd first, then beside the package)."""
+    here = Path("manifests/examples")
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[2] / "manifests" / "examples"
+
+
+Resources = Annotated[
+    Path | None,
+    typer.Option(
+        "--resources",
+        help="Directory of MeshService YAML files. [default: manifests/examples]",
+        file_okay=False,
+    ),
+]
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False)
+
+
+def _error(message: object) -> None:
+    # Text, not markup: messages carry brackets (spec.versions[1], [::1]:50051). Soft wrap:
+    # an error is one line per problem, whatever the terminal's width.
+    _console(stderr=True).print(
+        Text.assemble(("error: ", "bold red"), str(message)), soft_wrap=True
+    )
+
+
+def _fail(message: object, code: int = EXIT_FAILED) -> NoReturn:
+    _error(message)
+    raise typer.Exit(code)
+
+
+def _running_state(state_dir: Path) -> RunState:
+    state = read_state(state_dir.resolve())
+    if state is None:
+        _fail(f"no mesh running in {state_dir} (start one with `grpcmesh up`)", EXIT_CANNOT_RUN)
+    return state
+
+
+def _run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop``, and ``main`` winds down by itself."""
+
+    async def runner() -> tuple[int, int | None]:
+        stop = asyncio.Event()
+        received: list[int] = []
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+
+            def handler(signum: int = signum) -> None:
+                received.append(signum)
+                stop.set()
+
+            loop.add_signal_handler(signum, handler)
+        code = await main(stop)
+        return code, (received[0] if received else None)
+
+    code, signum = asyncio.run(runner())
+    return 128 + signum if signum is not None and code == 0 else code
+
+
+# --- up ----------------------------------------------------------------------------------
+
+
+def _port(address: str) -> str:
+    return address.rpartition(":")[2]
+
+
+def _mesh_table(state: RunState) -> Group:
+    """Where everything listens. Every address is on 127.0.0.1, so the table shows ports."""
+    table = Table(title="grpcmesh local mesh: ports on 127.0.0.1", title_justify="left")
+    for column in ("", "replica", "gRPC", "sidecar in", "admin", "metrics", "pid"):
+        table.add_column(column, no_wrap=True)
+    table.add_row(
+        "ingress",
+        "",
+        _port(state.ingress),
+        "",
+        _port(state.ingress_admin),
+        "",
+        str(state.ingress_pid or ""),
+    )
+    table.add_row(
+        "control plane",
+        "",
+        f"{_port(state.control_plane_xds)} (xDS)",
+        "",
+        _port(state.control_plane_admin),
+        "",
+        str(state.control_plane_pid or ""),
+    )
+    for r in state.replicas:
+        table.add_row(
+            r.service,
+            r.replica,
+            _port(r.app),
+            _port(r.sidecar_inbound),
+            _port(r.sidecar_admin),
+            _port(r.metrics),
+            str(r.app_pid or ""),
+        )
+    where = Text(
+        f"ingress (call the exposed services here): {state.ingress}\n"
+        f"logs: {state.run_dir}/<service>/<replica>/{{app,envoy}}.log, "
+        f"{state.control_plane_log}"
+    )
+    return Group(table, where)
+
+
+def _options(resources: Path | None, state_dir: Path, startup_timeout: float) -> MeshOptions:
+    return MeshOptions(
+        resources=resources or _default_resources(),
+        run_dir=state_dir,
+        supervisor=SupervisorSettings(startup_timeout_s=startup_timeout),
+    )
+
+
+def _start_errors(exc: BaseException) -> str | None:
+    """The message for an error that means "the mesh could not start", else None (a bug:
+    the traceback is worth seeing)."""
+    expected = MeshError | PlanError | LauncherError | StartupError | FileNotFoundError
+    return str(exc) if isinstance(exc, expected) else None
+
+
+@app.command()
+def up(
+    state_dir: StateDir = DEFAULT_RUN_DIR,
+    resources: Resources = None,
+    startup_timeout: Annotated[
+        float, typer.Option(min=1.0, help="Seconds for every endpoint to become ready.")
+    ] = 90.0,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log readiness changes.")
+    ] = False,
+) -> None:
+    """Start the mesh on this machine (foreground; Ctrl-C or SIGTERM stops everything)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format=LOG_FORMAT,
+    )
+    console = _console()
+    options = _options(resources, state_dir, startup_timeout)
+
+    def ready(state: RunState) -> None:
+        console.print(_mesh_table(state))
+        console.print(
+            f"mesh ready; run state in {state.run_dir}. "
+            "`grpcmesh status`, `grpcmesh demo`, Ctrl-C to stop."
+        )
+
+    async def main(stop: asyncio.Event) -> int:
+        try:
+            console.print(f"starting the mesh from {options.resources} ...")
+            await run_mesh(options, stop, on_ready=ready)
+        except Exception as exc:
+            message = _start_errors(exc)
+            if message is None:
+                raise
+            _error(message)
+            return EXIT_FAILED
+        console.print("mesh stopped")
+        return 0
+
+    raise typer.Exit(_run_until_signal(main))
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+async def _control_plane_status(admin: str) -> dict[str, Any] | None:
+    async with ControlPlaneClient(admin, timeout_s=3.0) as client:
+        try:
+            return await client.status()
+        except AdminUnavailable:
+            return None
+
+
+def _status_table(doc: dict[str, Any]) -> Table:
+    title = (
+        f"ingress {doc['ingress']}   control plane {doc['control_plane']}"
+        f"   config {doc['config_version'] or '(control plane unreachable)'}"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("service", "replica", "gRPC", "ready", "xDS", "ACKed version", "NACK"):
+        table.add_column(column, overflow="fold")
+    rows = [(s["name"], e) for s in doc["services"] for e in s["endpoints"]]
+    rows.append(("(ingress)", {**doc["gateway"], "replica": "", "address": "", "ready": None}))
+    for name, e in rows:
+        table.add_row(
+            name,
+            e["replica"],
+            e["address"],
+            "" if e["ready"] is None else ("yes" if e["ready"] else "no"),
+            "connected" if e["connected"] else "disconnected",
+            e["acked_version"] or "-",
+            Text(e["nack_error"] or "", style="red"),
+        )
+    return table
+
+
+@app.command()
+def status(
+    state_dir: StateDir = DEFAULT_RUN_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="The documented JSON contract.")] = False,
+) -> None:
+    """Where everything runs, and which config each proxy has ACKed."""
+    state = _running_state(state_dir)
+    doc = status_document(state, asyncio.run(_control_plane_status(state.control_plane_admin)))
+    if as_json:
+        print(json.dumps(doc, indent=2))
+    else:
+        console = _console()
+        console.print(_status_table(doc))
+        for problem in doc["problems"]:
+            console.print(Text(f"problem: {problem}", style="yellow"))
+
+
+# --- apply -------------------------------------------------------------------------------
+
+
+@app.command()
+def apply(
+    file: Annotated[
+        Path,
+        typer.Option("--filename", "-f", exists=True, dir_okay=False, help="MeshService YAML."),
+    ],
+    state_dir: StateDir = DEFAULT_RUN_DIR,
+) -> None:
+    """Validate FILE against the running mesh and make it live; refused as a whole on error."""
+    state = _running_state(state_dir)
+
+    async def post() -> tuple[bool, str]:
+        async with ControlPlaneClient(state.control_plane_admin) as client:
+            result = await client.apply(file.name, file.read_text())
+        return result.ok, result.message
+
+    try:
+        ok, message = asyncio.run(post())
+    except AdminUnavailable as exc:
+        _fail(exc, EXIT_CANNOT_RUN)
+    if not ok:
+        _fail(f"refused: {message}")
+    _console().print(f"applied {file}")
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+async def _run_demo(ingress: str, orders: int, rate: float, console: Console) -> int:
+    # Imported here: the load generator (and its generated protos) only matter for the demo.
+    from grpcmesh_loadgen import LoadgenError, run_load
+    from grpcmesh_loadgen.render import report_table
+
+    console.print(f"placing {orders} orders at {rate:g}/s through the ingress ({ingress}) ...")
+    try:
+        report = await run_load(ingress, orders, rate)
+    except LoadgenError as exc:
+        _error(exc)
+        return EXIT_CANNOT_RUN
+    console.print(report_table(report))
+    return 0 if report.succeeded else EXIT_FAILED
+
+
+async def _demo_up(
+    options: MeshOptions, orders: int, rate: float, stop: asyncio.Event, console: Console
+) -> int:
+    """A fresh mesh: wait until it is ready and every proxy ACKed, run the demo, stop it."""
+    ready = asyncio.Event()
+    states: list[RunState] = []
+
+    def on_ready(state: RunState) -> None:
+        states.append(state)
+        ready.set()
+
+    async def demo() -> int:
+        try:
+            await _first(ready.wait(), stop.wait())
+            if stop.is_set():
+                return 0
+            state = states[0]
+            console.print(_mesh_table(state))
+            nodes = [r.node_id for r in state.replicas] + [state.ingress_node_id]
+            await wait_converged(state.control_plane_admin, nodes)
+            console.print(f"every proxy ACKed its config ({len(nodes)} proxies)")
+            return await _first(_run_demo(state.ingress, orders, rate, console), stop.wait()) or 0
+        finally:
+            stop.set()  # the demo is over (or failed): stop the mesh
+
+    code = 0
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(run_mesh(options, stop, on_ready=on_ready))
+            demo_task = group.create_task(demo())
+        code = demo_task.result()
+    except* NotConverged as failed:
+        _error(failed.exceptions[0])
+        code = EXIT_FAILED
+    except* Exception as failed:
+        message = _start_errors(failed.exceptions[0])
+        if message is None:
+            raise
+        _error(message)
+        code = EXIT_FAILED
+    console.print("mesh stopped")
+    return code
+
+
+async def _first(main: Coroutine[Any, Any, Any], interrupt: Coroutine[Any, Any, Any]) -> Any:
+    """``main``'s result, or None if ``interrupt`` finishes first (``main`` is cancelled)."""
+    async with asyncio.TaskGroup() as group:
+        main_task = group.create_task(main)
+        interrupt_task = group.create_task(interrupt)
+        done, _ = await asyncio.wait(
+            {main_task, interrupt_task}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in (main_task, interrupt_task):
+            task.cancel()
+    return main_task.result() if main_task in done and not main_task.cancelled() else None
+
+
+@app.command()
+def demo(
+    orders: Annotated[int, typer.Option(min=1, help="Orders to place.")] = 200,
+    rate: Annotated[float, typer.Option(min=0.001, help="Orders per second.")] = 25.0,
+    start: Annotated[
+        bool, typer.Option("--up", help="Start a fresh mesh for the demo and stop it after.")
+    ] = False,
+    state_dir: StateDir = DEFAULT_RUN_DIR,
+    resources: Resources = None,
+    startup_timeout: Annotated[float, typer.Option(min=1.0)] = 90.0,
+) -> None:
+    """Place demo orders through the ingress and print a summary (non-zero if a call failed)."""
+    console = _console()
+    if not start:
+        state = _running_state(state_dir)
+        raise typer.Exit(asyncio.run(_run_demo(state.ingress, orders, rate, console)))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = _options(resources, state_dir, startup_timeout)
+    console.print(f"starting a fresh mesh from {options.resources} ...")
+    raise typer.Exit(_run_until_signal(lambda stop: _demo_up(options, orders, rate, stop, console)))
+
+
+# --- control plane -----------------------------------------------------------------------
+
+
+@app.command("control-plane")
+def control_plane(
+    state_dir: StateDir,
+    xds_port: Annotated[int, typer.Option(min=0, max=65535, help="ADS (gRPC) port; 0: any.")],
+    admin_port: Annotated[int, typer.Option(min=0, max=65535, help="Admin HTTP port; 0: any.")],
+    host: Annotated[str, typer.Option(help="Address both listen on.")] = "127.0.0.1",
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Write the bound addresses here (JSON) once serving.")
+    ] = None,
+) -> None:
+    """Run the control plane on a run-state directory (what `grpcmesh up` starts)."""
+    # Imported here: the xDS server and its protos are not needed by the other commands.
+    from grpcmesh_control.runtime.controlplane import serve
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+
+    async def main(stop: asyncio.Event) -> int:
+        code = 0
+        try:
+            await _first(serve(state_dir, xds_port, admin_port, host, ready_file), stop.wait())
+        except* OSError as failed:  # a port in use, say
+            _error(f"cannot serve: {failed.exceptions[0]}")
+            code = EXIT_FAILED
+        return code
+
+    raise typer.Exit(_run_until_signal(main))

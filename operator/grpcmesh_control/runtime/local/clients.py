@@ -1,0 +1,138 @@
+"""Clients the launcher and the CLI use: the control plane's admin API, Envoy's admin, and the
+apps' grpc.health.v1. Create them inside the running event loop (aio objects bind to it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+__all__ = [
+    "AdminUnavailable",
+    "ApplyResult",
+    "ControlPlaneClient",
+    "HealthProbe",
+    "http_ok",
+]
+
+HEALTH_CHECK_TIMEOUT_S = 1.0
+
+
+class AdminUnavailable(ConnectionError):
+    """The control plane's admin API did not answer."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    ok: bool
+    message: str
+
+
+class ControlPlaneClient:
+    """The admin HTTP API (``docs/design/local-mode.md``): /healthz, /status, POST /apply."""
+
+    def __init__(self, admin_address: str, *, timeout_s: float = 5.0) -> None:
+        self.base = f"http://{admin_address}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use ControlPlaneClient as an async context manager")
+        return self._session
+
+    async def healthy(self) -> bool:
+        try:
+            async with self.session.get(f"{self.base}/healthz") as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def status(self) -> dict[str, Any]:
+        try:
+            async with self.session.get(f"{self.base}/status") as response:
+                response.raise_for_status()
+                doc: dict[str, Any] = await response.json()
+                return doc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdminUnavailable(f"control plane at {self.base}: {exc!r}") from None
+
+    async def apply(self, filename: str, text: str) -> ApplyResult:
+        """POST /apply. ``ok`` False carries the control plane's own error message."""
+        try:
+            async with self.session.post(
+                f"{self.base}/apply",
+                data=text.encode(),
+                headers={"X-Filename": filename, "Content-Type": "application/yaml"},
+            ) as response:
+                body = await response.text()
+                if response.status == 200:
+                    return ApplyResult(True, body)
+                if response.status == 400:
+                    return ApplyResult(False, _error_message(body))
+                raise AdminUnavailable(f"POST /apply: HTTP {response.status}: {body[:500]}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdminUnavailable(f"control plane at {self.base}: {exc!r}") from None
+
+
+def _error_message(body: str) -> str:
+    """The ``error`` of the control plane's JSON answer, else the body as it came."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    error = doc.get("error") if isinstance(doc, dict) else None
+    return error if isinstance(error, str) else body
+
+
+async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
+    """GET ``url`` answered 200 (Envoy's /ready, say); False on any connection problem."""
+    try:
+        async with session.get(url) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+class HealthProbe:
+    """grpc.health.v1 Check on one app (the overall service ""), over one reused channel."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+
+    async def serving(self) -> bool:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_CHECK_TIMEOUT_S
+            )
+        except (TimeoutError, grpc.aio.AioRpcError):
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None

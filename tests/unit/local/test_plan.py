@@ -1,0 +1,230 @@
+"""The local plan: which processes, with which commands, environment, ports and bootstraps."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from grpcmesh_control.model import MeshService
+from grpcmesh_control.runtime.local.plan import (
+    LocalSettings,
+    Plan,
+    PlanError,
+    build_plan,
+    ports_needed,
+)
+from grpcmesh_control.translate import NodeId, ProxyNode
+from tests.unit.local.conftest import FIRST_PORT, parse
+
+PAYMENTS = """
+apiVersion: grpcmesh.io/v1alpha1
+kind: MeshService
+metadata: {name: payments}
+spec:
+  grpc: {port: 50051, services: [grpcmesh.shop.v1.PaymentService]}
+  replicas: 2
+  workload:
+    image: payments:1
+    command: [python3, -m, grpcmesh_payments]
+    args: [--verbose]
+    env:
+      - {name: GRPCMESH_LOG_LEVEL, value: DEBUG}
+      - {name: GRPCMESH_PORT, value: "1"}
+  versions:
+    - {name: v1, weight: 100}
+    - {name: v2, weight: 0, replicas: 1}
+  config:
+    failure_rate: "0.5"
+    latency_ms: "20"
+"""
+
+
+def _metadata(bootstrap: Any) -> dict[str, Any]:
+    return dict(bootstrap["node"]["metadata"])
+
+
+def test_every_replica_of_every_version_gets_an_app_and_a_sidecar(plan: Plan) -> None:
+    replicas = Counter((r.service, r.version) for r in plan.replicas)
+    assert replicas == {
+        ("catalog", "v1"): 2,
+        ("inventory", "v1"): 1,
+        ("orders", "v1"): 2,
+        ("payments", "v1"): 1,
+        ("payments", "v2"): 1,
+    }
+    assert [r.node_id for r in plan.replicas if r.service == "orders"] == [
+        "sidecar~orders~v1-0",
+        "sidecar~orders~v1-1",
+    ]
+    assert plan.ingress.node_id == "ingress~gateway"
+    assert plan.node_ids[-1] == "ingress~gateway"
+    assert len(plan.node_ids) == len(set(plan.node_ids)) == 8
+
+
+def test_node_ids_follow_the_naming_conventions(plan: Plan) -> None:
+    for r in plan.replicas:
+        assert NodeId.parse(r.node_id) == NodeId.sidecar(r.service, r.replica)
+    assert NodeId.parse(plan.ingress.node_id) == NodeId.ingress("gateway")
+
+
+def test_ports_are_distinct_and_exactly_as_many_as_announced(
+    examples: tuple[MeshService, ...], plan: Plan
+) -> None:
+    ports = [plan.control_plane.xds_port, plan.control_plane.admin_port]
+    ports += [plan.ingress.port, plan.ingress.admin_port]
+    for r in plan.replicas:
+        ports += [r.app_port, r.metrics_port, r.inbound_port, r.egress_port, r.admin_port]
+    assert len(set(ports)) == len(ports) == ports_needed(examples)
+    assert sorted(ports) == list(range(FIRST_PORT, FIRST_PORT + len(ports)))
+
+
+def test_sidecar_bootstrap_carries_the_ports_in_node_metadata(plan: Plan) -> None:
+    r = plan.replica("payments/v2-0")
+    bootstrap = r.bootstrap
+    node = ProxyNode.from_node(r.node_id, _metadata(bootstrap))
+    assert node == ProxyNode(
+        id=NodeId.sidecar("payments", "v2-0"),
+        inbound_port=r.inbound_port,
+        egress_port=r.egress_port,
+        app_port=r.app_port,
+        bind_address="127.0.0.1",
+    )
+    assert bootstrap["node"]["cluster"] == "payments"
+    assert bootstrap["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": r.admin_port,
+    }
+    xds = bootstrap["static_resources"]["clusters"][0]
+    address = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"]["port_value"] == plan.control_plane.xds_port
+
+
+def test_ingress_bootstrap_listens_on_loopback(plan: Plan) -> None:
+    node = ProxyNode.from_node(plan.ingress.node_id, _metadata(plan.ingress.bootstrap))
+    assert (node.ingress_port, node.bind_address) == (plan.ingress.port, "127.0.0.1")
+    assert plan.ingress.bootstrap["node"]["cluster"] == "ingress"
+
+
+def test_app_command_runs_on_the_launchers_python(plan: Plan) -> None:
+    r = plan.replica("orders/v1-1")
+    assert r.app.argv == ("/venv/bin/python", "-m", "grpcmesh_orders")
+    assert r.app.log == r.dir / "app.log"
+    assert r.sidecar.log == r.dir / "envoy.log"
+    assert r.dir == plan.run_dir / "orders" / "v1-1"
+
+
+def test_app_environment_wires_the_app_to_its_sidecar(plan: Plan) -> None:
+    r = plan.replica("catalog/v1-1")
+    env = r.app.env
+    assert env["GRPCMESH_SERVICE_NAME"] == "catalog"
+    assert env["GRPCMESH_HOST"] == "127.0.0.1"
+    assert env["GRPCMESH_PORT"] == str(r.app_port)
+    assert env["GRPCMESH_METRICS_PORT"] == str(r.metrics_port)
+    assert env["GRPCMESH_CONFIG_FILE"] == str(r.config_path)
+    assert env["GRPCMESH_SIDECAR_EGRESS"] == f"127.0.0.1:{r.egress_port}"
+    assert env["GRPCMESH_SIDECAR_ADMIN"] == f"127.0.0.1:{r.admin_port}"
+    assert float(env["GRPCMESH_DRAIN_SECONDS"]) < 3
+    # Replicas of a service share one database, like one database server in a cluster.
+    other = plan.replica("catalog/v1-0")
+    assert env["GRPCMESH_DB_PATH"] == other.app.env["GRPCMESH_DB_PATH"]
+    assert env["GRPCMESH_DB_PATH"] == str(plan.run_dir / "catalog" / "data.db")
+
+
+def test_workload_env_is_passed_but_cannot_move_the_mesh_settings(
+    settings: LocalSettings,
+) -> None:
+    plan = build_plan(parse(PAYMENTS), itertools.count(FIRST_PORT), settings)
+    r = plan.replica("payments/v1-0")
+    assert r.app.env["GRPCMESH_LOG_LEVEL"] == "DEBUG"
+    assert r.app.env["GRPCMESH_PORT"] == str(r.app_port)
+    assert r.app.argv == ("/venv/bin/python", "-m", "grpcmesh_payments", "--verbose")
+
+
+def test_version_replicas_override_and_weight_zero_versions_still_run(
+    settings: LocalSettings,
+) -> None:
+    plan = build_plan(parse(PAYMENTS), itertools.count(FIRST_PORT), settings)
+    assert [r.replica for r in plan.replicas] == ["v1-0", "v1-1", "v2-0"]
+
+
+def test_config_file_is_spec_config(settings: LocalSettings) -> None:
+    plan = build_plan(parse(PAYMENTS), itertools.count(FIRST_PORT), settings)
+    r = plan.replica("payments/v2-0")
+    assert r.config_text == "failure_rate: '0.5'\nlatency_ms: '20'\n"
+    assert plan.files()[r.config_path] == r.config_text
+
+
+def test_files_hold_every_bootstrap_as_json(plan: Plan) -> None:
+    files = plan.files()
+    assert json.loads(files[plan.ingress.bootstrap_path])["node"]["id"] == "ingress~gateway"
+    for r in plan.replicas:
+        assert json.loads(files[r.bootstrap_path])["node"]["id"] == r.node_id
+    assert len(files) == 1 + 2 * len(plan.replicas)
+
+
+def test_envoys_never_hot_restart_and_use_one_worker(plan: Plan) -> None:
+    for spec in [plan.ingress.process, *(r.sidecar for r in plan.replicas)]:
+        assert spec.argv[0] == "/venv/bin/envoy"
+        assert "--disable-hot-restart" in spec.argv
+        assert spec.argv[spec.argv.index("--concurrency") + 1] == "1"
+
+
+def test_control_plane_command(plan: Plan) -> None:
+    cp = plan.control_plane
+    assert cp.process.argv == (
+        "/venv/bin/python",
+        "-m",
+        "grpcmesh_control",
+        "control-plane",
+        "--state-dir",
+        str(plan.run_dir),
+        "--xds-port",
+        str(cp.xds_port),
+        "--admin-port",
+        str(cp.admin_port),
+    )
+
+
+def test_services_without_workload_run_nothing(settings: LocalSettings) -> None:
+    routing_only = PAYMENTS.split("  workload:")[0] + "  versions: [{name: v1, weight: 100}]\n"
+    services = parse(routing_only)
+    assert ports_needed(services) == 4
+    plan = build_plan(services, itertools.count(FIRST_PORT), settings)
+    assert plan.replicas == ()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("command: [python3, -m, grpcmesh_payments]", "command: []"),
+            "MeshService default/payments: spec.workload.command: required in local mode",
+        ),
+        (
+            (
+                "{name: GRPCMESH_LOG_LEVEL, value: DEBUG}",
+                "{name: X, valueFrom: {secretKeyRef: {name: s, key: k}}}",
+            ),
+            "MeshService default/payments: spec.workload.env X: valueFrom is not supported",
+        ),
+    ],
+)
+def test_resources_local_mode_cannot_run_are_refused(
+    settings: LocalSettings, edit: tuple[str, str], message: str
+) -> None:
+    services = parse(PAYMENTS.replace(*edit))
+    with pytest.raises(PlanError, match=message):
+        build_plan(services, itertools.count(FIRST_PORT), settings)
+
+
+def test_too_few_or_repeated_ports_are_refused(
+    examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    with pytest.raises(PlanError, match="ran out of ports after 3"):
+        build_plan(examples, iter(range(FIRST_PORT, FIRST_PORT + 3)), settings)
+    with pytest.raises(PlanError, match="port 20000 is invalid or given twice"):
+        build_plan(examples, itertools.cycle([FIRST_PORT]), settings)

@@ -1,0 +1,63 @@
+"""The process edge: children in their own process group, SIGKILL after the stop bound."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import psutil
+
+from grpcmesh_control.runtime.local.plan import ProcessSpec
+from grpcmesh_control.runtime.local.process import ManagedProcess, death_signal_prefix
+
+# Ignores SIGTERM and starts a grandchild, then waits: only SIGKILL to the group ends both.
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _spec(tmp_path: Path, code: str) -> ProcessSpec:
+    return ProcessSpec(
+        name="stubborn", argv=(sys.executable, "-c", code), log=tmp_path / "out.log", cwd=tmp_path
+    )
+
+
+async def _grandchild(log: Path) -> int:
+    for _ in range(100):
+        text = log.read_text().strip() if log.exists() else ""
+        if text:
+            return int(text)
+        await asyncio.sleep(0.05)
+    raise AssertionError("the child never reported its own child")
+
+
+async def test_stop_escalates_to_sigkill_for_the_whole_group(tmp_path: Path) -> None:
+    process = ManagedProcess(
+        _spec(tmp_path, STUBBORN), base_env=dict(os.environ), prefix=death_signal_prefix()
+    )
+    await process.start()
+    grandchild = psutil.Process(await _grandchild(process.spec.log))
+    assert os.getpgid(process.pid or 0) == process.pid  # leads its own group
+
+    code = await process.stop(timeout=0.5)
+
+    assert code == -signal.SIGKILL
+    assert not process.running
+    grandchild.wait(timeout=5)  # killed with its group, not orphaned
+
+
+async def test_a_process_can_be_started_again_after_it_ended(tmp_path: Path) -> None:
+    process = ManagedProcess(_spec(tmp_path, "print('hi')"), base_env=dict(os.environ))
+    await process.start()
+    assert await process.wait() == 0
+    await process.start()
+    assert await process.wait() == 0
+    assert process.starts == 2
+    assert process.spec.log.read_text() == "hi\nhi\n"  # appended: a restart keeps the old log
