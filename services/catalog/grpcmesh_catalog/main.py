@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc
 from grpcmesh_catalog.cache import Clock
@@ -16,10 +17,13 @@ from grpcmesh_kit import ServiceApp, Store
 
 
 def build_app(
-    settings: CatalogSettings, *, clock: Clock = time.monotonic
+    settings: CatalogSettings,
+    *,
+    clock: Clock = time.monotonic,
+    tracer_provider: TracerProvider | None = None,
 ) -> ServiceApp[CatalogSettings]:
     """``clock`` drives cache expiry; tests pass a fake one."""
-    app = ServiceApp(settings)
+    app = ServiceApp(settings, tracer_provider=tracer_provider)
     store = Store(settings.db_path, MIGRATIONS)
     servicer = CatalogServicer(store, lambda: app.settings, clock)
 

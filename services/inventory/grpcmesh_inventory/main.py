@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from grpcmesh.shop.v1 import inventory_pb2, inventory_pb2_grpc
 from grpcmesh_inventory import storage
@@ -16,8 +17,10 @@ from grpcmesh_kit import ServiceApp, Store
 log = logging.getLogger(__name__)
 
 
-def build_app(settings: InventorySettings) -> ServiceApp[InventorySettings]:
-    app = ServiceApp(settings)
+def build_app(
+    settings: InventorySettings, *, tracer_provider: TracerProvider | None = None
+) -> ServiceApp[InventorySettings]:
+    app = ServiceApp(settings, tracer_provider=tracer_provider)
     store = Store(settings.db_path, storage.MIGRATIONS)
     servicer = InventoryServicer(store)
 

@@ -29,7 +29,7 @@ from grpcmesh_kit.config import KitSettings, SettingsWatcher
 from grpcmesh_kit.interceptors import LayeredServer, client_interceptors, server_layers
 from grpcmesh_kit.logs import configure_logging
 from grpcmesh_kit.metrics import MetricsEndpoint
-from grpcmesh_kit.tracing import create_tracer_provider
+from grpcmesh_kit.tracing import create_tracer_provider, otlp_exporter
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ class ServiceApp(Generic[S]):
     def __init__(self, settings: S, *, tracer_provider: TracerProvider | None = None) -> None:
         self._watcher = SettingsWatcher(settings)
         self._owns_tracer = tracer_provider is None
-        self.tracer_provider = tracer_provider or create_tracer_provider(settings.service_name)
+        self.tracer_provider = tracer_provider or create_tracer_provider(
+            settings.service_name, otlp_exporter(settings.otlp_endpoint)
+        )
         self.metrics = MetricsEndpoint()
         self.channels = ChannelFactory(
             lambda: self.settings, client_interceptors(self.metrics, self.tracer_provider)

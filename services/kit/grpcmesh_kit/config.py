@@ -69,6 +69,9 @@ class KitSettings(BaseSettings):
     sidecar_ready_timeout_seconds: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector (``host:port`` or ``http(s)://host:port``) to export spans to; read
+    at start. Unset, ``OTEL_EXPORTER_OTLP_ENDPOINT`` is honoured; neither: nothing recorded."""
 
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
 

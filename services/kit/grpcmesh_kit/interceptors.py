@@ -228,6 +228,9 @@ class RequestContextLayer:
             deadline = None if remaining is None else time.monotonic() + remaining
             current_rpc.set(RpcContext(request_id, method, deadline))
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+            # One line per call at DEBUG, inside the span: ties the trace to the service's log.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("rpc %s", method)
 
         def unary(behaviour: Unary) -> Unary:
             async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

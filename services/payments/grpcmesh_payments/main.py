@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from grpcmesh.shop.v1 import payments_pb2, payments_pb2_grpc
 from grpcmesh_kit import ServiceApp, Store
@@ -15,10 +16,13 @@ from grpcmesh_payments.storage import MIGRATIONS
 
 
 def build_app(
-    settings: PaymentsSettings, *, rng: random.Random | None = None
+    settings: PaymentsSettings,
+    *,
+    rng: random.Random | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> ServiceApp[PaymentsSettings]:
     """``rng`` overrides the failure-injection random source (else seeded by random_seed)."""
-    app = ServiceApp(settings)
+    app = ServiceApp(settings, tracer_provider=tracer_provider)
     store = Store(settings.db_path, MIGRATIONS)
     servicer = PaymentsServicer(
         store, lambda: app.settings, rng or random.Random(settings.random_seed)
