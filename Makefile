@@ -68,9 +68,11 @@ demo: gen ## start the reference services locally and place demo orders through 
 	$(VENV)/bin/grpcmesh demo --up
 
 .PHONY: bench
-bench: gen ## benchmarks: kit tax and PlaceOrder throughput (prints ratios)
+bench: gen ## benchmarks: kit tax, PlaceOrder per core, sidecar overhead, xDS convergence
 	$(PY) bench/kit_tax.py
 	$(PY) bench/place_order.py
+	$(PY) -m bench.sidecar_overhead
+	$(PY) -m bench.xds_convergence
 
 .PHONY: proto-baseline
 proto-baseline: venv ## record the current protos as the released API (buf breaking compares to it)

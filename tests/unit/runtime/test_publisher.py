@@ -4,8 +4,10 @@ snapshots for nodes as they connect."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -406,3 +408,27 @@ def test_the_inputs_version_is_a_content_hash(services: tuple[MeshService, ...])
         MeshInputs.of(services, unready).version
         != MeshInputs.of(services, payments_at(41001)).version
     )
+
+
+def _walk(value: object, path: str) -> Iterator[str]:
+    """Paths of every dict, set or other mapping inside a model value."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _walk(getattr(value, f.name), f"{path}.{f.name}")
+    elif isinstance(value, Mapping | set | frozenset):
+        yield path
+    elif isinstance(value, tuple | list):
+        for index, item in enumerate(value):
+            yield from _walk(item, f"{path}[{index}]")
+
+
+def test_the_model_repr_is_canonical() -> None:
+    """MeshInputs.version hashes repr(model): only ordered, immutable values may be in it, or
+    equal inputs could get different versions in different processes."""
+    from grpcmesh_control.catalogs import load_catalog
+    from grpcmesh_control.sources.files import parse_resource_files, read_resource_files
+
+    examples = Path(__file__).resolve().parents[3] / "manifests" / "examples"
+    services = parse_resource_files(read_resource_files(examples), catalog=load_catalog()).services
+    assert services
+    assert [p for s in services for p in _walk(s, s.name)] == []
