@@ -23,6 +23,9 @@ $(UV):
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen
+	# xds-protos ships an old copy of opentelemetry/proto; the real package must overwrite it.
+	$(UV) pip install --python $(PY) --reinstall --no-deps \
+	  opentelemetry-proto==$$(sed -n 's/.*"opentelemetry-proto==\([0-9.]*\)".*/\1/p' pyproject.toml)
 	touch $@
 
 .PHONY: venv

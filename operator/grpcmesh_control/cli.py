@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -37,6 +38,7 @@ from grpcmesh_control.runtime.local import (
     status_document,
     wait_converged,
 )
+from grpcmesh_control.runtime.local.top import ServiceRed, TopError, red_from_state
 
 __all__ = ["app"]
 
@@ -158,19 +160,32 @@ def _mesh_table(state: RunState) -> Group:
             _port(r.metrics),
             str(r.app_pid or ""),
         )
+    if state.prometheus is not None:
+        table.add_row(
+            "prometheus", "", "", "", _port(state.prometheus), "", str(state.prometheus_pid or "")
+        )
     where = Text(
         f"ingress (call the exposed services here): {state.ingress}\n"
-        f"logs: {state.run_dir}/<service>/<replica>/{{app,envoy}}.log, "
+        + (f"prometheus: http://{state.prometheus}\n" if state.prometheus else "")
+        + f"logs: {state.run_dir}/<service>/<replica>/{{app,envoy}}.log, "
         f"{state.control_plane_log}"
     )
     return Group(table, where)
 
 
-def _options(resources: Path | None, state_dir: Path, startup_timeout: float) -> MeshOptions:
+def _options(
+    resources: Path | None,
+    state_dir: Path,
+    startup_timeout: float,
+    prometheus: bool = False,
+    otlp_endpoint: str | None = None,
+) -> MeshOptions:
     return MeshOptions(
         resources=resources or _default_resources(),
         run_dir=state_dir,
         supervisor=SupervisorSettings(startup_timeout_s=startup_timeout),
+        prometheus=prometheus,
+        otlp_endpoint=otlp_endpoint,
     )
 
 
@@ -191,6 +206,20 @@ def up(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log readiness changes.")
     ] = False,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus",
+            help="Also run Prometheus (on PATH) scraping the mesh, with the generated rules.",
+        ),
+    ] = False,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--otlp-endpoint",
+            help="host:port of an OTLP/gRPC collector: Envoys and services send it spans.",
+        ),
+    ] = None,
 ) -> None:
     """Start the mesh on this machine (foreground; Ctrl-C or SIGTERM stops everything)."""
     logging.basicConfig(
@@ -198,7 +227,7 @@ def up(
         format=LOG_FORMAT,
     )
     console = _console()
-    options = _options(resources, state_dir, startup_timeout)
+    options = _options(resources, state_dir, startup_timeout, prometheus, otlp_endpoint)
 
     def ready(state: RunState) -> None:
         console.print(_mesh_table(state))
@@ -270,8 +299,71 @@ def status(
     else:
         console = _console()
         console.print(_status_table(doc))
+        if doc["prometheus"]:
+            console.print(f"prometheus: http://{doc['prometheus']}  (`grpcmesh top` for RED)")
         for problem in doc["problems"]:
             console.print(Text(f"problem: {problem}", style="yellow"))
+
+
+# --- top -------------------------------------------------------------------------------
+
+
+def _percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1%}"
+
+
+def _millis(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def _top_table(source: str, rows: list[ServiceRed]) -> Table:
+    table = Table(title=f"RED per service (server side), from {source}", title_justify="left")
+    for column in ("service", "req/s", "errors", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "service" else "right")
+    for row in rows:
+        table.add_row(
+            row.service,
+            f"{row.rate:.2f}",
+            Text(_percent(row.error_ratio), style="red" if row.error_ratio else ""),
+            _millis(row.p50),
+            _millis(row.p99),
+        )
+    return table
+
+
+@app.command()
+def top(
+    state_dir: StateDir = DEFAULT_RUN_DIR,
+    interval: Annotated[
+        float, typer.Option(min=0.2, help="Seconds between the two scrapes, or refreshes.")
+    ] = 2.0,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+) -> None:
+    """Live rate, server-fault ratio and p50/p99 per service: from the mesh's Prometheus
+    (`up --prometheus`), else from the apps' /metrics scraped twice."""
+    state = _running_state(state_dir)
+    console = _console()
+
+    async def once() -> Table:
+        source, rows = await red_from_state(state, interval)
+        return _top_table(source, rows)
+
+    try:
+        if not watch:
+            console.print(asyncio.run(once()))
+            return
+
+        async def main(stop: asyncio.Event) -> int:
+            with Live(console=console, auto_refresh=False) as live:
+                while not stop.is_set():
+                    live.update(await once(), refresh=True)
+                    if state.prometheus is not None:  # the app path already waited
+                        await _first(asyncio.sleep(interval), stop.wait())
+            return 0
+
+        raise typer.Exit(_run_until_signal(main))
+    except TopError as exc:
+        _fail(exc, EXIT_CANNOT_RUN)
 
 
 # --- apply -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,9 +82,19 @@ def kill_all(procs: list[psutil.Process]) -> None:
 class Mesh:
     """A ``grpcmesh up`` launcher in its own session, and the run directory it owns."""
 
-    def __init__(self, run_dir: Path, resources: Path = RESOURCES) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        resources: Path = RESOURCES,
+        *,
+        prometheus: bool = False,
+        up_args: Sequence[str] = (),
+    ) -> None:
         self.run_dir = run_dir
         self.resources = resources
+        self.prometheus = prometheus
+        self.up_args = tuple(up_args)
+        """More ``grpcmesh up`` options (``--otlp-endpoint``, say)."""
         self.log = run_dir.parent / f"{run_dir.name}-launcher.log"
         self.launcher: subprocess.Popen[bytes] | None = None
 
@@ -99,6 +109,8 @@ class Mesh:
                     str(self.run_dir),
                     "--resources",
                     str(self.resources),
+                    *(["--prometheus"] if self.prometheus else []),
+                    *self.up_args,
                 ],
                 cwd=REPO,
                 stdout=out,

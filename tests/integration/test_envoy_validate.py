@@ -146,3 +146,19 @@ def test_ingress_bootstrap_validates(tmp_path: Path) -> None:
         str(node.id), node.id.envoy_cluster, "127.0.0.1:18000", 15000, node_metadata=node.metadata()
     )
     assert_valid(config, tmp_path / "bootstrap.json")
+
+
+@pytest.mark.parametrize("node_id", ["sidecar~orders~0", "ingress~gateway"])
+def test_snapshot_with_tracing_and_access_logs_validates(
+    node_id: str, registry: Registry, tmp_path: Path
+) -> None:
+    metadata = {
+        "grpcmesh": {"otlp_collector": "otel-collector.observability:4317", "access_log": True}
+    }
+    snapshot = build_snapshot(registry, ProxyNode.from_node(node_id, metadata))
+    config = json_format.MessageToDict(
+        static_bootstrap(snapshot, admin_port=19000), preserving_proto_field_name=True
+    )
+    text = json.dumps(config)
+    assert "envoy.tracers.opentelemetry" in text and "envoy.access_loggers.stdout" in text
+    assert_valid(config, tmp_path / "static.json")

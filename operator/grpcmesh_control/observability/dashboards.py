@@ -61,6 +61,7 @@ __all__ = [
     "envoy_dashboard",
     "for_prometheus",
     "overview_dashboard",
+    "red_expressions",
     "service_dashboard",
     "write_dashboards",
 ]
@@ -119,6 +120,20 @@ def _latency(side: Side, quantile: float, group: Sequence[str], *matchers: q.Mat
 
 _UNARY = q.eq("grpc_type", "unary")
 _QUANTILES = (0.5, 0.9, 0.99)
+
+
+def red_expressions(
+    side: Side = Side.SERVER, group: Sequence[str] = (Label.SERVICE.value,)
+) -> dict[str, str]:
+    """The overview's RED expressions grouped by ``group``: ``rate`` (requests/s), ``errors``
+    (server-fault ratio), ``p50`` and ``p99`` (seconds, unary). They keep Grafana's rate
+    variable: expand it with ``for_prometheus`` (``grpcmesh top`` queries them live)."""
+    return {
+        "rate": _requests(side, group),
+        "errors": _fault_ratio(side, group),
+        "p50": _latency(side, 0.5, group, _UNARY),
+        "p99": _latency(side, 0.99, group, _UNARY),
+    }
 
 
 # --- panel builders -----------------------------------------------------------------------------

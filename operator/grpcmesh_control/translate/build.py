@@ -13,6 +13,7 @@ from grpcmesh_control.errors import UnknownNode
 from grpcmesh_control.model.mesh import MeshService
 from grpcmesh_control.translate import _envoy as e
 from grpcmesh_control.translate.clusters import (
+    collector_cluster,
     external_cluster,
     inbound_cluster,
     load_assignment,
@@ -38,9 +39,13 @@ def build_snapshot(registry: Registry, node: ProxyNode) -> Snapshot:
     return _sidecar(registry, node, svc)
 
 
+def _observability_clusters(node: ProxyNode) -> list[e.cluster_pb2.Cluster]:
+    return [] if node.otlp_collector is None else [collector_cluster(node.otlp_collector)]
+
+
 def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService) -> Snapshot:
     app_port = node.app_port or svc.grpc.port
-    clusters = [inbound_cluster(app_port)]
+    clusters = [inbound_cluster(app_port), *_observability_clusters(node)]
     endpoints = []
     for backend in registry.resolved_backends(svc):
         if backend.external is not None:
@@ -62,7 +67,10 @@ def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService) -> Snapshot:
 def _ingress(registry: Registry, node: ProxyNode) -> Snapshot:
     # Only exposed services: the gateway holds no route, cluster or address of the rest.
     exposed = registry.exposed_services()
-    clusters = [c for svc in exposed for c in service_clusters(svc)]
+    clusters = [
+        *(c for svc in exposed for c in service_clusters(svc)),
+        *_observability_clusters(node),
+    ]
     endpoints = [a for svc in exposed for a in _assignments(registry, svc)]
     return Snapshot(
         node_id=str(node.id),

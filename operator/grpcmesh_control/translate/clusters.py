@@ -19,12 +19,14 @@ from grpcmesh_control.model.mesh import (
 from grpcmesh_control.translate import _envoy as e
 from grpcmesh_control.translate.naming import (
     LOCALHOST,
+    OTLP_COLLECTOR_CLUSTER,
     external_cluster_name,
     inbound_cluster_name,
     version_cluster_name,
 )
 
 __all__ = [
+    "collector_cluster",
     "external_cluster",
     "inbound_cluster",
     "load_assignment",
@@ -143,6 +145,20 @@ def inbound_cluster(app_port: int) -> e.cluster_pb2.Cluster:
         type=Cluster.DiscoveryType.STATIC,
         connect_timeout=e.duration(LOCAL_CONNECT_TIMEOUT),
         load_assignment=load_assignment(name, [Endpoint(LOCALHOST, app_port, "")]),
+        typed_extension_protocol_options=e.http2_upstream_options(),
+    )
+
+
+def collector_cluster(address: str) -> e.cluster_pb2.Cluster:
+    """``otlp_collector``: the OTLP/gRPC collector at ``address`` (host:port) that a tracing
+    node's Envoy sends spans to; STRICT_DNS, so a collector Service name works in a cluster."""
+    host, _, port = address.rpartition(":")
+    return Cluster(
+        name=OTLP_COLLECTOR_CLUSTER,
+        type=Cluster.DiscoveryType.STRICT_DNS,
+        dns_lookup_family=Cluster.DnsLookupFamily.V4_PREFERRED,
+        connect_timeout=e.duration(LOCAL_CONNECT_TIMEOUT),
+        load_assignment=load_assignment(OTLP_COLLECTOR_CLUSTER, [Endpoint(host, int(port), "")]),
         typed_extension_protocol_options=e.http2_upstream_options(),
     )
 

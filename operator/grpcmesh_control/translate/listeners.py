@@ -1,19 +1,39 @@
 """Listeners: every one is an HTTP connection manager with the router filter; they differ in
-address, direction and where their routes come from (inline for inbound, RDS otherwise)."""
+address, direction and where their routes come from (inline for inbound, RDS otherwise).
+
+Observability, per node (``ProxyNode``): with ``otlp_collector`` set, every HCM traces with
+Envoy's OpenTelemetry tracer (spans over OTLP/gRPC to the ``otlp_collector`` cluster), which
+continues an incoming W3C ``traceparent`` or starts a trace, and passes its own span on
+upstream; with ``access_log``, one JSON line per request on stdout carrying the trace id, the
+``traceparent`` and ``x-request-id``.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import grpc_service_pb2, substitution_format_string_pb2
+from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from google.protobuf import struct_pb2
 
 from grpcmesh_control.translate import _envoy as e
-from grpcmesh_control.translate.naming import EGRESS, INBOUND, INGRESS, LOCALHOST, ProxyNode
+from grpcmesh_control.translate.naming import (
+    EGRESS,
+    INBOUND,
+    INGRESS,
+    LOCALHOST,
+    OTLP_COLLECTOR_CLUSTER,
+    ProxyNode,
+)
 from grpcmesh_control.translate.routes import inbound_route_config
 
 __all__ = [
+    "ACCESS_LOG_FORMAT",
     "HCM_FILTER",
     "ROUTER_FILTER",
     "STREAM_IDLE_TIMEOUT",
@@ -30,9 +50,61 @@ ROUTER_FILTER = "envoy.filters.http.router"
 # deadlines by grpc-timeout (routes.honour_grpc_timeout), so idleness only has to catch leaks.
 STREAM_IDLE_TIMEOUT = timedelta(hours=1)
 Direction = e.base_pb2.TrafficDirection
+OTLP_EXPORT_TIMEOUT = timedelta(seconds=1)
+ACCESS_LOG_FORMAT = {
+    "time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(:PATH)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS(NUMBER)%",
+    "flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+    "trace_id": "%TRACE_ID%",
+}
+"""One JSON object per request; ``trace_id`` is the tracer's (empty without one), and
+``traceparent`` the header as forwarded, so a log line joins its trace either way."""
 
 
-def _hcm(stat_prefix: str, *, edge: bool = False) -> hcm_pb2.HttpConnectionManager:
+def _tracing(node: ProxyNode) -> hcm_pb2.HttpConnectionManager.Tracing:
+    tracer = opentelemetry_pb2.OpenTelemetryConfig(
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=OTLP_COLLECTOR_CLUSTER),
+            timeout=e.duration(OTLP_EXPORT_TIMEOUT),
+        ),
+        # The MeshService (or "ingress"): a sidecar's spans sit with its app's in a trace view.
+        service_name=node.id.envoy_cluster,
+    )
+    return HCM.Tracing(
+        provider=http_tracer_pb2.Tracing.Http(
+            name="envoy.tracers.opentelemetry", typed_config=e.pack(tracer)
+        )
+    )
+
+
+def _access_log(stat_prefix: str) -> accesslog_pb2.AccessLog:
+    fields = struct_pb2.Struct()
+    fields.update({"listener": stat_prefix, **ACCESS_LOG_FORMAT})
+    stdout = stream_pb2.StdoutAccessLog(
+        log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fields)
+    )
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=e.pack(stdout))
+
+
+def _hcm(stat_prefix: str, node: ProxyNode, *, edge: bool = False) -> hcm_pb2.HttpConnectionManager:
+    hcm = _plain_hcm(stat_prefix, edge=edge)
+    if node.otlp_collector is not None:
+        hcm.tracing.CopyFrom(_tracing(node))
+    if node.access_log:
+        hcm.access_log.append(_access_log(stat_prefix))
+    return hcm
+
+
+def _plain_hcm(stat_prefix: str, *, edge: bool = False) -> hcm_pb2.HttpConnectionManager:
     return HCM(
         stat_prefix=stat_prefix,
         # AUTO serves HTTP/2 with prior knowledge (what gRPC clients send in plaintext) and
@@ -73,17 +145,17 @@ def _listener(
 
 def inbound_listener(node: ProxyNode, app_port: int) -> e.listener_pb2.Listener:
     """``<bind>:<inbound port>`` -> the app; routes inline, they only change with the app port."""
-    hcm = _hcm(INBOUND)
+    hcm = _hcm(INBOUND, node)
     hcm.route_config.CopyFrom(inbound_route_config(app_port))
     return _listener(INBOUND, node.bind_address, node.inbound_port, hcm, Direction.INBOUND)
 
 
 def egress_listener(node: ProxyNode) -> e.listener_pb2.Listener:
     """``127.0.0.1:<egress port>``: only the local app may send through its sidecar."""
-    hcm = _rds(_hcm(EGRESS), EGRESS)
+    hcm = _rds(_hcm(EGRESS, node), EGRESS)
     return _listener(EGRESS, LOCALHOST, node.egress_port, hcm, Direction.OUTBOUND)
 
 
 def ingress_listener(node: ProxyNode) -> e.listener_pb2.Listener:
-    hcm = _rds(_hcm(INGRESS, edge=True), INGRESS)
+    hcm = _rds(_hcm(INGRESS, node, edge=True), INGRESS)
     return _listener(INGRESS, node.bind_address, node.ingress_port, hcm, Direction.INBOUND)

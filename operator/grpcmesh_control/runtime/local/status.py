@@ -52,6 +52,7 @@ def status_document(state: RunState, control_plane: Mapping[str, Any] | None) ->
         "control_plane_xds": state.control_plane_xds,
         "control_plane_restarts": state.control_plane_restarts,
         "run_dir": state.run_dir,
+        "prometheus": state.prometheus,
     }
 
 

@@ -113,6 +113,7 @@ class Supervisor:
         self.apps = {r.key: managed(r.app) for r in plan.replicas}
         self.sidecars = {r.key: managed(r.sidecar) for r in plan.replicas}
         self.ingress = managed(plan.ingress.process)
+        self.prometheus = None if plan.prometheus is None else managed(plan.prometheus.process)
         self.ready = asyncio.Event()
         self._ready = {r.key: False for r in plan.replicas}
         self._became_ready = {r.key: asyncio.Event() for r in plan.replicas}
@@ -122,7 +123,13 @@ class Supervisor:
     # --- documents -----------------------------------------------------------------------
 
     def state(self) -> RunState:
-        processes = [self.control_plane, self.ingress, *self.apps.values(), *self.sidecars.values()]
+        processes = [
+            self.control_plane,
+            self.ingress,
+            *self.apps.values(),
+            *self.sidecars.values(),
+            *self._extras(),
+        ]
         return run_state(
             self.plan,
             launcher_pid=os.getpid(),
@@ -130,6 +137,10 @@ class Supervisor:
             ready=self._ready,
             control_plane_restarts=self.control_plane_restarts,
         )
+
+    def _extras(self) -> list[ManagedProcess]:
+        """Processes beside the mesh itself (Prometheus)."""
+        return [] if self.prometheus is None else [self.prometheus]
 
     def _write_endpoints(self) -> None:
         doc = endpoints_document(self.plan, self._ready)
@@ -159,7 +170,8 @@ class Supervisor:
             self._write_endpoints()
             await self._start_control_plane()
             # Sidecars before apps (native-sidecar order); the kit also waits for /ready.
-            for process in (*self.sidecars.values(), self.ingress):
+            # Prometheus early too: it retries targets that are not up yet.
+            for process in (*self.sidecars.values(), self.ingress, *self._extras()):
                 await process.start()
             self._write_state()
             try:
@@ -212,19 +224,33 @@ class Supervisor:
         deadline = loop.time() + self.settings.startup_timeout_s
         timeout = aiohttp.ClientTimeout(total=1.0)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            ingress_ready = f"http://{self.plan.ingress.admin_address}/ready"
-            while not (all(self._ready.values()) and await http_ok(session, ingress_ready)):
+            # The ingress, and Prometheus if it runs: (what, its log, its readiness URL).
+            extras = [
+                (
+                    "ingress",
+                    self.ingress.spec.log,
+                    f"http://{self.plan.ingress.admin_address}/ready",
+                )
+            ]
+            if self.plan.prometheus is not None:
+                prometheus = self.plan.prometheus
+                extras.append(
+                    ("prometheus", prometheus.process.log, f"http://{prometheus.address}/-/ready")
+                )
+            while True:
+                waiting = [(k, self.apps[k].spec.log) for k, ok in self._ready.items() if not ok]
+                if not waiting:
+                    waiting = [
+                        (w, log) for w, log, url in extras if not await http_ok(session, url)
+                    ]
+                if not waiting:
+                    break
                 self._check_alive()
                 if loop.time() > deadline:
-                    waiting = [k for k, ok in self._ready.items() if not ok] or ["ingress"]
-                    first = waiting[0]
-                    log_path = (
-                        self.apps[first].spec.log if first in self.apps else self.ingress.spec.log
-                    )
                     raise StartupError(
-                        ", ".join(waiting),
+                        ", ".join(what for what, _ in waiting),
                         f"not ready after {self.settings.startup_timeout_s:g}s",
-                        log_path,
+                        waiting[0][1],
                     )
                 await asyncio.sleep(self.settings.poll_starting_s)
         self._write_state()
@@ -232,7 +258,12 @@ class Supervisor:
         self._on_ready(self.state())
 
     def _check_alive(self) -> None:
-        for process in (*self.apps.values(), *self.sidecars.values(), self.ingress):
+        for process in (
+            *self.apps.values(),
+            *self.sidecars.values(),
+            self.ingress,
+            *self._extras(),
+        ):
             if process.returncode is not None:  # ended (an app not started yet is fine)
                 raise StartupError(
                     process.spec.name, f"exited with code {process.returncode}", process.spec.log
@@ -296,7 +327,7 @@ class Supervisor:
         bound = self.settings.stop_timeout_s
         for stage in (
             list(self.apps.values()),
-            [*self.sidecars.values(), self.ingress],
+            [*self.sidecars.values(), self.ingress, *self._extras()],
             [self.control_plane],
         ):
             await asyncio.gather(*(p.stop(bound) for p in stage))
