@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +24,7 @@ import grpc
 import psutil
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from grpcmesh.shop.v1 import common_pb2, payments_pb2, payments_pb2_grpc
 from grpcmesh_loadgen import LoadReport, run_load
@@ -401,3 +405,35 @@ async def test_apply_refuses_invalid_resources_and_changes_nothing(
     assert {n: p["acked_version"] for n, p in proxies(status_after).items()} == {
         n: p["acked_version"] for n, p in proxies(status_before).items()
     }
+
+
+# --- metrics pages --------------------------------------------------------------------------
+
+
+def _page(address: str, path: str) -> str:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+async def test_every_metrics_page_passes_promtool(mesh: Mesh) -> None:
+    """Each app's /metrics and the control plane's /metrics lint clean; Envoy's own
+    /stats/prometheus is well-formed exposition (its names are Envoy's: no _total suffix or
+    HELP lines, which promtool's lint would flag, so it is parsed rather than linted)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: `make sysdeps` installs it"
+    await charges(mesh.state.ingress, 20)
+    state = mesh.state
+    pages = [(r.metrics, "/metrics") for r in state.replicas]
+    pages.append((state.control_plane_admin, "/metrics"))
+    for address, path in pages:
+        text = await asyncio.to_thread(_page, address, path)
+        assert text.strip(), f"{address}{path} is empty"
+        result = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, f"{address}{path}: {result.stdout}{result.stderr}"
+    for admin in [*(r.sidecar_admin for r in state.replicas), state.ingress_admin]:
+        text = await asyncio.to_thread(_page, admin, "/stats/prometheus")
+        families = list(text_string_to_metric_families(text))
+        assert any(f.name.startswith("envoy_cluster_upstream_rq") for f in families), admin
