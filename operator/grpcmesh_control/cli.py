@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -520,3 +521,23 @@ def control_plane(
         return code
 
     raise typer.Exit(_run_until_signal(main))
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@app.command("operator")
+def operator_command(
+    log_level: Annotated[LogLevel, typer.Option(help="Log level.")] = LogLevel.INFO,
+) -> None:
+    """Run the MeshService operator and its xDS control plane in a cluster (kubeconfig or
+    in-cluster credentials, all namespaces; settings from GRPCMESH_* environment variables, see
+    grpcmesh_control.k8s_runtime.settings)."""
+    # Imported here: kopf and the Kubernetes client are only needed in a cluster.
+    from grpcmesh_control.k8s_runtime.entry import main
+
+    raise typer.Exit(main(log_level.value))

@@ -1,0 +1,53 @@
+"""The operator's edge: kopf handlers, the Kubernetes API client, the registry fed from the
+API, and the process that runs them with the xDS control plane. The decisions are in ``k8s``
+(pure); this package only gathers inputs and writes results.
+
+- ``operator.Operator.run``: one asyncio loop, one TaskGroup (publisher, resync, event poster,
+  ADS server) around ``kopf.operator`` (standalone, all namespaces, liveness endpoint).
+  ``entry.main`` is ``grpcmesh operator`` (settings from ``GRPCMESH_*``, ``settings.py``).
+- ``handlers``: MeshService create/update/resume -> ``Reconciler.reconcile``; every MeshService
+  and EndpointSlice event -> ``MeshState`` -> ``Publisher.update``; an owned Service/ConfigMap/
+  Deployment deleted -> its owner reconciled (recreated); admission via kopf's WebhookServer.
+- ``reconcile``: apply ``desired_objects``, prune owned objects no longer desired, status from
+  ``compute_status``; Deployment rollouts, endpoints and sidecar ACKs reach the status through
+  the periodic resync (``resync_interval``).
+- ``client``: the one API boundary; every failure becomes ``ApiError``.
+
+Server-side apply vs emulators: ``ApplyStrategy.SERVER_SIDE`` (default, for real clusters)
+PATCHes ``application/apply-patch+yaml`` with ``fieldManager=grpcmesh-operator&force=true``.
+kmock cannot do that, so its tests configure ``CREATE_OR_MERGE`` (POST, then merge-patch on
+409). Pruning lists with a ``labelSelector`` and re-filters client-side by labels and the
+controller owner reference's uid: redundant on a real server, needed on kmock (it ignores
+selectors); the same code runs on both.
+
+No finalizers: deleting a MeshService never waits for the operator; its objects carry a
+controller owner reference and the garbage collector deletes them (kmock has no GC: the tests
+check the references and that the operator forgets the service). kopf keeps its progress in
+``grpcmesh.io/*`` annotations, not in ``status``.
+
+Peering: one active replica. kopf runs ``--standalone`` (no peering objects); the chart's
+Deployment has ``replicas: 1`` and ``strategy: Recreate``, so two operators never reconcile at
+once. During a restart Envoys keep their last config; the new operator resumes every
+MeshService and serves the same content-hashed versions.
+"""
+
+from grpcmesh_control.k8s_runtime.client import ApiError, Conflict, KubeClient, NotFound
+from grpcmesh_control.k8s_runtime.mesh import MeshState, slice_endpoints
+from grpcmesh_control.k8s_runtime.operator import Operator, run_operator
+from grpcmesh_control.k8s_runtime.reconcile import Outcome, Reconciler
+from grpcmesh_control.k8s_runtime.settings import ApplyStrategy, RuntimeSettings
+
+__all__ = [
+    "ApiError",
+    "ApplyStrategy",
+    "Conflict",
+    "KubeClient",
+    "MeshState",
+    "NotFound",
+    "Operator",
+    "Outcome",
+    "Reconciler",
+    "RuntimeSettings",
+    "run_operator",
+    "slice_endpoints",
+]

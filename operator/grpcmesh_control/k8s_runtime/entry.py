@@ -1,0 +1,47 @@
+"""``grpcmesh operator``: run the operator with settings from the environment.
+
+The environment is read here, once (``RuntimeSettings.from_env``). kopf handles SIGTERM and
+SIGINT itself (it stops its watchers, then ``Operator.run`` stops the control plane).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from kubernetes_asyncio.config import ConfigException
+
+from grpcmesh_control.catalogs import load_catalog
+from grpcmesh_control.k8s_runtime.operator import run_operator
+from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+
+def main(log_level: str = "info") -> int:
+    """Exit 0 on a clean stop, 1 when a port cannot be bound, 2 without usable settings or
+    credentials."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = RuntimeSettings.from_env(os.environ)
+    except ValueError as exc:  # a malformed GRPCMESH_* value
+        log.error("invalid settings: %s", exc)
+        return 2
+    try:
+        asyncio.run(run_operator(settings, catalog=load_catalog()))
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1
+    except ConfigException as exc:
+        log.error(
+            "no Kubernetes credentials: %s (run in a pod with a service account, set KUBECONFIG, "
+            "or GRPCMESH_API_SERVER)",
+            exc,
+        )
+        return 2
+    return 0

@@ -1,0 +1,209 @@
+"""kopf handlers, registered on a registry the caller owns (no module-level registry). Each is
+thin: it turns kopf's arguments into a call on the ``Operator``'s parts.
+
+No handler requires a finalizer (no ``on.delete``, no daemons or timers): deleting a
+MeshService never waits for this operator; its objects go by owner references (GC).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import kopf
+
+from grpcmesh_control.k8s import MissingBackends, mutate_pod, validate_admission
+from grpcmesh_control.k8s.names import INJECT_VALUE, LABEL_INJECT, MANAGED_BY
+from grpcmesh_control.k8s_runtime.client import MESH_SERVICE
+from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL
+
+if TYPE_CHECKING:
+    from grpcmesh_control.k8s_runtime.operator import Operator
+
+__all__ = ["apply_add_ops", "inject_sidecar", "register_handlers", "validate_mesh_service"]
+
+log = logging.getLogger(__name__)
+
+_GROUP, _VERSION, _PLURAL = MESH_SERVICE.group, MESH_SERVICE.version, MESH_SERVICE.plural
+_OWNED = (("", "v1", "services"), ("", "v1", "configmaps"), ("apps", "v1", "deployments"))
+_RETRY_DELAY = 10.0
+
+
+def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
+    runtime = op.settings
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if runtime.api_server is not None:  # tests: an emulator on loopback
+            return kopf.ConnectionInfo(server=runtime.api_server, insecure=True)
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        op.configure_kopf(settings)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await op.stopping()
+
+    # --- MeshService: registration (every event) and reconcile (spec changes) ---------------
+
+    @kopf.on.event(_GROUP, _VERSION, _PLURAL, registry=registry)
+    def mesh_service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        if type == "DELETED":
+            op.reconciler.forget(str(meta.get("namespace") or ""), str(meta["name"]))
+        elif not meta.get("deletionTimestamp"):
+            op.state.set_service(_plain(body))
+
+    @kopf.on.resume(_GROUP, _VERSION, _PLURAL, registry=registry)
+    @kopf.on.create(_GROUP, _VERSION, _PLURAL, registry=registry)
+    @kopf.on.update(_GROUP, _VERSION, _PLURAL, registry=registry)
+    async def reconcile(body: kopf.Body, **_: Any) -> None:
+        outcome = await op.reconciler.reconcile(_plain(body))
+        if outcome is not None and outcome.failures:
+            # The status says what failed; retry sooner than the periodic resync.
+            raise kopf.TemporaryError("some objects failed to apply", delay=_RETRY_DELAY)
+
+    # --- owned objects: one deleted by hand is recreated ------------------------------------
+
+    for group, version, plural in _OWNED:
+
+        @kopf.on.event(
+            group,
+            version,
+            plural,
+            labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+            registry=registry,
+        )
+        async def owned_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            # Only deletions: our own applies also raise MODIFIED events (a loop otherwise).
+            if type != "DELETED":
+                return
+            meta = body.get("metadata") or {}
+            for ref in meta.get("ownerReferences") or []:
+                if ref.get("kind") == MESH_SERVICE.kind and ref.get("controller"):
+                    key = (str(meta.get("namespace") or ""), str(ref.get("name")))
+                    await op.reconciler.reconcile(key=key)
+
+    # --- EndpointSlices of per-version Services -> the registry -----------------------------
+
+    @kopf.on.event(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        labels={SERVICE_NAME_LABEL: kopf.PRESENT},
+        registry=registry,
+    )
+    def endpoint_slice_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        if type == "DELETED":
+            op.state.drop_slice(str(meta.get("namespace") or ""), str(meta["name"]))
+        else:
+            op.state.set_slice(_plain(body))
+
+    if runtime.webhook_port is None:
+        return  # kopf refuses admission handlers without a webhook server
+
+    @kopf.on.validate(
+        _GROUP,
+        _VERSION,
+        _PLURAL,
+        id="meshservices",
+        operations=["CREATE", "UPDATE"],  # never block a delete
+        registry=registry,
+    )
+    def validate(*, body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
+        validate_mesh_service(op, body, kwargs.get("operation"), warnings)
+
+    @kopf.on.mutate(
+        "",
+        "v1",
+        "pods",
+        id="inject",
+        operations=["CREATE"],
+        labels={LABEL_INJECT: INJECT_VALUE},
+        registry=registry,
+    )
+    def inject(*, body: kopf.Body, patch: kopf.Patch, warnings: list[str], **kwargs: Any) -> None:
+        inject_sidecar(op, body, kwargs.get("operation"), patch, warnings)
+
+
+def validate_mesh_service(
+    op: Operator, body: Mapping[str, Any], operation: str | None, warnings: list[str]
+) -> None:
+    """Admit or deny a MeshService (``kopf.AdmissionError`` denies, with every problem)."""
+    response = validate_admission(
+        _review(body, operation),
+        known_services=op.state.services(),
+        catalog=op.catalog,
+        settings=op.settings.render,
+        missing_backends=MissingBackends.WARN,
+    )["response"]
+    warnings.extend(response.get("warnings") or [])
+    if not response.get("allowed"):
+        status = response.get("status") or {}
+        raise kopf.AdmissionError(status.get("message"), code=status.get("code"))
+
+
+def inject_sidecar(
+    op: Operator,
+    body: Mapping[str, Any],
+    operation: str | None,
+    patch: kopf.Patch,
+    warnings: list[str],
+) -> None:
+    """Add the sidecar to a labelled pod: ``mutate_pod``'s ops become a body transformation,
+    which kopf turns back into the response's JSONPatch."""
+    response = mutate_pod(_review(body, operation), settings=op.settings.render)["response"]
+    warnings.extend(response.get("warnings") or [])
+    if not response.get("allowed"):
+        status = response.get("status") or {}
+        raise kopf.AdmissionError(status.get("message"), code=status.get("code"))
+    encoded = response.get("patch")
+    if encoded:
+        ops = json_patch_ops(encoded)
+        patch.fns.append(lambda raw: apply_add_ops(raw, ops))
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+def _review(body: Mapping[str, Any], operation: str | None) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "",
+            "operation": operation or "CREATE",
+            "namespace": meta.get("namespace"),
+            "object": _plain(body),
+        },
+    }
+
+
+def json_patch_ops(encoded: str) -> list[dict[str, Any]]:
+    ops = json.loads(base64.b64decode(encoded))
+    return [op for op in ops if isinstance(op, dict)]
+
+
+def apply_add_ops(raw: Any, ops: list[dict[str, Any]]) -> None:
+    """Apply ``mutate_pod``'s ops (``add`` only: a key, a list item at an index or ``-``)."""
+    for op in ops:
+        if op.get("op") != "add":
+            raise ValueError(f"unsupported JSONPatch op {op.get('op')!r}")
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        target = raw
+        for part in parts[:-1]:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        value, last = copy.deepcopy(op["value"]), parts[-1]
+        if isinstance(target, list):
+            target.append(value) if last == "-" else target.insert(int(last), value)
+        else:
+            target[last] = value

@@ -1,0 +1,105 @@
+"""The operator process's settings: one frozen value, read from the environment once, at the edge.
+
+``RuntimeSettings.from_env`` is the only place that reads ``GRPCMESH_*`` variables; everything
+else receives the value. Rendering knobs live in ``k8s.settings.OperatorSettings`` (pure core).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from grpcmesh_control.k8s.settings import OperatorSettings, Provider
+
+__all__ = ["ApplyStrategy", "RuntimeSettings"]
+
+FIELD_MANAGER = "grpcmesh-operator"
+
+
+class ApplyStrategy(StrEnum):
+    """How owned objects are written."""
+
+    SERVER_SIDE = "server-side"
+    """Server-side apply (``application/apply-patch+yaml``, fieldManager ``grpcmesh-operator``,
+    force): the API server merges by field ownership. The only choice for a real cluster."""
+    CREATE_OR_MERGE = "create-or-merge"
+    """POST, and on 409 a JSON merge patch. For API emulators without server-side apply (kmock
+    in the tests); it cannot remove fields another writer added, so never use it in a cluster."""
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    render: OperatorSettings = field(default_factory=OperatorSettings)
+    apply_strategy: ApplyStrategy = ApplyStrategy.SERVER_SIDE
+    field_manager: str = FIELD_MANAGER
+    api_server: str | None = None
+    """Explicit API URL, TLS unverified (tests against kmock). None: in-cluster service
+    account, else the kubeconfig."""
+    xds_host: str = "0.0.0.0"  # sidecars in other pods dial it
+    xds_port: int = 18000
+    """ADS gRPC port; 0 picks a free one (tests)."""
+    metrics_host: str = "0.0.0.0"  # Prometheus scrapes it
+    metrics_port: int | None = 9090
+    """``/metrics`` port; None: not served; 0: a free one."""
+    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    """kopf's liveness probe URL (answers once kopf's watchers run); None: off."""
+    webhook_port: int | None = None
+    """HTTPS port of the admission webhooks; None: not served."""
+    webhook_addr: str = "0.0.0.0"  # the API server calls it from outside the pod
+    webhook_host: str | None = None
+    """The hostname the API server uses (the webhook Service's DNS name)."""
+    webhook_certfile: Path | None = None
+    webhook_pkeyfile: Path | None = None
+    """The serving certificate and key (a mounted Secret: cert-manager or the chart). Without
+    them kopf generates a self-signed one, which needs the ``certbuilder`` package."""
+    resync_interval: float = 60.0
+    """Seconds between full re-reconciles of every MeshService (drift, lost events)."""
+    consistency_timeout: float = 5.0
+    """Seconds kopf waits to see its own patch come back in the watch before handling the
+    object again (kopf's default). Emulators without resourceVersions (kmock) never deliver
+    it, so there each wait runs out: benchmarks against them lower it."""
+    stop_grace: float = 1.0
+    """Seconds in-flight ADS streams get on shutdown."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> RuntimeSettings:
+        """From ``GRPCMESH_*`` variables; unset ones keep their defaults."""
+        defaults = cls()
+        render = OperatorSettings(
+            provider=Provider(environ.get("GRPCMESH_PROVIDER", Provider.NATIVE.value)),
+            xds_address=environ.get("GRPCMESH_XDS_ADDRESS", defaults.render.xds_address),
+            service_monitor_crd=_flag(environ.get("GRPCMESH_SERVICE_MONITOR"), False),
+            cluster_domain=environ.get("GRPCMESH_CLUSTER_DOMAIN", defaults.render.cluster_domain),
+        )
+        return cls(
+            render=render,
+            apply_strategy=ApplyStrategy(
+                environ.get("GRPCMESH_APPLY_STRATEGY", defaults.apply_strategy.value)
+            ),
+            api_server=environ.get("GRPCMESH_API_SERVER") or None,
+            xds_host=environ.get("GRPCMESH_XDS_HOST", defaults.xds_host),
+            xds_port=int(environ.get("GRPCMESH_XDS_PORT", defaults.xds_port)),
+            metrics_port=_port(environ.get("GRPCMESH_METRICS_PORT"), defaults.metrics_port),
+            liveness_endpoint=environ.get("GRPCMESH_LIVENESS", defaults.liveness_endpoint) or None,
+            webhook_port=_port(environ.get("GRPCMESH_WEBHOOK_PORT"), defaults.webhook_port),
+            webhook_host=environ.get("GRPCMESH_WEBHOOK_HOST") or None,
+            webhook_certfile=_path(environ.get("GRPCMESH_WEBHOOK_CERT")),
+            webhook_pkeyfile=_path(environ.get("GRPCMESH_WEBHOOK_KEY")),
+            resync_interval=float(environ.get("GRPCMESH_RESYNC_SECONDS", defaults.resync_interval)),
+        )
+
+
+def _flag(text: str | None, default: bool) -> bool:
+    return default if text is None else text.strip().lower() in {"1", "true", "yes"}
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def _port(text: str | None, default: int | None) -> int | None:
+    if text is None:
+        return default
+    return None if text.strip() in {"", "off"} else int(text)

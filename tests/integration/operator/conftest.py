@@ -1,0 +1,184 @@
+"""The operator in this event loop against kmock (an emulated Kubernetes API over real HTTP).
+
+kmock does not do server-side apply, label selectors, uids, generations or garbage collection:
+the operator runs with ``ApplyStrategy.CREATE_OR_MERGE``, and the tests create MeshServices with
+a ``metadata.uid`` (the API server would set one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import kmock
+import pytest
+import yaml
+
+from grpcmesh_control.k8s_runtime import ApplyStrategy, Operator, RuntimeSettings
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO / "manifests" / "examples"
+TIMEOUT = 10.0
+T = TypeVar("T")
+
+MESH_SERVICES = "/apis/grpcmesh.io/v1alpha1/namespaces/{ns}/meshservices"
+PATHS = {
+    "services": "/api/v1/namespaces/{ns}/services",
+    "configmaps": "/api/v1/namespaces/{ns}/configmaps",
+    "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+    "events": "/api/v1/namespaces/{ns}/events",
+    "meshservices": MESH_SERVICES,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def poll(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = TIMEOUT) -> T:
+    """``check()`` until it returns something other than None/False, or fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result is not None and result is not False:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def example(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    assert isinstance(doc, dict)
+    doc["metadata"]["uid"] = str(uuid.uuid4())  # kmock does not assign uids
+    return doc
+
+
+@dataclass
+class Api:
+    """A thin HTTP client for the emulated API (the test's kubectl)."""
+
+    url: str
+    http: aiohttp.ClientSession
+
+    async def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": content_type}
+        async with self.http.request(
+            method, self.url + path, json=body, headers=headers
+        ) as response:
+            text = await response.text()
+            try:
+                return response.status, await response.json(content_type=None)
+            except ValueError:
+                return response.status, text
+
+    async def create(self, plural: str, body: dict[str, Any], ns: str = "default") -> Any:
+        status, result = await self.request("POST", PATHS[plural].format(ns=ns), body)
+        assert status in (200, 201), result
+        return result
+
+    async def get(self, plural: str, name: str, ns: str = "default") -> dict[str, Any] | None:
+        status, result = await self.request("GET", PATHS[plural].format(ns=ns) + f"/{name}")
+        if status == 404:
+            return None
+        assert status == 200, result
+        assert isinstance(result, dict)
+        return result
+
+    async def list(self, plural: str, ns: str = "default") -> list[dict[str, Any]]:
+        status, result = await self.request("GET", PATHS[plural].format(ns=ns))
+        assert status == 200, result
+        return list(result.get("items") or [])
+
+    async def patch(self, plural: str, name: str, body: Any, ns: str = "default") -> Any:
+        path = PATHS[plural].format(ns=ns) + f"/{name}"
+        status, result = await self.request(
+            "PATCH", path, body, content_type="application/merge-patch+json"
+        )
+        assert status == 200, result
+        return result
+
+    async def delete(self, plural: str, name: str, ns: str = "default") -> None:
+        status, result = await self.request("DELETE", PATHS[plural].format(ns=ns) + f"/{name}")
+        assert status == 200, result
+
+
+@pytest.fixture
+async def api(kmock: kmock.KubernetesEmulator) -> AsyncIterator[Api]:
+    kmock.resources.load_bundled()
+    kmock.resources["grpcmesh.io/v1alpha1/meshservices"] = kmock.ResourceInfo(
+        kind="MeshService",
+        singular="meshservice",
+        namespaced=True,
+        verbs={"list", "watch", "get", "create", "patch", "delete", "update"},
+        subresources={"status"},
+    )
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        yield Api(str(kmock.url).rstrip("/"), http)
+
+
+def operator_settings(api: Api, **overrides: Any) -> RuntimeSettings:
+    values: dict[str, Any] = {
+        "api_server": api.url,
+        "apply_strategy": ApplyStrategy.CREATE_OR_MERGE,
+        "xds_host": "127.0.0.1",
+        "xds_port": 0,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "liveness_endpoint": f"http://127.0.0.1:{free_port()}/healthz",
+        "resync_interval": 0.3,
+    }
+    return RuntimeSettings(**(values | overrides))
+
+
+@contextlib.asynccontextmanager
+async def running(settings: RuntimeSettings) -> AsyncIterator[Operator]:
+    """The operator in a thread with its own event loop, as in its own process: kopf treats
+    every task of its loop as its own and cancels them on exit (kmock's would be among them)."""
+    op = Operator(settings)
+    stop, ready = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(op.run(stop_flag=stop, on_ready=lambda _: ready.set()))
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=serve, name="operator", daemon=True)
+    thread.start()
+    try:
+        await poll(lambda: _true(ready.is_set()), "the operator to start")
+        if failure:
+            raise failure[0]
+        yield op
+    finally:
+        stop.set()
+        await poll(lambda: _true(not thread.is_alive()), "the operator to stop", timeout=20)
+        if failure:
+            raise failure[0]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.fixture
+async def operator(api: Api) -> AsyncIterator[Operator]:
+    async with running(operator_settings(api)) as op:
+        yield op

@@ -1,0 +1,45 @@
+"""EndpointSlices -> registry endpoints (no API needed): ready, draining, foreign slices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from grpcmesh_control.k8s_runtime import MeshState
+from grpcmesh_control.model import Endpoint, MeshService
+from tests.integration.operator.conftest import example
+from tests.integration.operator.test_reconcile import slice_of
+
+
+def test_slices_become_endpoints_by_version() -> None:
+    published: list[dict[str, tuple[Endpoint, ...]]] = []
+
+    def publish(_: Iterable[MeshService], endpoints: Mapping[str, Iterable[Endpoint]]) -> None:
+        published.append({k: tuple(v) for k, v in endpoints.items()})
+
+    state = MeshState(publish)
+    assert state.set_service(example("payments")) is not None
+    state.set_slice(
+        slice_of(
+            "payments-v2",
+            ("10.0.0.1", True, False),
+            ("10.0.0.2", False, True),  # terminating: drained
+            ("10.0.0.3", True, True),  # still ready but terminating: drained too
+            port=15006,
+        )
+    )
+    state.set_slice(slice_of("not-a-mesh-service", ("10.9.9.9", True, False)))
+    assert published[-1] == {
+        "payments": (
+            Endpoint("10.0.0.1", 15006, "v2", True),
+            Endpoint("10.0.0.2", 15006, "v2", False),
+            Endpoint("10.0.0.3", 15006, "v2", False),
+        )
+    }
+    state.drop_slice("default", "payments-v2-abcde")
+    assert published[-1] == {"payments": ()}
+
+    bad = example("payments")
+    bad["spec"]["grpc"]["port"] = "not a port"
+    assert state.set_service(bad) is None
+    assert state.spec_error("default", "payments") is not None
+    assert state.service("default", "payments") is not None  # the last valid spec stays
