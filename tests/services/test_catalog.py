@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,12 +10,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc
 from grpcmesh_catalog.main import build_app
 from grpcmesh_catalog.settings import CatalogSettings
 from grpcmesh_kit import Store
+from tests.services.processes import service_process
 
 if TYPE_CHECKING:
     # Exists only in the generated stubs, for typing async stubs.
@@ -225,41 +220,8 @@ async def test_ttl_zero_disables_the_cache(tmp_path: Path, store_calls: list[str
 async def test_python_m_catalog_serves_until_sigterm(tmp_path: Path) -> None:
     """`python -m grpcmesh_catalog` configures itself from the environment, serves, and exits
     cleanly on SIGTERM."""
-    ports_file = tmp_path / "ports.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPCMESH_")} | {
-        "GRPCMESH_PORT": "0",
-        "GRPCMESH_METRICS_PORT": "0",
-        "GRPCMESH_DRAIN_SECONDS": "0",
-        "GRPCMESH_PORTS_FILE": str(ports_file),
-        "GRPCMESH_DB_PATH": str(tmp_path / "catalog.db"),
-    }
-    with (tmp_path / "server.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "grpcmesh_catalog", env=env, stdout=log, stderr=log
-        )
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        port = 0
-        while not port:  # bounded poll: the server writes the file once bound
-            assert process.returncode is None, (tmp_path / "server.log").read_text()
-            assert loop.time() < deadline, "server did not write its ports file"
-            try:
-                port = json.loads(ports_file.read_text())["grpc"]
-            except (FileNotFoundError, ValueError):
-                await asyncio.sleep(0.05)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            serving = health_pb2.HealthCheckResponse.SERVING
-            while (await health.Check(health_pb2.HealthCheckRequest())).status != serving:
-                assert loop.time() < deadline, "server never reported SERVING"
-                await asyncio.sleep(0.05)
-            stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-            response = await stub.GetProduct(catalog_pb2.GetProductRequest(product_id="sku-0008"))
-            assert response.product.product_id == "sku-0008"
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=20) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    env = {"GRPCMESH_DB_PATH": str(tmp_path / "catalog.db")}
+    async with service_process("grpcmesh_catalog", tmp_path, env) as channel:
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        response = await stub.GetProduct(catalog_pb2.GetProductRequest(product_id="sku-0008"))
+        assert response.product.product_id == "sku-0008"

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sqlite3
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpcmesh.shop.v1 import common_pb2, inventory_pb2, inventory_pb2_grpc
 from grpcmesh_inventory.main import build_app
 from grpcmesh_inventory.settings import InventorySettings
+from tests.services.processes import service_process
 
 if TYPE_CHECKING:
     # Exists only in the generated stubs, for typing async stubs.
@@ -328,41 +325,10 @@ async def test_concurrent_reserves_never_oversell(tmp_path: Path) -> None:
 async def test_python_m_inventory_serves_until_sigterm(tmp_path: Path) -> None:
     """`python -m grpcmesh_inventory` configures itself from the environment, serves, and exits
     cleanly on SIGTERM."""
-    ports_file = tmp_path / "ports.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPCMESH_")} | {
-        "GRPCMESH_PORT": "0",
-        "GRPCMESH_METRICS_PORT": "0",
-        "GRPCMESH_DRAIN_SECONDS": "0",
-        "GRPCMESH_PORTS_FILE": str(ports_file),
+    env = {
         "GRPCMESH_DB_PATH": str(tmp_path / "inventory.db"),
         "GRPCMESH_SEED_STOCK": json.dumps({"sku-0001": 4}),
     }
-    with (tmp_path / "server.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "grpcmesh_inventory", env=env, stdout=log, stderr=log
-        )
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        port = 0
-        while not port:  # bounded poll: the server writes the file once bound
-            assert process.returncode is None, (tmp_path / "server.log").read_text()
-            assert loop.time() < deadline, "server did not write its ports file"
-            try:
-                port = json.loads(ports_file.read_text())["grpc"]
-            except (FileNotFoundError, ValueError):
-                await asyncio.sleep(0.05)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            serving = health_pb2.HealthCheckResponse.SERVING
-            while (await health.Check(health_pb2.HealthCheckRequest())).status != serving:
-                assert loop.time() < deadline, "server never reported SERVING"
-                await asyncio.sleep(0.05)
-            stub = inventory_pb2_grpc.InventoryServiceStub(channel)
-            assert await levels(stub, "sku-0001") == {"sku-0001": (4, 0, 0)}
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=20) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with service_process("grpcmesh_inventory", tmp_path, env) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        assert await levels(stub, "sku-0001") == {"sku-0001": (4, 0, 0)}

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import re
-import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpcmesh.shop.v1 import common_pb2, payments_pb2, payments_pb2_grpc
 from grpcmesh_kit import ServiceApp
 from grpcmesh_payments.main import build_app
 from grpcmesh_payments.settings import PaymentsSettings
+from tests.services.processes import service_process
 
 if TYPE_CHECKING:
     # Exists only in the generated stubs, for typing async stubs.
@@ -370,41 +366,7 @@ async def test_failure_rate_follows_the_config_file_without_restart(
 async def test_python_m_payments_serves_until_sigterm(tmp_path: Path) -> None:
     """`python -m grpcmesh_payments` configures itself from the environment, serves, and exits
     cleanly on SIGTERM."""
-    ports_file = tmp_path / "ports.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPCMESH_")} | {
-        "GRPCMESH_PORT": "0",
-        "GRPCMESH_METRICS_PORT": "0",
-        "GRPCMESH_DRAIN_SECONDS": "0",
-        "GRPCMESH_PORTS_FILE": str(ports_file),
-        "GRPCMESH_DB_PATH": str(tmp_path / "payments.db"),
-        "GRPCMESH_FAILURE_RATE": "1.0",
-    }
-    with (tmp_path / "server.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "grpcmesh_payments", env=env, stdout=log, stderr=log
-        )
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        port = 0
-        while not port:  # bounded poll: the server writes the file once bound
-            assert process.returncode is None, (tmp_path / "server.log").read_text()
-            assert loop.time() < deadline, "server did not write its ports file"
-            try:
-                port = json.loads(ports_file.read_text())["grpc"]
-            except (FileNotFoundError, ValueError):
-                await asyncio.sleep(0.05)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            serving = health_pb2.HealthCheckResponse.SERVING
-            while (await health.Check(health_pb2.HealthCheckRequest())).status != serving:
-                assert loop.time() < deadline, "server never reported SERVING"
-                await asyncio.sleep(0.05)
-            stub = payments_pb2_grpc.PaymentServiceStub(channel)
-            declined_payment_id(await rpc_error(stub.Charge(charge("k-1"))))
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=20) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    env = {"GRPCMESH_DB_PATH": str(tmp_path / "payments.db"), "GRPCMESH_FAILURE_RATE": "1.0"}
+    async with service_process("grpcmesh_payments", tmp_path, env) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        declined_payment_id(await rpc_error(stub.Charge(charge("k-1"))))
