@@ -17,9 +17,10 @@ from grpcmesh_control.k8s import (
 )
 from grpcmesh_control.k8s.appmesh import GRPC_RETRY_EVENTS, _duration
 from grpcmesh_control.model import MeshService, MethodCatalog, RetryOn, parse_mesh_service
+from tests.unit.examples import EXAMPLE_NAMES
 
 from .checks import crd_errors
-from .conftest import EXAMPLE_NAMES, NAMESPACE, owner_of
+from .conftest import NAMESPACE, owner_of
 
 Obj = dict[str, Any]
 

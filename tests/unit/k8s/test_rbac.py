@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from grpcmesh_control.k8s import OWNED_KINDS, Kind
+from tests.unit.examples import REPO
 
 from .checks import validate_builtin
-from .conftest import REPO
 
 RBAC = REPO / "manifests" / "rbac"
 WRITE_VERBS = {"get", "list", "watch", "create", "patch", "delete"}

@@ -9,9 +9,10 @@ import pytest
 
 from grpcmesh_control.k8s import OperatorSettings, desired_objects
 from grpcmesh_control.model import MeshService
+from tests.unit.examples import EXAMPLE_NAMES
 
 from .checks import K8S_VERSIONS, is_custom, validate_object
-from .conftest import EXAMPLE_NAMES, NAMESPACE, owner_of
+from .conftest import NAMESPACE, owner_of
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)

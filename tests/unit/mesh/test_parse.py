@@ -24,8 +24,7 @@ from grpcmesh_control.model import (
     parse_mesh_service,
     parse_mesh_services_yaml,
 )
-
-from .conftest import EXAMPLE_NAMES, EXAMPLES
+from tests.unit.examples import EXAMPLE_NAMES, EXAMPLES
 
 Doc = dict[str, Any]
 MINIMAL = """

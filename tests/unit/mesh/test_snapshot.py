@@ -25,8 +25,9 @@ from grpcmesh_control.translate import (
     build_snapshot,
 )
 from grpcmesh_control.translate.routes import inbound_route_config
+from tests.unit.examples import REPO
 
-from .conftest import ENDPOINTS, REPO
+from .conftest import ENDPOINTS
 
 ORDERS = ProxyNode(NodeId.sidecar("orders", "0"))
 INGRESS = ProxyNode(NodeId.ingress())
