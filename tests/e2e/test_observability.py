@@ -175,7 +175,13 @@ async def test_red_series_exist_for_every_method_that_carried_traffic(observed: 
         if grpc_type == "unary":
             buckets = await query(address, f"grpc_server_handling_seconds_bucket{{{where}}}")
             assert buckets and all("le" in b["metric"] for b in buckets), where
-        assert await query(address, f"rate(grpc_server_handled_total{{{where}}}[1m]) > 0"), where
+
+        async def flowing(where: str = where) -> list[dict[str, Any]] | None:
+            # A rate needs two samples that differ: poll, the first scrape may be the only one.
+            rate = await query(address, f"rate(grpc_server_handled_total{{{where}}}[1m]) > 0")
+            return rate or None
+
+        await eventually(flowing, timeout=SERIES_TIMEOUT_S, what=f"a rate for {where}")
 
 
 # --- every generated expression -------------------------------------------------------------
