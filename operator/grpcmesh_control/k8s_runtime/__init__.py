@@ -2,15 +2,18 @@
 API, and the process that runs them with the xDS control plane. The decisions are in ``k8s``
 (pure); this package only gathers inputs and writes results.
 
-- ``operator.Operator.run``: one asyncio loop, one TaskGroup (publisher, resync, event poster,
-  ADS server) around ``kopf.operator`` (standalone, all namespaces, liveness endpoint).
+- ``operator.Operator.run``: one asyncio loop, one TaskGroup (publisher, resync, status
+  follower, event poster, ADS server) around ``kopf.operator`` (all namespaces, liveness
+  endpoint; standalone or peering, below).
   ``entry.main`` is ``grpcmesh operator`` (settings from ``GRPCMESH_*``, ``settings.py``).
 - ``handlers``: MeshService create/update/resume -> ``Reconciler.reconcile``; every MeshService
   and EndpointSlice event -> ``MeshState`` -> ``Publisher.update``; an owned Service/ConfigMap/
   Deployment deleted -> its owner reconciled (recreated); admission via kopf's WebhookServer.
 - ``reconcile``: apply ``desired_objects``, prune owned objects no longer desired, status from
-  ``compute_status``; Deployment rollouts, endpoints and sidecar ACKs reach the status through
-  the periodic resync (``resync_interval``).
+  ``compute_status``. Endpoint changes (EndpointSlice events) and sidecar connects/ACKs/NACKs
+  (the cache's listener) mark their MeshService; the status follower reconciles it after a
+  short debounce (``status_debounce``). A Deployment rollout alone is seen at the next
+  reconcile (its endpoints usually trigger one) or the periodic resync (``resync_interval``).
 - ``client``: the one API boundary; every failure becomes ``ApiError``.
 
 Server-side apply vs emulators: ``ApplyStrategy.SERVER_SIDE`` (default, for real clusters)
@@ -25,9 +28,11 @@ controller owner reference and the garbage collector deletes them (kmock has no 
 check the references and that the operator forgets the service). kopf keeps its progress in
 ``grpcmesh.io/*`` annotations, not in ``status``.
 
-Peering: one active replica. kopf runs ``--standalone`` (no peering objects); the chart's
-Deployment has ``replicas: 1`` and ``strategy: Recreate``, so two operators never reconcile at
-once. During a restart Envoys keep their last config; the new operator resumes every
+Peering: one active replica. Without ``peering`` (``GRPCMESH_PEERING``) kopf runs
+``--standalone`` (local, dev). With it, kopf peers through that ``ClusterKopfPeering``: the
+highest-priority live replica handles events, lower ones pause their watches (equal
+priorities all pause), and their resync and status follower (``peering.peering_active``).
+During a handover Envoys keep their last config; the new active replica resumes every
 MeshService and serves the same content-hashed versions.
 """
 

@@ -52,8 +52,10 @@ def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
 
     # --- MeshService: registration (every event) and reconcile (spec changes) ---------------
 
+    # Event handlers are async though they never await: kopf runs sync handlers in a thread,
+    # and MeshState, the publisher and the status follower belong to the operator's loop.
     @kopf.on.event(_GROUP, _VERSION, _PLURAL, registry=registry)
-    def mesh_service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def mesh_service_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
         if type == "DELETED":
             op.reconciler.forget(str(meta.get("namespace") or ""), str(meta["name"]))
@@ -99,12 +101,14 @@ def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
         labels={SERVICE_NAME_LABEL: kopf.PRESENT},
         registry=registry,
     )
-    def endpoint_slice_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def endpoint_slice_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
         if type == "DELETED":
             op.state.drop_slice(str(meta.get("namespace") or ""), str(meta["name"]))
         else:
             op.state.set_slice(_plain(body))
+        # Endpoint counts and Ready are in its owner's status: refresh it now, not at resync.
+        op.refresh_status(op.state.owner_of_slice(body))
 
     if runtime.webhook_port is None:
         return  # kopf refuses admission handlers without a webhook server

@@ -113,6 +113,20 @@ class MeshState:
     def services(self) -> list[MeshService]:
         return list(self._services.values())
 
+    def key_of(self, name: str) -> Key | None:
+        """The MeshService named ``name`` (names are mesh-wide unique, as node ids assume)."""
+        return next((key for key, svc in self._services.items() if svc.name == name), None)
+
+    def owner_of_slice(self, body: Mapping[str, Any]) -> Key | None:
+        """The MeshService whose per-version Service an EndpointSlice belongs to."""
+        labels = body.get("metadata", {}).get("labels") or {}
+        namespace = str(body.get("metadata", {}).get("namespace") or "")
+        for key, svc in self._services.items():
+            names = {version_service_name(svc.name, v.name) for v in svc.versions}
+            if key[0] == namespace and labels.get(SERVICE_NAME_LABEL) in names:
+                return key
+        return None
+
     def endpoints(self) -> dict[str, tuple[Endpoint, ...]]:
         """MeshService name -> endpoints of every version (names are mesh-wide unique)."""
         versions: dict[Key, tuple[str, str]] = {}

@@ -2,13 +2,19 @@
 (publisher, ADS server, /metrics) in one asyncio loop.
 
 ``Operator.run`` owns one TaskGroup: the publisher's debounce loop, the periodic resync, the
-event poster, the ADS gRPC server and kopf itself. The control plane starts first, so the first
-watch events already publish into a serving cache; when kopf stops (stop flag, SIGTERM) the
-rest is cancelled and the servers are stopped in ``finally``.
+status follower, the event poster, the ADS gRPC server and kopf itself. The control plane
+starts first, so the first watch events already publish into a serving cache; when kopf stops
+(stop flag, SIGTERM) the rest is cancelled and the servers are stopped in ``finally``.
 
-Peering: kopf runs ``--standalone``; the chart runs one replica with the Recreate strategy, so
-two operators never write the same objects (no leader election; a rollout has a short gap,
-during which Envoys keep their last config).
+Status follows events: an EndpointSlice change (``handlers``) or a sidecar's connect/ACK/NACK
+(the cache's listener) marks its MeshService; the status follower reconciles the marked ones
+after ``status_debounce``, so a burst costs one reconcile per service. The periodic resync
+remains the safety net (drift, lost events).
+
+Peering: ``settings.peering`` None runs kopf ``--standalone`` (local, dev). With a name, kopf
+peers through that ``ClusterKopfPeering``: only the highest-priority live replica handles
+events, the others pause their watches (their ADS servers keep serving) and their resync and
+status follower (``peering.peering_active``).
 """
 
 from __future__ import annotations
@@ -26,16 +32,21 @@ import kopf
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from grpcmesh_control.errors import InvalidNodeId
 from grpcmesh_control.k8s_runtime.client import ApiError, KubeClient
 from grpcmesh_control.k8s_runtime.handlers import register_handlers
 from grpcmesh_control.k8s_runtime.mesh import MeshState
 from grpcmesh_control.k8s_runtime.metrics import OperatorMetrics
+from grpcmesh_control.k8s_runtime.peering import CLUSTER_PEERING, peering_active
 from grpcmesh_control.k8s_runtime.reconcile import Reconciler
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 from grpcmesh_control.model import MethodCatalog
 from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, MeteredSnapshotCache
 from grpcmesh_control.runtime.publisher import Publisher
+from grpcmesh_control.translate import NodeId
+from grpcmesh_control.translate.naming import NodeKind
 from grpcmesh_control.xds import AdsServicer
+from grpcmesh_control.xds.cache import NodeStatus
 
 __all__ = ["Operator", "run_operator"]
 
@@ -45,6 +56,7 @@ _EVENT_QUEUE = 1000
 _ANNOTATION_PREFIX = "grpcmesh.io"
 
 Event = tuple[dict[str, Any], str, str, str]
+Key = tuple[str, str]
 
 
 class Operator:
@@ -67,6 +79,10 @@ class Operator:
         self._reconciler: Reconciler | None = None
         self._events: asyncio.Queue[Event] | None = None
         self._server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stale: set[Key] = set()
+        self._stale_flag: asyncio.Event | None = None
+        self.cache.subscribe(self._node_changed)
 
     @property
     def reconciler(self) -> Reconciler:
@@ -113,6 +129,28 @@ class Operator:
         except asyncio.QueueFull:
             log.warning("event queue full, dropped %s %s", reason, message)
 
+    def refresh_status(self, key: Key | None) -> None:
+        """Mark a MeshService whose observed state (endpoints, sidecar ACKs) changed; the
+        status follower reconciles it soon. Safe from any thread."""
+        loop = self._loop
+        if key is None or loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to refresh
+            loop.call_soon_threadsafe(self._mark_stale, key)
+
+    def _mark_stale(self, key: Key) -> None:
+        self._stale.add(key)
+        if self._stale_flag is not None:
+            self._stale_flag.set()
+
+    def _node_changed(self, node: NodeStatus) -> None:
+        try:
+            parsed = NodeId.parse(node.node_id)
+        except InvalidNodeId:
+            return
+        if parsed.kind is NodeKind.SIDECAR:
+            self.refresh_status(self.state.key_of(parsed.name))
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def run(
@@ -125,6 +163,8 @@ class Operator:
         settings = self.settings
         client = await KubeClient.connect(settings)
         self._events = asyncio.Queue(_EVENT_QUEUE)
+        self._loop = asyncio.get_running_loop()
+        self._stale_flag = asyncio.Event()
         self._reconciler = Reconciler(
             client,
             self.state,
@@ -155,7 +195,8 @@ class Operator:
             async with asyncio.TaskGroup() as tasks:
                 background = [
                     tasks.create_task(self.publisher.run(), name="publisher"),
-                    tasks.create_task(self._resync(), name="resync"),
+                    tasks.create_task(self._resync(client), name="resync"),
+                    tasks.create_task(self._follow_status(client), name="status"),
                     tasks.create_task(self._post_events(client), name="events"),
                     tasks.create_task(server.wait_for_termination(), name="xds-server"),
                 ]
@@ -163,7 +204,9 @@ class Operator:
                     await kopf.operator(
                         registry=self.registry,
                         clusterwide=True,
-                        standalone=True,
+                        standalone=settings.peering is None,
+                        peering_name=settings.peering,
+                        priority=settings.peering_priority,
                         liveness_endpoint=settings.liveness_endpoint,
                         stop_flag=stop_flag,
                     )
@@ -175,17 +218,50 @@ class Operator:
             await server.stop(settings.stop_grace)
             await client.close()
             self._reconciler = self._server = None
+            self._loop = self._stale_flag = None
 
-    async def _resync(self) -> None:
+    async def _active(self, client: KubeClient) -> bool:
+        """Whether this replica may write: always when standalone; with peering, only while
+        kopf's rule makes it the active one (unknown -- the API failing -- counts as no)."""
+        if self.settings.peering is None:
+            return True
+        try:
+            body = await client.get(CLUSTER_PEERING, None, self.settings.peering)
+        except ApiError:
+            return False
+        peers = (body or {}).get("status") or {}
+        return peering_active(peers, self.settings.peering_priority, datetime.now(UTC))
+
+    async def _resync(self, client: KubeClient) -> None:
         """Re-reconcile every known MeshService periodically: drift, Deployment rollouts,
         endpoints and sidecar ACKs all reach the status this way."""
         while True:
             await asyncio.sleep(self.settings.resync_interval)
+            if not await self._active(client):
+                continue
             for key in self.reconciler.known():
                 try:
                     await self.reconciler.reconcile(key=key)
                 except Exception:
                     log.exception("resync of %s/%s failed", *key)
+
+    async def _follow_status(self, client: KubeClient) -> None:
+        """Reconcile the MeshServices marked by ``refresh_status``. A full (idempotent)
+        reconcile rather than a status-only write: Ready also needs the Deployments' rollout,
+        which the same pass reads back."""
+        assert self._stale_flag is not None
+        while True:
+            await self._stale_flag.wait()
+            await asyncio.sleep(self.settings.status_debounce)  # coalesce the burst
+            self._stale_flag.clear()
+            keys, self._stale = sorted(self._stale), set()
+            if not await self._active(client):
+                continue  # the active replica follows its own sidecars and slices
+            for key in keys:
+                try:
+                    await self.reconciler.reconcile(key=key)
+                except Exception:
+                    log.exception("status refresh of %s/%s failed", *key)
 
     async def _post_events(self, client: KubeClient) -> None:
         assert self._events is not None

@@ -2,8 +2,9 @@
 no longer says, and write the status ``compute_status`` derives from what was observed.
 
 Idempotent: it reads nothing but the MeshService and the API's answers, so any trigger (create,
-update, resume, an owned object's event, the periodic resync) runs the same code. Reconciles of
-one MeshService are serialized by a lock; different ones run concurrently.
+update, resume, an owned object's event, an endpoint/ACK change, the periodic resync) runs the
+same code. Reconciles of one MeshService are serialized by a lock; different ones run
+concurrently.
 """
 
 from __future__ import annotations

@@ -62,6 +62,14 @@ class RuntimeSettings:
     it, so there each wait runs out: benchmarks against them lower it."""
     stop_grace: float = 1.0
     """Seconds in-flight ADS streams get on shutdown."""
+    status_debounce: float = 0.2
+    """Seconds an endpoint or sidecar-ACK change waits before its MeshService's status is
+    recomputed, so a burst (a rollout, every sidecar ACKing) costs one reconcile."""
+    peering: str | None = None
+    """kopf peering: the name of a ``ClusterKopfPeering`` shared by the replicas; only the
+    highest-priority live one handles events. None: ``--standalone`` (local, dev)."""
+    peering_priority: int = 0
+    """This replica's kopf peering priority (higher wins; equal priorities all pause)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> RuntimeSettings:
@@ -88,6 +96,10 @@ class RuntimeSettings:
             webhook_certfile=_path(environ.get("GRPCMESH_WEBHOOK_CERT")),
             webhook_pkeyfile=_path(environ.get("GRPCMESH_WEBHOOK_KEY")),
             resync_interval=float(environ.get("GRPCMESH_RESYNC_SECONDS", defaults.resync_interval)),
+            peering=environ.get("GRPCMESH_PEERING") or None,
+            peering_priority=int(
+                environ.get("GRPCMESH_PEERING_PRIORITY", defaults.peering_priority)
+            ),
         )
 
 

@@ -75,12 +75,14 @@ def test_the_rest_is_least_privilege() -> None:
     assert allowed(NATIVE, "", "events") == {"create"}
     crds = allowed(NATIVE, "apiextensions.k8s.io", "customresourcedefinitions")
     assert crds == {"get", "list", "watch"}
-    # Nothing it does not use: pods, secrets, namespaces, peering, leases, webhooks.
+    peerings = allowed(NATIVE, "kopf.dev", "clusterkopfpeerings")
+    assert peerings == {"get", "list", "watch", "patch"}
+    # Nothing it does not use: pods, secrets, namespaces, namespaced peering, leases, webhooks.
     for group, resource in [
         ("", "pods"),
         ("", "secrets"),
         ("", "namespaces"),
-        ("kopf.dev", "clusterkopfpeerings"),
+        ("kopf.dev", "kopfpeerings"),
         ("coordination.k8s.io", "leases"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
     ]:
@@ -92,6 +94,7 @@ def test_the_rest_is_least_privilege() -> None:
         ("discovery.k8s.io", "endpointslices"),
         ("", "events"),
         ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("kopf.dev", "clusterkopfpeerings"),
     }
     assert covered == expected
 
