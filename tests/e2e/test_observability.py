@@ -40,6 +40,8 @@ SERVICES = ("catalog", "inventory", "orders", "payments")
 APP_LABELS = {"job", "instance", "service", "version", "replica"}
 KIT_LABELS = {"grpc_service", "grpc_method", "grpc_type", "grpc_code"}
 SERIES_TIMEOUT_S = 30.0
+EVERY_ORDER_CALLS = frozenset({"PlaceOrder", "GetProduct", "ReserveStock", "Charge", "CommitStock"})
+"""Methods every confirmed order calls: under the steady demo load their rate is never zero."""
 
 
 class Load:
@@ -175,6 +177,10 @@ async def test_red_series_exist_for_every_method_that_carried_traffic(observed: 
         if grpc_type == "unary":
             buckets = await query(address, f"grpc_server_handling_seconds_bucket{{{where}}}")
             assert buckets and all("le" in b["metric"] for b in buckets), where
+        if method not in EVERY_ORDER_CALLS:
+            # Occasional calls (a compensation's ReleaseStock, say) may predate the first scrape:
+            # Prometheus cannot see an increase it never sampled, so only the series is required.
+            continue
 
         async def flowing(where: str = where) -> list[dict[str, Any]] | None:
             # A rate needs two samples that differ: poll, the first scrape may be the only one.
