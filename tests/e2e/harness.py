@@ -26,7 +26,6 @@ from grpcmesh_control.runtime.local.state import ReplicaState
 REPO = Path(__file__).resolve().parents[2]
 RESOURCES = Path(__file__).with_name("resources")
 GRPCMESH = str(Path(sys.executable).with_name("grpcmesh"))
-CONFIG_POLL_S = 1.0  # the kit's config_poll_seconds: how often apps re-read config.yaml
 
 T = TypeVar("T")
 
@@ -249,6 +248,23 @@ async def envoy_stats(admin: str, contains: str = "") -> dict[str, int]:
         if sep and contains in name and value.strip().isdigit():
             stats[name] = int(value)
     return stats
+
+
+async def config_reloads(metrics: str) -> float:
+    """How many times the app took new settings from its config file (the kit counts them)."""
+    from tests.scrape import scrape, value
+
+    return value(await scrape(metrics), "grpcmesh_config_reloads_total")
+
+
+async def reloaded(metrics: Sequence[str], before: Sequence[float]) -> None:
+    """Wait (bounded) until every app counted one more config reload than ``before``."""
+
+    async def done() -> bool | None:
+        now = [await config_reloads(m) for m in metrics]
+        return all(n > b for n, b in zip(now, before, strict=True)) or None
+
+    await eventually(done, timeout=15, what="the apps reloaded their config")
 
 
 async def handled(metrics: str, method: str, code: str | None = None) -> float:

@@ -29,16 +29,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from grpcmesh.shop.v1 import common_pb2, payments_pb2, payments_pb2_grpc
 from grpcmesh_loadgen import LoadReport, run_load
 from tests.e2e.harness import (
-    CONFIG_POLL_S,
     INVALID,
     RESOURCES,
     Mesh,
+    config_reloads,
     converged,
     envoy_stats,
     eventually,
     handled,
     invalid_resource,
     proxies,
+    reloaded,
 )
 
 if TYPE_CHECKING:
@@ -138,18 +139,21 @@ async def applied(mesh: Mesh, path: Path) -> AsyncIterator[None]:
 async def payments_config(mesh: Mesh, *keys: str, **values: object) -> AsyncIterator[None]:
     """Replicas' live config changed for the block (and the change seen by the apps)."""
     paths = [Path(mesh.replica(key).config_file) for key in keys]
+    metrics = [mesh.replica(key).metrics for key in keys]
     originals = [path.read_text() for path in paths]
+    before = [await config_reloads(m) for m in metrics]
     for key in keys:
         mesh.set_config(key, **values)
     try:
-        await asyncio.sleep(CONFIG_POLL_S * 2)  # the kit polls the file's content each second
+        await reloaded(metrics, before)
         yield
     finally:
+        before = [await config_reloads(m) for m in metrics]
         for path, original in zip(paths, originals, strict=True):
             tmp = path.with_name(".config.yaml.tmp")
             tmp.write_text(original)
             tmp.replace(path)
-        await asyncio.sleep(CONFIG_POLL_S * 2)
+        await reloaded(metrics, before)
 
 
 async def failing_directly(mesh: Mesh, key: str) -> None:

@@ -31,7 +31,7 @@ from grpcmesh_control.observability import (
     rule_groups,
 )
 from grpcmesh_loadgen import run_load
-from tests.e2e.harness import CONFIG_POLL_S, Mesh, eventually, grpcmesh
+from tests.e2e.harness import Mesh, config_reloads, eventually, grpcmesh, reloaded
 from tests.scrape import fetch
 
 pytestmark = pytest.mark.slow
@@ -257,6 +257,7 @@ async def test_failures_injected_in_payments_show_on_its_error_panel(observed: M
     )
     keys = [f"payments/{r.replica}" for r in observed.payments_replicas()]
     paths = [Path(observed.replica(key).config_file) for key in keys]
+    metrics = [observed.replica(key).metrics for key in keys]
     originals = [path.read_text() for path in paths]
     for key in keys:
         # UNAVAILABLE is a server fault (FAILED_PRECONDITION, the default, is a decline).
@@ -273,11 +274,12 @@ async def test_failures_injected_in_payments_show_on_its_error_panel(observed: M
         )
         assert 0.05 < ratio <= 1.0
     finally:
+        before = [await config_reloads(m) for m in metrics]
         for path, original in zip(paths, originals, strict=True):
             tmp = path.with_name(".config.yaml.tmp")
             tmp.write_text(original)
             tmp.replace(path)
-        await asyncio.sleep(CONFIG_POLL_S * 2)
+        await reloaded(metrics, before)
 
 
 # --- grpcmesh top ------------------------------------------------------------------------------

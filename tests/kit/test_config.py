@@ -72,3 +72,23 @@ def test_invalid_env_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="port"):
         EchoSettings.load()
     assert os.environ["GRPCMESH_PORT"] == "70000"
+
+
+async def test_a_reload_is_counted_on_metrics(tmp_path: Path) -> None:
+    """grpcmesh_config_reloads_total lets operators and tests see a reload take effect."""
+    import asyncio
+
+    from tests.kit.conftest import echo_settings
+    from tests.kit.echo_service import build_app
+    from tests.scrape import scrape, value
+
+    config = tmp_path / "config.yaml"
+    config.write_text("delay_ms: 0\n")
+    app, _ = build_app(echo_settings(config_file=config, config_poll_seconds=0.05))
+    async with app.running():
+        assert value(await scrape(app.metrics_address), "grpcmesh_config_reloads_total") == 0
+        config.write_text("delay_ms: 7\n")
+        async with asyncio.timeout(5):
+            while not value(await scrape(app.metrics_address), "grpcmesh_config_reloads_total"):
+                await asyncio.sleep(0.05)
+        assert app.settings.delay_ms == 7

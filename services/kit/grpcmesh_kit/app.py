@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import Counter
 
 from grpcmesh_kit.channels import ChannelFactory
 from grpcmesh_kit.config import KitSettings, SettingsWatcher
@@ -70,6 +71,13 @@ class ServiceApp(Generic[S]):
             settings.service_name, otlp_exporter(settings.otlp_endpoint)
         )
         self.metrics = MetricsEndpoint()
+        # A reload is observable (tests and operators poll it instead of waiting a fixed time).
+        reloads = Counter(
+            "grpcmesh_config_reloads",
+            "Times new settings from the config file took effect.",
+            registry=self.metrics.registry,
+        )
+        self._watcher.subscribe(lambda _settings: reloads.inc())
         self.channels = ChannelFactory(
             lambda: self.settings, client_interceptors(self.metrics, self.tracer_provider)
         )
