@@ -497,23 +497,31 @@ class MetricsClientInterceptor(
         start = time.perf_counter()
         call = await continuation(client_call_details, request)
 
-        async def responses() -> AsyncIterator[Any]:
-            code = "OK"
-            try:
-                async for response in call:
-                    m.msg_received.labels(**labels).inc()
-                    yield response
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
-                raise
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            finally:
-                m.handled.labels(**labels, grpc_code=go_code_name(code)).inc()
-                m.handling_seconds.labels(**labels).observe(time.perf_counter() - start)
+        def done(code: str) -> None:
+            m.handled.labels(**labels, grpc_code=go_code_name(code)).inc()
+            m.handling_seconds.labels(**labels).observe(time.perf_counter() - start)
 
-        return responses()
+        received = m.msg_received.labels(**labels)
+        return _observe_stream(call, lambda: received.inc(), done)
+
+
+async def _observe_stream(
+    call: AsyncIterator[Any], on_message: Callable[[], None], on_end: Callable[[str], None]
+) -> AsyncIterator[Any]:
+    """Yield a response stream's messages, then report its final status name once."""
+    code = "OK"
+    try:
+        async for response in call:
+            on_message()
+            yield response
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code().name
+        raise
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    finally:
+        on_end(code)
 
 
 class TracingClientInterceptor(
@@ -562,22 +570,11 @@ class TracingClientInterceptor(
             span.end()
             raise
 
-        async def responses() -> AsyncIterator[Any]:
-            code = "OK"
-            try:
-                async for response in call:
-                    yield response
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
-                raise
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            finally:
-                _finish_span(span, code)
-                span.end()
+        def done(code: str) -> None:
+            _finish_span(span, code)
+            span.end()
 
-        return responses()
+        return _observe_stream(call, lambda: None, done)
 
 
 def client_interceptors(
