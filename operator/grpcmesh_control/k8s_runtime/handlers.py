@@ -84,13 +84,23 @@ def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
         )
         async def owned_event(type: str | None, body: kopf.Body, **_: Any) -> None:
             # Only deletions: our own applies also raise MODIFIED events (a loop otherwise).
-            if type != "DELETED":
-                return
-            meta = body.get("metadata") or {}
-            for ref in meta.get("ownerReferences") or []:
-                if ref.get("kind") == MESH_SERVICE.kind and ref.get("controller"):
-                    key = (str(meta.get("namespace") or ""), str(ref.get("name")))
-                    await op.reconciler.reconcile(key=key)
+            key = _controller_key(body.get("metadata") or {})
+            if type == "DELETED" and key is not None:
+                await op.reconciler.reconcile(key=key)
+
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+        registry=registry,
+    )
+    async def rollout_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        # A rollout's progress moves Ready: refresh the owner's status when the Deployment's
+        # rollout state changed, not on every MODIFIED (our own applies raise those too).
+        key = _controller_key(body.get("metadata") or {})
+        if key is not None and op.rollout_changed(_plain(body), deleted=type == "DELETED"):
+            op.refresh_status(key)
 
     # --- EndpointSlices of per-version Services -> the registry -----------------------------
 
@@ -135,6 +145,14 @@ def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
     )
     def inject(*, body: kopf.Body, patch: kopf.Patch, warnings: list[str], **kwargs: Any) -> None:
         inject_sidecar(op, body, kwargs.get("operation"), patch, warnings)
+
+
+def _controller_key(meta: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the MeshService controlling an owned object, if one does."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == MESH_SERVICE.kind and ref.get("controller"):
+            return str(meta.get("namespace") or ""), str(ref.get("name"))
+    return None
 
 
 def validate_mesh_service(

@@ -6,9 +6,10 @@ status follower, the event poster, the ADS gRPC server and kopf itself. The cont
 starts first, so the first watch events already publish into a serving cache; when kopf stops
 (stop flag, SIGTERM) the rest is cancelled and the servers are stopped in ``finally``.
 
-Status follows events: an EndpointSlice change (``handlers``) or a sidecar's connect/ACK/NACK
-(the cache's listener) marks its MeshService; the status follower reconciles the marked ones
-after ``status_debounce``, so a burst costs one reconcile per service. The periodic resync
+Status follows events: an EndpointSlice change or a Deployment's rollout progress
+(``handlers``), or a sidecar's connect/ACK/NACK (the cache's listener) marks its MeshService;
+the status follower reconciles the marked ones after ``status_debounce``, so a burst costs one
+reconcile per service. The periodic resync
 remains the safety net (drift, lost events).
 
 Peering: ``settings.peering`` None runs kopf ``--standalone`` (local, dev). With a name, kopf
@@ -33,12 +34,13 @@ from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from grpcmesh_control.errors import InvalidNodeId
+from grpcmesh_control.k8s.status import WorkloadRollout
 from grpcmesh_control.k8s_runtime.client import ApiError, KubeClient
 from grpcmesh_control.k8s_runtime.handlers import register_handlers
 from grpcmesh_control.k8s_runtime.mesh import MeshState
 from grpcmesh_control.k8s_runtime.metrics import OperatorMetrics
 from grpcmesh_control.k8s_runtime.peering import CLUSTER_PEERING, peering_active
-from grpcmesh_control.k8s_runtime.reconcile import Reconciler
+from grpcmesh_control.k8s_runtime.reconcile import Reconciler, rollout_of
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 from grpcmesh_control.model import MethodCatalog
 from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, MeteredSnapshotCache
@@ -82,6 +84,7 @@ class Operator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stale: set[Key] = set()
         self._stale_flag: asyncio.Event | None = None
+        self._rollouts: dict[Key, WorkloadRollout] = {}
         self.cache.subscribe(self._node_changed)
 
     @property
@@ -137,6 +140,19 @@ class Operator:
             return
         with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to refresh
             loop.call_soon_threadsafe(self._mark_stale, key)
+
+    def rollout_changed(self, deployment: Mapping[str, Any], *, deleted: bool = False) -> bool:
+        """Whether an owned Deployment's rollout state differs from the last one seen (the
+        first sighting counts as a change)."""
+        meta = deployment.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        if deleted:
+            return self._rollouts.pop(key, None) is not None
+        rollout = rollout_of(deployment)
+        if self._rollouts.get(key) == rollout:
+            return False
+        self._rollouts[key] = rollout
+        return True
 
     def _mark_stale(self, key: Key) -> None:
         self._stale.add(key)
@@ -233,8 +249,8 @@ class Operator:
         return peering_active(peers, self.settings.peering_priority, datetime.now(UTC))
 
     async def _resync(self, client: KubeClient) -> None:
-        """Re-reconcile every known MeshService periodically: drift, Deployment rollouts,
-        endpoints and sidecar ACKs all reach the status this way."""
+        """Re-reconcile every known MeshService periodically: the safety net for drift and
+        lost events."""
         while True:
             await asyncio.sleep(self.settings.resync_interval)
             if not await self._active(client):

@@ -170,7 +170,7 @@ class Reconciler:
                 continue
             self._metrics.applied.inc()
             if kind == k8s_kinds.DEPLOYMENT:
-                workloads.append(_rollout(written or obj))
+                workloads.append(rollout_of(written or obj))
         pruned = 0
         if spec_error is None:  # an invalid spec keeps the last good objects running
             pruned = await self._prune(namespace, name, owner, {object_key(o) for o in desired})
@@ -281,7 +281,8 @@ def _service_of(node_id: str) -> str | None:
     return parsed.name if parsed.kind is NodeKind.SIDECAR else None
 
 
-def _rollout(deployment: Mapping[str, Any]) -> WorkloadRollout:
+def rollout_of(deployment: Mapping[str, Any]) -> WorkloadRollout:
+    """What a Deployment's ``status`` says of its rollout."""
     metadata = deployment.get("metadata") or {}
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
