@@ -10,9 +10,12 @@ __all__ = [
     "CONFIG_MAP",
     "DEPLOYMENT",
     "MESH",
+    "MUTATING_WEBHOOK_CONFIGURATION",
     "OWNED_KINDS",
+    "SECRET",
     "SERVICE",
     "SERVICE_MONITOR",
+    "VALIDATING_WEBHOOK_CONFIGURATION",
     "VIRTUAL_NODE",
     "VIRTUAL_ROUTER",
     "VIRTUAL_SERVICE",
@@ -56,6 +59,24 @@ OWNED_KINDS = (
     VIRTUAL_SERVICE,
 )
 """Every kind ``desired_objects`` may return, in the order they are applied."""
+
+# Not rendered per MeshService: the webhooks' TLS when the operator manages it
+# (k8s.webhook_tls), in the operator's namespace and on the chart's webhook configurations.
+SECRET = Kind("", "v1", "Secret", "secrets")
+VALIDATING_WEBHOOK_CONFIGURATION = Kind(
+    "admissionregistration.k8s.io",
+    "v1",
+    "ValidatingWebhookConfiguration",
+    "validatingwebhookconfigurations",
+    namespaced=False,
+)
+MUTATING_WEBHOOK_CONFIGURATION = Kind(
+    "admissionregistration.k8s.io",
+    "v1",
+    "MutatingWebhookConfiguration",
+    "mutatingwebhookconfigurations",
+    namespaced=False,
+)
 
 _BY_TYPE = {(k.api_version, k.kind): k for k in OWNED_KINDS}
 

@@ -146,6 +146,25 @@ class KubeClient:
                 content_type="application/merge-patch+json",
             )
 
+    async def create(self, kind: Kind, obj: Mapping[str, Any]) -> Obj:
+        """POST ``obj``; ``Conflict`` when it exists already."""
+        return await self._call("POST", path_of(kind, obj["metadata"].get("namespace")), body=obj)
+
+    async def patch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        body: object,
+        content_type: str = "application/merge-patch+json",
+    ) -> Obj:
+        """PATCH with ``content_type`` (merge patch, or ``application/json-patch+json``).
+        A merge patch carrying ``metadata.resourceVersion`` is refused with ``Conflict`` when
+        the object changed since that version (optimistic concurrency)."""
+        return await self._call(
+            "PATCH", path_of(kind, namespace, name), body=body, content_type=content_type
+        )
+
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
         try:
             return await self._call("GET", path_of(kind, namespace, name))

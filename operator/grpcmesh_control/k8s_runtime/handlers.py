@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 
-from grpcmesh_control.k8s import MissingBackends, mutate_pod, validate_admission
+from grpcmesh_control.k8s import mutate_pod, validate_admission
 from grpcmesh_control.k8s.names import INJECT_VALUE, LABEL_INJECT, MANAGED_BY
 from grpcmesh_control.k8s_runtime.client import MESH_SERVICE
 from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL
@@ -164,7 +164,7 @@ def validate_mesh_service(
         known_services=op.state.services(),
         catalog=op.catalog,
         settings=op.settings.render,
-        missing_backends=MissingBackends.WARN,
+        missing_backends=op.settings.missing_backends,
     )["response"]
     warnings.extend(response.get("warnings") or [])
     if not response.get("allowed"):

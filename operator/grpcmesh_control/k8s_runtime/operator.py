@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,6 +44,7 @@ from grpcmesh_control.k8s_runtime.metrics import OperatorMetrics
 from grpcmesh_control.k8s_runtime.peering import CLUSTER_PEERING, peering_active
 from grpcmesh_control.k8s_runtime.reconcile import Reconciler, rollout_of
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+from grpcmesh_control.k8s_runtime.webhook_tls import ensure_webhook_tls
 from grpcmesh_control.model import MethodCatalog
 from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, MeteredSnapshotCache
 from grpcmesh_control.runtime.publisher import Publisher
@@ -85,6 +88,9 @@ class Operator:
         self._stale: set[Key] = set()
         self._stale_flag: asyncio.Event | None = None
         self._rollouts: dict[Key, WorkloadRollout] = {}
+        self._webhook_files: tuple[Path, Path] | None = None
+        if settings.webhook_certfile is not None and settings.webhook_pkeyfile is not None:
+            self._webhook_files = (settings.webhook_certfile, settings.webhook_pkeyfile)
         self.cache.subscribe(self._node_changed)
 
     @property
@@ -111,8 +117,8 @@ class Operator:
                 addr=self.settings.webhook_addr,
                 port=self.settings.webhook_port,
                 host=self.settings.webhook_host,
-                certfile=self.settings.webhook_certfile,
-                pkeyfile=self.settings.webhook_pkeyfile,
+                certfile=self._webhook_files[0] if self._webhook_files else None,
+                pkeyfile=self._webhook_files[1] if self._webhook_files else None,
             )
             settings.admission.managed = None  # the chart installs the webhook configurations
 
@@ -178,6 +184,8 @@ class Operator:
         the ADS server listens (``xds_port`` is then known)."""
         settings = self.settings
         client = await KubeClient.connect(settings)
+        if settings.manages_webhook_tls:
+            self._webhook_files = await self._webhook_tls(client)
         self._events = asyncio.Queue(_EVENT_QUEUE)
         self._loop = asyncio.get_running_loop()
         self._stale_flag = asyncio.Event()
@@ -235,6 +243,21 @@ class Operator:
             await client.close()
             self._reconciler = self._server = None
             self._loop = self._stale_flag = None
+
+    async def _webhook_tls(self, client: KubeClient) -> tuple[Path, Path]:
+        """The operator's own serving certificate (no cert-manager): kept in the Secret
+        ``webhook_secret``, its CA installed in the webhook configurations."""
+        settings = self.settings
+        assert settings.webhook_secret is not None and settings.webhook_host is not None
+        return await ensure_webhook_tls(
+            client,
+            namespace=settings.namespace,
+            secret=settings.webhook_secret,
+            dns_names=[settings.webhook_host],
+            configurations=settings.webhook_configurations,
+            directory=Path(tempfile.mkdtemp(prefix="grpcmesh-webhook-")),
+            now=datetime.now(UTC),
+        )
 
     async def _active(self, client: KubeClient) -> bool:
         """Whether this replica may write: always when standalone; with peering, only while

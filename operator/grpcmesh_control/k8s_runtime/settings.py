@@ -6,16 +6,20 @@ else receives the value. Rendering knobs live in ``k8s.settings.OperatorSettings
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from grpcmesh_control.k8s.settings import OperatorSettings, Provider
+from grpcmesh_control.k8s.admission import MissingBackends
+from grpcmesh_control.k8s.settings import OperatorSettings, Provider, ProxySettings
 
 __all__ = ["ApplyStrategy", "RuntimeSettings"]
 
 FIELD_MANAGER = "grpcmesh-operator"
+RANDOM_PRIORITY = "random"
+_PRIORITY_RANGE = 1_000_000
 
 
 class ApplyStrategy(StrEnum):
@@ -52,8 +56,20 @@ class RuntimeSettings:
     """The hostname the API server uses (the webhook Service's DNS name)."""
     webhook_certfile: Path | None = None
     webhook_pkeyfile: Path | None = None
-    """The serving certificate and key (a mounted Secret: cert-manager or the chart). Without
-    them kopf generates a self-signed one, which needs the ``certbuilder`` package."""
+    """The serving certificate and key, mounted (cert-manager). Without them, the operator
+    manages its own (``webhook_secret``)."""
+    webhook_secret: str | None = None
+    """Name of the TLS Secret in ``namespace`` that the operator creates, renews and serves
+    from when no certificate files are given; its CA goes into the ``caBundle`` of
+    ``webhook_configurations``."""
+    webhook_configurations: tuple[str, ...] = ()
+    """Names of the Validating and Mutating webhook configurations whose caBundle the
+    operator keeps (the chart names both after the release)."""
+    namespace: str = "grpcmesh-system"
+    """The operator's own namespace (from the downward API): where its Secret lives."""
+    missing_backends: MissingBackends = MissingBackends.WARN
+    """What the validating webhook does with a backend that names no MeshService yet: warn
+    (the default; resources may be applied in any order) or deny."""
     resync_interval: float = 60.0
     """Seconds between full re-reconciles of every MeshService (drift, lost events)."""
     consistency_timeout: float = 5.0
@@ -69,7 +85,28 @@ class RuntimeSettings:
     """kopf peering: the name of a ``ClusterKopfPeering`` shared by the replicas; only the
     highest-priority live one handles events. None: ``--standalone`` (local, dev)."""
     peering_priority: int = 0
-    """This replica's kopf peering priority (higher wins; equal priorities all pause)."""
+    """This replica's kopf peering priority (higher wins; equal priorities all pause).
+    ``GRPCMESH_PEERING_PRIORITY=random`` draws one per process, so replicas of one Deployment
+    (same environment) differ and exactly one is active."""
+
+    def __post_init__(self) -> None:
+        if self.webhook_port is None:
+            return
+        if (self.webhook_certfile is None) != (self.webhook_pkeyfile is None):
+            raise ValueError("GRPCMESH_WEBHOOK_CERT and GRPCMESH_WEBHOOK_KEY go together")
+        if self.webhook_certfile is None and (
+            self.webhook_secret is None or self.webhook_host is None
+        ):
+            raise ValueError(
+                "GRPCMESH_WEBHOOK_PORT without GRPCMESH_WEBHOOK_CERT/_KEY needs "
+                "GRPCMESH_WEBHOOK_SECRET (where the operator keeps its own certificate) and "
+                "GRPCMESH_WEBHOOK_HOST (the name the API server calls)"
+            )
+
+    @property
+    def manages_webhook_tls(self) -> bool:
+        """Whether the operator issues its own webhook certificate (no mounted files)."""
+        return self.webhook_port is not None and self.webhook_certfile is None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> RuntimeSettings:
@@ -80,6 +117,9 @@ class RuntimeSettings:
             xds_address=environ.get("GRPCMESH_XDS_ADDRESS", defaults.render.xds_address),
             service_monitor_crd=_flag(environ.get("GRPCMESH_SERVICE_MONITOR"), False),
             cluster_domain=environ.get("GRPCMESH_CLUSTER_DOMAIN", defaults.render.cluster_domain),
+            proxy=ProxySettings(
+                image=environ.get("GRPCMESH_PROXY_IMAGE") or defaults.render.proxy.image
+            ),
         )
         return cls(
             render=render,
@@ -95,16 +135,32 @@ class RuntimeSettings:
             webhook_host=environ.get("GRPCMESH_WEBHOOK_HOST") or None,
             webhook_certfile=_path(environ.get("GRPCMESH_WEBHOOK_CERT")),
             webhook_pkeyfile=_path(environ.get("GRPCMESH_WEBHOOK_KEY")),
+            webhook_secret=environ.get("GRPCMESH_WEBHOOK_SECRET") or None,
+            webhook_configurations=tuple(
+                name.strip()
+                for name in environ.get("GRPCMESH_WEBHOOK_CONFIGS", "").split(",")
+                if name.strip()
+            ),
+            namespace=environ.get("GRPCMESH_NAMESPACE") or defaults.namespace,
+            missing_backends=MissingBackends(
+                environ.get("GRPCMESH_MISSING_BACKENDS", defaults.missing_backends.value)
+            ),
             resync_interval=float(environ.get("GRPCMESH_RESYNC_SECONDS", defaults.resync_interval)),
             peering=environ.get("GRPCMESH_PEERING") or None,
-            peering_priority=int(
-                environ.get("GRPCMESH_PEERING_PRIORITY", defaults.peering_priority)
-            ),
+            peering_priority=_priority(environ.get("GRPCMESH_PEERING_PRIORITY")),
         )
 
 
 def _flag(text: str | None, default: bool) -> bool:
     return default if text is None else text.strip().lower() in {"1", "true", "yes"}
+
+
+def _priority(text: str | None) -> int:
+    if text is None or not text.strip():
+        return 0
+    if text.strip() == RANDOM_PRIORITY:
+        return 1 + secrets.randbelow(_PRIORITY_RANGE)
+    return int(text)
 
 
 def _path(text: str | None) -> Path | None:

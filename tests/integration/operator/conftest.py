@@ -37,6 +37,14 @@ PATHS = {
     "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
     "events": "/api/v1/namespaces/{ns}/events",
     "meshservices": MESH_SERVICES,
+    "secrets": "/api/v1/namespaces/{ns}/secrets",
+    # cluster-scoped: the namespace argument is ignored
+    "validatingwebhookconfigurations": (
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+    ),
+    "mutatingwebhookconfigurations": (
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+    ),
 }
 
 

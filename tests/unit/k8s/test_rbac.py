@@ -10,6 +10,12 @@ import pytest
 import yaml
 
 from grpcmesh_control.k8s import OWNED_KINDS, Kind
+from grpcmesh_control.k8s.kinds import (
+    MUTATING_WEBHOOK_CONFIGURATION,
+    SECRET,
+    VALIDATING_WEBHOOK_CONFIGURATION,
+)
+from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 from tests.unit.examples import REPO
 
 from .checks import validate_builtin
@@ -24,10 +30,14 @@ def load(path: Path) -> list[dict[str, Any]]:
         return [d for d in yaml.safe_load_all(stream) if d]
 
 
-def rules(path: Path) -> list[dict[str, Any]]:
-    (role,) = [d for d in load(path) if d["kind"] == "ClusterRole"]
+def rules(path: Path, kind: str = "ClusterRole") -> list[dict[str, Any]]:
+    (role,) = [d for d in load(path) if d["kind"] == kind]
     found: list[dict[str, Any]] = role["rules"]
     return found
+
+
+def all_rules(path: Path) -> list[dict[str, Any]]:
+    return [r for d in load(path) if d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
 
 
 def allowed(rule_list: list[dict[str, Any]], group: str, resource: str) -> set[str]:
@@ -40,6 +50,7 @@ def allowed(rule_list: list[dict[str, Any]], group: str, resource: str) -> set[s
 
 NATIVE = rules(RBAC / "operator.yaml")
 APPMESH = rules(RBAC / "operator-appmesh.yaml")
+WEBHOOK_TLS = RBAC / "operator-webhook-certs.yaml"
 
 
 @pytest.mark.parametrize("path", sorted(RBAC.glob("*.yaml")), ids=lambda p: p.name)
@@ -50,7 +61,7 @@ def test_objects_validate(path: Path) -> None:
 
 @pytest.mark.parametrize("path", sorted(RBAC.glob("*.yaml")), ids=lambda p: p.name)
 def test_no_wildcards(path: Path) -> None:
-    for rule in rules(path):
+    for rule in all_rules(path):
         for key in ("apiGroups", "resources", "verbs"):
             assert all("*" not in item for item in rule[key]), rule
         assert "nonResourceURLs" not in rule
@@ -99,12 +110,31 @@ def test_the_rest_is_least_privilege() -> None:
     assert covered == expected
 
 
+def test_webhook_tls_rules_reach_one_secret_and_two_configurations_by_name() -> None:
+    settings = RuntimeSettings()
+    secret_name = "grpcmesh-webhook-tls"  # the chart's <release>-webhook-tls
+    namespaced = rules(WEBHOOK_TLS, "Role")
+    assert {(tuple(r.get("resourceNames", ())), tuple(r["verbs"])) for r in namespaced} == {
+        ((), ("create",)),
+        ((secret_name,), ("get", "patch")),
+    }
+    assert all(r["resources"] == [SECRET.plural] for r in namespaced)
+    (cluster,) = rules(WEBHOOK_TLS)
+    assert set(cluster["resources"]) == {
+        VALIDATING_WEBHOOK_CONFIGURATION.plural,
+        MUTATING_WEBHOOK_CONFIGURATION.plural,
+    }
+    assert cluster["resourceNames"] == ["grpcmesh"] and cluster["verbs"] == ["get", "patch"]
+    (role,) = [d for d in load(WEBHOOK_TLS) if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == settings.namespace
+
+
 def test_bindings_tie_the_roles_to_the_service_account() -> None:
-    docs = load(RBAC / "operator.yaml") + load(RBAC / "operator-appmesh.yaml")
+    docs = [d for path in sorted(RBAC.glob("*.yaml")) for d in load(path)]
     (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
-    roles = {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"}
-    bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
-    assert {b["roleRef"]["name"] for b in bindings} == roles
+    roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("Role")}
+    bindings = [d for d in docs if d["kind"].endswith("RoleBinding")]
+    assert {(b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings} == roles
     for binding in bindings:
         assert binding["subjects"] == [
             {

@@ -1,0 +1,123 @@
+"""Operator-managed webhook TLS, at the edge: keep the Secret current, write the files kopf's
+webhook server loads, and put the CA into the webhook configurations' ``caBundle``.
+
+Runs once at operator start, before kopf serves. Every replica runs it; they agree through the
+API server: the Secret is created once (a second create gets 409 and reads the winner's) and
+renewed with a ``resourceVersion`` precondition (a racing renewal gets 409 and re-reads).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from grpcmesh_control.k8s.kinds import (
+    MUTATING_WEBHOOK_CONFIGURATION,
+    SECRET,
+    VALIDATING_WEBHOOK_CONFIGURATION,
+    Kind,
+)
+from grpcmesh_control.k8s.webhook_tls import (
+    TLS_CERT,
+    TLS_KEY,
+    TlsBundle,
+    ca_bundle_patch,
+    ca_reusable,
+    issue,
+    renewal_reason,
+    secret_body,
+)
+from grpcmesh_control.k8s_runtime.client import ApiError, Conflict, KubeClient
+
+__all__ = ["ensure_webhook_tls"]
+
+log = logging.getLogger(__name__)
+
+_ATTEMPTS = 5  # each lost race costs one more read; more than a few means something is wrong
+_JSON_PATCH = "application/json-patch+json"
+
+
+async def ensure_webhook_tls(
+    client: KubeClient,
+    *,
+    namespace: str,
+    secret: str,
+    dns_names: Sequence[str],
+    configurations: Sequence[str],
+    directory: Path,
+    now: dt.datetime,
+) -> tuple[Path, Path]:
+    """Make sure Secret ``namespace/secret`` holds a certificate for ``dns_names`` valid well
+    past ``now``, write it to ``directory`` and install its CA in the Validating and Mutating
+    webhook configurations named ``configurations``. Returns (certificate, key) paths."""
+    bundle = await _current_bundle(client, namespace, secret, dns_names, now)
+    cert, key = _write_files(bundle, directory)
+    for name in configurations:
+        for kind in (VALIDATING_WEBHOOK_CONFIGURATION, MUTATING_WEBHOOK_CONFIGURATION):
+            await _install_ca(client, kind, name, bundle.ca_cert)
+    return cert, key
+
+
+def _write_files(bundle: TlsBundle, directory: Path) -> tuple[Path, Path]:
+    # Synchronous on purpose: once, at start, before anything is served.
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / TLS_CERT, directory / TLS_KEY
+    cert.write_bytes(bundle.cert)
+    key.touch(mode=0o600)
+    key.write_bytes(bundle.key)
+    return cert, key
+
+
+async def _current_bundle(
+    client: KubeClient,
+    namespace: str,
+    secret: str,
+    dns_names: Sequence[str],
+    now: dt.datetime,
+) -> TlsBundle:
+    for _ in range(_ATTEMPTS):
+        stored = await client.get(SECRET, namespace, secret)
+        bundle = TlsBundle.from_secret(stored)
+        reason = renewal_reason(bundle, dns_names, now)
+        if reason is None and bundle is not None:
+            return bundle
+        fresh = issue(dns_names, now, ca=bundle if ca_reusable(bundle, now) else None)
+        body = secret_body(fresh, secret, namespace)
+        try:
+            if stored is None:
+                await client.create(SECRET, body)
+            else:
+                version = (stored.get("metadata") or {}).get("resourceVersion")
+                await client.patch(
+                    SECRET,
+                    namespace,
+                    secret,
+                    {"metadata": {"resourceVersion": version}, "data": body["data"]},
+                )
+        except Conflict:
+            continue  # another replica wrote it first: use theirs
+        log.info("webhook certificate issued into secret %s/%s: %s", namespace, secret, reason)
+        return fresh
+    raise ApiError(409, f"secret {namespace}/{secret} kept changing while being renewed")
+
+
+async def _install_ca(client: KubeClient, kind: Kind, name: str, ca_cert: bytes) -> None:
+    for _ in range(_ATTEMPTS):
+        configuration = await client.get(kind, None, name)
+        if configuration is None:
+            log.warning("%s %s not found: its caBundle is not managed", kind.kind, name)
+            return
+        ops = ca_bundle_patch(configuration, ca_cert)
+        if not ops:
+            return
+        try:
+            await client.patch(kind, None, name, ops, content_type=_JSON_PATCH)
+        except ApiError as exc:
+            if exc.status not in (409, 422):  # 422: a guarding `test` failed (reordered)
+                raise
+            continue
+        log.info("caBundle installed in %s %s", kind.kind, name)
+        return
+    raise ApiError(409, f"{kind.kind} {name} kept changing while its caBundle was installed")

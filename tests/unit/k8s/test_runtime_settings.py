@@ -1,0 +1,78 @@
+"""``RuntimeSettings.from_env``: what the chart's environment turns into, and the
+combinations refused before anything starts (the entry point exits 2 on ValueError)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from grpcmesh_control.k8s import MissingBackends
+from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+
+CHART_ENV = {
+    "GRPCMESH_PROVIDER": "native",
+    "GRPCMESH_PROXY_IMAGE": "registry.example/envoy-distroless:v1.40.0",
+    "GRPCMESH_NAMESPACE": "mesh-system",
+    "GRPCMESH_WEBHOOK_PORT": "9443",
+    "GRPCMESH_WEBHOOK_HOST": "grpcmesh-control.mesh-system.svc",
+    "GRPCMESH_WEBHOOK_SECRET": "grpcmesh-webhook-tls",
+    "GRPCMESH_WEBHOOK_CONFIGS": "grpcmesh, other ",
+    "GRPCMESH_MISSING_BACKENDS": "deny",
+    "GRPCMESH_PEERING": "grpcmesh",
+    "GRPCMESH_PEERING_PRIORITY": "random",
+}
+
+
+def test_the_charts_environment() -> None:
+    settings = RuntimeSettings.from_env(CHART_ENV)
+    assert settings.render.proxy.image == "registry.example/envoy-distroless:v1.40.0"
+    assert settings.namespace == "mesh-system"
+    assert settings.webhook_secret == "grpcmesh-webhook-tls"
+    assert settings.webhook_configurations == ("grpcmesh", "other")
+    assert settings.missing_backends is MissingBackends.DENY
+    assert settings.manages_webhook_tls
+
+
+def test_defaults_keep_the_documented_behaviour() -> None:
+    settings = RuntimeSettings.from_env({})
+    assert settings.missing_backends is MissingBackends.WARN
+    assert settings.render.proxy.image.startswith("envoyproxy/envoy-distroless:")
+    assert settings.peering_priority == 0
+    assert not settings.manages_webhook_tls
+
+
+def test_random_priorities_differ_between_replicas() -> None:
+    """Replicas of one Deployment share an environment; equal priorities would all pause."""
+    drawn = {RuntimeSettings.from_env(CHART_ENV).peering_priority for _ in range(20)}
+    assert all(priority > 0 for priority in drawn)
+    assert len(drawn) > 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GRPCMESH_WEBHOOK_PORT": "9443"}, "GRPCMESH_WEBHOOK_SECRET"),
+        (
+            {"GRPCMESH_WEBHOOK_PORT": "9443", "GRPCMESH_WEBHOOK_CERT": "/tls/tls.crt"},
+            "go together",
+        ),
+        ({"GRPCMESH_MISSING_BACKENDS": "maybe"}, "maybe"),
+        ({"GRPCMESH_PEERING_PRIORITY": "high"}, "high"),
+    ],
+)
+def test_bad_combinations_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RuntimeSettings.from_env(env)
+
+
+def test_mounted_files_turn_self_management_off() -> None:
+    settings = RuntimeSettings.from_env(
+        {
+            "GRPCMESH_WEBHOOK_PORT": "9443",
+            "GRPCMESH_WEBHOOK_CERT": "/tls/tls.crt",
+            "GRPCMESH_WEBHOOK_KEY": "/tls/tls.key",
+        }
+    )
+    assert settings.webhook_certfile == Path("/tls/tls.crt")
+    assert not settings.manages_webhook_tls
