@@ -8,6 +8,7 @@ from typing import Any
 
 __all__ = [
     "CONFIG_MAP",
+    "CUSTOM_RESOURCE_DEFINITION",
     "DEPLOYMENT",
     "MESH",
     "MUTATING_WEBHOOK_CONFIGURATION",
@@ -15,6 +16,7 @@ __all__ = [
     "SECRET",
     "SERVICE",
     "SERVICE_MONITOR",
+    "SERVICE_MONITOR_CRD",
     "VALIDATING_WEBHOOK_CONFIGURATION",
     "VIRTUAL_NODE",
     "VIRTUAL_ROUTER",
@@ -63,6 +65,15 @@ OWNED_KINDS = (
 # Not rendered per MeshService: the webhooks' TLS when the operator manages it
 # (k8s.webhook_tls), in the operator's namespace and on the chart's webhook configurations.
 SECRET = Kind("", "v1", "Secret", "secrets")
+# Read only: whether the cluster serves ServiceMonitors.
+CUSTOM_RESOURCE_DEFINITION = Kind(
+    "apiextensions.k8s.io",
+    "v1",
+    "CustomResourceDefinition",
+    "customresourcedefinitions",
+    namespaced=False,
+)
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 VALIDATING_WEBHOOK_CONFIGURATION = Kind(
     "admissionregistration.k8s.io",
     "v1",

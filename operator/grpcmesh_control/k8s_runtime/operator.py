@@ -26,6 +26,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from grpcmesh_control.errors import InvalidNodeId
+from grpcmesh_control.k8s.kinds import CUSTOM_RESOURCE_DEFINITION, SERVICE_MONITOR_CRD
 from grpcmesh_control.k8s.status import WorkloadRollout
 from grpcmesh_control.k8s_runtime.client import ApiError, KubeClient
 from grpcmesh_control.k8s_runtime.handlers import register_handlers
@@ -184,6 +186,7 @@ class Operator:
         the ADS server listens (``xds_port`` is then known)."""
         settings = self.settings
         client = await KubeClient.connect(settings)
+        settings = self.settings = await self._discover(client)
         if settings.manages_webhook_tls:
             self._webhook_files = await self._webhook_tls(client)
         self._events = asyncio.Queue(_EVENT_QUEUE)
@@ -243,6 +246,29 @@ class Operator:
             await client.close()
             self._reconciler = self._server = None
             self._loop = self._stale_flag = None
+
+    async def _discover(self, client: KubeClient) -> RuntimeSettings:
+        """The settings, corrected by what the cluster serves: ServiceMonitors are rendered
+        only when their CRD exists (asked for but missing: a warning, and none rendered,
+        rather than every MeshService failing to apply)."""
+        settings = self.settings
+        if not settings.render.service_monitor_crd:
+            return settings
+        try:
+            found = await client.get(CUSTOM_RESOURCE_DEFINITION, None, SERVICE_MONITOR_CRD)
+        except ApiError as exc:
+            log.warning(
+                "cannot tell whether %s exists (%s): none rendered", SERVICE_MONITOR_CRD, exc
+            )
+            found = None
+        if found is not None:
+            return settings
+        log.warning(
+            "GRPCMESH_SERVICE_MONITOR is on but the cluster has no %s CRD: no "
+            "ServiceMonitors are rendered (install the Prometheus Operator, then restart)",
+            SERVICE_MONITOR_CRD,
+        )
+        return replace(settings, render=replace(settings.render, service_monitor_crd=False))
 
     async def _webhook_tls(self, client: KubeClient) -> tuple[Path, Path]:
         """The operator's own serving certificate (no cert-manager): kept in the Secret

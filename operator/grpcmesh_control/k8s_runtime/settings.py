@@ -13,7 +13,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from grpcmesh_control.k8s.admission import MissingBackends
-from grpcmesh_control.k8s.settings import OperatorSettings, Provider, ProxySettings
+from grpcmesh_control.k8s.settings import (
+    AppMeshSettings,
+    EgressFilter,
+    OperatorSettings,
+    Provider,
+    ProxySettings,
+)
 
 __all__ = ["ApplyStrategy", "RuntimeSettings"]
 
@@ -119,6 +125,15 @@ class RuntimeSettings:
             cluster_domain=environ.get("GRPCMESH_CLUSTER_DOMAIN", defaults.render.cluster_domain),
             proxy=ProxySettings(
                 image=environ.get("GRPCMESH_PROXY_IMAGE") or defaults.render.proxy.image
+            ),
+            appmesh=AppMeshSettings(
+                mesh_name=environ.get("GRPCMESH_APPMESH_MESH_NAME")
+                or defaults.render.appmesh.mesh_name,
+                egress_filter=EgressFilter(
+                    environ.get(
+                        "GRPCMESH_APPMESH_EGRESS_FILTER", defaults.render.appmesh.egress_filter
+                    )
+                ),
             ),
         )
         return cls(

@@ -45,6 +45,7 @@ PATHS = {
     "mutatingwebhookconfigurations": (
         "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
     ),
+    "customresourcedefinitions": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
 }
 
 

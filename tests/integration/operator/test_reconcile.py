@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -256,3 +257,30 @@ async def test_an_invalid_spec_is_reported_and_keeps_the_objects(
 async def _after(seconds: float) -> bool:
     await asyncio.sleep(seconds)
     return True
+
+
+async def test_service_monitors_asked_for_without_their_crd_are_skipped(api: Api) -> None:
+    """GRPCMESH_SERVICE_MONITOR on, but no Prometheus Operator in the cluster: the operator
+    finds no CRD at start and renders none, instead of every MeshService failing to apply."""
+    settings = operator_settings(api)
+    settings = replace(settings, render=replace(settings.render, service_monitor_crd=True))
+    async with running(settings) as op:
+        assert not op.settings.render.service_monitor_crd
+        await api.create("meshservices", example("payments"))
+        await wait_names(api, "deployments", DEPLOYMENTS)
+        body = await wait_condition(api, "payments", "Registered", ("True", "Registered"))
+        assert condition(body, "Degraded") == ("False", "AsExpected")
+
+
+async def test_service_monitors_stay_on_when_their_crd_exists(api: Api) -> None:
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "names": {"plural": "servicemonitors"}},
+    }
+    await api.create("customresourcedefinitions", crd)
+    settings = operator_settings(api)
+    settings = replace(settings, render=replace(settings.render, service_monitor_crd=True))
+    async with running(settings) as op:
+        assert op.settings.render.service_monitor_crd

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grpcmesh_control.k8s import MissingBackends
+from grpcmesh_control.k8s import EgressFilter, MissingBackends
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 
 CHART_ENV = {
@@ -21,6 +21,8 @@ CHART_ENV = {
     "GRPCMESH_MISSING_BACKENDS": "deny",
     "GRPCMESH_PEERING": "grpcmesh",
     "GRPCMESH_PEERING_PRIORITY": "random",
+    "GRPCMESH_APPMESH_MESH_NAME": "shop",
+    "GRPCMESH_APPMESH_EGRESS_FILTER": "ALLOW_ALL",
 }
 
 
@@ -32,6 +34,8 @@ def test_the_charts_environment() -> None:
     assert settings.webhook_configurations == ("grpcmesh", "other")
     assert settings.missing_backends is MissingBackends.DENY
     assert settings.manages_webhook_tls
+    assert settings.render.appmesh.mesh_name == "shop"
+    assert settings.render.appmesh.egress_filter is EgressFilter.ALLOW_ALL
 
 
 def test_defaults_keep_the_documented_behaviour() -> None:
@@ -59,6 +63,7 @@ def test_random_priorities_differ_between_replicas() -> None:
         ),
         ({"GRPCMESH_MISSING_BACKENDS": "maybe"}, "maybe"),
         ({"GRPCMESH_PEERING_PRIORITY": "high"}, "high"),
+        ({"GRPCMESH_APPMESH_EGRESS_FILTER": "SOME"}, "SOME"),
     ],
 )
 def test_bad_combinations_are_refused(env: dict[str, str], message: str) -> None:
