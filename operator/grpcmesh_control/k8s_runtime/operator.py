@@ -91,6 +91,7 @@ class Operator:
         self._stale_flag: asyncio.Event | None = None
         self._rollouts: dict[Key, WorkloadRollout] = {}
         self._webhook_files: tuple[Path, Path] | None = None
+        self._client: KubeClient | None = None
         if settings.webhook_certfile is not None and settings.webhook_pkeyfile is not None:
             self._webhook_files = (settings.webhook_certfile, settings.webhook_pkeyfile)
         self.cache.subscribe(self._node_changed)
@@ -185,7 +186,7 @@ class Operator:
         """Serve until ``stop_flag`` is set or kopf is signalled. ``on_ready`` is called once
         the ADS server listens (``xds_port`` is then known)."""
         settings = self.settings
-        client = await KubeClient.connect(settings)
+        client = self._client = await KubeClient.connect(settings)
         settings = self.settings = await self._discover(client)
         if settings.manages_webhook_tls:
             self._webhook_files = await self._webhook_tls(client)
@@ -244,7 +245,7 @@ class Operator:
             await runner.cleanup()
             await server.stop(settings.stop_grace)
             await client.close()
-            self._reconciler = self._server = None
+            self._reconciler = self._server = self._client = None
             self._loop = self._stale_flag = None
 
     async def _discover(self, client: KubeClient) -> RuntimeSettings:
@@ -342,8 +343,19 @@ class Operator:
                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
             )
 
+        async def ready(_: web.Request) -> web.Response:
+            # Only the replica that handles events is ready: a paused peer's registry is
+            # empty, so its xDS server and webhooks must not receive traffic from the Service.
+            client = self._client
+            if client is None or self._reconciler is None:
+                return web.Response(status=503, text="starting\n")
+            if not await self._active(client):
+                return web.Response(status=503, text="standby: another replica is active\n")
+            return web.Response(text="active\n")
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        app.router.add_get("/readyz", ready)
         return app
 
 

@@ -11,6 +11,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 
@@ -50,6 +51,14 @@ async def peers(api: Api) -> dict[str, Any]:
     return found
 
 
+async def readiness(op: Operator) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{op.metrics_port}/readyz") as response,
+    ):
+        return response.status
+
+
 async def test_only_the_highest_priority_replica_reconciles(api: Api, peering: str) -> None:
     async with running(
         operator_settings(api, peering=peering, peering_priority=20, resync_interval=NEVER)
@@ -69,6 +78,9 @@ async def test_only_the_highest_priority_replica_reconciles(api: Api, peering: s
                 return priorities == {10, 20}
 
             await poll(both_registered, "both replicas in the peering object")
+            # Only the active replica is ready: the Service sends xDS and webhooks there.
+            assert await readiness(high) == 200
+            assert await readiness(low) == 503
 
             await api.create("meshservices", example("payments"))
 
