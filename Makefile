@@ -42,6 +42,14 @@ $(GEN)/.stamp: $(VENV)/.synced $(PROTOS)
 .PHONY: gen
 gen: $(GEN)/.stamp ## generate Python code from protos/ (never edited by hand)
 
+.PHONY: chart-assets
+chart-assets: gen ## regenerate charts/grpcmesh/files (dashboards, rules, scrape data)
+	$(PY) -m grpcmesh_control.observability.chart_assets --chart charts/grpcmesh
+
+.PHONY: manifests
+manifests: venv ## regenerate manifests/install/operator.yaml from charts/grpcmesh (kubectl apply -k)
+	$(PY) -m scripts.render_manifests
+
 .PHONY: sysdeps
 sysdeps: ## install system packages the tests use (promtool, curl), if missing
 	@{ command -v promtool && command -v curl; } >/dev/null || { \

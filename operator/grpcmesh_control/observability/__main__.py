@@ -7,7 +7,8 @@ DIR/
   kubernetes/podmonitors.yaml      the scrape model as PodMonitors
   kubernetes/dashboards.yaml       the dashboards as ConfigMaps for Grafana's sidecar
 
-Nothing generated is committed: run this (or the functions) wherever the files are needed.
+Run this (or the functions) wherever the files are needed; the Helm chart's committed copy is
+`make chart-assets` (chart_assets.py).
 """
 
 from __future__ import annotations

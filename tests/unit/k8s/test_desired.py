@@ -137,8 +137,8 @@ def test_versions_get_their_image_and_replicas(
     objects = render(parse_mesh_service(doc, catalog=catalog), settings)
     v1, v2 = (one(objects, "Deployment", f"payments-{v}") for v in ("v1", "v2"))
     assert (v1["spec"]["replicas"], v2["spec"]["replicas"]) == (3, 1)
-    assert containers(v1)[1]["image"] == "ghcr.io/grpcmesh/payments:0.1.0"
-    assert containers(v2)[1]["image"] == "ghcr.io/grpcmesh/payments:0.2.0"
+    assert containers(v1)[1]["image"] == "ghcr.io/grpcmesh/grpcmesh-payments:0.1.0"
+    assert containers(v2)[1]["image"] == "ghcr.io/grpcmesh/grpcmesh-payments:0.2.0"
 
 
 def test_envoy_is_a_native_sidecar(

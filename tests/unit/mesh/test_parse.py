@@ -61,7 +61,7 @@ def test_example_values(example_docs: dict[str, Doc], catalog: MethodCatalog) ->
     payments = parse_mesh_service(example_docs["payments"], catalog=catalog)
     assert payments.versions == (
         VersionTarget("v1", 90),
-        VersionTarget("v2", 10, image="ghcr.io/grpcmesh/payments:0.2.0"),
+        VersionTarget("v2", 10, image="ghcr.io/grpcmesh/grpcmesh-payments:0.2.0"),
     )
     assert payments.traffic_policy.retries.retry_on == (
         RetryOn.UNAVAILABLE,

@@ -1,0 +1,155 @@
+"""The ingress gateway: its bootstrap is exactly what the operator's ``render_bootstrap`` makes
+for an ingress node pointed at the chart's xDS Service, its command is ``envoy_command``'s with
+the per-pod node id, and the real Envoy accepts the bootstrap."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grpcmesh_control.bootstrap import envoy_command, render_bootstrap
+from grpcmesh_control.k8s.proxy import BOOTSTRAP_REPLICA
+from grpcmesh_control.k8s.settings import ProxySettings
+from grpcmesh_control.translate.naming import (
+    DEFAULT_INGRESS_PORT,
+    NodeId,
+    NodeKind,
+    ProxyNode,
+)
+
+from .chart import NAMESPACE, RELEASE, Obj, env_of, find, one, render
+
+ENVOY = Path(sys.executable).parent / "envoy"
+PROXY = ProxySettings()
+CONFIG_DIR = "/etc/grpcmesh/envoy"
+
+
+def expected_bootstrap(xds_address: str) -> Obj:
+    node = ProxyNode(id=NodeId.ingress("gateway", BOOTSTRAP_REPLICA))
+    return render_bootstrap(
+        str(node.id),
+        node.id.envoy_cluster,
+        xds_address,
+        PROXY.admin_port,
+        node_metadata=node.metadata(),
+        health_port=PROXY.health_port,
+    )
+
+
+def gateway(objects: list[Obj], fullname: str) -> tuple[Obj, Obj]:
+    config_map = one(objects, "ConfigMap", f"{fullname}-gateway-bootstrap")
+    deployment = one(objects, "Deployment", f"{fullname}-gateway")
+    return json.loads(config_map["data"]["envoy.json"]), deployment
+
+
+def operator_xds_address(objects: list[Obj], fullname: str) -> str:
+    deployment = one(objects, "Deployment", f"{fullname}-operator")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    address: str = env_of(container)["GRPCMESH_XDS_ADDRESS"]
+    return address
+
+
+@pytest.mark.parametrize(
+    ("release", "namespace", "values", "fullname"),
+    [
+        (RELEASE, NAMESPACE, {}, RELEASE),
+        ("shop", "mesh", {"operator": {"ports": {"xds": 19000}}}, "shop-grpcmesh"),
+    ],
+    ids=["defaults", "renamed"],
+)
+def test_bootstrap_is_the_operators(
+    release: str, namespace: str, values: Obj, fullname: str
+) -> None:
+    objects = render(values, release=release, namespace=namespace)
+    bootstrap, _ = gateway(objects, fullname)
+    xds_address = operator_xds_address(objects, fullname)
+    port = values.get("operator", {}).get("ports", {}).get("xds", 18000)
+    assert xds_address == f"{fullname}-control.{namespace}.svc:{port}"
+    assert bootstrap == expected_bootstrap(xds_address)
+    # The port metadata the control plane reads back: the ingress listener on 8080.
+    node = ProxyNode.from_node(bootstrap["node"]["id"], bootstrap["node"]["metadata"])
+    assert (node.id.kind, node.ingress_port) == (NodeKind.INGRESS, DEFAULT_INGRESS_PORT)
+
+
+def test_command_and_pod() -> None:
+    objects = render({})
+    _, deployment = gateway(objects, RELEASE)
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    expected = envoy_command(
+        f"{CONFIG_DIR}/envoy.json", envoy=PROXY.binary, concurrency=2, log_level="info"
+    )
+    node_id = "ingress~gateway~$(POD_NAME)"
+    assert container["command"] == [
+        *expected,
+        "--service-node",
+        node_id,
+        "--service-cluster",
+        "ingress",
+    ]
+    assert env_of(container)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # What the control plane sees once the kubelet expands $(POD_NAME).
+    parsed = NodeId.parse(node_id.replace("$(POD_NAME)", "grpcmesh-gateway-7d9f8-abcde"))
+    assert (parsed.kind, parsed.name, parsed.envoy_cluster) == (
+        NodeKind.INGRESS,
+        "gateway",
+        "ingress",
+    )
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": DEFAULT_INGRESS_PORT, "envoy-health": PROXY.health_port}
+    assert container["image"] == "docker.io/envoyproxy/envoy-distroless:v1.40.0"
+    assert container["securityContext"]["runAsUser"] == PROXY.uid
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "envoy-health"}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == CONFIG_DIR]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == f"{RELEASE}-gateway-bootstrap"
+    assert pod["metadata"]["annotations"]["checksum/bootstrap"]
+    service = one(objects, "Service", f"{RELEASE}-gateway")
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (80, "grpc")
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_bootstrap_change_rolls_the_pods() -> None:
+    def checksum(values: Obj) -> str:
+        _, deployment = gateway(render(values), RELEASE)
+        value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/bootstrap"]
+        return value
+
+    assert checksum({}) != checksum({"operator": {"ports": {"xds": 19000}}})
+
+
+def test_disabled() -> None:
+    objects = render({"gateway": {"enabled": False}})
+    assert [o for o in objects if "gateway" in o["metadata"]["name"]] == []
+    assert find(objects, "Deployment", f"{RELEASE}-operator")
+
+
+@pytest.mark.slow
+def test_envoy_accepts_the_bootstrap(tmp_path: Path) -> None:
+    bootstrap, _ = gateway(render({}), RELEASE)
+    config = tmp_path / "envoy.json"
+    config.write_text(json.dumps(bootstrap))
+    result = subprocess.run(
+        [
+            str(ENVOY),
+            "--mode",
+            "validate",
+            "-c",
+            str(config),
+            "--disable-hot-restart",
+            "--service-node",
+            "ingress~gateway~grpcmesh-gateway-0",
+            "--service-cluster",
+            "ingress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

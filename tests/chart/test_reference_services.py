@@ -1,0 +1,127 @@
+"""The reference shop's MeshServices: valid for our CRD's schema, admitted by the operator's own
+validating webhook logic (so the chart never ships what the webhook would deny), and the
+shapes of manifests/examples with the images, replicas and resources from values."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft4Validator
+
+from grpcmesh_control.catalogs import load_catalog
+from grpcmesh_control.k8s import MissingBackends, OperatorSettings, Provider, validate_admission
+from grpcmesh_control.model import parse_mesh_service
+from grpcmesh_control.model.schema import strict_schema
+
+from .chart import CHART, NAMESPACE, REPO, Obj, find, load_yaml, render
+
+NAMES = ("catalog", "inventory", "payments", "orders")
+EXAMPLES = REPO / "manifests" / "examples"
+
+
+def mesh_services(values: Obj | None = None) -> dict[str, Obj]:
+    objects = render(values or {})
+    return {svc["metadata"]["name"]: svc for svc in find(objects, "MeshService")}
+
+
+def review(obj: Obj) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-0000-0000-000000000001",
+            "kind": {"group": "grpcmesh.io", "version": "v1alpha1", "kind": "MeshService"},
+            "operation": "CREATE",
+            "namespace": NAMESPACE,
+            "object": obj,
+        },
+    }
+
+
+def test_rendered_by_default_and_only_when_enabled() -> None:
+    assert set(mesh_services()) == set(NAMES)
+    assert mesh_services({"referenceServices": {"enabled": False}}) == {}
+
+
+def test_valid_for_the_crd_schema() -> None:
+    (crd,) = load_yaml(CHART / "crds" / "meshservices.grpcmesh.io.yaml")
+    (version,) = crd["spec"]["versions"]
+    schema = strict_schema(version["schema"]["openAPIV3Schema"])
+    for name, svc in mesh_services().items():
+        assert svc["apiVersion"] == f"{crd['spec']['group']}/{version['name']}"
+        errors = [e.message for e in Draft4Validator(schema).iter_errors(svc)]
+        assert errors == [], name
+
+
+@pytest.mark.parametrize("provider", list(Provider), ids=lambda p: p.value)
+def test_admitted_by_the_validating_webhook(provider: Provider) -> None:
+    catalog = load_catalog()
+    services = mesh_services()
+    settings = OperatorSettings(provider=provider)
+    for name, svc in services.items():
+        others = [parse_mesh_service(s, catalog=catalog) for n, s in services.items() if n != name]
+        response = validate_admission(
+            review(svc),
+            known_services=others,
+            catalog=catalog,
+            settings=settings,
+            missing_backends=MissingBackends.DENY,
+        )["response"]
+        assert response["allowed"], (name, response.get("status"))
+        assert "warnings" not in response, (name, response["warnings"])
+
+
+def test_admitted_in_any_order() -> None:
+    """``helm install`` creates them in one go, so orders may arrive before its backends:
+    with the chart's default (warn) it is admitted with a warning, never denied."""
+    catalog = load_catalog()
+    response = validate_admission(
+        review(mesh_services()["orders"]),
+        known_services=[],
+        catalog=catalog,
+        missing_backends=MissingBackends.WARN,
+    )["response"]
+    assert response["allowed"]
+    assert len(response["warnings"]) == 3  # catalog, inventory, payments not there yet
+
+
+def test_shapes_follow_the_examples() -> None:
+    services = mesh_services()
+    for name in NAMES:
+        (example,) = load_yaml(EXAMPLES / f"{name}.yaml")
+        spec = copy.deepcopy(services[name]["spec"])
+        expected = copy.deepcopy(example["spec"])
+        for doc in (spec, expected):
+            doc.pop("replicas", None)
+            doc["workload"].pop("image")
+            doc["workload"].pop("resources", None)
+        # The example's v2 canary needs a second image; the chart ships the released one.
+        expected.pop("versions", None)
+        assert spec == expected, name
+
+
+def test_images_replicas_and_resources_come_from_values() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["referenceServices"]
+    services = mesh_services()
+    for name in NAMES:
+        spec = services[name]["spec"]
+        assert spec["workload"]["image"] == f"ghcr.io/grpcmesh/grpcmesh-{name}:0.1.0"
+        assert spec["replicas"] == values[name]["replicas"]
+        assert spec["workload"]["resources"] == values[name]["resources"]
+    custom = {
+        "referenceServices": {
+            "orders": {
+                "image": {"tag": "1.2.3"},
+                "replicas": 5,
+                "resources": {"limits": {"cpu": "2", "memory": "1Gi"}},
+            }
+        }
+    }
+    orders = mesh_services(custom)["orders"]["spec"]
+    assert orders["workload"]["image"] == "ghcr.io/grpcmesh/grpcmesh-orders:1.2.3"
+    assert orders["replicas"] == 5
+    assert orders["workload"]["resources"]["limits"] == {"cpu": "2", "memory": "1Gi"}
+    assert mesh_services()["catalog"]["metadata"]["namespace"] == NAMESPACE
