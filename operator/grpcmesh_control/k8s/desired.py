@@ -35,6 +35,12 @@ from grpcmesh_control.k8s.settings import OperatorSettings, Provider
 from grpcmesh_control.model.catalog import MethodCatalog
 from grpcmesh_control.model.mesh import MeshService, VersionTarget, Workload
 from grpcmesh_control.model.schema import KIND
+from grpcmesh_control.observability.scrape import (
+    METRICS_PATHS,
+    Job,
+    PodConventions,
+    job_relabelings,
+)
 
 __all__ = [
     "GRPC_PORT_NAME",
@@ -217,12 +223,32 @@ def _deployment(
     }
 
 
+SCRAPE_CONVENTIONS = PodConventions(
+    app_metrics_port=METRICS_PORT_NAME, envoy_stats_port=HEALTH_PORT_NAME
+)
+"""The labels and port names ``pod_template`` gives mesh pods, in the scrape model's terms."""
+
+
 def _service_monitor(
     svc: MeshService, namespace: str, owner: OwnerRef, settings: OperatorSettings
 ) -> dict[str, Any]:
-    endpoints = [{"path": "/metrics", "port": METRICS_PORT_NAME}]
+    # The scrape model's labels (job, service, version, replica, proxy), as the chart's
+    # PodMonitors set them: the dashboards and alerts work with either.
+    endpoints = [
+        {
+            "path": METRICS_PATHS[Job.APP],
+            "port": METRICS_PORT_NAME,
+            "relabelings": job_relabelings(Job.APP, SCRAPE_CONVENTIONS),
+        }
+    ]
     if settings.provider is Provider.NATIVE:
-        endpoints.append({"path": ENVOY_STATS_PATH, "port": HEALTH_PORT_NAME})
+        endpoints.append(
+            {
+                "path": ENVOY_STATS_PATH,
+                "port": HEALTH_PORT_NAME,
+                "relabelings": job_relabelings(Job.ENVOY, SCRAPE_CONVENTIONS),
+            }
+        )
     obj = object_metadata(
         kinds.SERVICE_MONITOR, svc.name, namespace, service_labels(svc.name), owner
     )

@@ -12,9 +12,8 @@ files/scrape.yaml             the PodMonitors' specs (``pod_monitors()`` with th
                               relabelings) for the ServiceMonitor that scrapes the operator
 
 templates/monitoring/ turns them into objects; only metadata (names, labels, namespace) and the
-optional scrape interval come from values. The operator serves the control plane's metrics: with
-serviceMonitors enabled its ServiceMonitor scrapes them, and the control-plane PodMonitor is left
-out (one target per pod, or ``sum()`` of its gauges would double).
+optional scrape interval come from values. With serviceMonitors enabled instead of podMonitors,
+the operator's own ServiceMonitor scrapes the control plane with the same relabelings.
 """
 
 from __future__ import annotations
@@ -23,17 +22,17 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from grpcmesh_control.k8s.pod import METRICS_PORT_NAME
-from grpcmesh_control.k8s.proxy import HEALTH_PORT_NAME
+from grpcmesh_control.k8s.desired import SCRAPE_CONVENTIONS
 from grpcmesh_control.observability import _yaml
 from grpcmesh_control.observability.alerts import prometheus_rule
 from grpcmesh_control.observability.dashboards import build_dashboards, dashboard_json
-from grpcmesh_control.observability.scrape import Job, PodConventions, pod_monitors
+from grpcmesh_control.observability.scrape import Job, pod_monitors
 
 __all__ = [
     "CHART_CONVENTIONS",
@@ -59,10 +58,8 @@ _HEADER = (
     "# operator/grpcmesh_control/observability/. Do not edit: change the code and regenerate.\n"
 )
 
-CHART_CONVENTIONS = PodConventions(
-    app_metrics_port=METRICS_PORT_NAME,
-    # Sidecars and the gateway serve /stats/prometheus (and /ready only) on this port.
-    envoy_stats_port=HEALTH_PORT_NAME,
+CHART_CONVENTIONS = replace(
+    SCRAPE_CONVENTIONS,
     # The chart's component labels and the operator container's metrics port name
     # (templates/operator/deployment.yaml, templates/gateway/deployment.yaml).
     control_plane_component="operator",

@@ -39,6 +39,7 @@ __all__ = [
     "ReplicaAddresses",
     "ScrapeModelError",
     "ScrapeTargets",
+    "job_relabelings",
     "pod_monitors",
     "prometheus_config",
 ]
@@ -276,6 +277,46 @@ def _meta_label(pod_label: str) -> str:
     return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", pod_label)
 
 
+def job_relabelings(
+    job: Job, conventions: PodConventions = PodConventions()
+) -> list[dict[str, Any]]:
+    """What gives a pod's scraped series the scrape model's labels for ``job``: ``job``,
+    ``replica`` and, for mesh pods, ``service`` and ``version`` from the pod's labels (and
+    ``proxy`` for Envoy). Shared by the PodMonitors and the operator's ServiceMonitors (their
+    targets are pods too), so both feed the same dashboards and alerts."""
+    c = conventions
+    replica: dict[str, Any] = {
+        "sourceLabels": ["__meta_kubernetes_pod_name"],
+        "targetLabel": Label.REPLICA.value,
+    }
+    named: dict[str, Any] = {"targetLabel": "job", "replacement": job.value, "action": "replace"}
+    if job is Job.CONTROL_PLANE:
+        return [named, replica]
+    mesh: list[dict[str, Any]] = [
+        named,
+        {"sourceLabels": [_meta_label(c.service_label)], "targetLabel": Label.SERVICE.value},
+        {"sourceLabels": [_meta_label(c.version_label)], "targetLabel": Label.VERSION.value},
+        replica,
+    ]
+    if job is Job.APP:
+        return mesh
+    return [
+        *mesh,
+        {
+            "targetLabel": Label.PROXY.value,
+            "replacement": ProxyKind.SIDECAR.value,
+            "action": "replace",
+        },
+        {  # replace only acts when the regex matches: gateways become "ingress"
+            "sourceLabels": [_meta_label(c.component_label)],
+            "regex": c.ingress_component,
+            "targetLabel": Label.PROXY.value,
+            "replacement": ProxyKind.INGRESS.value,
+            "action": "replace",
+        },
+    ]
+
+
 def pod_monitors(
     namespace: str | None = None,
     conventions: PodConventions = PodConventions(),  # frozen, so one shared default is safe
@@ -291,19 +332,13 @@ def pod_monitors(
     if interval is not None:
         _check_duration("interval", interval)
     c = conventions
-    replica = {"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": Label.REPLICA.value}
 
-    def job(name: Job) -> dict[str, Any]:
-        return {"targetLabel": "job", "replacement": name.value, "action": "replace"}
-
-    def from_pod_label(pod_label: str, label: Label) -> dict[str, Any]:
-        return {"sourceLabels": [_meta_label(pod_label)], "targetLabel": label.value}
-
-    def constant(label: Label, value: str) -> dict[str, Any]:
-        return {"targetLabel": label.value, "replacement": value, "action": "replace"}
-
-    def endpoint(port: str, path: str, relabelings: list[dict[str, Any]]) -> dict[str, Any]:
-        ep: dict[str, Any] = {"port": port, "path": path, "relabelings": relabelings}
+    def endpoint(job: Job, port: str) -> dict[str, Any]:
+        ep: dict[str, Any] = {
+            "port": port,
+            "path": METRICS_PATHS[job],
+            "relabelings": job_relabelings(job, c),
+        }
         if interval is not None:
             ep["interval"] = interval
         return ep
@@ -314,56 +349,16 @@ def pod_monitors(
             {"key": c.component_label, "operator": "NotIn", "values": [c.control_plane_component]},
         ]
     }
+    control_plane = {
+        "matchLabels": {c.part_of_label: c.part_of, c.component_label: c.control_plane_component}
+    }
     specs: list[tuple[Job, dict[str, Any], dict[str, Any]]] = [
-        (
-            Job.APP,
-            mesh_pods,
-            endpoint(
-                c.app_metrics_port,
-                METRICS_PATHS[Job.APP],
-                [
-                    job(Job.APP),
-                    from_pod_label(c.service_label, Label.SERVICE),
-                    from_pod_label(c.version_label, Label.VERSION),
-                    replica,
-                ],
-            ),
-        ),
-        (
-            Job.ENVOY,
-            mesh_pods,
-            endpoint(
-                c.envoy_stats_port,
-                METRICS_PATHS[Job.ENVOY],
-                [
-                    job(Job.ENVOY),
-                    from_pod_label(c.service_label, Label.SERVICE),
-                    from_pod_label(c.version_label, Label.VERSION),
-                    replica,
-                    constant(Label.PROXY, ProxyKind.SIDECAR.value),
-                    {  # replace only acts when the regex matches: gateways become "ingress"
-                        "sourceLabels": [_meta_label(c.component_label)],
-                        "regex": c.ingress_component,
-                        "targetLabel": Label.PROXY.value,
-                        "replacement": ProxyKind.INGRESS.value,
-                        "action": "replace",
-                    },
-                ],
-            ),
-        ),
+        (Job.APP, mesh_pods, endpoint(Job.APP, c.app_metrics_port)),
+        (Job.ENVOY, mesh_pods, endpoint(Job.ENVOY, c.envoy_stats_port)),
         (
             Job.CONTROL_PLANE,
-            {
-                "matchLabels": {
-                    c.part_of_label: c.part_of,
-                    c.component_label: c.control_plane_component,
-                }
-            },
-            endpoint(
-                c.control_plane_metrics_port,
-                METRICS_PATHS[Job.CONTROL_PLANE],
-                [job(Job.CONTROL_PLANE), replica],
-            ),
+            control_plane,
+            endpoint(Job.CONTROL_PLANE, c.control_plane_metrics_port),
         ),
     ]
     monitors = []

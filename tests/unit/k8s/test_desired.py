@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 
 from grpcmesh_control.errors import InvalidResource
 from grpcmesh_control.k8s import OperatorSettings, Provider, desired_objects, object_key
+from grpcmesh_control.k8s.desired import SCRAPE_CONVENTIONS
 from grpcmesh_control.k8s.names import (
     ANNOTATION_BOOTSTRAP_HASH,
     LABEL_SERVICE,
@@ -21,6 +23,7 @@ from grpcmesh_control.k8s.names import (
     PROXY_CONTAINER,
 )
 from grpcmesh_control.model import MeshService, MethodCatalog, parse_mesh_service
+from grpcmesh_control.observability.scrape import Job, pod_monitors
 from grpcmesh_control.translate import NodeId, ProxyNode
 
 from .conftest import NAMESPACE, owner_of
@@ -411,10 +414,29 @@ def test_service_monitor_only_with_its_crd(
     objects = render(services["orders"], settings)
     monitor = one(objects, "ServiceMonitor", "orders")
     spec = monitor["spec"]
-    assert spec["endpoints"] == [
-        {"path": "/metrics", "port": "metrics"},
-        {"path": "/stats/prometheus", "port": "envoy-health"},
+    assert [(e["path"], e["port"]) for e in spec["endpoints"]] == [
+        ("/metrics", "metrics"),
+        ("/stats/prometheus", "envoy-health"),
     ]
+    # The same labels as the PodMonitors give (the dashboards and alerts rely on them) ...
+    monitors = {m["metadata"]["name"]: m for m in pod_monitors(conventions=SCRAPE_CONVENTIONS)}
+    for endpoint, job in zip(spec["endpoints"], (Job.APP, Job.ENVOY), strict=True):
+        (wanted,) = monitors[job.value]["spec"]["podMetricsEndpoints"]
+        assert endpoint["relabelings"] == wanted["relabelings"]
+        assert endpoint["port"] == wanted["port"]
+    # ... read from labels the pods carry.
+    pod_labels = one(objects, "Deployment", "orders-v1")["spec"]["template"]["metadata"]["labels"]
+    meta = {"__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k) for k in pod_labels}
+    sources = {
+        source
+        for endpoint in spec["endpoints"]
+        for relabeling in endpoint["relabelings"]
+        for source in relabeling.get("sourceLabels", [])
+        if source.startswith("__meta_kubernetes_pod_label_")
+    }
+    # (the component label only marks gateways: a mesh pod without it is a sidecar's)
+    component = "__meta_kubernetes_pod_label_app_kubernetes_io_component"
+    assert sources - {component} and sources - {component} <= meta
     assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     # It selects the main Service and not the per-version ones (no pod scraped twice) ...
     selected = [s for s in by_kind(objects, "Service").values() if _selects(spec["selector"], s)]
