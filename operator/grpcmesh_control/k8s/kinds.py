@@ -10,6 +10,7 @@ __all__ = [
     "CONFIG_MAP",
     "CUSTOM_RESOURCE_DEFINITION",
     "DEPLOYMENT",
+    "ENDPOINT_SLICE",
     "MESH",
     "MUTATING_WEBHOOK_CONFIGURATION",
     "OWNED_KINDS",
@@ -65,7 +66,8 @@ OWNED_KINDS = (
 # Not rendered per MeshService: the webhooks' TLS when the operator manages it
 # (k8s.webhook_tls), in the operator's namespace and on the chart's webhook configurations.
 SECRET = Kind("", "v1", "Secret", "secrets")
-# Read only: whether the cluster serves ServiceMonitors.
+# Read only: the mesh's endpoints (the registry), and whether the cluster serves ServiceMonitors.
+ENDPOINT_SLICE = Kind("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
 CUSTOM_RESOURCE_DEFINITION = Kind(
     "apiextensions.k8s.io",
     "v1",

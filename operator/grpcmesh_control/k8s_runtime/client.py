@@ -171,6 +171,15 @@ class KubeClient:
         except NotFound:
             return None
 
+    async def list_objects(
+        self, kind: Kind, namespace: str | None, selector: str = ""
+    ) -> list[Obj]:
+        """Every object of ``kind`` (in ``namespace``, or all), filtered by ``selector`` (a
+        label selector) on the server."""
+        query = [("labelSelector", selector)] if selector else []
+        listing = await self._call("GET", path_of(kind, namespace), query=query)
+        return [item for item in listing.get("items") or [] if isinstance(item, dict)]
+
     async def list_labelled(
         self, kind: Kind, namespace: str | None, labels: Mapping[str, str]
     ) -> list[Obj]:

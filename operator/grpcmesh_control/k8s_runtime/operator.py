@@ -37,11 +37,15 @@ from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from grpcmesh_control.errors import InvalidNodeId
-from grpcmesh_control.k8s.kinds import CUSTOM_RESOURCE_DEFINITION, SERVICE_MONITOR_CRD
+from grpcmesh_control.k8s.kinds import (
+    CUSTOM_RESOURCE_DEFINITION,
+    ENDPOINT_SLICE,
+    SERVICE_MONITOR_CRD,
+)
 from grpcmesh_control.k8s.status import WorkloadRollout
-from grpcmesh_control.k8s_runtime.client import ApiError, KubeClient
+from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, ApiError, KubeClient
 from grpcmesh_control.k8s_runtime.handlers import register_handlers
-from grpcmesh_control.k8s_runtime.mesh import MeshState
+from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL, MeshState
 from grpcmesh_control.k8s_runtime.metrics import OperatorMetrics
 from grpcmesh_control.k8s_runtime.peering import CLUSTER_PEERING, peering_active
 from grpcmesh_control.k8s_runtime.reconcile import Reconciler, rollout_of
@@ -202,6 +206,7 @@ class Operator:
             self.operator_metrics,
             self.post_event,
         )
+        await self._prime(client)
         server = self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AdsServicer(self.cache, on_push=self.metrics.pushed), server
@@ -247,6 +252,26 @@ class Operator:
             await client.close()
             self._reconciler = self._server = self._client = None
             self._loop = self._stale_flag = None
+
+    async def _prime(self, client: KubeClient) -> None:
+        """Seed the registry from one listing of MeshServices and mesh EndpointSlices before
+        the ADS server listens. Sidecars reconnecting to a restarted operator must get the
+        whole mesh at once: a snapshot built from whatever kopf's watches had replayed so far
+        (services without their endpoints) would empty their clusters. kopf's events that
+        follow set the same objects again (idempotent)."""
+        try:
+            services = await client.list_objects(MESH_SERVICE, None)
+            slices = await client.list_objects(ENDPOINT_SLICE, None, SERVICE_NAME_LABEL)
+        except ApiError as exc:
+            log.warning("initial listing failed (%s): the registry fills from the watches", exc)
+            return
+        for body in services:
+            if not (body.get("metadata") or {}).get("deletionTimestamp"):
+                self.state.set_service(body)
+        for body in slices:
+            self.state.set_slice(body)
+        self.publisher.rebuild()
+        log.info("registry primed: %d MeshServices, %d EndpointSlices", len(services), len(slices))
 
     async def _discover(self, client: KubeClient) -> RuntimeSettings:
         """The settings, corrected by what the cluster serves: ServiceMonitors are rendered

@@ -155,16 +155,24 @@ def operator_settings(api: Api, **overrides: Any) -> RuntimeSettings:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: RuntimeSettings) -> AsyncIterator[Operator]:
+async def running(
+    settings: RuntimeSettings, on_ready: Callable[[Operator], None] | None = None
+) -> AsyncIterator[Operator]:
     """The operator in a thread with its own event loop, as in its own process: kopf treats
-    every task of its loop as its own and cancels them on exit (kmock's would be among them)."""
+    every task of its loop as its own and cancels them on exit (kmock's would be among them).
+    ``on_ready`` runs in that thread once the ADS server listens, before kopf starts."""
     op = Operator(settings)
     stop, ready = threading.Event(), threading.Event()
     failure: list[BaseException] = []
 
+    def started(running_op: Operator) -> None:
+        if on_ready is not None:
+            on_ready(running_op)
+        ready.set()
+
     def serve() -> None:
         try:
-            asyncio.run(op.run(stop_flag=stop, on_ready=lambda _: ready.set()))
+            asyncio.run(op.run(stop_flag=stop, on_ready=started))
         except BaseException as exc:
             failure.append(exc)
             ready.set()

@@ -284,3 +284,26 @@ async def test_service_monitors_stay_on_when_their_crd_exists(api: Api) -> None:
     settings = replace(settings, render=replace(settings.render, service_monitor_crd=True))
     async with running(settings) as op:
         assert op.settings.render.service_monitor_crd
+
+
+async def test_the_first_snapshot_holds_the_whole_mesh(api: Api) -> None:
+    """Before its ADS server listens, a (re)started operator lists MeshServices and
+    EndpointSlices: reconnecting sidecars get every service with its endpoints at once, not
+    whatever kopf's watches have replayed yet (which would empty their clusters)."""
+    for name in ("payments", "orders"):
+        await api.create("meshservices", example(name))
+    await api.create("endpointslices", slice_of("payments-v1", ("10.0.0.1", True, False)))
+    seen: dict[str, Any] = {}
+
+    def at_listen(op: Operator) -> None:  # the operator's thread, before kopf starts
+        registry = op.publisher.registry
+        seen["services"] = sorted(s.name for s in registry.services) if registry else []
+        seen["endpoints"] = {
+            name: [e.address for e in endpoints]
+            for name, endpoints in op.publisher.inputs.endpoint_map.items()
+        }
+
+    async with running(operator_settings(api), on_ready=at_listen):
+        pass
+    assert seen["services"] == ["orders", "payments"]
+    assert ["10.0.0.1"] in seen["endpoints"].values()
