@@ -51,6 +51,11 @@ class _Slice:
     """The Kubernetes Service it belongs to (``kubernetes.io/service-name``)."""
     body: Mapping[str, Any]
 
+    @property
+    def content(self) -> tuple[str, object, object]:
+        """What the registry reads of it (metadata churn is not a change)."""
+        return self.service, self.body.get("endpoints"), self.body.get("ports")
+
 
 class MeshState:
     """Latest MeshServices (parsed, plus invalid ones by their error) and EndpointSlices."""
@@ -76,6 +81,10 @@ class MeshState:
             self._errors[key] = str(exc)
             return None
         self._errors.pop(key, None)
+        if self._services.get(key) == svc:
+            # Most events change status or annotations, not the spec: the mesh is the same,
+            # and recomputing its inputs is O(services) per event.
+            return svc
         self._services[key] = svc
         self._changed()
         return svc
@@ -91,8 +100,11 @@ class MeshState:
         if not service:
             return
         namespace, name = _key(body)
-        self._slices[(namespace, name)] = _Slice(namespace, str(service), body)
-        self._changed()
+        new = _Slice(namespace, str(service), body)
+        old = self._slices.get((namespace, name))
+        self._slices[(namespace, name)] = new
+        if old is None or old.content != new.content:
+            self._changed()
 
     def drop_slice(self, namespace: str, name: str) -> None:
         if self._slices.pop((namespace, name), None) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 
 from grpcmesh_control.k8s_runtime import MeshState
@@ -43,3 +44,30 @@ def test_slices_become_endpoints_by_version() -> None:
     assert state.set_service(bad) is None
     assert state.spec_error("default", "payments") is not None
     assert state.service("default", "payments") is not None  # the last valid spec stays
+
+
+def test_events_that_leave_the_mesh_as_it_is_publish_nothing() -> None:
+    """Most watch events are status and annotation writes (kopf's, the operator's own): they
+    must not recompute the mesh's inputs, an O(services) step, each time."""
+    published: list[int] = []
+    state = MeshState(lambda services, endpoints: published.append(len(list(services))))
+    payments = example("payments")
+    state.set_service(payments)
+    state.set_slice(slice_of("payments-v1", ("10.0.0.1", True, False)))
+    assert len(published) == 2
+
+    churned = copy.deepcopy(payments)
+    churned["metadata"]["annotations"] = {"grpcmesh.io/last-handled-configuration": "{}"}
+    churned["status"] = {"observedGeneration": 3}
+    state.set_service(churned)
+    relabelled = slice_of("payments-v1", ("10.0.0.1", True, False))
+    relabelled["metadata"]["annotations"] = {"endpoints.kubernetes.io/last-change": "now"}
+    state.set_slice(relabelled)
+    assert len(published) == 2
+
+    moved = slice_of("payments-v1", ("10.0.0.2", True, False))
+    state.set_slice(moved)
+    changed = copy.deepcopy(payments)
+    changed["spec"]["grpc"]["port"] = 50052
+    state.set_service(changed)
+    assert len(published) == 4
