@@ -9,6 +9,8 @@
 ``grpcmesh_operator_objects_applied_total``        counter    owned objects written
 ``grpcmesh_operator_objects_pruned_total``         counter    owned objects deleted as unwanted
 ``grpcmesh_operator_apply_errors_total``           counter    owned objects that failed to write
+``grpcmesh_operator_events_dropped_total``         counter    Kubernetes Events not posted (the
+                                                              queue was full: the API is slow)
 =================================================  =========  ===================================
 """
 
@@ -60,6 +62,11 @@ class OperatorMetrics:
         self.apply_errors = Counter(
             "grpcmesh_operator_apply_errors",
             "Owned objects the API refused to write.",
+            registry=registry,
+        )
+        self.events_dropped = Counter(
+            "grpcmesh_operator_events_dropped",
+            "Kubernetes Events not posted because the queue was full (statuses are unaffected).",
             registry=registry,
         )
         for result in ReconcileResult:

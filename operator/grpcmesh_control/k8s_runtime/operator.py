@@ -64,6 +64,7 @@ __all__ = ["Operator", "run_operator"]
 log = logging.getLogger(__name__)
 
 _EVENT_QUEUE = 1000
+_DROP_LOG_EVERY = 100
 _ANNOTATION_PREFIX = "grpcmesh.io"
 
 Event = tuple[dict[str, Any], str, str, str]
@@ -96,6 +97,7 @@ class Operator:
         self._rollouts: dict[Key, WorkloadRollout] = {}
         self._webhook_files: tuple[Path, Path] | None = None
         self._client: KubeClient | None = None
+        self._events_dropped = 0
         if settings.webhook_certfile is not None and settings.webhook_pkeyfile is not None:
             self._webhook_files = (settings.webhook_certfile, settings.webhook_pkeyfile)
         self.cache.subscribe(self._node_changed)
@@ -143,7 +145,17 @@ class Operator:
         try:
             self._events.put_nowait((dict(body), type_, reason, message))
         except asyncio.QueueFull:
-            log.warning("event queue full, dropped %s %s", reason, message)
+            # Counted, and logged once per burst rather than per Event (1000 services can
+            # overflow it at once while the API is slow).
+            if self._events_dropped % _DROP_LOG_EVERY == 0:
+                log.warning(
+                    "event queue full: %d Events dropped so far (now: %s %s)",
+                    self._events_dropped + 1,
+                    reason,
+                    message,
+                )
+            self._events_dropped += 1
+            self.operator_metrics.events_dropped.inc()
 
     def refresh_status(self, key: Key | None) -> None:
         """Mark a MeshService whose observed state (endpoints, sidecar ACKs) changed; the
