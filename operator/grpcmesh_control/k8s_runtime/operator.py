@@ -98,6 +98,8 @@ class Operator:
         self._webhook_files: tuple[Path, Path] | None = None
         self._client: KubeClient | None = None
         self._events_dropped = 0
+        self.webhook_tls_dir: Path | None = None
+        """Where the operator's own serving certificate is written (managed TLS only)."""
         if settings.webhook_certfile is not None and settings.webhook_pkeyfile is not None:
             self._webhook_files = (settings.webhook_certfile, settings.webhook_pkeyfile)
         self.cache.subscribe(self._node_changed)
@@ -205,6 +207,7 @@ class Operator:
         client = self._client = await KubeClient.connect(settings)
         settings = self.settings = await self._discover(client)
         if settings.manages_webhook_tls:
+            self.webhook_tls_dir = Path(tempfile.mkdtemp(prefix="grpcmesh-webhook-"))
             self._webhook_files = await self._webhook_tls(client)
         self._events = asyncio.Queue(_EVENT_QUEUE)
         self._loop = asyncio.get_running_loop()
@@ -245,6 +248,10 @@ class Operator:
                     tasks.create_task(self._post_events(client), name="events"),
                     tasks.create_task(server.wait_for_termination(), name="xds-server"),
                 ]
+                if settings.manages_webhook_tls:
+                    background.append(
+                        tasks.create_task(self._renew_webhook_tls(client), name="webhook-tls")
+                    )
                 try:
                     await kopf.operator(
                         registry=self.registry,
@@ -313,15 +320,27 @@ class Operator:
         ``webhook_secret``, its CA installed in the webhook configurations."""
         settings = self.settings
         assert settings.webhook_secret is not None and settings.webhook_host is not None
+        assert self.webhook_tls_dir is not None
         return await ensure_webhook_tls(
             client,
             namespace=settings.namespace,
             secret=settings.webhook_secret,
             dns_names=[settings.webhook_host],
             configurations=settings.webhook_configurations,
-            directory=Path(tempfile.mkdtemp(prefix="grpcmesh-webhook-")),
+            directory=self.webhook_tls_dir,
             now=datetime.now(UTC),
         )
+
+    async def _renew_webhook_tls(self, client: KubeClient) -> None:
+        """Every replica re-checks the Secret periodically: one renews it (the others get a
+        409 and read theirs), and each rewrites its files, which kopf's webhook server
+        notices and reloads."""
+        while True:
+            await asyncio.sleep(self.settings.webhook_renew_interval)
+            try:
+                await self._webhook_tls(client)
+            except ApiError as exc:
+                log.warning("webhook certificate check failed (retried later): %s", exc)
 
     async def _active(self, client: KubeClient) -> bool:
         """Whether this replica may write: always when standalone; with peering, only while

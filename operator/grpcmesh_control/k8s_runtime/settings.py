@@ -71,6 +71,9 @@ class RuntimeSettings:
     webhook_configurations: tuple[str, ...] = ()
     """Names of the Validating and Mutating webhook configurations whose caBundle the
     operator keeps (the chart names both after the release)."""
+    webhook_renew_interval: float = 12 * 3600.0
+    """Seconds between checks of the operator's own webhook certificate (renewed 30 days
+    before it expires; kopf's webhook server reloads the rewritten files by itself)."""
     namespace: str = "grpcmesh-system"
     """The operator's own namespace (from the downward API): where its Secret lives."""
     missing_backends: MissingBackends = MissingBackends.WARN

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,12 +63,33 @@ async def ensure_webhook_tls(
 
 
 def _write_files(bundle: TlsBundle, directory: Path) -> tuple[Path, Path]:
-    # Synchronous on purpose: once, at start, before anything is served.
+    """``directory/current/tls.{crt,key}``. A renewal writes a new version directory and swaps
+    the ``current`` symlink in one rename (as the kubelet updates mounted Secrets), so kopf's
+    webhook server, which reloads when the files' content changes, never reads a new
+    certificate beside an old key. Synchronous on purpose: small files, rarely."""
     directory.mkdir(parents=True, exist_ok=True)
-    cert, key = directory / TLS_CERT, directory / TLS_KEY
-    cert.write_bytes(bundle.cert)
-    key.touch(mode=0o600)
-    key.write_bytes(bundle.key)
+    current = directory / "current"
+    cert, key = current / TLS_CERT, current / TLS_KEY
+    if (
+        cert.exists()
+        and key.exists()
+        and (cert.read_bytes(), key.read_bytes())
+        == (
+            bundle.cert,
+            bundle.key,
+        )
+    ):
+        return cert, key
+    version = Path(tempfile.mkdtemp(prefix="v-", dir=directory))
+    (version / TLS_KEY).touch(mode=0o600)
+    (version / TLS_KEY).write_bytes(bundle.key)
+    (version / TLS_CERT).write_bytes(bundle.cert)
+    link = directory / f".current-{version.name}"
+    link.symlink_to(version.name)
+    previous = current.resolve() if current.is_symlink() else None
+    link.replace(current)
+    if previous is not None and previous != version:
+        shutil.rmtree(previous, ignore_errors=True)
     return cert, key
 
 
