@@ -25,7 +25,6 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -46,6 +45,8 @@ from grpcmesh_control.runtime.controlplane import (
 )
 from grpcmesh_control.translate import NodeId, ProxyNode, Snapshot, build_snapshot
 from grpcmesh_control.xds import CLUSTER, pack_snapshot
+from tests import loopback
+from tests.loopback import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -71,12 +72,6 @@ def envoy_binary() -> Path:
     return binary
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def write_atomically(path: Path, text: str) -> None:
     # As the launcher does: the control plane never reads a half-written file.
     tmp = path.with_name(f".{path.name}.tmp")
@@ -100,16 +95,8 @@ def write_endpoints(state_dir: Path, *endpoints: tuple[str, int, bool]) -> None:
 
 
 async def poll(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = TIMEOUT) -> T:
-    """``check()`` until it returns something other than None/False, or fail after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result is not None and result is not False:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    """``loopback.poll`` with this module's longer default (Envoy starts, restarts)."""
+    return await loopback.poll(check, what, timeout)
 
 
 @dataclass

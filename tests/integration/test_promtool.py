@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -55,12 +54,12 @@ from grpcmesh_control.observability import (
 )
 from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, XdsType
 from grpcmesh_kit.metrics import GrpcType, MetricsEndpoint, RpcMetrics
+from tests.loopback import LOCALHOST, free_port
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "promtool"
-LOCALHOST = "127.0.0.1"
 # First series show ~6 s after Prometheus starts (targets are picked up every 5 s); a rate
 # needs one more scrape, Envoy's histograms its 5 s stats flush. Typically done in ~8 s.
 DEADLINE = 25.0
@@ -79,12 +78,6 @@ def tool(name: str) -> str:
     if found is None:
         pytest.fail(f"no {name} on PATH: install Debian's prometheus package (make sysdeps)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def run(*command: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

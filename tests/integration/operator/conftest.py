@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import kmock
@@ -23,11 +22,10 @@ import pytest
 import yaml
 
 from grpcmesh_control.k8s_runtime import ApplyStrategy, Operator, RuntimeSettings
+from tests.loopback import free_port, poll
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "manifests" / "examples"
-TIMEOUT = 10.0
-T = TypeVar("T")
 
 MESH_SERVICES = "/apis/grpcmesh.io/v1alpha1/namespaces/{ns}/meshservices"
 PATHS = {
@@ -47,25 +45,6 @@ PATHS = {
     ),
     "customresourcedefinitions": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def poll(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = TIMEOUT) -> T:
-    """``check()`` until it returns something other than None/False, or fail after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result is not None and result is not False:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def example(name: str) -> dict[str, Any]:

@@ -18,14 +18,8 @@ import pytest
 
 from grpcmesh_control.k8s.names import PROXY_CONTAINER
 from grpcmesh_control.k8s_runtime import Operator
-from tests.integration.operator.conftest import (
-    Api,
-    example,
-    free_port,
-    operator_settings,
-    poll,
-    running,
-)
+from tests.integration.operator.conftest import Api, example, operator_settings, running
+from tests.loopback import free_port, poll
 
 
 @pytest.fixture

@@ -18,13 +18,8 @@ import aiohttp
 from grpcmesh_control.k8s import OperatorSettings, OwnerRef, desired_objects
 from grpcmesh_control.k8s_runtime import Operator
 from grpcmesh_control.model import parse_mesh_service
-from tests.integration.operator.conftest import (
-    Api,
-    example,
-    operator_settings,
-    poll,
-    running,
-)
+from tests.integration.operator.conftest import Api, example, operator_settings, running
+from tests.loopback import poll
 
 SERVICES = {"payments", "payments-v1", "payments-v2"}
 CONFIG_MAPS = {"payments-config", "payments-envoy-bootstrap"}

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from grpcmesh_control.k8s_runtime import Operator
-from tests.integration.operator.conftest import Api, example, free_port, poll
+from tests.integration.operator.conftest import Api, example
 from tests.integration.operator.test_reconcile import slice_of, wait_condition, wait_names
 from tests.integration.test_control_plane_envoy import Envoy, running_envoy
+from tests.loopback import free_port, poll
 
 pytestmark = pytest.mark.slow
 

@@ -15,16 +15,10 @@ from typing import Any
 import pytest
 
 from grpcmesh_control.k8s_runtime import Operator
-from tests.integration.operator.conftest import (
-    Api,
-    example,
-    free_port,
-    operator_settings,
-    poll,
-    running,
-)
+from tests.integration.operator.conftest import Api, example, operator_settings, running
 from tests.integration.operator.test_reconcile import condition, slice_of, wait_names
 from tests.integration.test_control_plane_envoy import running_envoy
+from tests.loopback import free_port, poll
 
 WITHIN = 5.0  # seconds: far below the resync interval, above the debounce and kopf's latency
 NEVER = 3600.0

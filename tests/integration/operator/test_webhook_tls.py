@@ -17,15 +17,9 @@ from grpcmesh_control.k8s.webhook_tls import (
     renewal_reason,
     secret_body,
 )
-from tests.integration.operator.conftest import (
-    Api,
-    example,
-    free_port,
-    operator_settings,
-    poll,
-    running,
-)
+from tests.integration.operator.conftest import Api, example, operator_settings, running
 from tests.integration.operator.test_admission import post, review
+from tests.loopback import free_port, poll
 
 NAMESPACE = "grpcmesh-system"
 SECRET = "grpcmesh-webhook-tls"

@@ -1,0 +1,34 @@
+"""What tests against local processes share: a free loopback port, and polling a condition
+with a deadline (never a fixed sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+LOCALHOST = "127.0.0.1"
+TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the caller binds it soon after)."""
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+async def poll(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = TIMEOUT) -> T:
+    """``check()`` until it returns something other than None/False, or fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result is not None and result is not False:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.05)
