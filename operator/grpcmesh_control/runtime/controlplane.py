@@ -30,6 +30,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.model import MethodCatalog
 from grpcmesh_control.runtime.admin import AdminContext, admin_app
+from grpcmesh_control.runtime.atomic import write_atomically
 from grpcmesh_control.runtime.clock import Clock, SystemClock
 from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, MeteredSnapshotCache
 from grpcmesh_control.runtime.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
@@ -252,6 +253,4 @@ def _write_ready_file(path: Path, bound: BoundAddresses) -> None:
         "admin_port": bound.admin_port,
         "pid": os.getpid(),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document) + "\n")
-    tmp.replace(path)
+    write_atomically(path, json.dumps(document) + "\n")

@@ -8,15 +8,14 @@ Polling rather than inotify: portable, and a 100 ms poll of a few small files co
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from grpcmesh_control.errors import InvalidResource, InvalidResourceSet
 from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.runtime.atomic import write_atomically
 from grpcmesh_control.runtime.clock import Clock
 from grpcmesh_control.sources import (
     ENDPOINTS_FILE,
@@ -142,20 +141,9 @@ class FileSources:
             read_resource_files(self.resources_dir), filename, content, catalog=self._catalog
         )
         self.resources_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.resources_dir / plan.filename, plan.content)
+        write_atomically(self.resources_dir / plan.filename, plan.content)
         for name in plan.removed:
             (self.resources_dir / name).unlink(missing_ok=True)
         log.info("applied %s (%s)", plan.filename, ", ".join(plan.applied))
         self.reload()
         return plan
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    # Hidden temporary name: the loader skips dotfiles, so a poll never sees a partial file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(content)
-        tmp.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
+from grpcmesh_control.runtime.atomic import write_atomically
 from grpcmesh_control.runtime.local.clients import ControlPlaneClient, HealthProbe, http_ok
 from grpcmesh_control.runtime.local.plan import Plan, ProcessSpec, ReplicaPlan
 from grpcmesh_control.runtime.local.process import ManagedProcess, death_signal_prefix
@@ -31,7 +32,7 @@ from grpcmesh_control.runtime.local.state import (
     run_state,
 )
 
-__all__ = ["StartupError", "Supervisor", "SupervisorSettings", "atomic_write", "log_tail"]
+__all__ = ["StartupError", "Supervisor", "SupervisorSettings", "log_tail"]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,6 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except FileNotFoundError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write then rename, so a reader (the control plane polling) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -144,11 +138,11 @@ class Supervisor:
 
     def _write_endpoints(self) -> None:
         doc = endpoints_document(self.plan, self._ready)
-        atomic_write(self.plan.run_dir / ENDPOINTS_FILE, json.dumps(doc, indent=1) + "\n")
+        write_atomically(self.plan.run_dir / ENDPOINTS_FILE, json.dumps(doc, indent=1) + "\n")
 
     def _write_state(self) -> None:
         doc = self.state().to_json()
-        atomic_write(self.plan.run_dir / STATE_FILE, json.dumps(doc, indent=1) + "\n")
+        write_atomically(self.plan.run_dir / STATE_FILE, json.dumps(doc, indent=1) + "\n")
 
     def _set_ready(self, keys: Iterable[str], ready: bool) -> None:
         changed = False
