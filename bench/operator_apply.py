@@ -20,8 +20,8 @@ Reported (seconds from the first create):
 - ``acked_s``: the gateway Envoy has ACKed a snapshot holding all N services;
 - peak RSS of the operator process, of the cluster process and of Envoy (sampled every 100 ms).
 
-    python bench/operator_apply.py                      # N=200
-    python bench/operator_apply.py --services 1000
+    python -m bench.operator_apply                      # N=200
+    python -m bench.operator_apply --services 1000
 
 The emulated API is kmock with three fixes for scale (``Emulator``): its request record keeps
 only the requests being served (kmock scans the record on every request, so each request cost
@@ -38,8 +38,6 @@ import collections
 import contextlib
 import json
 import logging
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,23 +60,19 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from grpcmesh_control.bootstrap import envoy_command, render_bootstrap
+from bench._mesh import free_port, running_envoys
+from grpcmesh_control.bootstrap import render_bootstrap
 from grpcmesh_control.k8s_runtime import ApplyStrategy, Operator, RuntimeSettings
 from grpcmesh_control.translate import NodeId, ProxyNode
 from grpcmesh_control.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
+REPO = Path(__file__).resolve().parents[1]
 NODE = "ingress~bench"
 MESH_SERVICES = "/apis/grpcmesh.io/v1alpha1/namespaces/default/meshservices"
 DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
 ENDPOINT_SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
 SERVICE_LABEL = "grpcmesh.io/service"
 STREAMS_PER_CHANNEL = 1  # a connection each, as sidecars in pods have
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def mesh_service(i: int) -> dict[str, Any]:
@@ -433,7 +427,8 @@ class Cluster:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--cluster"],
+            [sys.executable, "-m", "bench.operator_apply", "--cluster"],
+            cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -501,9 +496,10 @@ class Background:
             self._thread.join(30)
 
 
-def start_envoy(workdir: Path, xds_port: int) -> subprocess.Popen[bytes]:
+def gateway_bootstrap(xds_port: int) -> dict[str, Any]:
+    """The ingress gateway Envoy's bootstrap, subscribed to the operator's ADS server."""
     node = ProxyNode(NodeId.parse(NODE), ingress_port=free_port(), bind_address="127.0.0.1")
-    config = render_bootstrap(
+    return render_bootstrap(
         NODE,
         node.id.envoy_cluster,
         f"127.0.0.1:{xds_port}",
@@ -511,12 +507,6 @@ def start_envoy(workdir: Path, xds_port: int) -> subprocess.Popen[bytes]:
         node_metadata=node.metadata(),
         bind_address="127.0.0.1",
     )
-    path = workdir / "envoy.json"
-    path.write_text(json.dumps(config))
-    binary = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
-    log = (workdir / "envoy.log").open("wb")
-    command = envoy_command(path, envoy=binary, concurrency=1, log_level="warning")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 async def conditions(http: aiohttp.ClientSession, api: str) -> collections.Counter[str]:
@@ -566,9 +556,11 @@ async def bench(n: int, concurrency: int, timeout: float) -> dict[str, Any]:
         op_thread.start(serve_operator)
         assert op.xds_port is not None
         cluster.start_controllers(op.xds_port)
-        with tempfile.TemporaryDirectory() as tmp:
-            envoy = start_envoy(Path(tmp), op.xds_port)
-            processes["envoy"] = psutil.Process(envoy.pid)
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            running_envoys({"gateway": gateway_bootstrap(op.xds_port)}, Path(tmp)) as envoys,
+        ):
+            processes["envoy"] = psutil.Process(envoys["gateway"].pid)
 
             async def sample() -> None:
                 while True:
@@ -615,8 +607,6 @@ async def bench(n: int, concurrency: int, timeout: float) -> dict[str, Any]:
             finally:
                 sampler.cancel()
                 cpu = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
-                envoy.kill()
-                envoy.wait(10)
                 cluster_stats = cluster.stop_stand_ins()
                 op_thread.join()
         cluster.stop()
