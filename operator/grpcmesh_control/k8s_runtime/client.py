@@ -185,15 +185,10 @@ class KubeClient:
     ) -> list[Obj]:
         """Objects carrying every label in ``labels`` (selector sent, and re-checked here)."""
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        listing = await self._call(
-            "GET", path_of(kind, namespace), query=[("labelSelector", selector)]
-        )
-        items = listing.get("items") or []
         return [
             item
-            for item in items
-            if isinstance(item, dict)
-            and all(
+            for item in await self.list_objects(kind, namespace, selector)
+            if all(
                 (item.get("metadata", {}).get("labels") or {}).get(k) == v
                 for k, v in labels.items()
             )
