@@ -17,17 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
-import kubernetes_validate
 import yaml
-from jsonschema import Draft4Validator
-
-from grpcmesh_control.model.schema import strict_schema
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "grpcmesh"
-CONTRACTS = REPO.parent / "shared" / "contracts"
 RELEASE, NAMESPACE = "grpcmesh", "grpcmesh-system"  # the names manifests/ are written for
-K8S_VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
 
 Obj = dict[str, Any]
 
@@ -133,53 +127,12 @@ def load_yaml(path: Path) -> list[Obj]:
 
 # --- custom resources ------------------------------------------------------------------------
 
-_CONTRACT_CRDS = {
-    "monitoring.coreos.com": [
-        CONTRACTS / "prometheus-operator" / f"monitoring.coreos.com_{plural}.yaml"
-        for plural in ("podmonitors", "servicemonitors", "prometheusrules")
-    ],
-    "appmesh.k8s.aws": sorted((CONTRACTS / "appmesh").glob("*.yaml")),
-}
 # Custom kinds without a contract schema here, each checked by hand instead (cert_manager_errors).
 # cert-manager's CRDs are not in ../shared/contracts; the chart only writes two small objects.
 ALLOWED_UNSCHEMED = {
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
 }
-
-
-def _crd_files() -> list[Path]:
-    return [
-        *sorted((CHART / "crds").glob("*.yaml")),
-        *(path for paths in _CONTRACT_CRDS.values() for path in paths),
-    ]
-
-
-@cache
-def crd_schemas() -> dict[tuple[str, str], Obj]:
-    """(apiVersion, kind) -> the strict openAPIV3Schema of every CRD the chart may render."""
-    schemas: dict[tuple[str, str], Obj] = {}
-    for path in _crd_files():
-        for crd in load_yaml(path):
-            spec = crd["spec"]
-            for version in spec["versions"]:
-                schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
-                # The API server always accepts these, whether the schema lists them or not.
-                props = schema.setdefault("properties", {})
-                props.setdefault("apiVersion", {"type": "string"})
-                props.setdefault("kind", {"type": "string"})
-                props.setdefault("metadata", {"type": "object"})
-                key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
-                schemas[key] = strict_schema(schema)
-    return schemas
-
-
-def crd_errors(obj: Mapping[str, Any]) -> list[str]:
-    schema = crd_schemas()[(obj["apiVersion"], obj["kind"])]
-    return [
-        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
-        for e in Draft4Validator(schema).iter_errors(obj)
-    ]
 
 
 def is_builtin(obj: Mapping[str, Any]) -> bool:

