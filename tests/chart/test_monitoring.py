@@ -10,14 +10,12 @@ CRD schemas (../shared/contracts).
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import helm_python
 import kubernetes_validate
 import pytest
-import yaml
 
 from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.observability import (
@@ -34,6 +32,7 @@ from grpcmesh_control.observability.chart_assets import (
     scrape_data,
     stale_files,
 )
+from tests.chart import chart
 from tests.kube_schemas import crd_errors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,23 +56,11 @@ SERVICE_MONITORS: dict[str, Any] = {"monitoring": {"serviceMonitors": {"enabled"
 # --- local fixtures -----------------------------------------------------------------------------
 
 
-@cache
-def _chart() -> helm_python.Chart:
-    return helm_python.Chart.load(str(CHART))
-
-
 def render(
     values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE
 ) -> list[dict[str, Any]]:
     """Every object the chart renders with ``values`` (over values.yaml), in template order."""
-    rendered = _chart().render(values or {}, name=name, namespace=namespace)
-    return [
-        doc
-        for path in sorted(rendered)
-        if path.endswith((".yaml", ".yml"))
-        for doc in yaml.safe_load_all(rendered[path])
-        if doc
-    ]
+    return chart.render(values or {}, release=name, namespace=namespace)
 
 
 def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:

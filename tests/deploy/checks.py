@@ -12,12 +12,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import helm_python
 import yaml
 
+from tests.chart.chart import chart
+from tests.chart.chart import render as chart_render
+
 REPO = Path(__file__).resolve().parents[2]
-# The published schemas of what we plug into, next to the repository (../shared/contracts).
-CONTRACTS = REPO.parent / "shared" / "contracts"
 CHART = REPO / "charts" / "grpcmesh"
 SKAFFOLD = REPO / "skaffold.yaml"
 RELEASE, NAMESPACE = "grpcmesh", "grpcmesh-system"
@@ -81,22 +81,10 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-@cache
-def chart() -> helm_python.Chart:
-    return helm_python.Chart.load(str(CHART))
-
-
 def render(values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every object the chart renders for ``values`` (schema-checked first, as helm does)."""
     chart().validate_schema(dict(values))
-    templates = chart().render(dict(values), name=RELEASE, namespace=NAMESPACE)
-    return [
-        doc
-        for path, text in sorted(templates.items())
-        if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
+    return chart_render(values, release=RELEASE, namespace=NAMESPACE)
 
 
 @cache

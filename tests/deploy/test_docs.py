@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from .checks import CHART, REPO, chart, chart_values, skaffold_config
+from tests.chart.chart import chart
+
+from .checks import CHART, REPO, chart_values, skaffold_config
 
 DOCS = ("docs/install-eks.md", "docs/develop-kind.md")
 _FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -11,8 +11,9 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.kube_schemas import CONTRACTS
+
 from .checks import (
-    CONTRACTS,
     NAMESPACE,
     OUR_REGISTRY,
     RELEASE,
