@@ -18,10 +18,10 @@ import yaml
 from jsonschema import Draft4Validator
 
 from grpcmesh_control.model.schema import strict_schema
+from tests.shared import REPO, SHARED
 
-REPO = Path(__file__).resolve().parents[1]
 # The published schemas of what we plug into, next to the repository (CI has them too).
-CONTRACTS = REPO.parent / "shared" / "contracts"
+CONTRACTS = SHARED / "contracts"
 K8S_VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
 _IMPLICIT = {
     "apiVersion": {"type": "string"},

@@ -175,10 +175,12 @@ class KubeClient:
         self, kind: Kind, namespace: str | None, selector: str = ""
     ) -> list[Obj]:
         """Every object of ``kind`` (in ``namespace``, or all), filtered by ``selector`` (a
-        label selector) on the server."""
+        label selector) on the server. Items carry ``apiVersion`` and ``kind``: a real API
+        server leaves them out of list items (the list names them once), as kubectl restores."""
         query = [("labelSelector", selector)] if selector else []
         listing = await self._call("GET", path_of(kind, namespace), query=query)
-        return [item for item in listing.get("items") or [] if isinstance(item, dict)]
+        typed = {"apiVersion": kind.api_version, "kind": kind.kind}
+        return [typed | item for item in listing.get("items") or [] if isinstance(item, dict)]
 
     async def list_labelled(
         self, kind: Kind, namespace: str | None, labels: Mapping[str, str]

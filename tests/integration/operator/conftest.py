@@ -51,6 +51,7 @@ def example(name: str) -> dict[str, Any]:
     doc = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
     assert isinstance(doc, dict)
     doc["metadata"]["uid"] = str(uuid.uuid4())  # kmock does not assign uids
+    doc["metadata"].setdefault("namespace", "default")  # as the API server sets it
     return doc
 
 

@@ -145,7 +145,7 @@ def test_duplicate_names_across_files_and_namespaces(example_files: dict[str, by
     files = dict(example_files)
     files["zz-copy.yaml"] = example_files["catalog.yaml"]
     files["zz-staging.yaml"] = example_files["catalog.yaml"].replace(
-        b"namespace: default", b"namespace: staging"
+        b"  name: catalog\n", b"  name: catalog\n  namespace: staging\n"
     )
     assert errors_of(files) == [
         "zz-copy.yaml (MeshService default/catalog): metadata.name: 'catalog' is already "
