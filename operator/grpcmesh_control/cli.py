@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -59,11 +60,12 @@ StateDir = Annotated[
 
 
 def _default_resources() -> Path:
-    """manifests/examples of this checkout (cwd first, then beside the package)."""
+    """manifests/examples of the checkout in the working directory, else the reference
+    resources shipped in the package (a copy of manifests/examples)."""
     here = Path("manifests/examples")
     if here.is_dir():
         return here
-    return Path(__file__).resolve().parents[2] / "manifests" / "examples"
+    return Path(str(files("grpcmesh_control") / "examples"))
 
 
 Resources = Annotated[

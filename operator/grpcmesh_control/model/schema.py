@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import yaml
@@ -31,14 +32,12 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "MeshService"
 
-# operator/grpcmesh_control/model/schema.py -> repository root. Packaging must ship manifests/
-# next to the package (or pass an explicit path) for this default to resolve outside the repo.
-CRD_PATH = (
-    Path(__file__).resolve().parents[3] / "manifests" / "crds" / "meshservices.grpcmesh.io.yaml"
-)
+# Package data: a copy of manifests/crds/meshservices.grpcmesh.io.yaml (a test keeps them
+# byte-identical), so an installed wheel and the images parse without a checkout.
+CRD_PATH: Traversable = files("grpcmesh_control.model") / "meshservices.grpcmesh.io.yaml"
 
 
-def load_crd(path: Path = CRD_PATH) -> dict[str, Any]:
+def load_crd(path: Traversable = CRD_PATH) -> dict[str, Any]:
     """The CRD document at ``path``."""
     with path.open(encoding="utf-8") as stream:
         doc = yaml.safe_load(stream)
