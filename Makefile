@@ -42,9 +42,13 @@ $(GEN)/.stamp: $(VENV)/.synced $(PROTOS)
 .PHONY: gen
 gen: $(GEN)/.stamp ## generate Python code from protos/ (never edited by hand)
 
+DESCRIPTOR_SET := charts/grpcmesh/files/descriptors/grpcmesh.shop.v1.binpb
+
 .PHONY: chart-assets
-chart-assets: gen ## regenerate charts/grpcmesh/files (dashboards, rules, scrape data)
+chart-assets: gen ## regenerate charts/grpcmesh/files (dashboards, rules, scrape data, descriptor set)
 	$(PY) -m grpcmesh_control.observability.chart_assets --chart charts/grpcmesh
+	mkdir -p $(dir $(DESCRIPTOR_SET))
+	$(PY) -m grpc_tools.protoc -Iprotos --descriptor_set_out=$(DESCRIPTOR_SET) $(sort $(PROTOS))
 
 .PHONY: manifests
 manifests: venv ## regenerate manifests/install/operator.yaml from charts/grpcmesh (kubectl apply -k)

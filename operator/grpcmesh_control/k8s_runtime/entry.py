@@ -12,7 +12,6 @@ import os
 
 from kubernetes_asyncio.config import ConfigException
 
-from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.k8s_runtime.operator import run_operator
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 
@@ -33,7 +32,7 @@ def main(log_level: str = "info") -> int:
         log.error("invalid settings: %s", exc)
         return 2
     try:
-        asyncio.run(run_operator(settings, catalog=load_catalog()))
+        asyncio.run(run_operator(settings))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1

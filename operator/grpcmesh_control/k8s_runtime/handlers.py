@@ -19,6 +19,7 @@ import kopf
 from grpcmesh_control.k8s import mutate_pod, validate_admission
 from grpcmesh_control.k8s.names import INJECT_VALUE, LABEL_INJECT, MANAGED_BY
 from grpcmesh_control.k8s_runtime.client import MESH_SERVICE
+from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL
 from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL
 
 if TYPE_CHECKING:
@@ -119,6 +120,14 @@ def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
             op.state.set_slice(_plain(body))
         # Endpoint counts and Ready are in its owner's status: refresh it now, not at resync.
         op.refresh_status(op.state.owner_of_slice(body))
+
+    # --- descriptor sets -> the method catalog ----------------------------------------------
+
+    @kopf.on.event(
+        "", "v1", "configmaps", labels={DESCRIPTOR_SET_LABEL: kopf.PRESENT}, registry=registry
+    )
+    async def descriptor_set_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        op.descriptor_set_changed(_plain(body), deleted=type == "DELETED")
 
     if runtime.webhook_port is None:
         return  # kopf refuses admission handlers without a webhook server

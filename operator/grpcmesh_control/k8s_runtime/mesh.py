@@ -89,6 +89,10 @@ class MeshState:
         self._changed()
         return svc
 
+    def set_catalog(self, catalog: MethodCatalog) -> None:
+        """Validate MeshServices set from now on against ``catalog``."""
+        self._catalog = catalog
+
     def drop_service(self, namespace: str, name: str) -> None:
         self._services.pop((namespace, name), None)
         self._errors.pop((namespace, name), None)

@@ -38,12 +38,14 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from grpcmesh_control.errors import InvalidNodeId
 from grpcmesh_control.k8s.kinds import (
+    CONFIG_MAP,
     CUSTOM_RESOURCE_DEFINITION,
     ENDPOINT_SLICE,
     SERVICE_MONITOR_CRD,
 )
 from grpcmesh_control.k8s.status import WorkloadRollout
 from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, ApiError, KubeClient
+from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL, catalog_of_config_maps
 from grpcmesh_control.k8s_runtime.handlers import register_handlers
 from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL, MeshState
 from grpcmesh_control.k8s_runtime.metrics import OperatorMetrics
@@ -77,7 +79,10 @@ class Operator:
 
     def __init__(self, settings: RuntimeSettings, catalog: MethodCatalog | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog
+        self._base_catalog = catalog or MethodCatalog()
+        self.catalog = self._base_catalog
+        """The base catalog merged with every descriptor-set ConfigMap (``descriptors``)."""
+        self._descriptor_maps: dict[Key, dict[str, Any]] = {}
         self.metrics = ControlPlaneMetrics()
         self.operator_metrics = OperatorMetrics(self.metrics.registry)
         self.cache = MeteredSnapshotCache(self.metrics)
@@ -181,6 +186,28 @@ class Operator:
         self._rollouts[key] = rollout
         return True
 
+    def descriptor_set_changed(self, body: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """A descriptor-set ConfigMap appeared, changed or went: recompute the catalog; when
+        it differs, the publisher rebuilds with it and every MeshService is re-validated
+        (a ``spec.methods`` name may now be known or unknown)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        if deleted:
+            self._descriptor_maps.pop(key, None)
+        else:
+            self._descriptor_maps[key] = dict(body)
+        catalog, _ = catalog_of_config_maps(self._descriptor_maps.values())
+        catalog = self._base_catalog.merged(catalog)
+        if catalog == self.catalog:
+            return
+        self.catalog = catalog
+        self.state.set_catalog(catalog)
+        self.publisher.set_catalog(catalog)
+        log.info("method catalog: %d gRPC services", len(catalog.service_names))
+        if self._reconciler is not None:
+            for known in self._reconciler.known():
+                self.refresh_status(known)
+
     def _mark_stale(self, key: Key) -> None:
         self._stale.add(key)
         if self._stale_flag is not None:
@@ -279,11 +306,14 @@ class Operator:
         (services without their endpoints) would empty their clusters. kopf's events that
         follow set the same objects again (idempotent)."""
         try:
+            descriptor_maps = await client.list_objects(CONFIG_MAP, None, DESCRIPTOR_SET_LABEL)
             services = await client.list_objects(MESH_SERVICE, None)
             slices = await client.list_objects(ENDPOINT_SLICE, None, SERVICE_NAME_LABEL)
         except ApiError as exc:
             log.warning("initial listing failed (%s): the registry fills from the watches", exc)
             return
+        for body in descriptor_maps:
+            self.descriptor_set_changed(body)
         for body in services:
             if not (body.get("metadata") or {}).get("deletionTimestamp"):
                 self.state.set_service(body)

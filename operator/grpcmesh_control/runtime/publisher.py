@@ -159,6 +159,14 @@ class Publisher:
         self._idle.clear()
         self._dirty.set()
 
+    def set_catalog(self, catalog: MethodCatalog) -> None:
+        """Rebuild with ``catalog`` (retry safety and streaming come from it) after the
+        debounce window, like an input change."""
+        self._catalog = catalog
+        self._updates += 1
+        self._idle.clear()
+        self._dirty.set()
+
     async def run(self) -> None:
         """Rebuild after each debounced burst of updates, until cancelled."""
         while True:
