@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tests.loopback import free_port
-from tests.shared import shared_path
+from tests.shared import shared_path, tool
 
 __all__ = ["KubeCluster", "KubectlError", "wait_until"]
 
@@ -51,19 +50,13 @@ def wait_until(check: Callable[[], T | None], what: str, timeout: float = 60.0) 
         time.sleep(0.1)
 
 
-def _kubectl_binary() -> str:
-    found = shutil.which("kubectl")
-    assert found, "kubectl not found: run the tests through `make test` (the venv has kubectl)"
-    return found
-
-
 @dataclass
 class KubeCluster:
     """One running control plane. ``api_port`` is the apiserver's loopback port."""
 
     state: Path
     api_port: int
-    kubectl_path: str = field(default_factory=_kubectl_binary)
+    kubectl_path: str = field(default_factory=lambda: tool("kubectl"))
 
     @property
     def kubeconfig(self) -> Path:

@@ -33,14 +33,31 @@ def main(log_level: str = "info") -> int:
         return 2
     try:
         asyncio.run(run_operator(settings))
-    except OSError as exc:
-        log.error("cannot serve: %s", exc)
-        return 1
-    except ConfigException as exc:
-        log.error(
-            "no Kubernetes credentials: %s (run in a pod with a service account, set KUBECONFIG, "
-            "or GRPCMESH_API_SERVER)",
-            exc,
-        )
-        return 2
+    except (OSError, ConfigException, ExceptionGroup) as exc:
+        # A failure in any of the operator's tasks (the webhook server binding its port, say)
+        # arrives wrapped in the TaskGroup's ExceptionGroup.
+        cause = _leaf(exc, (OSError, ConfigException))
+        if isinstance(cause, ConfigException):
+            log.error(
+                "no Kubernetes credentials: %s (run in a pod with a service account, set "
+                "KUBECONFIG, or GRPCMESH_API_SERVER)",
+                cause,
+            )
+            return 2
+        if isinstance(cause, OSError):
+            log.error("cannot serve: %s", cause)
+            return 1
+        raise
     return 0
+
+
+def _leaf(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """``exc`` itself, or the first exception of ``kinds`` nested in an exception group."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _leaf(inner, kinds)
+            if found is not None:
+                return found
+    return None
