@@ -50,6 +50,23 @@ chart-assets: gen ## regenerate charts/grpcmesh/files (dashboards, rules, scrape
 	mkdir -p $(dir $(DESCRIPTOR_SET))
 	$(PY) -m grpc_tools.protoc -Iprotos --descriptor_set_out=$(DESCRIPTOR_SET) $(sort $(PROTOS))
 
+.PHONY: copies
+copies: venv ## copy manifests/crds and manifests/examples where the chart and the package ship them
+	$(PY) -m scripts.copies
+
+.PHONY: goldens
+goldens: gen ## regenerate tests/golden (Envoy snapshots, Kubernetes objects of the reference services)
+	$(PY) -m tests.golden.generate
+
+.PHONY: gen-check
+gen-check: gen ## fail when a committed generated file is stale (copies, chart assets, descriptor set, install manifest, goldens)
+	$(PY) -m scripts.copies --check
+	$(PY) -m grpcmesh_control.observability.chart_assets --chart charts/grpcmesh --check
+	@fresh=$$(mktemp) && $(PY) -m grpc_tools.protoc -Iprotos --descriptor_set_out=$$fresh $(sort $(PROTOS)) \
+	  && cmp -s $$fresh $(DESCRIPTOR_SET) || { echo "out of date: $(DESCRIPTOR_SET): run \`make chart-assets\`" >&2; exit 1; }
+	$(PY) -m scripts.render_manifests --check
+	$(PY) -m tests.golden.generate --check
+
 .PHONY: manifests
 manifests: venv ## regenerate manifests/install/operator.yaml from charts/grpcmesh (kubectl apply -k)
 	$(PY) -m scripts.render_manifests
@@ -75,7 +92,7 @@ fmt: venv ## format and autofix
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: test
-test: gen sysdeps lint ## every test tier (lint, unit, integration, end to end)
+test: gen sysdeps lint gen-check ## every test tier (lint, generated files, unit, integration, cluster, images, end to end)
 	$(PY) -m pytest
 
 .PHONY: demo
