@@ -89,6 +89,10 @@ class MeshState:
         self._changed()
         return svc
 
+    @property
+    def catalog(self) -> MethodCatalog | None:
+        return self._catalog
+
     def set_catalog(self, catalog: MethodCatalog) -> None:
         """Validate MeshServices set from now on against ``catalog``."""
         self._catalog = catalog

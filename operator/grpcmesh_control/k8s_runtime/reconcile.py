@@ -153,7 +153,11 @@ class Reconciler:
         if svc is not None:
             try:
                 desired = desired_objects(
-                    svc, namespace=namespace, owner=owner, settings=self._settings.render
+                    svc,
+                    namespace=namespace,
+                    owner=owner,
+                    settings=self._settings.render,
+                    catalog=self._state.catalog,  # the appmesh provider's per-method retries
                 )
             except InvalidResource as exc:
                 spec_error = str(exc)
