@@ -45,7 +45,7 @@ from grpcmesh_control.runtime.controlplane import (
     ControlPlaneSettings,
 )
 from grpcmesh_control.translate import NodeId, ProxyNode, Snapshot, build_snapshot
-from grpcmesh_control.xds import CLUSTER, pack_snapshot
+from grpcmesh_control.xds import CLUSTER
 from tests import loopback
 from tests.loopback import free_port
 
@@ -347,7 +347,7 @@ async def test_a_rejected_config_is_nacked_and_envoy_keeps_the_last_good(
             inbound = next(name for name in good_clusters if name.startswith("inbound|"))
 
             bad = _with_cluster_provided_lb(cp, inbound)
-            assert cp.cache.set_snapshot(NODE_ID, pack_snapshot(bad))
+            assert cp.cache.set_snapshot(NODE_ID, bad.packed)
 
             async def nacked() -> dict[str, Any] | None:
                 node = await node_status(admin_url)

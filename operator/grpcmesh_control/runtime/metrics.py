@@ -41,7 +41,7 @@ class XdsType(StrEnum):
         return _TYPES.get(type_url, cls.OTHER)
 
 
-_TYPES = {
+_TYPES: dict[str, XdsType] = {
     CLUSTER: XdsType.CLUSTER,
     ENDPOINT: XdsType.ENDPOINT,
     LISTENER: XdsType.LISTENER,

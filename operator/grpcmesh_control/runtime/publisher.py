@@ -35,7 +35,7 @@ from grpcmesh_control.errors import InvalidNodeId, UnknownNode
 from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.runtime.clock import Clock, SystemClock
 from grpcmesh_control.translate import ProxyNode, Registry, Snapshot, build_snapshot
-from grpcmesh_control.xds import NodeStatus, SnapshotCache, VersionedSnapshot, pack_snapshot
+from grpcmesh_control.xds import NodeStatus, SnapshotCache, VersionedSnapshot
 
 __all__ = [
     "DEFAULT_MAX_DELAY",
@@ -238,7 +238,7 @@ class Publisher:
         propagate and fail the rebuild."""
         try:
             node = ProxyNode.from_node(node_id, metadata)
-            plan.snapshots[node_id] = pack_snapshot(self._build(registry, node))
+            plan.snapshots[node_id] = self._build(registry, node).packed
         except (UnknownNode, InvalidNodeId) as exc:
             plan.snapshots[node_id] = None
             plan.problems[node_id] = str(exc)

@@ -19,11 +19,9 @@ Treat the messages as frozen: mutating one after creation would make the version
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 
 from google.protobuf import message
@@ -31,37 +29,26 @@ from google.protobuf import message
 from grpcmesh_control.errors import InconsistentSnapshot
 from grpcmesh_control.translate import _envoy as e
 from grpcmesh_control.translate.listeners import HCM_FILTER
+from grpcmesh_control.translate.versioned import (
+    PUSH_ORDER,
+    ResourceType,
+    VersionedSnapshot,
+    pack_resources,
+    resource_name,
+)
 
 __all__ = ["PUSH_ORDER", "ResourceType", "Snapshot", "check_consistency", "resource_name"]
 
 Cluster = e.cluster_pb2.Cluster
 HCM = e.http_connection_manager_pb2.HttpConnectionManager
-_VERSION_CHARS = 16
 
 
-class ResourceType(StrEnum):
-    """xDS type URLs of the resources a snapshot holds."""
-
-    CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-    ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-    LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-    ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-
-
-# The order an xDS server must push in so nothing is referenced before it exists.
-PUSH_ORDER = (
-    ResourceType.CLUSTER,
-    ResourceType.ENDPOINT,
-    ResourceType.LISTENER,
-    ResourceType.ROUTE,
-)
-
-
-def resource_name(resource: message.Message) -> str:
-    """The xDS resource name: ``cluster_name`` for load assignments, ``name`` otherwise."""
-    if isinstance(resource, e.endpoint_pb2.ClusterLoadAssignment):
-        return str(resource.cluster_name)
-    return str(getattr(resource, "name"))  # noqa: B009 - messages are untyped (no stubs)
+_FIELDS = {
+    ResourceType.CLUSTER: "clusters",
+    ResourceType.ENDPOINT: "endpoints",
+    ResourceType.LISTENER: "listeners",
+    ResourceType.ROUTE: "routes",
+}
 
 
 @dataclass(frozen=True)
@@ -75,43 +62,31 @@ class Snapshot:
     routes: tuple[e.route_pb2.RouteConfiguration, ...] = ()
     versions: Mapping[str, str] = field(init=False, compare=False)
     version: str = field(init=False)
+    packed: VersionedSnapshot = field(init=False, compare=False, repr=False)
+    """The resources packed and versioned for the xDS cache (serialized and hashed once)."""
 
     def __post_init__(self) -> None:
-        for attr in ("clusters", "endpoints", "listeners", "routes"):
+        for attr in _FIELDS.values():
             object.__setattr__(self, attr, tuple(sorted(getattr(self, attr), key=resource_name)))
         problems = check_consistency(self.clusters, self.endpoints, self.listeners, self.routes)
         if problems:
             raise InconsistentSnapshot(self.node_id, problems)
-        versions = {t: _content_hash(t, self.resources(t).values()) for t in PUSH_ORDER}
+        packed = VersionedSnapshot.from_types(
+            {t.value: pack_resources(t, getattr(self, _FIELDS[t])) for t in PUSH_ORDER}
+        )
+        object.__setattr__(self, "packed", packed)
+        versions = {t: packed.of(t).version for t in PUSH_ORDER}
         object.__setattr__(self, "versions", MappingProxyType(versions))
-        overall = hashlib.sha256("".join(versions[t] for t in PUSH_ORDER).encode())
-        object.__setattr__(self, "version", overall.hexdigest()[:_VERSION_CHARS])
+        object.__setattr__(self, "version", packed.version)
 
     def resources(self, type_url: str) -> Mapping[str, message.Message]:
         """Resources of one type by name, in name order."""
-        by_type: dict[str, Sequence[message.Message]] = {
-            ResourceType.CLUSTER: self.clusters,
-            ResourceType.ENDPOINT: self.endpoints,
-            ResourceType.LISTENER: self.listeners,
-            ResourceType.ROUTE: self.routes,
-        }
-        return MappingProxyType({resource_name(r): r for r in by_type[type_url]})
+        of_type: Sequence[message.Message] = getattr(self, _FIELDS[ResourceType(type_url)])
+        return MappingProxyType({resource_name(r): r for r in of_type})
 
     def by_type(self) -> Mapping[str, Mapping[str, message.Message]]:
         """Every resource by type URL, then name (the shape the xDS cache takes)."""
         return MappingProxyType({t.value: self.resources(t) for t in PUSH_ORDER})
-
-
-def _content_hash(type_url: str, resources: Iterable[message.Message]) -> str:
-    digest = hashlib.sha256(type_url.encode())
-    for resource in resources:
-        payload = resource.SerializeToString(deterministic=True)
-        name = resource_name(resource).encode()
-        # Length-prefixed, so (name, bytes) boundaries cannot be shifted into a collision.
-        for part in (name, payload):
-            digest.update(len(part).to_bytes(8, "big"))
-            digest.update(part)
-    return digest.hexdigest()[:_VERSION_CHARS]
 
 
 def check_consistency(

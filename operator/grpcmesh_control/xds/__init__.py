@@ -4,18 +4,20 @@ The seam follows go-control-plane: the cache holds versions and never sees strea
 handles streams and never computes versions.
 """
 
-from grpcmesh_control.xds.cache import NackRecord, NodeStatus, SnapshotCache
-from grpcmesh_control.xds.resources import (
+from grpcmesh_control.translate.versioned import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     PUSH_ORDER,
     ROUTE,
+    WILDCARD_TYPES,
+    ResourceType,
     TypeResources,
     VersionedSnapshot,
-    pack_snapshot,
+    pack_resources,
     version_snapshot,
 )
+from grpcmesh_control.xds.cache import NackRecord, NodeStatus, SnapshotCache
 from grpcmesh_control.xds.server import AdsServicer
 
 __all__ = [
@@ -24,12 +26,14 @@ __all__ = [
     "LISTENER",
     "PUSH_ORDER",
     "ROUTE",
+    "WILDCARD_TYPES",
     "AdsServicer",
     "NackRecord",
     "NodeStatus",
+    "ResourceType",
     "SnapshotCache",
     "TypeResources",
     "VersionedSnapshot",
-    "pack_snapshot",
+    "pack_resources",
     "version_snapshot",
 ]

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.json_format import MessageToDict
 
-from grpcmesh_control.xds.cache import SnapshotCache
-from grpcmesh_control.xds.resources import (
+from grpcmesh_control.translate.versioned import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -28,6 +27,7 @@ from grpcmesh_control.xds.resources import (
     WILDCARD_TYPES,
     VersionedSnapshot,
 )
+from grpcmesh_control.xds.cache import SnapshotCache
 
 _nonces = itertools.count(1)
 
@@ -141,7 +141,7 @@ class SotwStream:
             self.cache.disconnected(self.node_id)
 
 
-_DEPENDENT = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
+_DEPENDENT: dict[str, str] = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 
 
 @dataclass

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from grpcmesh_control.translate import Registry, build_snapshot
 from grpcmesh_control.translate.naming import NodeId, ProxyNode
-from grpcmesh_control.xds import PUSH_ORDER, SnapshotCache, pack_snapshot
+from grpcmesh_control.xds import PUSH_ORDER, SnapshotCache
 
 
-def test_pack_keeps_translate_versions_and_adds_per_resource_ones(registry: Registry) -> None:
+def test_the_packed_snapshot_carries_translate_versions_and_per_resource_ones(
+    registry: Registry,
+) -> None:
     node = ProxyNode.from_node(str(NodeId.sidecar("orders", "0")), {})
     snapshot = build_snapshot(registry, node)
-    packed = pack_snapshot(snapshot)
+    packed = snapshot.packed
     assert packed.version == snapshot.version
     for type_url in PUSH_ORDER:
         typed = packed.of(type_url)
@@ -21,4 +23,4 @@ def test_pack_keeps_translate_versions_and_adds_per_resource_ones(registry: Regi
 
     cache = SnapshotCache()
     assert cache.set_snapshot(str(node.id), packed) is True
-    assert cache.set_snapshot(str(node.id), pack_snapshot(build_snapshot(registry, node))) is False
+    assert cache.set_snapshot(str(node.id), build_snapshot(registry, node).packed) is False

@@ -89,7 +89,7 @@ async def test_status_of_a_node_through_ack_and_nack(
 
     watched = {CLUSTER, LISTENER}
     for type_url in watched:
-        cache.record_ack(ORDERS, type_url, snapshot.of(type_url).version, watched)
+        cache.record_ack(ORDERS, type_url, snapshot.of(type_url).version, set(map(str, watched)))
     (node,) = (await get_json(client, "/status"))["nodes"]
     assert node["acked_version"] == node["snapshot_version"] == snapshot.version
 
