@@ -9,7 +9,6 @@ second pass only runs on schema-valid documents, so it can index without defensi
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from functools import cache
@@ -203,23 +202,56 @@ def _semantic_errors(body: Doc, catalog: MethodCatalog | None) -> Iterator[Field
                 "spec.workload.version",
                 "must not be set together with spec.versions (name each version there)",
             )
-    yield from _positive_durations(spec.get("trafficPolicy", {}))
+    yield from _duration_errors(spec)
     for key in spec.get("config", {}):
         if not _CONFIG_KEY.match(key) or len(key) > 253:
             yield FieldError(f"spec.config.{key}", "not a valid ConfigMap key ([-._a-zA-Z0-9]+)")
 
 
-def _positive_durations(policy: Doc) -> Iterator[FieldError]:
-    # Envoy refuses zero for these (proto validation "gt: 0"); "0s" means "none" elsewhere.
-    fields = [("spec.trafficPolicy.connectTimeout", policy.get("connectTimeout"))]
+# Envoy refuses zero for these (proto validation "gt: 0"); "0s" means "none" elsewhere.
+_POSITIVE_DURATIONS = frozenset(
+    {
+        "spec.trafficPolicy.connectTimeout",
+        "spec.trafficPolicy.outlierDetection.interval",
+        "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+    }
+)
+
+
+def _duration_errors(spec: Doc) -> Iterator[FieldError]:
+    for path, text in _durations(spec):
+        try:
+            value = parse_duration(text)
+        except ValueError as exc:  # the pattern held, so it is too long
+            yield FieldError(path, str(exc))
+            continue
+        if path in _POSITIVE_DURATIONS and value <= timedelta(0):
+            yield FieldError(path, f"{text!r} must be greater than zero")
+
+
+def _durations(spec: Doc) -> Iterator[tuple[str, str]]:
+    """(path, text) of every duration set in ``spec``."""
+    policy = spec.get("trafficPolicy", {})
     outlier = policy.get("outlierDetection", {})
-    fields += [
+    candidates = [
+        ("spec.trafficPolicy.timeout", policy.get("timeout")),
+        ("spec.trafficPolicy.connectTimeout", policy.get("connectTimeout")),
+        (
+            "spec.trafficPolicy.retries.perTryTimeout",
+            policy.get("retries", {}).get("perTryTimeout"),
+        ),
         ("spec.trafficPolicy.outlierDetection.interval", outlier.get("interval")),
         ("spec.trafficPolicy.outlierDetection.baseEjectionTime", outlier.get("baseEjectionTime")),
     ]
-    for path, text in fields:
-        if text is not None and parse_duration(text) <= timedelta(0):
-            yield FieldError(path, f"{text!r} must be greater than zero")
+    for i, method in enumerate(spec.get("methods", [])):
+        candidates += [
+            (f"spec.methods[{i}].timeout", method.get("timeout")),
+            (
+                f"spec.methods[{i}].retries.perTryTimeout",
+                method.get("retries", {}).get("perTryTimeout"),
+            ),
+        ]
+    yield from ((path, text) for path, text in candidates if text is not None)
 
 
 def _metadata_errors(metadata: object) -> Iterator[FieldError]:
@@ -244,9 +276,16 @@ def _metadata_errors(metadata: object) -> Iterator[FieldError]:
 
 
 def _duplicates(path: str, names: Sequence[str]) -> Iterator[FieldError]:
-    for name, count in sorted(Counter(names).items()):
-        if count > 1:
-            yield FieldError(path, f"{name!r} appears {count} times, names must be unique")
+    # Each repeat is named by its index, as the API server names it ("Duplicate value").
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            yield FieldError(
+                f"{path}[{i}]",
+                f"duplicate of {path}[{first[name]}] ({name!r}); names must be unique",
+            )
+        else:
+            first[name] = i
 
 
 def _env_errors(path: str, env: Doc) -> Iterator[FieldError]:

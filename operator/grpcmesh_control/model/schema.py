@@ -56,15 +56,28 @@ def openapi_schema(crd: Mapping[str, Any], version: str = VERSION) -> dict[str, 
 
 
 def strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``schema`` that refuses unknown fields, like strict field validation."""
+    """A copy of ``schema`` that refuses unknown fields, like strict field validation.
+
+    The root's ``metadata`` stays open: a CRD may only constrain ``metadata.name`` (and
+    ``generateName``); the rest is ObjectMeta, which the API server validates itself.
+    """
+    out = _closed(schema)
+    metadata = schema.get("properties", {}).get("metadata")
+    if isinstance(metadata, Mapping):
+        out["properties"]["metadata"] = {**_closed(metadata)}
+        out["properties"]["metadata"].pop("additionalProperties", None)
+    return out
+
+
+def _closed(schema: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key == "properties":
-            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
+            out[key] = {name: _closed(sub) for name, sub in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
-            out[key] = strict_schema(value)
+            out[key] = _closed(value)
         elif key in ("anyOf", "allOf", "oneOf"):
-            out[key] = [strict_schema(sub) for sub in value]
+            out[key] = [_closed(sub) for sub in value]
         else:
             out[key] = value
     if (

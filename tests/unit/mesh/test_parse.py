@@ -253,7 +253,7 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
         "duplicate-versions",
         "payments",
         _set("spec.versions.1.name", "v1"),
-        "spec.versions: 'v1' appears 2 times",
+        "spec.versions[1]: duplicate of spec.versions[0] ('v1')",
     ),
     (
         "version-twice",
@@ -265,13 +265,13 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
         "duplicate-backends",
         "orders",
         _set("spec.backends", [{"name": "catalog"}, {"name": "catalog"}]),
-        "spec.backends: 'catalog' appears 2 times",
+        "spec.backends[1]: duplicate of spec.backends[0] ('catalog')",
     ),
     (
         "duplicate-services",
         "orders",
         _set("spec.grpc.services", ["a.B", "a.B"]),
-        "spec.grpc.services: 'a.B' appears 2 times",
+        "spec.grpc.services[1]: duplicate of spec.grpc.services[0] ('a.B')",
     ),
     (
         "method-format",
