@@ -36,6 +36,28 @@ class KubectlError(AssertionError):
         self.stderr = stderr
         super().__init__(f"kubectl {' '.join(args)} -> {returncode}: {stderr.strip()}")
 
+    @property
+    def causes(self) -> list[tuple[str, str]]:
+        """(field, what was said about it) of each cause of an "is invalid" refusal, as
+        kubectl prints them: one after the colon, or several as "* field: ..." lines."""
+        _, found, rest = self.stderr.partition(" is invalid: ")
+        if not found:
+            return []
+        lines = [line[2:] for line in rest.splitlines() if line.startswith("* ")]
+        out = []
+        for line in lines or [rest.strip()]:
+            field, _, said = line.partition(": ")
+            out.append((field, said))
+        return out
+
+    def names(self, field: str) -> bool:
+        """Whether the refusal names ``field``: as a cause, or inside the message of a cause
+        on an enclosing field (a CEL rule on a list names its entry in the message)."""
+        return any(
+            named == field or (field.startswith(named) and f"{field}: " in said)
+            for named, said in self.causes
+        )
+
 
 def wait_until(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
     """``check()`` until it returns something truthy, or fail after ``timeout`` seconds."""

@@ -4,6 +4,7 @@ shared by the unit tests of every layer (model, translate, k8s). In-process only
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,24 @@ def services(
         name: parse_mesh_service(doc, source=f"{name}.yaml", catalog=catalog)
         for name, doc in example_docs.items()
     }
+
+
+Mutation = Callable[[dict[str, Any]], object]
+"""An edit of a MeshService document in place (a variant of an example)."""
+
+
+def set_field(path: str, value: object) -> Mutation:
+    """Set ``path`` (dotted; a number indexes a list: ``spec.versions.1.weight``), creating
+    missing mappings on the way."""
+
+    def mutate(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        if last.isdigit():
+            node[int(last)] = value
+        else:
+            node[last] = value
+
+    return mutate

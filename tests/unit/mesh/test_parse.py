@@ -3,7 +3,6 @@ invalid document with one InvalidResource naming the source and the field path."
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
@@ -24,7 +23,7 @@ from grpcmesh_control.model import (
     parse_mesh_service,
     parse_mesh_services_yaml,
 )
-from tests.unit.examples import EXAMPLE_NAMES, EXAMPLES
+from tests.unit.examples import EXAMPLE_NAMES, EXAMPLES, Mutation, set_field
 
 Doc = dict[str, Any]
 MINIMAL = """
@@ -153,19 +152,6 @@ def test_methods_are_checked_against_the_catalog_only_when_it_knows_the_service(
 
 # --- rejected: one case per class, each naming the field ---------------------------------------
 
-Mutation = Callable[[Doc], object]
-
-
-def _set(path: str, value: object) -> Mutation:
-    def mutate(doc: Doc) -> None:
-        *parents, last = path.split(".")
-        node: Any = doc
-        for part in parents:
-            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
-        node[last] = value
-
-    return mutate
-
 
 def _delete(path: str) -> Mutation:
     def mutate(doc: Doc) -> None:
@@ -183,20 +169,25 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
     (
         "minimum",
         "orders",
-        _set("spec.trafficPolicy.retries.attempts", -1),
+        set_field("spec.trafficPolicy.retries.attempts", -1),
         "spec.trafficPolicy.retries.attempts: -1 is less than the minimum of 0",
     ),
-    ("maximum", "orders", _set("spec.grpc.port", 70000), "spec.grpc.port: 70000 is greater than"),
+    (
+        "maximum",
+        "orders",
+        set_field("spec.grpc.port", 70000),
+        "spec.grpc.port: 70000 is greater than",
+    ),
     (
         "unknown-field",
         "orders",
-        _set("spec.trafficPolicy.retry", {"attempts": 1}),
+        set_field("spec.trafficPolicy.retry", {"attempts": 1}),
         "spec.trafficPolicy.retry: unknown field",
     ),
     (
         "unknown-nested-field",
         "catalog",
-        _set("spec.trafficPolicy.outlierDetection.consecutiveErrors", 5),
+        set_field("spec.trafficPolicy.outlierDetection.consecutiveErrors", 5),
         "spec.trafficPolicy.outlierDetection.consecutiveErrors: unknown field",
     ),
     ("missing", "orders", _delete("spec.grpc.port"), "spec.grpc.port: required field is missing"),
@@ -204,99 +195,99 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
     (
         "type",
         "orders",
-        _set("spec.replicas", "two"),
+        set_field("spec.replicas", "two"),
         "spec.replicas: 'two' is not of type 'integer'",
     ),
     (
         "duration",
         "orders",
-        _set("spec.trafficPolicy.timeout", "2 seconds"),
+        set_field("spec.trafficPolicy.timeout", "2 seconds"),
         "spec.trafficPolicy.timeout: '2 seconds' is not a duration",
     ),
     (
         "enum",
         "orders",
-        _set("spec.trafficPolicy.retries.retryOn", ["NOT_FOUND"]),
+        set_field("spec.trafficPolicy.retries.retryOn", ["NOT_FOUND"]),
         "spec.trafficPolicy.retries.retryOn[0]: 'NOT_FOUND' is not one of",
     ),
     (
         "list-item",
         "orders",
-        _set("spec.backends", [{"name": "Catalog"}]),
+        set_field("spec.backends", [{"name": "Catalog"}]),
         "spec.backends[0].name: 'Catalog' does not match",
     ),
     (
         "external-port",
         "orders",
-        _set("spec.backends", [{"name": "fx", "external": {"host": "fx.example.com"}}]),
+        set_field("spec.backends", [{"name": "fx", "external": {"host": "fx.example.com"}}]),
         "spec.backends[0].external.port: required field is missing",
     ),
     (
         "config-value-type",
         "payments",
-        _set("spec.config.failure_rate", 0.0),
+        set_field("spec.config.failure_rate", 0.0),
         "spec.config.failure_rate: 0.0 is not of type 'string'",
     ),
     (
         "config-key",
         "payments",
-        _set("spec.config.bad key", "x"),
+        set_field("spec.config.bad key", "x"),
         "spec.config.bad key: not a valid ConfigMap key",
     ),
     (
         "weights",
         "payments",
-        _set("spec.versions.1.weight", 5),
+        set_field("spec.versions.1.weight", 5),
         "spec.versions: weights sum to 95, must be 100",
     ),
     (
         "duplicate-versions",
         "payments",
-        _set("spec.versions.1.name", "v1"),
+        set_field("spec.versions.1.name", "v1"),
         "spec.versions[1]: duplicate of spec.versions[0] ('v1')",
     ),
     (
         "version-twice",
         "payments",
-        _set("spec.workload.version", "v1"),
+        set_field("spec.workload.version", "v1"),
         "spec.workload.version: must not be set together with spec.versions",
     ),
     (
         "duplicate-backends",
         "orders",
-        _set("spec.backends", [{"name": "catalog"}, {"name": "catalog"}]),
+        set_field("spec.backends", [{"name": "catalog"}, {"name": "catalog"}]),
         "spec.backends[1]: duplicate of spec.backends[0] ('catalog')",
     ),
     (
         "duplicate-services",
         "orders",
-        _set("spec.grpc.services", ["a.B", "a.B"]),
+        set_field("spec.grpc.services", ["a.B", "a.B"]),
         "spec.grpc.services[1]: duplicate of spec.grpc.services[0] ('a.B')",
     ),
     (
         "method-format",
         "orders",
-        _set("spec.methods", [{"name": "PlaceOrder"}]),
+        set_field("spec.methods", [{"name": "PlaceOrder"}]),
         "spec.methods[0].name: 'PlaceOrder' does not match",
     ),
     (
         "method-service",
         "orders",
-        _set("spec.methods", [{"name": "grpcmesh.shop.v1.PaymentService/Charge"}]),
+        set_field("spec.methods", [{"name": "grpcmesh.shop.v1.PaymentService/Charge"}]),
         "spec.methods[0].name: service grpcmesh.shop.v1.PaymentService is not one of "
         "spec.grpc.services",
     ),
     (
         "method-not-in-catalog",
         "inventory",
-        _set("spec.methods", [{"name": "grpcmesh.shop.v1.InventoryService/Teleport"}]),
+        set_field("spec.methods", [{"name": "grpcmesh.shop.v1.InventoryService/Teleport"}]),
         "spec.methods[0].name: grpcmesh.shop.v1.InventoryService has no method Teleport (it has: "
         "AdjustStock, CommitStock",
     ),
     (
         "env-value-and-value-from",
         "inventory",
-        _set(
+        set_field(
             "spec.workload.env",
             [{"name": "X", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
         ),
@@ -305,28 +296,28 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
     (
         "env-neither",
         "inventory",
-        _set("spec.workload.env", [{"name": "X"}]),
+        set_field("spec.workload.env", [{"name": "X"}]),
         "spec.workload.env[0]: set exactly one of value and valueFrom",
     ),
     (
         "zero-connect-timeout",
         "orders",
-        _set("spec.trafficPolicy.connectTimeout", "0s"),
+        set_field("spec.trafficPolicy.connectTimeout", "0s"),
         "spec.trafficPolicy.connectTimeout: '0s' must be greater than zero",
     ),
     (
         "name",
         "orders",
-        _set("metadata.name", "Orders_1"),
+        set_field("metadata.name", "Orders_1"),
         "metadata.name: 'Orders_1' is not a DNS-1035 label",
     ),
     (
         "api-version",
         "orders",
-        _set("apiVersion", "grpcmesh.io/v1"),
+        set_field("apiVersion", "grpcmesh.io/v1"),
         "apiVersion: must be grpcmesh.io/v1alpha1, not 'grpcmesh.io/v1'",
     ),
-    ("kind", "orders", _set("kind", "Service"), "kind: must be MeshService, not 'Service'"),
+    ("kind", "orders", set_field("kind", "Service"), "kind: must be MeshService, not 'Service'"),
 ]
 
 

@@ -1,0 +1,398 @@
+"""The API server refuses a bad MeshService on its own, naming the field, with no operator.
+
+No operator runs in this tier's cluster (the ``kube`` fixture installs the CRDs and nothing
+else), so no validating webhook is registered: every refusal here comes from the CRD alone
+(its schema and its CEL ``x-kubernetes-validations``), exactly what a user gets from
+``kubectl apply`` while the operator is scaled to zero or not installed yet.
+
+Each case is one plain ``kubectl apply`` (client-side, as a user types it) of an example with
+one thing wrong. The same cases hold local mode to the same answers: the model's parser (or,
+for the two rules only a deployed workload needs, the admission validator) refuses each
+document naming the same field, and every CEL rule in the CRD is exercised by a case.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import pytest
+import yaml
+
+from grpcmesh_control.errors import InvalidResource
+from grpcmesh_control.k8s.admission import validate_admission
+from grpcmesh_control.k8s.pod import MESH_ENV
+from grpcmesh_control.model import parse_mesh_service
+from grpcmesh_control.model.durations import MAX_DURATION
+from grpcmesh_control.model.schema import load_crd, openapi_schema
+from tests.chart.chart import VALUE_SETS, find, render
+from tests.cluster.kube import KubeCluster, KubectlError
+from tests.unit.examples import EXAMPLE_NAMES, EXAMPLES, Mutation, set_field
+
+Doc = dict[str, Any]
+TOO_LONG = "2562047h47m16.854775808s"  # one nanosecond over MAX_DURATION
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An example with one thing wrong, and the field a refusal must name."""
+
+    id: str
+    example: str
+    edits: tuple[Mutation, ...]
+    field: str
+    says: str
+    """What the API server says about it (a fragment)."""
+    rule: tuple[str, int] | None = None
+    """The CEL rule it trips: (schema location, index), ``[]`` marking list items."""
+    local: str = "model"
+    """Which local check refuses it too: ``model`` (local mode) or ``admission`` only."""
+
+    def document(self) -> Doc:
+        doc = copy.deepcopy(_examples()[self.example])
+        for edit in self.edits:
+            edit(doc)
+        return doc
+
+
+def _case(
+    id: str,
+    example: str,
+    edits: Mutation | tuple[Mutation, ...],
+    field: str,
+    says: str,
+    rule: tuple[str, int] | str | None = None,
+    local: str = "model",
+) -> Refusal:
+    edits = edits if isinstance(edits, tuple) else (edits,)
+    location = (rule, 0) if isinstance(rule, str) else rule
+    return Refusal(id, example, edits, field, says, location, local)
+
+
+_ENV_VALUE = {"name": "LEVEL", "value": "INFO"}
+_SECRET = {"secretKeyRef": {"name": "s", "key": "k"}}
+_CONFIG_MAP = {"configMapKeyRef": {"name": "c", "key": "k"}}
+_ORDERS = "grpcmesh.shop.v1.OrderService"
+
+CASES = (
+    # CEL rules
+    _case(
+        "weights",
+        "payments",
+        set_field("spec.versions.1.weight", 5),
+        "spec.versions",
+        "weights sum to 95, must be 100",
+        "spec.versions",
+    ),
+    _case(
+        "version-with-versions",
+        "payments",
+        set_field("spec.workload.version", "v1"),
+        "spec.workload.version",
+        "Forbidden: must not be set together with spec.versions",
+        ("spec", 0),
+    ),
+    _case(
+        "method-of-another-service",
+        "inventory",
+        set_field("spec.methods.1.name", "grpcmesh.shop.v1.PaymentService/Charge"),
+        "spec.methods[1].name",
+        "service grpcmesh.shop.v1.PaymentService is not one of spec.grpc.services",
+        ("spec", 1),
+    ),
+    _case(
+        "env-value-and-value-from",
+        "inventory",
+        set_field("spec.workload.env", [{**_ENV_VALUE, "valueFrom": _SECRET}]),
+        "spec.workload.env[0]",
+        "set exactly one of value and valueFrom",
+        "spec.workload.env[]",
+    ),
+    _case(
+        "env-neither-value",
+        "inventory",
+        set_field("spec.workload.env", [_ENV_VALUE, {"name": "EMPTY"}]),
+        "spec.workload.env[1]",
+        "set exactly one of value and valueFrom",
+        "spec.workload.env[]",
+    ),
+    _case(
+        "env-two-sources",
+        "inventory",
+        set_field("spec.workload.env", [{"name": "KEY", "valueFrom": _SECRET | _CONFIG_MAP}]),
+        "spec.workload.env[0].valueFrom",
+        "set exactly one of secretKeyRef and configMapKeyRef",
+        "spec.workload.env[].valueFrom",
+    ),
+    _case(
+        "env-owned-by-the-operator",
+        "inventory",
+        set_field("spec.workload.env.0.name", "GRPCMESH_PORT"),
+        "spec.workload.env[0].name",
+        "Forbidden: GRPCMESH_PORT is set by the operator",
+        "spec.workload.env[].name",
+        local="admission",
+    ),
+    _case(
+        "cpu-over-limit",
+        "orders",
+        set_field("spec.workload.resources.limits.cpu", "50m"),
+        "spec.workload.resources.requests.cpu",
+        "100m exceeds limits.cpu 50m",
+        ("spec.workload.resources", 0),
+        local="admission",
+    ),
+    _case(
+        "memory-over-limit",
+        "orders",
+        set_field("spec.workload.resources.limits.memory", "64Mi"),
+        "spec.workload.resources.requests.memory",
+        "128Mi exceeds limits.memory 64Mi",
+        ("spec.workload.resources", 1),
+        local="admission",
+    ),
+    _case(
+        "zero-connect-timeout",
+        "orders",
+        set_field("spec.trafficPolicy.connectTimeout", "0s"),
+        "spec.trafficPolicy.connectTimeout",
+        "must be greater than zero",
+        "spec.trafficPolicy.connectTimeout",
+    ),
+    _case(
+        "zero-ejection-interval",
+        "orders",
+        set_field("spec.trafficPolicy.outlierDetection.interval", "0ms"),
+        "spec.trafficPolicy.outlierDetection.interval",
+        "must be greater than zero",
+        "spec.trafficPolicy.outlierDetection.interval",
+    ),
+    _case(
+        "zero-ejection-time",
+        "orders",
+        set_field("spec.trafficPolicy.outlierDetection.baseEjectionTime", "0.0s"),
+        "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+        "must be greater than zero",
+        "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+    ),
+    *(
+        _case(
+            f"duration-beyond-go-{path.replace('.', '-').lower()}",
+            "orders",
+            set_field(path, TOO_LONG),
+            re.sub(r"\.(\d+)", r"[\1]", path),
+            "google.protobuf.Duration",
+            re.sub(r"\.\d+", "[]", path),
+        )
+        for path in [
+            "spec.trafficPolicy.timeout",
+            "spec.trafficPolicy.retries.perTryTimeout",
+            "spec.methods.0.timeout",
+            "spec.methods.0.retries.perTryTimeout",
+        ]
+    ),
+    _case(
+        "config-key",
+        "payments",
+        set_field("spec.config.bad key", "x"),
+        "spec.config.bad key",
+        "not a valid ConfigMap key",
+        "spec.config",
+    ),
+    _case(
+        "name-not-a-dns-label",
+        "payments",
+        set_field("metadata.name", "payments.v2"),
+        "metadata.name",
+        "is not a DNS-1035 label",
+        "metadata.name",
+    ),
+    # The schema itself: unique names (list types), bounds
+    *(
+        _case(f"duplicate-{what}", example, edit, field, "Duplicate value")
+        for what, example, edit, field in [
+            ("version", "payments", set_field("spec.versions.1.name", "v1"), "spec.versions[1]"),
+            (
+                "service",
+                "orders",
+                set_field("spec.grpc.services", [_ORDERS, "a.B", _ORDERS]),
+                "spec.grpc.services[2]",
+            ),
+            (
+                "method",
+                "inventory",
+                set_field("spec.methods.1.name", "grpcmesh.shop.v1.InventoryService/ReserveStock"),
+                "spec.methods[1]",
+            ),
+            ("backend", "orders", set_field("spec.backends.2.name", "catalog"), "spec.backends[2]"),
+            (
+                "env",
+                "inventory",
+                set_field("spec.workload.env", [_ENV_VALUE, _ENV_VALUE]),
+                "spec.workload.env[1]",
+            ),
+        ]
+    ),
+    _case(
+        "duration-format",
+        "orders",
+        set_field("spec.trafficPolicy.timeout", "2 seconds"),
+        "spec.trafficPolicy.timeout",
+        "should match",
+    ),
+    _case(
+        "duration-length",
+        "orders",
+        set_field("spec.trafficPolicy.timeout", "1s" * 17),
+        "spec.trafficPolicy.timeout",
+        "Too long",
+    ),
+    _case(
+        "name-length",
+        "payments",
+        set_field("metadata.name", "p" * 64),
+        "metadata.name",
+        "Too long",
+    ),
+)
+
+
+@cache
+def _examples() -> dict[str, Doc]:
+    docs = {}
+    for name in EXAMPLE_NAMES:
+        with (EXAMPLES / f"{name}.yaml").open() as stream:
+            docs[name] = yaml.safe_load(stream)
+    return docs
+
+
+def _ids(cases: tuple[Refusal, ...]) -> list[str]:
+    return [case.id for case in cases]
+
+
+# --- the API server ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def refusals_namespace(kube: KubeCluster) -> Iterator[str]:
+    """One namespace for every refusal case: a refused object is never stored, so they cannot
+    disturb each other, and a namespace per case would cost more than the case."""
+    name = kube.create_namespace("crd-refusals")
+    yield name
+    assert kube.items("meshservices", name) == [], "a refused MeshService was stored"
+    kube.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_the_api_server_refuses_naming_the_field(
+    kube: KubeCluster, refusals_namespace: str, case: Refusal
+) -> None:
+    with pytest.raises(KubectlError) as refused:
+        kube.apply([case.document()], namespace=refusals_namespace, server_side=False)
+    assert refused.value.names(case.field), refused.value.stderr
+    assert case.says in refused.value.stderr
+
+
+def test_every_example_and_chart_meshservice_is_accepted(kube: KubeCluster, namespace: str) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
+    names = {item["metadata"]["name"] for item in kube.items("meshservices", namespace)}
+    assert names == set(EXAMPLE_NAMES)
+
+    charted = {
+        yaml.safe_dump(obj): obj
+        for _, values in VALUE_SETS
+        for obj in find(render(values), "MeshService")
+    }
+    assert charted, "the chart renders no MeshService in any value set"
+    chart_namespace = kube.create_namespace(f"{namespace}-chart")
+    try:
+        for obj in charted.values():
+            obj["metadata"]["namespace"] = chart_namespace
+        kube.apply(charted.values())
+        stored = {i["metadata"]["name"] for i in kube.items("meshservices", chart_namespace)}
+        assert stored == {obj["metadata"]["name"] for obj in charted.values()}
+    finally:
+        kube.kubectl("delete", "namespace", chart_namespace, "--wait=false")
+
+
+def test_the_edges_of_each_rule_are_accepted(kube: KubeCluster, namespace: str) -> None:
+    """Just inside every bound: accepted by the API server and by the parser alike."""
+    doc = _edge_document()
+    parse_mesh_service(doc)
+    kube.apply([doc], namespace=namespace, server_side=False)
+    stored = kube.get("meshservice", doc["metadata"]["name"], namespace)
+    assert stored["spec"]["trafficPolicy"]["timeout"] == MAX_DURATION
+
+
+def _edge_document() -> Doc:
+    doc = copy.deepcopy(_examples()["payments"])
+    edits = [
+        set_field("metadata.name", "p" + "-" * 61 + "9"),
+        set_field("spec.versions", [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}]),
+        set_field("spec.trafficPolicy.timeout", MAX_DURATION),
+        set_field("spec.trafficPolicy.connectTimeout", "0.0001ms"),  # 100ns: still positive
+        set_field("spec.trafficPolicy.outlierDetection.interval", "1ms"),
+        set_field("spec.config", {"k" * 253: "x", "-._": "1"}),
+        set_field(
+            "spec.workload.resources",
+            {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {"cpu": "1000m", "memory": "1Gi"}},
+        ),
+        set_field(
+            "spec.workload.env",
+            [
+                {"name": "GRPCMESH_LOG_LEVEL", "value": "INFO"},
+                {"name": "FROM_SECRET", "valueFrom": _SECRET},
+            ],
+        ),
+    ]
+    for edit in edits:
+        edit(doc)
+    return doc
+
+
+# --- local mode agrees ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_the_local_checks_refuse_the_same_field(case: Refusal) -> None:
+    doc = case.document()
+    review = {
+        "request": {"uid": "u", "operation": "CREATE", "namespace": "shop", "object": doc},
+    }
+    response = validate_admission(review, known_services=(), catalog=None)["response"]
+    assert response["allowed"] is False
+    assert case.field in {c["field"] for c in response["status"]["details"]["causes"]}
+    if case.local == "model":
+        with pytest.raises(InvalidResource) as refused:
+            parse_mesh_service(doc)
+        assert case.field in {e.path for e in refused.value.errors}
+    else:
+        parse_mesh_service(doc)  # a rule of deployed workloads only; local mode runs none
+
+
+def test_every_cel_rule_has_a_case() -> None:
+    rules = set(_cel_rules(openapi_schema(load_crd()), ""))
+    exercised = {case.rule for case in CASES if case.rule is not None}
+    assert exercised == rules
+
+
+def test_the_operators_variables_are_the_ones_the_crd_forbids() -> None:
+    schema = openapi_schema(load_crd())
+    env_name = schema["properties"]["spec"]["properties"]["workload"]["properties"]["env"]
+    (rule,) = env_name["items"]["properties"]["name"]["x-kubernetes-validations"]
+    assert set(re.findall(r"'([A-Z_]+)'", rule["rule"])) == MESH_ENV
+
+
+def _cel_rules(schema: Mapping[str, Any], path: str) -> Iterator[tuple[str, int]]:
+    for i, _ in enumerate(schema.get("x-kubernetes-validations", [])):
+        yield path, i
+    for name, sub in schema.get("properties", {}).items():
+        yield from _cel_rules(sub, f"{path}.{name}" if path else name)
+    if isinstance(schema.get("items"), Mapping):
+        yield from _cel_rules(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), Mapping):
+        yield from _cel_rules(schema["additionalProperties"], f"{path}{{}}")
