@@ -50,13 +50,10 @@ class KubectlError(AssertionError):
             out.append((field, said))
         return out
 
-    def names(self, field: str) -> bool:
-        """Whether the refusal names ``field``: as a cause, or inside the message of a cause
-        on an enclosing field (a CEL rule on a list names its entry in the message)."""
-        return any(
-            named == field or (field.startswith(named) and f"{field}: " in said)
-            for named, said in self.causes
-        )
+    @property
+    def fields(self) -> set[str]:
+        """The fields the refusal names."""
+        return {field for field, _ in self.causes}
 
 
 def wait_until(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
