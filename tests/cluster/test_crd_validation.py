@@ -13,11 +13,9 @@ document naming the same field, and every CEL rule in the CRD is exercised by a 
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import pytest
@@ -31,7 +29,7 @@ from grpcmesh_control.model.durations import MAX_DURATION
 from grpcmesh_control.model.schema import load_crd, openapi_schema
 from tests.chart.chart import VALUE_SETS, find, render
 from tests.cluster.kube import KubeCluster, KubectlError
-from tests.unit.examples import EXAMPLE_NAMES, EXAMPLES, Mutation, set_field
+from tests.unit.examples import EXAMPLE_NAMES, EXAMPLES, Mutation, example_doc, set_field
 
 Doc = dict[str, Any]
 TOO_LONG = "2562047h47m16.854775808s"  # one nanosecond over MAX_DURATION
@@ -60,7 +58,7 @@ class Refusal:
         return self.enclosing or self.field
 
     def document(self) -> Doc:
-        doc = copy.deepcopy(_examples()[self.example])
+        doc = example_doc(self.example)
         for edit in self.edits:
             edit(doc)
         return doc
@@ -279,15 +277,6 @@ CASES = (
 )
 
 
-@cache
-def _examples() -> dict[str, Doc]:
-    docs = {}
-    for name in EXAMPLE_NAMES:
-        with (EXAMPLES / f"{name}.yaml").open() as stream:
-            docs[name] = yaml.safe_load(stream)
-    return docs
-
-
 def _ids(cases: tuple[Refusal, ...]) -> list[str]:
     return [case.id for case in cases]
 
@@ -338,16 +327,17 @@ def test_every_example_and_chart_meshservice_is_accepted(kube: KubeCluster, name
 
 
 def test_the_edges_of_each_rule_are_accepted(kube: KubeCluster, namespace: str) -> None:
-    """Just inside every bound: accepted by the API server and by the parser alike."""
+    """Just inside every bound: accepted by the API server and the local checks alike."""
     doc = _edge_document()
     parse_mesh_service(doc)
+    assert _admission(doc)["allowed"] is True
     kube.apply([doc], namespace=namespace, server_side=False)
     stored = kube.get("meshservice", doc["metadata"]["name"], namespace)
     assert stored["spec"]["trafficPolicy"]["timeout"] == MAX_DURATION
 
 
 def _edge_document() -> Doc:
-    doc = copy.deepcopy(_examples()["payments"])
+    doc = example_doc("payments")
     edits = [
         set_field("metadata.name", "p" + "-" * 61 + "9"),
         set_field("spec.versions", [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}]),
@@ -378,10 +368,7 @@ def _edge_document() -> Doc:
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_the_local_checks_refuse_the_same_field(case: Refusal) -> None:
     doc = case.document()
-    review = {
-        "request": {"uid": "u", "operation": "CREATE", "namespace": "shop", "object": doc},
-    }
-    response = validate_admission(review, known_services=(), catalog=None)["response"]
+    response = _admission(doc)
     assert response["allowed"] is False
     assert case.field in {c["field"] for c in response["status"]["details"]["causes"]}
     if case.local == "model":
@@ -390,6 +377,15 @@ def test_the_local_checks_refuse_the_same_field(case: Refusal) -> None:
         assert case.field in {e.path for e in refused.value.errors}
     else:
         parse_mesh_service(doc)  # a rule of deployed workloads only; local mode runs none
+
+
+def _admission(doc: Doc) -> dict[str, Any]:
+    """The validating webhook's answer for ``doc`` alone in the mesh."""
+    review = {"request": {"uid": "u", "operation": "CREATE", "namespace": "shop", "object": doc}}
+    response: dict[str, Any] = validate_admission(review, known_services=(), catalog=None)[
+        "response"
+    ]
+    return response
 
 
 def test_every_cel_rule_has_a_case() -> None:

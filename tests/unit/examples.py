@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,23 @@ def catalog() -> MethodCatalog:
     return load_catalog()
 
 
-@pytest.fixture(scope="session")
-def _example_docs() -> dict[str, dict[str, Any]]:
+@cache
+def _load_example_docs() -> dict[str, dict[str, Any]]:
     docs = {}
     for name in EXAMPLE_NAMES:
         with (EXAMPLES / f"{name}.yaml").open() as stream:
             docs[name] = yaml.safe_load(stream)
     return docs
+
+
+def example_doc(name: str) -> dict[str, Any]:
+    """A fresh copy of manifests/examples/<name>.yaml (callers edit it into variants)."""
+    return copy.deepcopy(_load_example_docs()[name])
+
+
+@pytest.fixture(scope="session")
+def _example_docs() -> dict[str, dict[str, Any]]:
+    return _load_example_docs()
 
 
 @pytest.fixture
