@@ -304,6 +304,34 @@ def test_the_api_server_refuses_naming_the_field(
     assert case.says in refused.value.stderr
 
 
+def test_with_the_webhook_registered_and_no_operator_the_crd_still_names_the_field(
+    kube: KubeCluster, namespace: str
+) -> None:
+    """The chart's state with the operator scaled to zero: its ValidatingWebhookConfiguration
+    (failurePolicy Fail) points at its control Service, which has no endpoints. A bad
+    MeshService still gets the CRD's refusal naming the field, not a webhook error: the API
+    server validates the object before it calls validating webhooks."""
+    release = kube.create_namespace(f"{namespace}-release")
+    objects = render({}, namespace=release)
+    (webhooks,) = find(objects, "ValidatingWebhookConfiguration")
+    webhooks["metadata"]["name"] = f"{namespace}-meshservices"
+    for webhook in webhooks["webhooks"]:  # this test's namespace only: others run meanwhile
+        webhook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    try:
+        kube.apply([*find(objects, "Service", "grpcmesh-control"), webhooks])
+        with pytest.raises(KubectlError) as unreachable:
+            kube.apply([example_doc("catalog")], namespace=namespace, server_side=False)
+        assert "meshservices.webhooks.grpcmesh.io" in unreachable.value.stderr
+        weights = next(case for case in CASES if case.id == "weights")
+        with pytest.raises(KubectlError) as refused:
+            kube.apply([weights.document()], namespace=namespace, server_side=False)
+        assert refused.value.fields == {"spec.versions"}, refused.value.stderr
+        assert "webhook" not in refused.value.stderr
+    finally:
+        kube.kubectl("delete", "validatingwebhookconfiguration", webhooks["metadata"]["name"])
+        kube.kubectl("delete", "namespace", release, "--wait=false")
+
+
 def test_every_example_and_chart_meshservice_is_accepted(kube: KubeCluster, namespace: str) -> None:
     kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     names = {item["metadata"]["name"] for item in kube.items("meshservices", namespace)}
