@@ -8,7 +8,7 @@ support and the newest it bundles. Custom kinds: the openAPIV3Schema of their CR
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -73,3 +73,17 @@ def validate_builtin(obj: Mapping[str, Any], versions: Iterable[str] = K8S_VERSI
     """kubernetes-validate, strict (unknown fields fail), for each Kubernetes version."""
     for version in versions:
         kubernetes_validate.validate(dict(obj), version, strict=True)
+
+
+def schema_nodes(
+    schema: Mapping[str, Any], path: str = ""
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every node of an openAPIV3Schema with its field path (``[]`` marks list items, ``{}``
+    map values)."""
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from schema_nodes(sub, f"{path}.{name}" if path else name)
+    if isinstance(schema.get("items"), Mapping):
+        yield from schema_nodes(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), Mapping):
+        yield from schema_nodes(schema["additionalProperties"], f"{path}{{}}")

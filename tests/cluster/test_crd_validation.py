@@ -29,6 +29,7 @@ from grpcmesh_control.model.durations import MAX_DURATION
 from grpcmesh_control.model.schema import load_crd, openapi_schema
 from tests.chart.chart import VALUE_SETS, find, render
 from tests.cluster.kube import KubeCluster, KubectlError
+from tests.kube_schemas import schema_nodes
 from tests.unit.examples import EXAMPLE_NAMES, EXAMPLES, Mutation, example_doc, set_field
 
 Doc = dict[str, Any]
@@ -417,7 +418,7 @@ def _admission(doc: Doc) -> dict[str, Any]:
 
 
 def test_every_cel_rule_has_a_case() -> None:
-    rules = set(_cel_rules(openapi_schema(load_crd()), ""))
+    rules = set(_cel_rules(openapi_schema(load_crd())))
     exercised = {case.rule for case in CASES if case.rule is not None}
     assert exercised == rules
 
@@ -429,12 +430,7 @@ def test_the_operators_variables_are_the_ones_the_crd_forbids() -> None:
     assert set(re.findall(r"'([A-Z_]+)'", rule["rule"])) == MESH_ENV
 
 
-def _cel_rules(schema: Mapping[str, Any], path: str) -> Iterator[tuple[str, int]]:
-    for i, _ in enumerate(schema.get("x-kubernetes-validations", [])):
-        yield path, i
-    for name, sub in schema.get("properties", {}).items():
-        yield from _cel_rules(sub, f"{path}.{name}" if path else name)
-    if isinstance(schema.get("items"), Mapping):
-        yield from _cel_rules(schema["items"], f"{path}[]")
-    if isinstance(schema.get("additionalProperties"), Mapping):
-        yield from _cel_rules(schema["additionalProperties"], f"{path}{{}}")
+def _cel_rules(schema: Mapping[str, Any]) -> Iterator[tuple[str, int]]:
+    for path, node in schema_nodes(schema):
+        for i, _ in enumerate(node.get("x-kubernetes-validations", [])):
+            yield path, i

@@ -3,7 +3,6 @@ in agreement with the model's enums and duration syntax (one source of truth).""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from grpcmesh_control.model import LoadBalancer, RetryOn
 from grpcmesh_control.model.durations import DURATION_PATTERN
 from grpcmesh_control.model.schema import API_VERSION, CRD_PATH, load_crd, openapi_schema
+from tests.kube_schemas import schema_nodes as nodes
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +21,6 @@ def crd() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def schema(crd: dict[str, Any]) -> dict[str, Any]:
     return openapi_schema(crd)
-
-
-def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema node with its field path (``[]`` for list items, ``{}`` for map values)."""
-    yield path, schema
-    for name, sub in schema.get("properties", {}).items():
-        yield from nodes(sub, f"{path}.{name}" if path else name)
-    if isinstance(schema.get("items"), dict):
-        yield from nodes(schema["items"], f"{path}[]")
-    if isinstance(schema.get("additionalProperties"), dict):
-        yield from nodes(schema["additionalProperties"], f"{path}{{}}")
 
 
 def test_identity(crd: dict[str, Any]) -> None:
@@ -99,6 +88,12 @@ def test_durations_use_the_model_pattern(schema: dict[str, Any]) -> None:
     }
     assert len(durations) == 7
     assert set(durations.values()) == {DURATION_PATTERN}
+    # and each is parsed by a CEL rule, so the API server refuses what Go cannot hold
+    for path, node in nodes(schema):
+        if path in durations:
+            rules = [r["rule"] for r in node["x-kubernetes-validations"]]
+            assert any(rule.startswith("duration(self)") for rule in rules), path
+            assert node["maxLength"] <= 64, path  # bounds the rule's estimated cost
 
 
 def test_enums_match_the_model(schema: dict[str, Any]) -> None:

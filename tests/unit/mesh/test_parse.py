@@ -138,6 +138,15 @@ def test_read_only_mappings_validate(example_docs: dict[str, Doc]) -> None:
     assert parse_mesh_service(view).name == "orders"
 
 
+def test_object_meta_beyond_the_name_is_left_to_the_api_server(
+    example_docs: dict[str, Doc],
+) -> None:
+    # The CRD constrains metadata.name only; the strict schema must not close metadata.
+    doc = example_docs["catalog"]
+    doc["metadata"] |= {"labels": {"team": "shop"}, "annotations": {"a": "b"}, "uid": "1"}
+    assert parse_mesh_service(doc).name == "catalog"
+
+
 def test_generation_is_kept(example_docs: dict[str, Doc]) -> None:
     doc = example_docs["catalog"]
     doc["metadata"]["generation"] = 4
@@ -310,6 +319,18 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
         "orders",
         set_field("metadata.name", "Orders_1"),
         "metadata.name: 'Orders_1' is not a DNS-1035 label",
+    ),
+    (
+        "name-length",
+        "orders",
+        set_field("metadata.name", "o" * 64),
+        "metadata.name: '" + "o" * 64 + "' is too long",
+    ),
+    (
+        "duration-beyond-go",
+        "orders",
+        set_field("spec.methods.0.timeout", "2562048h"),
+        "spec.methods[0].timeout: '2562048h' is longer than 2562047h47m16.854775807s",
     ),
     (
         "api-version",
