@@ -13,6 +13,7 @@ document naming the same field, and every CEL rule in the CRD is exercised by a 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -389,6 +390,55 @@ def _edge_document() -> Doc:
     for edit in edits:
         edit(doc)
     return doc
+
+
+def test_a_mesh_service_at_every_size_bound_stays_within_the_cel_cost_limit(
+    kube: KubeCluster, namespace: str
+) -> None:
+    """Every list at maxItems and string at maxLength where a rule reads them: the API
+    server evaluates every rule within its runtime cost limit (the estimate let the CRD in;
+    this is the actual cost). ``create``, as ``apply`` would also store a 256 KiB copy in
+    an annotation, past the annotation limit."""
+    doc = _largest_document()
+    parse_mesh_service(doc)
+    kube.kubectl("create", "-n", namespace, "-f", "-", stdin=json.dumps(doc))
+    assert kube.get("meshservice", "largest", namespace) is not None
+
+
+def _largest_document() -> Doc:
+    services = [f"{'s' * 240}.S{i:03d}" for i in range(32)]  # 245 of 253 characters
+    method_prefix = f"{services[-1]}/M"
+    methods = [
+        {
+            "name": f"{method_prefix}{'m' * (509 - len(method_prefix))}{i:03d}",  # 512
+            "timeout": "1h1m1s1ms0.5s1h1m1s1ms0.5s1h1m1s",  # 32
+            "retries": {"perTryTimeout": "1h1m1s1ms0.5s1h1m1s1ms0.5s1h1m1s"},
+        }
+        for i in range(256)
+    ]
+    return {
+        "apiVersion": "grpcmesh.io/v1alpha1",
+        "kind": "MeshService",
+        "metadata": {"name": "largest"},
+        "spec": {
+            "grpc": {"port": 50051, "services": services},
+            "versions": [{"name": f"v{i}", "weight": 100 if i == 0 else 0} for i in range(8)],
+            "methods": methods,
+            "config": {f"{i:03d}{'k' * 250}": "x" for i in range(256)},
+            "workload": {
+                "image": "app",
+                "env": [{"name": f"E{i:03d}{'e' * 249}", "value": "v"} for i in range(128)],
+                "resources": {
+                    "requests": {"cpu": "1" * 63, "memory": "1" * 63},
+                    "limits": {"cpu": "1" * 64, "memory": "1" * 64},
+                },
+            },
+            "trafficPolicy": {
+                "timeout": "1h1m1s1ms0.5s1h1m1s1ms0.5s1h1m1s",
+                "connectTimeout": "1h1m1s1ms0.5s1h1m1s1ms0.5s1h1m1s",
+            },
+        },
+    }
 
 
 # --- local mode agrees ------------------------------------------------------------------------
