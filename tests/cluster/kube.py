@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.loopback import free_port
+from tests.loopback import free_port, free_ports
 from tests.shared import shared_path, tool
 
 __all__ = ["KubeCluster", "KubectlError", "wait_until"]
@@ -93,7 +93,8 @@ class KubeCluster:
     def start(cls, hollow_nodes: int = 0, state: Path | None = None) -> KubeCluster:
         """kube-up on free ports; fails with kube-up's output and logs when it cannot start."""
         state = state or Path(tempfile.mkdtemp(prefix="grpcmesh-kube-"))
-        api, etcd, kubelet = free_port(), free_port(), free_port()
+        # etcd's peer port is its port + 1; each hollow node takes two kubelet ports.
+        api, etcd, kubelet = free_port(), free_ports(2), free_ports(2 * max(hollow_nodes, 1))
         env = {
             **os.environ,
             "KUBE_API_PORT": str(api),
@@ -182,6 +183,30 @@ class KubeCluster:
         if selector:
             args += ["-l", selector]
         return list(json.loads(self.kubectl(*args))["items"])
+
+    def set_pods_ready(self, namespace: str, selector: str, ready: bool = True) -> list[str]:
+        """Play the kubelet for the pods ``selector`` picks (none run here: no nodes): write
+        the status a kubelet reports for a running pod that is (not) ready, so the real
+        ReplicaSet and Deployment controllers count it (un)available. No pod IP, so the
+        EndpointSlice controller lists nothing: tests write their own slices. Their names."""
+        pods = [p["metadata"]["name"] for p in self.items("pods", namespace, selector)]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        flag = "True" if ready else "False"
+        status = {
+            "status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": kind, "status": flag, "lastTransitionTime": now}
+                    for kind in ("Ready", "ContainersReady")
+                ],
+            }
+        }
+        for pod in pods:
+            self.kubectl(
+                "patch", "pod", pod, "-n", namespace, "--subresource=status",
+                "--type=merge", "-p", json.dumps(status),
+            )  # fmt: skip
+        return pods
 
     def create_namespace(self, name: str) -> str:
         self.kubectl("create", "namespace", name)

@@ -29,7 +29,7 @@ from grpcmesh_control.k8s.kinds import Kind
 from grpcmesh_control.k8s_runtime.settings import ApplyStrategy, RuntimeSettings
 from grpcmesh_control.model.schema import GROUP, KIND, VERSION
 
-__all__ = ["MESH_SERVICE", "ApiError", "Conflict", "KubeClient", "NotFound"]
+__all__ = ["MESH_SERVICE", "ApiError", "Conflict", "KubeClient", "NotFound", "api_configuration"]
 
 MESH_SERVICE = Kind(GROUP, VERSION, KIND, "meshservices")
 _EVENT = Kind("", "v1", "Event", "events")
@@ -73,6 +73,26 @@ def path_of(kind: Kind, namespace: str | None, name: str | None = None) -> str:
     return f"{base}/{name}" if name else base
 
 
+async def api_configuration(settings: RuntimeSettings) -> k8s_client.Configuration:
+    """Where the API server is and how to authenticate: the one choice both this client and
+    kopf's login (``handlers``) make from ``settings``."""
+    if settings.api_server is not None:
+        configuration = k8s_client.Configuration(host=settings.api_server)
+        configuration.verify_ssl = False
+        return configuration
+    configuration = k8s_client.Configuration()
+    if settings.kubeconfig is not None:
+        await k8s_config.load_kube_config(
+            config_file=str(settings.kubeconfig), client_configuration=configuration
+        )
+        return configuration
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except ConfigException:
+        await k8s_config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
 class KubeClient:
     """Generic, dict-in dict-out access to the kinds the operator owns. Create inside the
     running loop (``connect``); ``close`` when done."""
@@ -84,16 +104,7 @@ class KubeClient:
 
     @classmethod
     async def connect(cls, settings: RuntimeSettings) -> KubeClient:
-        if settings.api_server is not None:
-            configuration = k8s_client.Configuration(host=settings.api_server)
-            configuration.verify_ssl = False
-        else:
-            configuration = k8s_client.Configuration()
-            try:
-                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except ConfigException:
-                await k8s_config.load_kube_config(client_configuration=configuration)
-        return cls(k8s_client.ApiClient(configuration), settings)
+        return cls(k8s_client.ApiClient(await api_configuration(settings)), settings)
 
     async def close(self) -> None:
         await self._api.close()

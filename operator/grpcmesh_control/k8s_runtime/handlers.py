@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import kopf
+from kubernetes_asyncio import client as k8s_client
 
 from grpcmesh_control.k8s import mutate_pod, validate_admission
 from grpcmesh_control.k8s.names import INJECT_VALUE, LABEL_INJECT, MANAGED_BY
-from grpcmesh_control.k8s_runtime.client import MESH_SERVICE
+from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, api_configuration
 from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL
 from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL
 
@@ -38,10 +39,11 @@ def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
     runtime = op.settings
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        if runtime.api_server is not None:  # tests: an emulator on loopback
-            return kopf.ConnectionInfo(server=runtime.api_server, insecure=True)
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if runtime.api_server is None and runtime.kubeconfig is None:
+            # kopf's own: it re-reads the service account's token when it is rotated.
+            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        return connection_info(await api_configuration(runtime))
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -154,6 +156,20 @@ def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
     )
     def inject(*, body: kopf.Body, patch: kopf.Patch, warnings: list[str], **kwargs: Any) -> None:
         inject_sidecar(op, body, kwargs.get("operation"), patch, warnings)
+
+
+def connection_info(configuration: k8s_client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials from the API client's ``Configuration`` (the same server, CA, token
+    or client certificate the operator's own client uses)."""
+    token = str((configuration.api_key or {}).get("BearerToken") or "")
+    return kopf.ConnectionInfo(
+        server=str(configuration.host),
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        token=token.removeprefix("Bearer ") or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
 
 
 def _controller_key(meta: Mapping[str, Any]) -> tuple[str, str] | None:

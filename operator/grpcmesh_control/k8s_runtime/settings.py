@@ -45,8 +45,12 @@ class RuntimeSettings:
     apply_strategy: ApplyStrategy = ApplyStrategy.SERVER_SIDE
     field_manager: str = FIELD_MANAGER
     api_server: str | None = None
-    """Explicit API URL, TLS unverified (tests against kmock). None: in-cluster service
-    account, else the kubeconfig."""
+    """Explicit API URL, TLS unverified (tests against kmock). None: ``kubeconfig`` if set,
+    else the in-cluster service account, else the kubeconfig ``KUBECONFIG`` names."""
+    kubeconfig: Path | None = None
+    """A kubeconfig file to use instead of the process's own (the in-cluster service account
+    or ``KUBECONFIG``): embedding, and tests that run operators against a cluster of their
+    own with credentials of their choice."""
     xds_host: str = "0.0.0.0"  # sidecars in other pods dial it
     xds_port: int = 18000
     """ADS gRPC port; 0 picks a free one (tests)."""

@@ -7,11 +7,8 @@ a ``metadata.uid`` (the API server would set one).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,8 @@ import pytest
 import yaml
 
 from grpcmesh_control.k8s_runtime import ApplyStrategy, Operator, RuntimeSettings
-from tests.loopback import free_port, poll
+from tests.loopback import free_port
+from tests.operator_thread import running
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -132,47 +130,6 @@ def operator_settings(api: Api, **overrides: Any) -> RuntimeSettings:
         "resync_interval": 0.3,
     }
     return RuntimeSettings(**(values | overrides))
-
-
-@contextlib.asynccontextmanager
-async def running(
-    settings: RuntimeSettings, on_ready: Callable[[Operator], None] | None = None
-) -> AsyncIterator[Operator]:
-    """The operator in a thread with its own event loop, as in its own process: kopf treats
-    every task of its loop as its own and cancels them on exit (kmock's would be among them).
-    ``on_ready`` runs in that thread once the ADS server listens, before kopf starts."""
-    op = Operator(settings)
-    stop, ready = threading.Event(), threading.Event()
-    failure: list[BaseException] = []
-
-    def started(running_op: Operator) -> None:
-        if on_ready is not None:
-            on_ready(running_op)
-        ready.set()
-
-    def serve() -> None:
-        try:
-            asyncio.run(op.run(stop_flag=stop, on_ready=started))
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-
-    thread = threading.Thread(target=serve, name="operator", daemon=True)
-    thread.start()
-    try:
-        await poll(lambda: _true(ready.is_set()), "the operator to start")
-        if failure:
-            raise failure[0]
-        yield op
-    finally:
-        stop.set()
-        await poll(lambda: _true(not thread.is_alive()), "the operator to stop", timeout=20)
-        if failure:
-            raise failure[0]
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ import pytest
 
 from grpcmesh_control.k8s.names import PROXY_CONTAINER
 from grpcmesh_control.k8s_runtime import Operator
-from tests.integration.operator.conftest import Api, example, operator_settings, running
+from tests.integration.operator.conftest import Api, example, operator_settings
 from tests.loopback import free_port, poll
+from tests.operator_thread import running
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ import pytest
 
 from grpcmesh_control.k8s_runtime import Operator, RuntimeSettings
 from grpcmesh_control.k8s_runtime.peering import peering_active
-from tests.integration.operator.conftest import Api, example, operator_settings, running
+from tests.integration.operator.conftest import Api, example, operator_settings
 from tests.integration.operator.test_reconcile import condition, slice_of
 from tests.loopback import poll
+from tests.operator_thread import running
 
 PEERING = "grpcmesh"
 PEERINGS = "/apis/kopf.dev/v1/clusterkopfpeerings"

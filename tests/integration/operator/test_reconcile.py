@@ -7,19 +7,13 @@ status) and the EndpointSlice controller (creating slices) where a step needs th
 from __future__ import annotations
 
 import asyncio
-import copy
-from collections import Counter
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
-import aiohttp
-
-from grpcmesh_control.k8s import OperatorSettings, OwnerRef, desired_objects
 from grpcmesh_control.k8s_runtime import Operator
-from grpcmesh_control.model import parse_mesh_service
-from tests.integration.operator.conftest import Api, example, operator_settings, running
+from tests.integration.operator.conftest import Api, example, operator_settings
 from tests.loopback import poll
+from tests.operator_thread import running
 
 SERVICES = {"payments", "payments-v1", "payments-v2"}
 CONFIG_MAPS = {"payments-config", "payments-envoy-bootstrap"}
@@ -71,146 +65,6 @@ def slice_of(service: str, *endpoints: tuple[str, bool, bool], port: int = 15006
     }
 
 
-async def test_create_writes_owned_objects_and_status(api: Api, operator: Operator) -> None:
-    """A new MeshService gets exactly what ``desired_objects`` renders, each owned by it
-    (controller reference: GC deletes them with it), no finalizer, and a status that follows
-    the rollout: Progressing -> NoReadyEndpoints -> AwaitingAck (no sidecar connected)."""
-    doc = example("payments")
-    await api.create("meshservices", doc)
-    await wait_names(api, "services", SERVICES)
-    await wait_names(api, "configmaps", CONFIG_MAPS)
-    await wait_names(api, "deployments", DEPLOYMENTS)
-
-    expected = desired_objects(
-        parse_mesh_service(doc),
-        namespace="default",
-        owner=OwnerRef.of(doc),
-        settings=OperatorSettings(),
-    )
-    for want in expected:
-        plural = want["kind"].lower() + "s"
-        got = await api.get(plural, want["metadata"]["name"])
-        assert got is not None
-        assert got["metadata"]["labels"] == want["metadata"]["labels"]
-        assert got["metadata"]["ownerReferences"] == [
-            {
-                "apiVersion": "grpcmesh.io/v1alpha1",
-                "blockOwnerDeletion": True,
-                "controller": True,
-                "kind": "MeshService",
-                "name": "payments",
-                "uid": doc["metadata"]["uid"],
-            }
-        ]
-        for field in ("spec", "data"):
-            assert got.get(field) == want.get(field), f"{plural}/{want['metadata']['name']}"
-
-    body = await wait_condition(api, "payments", "Registered", ("True", "Registered"))
-    assert condition(body, "Ready") == ("False", "Progressing")
-    assert not body["metadata"].get("finalizers")
-    assert "kopf" not in body["status"]
-
-    for name in DEPLOYMENTS:  # play the Deployment controller
-        await api.patch(
-            "deployments", name, {"status": {"updatedReplicas": 1, "availableReplicas": 1}}
-        )
-    await wait_condition(api, "payments", "Ready", ("False", "NoReadyEndpoints"))
-
-    await api.create("endpointslices", slice_of("payments-v1", ("10.0.0.1", True, False)))
-    body = await wait_condition(api, "payments", "Ready", ("False", "AwaitingAck"))
-    assert body["status"]["endpoints"] == {"ready": 1, "total": 1}
-    registry = operator.publisher.registry
-    assert registry is not None and registry.service("payments") is not None
-
-    reasons = {e["reason"] for e in await api.list("events")}
-    assert "Reconciled" in reasons
-
-    assert operator.metrics_port is not None
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{operator.metrics_port}/metrics") as response,
-    ):
-        text = await response.text()
-    assert 'grpcmesh_operator_reconciles_total{result="ok"}' in text
-    assert "grpcmesh_snapshot_rebuilds_total" in text  # the control plane's, same page
-    assert operator.settings.liveness_endpoint is not None
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(operator.settings.liveness_endpoint) as response,
-    ):
-        assert response.status == 200
-
-
-async def test_updates_reach_objects_and_snapshot(api: Api, operator: Operator) -> None:
-    """Replicas, config, traffic policy and a removed version: objects follow, the removed
-    version's Deployment and Service are pruned, and the registry sees the new policy."""
-    await api.create("meshservices", example("payments"))
-    await wait_names(api, "deployments", DEPLOYMENTS)
-
-    await api.patch(
-        "meshservices",
-        "payments",
-        {
-            "spec": {
-                "replicas": 3,
-                "config": {"currency": "EUR"},
-                "versions": [{"name": "v1", "weight": 100}],
-                "trafficPolicy": {"timeout": "7s"},
-            }
-        },
-    )
-    await wait_names(api, "deployments", {"payments-v1"})
-    await wait_names(api, "services", {"payments", "payments-v1"})
-
-    async def followed() -> bool:
-        deployment = await api.get("deployments", "payments-v1")
-        config = await api.get("configmaps", "payments-config")
-        registry = operator.publisher.registry
-        svc = registry.service("payments") if registry is not None else None
-        return (
-            deployment is not None
-            and deployment["spec"]["replicas"] == 3
-            and config is not None
-            and "currency: EUR" in config["data"]["config.yaml"]
-            and svc is not None
-            and svc.traffic_policy.timeout == timedelta(seconds=7)
-        )
-
-    await poll(followed, "objects and snapshot to follow the update")
-    reasons = Counter(e["reason"] for e in await api.list("events"))
-    assert reasons["Pruned"] == 2
-
-
-async def test_delete_is_left_to_the_garbage_collector(api: Api, operator: Operator) -> None:
-    """No finalizer: the delete completes at once, even though the operator runs. The owned
-    objects go by their owner references (kmock has no GC, so they stay here); the operator
-    forgets the service and does not recreate anything for it."""
-    await api.create("meshservices", example("payments"))
-    await wait_names(api, "deployments", DEPLOYMENTS)
-    await api.delete("meshservices", "payments")
-    assert await api.get("meshservices", "payments") is None
-
-    async def forgotten() -> bool:
-        registry = operator.publisher.registry
-        return registry is not None and registry.service("payments") is None
-
-    await poll(forgotten, "the registry to drop payments")
-    await api.delete("deployments", "payments-v1")
-    for _ in range(3):  # several resync periods
-        await poll(lambda: _after(0.4), "a pause")
-    assert await names(api, "deployments") == {"payments-v2"}
-    assert operator.reconciler.known() == []
-
-
-async def test_an_owned_object_deleted_by_hand_is_recreated(api: Api, operator: Operator) -> None:
-    await api.create("meshservices", example("payments"))
-    await wait_names(api, "deployments", DEPLOYMENTS)
-    await api.delete("deployments", "payments-v1")
-    await api.delete("configmaps", "payments-envoy-bootstrap")
-    await wait_names(api, "deployments", DEPLOYMENTS)
-    await wait_names(api, "configmaps", CONFIG_MAPS)
-
-
 async def test_a_restarted_operator_converges_without_duplicates(api: Api) -> None:
     """Stopped mid-way and changed while down: the next operator resumes, applies the change
     and prunes, and every object exists once."""
@@ -235,18 +89,6 @@ async def test_a_restarted_operator_converges_without_duplicates(api: Api) -> No
         for plural in ("services", "configmaps", "deployments", "meshservices"):
             listed = [i["metadata"]["name"] for i in await api.list(plural)]
             assert len(listed) == len(set(listed)), f"duplicate {plural}: {listed}"
-
-
-async def test_an_invalid_spec_is_reported_and_keeps_the_objects(
-    api: Api, operator: Operator
-) -> None:
-    await api.create("meshservices", example("payments"))
-    await wait_names(api, "deployments", DEPLOYMENTS)
-    broken = copy.deepcopy({"spec": {"grpc": {"port": 15000}}})  # the sidecar's admin port
-    await api.patch("meshservices", "payments", broken)
-    body = await wait_condition(api, "payments", "Degraded", ("True", "InvalidSpec"))
-    assert "15000" in body["status"]["conditions"][0]["message"]
-    assert await names(api, "deployments") == DEPLOYMENTS
 
 
 async def _after(seconds: float) -> bool:

@@ -17,9 +17,10 @@ from grpcmesh_control.k8s.webhook_tls import (
     renewal_reason,
     secret_body,
 )
-from tests.integration.operator.conftest import Api, example, operator_settings, running
+from tests.integration.operator.conftest import Api, example, operator_settings
 from tests.integration.operator.test_admission import post, review
 from tests.loopback import free_port, poll
+from tests.operator_thread import running
 
 NAMESPACE = "grpcmesh-system"
 SECRET = "grpcmesh-webhook-tls"
