@@ -1,17 +1,39 @@
-"""EndpointSlices -> registry endpoints (no API needed): ready, draining, foreign slices."""
+"""EndpointSlices -> registry endpoints (the operator's ``MeshState``, no API): ready, draining,
+foreign slices."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytest
 
 from grpcmesh_control.k8s_runtime import MeshState
 from grpcmesh_control.model import Endpoint, MeshService
-from tests.integration.operator.conftest import example
-from tests.integration.operator.test_reconcile import slice_of
+from tests.cluster.operator_harness import slice_of as bare_slice
 
 
-def test_slices_become_endpoints_by_version() -> None:
+@pytest.fixture
+def example(example_docs: dict[str, dict[str, Any]]) -> Any:
+    """``example(name)``: an example MeshService as the API returns it."""
+
+    def make(name: str) -> dict[str, Any]:
+        doc = copy.deepcopy(example_docs[name])
+        doc["metadata"] |= {"namespace": "default", "uid": f"uid-{name}"}
+        return doc
+
+    return make
+
+
+def slice_of(service: str, *endpoints: tuple[str, bool, bool], port: int = 15006) -> dict[str, Any]:
+    """An EndpointSlice as the API returns it (in the ``default`` namespace)."""
+    body = bare_slice(service, *endpoints, port=port)
+    body["metadata"]["namespace"] = "default"
+    return body
+
+
+def test_slices_become_endpoints_by_version(example: Any) -> None:
     published: list[dict[str, tuple[Endpoint, ...]]] = []
 
     def publish(_: Iterable[MeshService], endpoints: Mapping[str, Iterable[Endpoint]]) -> None:
@@ -46,7 +68,7 @@ def test_slices_become_endpoints_by_version() -> None:
     assert state.service("default", "payments") is not None  # the last valid spec stays
 
 
-def test_events_that_leave_the_mesh_as_it_is_publish_nothing() -> None:
+def test_events_that_leave_the_mesh_as_it_is_publish_nothing(example: Any) -> None:
     """Most watch events are status and annotation writes (kopf's, the operator's own): they
     must not recompute the mesh's inputs, an O(services) step, each time."""
     published: list[int] = []
