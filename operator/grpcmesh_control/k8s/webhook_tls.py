@@ -69,6 +69,10 @@ class TlsBundle:
         return cls(ca_cert, ca_key, cert, key)
 
 
+_CN_MAX = 64  # RFC 5280's ub-common-name
+_SERVING_CN = "grpcmesh-webhook"
+
+
 def issue(dns_names: Sequence[str], now: dt.datetime, ca: TlsBundle | None = None) -> TlsBundle:
     """A serving certificate for ``dns_names``, signed by ``ca``'s CA (kept, so the caBundle
     already installed stays valid) or by a new CA when ``ca`` is None."""
@@ -90,7 +94,10 @@ def issue(dns_names: Sequence[str], now: dt.datetime, ca: TlsBundle | None = Non
             raise ValueError("the stored CA key is not an EC key")
         ca_key = loaded
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
+    # Clients check the SANs only; the CN is informative and at most 64 characters, which a
+    # Service's DNS name (<name>.<namespace>.svc) may exceed.
+    common_name = dns_names[0] if len(dns_names[0]) <= _CN_MAX else _SERVING_CN
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         _builder(subject, ca_cert.subject, key.public_key(), now, SERVING_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

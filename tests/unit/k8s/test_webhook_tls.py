@@ -51,6 +51,17 @@ def test_a_literal_address_becomes_an_ip_san() -> None:
     assert renewal_reason(issue(["127.0.0.1"], NOW), ["127.0.0.1"], NOW) is None
 
 
+def test_a_service_name_longer_than_a_common_name_is_certified() -> None:
+    """A Service's DNS name may exceed the 64 characters a subject CN allows (long release
+    and namespace names): it is certified in the SANs, which are what clients check."""
+    host = f"{'r' * 40}-grpcmesh-control.{'n' * 50}.svc"
+    issued = issue([host], NOW)
+    cert = x509.load_pem_x509_certificate(issued.cert)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [host]
+    assert renewal_reason(issued, [host], NOW) is None
+
+
 def test_a_fresh_bundle_needs_no_renewal(bundle: TlsBundle) -> None:
     assert renewal_reason(bundle, [HOST], NOW) is None
     assert renewal_reason(bundle, [HOST], NOW + SERVING_VALIDITY - RENEW_BEFORE * 2) is None
