@@ -36,6 +36,7 @@ _EVENT = Kind("", "v1", "Event", "events")
 
 Obj = dict[str, Any]
 _JSON = {200: "object", 201: "object"}
+_WRITES = frozenset({"POST", "PATCH", "PUT"})
 
 
 class ApiError(MeshError):
@@ -104,7 +105,9 @@ class KubeClient:
 
     @classmethod
     async def connect(cls, settings: RuntimeSettings) -> KubeClient:
-        return cls(k8s_client.ApiClient(await api_configuration(settings)), settings)
+        api = k8s_client.ApiClient(await api_configuration(settings))
+        api.user_agent = settings.field_manager  # who is calling, in the API server's logs
+        return cls(api, settings)
 
     async def close(self) -> None:
         await self._api.close()
@@ -118,11 +121,16 @@ class KubeClient:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Obj:
+        query = list(query or [])
+        if method in _WRITES and not any(k == "fieldManager" for k, _ in query):
+            # Every write names its manager: otherwise the API records the client library's
+            # user agent as the owner of the fields (in managedFields, and to SSA conflicts).
+            query.append(("fieldManager", self._field_manager))
         try:
             result = await self._api.call_api(
                 path,
                 method,
-                query_params=query or [],
+                query_params=query,
                 header_params={"Content-Type": content_type, "Accept": "application/json"},
                 body=body,
                 response_types_map=_JSON,
