@@ -17,15 +17,14 @@ API, and the process that runs them with the xDS control plane. The decisions ar
 - ``client``: the one API boundary; every failure becomes ``ApiError``.
 
 Server-side apply vs emulators: ``ApplyStrategy.SERVER_SIDE`` (default, for real clusters)
-PATCHes ``application/apply-patch+yaml`` with ``fieldManager=grpcmesh-operator&force=true``.
-kmock cannot do that, so its tests configure ``CREATE_OR_MERGE`` (POST, then merge-patch on
-409). Pruning lists with a ``labelSelector`` and re-filters client-side by labels and the
-controller owner reference's uid: redundant on a real server, needed on kmock (it ignores
-selectors); the same code runs on both.
+PATCHes ``application/apply-patch+yaml`` with ``fieldManager=grpcmesh-operator&force=true``;
+every other write names the same field manager. ``CREATE_OR_MERGE`` (POST, then merge-patch on
+409) serves emulators without server-side apply (kmock, in the benchmark). Pruning lists with a
+``labelSelector`` and re-filters client-side by labels and the controller owner reference's
+uid: redundant on a real server, needed on kmock (it ignores selectors).
 
 No finalizers: deleting a MeshService never waits for the operator; its objects carry a
-controller owner reference and the garbage collector deletes them (kmock has no GC: the tests
-check the references and that the operator forgets the service). kopf keeps its progress in
+controller owner reference and the garbage collector deletes them. kopf keeps its progress in
 ``grpcmesh.io/*`` annotations, not in ``status``.
 
 Peering: one active replica. Without ``peering`` (``GRPCMESH_PEERING``) kopf runs

@@ -36,7 +36,8 @@ class ApplyStrategy(StrEnum):
     force): the API server merges by field ownership. The only choice for a real cluster."""
     CREATE_OR_MERGE = "create-or-merge"
     """POST, and on 409 a JSON merge patch. For API emulators without server-side apply (kmock
-    in the tests); it cannot remove fields another writer added, so never use it in a cluster."""
+    in the benchmark); it cannot remove fields another writer added, so never use it in a
+    cluster."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""The operator in this event loop against kmock (an emulated Kubernetes API over real HTTP).
+"""The operator (in its own thread) against kmock, an emulated Kubernetes API over real HTTP,
+for the faults a real API server does not produce on demand (5xx, slow answers, dropped
+watches). Everything else runs on the real control plane (tests/cluster).
 
 kmock does not do server-side apply, label selectors, uids, generations or garbage collection:
 the operator runs with ``ApplyStrategy.CREATE_OR_MERGE``, and the tests create MeshServices with
@@ -27,21 +29,10 @@ EXAMPLES = REPO / "manifests" / "examples"
 
 MESH_SERVICES = "/apis/grpcmesh.io/v1alpha1/namespaces/{ns}/meshservices"
 PATHS = {
-    "services": "/api/v1/namespaces/{ns}/services",
     "configmaps": "/api/v1/namespaces/{ns}/configmaps",
     "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
-    "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
     "events": "/api/v1/namespaces/{ns}/events",
     "meshservices": MESH_SERVICES,
-    "secrets": "/api/v1/namespaces/{ns}/secrets",
-    # cluster-scoped: the namespace argument is ignored
-    "validatingwebhookconfigurations": (
-        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
-    ),
-    "mutatingwebhookconfigurations": (
-        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
-    ),
-    "customresourcedefinitions": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
 }
 
 
@@ -90,18 +81,6 @@ class Api:
         status, result = await self.request("GET", PATHS[plural].format(ns=ns))
         assert status == 200, result
         return list(result.get("items") or [])
-
-    async def patch(self, plural: str, name: str, body: Any, ns: str = "default") -> Any:
-        path = PATHS[plural].format(ns=ns) + f"/{name}"
-        status, result = await self.request(
-            "PATCH", path, body, content_type="application/merge-patch+json"
-        )
-        assert status == 200, result
-        return result
-
-    async def delete(self, plural: str, name: str, ns: str = "default") -> None:
-        status, result = await self.request("DELETE", PATHS[plural].format(ns=ns) + f"/{name}")
-        assert status == 200, result
 
 
 @pytest.fixture
