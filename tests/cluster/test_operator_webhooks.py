@@ -274,5 +274,8 @@ def test_a_mounted_certificate_is_served_as_cert_manager_provides_it(
         broken["spec"]["grpc"]["services"] = ["grpcmesh.shop.v1.PaymentService"]
         message = refusal(kube, broken, ns)
         assert "spec.grpc.services[0]" in message, message
+        admin_port = example("inventory")
+        admin_port["spec"]["grpc"]["port"] = 15000  # the sidecar's admin port
+        assert "spec.grpc.port" in refusal(kube, admin_port, ns)
     assert kube.get("secret", webhooks.secret, ns) is None
     assert ca_bundles(kube, webhooks.configuration) == [ca, ca]
