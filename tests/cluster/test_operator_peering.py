@@ -95,7 +95,7 @@ def test_only_the_highest_priority_replica_reconciles(
                 "payments",
                 "the endpoint in payments' status",
                 lambda b: b["status"].get("endpoints") == {"ready": 1, "total": 1},
-                timeout=5,
+                timeout=15,
             )
 
             # The active replica goes: its record leaves, the other resumes every MeshService.
@@ -118,7 +118,7 @@ def test_only_the_highest_priority_replica_reconciles(
                 "payments",
                 "the drained endpoint, counted by the new active replica",
                 lambda b: b["status"].get("endpoints") == {"ready": 0, "total": 1},
-                timeout=5,
+                timeout=15,
             )
             assert condition(body, "Registered") == ("True", "Registered")
     finally:
