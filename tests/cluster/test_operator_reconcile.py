@@ -20,6 +20,7 @@ import pytest
 from grpcmesh_control.k8s import OperatorSettings, OwnerRef, desired_objects
 from grpcmesh_control.k8s_runtime import Operator
 from grpcmesh_control.model import parse_mesh_service
+from tests.chart.chart import render
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.cluster.operator_harness import (
     condition,
@@ -251,4 +252,31 @@ def test_an_invalid_spec_is_reported_and_keeps_the_objects(kube: KubeCluster, ns
     assert names(kube, "deployments", ns, "grpcmesh.io/service=payments") == DEPLOYMENTS
     wait_until(
         lambda: any(e["reason"] == "InvalidSpec" for e in events(kube, ns)), "an InvalidSpec event"
+    )
+
+
+def test_the_method_catalog_follows_descriptor_set_config_maps(
+    kube: KubeCluster, ns: str, operator: Operator
+) -> None:
+    """The chart's descriptor-set ConfigMap, applied and deleted while the operator runs,
+    adds and removes the shop's gRPC services in its method catalog (watched, not listed
+    once)."""
+    release = f"cat-{ns.rsplit('-', 1)[-1]}"
+    rendered = render({}, release=release, namespace=ns)
+    (descriptors,) = [
+        o
+        for o in rendered
+        if o["kind"] == "ConfigMap"
+        and "grpcmesh.io/descriptor-set" in o["metadata"].get("labels", {})
+    ]
+    assert "grpcmesh.shop.v1.PaymentService" not in operator.catalog.service_names
+    kube.apply([descriptors], namespace=ns)
+    wait_until(
+        lambda: "grpcmesh.shop.v1.PaymentService" in operator.catalog.service_names,
+        "the shop's services in the catalog",
+    )
+    kube.kubectl("delete", "configmap", descriptors["metadata"]["name"], "-n", ns)
+    wait_until(
+        lambda: "grpcmesh.shop.v1.PaymentService" not in operator.catalog.service_names,
+        "the shop's services gone from the catalog",
     )
