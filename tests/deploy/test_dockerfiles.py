@@ -1,11 +1,15 @@
 """The Dockerfiles: multi-stage, pinned bases, a numeric non-root user equal to the UID the
 operator and chart run our containers as, exec-form entrypoints, OCI labels, COPY sources that
-exist, and one builder stage shared word for word. Parsed here; no Docker engine needed."""
+exist, one builder stage shared word for word, and each image installing only its pyproject
+extra (checked against the lock). Parsed here; no Docker engine needed (tests/images builds
+and runs the images)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,19 @@ import pytest
 
 from grpcmesh_control.k8s.settings import AppDefaults
 
-from .checks import REPO, Stage, copy_sources, dockerfiles, pod_specs, render, stages
+from .checks import (
+    IMAGE_EXTRA,
+    REPO,
+    Stage,
+    copy_sources,
+    dockerfiles,
+    excluded_distributions,
+    global_args,
+    normalized,
+    pod_specs,
+    render,
+    stages,
+)
 
 FILES = dockerfiles()
 OCI_LABELS = ("title", "description", "source", "licenses", "version")
@@ -183,6 +199,70 @@ def test_builder_stage_is_shared() -> None:
     first = next(iter(builders.values()))
     for image, stage in builders.items():
         assert stage == first, f"{image}: builder stage differs from the others"
+
+
+# How the builder passes the image's extra to uv: nothing when EXTRA is empty (a service).
+EXTRA_FLAG = '${EXTRA:+--extra "$EXTRA"}'
+UV = REPO / ".tools" / "uv" / "bin" / "uv"
+
+
+def test_each_image_names_its_extra() -> None:
+    """One line per Dockerfile says what the image installs beyond the base dependencies, and
+    the shared builder passes it to every ``uv sync`` (a sync is exact: one without the extra
+    would uninstall it again)."""
+    extras = pyproject()["project"]["optional-dependencies"]
+    assert set(FILES) == set(IMAGE_EXTRA)
+    for image, path in FILES.items():
+        assert global_args(path) == {"EXTRA": IMAGE_EXTRA[image]}, image
+        assert IMAGE_EXTRA[image] in ("", *extras), f"{image}: no such extra"
+        builder = stages(path)[0]
+        assert [a.args for a in builder.all("ARG")] == ["EXTRA"], image
+        syncs = [r.args for r in builder.all("RUN") if "uv sync" in r.args]
+        assert len(syncs) == 2, image  # dependencies, then the project
+        for run in syncs:
+            (sync,) = [cmd for cmd in run.split("&&") if "uv sync" in cmd]
+            assert sync.strip().endswith(EXTRA_FLAG), f"{image}: {sync.strip()}"
+            assert "--no-dev" in sync and "--all-extras" not in sync, image
+
+
+def locked_distributions(extra: str) -> set[str]:
+    """Every distribution ``uv sync --no-dev [--extra extra]`` installs, from uv.lock."""
+    assert UV.is_file(), f"{UV} missing: `make venv` bootstraps the pinned uv"
+    command = [str(UV), "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes"]
+    command += ["--extra", extra] if extra else []
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True, timeout=60)
+    names = {
+        normalized(re.split(r"[=<>!~;\[ ]", line, maxsplit=1)[0])
+        for line in out.stdout.splitlines()
+        if line and not line.startswith((" ", "#", "-"))
+    }
+    assert "grpcio" in names, out.stdout  # the export was read, not an empty list
+    return names
+
+
+@pytest.mark.parametrize("image", FILES)
+def test_image_closure_holds_only_what_it_runs(image: str) -> None:
+    """The lock's closure of an image's install: services without kopf, a Kubernetes client,
+    the Grafana SDK or Envoy; the operator without Envoy but with what it runs."""
+    names = locked_distributions(IMAGE_EXTRA[image])
+    for pattern in excluded_distributions(image):
+        assert not fnmatch.filter(names, pattern), f"{image} would install {pattern}"
+    if IMAGE_EXTRA[image] == "operator":
+        assert {"kopf", "kubernetes-asyncio", "xds-protos", "cryptography"} <= names
+    else:
+        assert {"grpcio-health-checking", "prometheus-client", "pydantic-settings"} <= names
+
+
+def test_dev_installs_every_extra() -> None:
+    """`make` syncs the dev group alone; it must bring every mode (tests, demo, chart assets)."""
+    extras: dict[str, list[str]] = pyproject()["project"]["optional-dependencies"]
+
+    def reached(requirements: list[str]) -> set[str]:
+        own = [r for r in requirements if r.startswith("grpcmesh[")]
+        names = {n for r in own for n in r.removeprefix("grpcmesh[").rstrip("]").split(",")}
+        return names.union(*(reached(extras[n]) for n in names))
+
+    assert reached(pyproject()["dependency-groups"]["dev"]) == set(extras)
 
 
 def test_runtime_copies_only_the_venv() -> None:

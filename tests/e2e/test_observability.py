@@ -22,13 +22,12 @@ import pytest
 import yaml
 
 from grpcmesh_control.catalogs import load_catalog
-from grpcmesh_control.observability import (
+from grpcmesh_control.observability import rule_expressions, rule_groups
+from grpcmesh_control.observability.dashboards import (
     PanelQuery,
     all_queries,
     build_dashboards,
     for_prometheus,
-    rule_expressions,
-    rule_groups,
 )
 from grpcmesh_loadgen import run_load
 from tests.e2e.harness import Mesh, config_reloads, eventually, grpcmesh, reloaded

@@ -44,14 +44,12 @@ from grpcmesh_control.observability import (
     ProxyKind,
     ProxyTarget,
     ScrapeTargets,
-    all_queries,
-    build_dashboards,
-    for_prometheus,
     prometheus_config,
     rule_expressions,
     rule_groups,
     write_rules,
 )
+from grpcmesh_control.observability.dashboards import all_queries, build_dashboards, for_prometheus
 from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, XdsType
 from grpcmesh_kit.metrics import GrpcType, MetricsEndpoint, RpcMetrics
 from tests.loopback import LOCALHOST, free_port

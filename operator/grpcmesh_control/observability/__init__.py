@@ -4,6 +4,10 @@ Nothing here talks to a network or imports grpc, aiohttp or kopf: these are func
 mesh's conventions (job and label names, the method catalog, SLO policy) to documents —
 prometheus.yml, dashboard JSON, rules files, PrometheusRule/PodMonitor/ConfigMap objects.
 ``python -m grpcmesh_control.observability write --out DIR`` writes them all.
+
+The Grafana dashboards are imported from their module (``observability.dashboards``), not
+re-exported here: they need the Grafana SDK (the ``local`` extra), and the operator imports
+this package at run time without it.
 """
 
 from __future__ import annotations
@@ -20,14 +24,6 @@ from grpcmesh_control.observability.alerts import (
     rule_groups,
     rules_file,
     write_rules,
-)
-from grpcmesh_control.observability.dashboards import (
-    PanelQuery,
-    all_queries,
-    build_dashboards,
-    dashboard_configmaps,
-    for_prometheus,
-    write_dashboards,
 )
 from grpcmesh_control.observability.scrape import (
     AppTarget,
@@ -52,7 +48,6 @@ __all__ = [
     "ControlPlaneTarget",
     "Job",
     "Label",
-    "PanelQuery",
     "PodConventions",
     "ProxyKind",
     "ProxyTarget",
@@ -62,16 +57,11 @@ __all__ = [
     "ScrapeTargets",
     "Severity",
     "SloPolicy",
-    "all_queries",
-    "build_dashboards",
-    "dashboard_configmaps",
-    "for_prometheus",
     "pod_monitors",
     "prometheus_config",
     "prometheus_rule",
     "rule_expressions",
     "rule_groups",
     "rules_file",
-    "write_dashboards",
     "write_rules",
 ]

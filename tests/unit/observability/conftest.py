@@ -8,7 +8,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.model import MethodCatalog
-from grpcmesh_control.observability import build_dashboards
+from grpcmesh_control.observability.dashboards import build_dashboards
 
 
 @pytest.fixture(scope="session")

@@ -17,15 +17,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from grpcmesh_control.bootstrap import ADMIN_CLUSTER, XDS_CLUSTER
 from grpcmesh_control.model import MethodCatalog, MethodInfo, ServiceInfo
-from grpcmesh_control.observability import (
-    Job,
+from grpcmesh_control.observability import Job
+from grpcmesh_control.observability.dashboards import (
+    RATE_INTERVAL,
     all_queries,
     build_dashboards,
     dashboard_configmaps,
+    dashboard_json,
     for_prometheus,
     write_dashboards,
 )
-from grpcmesh_control.observability.dashboards import RATE_INTERVAL, dashboard_json
 from grpcmesh_control.observability.signals import ENVOY_INTERNAL_CLUSTERS
 from grpcmesh_control.runtime.metrics import ControlPlaneMetrics
 from grpcmesh_kit.metrics import GrpcType, MetricsEndpoint

