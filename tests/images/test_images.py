@@ -4,9 +4,9 @@ image's own non-root USER, writable only /tmp and the service's working director
 operator mounts an emptyDir there; here a tmpfs owned by the user).
 
 Each service serves gRPC health and /metrics on loopback ports chosen here, and stops cleanly
-on SIGTERM; the operator image runs ``grpcmesh operator --help`` and parses every example
-MeshService against the reference descriptor set; no image holds a distribution it does not
-run. Sizes are in the terminal summary (conftest.py) and docs/develop-kind.md.
+on SIGTERM; the operator image runs ``grpcmesh operator --help``, starts its runtime as far
+as the missing credentials, and parses every example MeshService against the reference
+descriptor set; no image holds a distribution it does not run. Sizes are in the terminal summary (conftest.py) and docs/develop-kind.md.
 """
 
 from __future__ import annotations
@@ -151,6 +151,23 @@ def test_the_operator_image_runs_its_cli(
     assert found.returncode == 0, found.stdout + found.stderr
     assert "Usage: grpcmesh operator" in found.stdout
     assert "--log-level" in found.stdout
+
+
+def test_the_operator_image_starts_its_runtime(
+    images: Mapping[str, BuiltImage], image_kit: ImageKit
+) -> None:
+    """``grpcmesh operator`` as the chart runs it, with no cluster to talk to: it gets as far
+    as loading credentials (kopf and the Kubernetes client imported) and says what is missing
+    in one line, as it would in a pod without a service account token."""
+    found = image_kit.run(
+        images[OPERATOR].tag,
+        "operator",
+        options=(*READ_ONLY, "--env", "KUBECONFIG=/nonexistent", "--env", "GRPCMESH_XDS_PORT=0"),
+    )
+    output = found.stdout + found.stderr
+    assert found.returncode != 0, output
+    assert "no Kubernetes credentials" in output, output
+    assert "Traceback" not in output, output
 
 
 def test_the_operator_image_parses_every_example(
