@@ -6,7 +6,8 @@ operator mounts an emptyDir there; here a tmpfs owned by the user).
 Each service serves gRPC health and /metrics on loopback ports chosen here, and stops cleanly
 on SIGTERM; the operator image runs ``grpcmesh operator --help``, starts its runtime as far
 as the missing credentials, and parses every example MeshService against the reference
-descriptor set; no image holds a distribution it does not run. Sizes are in the terminal summary (conftest.py) and docs/develop-kind.md.
+descriptor set; no image holds a distribution it does not run. Sizes are in the terminal
+summary (conftest.py) and docs/develop-kind.md.
 """
 
 from __future__ import annotations
@@ -200,18 +201,22 @@ def test_the_operator_image_parses_every_example(
     assert parsed["packaged"] == expected
 
 
+@pytest.mark.parametrize(
+    ("script", "extra"),
+    [("grpcmesh", "grpcmesh[operator]"), ("grpcmesh-loadgen", "grpcmesh[local]")],
+)
 def test_a_service_image_cli_names_the_extra_it_lacks(
-    images: Mapping[str, BuiltImage], image_kit: ImageKit
+    script: str, extra: str, images: Mapping[str, BuiltImage], image_kit: ImageKit
 ) -> None:
-    """A service image holds the package's ``grpcmesh`` script but not the CLI's dependencies:
-    it must say what to install, not end in a traceback."""
+    """A service image holds the package's console scripts but not the CLIs' dependencies:
+    each must say what to install, not end in a traceback."""
     found = image_kit.run(
         images["grpcmesh-catalog"].tag,
         "--help",
-        options=(*READ_ONLY, "--entrypoint", "grpcmesh"),
+        options=(*READ_ONLY, "--entrypoint", script),
     )
     assert found.returncode == 1
-    assert "grpcmesh[operator]" in found.stderr and "grpcmesh[local]" in found.stderr
+    assert extra in found.stderr, found.stderr
     assert "Traceback" not in found.stderr
 
 

@@ -6,9 +6,15 @@ import asyncio
 import json
 from typing import Annotated
 
-import typer
-from rich.console import Console
-from rich.text import Text
+try:
+    import typer
+    from rich.console import Console
+    from rich.text import Text
+except ModuleNotFoundError as missing:  # a base install (a service image) has no CLI
+    raise SystemExit(
+        f"grpcmesh-loadgen: {missing.name} is not installed; it comes with an extra: "
+        "pip install 'grpcmesh[local]'"
+    ) from missing
 
 from grpcmesh_loadgen.orders import LoadgenError, run_load
 from grpcmesh_loadgen.render import report_json, report_table
