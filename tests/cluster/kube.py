@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -76,6 +77,8 @@ class KubeCluster:
     state: Path
     api_port: int
     kubectl_path: str = field(default_factory=lambda: tool("kubectl"))
+    owns_state: bool = False
+    """``stop`` removes ``state`` (etcd's data, logs, PKI) when ``start`` made it."""
 
     @property
     def kubeconfig(self) -> Path:
@@ -92,6 +95,7 @@ class KubeCluster:
     @classmethod
     def start(cls, hollow_nodes: int = 0, state: Path | None = None) -> KubeCluster:
         """kube-up on free ports; fails with kube-up's output and logs when it cannot start."""
+        owns_state = state is None
         state = state or Path(tempfile.mkdtemp(prefix="grpcmesh-kube-"))
         # etcd's peer port is its port + 1; each hollow node takes two kubelet ports.
         api, etcd, kubelet = free_port(), free_ports(2), free_ports(2 * max(hollow_nodes, 1))
@@ -111,21 +115,24 @@ class KubeCluster:
             timeout=_KUBE_UP_TIMEOUT,
             check=False,
         )
-        cluster = cls(state=state, api_port=api)
+        cluster = cls(state=state, api_port=api, owns_state=owns_state)
         if result.returncode != 0:
-            cluster.stop()
+            cluster.stop(keep_state=True)
             raise AssertionError(
                 f"kube-up failed ({result.returncode}): {result.stdout}{result.stderr}"
+                f" (logs kept in {state / 'logs'})"
             )
         return cluster
 
-    def stop(self) -> None:
+    def stop(self, *, keep_state: bool = False) -> None:
         subprocess.run(
             [str(shared_path("kube", "kube-down")), str(self.state)],
             capture_output=True,
             timeout=60,
             check=False,
         )
+        if self.owns_state and not keep_state:
+            shutil.rmtree(self.state, ignore_errors=True)
 
     # --- kubectl ------------------------------------------------------------------------------
 
