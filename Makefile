@@ -46,7 +46,7 @@ DESCRIPTOR_SET := charts/grpcmesh/files/descriptors/grpcmesh.shop.v1.binpb
 
 .PHONY: chart-assets
 chart-assets: gen ## regenerate charts/grpcmesh/files (dashboards, rules, scrape data, descriptor set)
-	$(PY) -m grpcmesh_control.observability.chart_assets --chart charts/grpcmesh
+	$(PY) -m scripts.chart_assets --chart charts/grpcmesh
 	mkdir -p $(dir $(DESCRIPTOR_SET))
 	$(PY) -m grpc_tools.protoc -Iprotos --descriptor_set_out=$(DESCRIPTOR_SET) $(sort $(PROTOS))
 
@@ -61,7 +61,7 @@ goldens: gen ## regenerate tests/golden (Envoy snapshots, Kubernetes objects of 
 .PHONY: gen-check
 gen-check: gen ## fail when a committed generated file is stale (copies, chart assets, descriptor set, install manifest, goldens)
 	$(PY) -m scripts.copies --check
-	$(PY) -m grpcmesh_control.observability.chart_assets --chart charts/grpcmesh --check
+	$(PY) -m scripts.chart_assets --chart charts/grpcmesh --check
 	@fresh=$$(mktemp) && $(PY) -m grpc_tools.protoc -Iprotos --descriptor_set_out=$$fresh $(sort $(PROTOS)) \
 	  && cmp -s $$fresh $(DESCRIPTOR_SET) || { echo "out of date: $(DESCRIPTOR_SET): run \`make chart-assets\`" >&2; exit 1; }
 	$(PY) -m scripts.render_manifests --check

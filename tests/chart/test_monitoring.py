@@ -19,14 +19,14 @@ import pytest
 
 from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.observability import Job, pod_monitors, prometheus_rule
-from grpcmesh_control.observability.chart_assets import (
+from grpcmesh_control.observability.dashboards import build_dashboards, dashboard_configmaps
+from scripts.chart_assets import (
     CHART_CONVENTIONS,
     DASHBOARDS_DIR,
     chart_assets,
     scrape_data,
     stale_files,
 )
-from grpcmesh_control.observability.dashboards import build_dashboards, dashboard_configmaps
 from tests.chart import chart
 from tests.kube_schemas import crd_errors
 

@@ -72,7 +72,6 @@ print(json.dumps(failed))
 """
 _GRAFANA_TOOLING = {
     "grpcmesh_control.observability.__main__",
-    "grpcmesh_control.observability.chart_assets",
     "grpcmesh_control.observability.dashboards",
 }
 

@@ -8,7 +8,7 @@ DIR/
   kubernetes/dashboards.yaml       the dashboards as ConfigMaps for Grafana's sidecar
 
 Run this (or the functions) wherever the files are needed; the Helm chart's committed copy is
-`make chart-assets` (chart_assets.py).
+`make chart-assets` (scripts/chart_assets.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m grpcmesh_control.observability.chart_assets``: the Helm chart's monitoring files.
+"""``python -m scripts.chart_assets``: the Helm chart's monitoring files.
 (That the committed files are a fresh generation, and what the chart renders from them, is
 tests/chart/test_monitoring.py.)"""
 
@@ -13,7 +13,8 @@ import yaml
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from grpcmesh_control.observability import prometheus_rule
-from grpcmesh_control.observability.chart_assets import (
+from grpcmesh_control.observability.dashboards import dashboard_configmaps
+from scripts.chart_assets import (
     RULES_FILE,
     SCRAPE_FILE,
     chart_assets,
@@ -21,7 +22,6 @@ from grpcmesh_control.observability.chart_assets import (
     scrape_data,
     write_chart_assets,
 )
-from grpcmesh_control.observability.dashboards import dashboard_configmaps
 
 
 @pytest.fixture(scope="module")
