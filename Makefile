@@ -79,10 +79,11 @@ sysdeps: ## install system packages the tests use (promtool, curl), if missing
 	  $$SUDO apt-get install -y -qq --no-install-recommends prometheus curl >/dev/null; }
 
 .PHONY: lint
-lint: gen ## ruff, mypy, buf lint, buf breaking against the released API
+lint: gen ## ruff, mypy, import layers (lint-imports), buf lint, buf breaking against the released API
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf breaking --against protos/baseline/image.json
 
