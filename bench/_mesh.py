@@ -1,4 +1,5 @@
-"""What the mesh benchmarks share: real Envoy processes, ports, RSS, and the run header.
+"""What the mesh benchmarks share: real Envoy processes, ports, RSS, the run header, the
+MeshServices the operator benchmarks apply, and the sidecar stand-in (an ADS client that ACKs).
 
 Envoy is always started with ``bootstrap.envoy_command`` (``--disable-hot-restart``, so several
 Envoys coexist and none dies with its parent) and always stopped by its own process handle.
@@ -6,6 +7,8 @@ Envoys coexist and none dies with its parent) and always stopped by its own proc
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import os
 import shlex
@@ -15,16 +18,26 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from rich.console import Console
 
 from grpcmesh_control.bootstrap import envoy_command, find_envoy
+from grpcmesh_control.translate import NodeId
+from grpcmesh_control.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 MB = 1024 * 1024
 
@@ -124,3 +137,104 @@ def stop_processes(processes: Iterable[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def mesh_service(i: int, namespace: str = "default") -> dict[str, Any]:
+    """The operator benchmarks' MeshService number ``i``: one gRPC service, exposed through the
+    ingress, one replica, an image that is never pulled."""
+    return {
+        "apiVersion": "grpcmesh.io/v1alpha1",
+        "kind": "MeshService",
+        "metadata": {"name": f"bench-{i}", "namespace": namespace},
+        "spec": {
+            "grpc": {"port": 50051, "services": [f"bench.v1.Service{i}"]},
+            "replicas": 1,
+            "expose": True,
+            "workload": {"image": "ghcr.io/grpcmesh/bench:0.1.0"},
+        },
+    }
+
+
+class Sidecar:
+    """A sidecar stand-in: one SotW ADS stream that subscribes as Envoy does (CDS and LDS
+    wildcard, then EDS and RDS for the names they reference) and ACKs every response; like
+    Envoy, it opens a new stream a second after one ends."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        service: str,
+        stats: collections.Counter[str],
+        replica: str = "0",
+    ) -> None:
+        self.node = base_pb2.Node(id=str(NodeId.sidecar(service, replica)), cluster=service)
+        self._stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        self._queue: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+        self._names: dict[str, list[str]] = {}
+        self._stats = stats
+
+    def _send(self, type_url: str, response: discovery_pb2.DiscoveryResponse | None) -> None:
+        request = discovery_pb2.DiscoveryRequest(node=self.node, type_url=type_url)
+        request.resource_names.extend(self._names.get(type_url, ()))
+        if response is not None:
+            request.version_info, request.response_nonce = response.version_info, response.nonce
+        self._queue.put_nowait(request)
+
+    @staticmethod
+    async def _requests(
+        queue: asyncio.Queue[discovery_pb2.DiscoveryRequest],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        while True:
+            yield await queue.get()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._stream()
+            except grpc.aio.AioRpcError as exc:
+                key = f"sidecar_streams_{exc.code().name}"
+                self._stats[key] += 1
+                if self._stats[key] <= 3:  # then only counted
+                    print(
+                        f"sidecar: {time.strftime('%X')} {self.node.id}: stream ended: "
+                        f"{exc.code().name} {exc.details()}",
+                        file=sys.stderr,
+                    )
+            else:
+                self._stats["sidecar_streams_closed"] += 1
+            await asyncio.sleep(1.0)
+
+    async def _stream(self) -> None:
+        self._queue, self._names = asyncio.Queue(), {ENDPOINT: [], ROUTE: []}
+        self._send(CLUSTER, None)
+        self._send(LISTENER, None)
+        call = self._stub.StreamAggregatedResources(self._requests(self._queue))
+        async for response in call:
+            self._stats["responses_" + response.type_url.rsplit(".", 1)[-1]] += 1
+            subscribe, names = self._referenced(response)
+            self._send(response.type_url, response)  # ACK
+            if subscribe is not None and names != self._names[subscribe]:
+                self._names[subscribe] = names
+                self._send(subscribe, None)
+
+    @staticmethod
+    def _referenced(response: discovery_pb2.DiscoveryResponse) -> tuple[str | None, list[str]]:
+        names: list[str] = []
+        if response.type_url == CLUSTER:
+            for packed in response.resources:
+                cluster = cluster_pb2.Cluster()
+                packed.Unpack(cluster)
+                if cluster.type == cluster_pb2.Cluster.EDS:
+                    names.append(cluster.eds_cluster_config.service_name or cluster.name)
+            return ENDPOINT, sorted(names)
+        if response.type_url == LISTENER:
+            for packed in response.resources:
+                listener = listener_pb2.Listener()
+                packed.Unpack(listener)
+                for chain in listener.filter_chains:
+                    for network_filter in chain.filters:
+                        hcm = hcm_pb2.HttpConnectionManager()
+                        if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                            names.append(hcm.rds.route_config_name)
+            return ROUTE, sorted(set(names))
+        return None, names
