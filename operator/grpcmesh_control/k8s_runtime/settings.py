@@ -152,6 +152,7 @@ class RuntimeSettings:
             api_server=environ.get("GRPCMESH_API_SERVER") or None,
             xds_host=environ.get("GRPCMESH_XDS_HOST", defaults.xds_host),
             xds_port=int(environ.get("GRPCMESH_XDS_PORT", defaults.xds_port)),
+            metrics_host=environ.get("GRPCMESH_METRICS_HOST") or defaults.metrics_host,
             metrics_port=_port(environ.get("GRPCMESH_METRICS_PORT"), defaults.metrics_port),
             liveness_endpoint=environ.get("GRPCMESH_LIVENESS", defaults.liveness_endpoint) or None,
             webhook_port=_port(environ.get("GRPCMESH_WEBHOOK_PORT"), defaults.webhook_port),

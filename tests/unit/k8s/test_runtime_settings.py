@@ -46,6 +46,20 @@ def test_defaults_keep_the_documented_behaviour() -> None:
     assert not settings.manages_webhook_tls
 
 
+def test_listeners_can_stay_on_loopback() -> None:
+    """Run outside a pod (a benchmark, a laptop), nothing need listen beyond 127.0.0.1."""
+    settings = RuntimeSettings.from_env(
+        {
+            "GRPCMESH_XDS_HOST": "127.0.0.1",
+            "GRPCMESH_METRICS_HOST": "127.0.0.1",
+            "GRPCMESH_LIVENESS": "http://127.0.0.1:8081/healthz",
+        }
+    )
+    assert settings.xds_host == settings.metrics_host == "127.0.0.1"
+    assert settings.liveness_endpoint == "http://127.0.0.1:8081/healthz"
+    assert RuntimeSettings.from_env({}).metrics_host == "0.0.0.0"  # a pod: Prometheus scrapes
+
+
 def test_random_priorities_differ_between_replicas() -> None:
     """Replicas of one Deployment share an environment; equal priorities would all pause."""
     drawn = {RuntimeSettings.from_env(CHART_ENV).peering_priority for _ in range(20)}
