@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster.kube import KubeCluster
-from tests.shared import REPO
 
 _names = itertools.count()
 
@@ -22,8 +21,7 @@ def kube() -> Iterator[KubeCluster]:
     """A control plane with no hollow nodes, our CRDs installed and Established."""
     cluster = KubeCluster.start(hollow_nodes=0)
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        cluster.install_crds()
         yield cluster
     finally:
         cluster.stop()

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tests.loopback import free_port, free_ports
-from tests.shared import shared_path, tool
+from tests.shared import REPO, shared_path, tool
 
 __all__ = ["KubeCluster", "KubectlError", "wait_until"]
 
@@ -92,6 +92,20 @@ class KubeCluster:
     def server(self) -> str:
         return f"https://127.0.0.1:{self.api_port}"
 
+    @property
+    def admin_token(self) -> str:
+        """The bearer token of the admin kubeconfig (``system:masters``), for own clients."""
+        config = yaml.safe_load(self.kubeconfig.read_text(encoding="utf-8"))
+        return str(config["users"][0]["user"]["token"])
+
+    def component_pids(self) -> dict[str, int]:
+        """The pid of each process kube-up started (``etcd``, ``kube-apiserver``, ...), from
+        its pid files: for measuring what they cost."""
+        return {
+            path.stem: int(path.read_text(encoding="utf-8").strip())
+            for path in sorted(self.state.glob("*.pid"))
+        }
+
     @classmethod
     def start(cls, hollow_nodes: int = 0, state: Path | None = None) -> KubeCluster:
         """kube-up on free ports; fails with kube-up's output and logs when it cannot start."""
@@ -123,6 +137,11 @@ class KubeCluster:
                 f" (logs kept in {state / 'logs'})"
             )
         return cluster
+
+    def install_crds(self) -> None:
+        """Our CRDs (``manifests/crds``), applied server-side and waited for until Established."""
+        self.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
 
     def stop(self, *, keep_state: bool = False) -> None:
         subprocess.run(
