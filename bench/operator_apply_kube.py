@@ -51,6 +51,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,12 @@ class Api:
                 raise RuntimeError(f"{method} {path} -> {response.status}: {text[:500]}")
             value = json.loads(text) if text else {}
             return value if isinstance(value, dict) else {}
+
+    async def text(self, path: str) -> str:
+        async with self.session.get(self._server + path) as response:
+            if response.status != 200:
+                raise RuntimeError(f"GET {path} -> {response.status}")
+            return await response.text()
 
     async def watch(self, path: str, handle: Callable[[str, dict[str, Any]], None]) -> None:
         """List, then watch from that version, forever: ``handle(type, object)`` for every
@@ -257,6 +264,91 @@ def running_status(pod: Mapping[str, Any], pod_ip: str, host_ip: str) -> dict[st
         ],
         "containerStatuses": [running(c) for c in spec.get("containers") or []],
     }
+
+
+class ApplyWith(StrEnum):
+    KUBECTL = "kubectl"
+    """One ``kubectl apply --server-side -f`` of all N documents (kubectl sends them one by
+    one)."""
+    API = "api"
+    """Server-side apply PATCHes straight to the API server, ``APPLY_CONCURRENCY`` at a time."""
+
+
+APPLY_CONCURRENCY = 20
+
+
+async def kubectl_apply(cluster: KubeCluster, manifest: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        cluster.kubectl_path,
+        f"--kubeconfig={cluster.kubeconfig}",
+        "apply",
+        "--server-side",
+        "--field-manager=bench",
+        "-f",
+        str(manifest),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, errors = await process.communicate()
+    if process.returncode != 0:
+        raise AssertionError(f"kubectl apply failed: {errors.decode()}")
+
+
+async def api_apply(api: Api, docs: list[dict[str, Any]]) -> None:
+    gate = asyncio.Semaphore(APPLY_CONCURRENCY)
+
+    async def apply(doc: dict[str, Any]) -> None:
+        meta = doc["metadata"]
+        path = f"{MESH_SERVICES.format(ns=meta['namespace'])}/{meta['name']}"
+        async with gate:
+            await api.call(
+                "PATCH",
+                path,
+                doc,
+                content_type="application/apply-patch+yaml",  # JSON is YAML
+                params={"fieldManager": "bench"},
+            )
+
+    await asyncio.gather(*(apply(doc) for doc in docs))
+
+
+async def api_server_requests(api: Api) -> collections.defaultdict[str, float]:
+    """The API server's own count and total seconds of requests so far, by verb and
+    resource (``apiserver_request_total``, ``apiserver_request_duration_seconds_sum``)."""
+    text = await api.text("/metrics")
+    found: collections.defaultdict[str, float] = collections.defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("apiserver_request", "apiserver_request_duration_seconds"):
+            continue
+        for sample in family.samples:
+            if sample.name not in (
+                "apiserver_request_total",
+                "apiserver_request_duration_seconds_sum",
+            ):
+                continue
+            labels = sample.labels
+            if labels.get("verb") == "WATCH":
+                continue  # a watch lasts as long as it is open
+            what = labels.get("resource", "") + (
+                "/" + labels["subresource"] if labels.get("subresource") else ""
+            )
+            unit = "n" if sample.name.endswith("_total") else "s"
+            found[f"{unit} {labels.get('verb')} {what}"] += sample.value
+    return found
+
+
+def request_table(
+    before: Mapping[str, float], after: Mapping[str, float], top: int = 15
+) -> list[str]:
+    """``verb resource: count, seconds``, the busiest first (by seconds)."""
+    rows = []
+    for key in {k[2:] for k in after}:
+        count = after.get(f"n {key}", 0) - before.get(f"n {key}", 0)
+        seconds = after.get(f"s {key}", 0) - before.get(f"s {key}", 0)
+        if count:
+            rows.append((seconds, f"{key}: {int(count)} in {seconds:.1f} s"))
+    rows.sort(reverse=True)
+    return [row for _, row in rows[:top]]
 
 
 @dataclass
@@ -433,9 +525,14 @@ class Sidecars:
         self._running.clear()
 
 
+READY_ENDPOINTS = "services with a ready endpoint"
+UNTARGETED = {READY_ENDPOINTS}  # how many Services a MeshService makes is the operator's choice
+
+
 class Progress:
     """Milestones, from watch events: for each, the names that meet it now, when the count
-    first reached the target and when it last grew (seconds from ``start``)."""
+    first reached the target (one per MeshService; not for ``UNTARGETED``) and when it last
+    grew (seconds from ``start``)."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -456,7 +553,8 @@ class Progress:
             names.add(name)
             elapsed = time.monotonic() - self.start
             self.last_growth[milestone] = elapsed
-            if len(names) >= self.target and milestone not in self.reached:
+            counted = milestone not in UNTARGETED
+            if counted and len(names) >= self.target and milestone not in self.reached:
                 self.reached[milestone] = elapsed
             self.changed.set()
         elif not met:
@@ -500,7 +598,7 @@ class Progress:
         if not service:
             return
         ready = any((e.get("conditions") or {}).get("ready") for e in body.get("endpoints") or [])
-        self.mark("services with a ready endpoint", str(service), kind != "DELETED" and ready)
+        self.mark(READY_ENDPOINTS, str(service), kind != "DELETED" and ready)
 
 
 @dataclass
@@ -615,20 +713,21 @@ async def measure(
     workdir: Path,
     *,
     timeout: float,
+    apply_with: ApplyWith = ApplyWith.KUBECTL,
     pods_per_node: int = PODS_PER_NODE,
 ) -> dict[str, Any]:
-    """Apply ``services`` MeshServices into ``namespace`` (created here) of a running control
+    """Apply ``services`` MeshServices into ``namespace`` (an empty one) of a running control
     plane with our CRDs, and measure until all are Ready or ``timeout`` runs out. Leaves the
     cluster as found apart from the namespace's objects (stand-in Nodes and the peering are
     removed)."""
     nodes = max(1, math.ceil(services / pods_per_node))
     peering = f"{namespace}-bench"
-    cluster.kubectl("create", "namespace", namespace)
     cluster.apply(
         [{"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}]
     )
+    docs = [mesh_service(i, namespace) for i in range(services)]
     manifest = workdir / "meshservices.yaml"
-    manifest.write_text(yaml.safe_dump_all(mesh_service(i, namespace) for i in range(services)))
+    manifest.write_text(yaml.safe_dump_all(docs))
     operator = OperatorProcess.start(cluster, peering, workdir / "operator.log")
     progress = Progress(services)
     sidecars = Sidecars(f"127.0.0.1:{operator.xds_port}")
@@ -669,23 +768,14 @@ async def measure(
                     **{name: psutil.Process(pids[name]) for name in COMPONENTS},
                     "bench": psutil.Process(),
                 }
+                requests_before = await api_server_requests(api)
                 before = cpu_seconds(processes)
                 progress.restart()
-                apply = await asyncio.create_subprocess_exec(
-                    cluster.kubectl_path,
-                    f"--kubeconfig={cluster.kubeconfig}",
-                    "apply",
-                    "--server-side",
-                    "--field-manager=bench",
-                    "-f",
-                    str(manifest),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
-                )
-                _, apply_errors = await apply.communicate()
+                if apply_with is ApplyWith.KUBECTL:
+                    await kubectl_apply(cluster, manifest)
+                else:
+                    await api_apply(api, docs)
                 applied_s = time.monotonic() - progress.start
-                if apply.returncode != 0:
-                    raise AssertionError(f"kubectl apply failed: {apply_errors.decode()}")
                 goal = {"meshservices Registered", "meshservices Ready"}
                 last_report = 0.0
                 while not goal <= progress.reached.keys():
@@ -701,6 +791,7 @@ async def measure(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(progress.changed.wait(), 1.0)
                 after = cpu_seconds(processes)
+                requests = request_table(requests_before, await api_server_requests(api))
                 metrics = operator.metrics()
                 peak_rss_mib = operator.peak_rss_mib()
             finally:
@@ -723,6 +814,7 @@ async def measure(
     return {
         "services": services,
         "nodes": nodes,
+        "applied_with": apply_with.value,
         "applied_s": round(applied_s, 1),
         "milestones_s": {
             m: round(s, 1) for m, s in sorted(progress.reached.items(), key=lambda i: i[1])
@@ -749,6 +841,7 @@ async def measure(
             ),
             "events_dropped": int(metrics.get("grpcmesh_operator_events_dropped_total", 0)),
         },
+        "api_server_requests": requests,
         "stand_ins": dict(kubelet.stats + sidecars.stats),
         "load_average": load_average(),
     }
@@ -759,7 +852,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", type=int, default=200, help="MeshServices to apply (200)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to converge (900)")
     parser.add_argument(
-        "--keep", action="store_true", help="keep the control plane's state folder and logs"
+        "--apply",
+        choices=[a.value for a in ApplyWith],
+        default=ApplyWith.KUBECTL.value,
+        help="kubectl apply --server-side (default), or concurrent server-side apply PATCHes",
     )
     args = parser.parse_args(argv)
     print(f"$ {shlex.join(['python', '-m', 'bench.operator_apply_kube', *sys.argv[1:]])}")
@@ -767,8 +863,16 @@ def main(argv: list[str] | None = None) -> int:
     cluster = KubeCluster.start(hollow_nodes=0, state=workdir / "kube")
     try:
         cluster.install_crds()
+        cluster.create_namespace("bench")
         result = asyncio.run(
-            measure(cluster, args.services, "bench", workdir, timeout=args.timeout)
+            measure(
+                cluster,
+                args.services,
+                "bench",
+                workdir,
+                timeout=args.timeout,
+                apply_with=ApplyWith(args.apply),
+            )
         )
     finally:
         cluster.stop()
