@@ -169,7 +169,7 @@ class Sidecar:
     ) -> None:
         self.node = base_pb2.Node(id=str(NodeId.sidecar(service, replica)), cluster=service)
         self._stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        self._queue: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+        self._queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
         self._names: dict[str, list[str]] = {}
         self._stats = stats
 
@@ -182,10 +182,10 @@ class Sidecar:
 
     @staticmethod
     async def _requests(
-        queue: asyncio.Queue[discovery_pb2.DiscoveryRequest],
+        queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None],
     ) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while True:
-            yield await queue.get()
+        while (request := await queue.get()) is not None:
+            yield request
 
     async def run(self) -> None:
         while True:
@@ -208,14 +208,20 @@ class Sidecar:
         self._queue, self._names = asyncio.Queue(), {ENDPOINT: [], ROUTE: []}
         self._send(CLUSTER, None)
         self._send(LISTENER, None)
-        call = self._stub.StreamAggregatedResources(self._requests(self._queue))
-        async for response in call:
-            self._stats["responses_" + response.type_url.rsplit(".", 1)[-1]] += 1
-            subscribe, names = self._referenced(response)
-            self._send(response.type_url, response)  # ACK
-            if subscribe is not None and names != self._names[subscribe]:
-                self._names[subscribe] = names
-                self._send(subscribe, None)
+        queue = self._queue
+        call = self._stub.StreamAggregatedResources(self._requests(queue))
+        try:
+            async for response in call:
+                self._stats["responses_" + response.type_url.rsplit(".", 1)[-1]] += 1
+                subscribe, names = self._referenced(response)
+                self._send(response.type_url, response)  # ACK
+                if subscribe is not None and names != self._names[subscribe]:
+                    self._names[subscribe] = names
+                    self._send(subscribe, None)
+        finally:
+            # Ends the request iterator, so grpc's task feeding it finishes with the stream
+            # instead of being destroyed pending (a warning per reconnect).
+            queue.put_nowait(None)
 
     @staticmethod
     def _referenced(response: discovery_pb2.DiscoveryResponse) -> tuple[str | None, list[str]]:

@@ -230,7 +230,8 @@ def running_status(pod: Mapping[str, Any], pod_ip: str, host_ip: str) -> dict[st
         }
 
     def completed(container: Mapping[str, Any]) -> dict[str, Any]:
-        status = running(container) | {"ready": True, "started": False}
+        # A kubelet reports a completed init container ready (exit code 0), not started.
+        status = running(container) | {"started": False}
         status["state"] = {
             "terminated": {
                 "exitCode": 0,
