@@ -40,6 +40,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shlex
 import ssl
 import subprocess
@@ -542,6 +543,8 @@ class Progress:
         self.reached: dict[str, float] = {}
         self.last_growth: dict[str, float] = {}
         self.changed = asyncio.Event()
+        self.degraded: collections.Counter[str] = collections.Counter()
+        """Degraded=True statuses seen (every write of one counts), by reason and message."""
 
     def restart(self) -> None:
         self.start = time.monotonic()
@@ -573,6 +576,11 @@ class Progress:
         }
         for condition in ("Registered", "Ready"):
             self.mark(f"meshservices {condition}", name, kind != "DELETED" and condition in true)
+        for c in (body.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Degraded" and c.get("status") == "True":
+                # Digits out, so one cause counts once however many objects it names.
+                cause = re.sub(r"[0-9]+", "N", str(c.get("message")))[:200]
+                self.degraded[f"{c.get('reason')}: {cause}"] += 1
 
     def deployment(self, kind: str, body: Mapping[str, Any]) -> None:
         name = str(body["metadata"]["name"])
@@ -843,6 +851,7 @@ async def measure(
             "events_dropped": int(metrics.get("grpcmesh_operator_events_dropped_total", 0)),
         },
         "api_server_requests": requests,
+        "degraded_statuses_seen": dict(progress.degraded.most_common(5)),
         "stand_ins": dict(kubelet.stats + sidecars.stats),
         "load_average": load_average(),
     }
