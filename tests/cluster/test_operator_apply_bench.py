@@ -17,7 +17,7 @@ def test_five_mesh_services_become_ready_on_stand_in_nodes(
     kube: KubeCluster, namespace: str, tmp_path: Path
 ) -> None:
     result = asyncio.run(
-        measure(kube, SERVICES, namespace, tmp_path, timeout=60, apply_with=ApplyWith.KUBECTL)
+        measure(kube, SERVICES, namespace, tmp_path, timeout=120, apply_with=ApplyWith.KUBECTL)
     )
     assert result["converged"], result
     counts = result["counts"]
