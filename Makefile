@@ -108,9 +108,9 @@ bench: gen ## benchmarks: kit tax, PlaceOrder per core, sidecar overhead, xDS co
 	$(PY) -m bench.xds_convergence
 
 .PHONY: bench-kube
-bench-kube: gen ## operator: 200 and 1000 MeshServices to Ready on the real control plane (~20 min)
+bench-kube: gen ## operator: 200 and 1000 MeshServices to Ready on the real control plane (~30 min)
 	$(PY) -m bench.operator_apply_kube --services 200
-	$(PY) -m bench.operator_apply_kube --services 1000
+	$(PY) -m bench.operator_apply_kube --services 1000 --timeout 1200
 
 .PHONY: proto-baseline
 proto-baseline: venv ## record the current protos as the released API (buf breaking compares to it)
