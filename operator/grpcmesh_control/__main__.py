@@ -1,8 +1,7 @@
-"""``python -m grpcmesh_control control-plane ...``: the control plane process (local mode)."""
+"""``python -m grpcmesh_control ...``: the ``grpcmesh`` command (the local launcher starts the
+control plane this way, with the interpreter it runs under)."""
 
-import sys
-
-from grpcmesh_control.runtime.controlplane import main
+from grpcmesh_control.cli import app
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    app(prog_name="grpcmesh")

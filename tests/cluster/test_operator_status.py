@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from grpcmesh_control.k8s_runtime import Operator
@@ -157,6 +158,7 @@ async def test_endpoint_slices_reach_envoy_and_its_ack_the_status(
         node = operator.cache.node("sidecar~orders~0")
         assert node.acked_snapshot is not None
         assert body["status"]["ackedVersion"] == node.acked_snapshot
+        await _debug_endpoints_show_the_sidecar(operator, ns, node.acked_snapshot)
 
         kube.apply([slice_of("payments-v1", ("127.0.0.1", True, False), port=port)], namespace=ns)
 
@@ -178,3 +180,23 @@ async def test_endpoint_slices_reach_envoy_and_its_ack_the_status(
             return await flags(envoy, cluster, host) is None
 
         await poll(gone, f"{host} removed from Envoy")
+
+
+async def _debug_endpoints_show_the_sidecar(operator: Operator, ns: str, acked: str) -> None:
+    """The operator serves the xDS host's /status and /debug/* (as local mode does): the
+    sidecar's ACK, and the snapshot it ACKed."""
+    base = f"http://127.0.0.1:{operator.metrics_port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/status") as response:
+            status = await response.json()
+        async with http.get(f"{base}/debug/nodes") as response:
+            nodes = (await response.json())["nodes"]
+        node_id = "sidecar~orders~0"
+        async with http.get(f"{base}/debug/snapshot", params={"node": node_id}) as response:
+            snapshot = await response.json()
+    (orders,) = [s for s in status["services"] if (s["namespace"], s["name"]) == (ns, "orders")]
+    assert orders["endpoints"] == {"total": 1, "ready": 1}
+    (node,) = [n for n in nodes if n["id"] == node_id]
+    assert node["acked_version"] == node["snapshot_version"] == acked == snapshot["version"]
+    clusters = snapshot["resources"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]
+    assert "payments|v1" in {c["name"] for c in clusters["resources"]}

@@ -126,6 +126,13 @@ class MeshState:
     def spec_error(self, namespace: str, name: str) -> str | None:
         return self._errors.get((namespace, name))
 
+    def problems(self) -> list[str]:
+        """Each MeshService whose current spec does not parse, with why (``/status``)."""
+        return [
+            f"MeshService {ns}/{name}: {error}"
+            for (ns, name), error in sorted(self._errors.items())
+        ]
+
     def invalid_count(self) -> int:
         """MeshServices whose current spec does not parse (their last valid one is in use)."""
         return len(self._errors)

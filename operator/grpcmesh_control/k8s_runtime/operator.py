@@ -31,10 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import kopf
 from aiohttp import web
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from grpcmesh_control.errors import InvalidNodeId
 from grpcmesh_control.k8s.kinds import (
@@ -54,11 +52,9 @@ from grpcmesh_control.k8s_runtime.reconcile import Reconciler, rollout_of
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 from grpcmesh_control.k8s_runtime.webhook_tls import ensure_webhook_tls
 from grpcmesh_control.model import MethodCatalog
-from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, MeteredSnapshotCache
-from grpcmesh_control.runtime.publisher import Publisher
+from grpcmesh_control.runtime.host import XdsHost
 from grpcmesh_control.translate import NodeId
 from grpcmesh_control.translate.naming import NodeKind
-from grpcmesh_control.xds import AdsServicer
 from grpcmesh_control.xds.cache import NodeStatus
 
 __all__ = ["Operator", "run_operator"]
@@ -83,10 +79,14 @@ class Operator:
         self.catalog = self._base_catalog
         """The base catalog merged with every descriptor-set ConfigMap (``descriptors``)."""
         self._descriptor_maps: dict[Key, dict[str, Any]] = {}
-        self.metrics = ControlPlaneMetrics()
+        # The same xDS host local mode runs; /status and /debug/* show what it serves.
+        self.host = XdsHost(catalog, problems=lambda: self.state.problems())
+        self.metrics, self.cache, self.publisher = (
+            self.host.metrics,
+            self.host.cache,
+            self.host.publisher,
+        )
         self.operator_metrics = OperatorMetrics(self.metrics.registry)
-        self.cache = MeteredSnapshotCache(self.metrics)
-        self.publisher = Publisher(self.cache, catalog, on_rebuild=self.metrics.rebuilt)
         self.state = MeshState(self.publisher.update, catalog)
         self.metrics.observe(cache=self.cache, source_problems=self.state.invalid_count)
         self.registry = kopf.OperatorRegistry()
@@ -95,7 +95,6 @@ class Operator:
         self.metrics_port: int | None = None
         self._reconciler: Reconciler | None = None
         self._events: asyncio.Queue[Event] | None = None
-        self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stale: set[Key] = set()
         self._stale_flag: asyncio.Event | None = None
@@ -142,8 +141,7 @@ class Operator:
         """kopf's cleanup: end the ADS streams now, so kopf does not wait for them as hung
         tasks (Envoys reconnect to the next operator and keep their config meanwhile)."""
         log.info("operator stopping")
-        if self._server is not None:
-            await self._server.stop(self.settings.stop_grace)
+        await self.host.stop_serving(self.settings.stop_grace)
 
     def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Queue a Kubernetes Event about ``body``; dropped (logged) if the queue is full."""
@@ -249,55 +247,54 @@ class Operator:
             self.post_event,
         )
         await self._prime(client)
-        server = self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AdsServicer(self.cache, on_push=self.metrics.pushed), server
-        )
-        runner = web.AppRunner(self._metrics_app(), access_log=None)
-        await runner.setup()
         try:
-            try:
-                self.xds_port = server.add_insecure_port(f"{settings.xds_host}:{settings.xds_port}")
-            except RuntimeError as exc:
-                raise OSError(f"xDS port {settings.xds_port}: {exc}") from None
-            await server.start()
-            if settings.metrics_port is not None:
-                await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
-                self.metrics_port = int(runner.addresses[0][1])
-            log.info("xDS on port %s, metrics on port %s", self.xds_port, self.metrics_port)
-            if on_ready is not None:
-                on_ready(self)
-            async with asyncio.TaskGroup() as tasks:
-                background = [
-                    tasks.create_task(self.publisher.run(), name="publisher"),
-                    tasks.create_task(self._resync(client), name="resync"),
-                    tasks.create_task(self._follow_status(client), name="status"),
-                    tasks.create_task(self._post_events(client), name="events"),
-                    tasks.create_task(server.wait_for_termination(), name="xds-server"),
-                ]
-                if settings.manages_webhook_tls:
-                    background.append(
-                        tasks.create_task(self._renew_webhook_tls(client), name="webhook-tls")
-                    )
-                try:
-                    await kopf.operator(
-                        registry=self.registry,
-                        clusterwide=True,
-                        standalone=settings.peering is None,
-                        peering_name=settings.peering,
-                        priority=settings.peering_priority,
-                        liveness_endpoint=settings.liveness_endpoint,
-                        stop_flag=stop_flag,
-                    )
-                finally:
-                    for task in background:
-                        task.cancel()
+            async with self.host.serving(
+                self._http_app(),
+                xds_host=settings.xds_host,
+                xds_port=settings.xds_port,
+                http_host=settings.metrics_host,
+                http_port=settings.metrics_port,
+                stop_grace=settings.stop_grace,
+            ) as ports:
+                self.xds_port, self.metrics_port = ports.xds_port, ports.http_port
+                log.info("xDS on port %s, metrics on port %s", self.xds_port, self.metrics_port)
+                if on_ready is not None:
+                    on_ready(self)
+                await self._serve(client, stop_flag)
         finally:
-            await runner.cleanup()
-            await server.stop(settings.stop_grace)
             await client.close()
-            self._reconciler = self._server = self._client = None
+            self._reconciler = self._client = None
             self._loop = self._stale_flag = None
+
+    async def _serve(
+        self, client: KubeClient, stop_flag: asyncio.Event | threading.Event | None
+    ) -> None:
+        settings = self.settings
+        async with asyncio.TaskGroup() as tasks:
+            background = [
+                tasks.create_task(self.publisher.run(), name="publisher"),
+                tasks.create_task(self._resync(client), name="resync"),
+                tasks.create_task(self._follow_status(client), name="status"),
+                tasks.create_task(self._post_events(client), name="events"),
+                tasks.create_task(self.host.wait_for_termination(), name="xds-server"),
+            ]
+            if settings.manages_webhook_tls:
+                background.append(
+                    tasks.create_task(self._renew_webhook_tls(client), name="webhook-tls")
+                )
+            try:
+                await kopf.operator(
+                    registry=self.registry,
+                    clusterwide=True,
+                    standalone=settings.peering is None,
+                    peering_name=settings.peering,
+                    priority=settings.peering_priority,
+                    liveness_endpoint=settings.liveness_endpoint,
+                    stop_flag=stop_flag,
+                )
+            finally:
+                for task in background:
+                    task.cancel()
 
     async def _prime(self, client: KubeClient) -> None:
         """Seed the registry from one listing of MeshServices and mesh EndpointSlices before
@@ -422,12 +419,8 @@ class Operator:
             with contextlib.suppress(ApiError):
                 await client.create_event(body, type_, reason, message, datetime.now(UTC))
 
-    def _metrics_app(self) -> web.Application:
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(
-                body=self.metrics.exposition(),
-                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-            )
+    def _http_app(self) -> web.Application:
+        """The xDS host's endpoints (/metrics, /status, /debug/*), and /readyz."""
 
         async def ready(_: web.Request) -> web.Response:
             # Only the replica that handles events is ready: a paused peer's registry is
@@ -439,10 +432,7 @@ class Operator:
                 return web.Response(status=503, text="standby: another replica is active\n")
             return web.Response(text="active\n")
 
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/readyz", ready)
-        return app
+        return self.host.http_app([web.get("/readyz", ready)])
 
 
 async def run_operator(

@@ -2,7 +2,9 @@
 
 ``ControlPlane.run`` owns one TaskGroup (publisher debounce loop, file watcher, gRPC server) and
 stops everything it started when cancelled. ``serve`` is the entry the CLI wires to
-``grpcmesh control-plane``; ``main`` is ``python -m grpcmesh_control control-plane``.
+``grpcmesh control-plane`` (also ``python -m grpcmesh_control control-plane``, as the local
+launcher starts it). The xDS host itself (cache, publisher, ADS, read-only HTTP) is
+``runtime.host.XdsHost``, which the cluster operator runs too.
 
 Startup order: read the run directory and build (so the first Envoy request is answered with
 complete config), bind both ports, then write ``ready_file`` (``{"xds_address",
@@ -13,36 +15,30 @@ plane serves the versions it served before; reconnecting Envoys ACK them without
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
-import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from aiohttp import web
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.model import MethodCatalog
-from grpcmesh_control.runtime.admin import AdminContext, admin_app
+from grpcmesh_control.runtime.admin import apply_route
 from grpcmesh_control.runtime.atomic import write_atomically
 from grpcmesh_control.runtime.clock import Clock, SystemClock
-from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, MeteredSnapshotCache
-from grpcmesh_control.runtime.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
+from grpcmesh_control.runtime.host import XdsHost, join_host_port
+from grpcmesh_control.runtime.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.runtime.watcher import DEFAULT_POLL_INTERVAL, FileSources
 from grpcmesh_control.translate.naming import LOCALHOST
-from grpcmesh_control.xds import AdsServicer
 
 __all__ = [
     "BoundAddresses",
     "ControlPlane",
     "ControlPlaneSettings",
-    "main",
     "run_control_plane",
     "serve",
 ]
@@ -80,15 +76,17 @@ class BoundAddresses:
 
     @property
     def xds_address(self) -> str:
-        return _join_host_port(self.host, self.xds_port)
+        return join_host_port(self.host, self.xds_port)
 
     @property
     def admin_address(self) -> str:
-        return _join_host_port(self.host, self.admin_port)
+        return join_host_port(self.host, self.admin_port)
 
 
 class ControlPlane:
-    """The parts (cache, publisher, sources, metrics) are attributes, for tests and debugging."""
+    """Local mode's control plane: the xDS host fed from the run directory's files, plus
+    ``POST /apply``. The parts are attributes (``host``, ``cache``, ``publisher``, ``sources``,
+    ``metrics``), for tests and debugging."""
 
     def __init__(
         self,
@@ -100,71 +98,62 @@ class ControlPlane:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         catalog = catalog if catalog is not None else load_catalog()
-        self.metrics = ControlPlaneMetrics()
-        self.cache = MeteredSnapshotCache(self.metrics)
-        self.publisher = Publisher(
-            self.cache,
+        self.host = XdsHost(
             catalog,
             clock=self.clock,
             window=settings.debounce_window,
             max_delay=settings.debounce_max_delay,
-            on_rebuild=self.metrics.rebuilt,
+            problems=lambda: self.sources.problems,
+            origin_of=lambda svc: self.sources.resources.file_of(svc.key),
+        )
+        self.metrics, self.cache, self.publisher = (
+            self.host.metrics,
+            self.host.cache,
+            self.host.publisher,
         )
         self.sources = FileSources(settings.state_dir, self.publisher.update, catalog=catalog)
         self.metrics.observe(cache=self.cache, source_problems=lambda: len(self.sources.problems))
+
+    def http_app(self) -> web.Application:
+        return self.host.http_app([apply_route(self.sources, self.publisher)])
 
     async def run(self, on_ready: Callable[[BoundAddresses], None] | None = None) -> None:
         """Serve until cancelled. Raises ``OSError`` if a port cannot be bound."""
         settings = self.settings
         self.sources.reload()
         self.publisher.rebuild()
-
-        server = grpc.aio.server(
-            # Without this grpc sets SO_REUSEPORT, and a second control plane on the same port
-            # would silently share the Envoys' connections with the first.
-            options=[("grpc.so_reuseport", 0)]
-        )
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AdsServicer(self.cache, on_push=self.metrics.pushed), server
-        )
-        runner = web.AppRunner(
-            admin_app(AdminContext(self.sources, self.publisher, self.cache, self.metrics)),
-            access_log=None,
-        )
-        await runner.setup()
         ready_written = False
         try:
-            try:
-                xds_port = server.add_insecure_port(
-                    _join_host_port(settings.host, settings.xds_port)
+            async with self.host.serving(
+                self.http_app(),
+                xds_host=settings.host,
+                xds_port=settings.xds_port,
+                http_host=settings.host,
+                http_port=settings.admin_port,
+                stop_grace=settings.stop_grace,
+            ) as ports:
+                assert ports.http_port is not None
+                bound = BoundAddresses(settings.host, ports.xds_port, ports.http_port)
+                log.info(
+                    "control plane serving: xDS %s, admin http://%s, state %s",
+                    bound.xds_address,
+                    bound.admin_address,
+                    settings.state_dir,
                 )
-            except RuntimeError as exc:  # grpc reports a failed bind this way
-                raise OSError(f"xDS port {settings.host}:{settings.xds_port}: {exc}") from None
-            await server.start()
-            await web.TCPSite(runner, settings.host, settings.admin_port).start()
-            bound = BoundAddresses(settings.host, xds_port, _bound_port(runner))
-            log.info(
-                "control plane serving: xDS %s, admin http://%s, state %s",
-                bound.xds_address,
-                bound.admin_address,
-                settings.state_dir,
-            )
-            if settings.ready_file is not None:
-                _write_ready_file(settings.ready_file, bound)
-                ready_written = True
-            if on_ready is not None:
-                on_ready(bound)
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.publisher.run(), name="publisher")
-                tasks.create_task(
-                    self.sources.watch(self.clock, settings.poll_interval), name="watcher"
-                )
-                tasks.create_task(server.wait_for_termination(), name="xds-server")
+                if settings.ready_file is not None:
+                    _write_ready_file(settings.ready_file, bound)
+                    ready_written = True
+                if on_ready is not None:
+                    on_ready(bound)
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self.publisher.run(), name="publisher")
+                    tasks.create_task(
+                        self.sources.watch(self.clock, settings.poll_interval), name="watcher"
+                    )
+                    tasks.create_task(self.host.wait_for_termination(), name="xds-server")
         finally:
             if ready_written and settings.ready_file is not None:
                 settings.ready_file.unlink(missing_ok=True)
-            await runner.cleanup()
-            await server.stop(settings.stop_grace)
 
 
 async def serve(
@@ -189,60 +178,6 @@ async def serve(
 async def run_control_plane(settings: ControlPlaneSettings) -> None:
     """Run the control plane with every knob of ``ControlPlaneSettings``, until cancelled."""
     await ControlPlane(settings).run()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m grpcmesh_control control-plane --state-dir RUN --xds-port P --admin-port Q``.
-
-    Runs until SIGTERM or SIGINT (exit 0); exit 1 if a port cannot be bound.
-    """
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(_until_signalled(args))
-    except asyncio.CancelledError:
-        return 0  # SIGTERM/SIGINT: a clean stop
-    except OSError as exc:
-        log.error("cannot serve: %s", exc)
-        return 1
-    return 0
-
-
-async def _until_signalled(args: argparse.Namespace) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, task.cancel)
-    await serve(args.state_dir, args.xds_port, args.admin_port, args.host, args.ready_file)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m grpcmesh_control")
-    commands = parser.add_subparsers(dest="command", required=True)
-    cp = commands.add_parser(
-        "control-plane", help="serve xDS and the admin API from a local-mode run directory"
-    )
-    cp.add_argument("--state-dir", type=Path, required=True, help="the run directory (RUN)")
-    cp.add_argument("--xds-port", type=int, required=True, help="ADS gRPC port (0: any free)")
-    cp.add_argument("--admin-port", type=int, required=True, help="admin HTTP port (0: any free)")
-    cp.add_argument("--host", default=LOCALHOST, help="address both servers bind (127.0.0.1)")
-    cp.add_argument(
-        "--ready-file", type=Path, default=None, help="write the bound addresses here (JSON)"
-    )
-    cp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return parser
-
-
-def _bound_port(runner: web.AppRunner) -> int:
-    address = runner.addresses[0]
-    return int(address[1])
-
-
-def _join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _write_ready_file(path: Path, bound: BoundAddresses) -> None:

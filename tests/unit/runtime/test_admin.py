@@ -11,7 +11,6 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from grpcmesh_control.model import MethodCatalog
-from grpcmesh_control.runtime.admin import AdminContext, admin_app
 from grpcmesh_control.runtime.controlplane import ControlPlane, ControlPlaneSettings
 from grpcmesh_control.translate import NodeId, ProxyNode
 from grpcmesh_control.xds import CLUSTER, LISTENER
@@ -38,7 +37,7 @@ def control_plane(state_dir: Path, catalog: MethodCatalog) -> ControlPlane:
 @pytest.fixture
 async def client(control_plane: ControlPlane) -> AsyncIterator[TestClient[Any, Any]]:
     cp = control_plane
-    app = admin_app(AdminContext(cp.sources, cp.publisher, cp.cache, cp.metrics))
+    app = cp.http_app()
     async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
         yield test_client
 
@@ -200,3 +199,22 @@ async def test_metrics(client: TestClient[Any, Any], control_plane: ControlPlane
         "grpcmesh_source_problems 0.0",
     ):
         assert line in text.splitlines(), line
+
+
+async def test_debug_nodes_is_the_nodes_part_of_status(
+    client: TestClient[Any, Any], control_plane: ControlPlane
+) -> None:
+    control_plane.cache.connected(ORDERS, {})
+    nodes = (await get_json(client, "/debug/nodes"))["nodes"]
+    assert nodes == (await get_json(client, "/status"))["nodes"]
+    assert [n["id"] for n in nodes] == [ORDERS]
+
+
+def test_both_modes_run_the_one_xds_host(state_dir: Path, catalog: MethodCatalog) -> None:
+    from grpcmesh_control.k8s_runtime import Operator, RuntimeSettings
+    from grpcmesh_control.runtime.host import XdsHost
+
+    local = ControlPlane(ControlPlaneSettings(state_dir), catalog=catalog)
+    cluster = Operator(RuntimeSettings(), catalog)
+    assert type(local.host) is XdsHost and type(cluster.host) is XdsHost
+    assert local.publisher is local.host.publisher and cluster.cache is cluster.host.cache

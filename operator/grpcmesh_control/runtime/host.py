@@ -1,0 +1,276 @@
+"""The xDS host: the one control-plane core both modes run.
+
+``XdsHost`` owns the snapshot cache, the debounced publisher, the ADS gRPC server and the
+read-only HTTP endpoints that show what it serves. Local mode (``runtime.controlplane``) feeds
+it from files and adds ``POST /apply``; the cluster operator (``k8s_runtime.operator``) feeds
+it from the API and adds ``/readyz``. Everything else is the same code in both.
+
+==============================  ==============================================================
+``GET /healthz``                200 ``ok`` while the process serves.
+``GET /status``                 the mesh as the control plane sees it (``status_document``):
+                                services, endpoints, problems, and every node's ACK/NACK.
+``GET /debug/nodes``            the ``nodes`` part of ``/status`` alone.
+``GET /debug/snapshot?node=ID`` the node's current snapshot, resources as proto3 JSON.
+``GET /metrics``                Prometheus text format (``runtime.metrics``).
+==============================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from aiohttp import web
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from google.protobuf.json_format import MessageToDict
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.runtime.clock import Clock
+from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, MeteredSnapshotCache
+from grpcmesh_control.runtime.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
+from grpcmesh_control.xds import AdsServicer, NodeStatus, VersionedSnapshot
+
+__all__ = [
+    "BoundPorts",
+    "XdsHost",
+    "join_host_port",
+    "json_response",
+    "snapshot_document",
+    "status_document",
+]
+
+
+@dataclass(frozen=True)
+class BoundPorts:
+    """Where the host listens (ports asked as 0 are the ones the OS chose)."""
+
+    xds_port: int
+    http_port: int | None
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class XdsHost:
+    """The parts are attributes (``metrics``, ``cache``, ``publisher``), for the modes, tests and
+    debugging. ``problems`` adds the source's own problems (invalid files or resources) to
+    ``/status``; ``origin_of`` names where a service came from (its file, in local mode)."""
+
+    def __init__(
+        self,
+        catalog: MethodCatalog | None = None,
+        *,
+        clock: Clock | None = None,
+        window: float = DEFAULT_WINDOW,
+        max_delay: float = DEFAULT_MAX_DELAY,
+        problems: Callable[[], Sequence[str]] = tuple,
+        origin_of: Callable[[MeshService], str | None] = lambda svc: None,
+    ) -> None:
+        self.metrics = ControlPlaneMetrics()
+        self.cache = MeteredSnapshotCache(self.metrics)
+        self.publisher = Publisher(
+            self.cache,
+            catalog,
+            clock=clock,
+            window=window,
+            max_delay=max_delay,
+            on_rebuild=self.metrics.rebuilt,
+        )
+        self._problems = problems
+        self._origin_of = origin_of
+        self._server: grpc.aio.Server | None = None
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    def http_app(self, routes: Iterable[web.RouteDef] = ()) -> web.Application:
+        """The read-only endpoints, plus the mode's own ``routes``."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/debug/nodes", self._nodes)
+        app.router.add_get("/debug/snapshot", self._snapshot)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_routes(list(routes))
+        return app
+
+    def status(self) -> dict[str, Any]:
+        publisher, cache = self.publisher, self.cache
+        inputs = publisher.inputs
+        return status_document(
+            version=publisher.version,
+            services=inputs.services,
+            endpoints=inputs.endpoint_map,
+            problems=[*self._problems(), *publisher.problems()],
+            nodes=cache.nodes(),
+            snapshot_of=lambda node_id: cache.snapshot(cache.group_of(node_id)),
+            node_problem=publisher.node_problem,
+            origin_of=self._origin_of,
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return json_response(self.status())
+
+    async def _nodes(self, request: web.Request) -> web.Response:
+        return json_response({"nodes": self.status()["nodes"]})
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        node_id = request.query.get("node", "")
+        if not node_id:
+            return json_response({"error": "query parameter node is missing"}, status=400)
+        snapshot = self.cache.snapshot(self.cache.group_of(node_id))
+        if snapshot is None:
+            problem = self.publisher.node_problem(node_id)
+            return json_response(
+                {"error": f"no snapshot for node {node_id}", "problem": problem}, status=404
+            )
+        return json_response(snapshot_document(node_id, snapshot))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    # --- serving -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def serving(
+        self,
+        app: web.Application,
+        *,
+        xds_host: str,
+        xds_port: int,
+        http_host: str,
+        http_port: int | None,
+        stop_grace: float,
+    ) -> AsyncIterator[BoundPorts]:
+        """ADS on ``xds_host:xds_port`` and ``app`` on ``http_host:http_port`` (None: no HTTP)
+        while the block runs. ``OSError`` when a port cannot be bound."""
+        # Without so_reuseport=0 grpc sets SO_REUSEPORT, and a second control plane on the same
+        # port would silently share the Envoys' connections with the first.
+        server = self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AdsServicer(self.cache, on_push=self.metrics.pushed), server
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            try:
+                bound_xds = server.add_insecure_port(join_host_port(xds_host, xds_port))
+            except RuntimeError as exc:  # grpc reports a failed bind this way
+                raise OSError(f"xDS port {xds_host}:{xds_port}: {exc}") from None
+            await server.start()
+            bound_http = None
+            if http_port is not None:
+                await web.TCPSite(runner, http_host, http_port).start()
+                bound_http = int(runner.addresses[0][1])
+            yield BoundPorts(bound_xds, bound_http)
+        finally:
+            await runner.cleanup()
+            await server.stop(stop_grace)
+            self._server = None
+
+    async def wait_for_termination(self) -> None:
+        """Until the ADS server stops (``stop_serving``, or the ``serving`` block ends)."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop_serving(self, grace: float) -> None:
+        """End the ADS streams now (Envoys reconnect elsewhere and keep their config)."""
+        if self._server is not None:
+            await self._server.stop(grace)
+
+
+def status_document(
+    *,
+    version: str | None,
+    services: Sequence[MeshService],
+    endpoints: Mapping[str, Sequence[Endpoint]],
+    problems: list[str],
+    nodes: list[NodeStatus],
+    snapshot_of: Callable[[str], VersionedSnapshot | None],
+    node_problem: Callable[[str], str | None],
+    origin_of: Callable[[MeshService], str | None] = lambda svc: None,
+) -> dict[str, Any]:
+    """``GET /status`` (pure). ``version``: inputs of the published snapshots (None before the
+    first rebuild). A node has converged when ``acked_version == snapshot_version``."""
+    return {
+        "version": version,
+        "services": [
+            {
+                "name": svc.name,
+                "namespace": svc.namespace,
+                "file": origin_of(svc),
+                "expose": svc.expose,
+                "versions": [{"name": v.name, "weight": v.weight} for v in svc.versions],
+                "endpoints": {
+                    "total": len(endpoints.get(svc.name, ())),
+                    "ready": sum(1 for e in endpoints.get(svc.name, ()) if e.ready),
+                },
+            }
+            for svc in services
+        ],
+        "problems": problems,
+        "nodes": [_node(status, snapshot_of, node_problem) for status in nodes],
+    }
+
+
+def _node(
+    status: NodeStatus,
+    snapshot_of: Callable[[str], VersionedSnapshot | None],
+    node_problem: Callable[[str], str | None],
+) -> dict[str, Any]:
+    snapshot = snapshot_of(status.node_id)
+    nack = status.nack
+    return {
+        "id": status.node_id,
+        "connected": status.connected,
+        "connected_since": _timestamp(status.connected_since),
+        "acked_version": status.acked_snapshot,
+        "snapshot_version": None if snapshot is None else snapshot.version,
+        "nack": None
+        if nack is None
+        else {
+            "type_url": nack.type_url,
+            "version": nack.version,
+            "message": nack.message,
+            "at": _timestamp(nack.at),
+        },
+        "problem": node_problem(status.node_id),
+    }
+
+
+def snapshot_document(node_id: str, snapshot: VersionedSnapshot) -> dict[str, Any]:
+    """``GET /debug/snapshot``: per type URL, its version and resources as proto3 JSON."""
+    return {
+        "node": node_id,
+        "version": snapshot.version,
+        "resources": {
+            type_url: {
+                "version": typed.version,
+                "resources": [MessageToDict(packed) for packed in typed.resources.values()],
+            }
+            for type_url, typed in snapshot.by_type.items()
+        },
+    }
+
+
+def _timestamp(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def json_response(document: Mapping[str, Any], status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(document, indent=2) + "\n", status=status, content_type="application/json"
+    )
