@@ -7,13 +7,20 @@ not objects; cluster-scoped objects a test creates carry the namespace in their 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import pytest
 
+from tests.cluster.agent.runners import ImageRunner, ProcessRunner, Runner
 from tests.cluster.kube import KubeCluster
+from tests.cluster.node_agent import AgentOptions, AgentThread
 
 _names = itertools.count()
+_agents = itertools.count()
+
+StartAgent = Callable[..., AgentThread]
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +41,37 @@ def namespace(kube: KubeCluster, request: pytest.FixtureRequest) -> Iterator[str
     name = kube.create_namespace(f"{stem}-{next(_names)}")
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def start_node_agent(kube: KubeCluster) -> Iterator[StartAgent]:
+    """Start test node agents (``tests/cluster/node_agent.py``): each registers a Node of its
+    own and runs the pods bound to it. ``start_node_agent(runner="process" | "image" | a
+    Runner, **AgentOptions fields)``; every agent is stopped (containers stopped, Node
+    deleted) when the test ends."""
+    started: list[AgentThread] = []
+
+    def start(
+        runner: Literal["process", "image"] | Runner = "process", **options: Any
+    ) -> AgentThread:
+        chosen: Runner
+        if runner == "process":
+            chosen = ProcessRunner()
+        elif runner == "image":
+            chosen = ImageRunner()
+        else:
+            chosen = runner
+        name = options.pop("node_name", f"agent-{os.getpid()}-{next(_agents)}")
+        agent = AgentThread(kube.kubeconfig, AgentOptions(node_name=name, runner=chosen, **options))
+        started.append(agent.start())
+        return agent
+
+    yield start
+    for agent in reversed(started):
+        agent.stop()
+
+
+@pytest.fixture
+def node_agent(start_node_agent: StartAgent) -> AgentThread:
+    """One node agent running containers as local processes (the fast runner)."""
+    return start_node_agent("process")

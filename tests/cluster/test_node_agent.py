@@ -1,0 +1,504 @@
+"""The test node agent is a kubelet the cluster tier can trust: pods really run, readiness is
+earned by probes, and the real EndpointSlice controller follows it.
+
+Runners: every test here runs its containers as local processes (``node_agent``, the fast
+runner) except ``test_a_pod_runs_from_its_real_image``, which runs the same kind of pod from
+the image-kit stand-in python image (``image`` runner).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import textwrap
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.cluster.conftest import StartAgent
+from tests.cluster.kube import KubeCluster, wait_until
+from tests.cluster.node_agent import AgentThread
+
+PYTHON_IMAGE = "python:3.11.14-slim-bookworm"  # the image-kit stand-in; process runs use the venv
+WEB_PORT = 8080
+
+# An HTTP server on the pod IP whose /ready answers 503 until someone POSTs to it: readiness
+# the test hands out. On SIGTERM it writes "terminated" to the file in argv[1], if any.
+WEB_SERVER = textwrap.dedent(
+    """
+    import http.server, json, os, signal, sys
+    ready = False
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path != "/ready" or ready else 503)
+            self.end_headers()
+            if self.path == "/who":
+                self.wfile.write(json.dumps({"uid": os.getuid(), "python": sys.version}).encode())
+        def do_POST(self):
+            global ready
+            ready = True
+            self.send_response(200)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    def on_term(*_):
+        if len(sys.argv) > 1:
+            open(sys.argv[1], "w").write("terminated")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    http.server.ThreadingHTTPServer((os.environ["POD_IP"], int(os.environ["PORT"])), Handler)\\
+        .serve_forever()
+    """
+)
+POD_IP_ENV = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
+def web_container(name: str = "web", args: Sequence[str] = ()) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": PYTHON_IMAGE,
+        "command": ["python3", "-c", WEB_SERVER],
+        "args": list(args),
+        "env": [POD_IP_ENV, {"name": "PORT", "value": str(WEB_PORT)}],
+        "ports": [{"name": "http", "containerPort": WEB_PORT}],
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": "http"},
+            "periodSeconds": 1,
+            "failureThreshold": 1,
+        },
+    }
+
+
+def pod(name: str, containers: Sequence[Mapping[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"containers": list(containers), "terminationGracePeriodSeconds": 5, **spec},
+    }
+
+
+def service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": WEB_PORT, "targetPort": "http"}]},
+    }
+
+
+def condition(obj: Mapping[str, Any] | None, kind: str) -> str | None:
+    for found in (obj or {}).get("status", {}).get("conditions", []):
+        if found["type"] == kind:
+            return str(found["status"])
+    return None
+
+
+def slice_endpoints(kube: KubeCluster, namespace: str, svc: str) -> list[dict[str, Any]]:
+    slices = kube.items("endpointslices", namespace, f"kubernetes.io/service-name={svc}")
+    return [ep for s in slices for ep in s.get("endpoints") or []]
+
+
+def endpoint_ready(kube: KubeCluster, namespace: str, svc: str, address: str) -> bool | None:
+    """The ``ready`` condition of ``address`` in the Service's EndpointSlices (None: absent)."""
+    for ep in slice_endpoints(kube, namespace, svc):
+        if address in ep["addresses"]:
+            return bool(ep["conditions"].get("ready"))
+    return None
+
+
+def running_pod(kube: KubeCluster, namespace: str, name: str) -> dict[str, Any]:
+    def started() -> dict[str, Any] | None:
+        found = kube.get("pod", name, namespace)
+        statuses = (found or {}).get("status", {}).get("containerStatuses", [])
+        return found if statuses and all(s.get("started") for s in statuses) else None
+
+    return wait_until(started, f"pod {name} started", timeout=30)
+
+
+def who(address: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{address}:{WEB_PORT}/who", timeout=5) as response:
+        return dict(json.loads(response.read()))
+
+
+def post(address: str) -> None:
+    request = urllib.request.Request(f"http://{address}:{WEB_PORT}/ready", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def start_web(kube: KubeCluster, namespace: str, agent: AgentThread) -> str:
+    """A web pod behind a Service, running; its pod IP."""
+    kube.apply([pod("web", [web_container()]), service("web")], namespace=namespace)
+    found = running_pod(kube, namespace, "web")
+    address = str(found["status"]["podIP"])
+    assert found["spec"]["nodeName"] == agent.node_name
+    assert address == agent.pod_ip(namespace, "web")
+    wait_until(lambda: _try_who(address), "the server to answer")
+    return address
+
+
+def test_readiness_is_earned_by_the_probe_and_the_endpoint_slice_follows(
+    kube: KubeCluster, namespace: str, node_agent: AgentThread
+) -> None:
+    address = start_web(kube, namespace, node_agent)
+    assert address.startswith("127.") and not address.startswith("127.1")
+
+    # Serving, but /ready says 503: started, not ready, and so not ready in the slice.
+    wait_until(
+        lambda: endpoint_ready(kube, namespace, "web", address) is False,
+        "the endpoint listed not ready",
+    )
+    current = kube.get("pod", "web", namespace)
+    assert current["status"]["phase"] == "Running"
+    assert condition(current, "Ready") == "False"
+    assert current["status"]["containerStatuses"][0]["ready"] is False
+
+    post(address)
+    wait_until(lambda: condition(kube.get("pod", "web", namespace), "Ready") == "True", "Ready")
+    wait_until(lambda: endpoint_ready(kube, namespace, "web", address), "the endpoint ready")
+    current = kube.get("pod", "web", namespace)
+    conditions = {c["type"]: c["status"] for c in current["status"]["conditions"]}
+    assert (
+        conditions.items()
+        >= {
+            "PodScheduled": "True",
+            "Initialized": "True",
+            "ContainersReady": "True",
+            "Ready": "True",
+        }.items()
+    )
+    assert current["status"]["podIPs"] == [{"ip": address}]
+    assert current["status"]["hostIP"] == "127.0.0.1"
+
+
+def test_a_stopped_process_drops_readiness_and_its_endpoint(
+    kube: KubeCluster, namespace: str, node_agent: AgentThread
+) -> None:
+    address = start_web(kube, namespace, node_agent)
+    post(address)
+    wait_until(lambda: endpoint_ready(kube, namespace, "web", address), "the endpoint ready")
+
+    node_agent.stop_container(namespace, "web", "web")
+    wait_until(
+        lambda: endpoint_ready(kube, namespace, "web", address) is False,
+        "the endpoint not ready after its process stopped",
+    )
+    current = kube.get("pod", "web", namespace)
+    assert condition(current, "Ready") == "False"
+    state = current["status"]["containerStatuses"][0]
+    assert "terminated" in state["state"] and state["ready"] is False
+    with socket.socket() as probe:
+        assert probe.connect_ex((address, WEB_PORT)) != 0, "the server still answers"
+
+    # Started again (a restart): readiness has to be earned anew.
+    node_agent.start_container(namespace, "web", "web")
+    wait_until(
+        lambda: (
+            kube.get("pod", "web", namespace)["status"]["containerStatuses"][0]["restartCount"] == 1
+        ),
+        "the restart counted",
+    )
+    post_when_up = wait_until(lambda: _try_post(address), "the restarted server")
+    assert post_when_up
+    wait_until(lambda: endpoint_ready(kube, namespace, "web", address), "ready again")
+
+
+def _try_post(address: str) -> bool:
+    try:
+        post(address)
+    except OSError:
+        return False
+    return True
+
+
+def report_volume(folder: Path) -> dict[str, Any]:
+    """A hostPath volume: where a pod's processes leave what the test reads afterwards."""
+    return {"name": "report", "hostPath": {"path": str(folder), "type": "Directory"}}
+
+
+REPORT_MOUNT = {"name": "report", "mountPath": "/report"}
+
+
+def python(name: str, script: str, *args: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": PYTHON_IMAGE,
+        "command": ["python3", "-c", textwrap.dedent(script)],
+        "args": list(args),
+        "env": [POD_IP_ENV],
+        "volumeMounts": [REPORT_MOUNT],
+        **fields,
+    }
+
+
+def test_a_native_sidecar_is_started_before_the_app(
+    kube: KubeCluster, namespace: str, node_agent: AgentThread, tmp_path: Path
+) -> None:
+    prepare = python(
+        "prepare",
+        "import sys; open(sys.argv[1], 'w').write('prepared')",
+        "/report/prepared",
+    )
+    # The sidecar listens only after a second, so the app can start early only if the agent
+    # does not wait for the startup probe.
+    proxy = python(
+        "proxy",
+        """
+        import os, pathlib, socket, sys, time
+        pathlib.Path(sys.argv[1]).write_text(str(pathlib.Path(sys.argv[2]).exists()))
+        time.sleep(1)
+        server = socket.create_server((os.environ["POD_IP"], 9901))
+        while True:
+            server.accept()[0].close()
+        """,
+        "/report/proxy-saw-prepared",
+        "/report/prepared",
+        restartPolicy="Always",
+        ports=[{"name": "admin", "containerPort": 9901}],
+        startupProbe={"tcpSocket": {"port": "admin"}, "periodSeconds": 1, "failureThreshold": 30},
+    )
+    app = python(
+        "app",
+        """
+        import os, socket, sys, time
+        with socket.socket() as probe:
+            up = probe.connect_ex((os.environ["POD_IP"], 9901)) == 0
+        open(sys.argv[1], "w").write(str(up))
+        while True:
+            time.sleep(60)
+        """,
+        "/report/app-saw-proxy",
+    )
+    doc = pod("meshed", [app], initContainers=[prepare, proxy], volumes=[report_volume(tmp_path)])
+    kube.apply([doc], namespace=namespace)
+
+    wait_until(lambda: condition(kube.get("pod", "meshed", namespace), "Ready") == "True", "Ready")
+    assert (tmp_path / "proxy-saw-prepared").read_text() == "True"
+    assert (tmp_path / "app-saw-proxy").read_text() == "True"
+    status = kube.get("pod", "meshed", namespace)["status"]
+    init = {s["name"]: s for s in status["initContainerStatuses"]}
+    assert init["prepare"]["state"]["terminated"]["exitCode"] == 0
+    assert "running" in init["proxy"]["state"]
+    assert init["proxy"]["started"] is True and init["proxy"]["ready"] is True
+    assert status["phase"] == "Running"
+
+
+ENV_REPORT = """
+import json, os, pathlib, sys
+name, config, password, token, token_namespace, scratch, out = sys.argv[1:]
+pathlib.Path(scratch, "written").write_text("yes")
+names = ["POD_IP", "POD_NAME", "POD_NAMESPACE", "NODE", "GREETING", "PASSWORD", "EGRESS",
+         "ESCAPED", "UNKNOWN", "HOSTNAME", "KUBERNETES_SERVICE_HOST"]
+pathlib.Path(out).write_text(json.dumps({
+    "env": {n: os.environ.get(n) for n in names},
+    "name_arg": name,
+    "config": pathlib.Path(config).read_text(),
+    "password": pathlib.Path(password).read_text(),
+    "token": pathlib.Path(token).read_text(),
+    "token_namespace": pathlib.Path(token_namespace).read_text(),
+    "scratch": pathlib.Path(scratch, "written").read_text(),
+}))
+"""
+
+
+def test_env_and_volumes_come_from_the_pod_spec(
+    kube: KubeCluster, namespace: str, node_agent: AgentThread, tmp_path: Path
+) -> None:
+    settings = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "settings"},
+        "data": {"greeting": "hello", "config.yaml": "answer: 42\n"},
+    }
+    creds = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds"},
+        "stringData": {"password": "s3cret"},
+    }
+
+    def field(path: str) -> dict[str, Any]:
+        return {"fieldRef": {"fieldPath": path}}
+
+    container = python(
+        "report",
+        ENV_REPORT,
+        "$(POD_NAME)",
+        "/etc/settings/config.yaml",
+        "/etc/creds/password",
+        "/var/run/secrets/tokens/token",
+        "/var/run/secrets/tokens/namespace",
+        "/scratch",
+        "/report/env.json",
+    )
+    container["env"] = [
+        POD_IP_ENV,
+        {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+        {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+        {"name": "NODE", "valueFrom": field("spec.nodeName")},
+        {
+            "name": "GREETING",
+            "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}},
+        },
+        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+        {"name": "EGRESS", "value": "$(POD_IP):15001"},
+        {"name": "ESCAPED", "value": "$$(POD_IP)"},
+        {"name": "UNKNOWN", "value": "$(NOT_DEFINED)"},
+    ]
+    container["volumeMounts"] = [
+        REPORT_MOUNT,
+        {"name": "settings", "mountPath": "/etc/settings", "readOnly": True},
+        {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+        {"name": "tokens", "mountPath": "/var/run/secrets/tokens", "readOnly": True},
+        {"name": "scratch", "mountPath": "/scratch"},
+    ]
+    tokens = {
+        "sources": [
+            {"serviceAccountToken": {"audience": "grpcmesh-test", "path": "token"}},
+            {
+                "downwardAPI": {
+                    "items": [
+                        {"path": "namespace", "fieldRef": field("metadata.namespace")["fieldRef"]}
+                    ]
+                }
+            },
+        ]
+    }
+    doc = pod(
+        "report",
+        [container],
+        restartPolicy="Never",
+        volumes=[
+            report_volume(tmp_path),
+            {"name": "settings", "configMap": {"name": "settings"}},
+            {"name": "creds", "secret": {"secretName": "creds"}},
+            {"name": "tokens", "projected": tokens},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    )
+    kube.apply([settings, creds, doc], namespace=namespace)
+
+    wait_until(
+        lambda: kube.get("pod", "report", namespace)["status"].get("phase") == "Succeeded",
+        "the report pod to succeed",
+    )
+    report = json.loads((tmp_path / "env.json").read_text())
+    address = kube.get("pod", "report", namespace)["status"]["podIP"]
+    assert report["env"] == {
+        "POD_IP": address,
+        "POD_NAME": "report",
+        "POD_NAMESPACE": namespace,
+        "NODE": node_agent.node_name,
+        "GREETING": "hello",
+        "PASSWORD": "s3cret",
+        "EGRESS": f"{address}:15001",
+        "ESCAPED": "$(POD_IP)",
+        "UNKNOWN": "$(NOT_DEFINED)",
+        "HOSTNAME": "report",
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+    }
+    assert report["name_arg"] == "report"
+    assert report["config"] == "answer: 42\n"
+    assert report["password"] == "s3cret"
+    assert report["token_namespace"] == namespace
+    assert report["scratch"] == "yes"
+    # The projected token is a real one, bound to the pod, for the audience asked for.
+    review = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": report["token"], "audiences": ["grpcmesh-test"]},
+    }
+    reviewed = json.loads(kube.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(review)))
+    assert reviewed["status"]["authenticated"] is True
+    assert reviewed["status"]["user"]["username"] == f"system:serviceaccount:{namespace}:default"
+    assert reviewed["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"] == [
+        "report"
+    ]
+
+
+def test_deleting_a_pod_stops_its_processes_with_their_grace_period(
+    kube: KubeCluster, namespace: str, node_agent: AgentThread, tmp_path: Path
+) -> None:
+    polite = pod(
+        "polite",
+        [web_container(args=["/report/polite"]) | {"volumeMounts": [REPORT_MOUNT]}],
+        volumes=[report_volume(tmp_path)],
+        terminationGracePeriodSeconds=30,
+    )
+    stubborn = pod(
+        "stubborn",
+        [
+            python(
+                "stubborn",
+                """
+                import os, signal, sys, time
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                open(sys.argv[1], "w").write(str(os.getpid()))
+                while True:
+                    time.sleep(60)
+                """,
+                "/report/stubborn-pid",
+            )
+        ],
+        volumes=[report_volume(tmp_path)],
+        terminationGracePeriodSeconds=2,
+    )
+    kube.apply([polite, stubborn], namespace=namespace)
+    address = running_pod(kube, namespace, "polite")["status"]["podIP"]
+    running_pod(kube, namespace, "stubborn")
+    pid = int(wait_until(lambda: _read(tmp_path / "stubborn-pid"), "the stubborn pid"))
+
+    began = time.monotonic()
+    kube.kubectl("delete", "pod", "polite", "stubborn", "-n", namespace, "--wait=false")
+    wait_until(lambda: kube.get("pod", "polite", namespace) is None, "polite gone", timeout=20)
+    # SIGTERM reached it, it exited at once: long before its 30 s grace period.
+    assert (tmp_path / "polite").read_text() == "terminated"
+    assert time.monotonic() - began < 15
+    with socket.socket() as probe:
+        assert probe.connect_ex((address, WEB_PORT)) != 0
+
+    wait_until(lambda: kube.get("pod", "stubborn", namespace) is None, "stubborn gone", timeout=20)
+    # It ignored SIGTERM: killed once its 2 s were up, and only then removed.
+    assert time.monotonic() - began >= 2
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass
+    else:
+        raise AssertionError(f"process {pid} of a deleted pod still runs")
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() and path.read_text() else None
+
+
+def test_a_pod_runs_from_its_real_image(
+    kube: KubeCluster, namespace: str, start_node_agent: StartAgent
+) -> None:
+    agent = start_node_agent("image")
+    container = web_container()
+    container["securityContext"] = {
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "readOnlyRootFilesystem": True,
+    }
+    kube.apply([pod("web", [container]), service("web")], namespace=namespace)
+    address = str(running_pod(kube, namespace, "web")["status"]["podIP"])
+    assert address == agent.pod_ip(namespace, "web")
+    identity = wait_until(lambda: _try_who(address), "the server in the image", timeout=30)
+    # The image's Python (Debian's 3.11.2) as the pod's runAsUser, not this venv as root.
+    assert identity["uid"] == 10001
+    assert identity["python"].startswith("3.11.2")
+    post(address)
+    wait_until(lambda: endpoint_ready(kube, namespace, "web", address), "the endpoint ready")
+
+
+def _try_who(address: str) -> dict[str, Any] | None:
+    try:
+        return who(address)
+    except OSError:
+        return None
