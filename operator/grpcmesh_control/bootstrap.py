@@ -38,6 +38,7 @@ __all__ = [
     "envoy_command",
     "find_envoy",
     "render_bootstrap",
+    "render_local_overlay",
 ]
 
 XDS_CLUSTER = "xds_cluster"
@@ -68,6 +69,7 @@ def render_bootstrap(
     node_metadata: Mapping[str, Any] | None = None,
     health_port: int | None = None,
     bind_address: str = "0.0.0.0",
+    local_address: str = LOCALHOST,
     xds_connect_timeout: timedelta = timedelta(seconds=1),
     max_downstream_connections: int = DEFAULT_MAX_DOWNSTREAM_CONNECTIONS,
     xds_transport: XdsTransport = XdsTransport.SOTW,
@@ -78,14 +80,15 @@ def render_bootstrap(
     the control plane can move. ``node_metadata`` is usually ``ProxyNode.metadata()``.
     ``health_port`` adds a static listener serving only ``HEALTH_PATHS`` from the admin
     interface, for kubelet probes and Prometheus (which cannot reach 127.0.0.1).
-    ``xds_transport`` picks state-of-the-world (default) or delta ADS.
+    ``xds_transport`` picks state-of-the-world (default) or delta ADS. ``local_address`` is
+    where the admin interface listens (127.0.0.1: only the pod's own containers reach it).
     """
     host, port = _split_host_port(xds_address)
     metadata = struct_pb2.Struct()
     metadata.update(dict(node_metadata or {}))
     bootstrap = bootstrap_pb2.Bootstrap(
         node=e.base_pb2.Node(id=node_id, cluster=cluster, metadata=metadata),
-        admin=bootstrap_pb2.Admin(address=e.socket_address(LOCALHOST, admin_port)),
+        admin=bootstrap_pb2.Admin(address=e.socket_address(local_address, admin_port)),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
             ads_config=config_source_pb2.ApiConfigSource(
                 api_type=config_source_pb2.ApiConfigSource.ApiType.Value(xds_transport.value),
@@ -107,9 +110,33 @@ def render_bootstrap(
         overload_manager=_overload_manager(max_downstream_connections),
     )
     if health_port is not None:
-        bootstrap.static_resources.clusters.append(_admin_cluster(admin_port))
+        bootstrap.static_resources.clusters.append(_admin_cluster(local_address, admin_port))
         bootstrap.static_resources.listeners.append(_health_listener(bind_address, health_port))
     return json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
+
+
+def render_local_overlay(
+    admin_port: int,
+    *,
+    local_address: str,
+    node_metadata: Mapping[str, Any],
+    health_port: int | None = None,
+) -> dict[str, Any]:
+    """The per-pod part of a bootstrap, for Envoy's ``--config-yaml``, which Envoy merges over
+    the bootstrap file: the admin interface and the node metadata on ``local_address``, and
+    (with ``health_port``) the health listener and its admin cluster, which the file must then
+    leave out (repeated fields are appended by the merge, not replaced). For pods that share
+    the host's network, where each pod's local address is its pod IP (``$(POD_IP)``)."""
+    metadata = struct_pb2.Struct()
+    metadata.update(dict(node_metadata))
+    overlay = bootstrap_pb2.Bootstrap(
+        node=e.base_pb2.Node(metadata=metadata),
+        admin=bootstrap_pb2.Admin(address=e.socket_address(local_address, admin_port)),
+    )
+    if health_port is not None:
+        overlay.static_resources.clusters.append(_admin_cluster(local_address, admin_port))
+        overlay.static_resources.listeners.append(_health_listener(local_address, health_port))
+    return json_format.MessageToDict(overlay, preserving_proto_field_name=True)
 
 
 def envoy_command(
@@ -183,12 +210,12 @@ def _xds_cluster(host: str, port: int, connect_timeout: timedelta) -> e.cluster_
     )
 
 
-def _admin_cluster(admin_port: int) -> e.cluster_pb2.Cluster:
+def _admin_cluster(address: str, admin_port: int) -> e.cluster_pb2.Cluster:
     return Cluster(
         name=ADMIN_CLUSTER,
         type=Cluster.DiscoveryType.STATIC,
         connect_timeout=e.duration(timedelta(seconds=1)),
-        load_assignment=_single_host(ADMIN_CLUSTER, LOCALHOST, admin_port),
+        load_assignment=_single_host(ADMIN_CLUSTER, address, admin_port),
     )
 
 

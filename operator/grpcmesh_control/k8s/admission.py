@@ -44,7 +44,12 @@ from grpcmesh_control.k8s.names import (
     version_service_name,
 )
 from grpcmesh_control.k8s.pod import MESH_ENV
-from grpcmesh_control.k8s.proxy import bootstrap_volume, proxy_container, sidecar_app_env
+from grpcmesh_control.k8s.proxy import (
+    bootstrap_volume,
+    pod_local_env,
+    proxy_container,
+    sidecar_app_env,
+)
 from grpcmesh_control.k8s.pss import restricted_violations
 from grpcmesh_control.k8s.quantity import parse_quantity
 from grpcmesh_control.k8s.settings import OperatorSettings, Provider
@@ -300,7 +305,7 @@ def _injection(
             yield _add("/spec/volumes/-", bootstrap_volume(service))
         else:
             yield _add("/spec/volumes", [bootstrap_volume(service)])
-    wanted = sidecar_app_env(settings)
+    wanted = pod_local_env(settings) + sidecar_app_env(settings)
     for i, container in enumerate(spec.get("containers") or []):
         env = container.get("env") or []
         present = {e.get("name") for e in env}

@@ -25,12 +25,17 @@ from grpcmesh_control.k8s.names import (
     config_map_name,
     version_labels,
 )
-from grpcmesh_control.k8s.proxy import bootstrap_volume, proxy_container, sidecar_app_env
+from grpcmesh_control.k8s.proxy import (
+    bootstrap_volume,
+    local_address,
+    pod_local_env,
+    proxy_container,
+    sidecar_app_env,
+)
 from grpcmesh_control.k8s.resources import render_resources
 from grpcmesh_control.k8s.security import pod_security_context, restricted_security_context
-from grpcmesh_control.k8s.settings import OperatorSettings, Provider
+from grpcmesh_control.k8s.settings import OperatorSettings, PodLocalAddress, Provider
 from grpcmesh_control.model.mesh import EnvVar, MeshService, VersionTarget, Workload
-from grpcmesh_control.translate.naming import LOCALHOST
 
 __all__ = [
     "DB_PATH_ENV",
@@ -88,10 +93,16 @@ def env_var(env: EnvVar) -> dict[str, Any]:
 
 def _app_env(svc: MeshService, workload: Workload, settings: OperatorSettings) -> list[Any]:
     own = [env_var(e) for e in workload.env if e.name not in MESH_ENV]
+    # Metrics on every address, unless pods share the host's network: then on the pod IP
+    # (two replicas on 0.0.0.0 would collide).
+    shared = settings.pod_local_address is PodLocalAddress.LOOPBACK
     mesh = [
         {"name": "GRPCMESH_CONFIG_FILE", "value": _config_path(settings)},
-        {"name": "GRPCMESH_HOST", "value": LOCALHOST},
-        {"name": "GRPCMESH_METRICS_HOST", "value": _ANY_ADDRESS},
+        {"name": "GRPCMESH_HOST", "value": local_address(settings)},
+        {
+            "name": "GRPCMESH_METRICS_HOST",
+            "value": _ANY_ADDRESS if shared else local_address(settings),
+        },
         {"name": "GRPCMESH_METRICS_PORT", "value": str(settings.app.metrics_port)},
         {"name": "GRPCMESH_PORT", "value": str(svc.grpc.port)},
         {"name": "GRPCMESH_SERVICE_NAME", "value": svc.name},
@@ -103,7 +114,7 @@ def _app_env(svc: MeshService, workload: Workload, settings: OperatorSettings) -
     # would override spec.config, which is reloaded live and so should win).
     if "db_path" not in svc.config_map and all(e.name != DB_PATH_ENV for e in workload.env):
         mesh.append({"name": DB_PATH_ENV, "value": f"{data_dir(svc.name, settings)}/{svc.name}.db"})
-    return own + sorted(mesh, key=lambda e: e["name"])
+    return pod_local_env(settings) + own + sorted(mesh, key=lambda e: e["name"])
 
 
 def _config_path(settings: OperatorSettings) -> str:

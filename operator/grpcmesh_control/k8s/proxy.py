@@ -6,6 +6,11 @@ in a bootstrap file, so the per-pod node id is given on the command line instead
 (``--service-node sidecar~<svc>~$(POD_NAME)``, which overrides the bootstrap's ``node.id``;
 the kubelet expands ``$(POD_NAME)`` from the downward API). The bootstrap's own ``node.id``
 is a placeholder that only shows up if the flag is ever missing.
+
+The same holds for the pod-local address when it is the pod IP (``PodLocalAddress.POD_IP``,
+for nodes whose pods share the host's network): the per-pod part of the bootstrap (admin,
+health listener, node metadata on ``$(POD_IP)``) goes on the command line as
+``--config-yaml``, merged by Envoy over the shared file, which then leaves those parts out.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import hashlib
 import json
 from typing import Any
 
-from grpcmesh_control.bootstrap import envoy_command, render_bootstrap
+from grpcmesh_control.bootstrap import envoy_command, render_bootstrap, render_local_overlay
 from grpcmesh_control.k8s.names import (
     BOOTSTRAP_KEY,
     BOOTSTRAP_VOLUME,
@@ -23,7 +28,7 @@ from grpcmesh_control.k8s.names import (
 )
 from grpcmesh_control.k8s.resources import render_resources
 from grpcmesh_control.k8s.security import restricted_security_context
-from grpcmesh_control.k8s.settings import OperatorSettings
+from grpcmesh_control.k8s.settings import OperatorSettings, PodLocalAddress
 from grpcmesh_control.translate.naming import LOCALHOST, NodeId, NodeKind, ProxyNode
 
 __all__ = [
@@ -34,6 +39,8 @@ __all__ = [
     "bootstrap_data",
     "bootstrap_hash",
     "bootstrap_volume",
+    "local_address",
+    "pod_local_env",
     "proxy_container",
     "sidecar_app_env",
     "sidecar_node_id",
@@ -44,6 +51,38 @@ BOOTSTRAP_REPLICA = "unset"
 INBOUND_PORT_NAME = "grpc-inbound"
 HEALTH_PORT_NAME = "envoy-health"
 _READY_PATH = "/ready"
+POD_IP_VARIABLE = "POD_IP"
+
+
+def local_address(settings: OperatorSettings) -> str:
+    """Where a pod's containers meet: 127.0.0.1, or ``$(POD_IP)`` for the kubelet to expand."""
+    if settings.pod_local_address is PodLocalAddress.POD_IP:
+        return f"$({POD_IP_VARIABLE})"
+    return LOCALHOST
+
+
+def pod_local_env(settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The variable ``local_address`` refers to (none for loopback). It must come before any
+    variable that uses it: the kubelet expands ``$(VAR)`` from earlier entries only."""
+    if settings.pod_local_address is not PodLocalAddress.POD_IP:
+        return []
+    source = {"fieldRef": {"fieldPath": "status.podIP"}}
+    return [{"name": POD_IP_VARIABLE, "valueFrom": source}]
+
+
+def _pod_node(service: str, settings: OperatorSettings) -> ProxyNode:
+    """The node metadata of a pod whose local address is its pod IP (inbound listener, egress
+    listener and the app all on ``$(POD_IP)``); the app port is spec.grpc.port."""
+    proxy = settings.proxy
+    address = local_address(settings)
+    return ProxyNode(
+        id=NodeId.sidecar(service, BOOTSTRAP_REPLICA),
+        inbound_port=proxy.inbound_port,
+        egress_port=proxy.egress_port,
+        bind_address=address,
+        ca_bundle=proxy.ca_bundle,
+        local_address=address,
+    )
 
 
 def sidecar_node_id(service: str) -> str:
@@ -62,13 +101,15 @@ def bootstrap_data(service: str, app_port: int, settings: OperatorSettings) -> d
         app_port=app_port,
         ca_bundle=proxy.ca_bundle,
     )
+    shared = settings.pod_local_address is PodLocalAddress.LOOPBACK
     document = render_bootstrap(
         str(node.id),
         node.id.envoy_cluster,
         settings.xds_address,
         proxy.admin_port,
         node_metadata=node.metadata(),
-        health_port=proxy.health_port,
+        # With a per-pod local address the health listener comes from --config-yaml.
+        health_port=proxy.health_port if shared else None,
     )
     return {BOOTSTRAP_KEY: json.dumps(document, indent=2, sort_keys=True) + "\n"}
 
@@ -100,6 +141,18 @@ def proxy_container(service: str, settings: OperatorSettings) -> dict[str, Any]:
         log_level=proxy.log_level,
     )
     command += ["--service-node", sidecar_node_id(service), "--service-cluster", service]
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    ]
+    if settings.pod_local_address is PodLocalAddress.POD_IP:
+        overlay = render_local_overlay(
+            proxy.admin_port,
+            local_address=local_address(settings),
+            node_metadata=_pod_node(service, settings).metadata(),
+            health_port=proxy.health_port,
+        )
+        command += ["--config-yaml", json.dumps(overlay, sort_keys=True, separators=(",", ":"))]
+        env += pod_local_env(settings)
 
     def ready() -> dict[str, Any]:  # a fresh dict per probe: callers may edit the result
         return {"httpGet": {"path": _READY_PATH, "port": proxy.health_port}}
@@ -110,7 +163,7 @@ def proxy_container(service: str, settings: OperatorSettings) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
         "command": command,
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "env": env,
         "ports": [
             {"name": INBOUND_PORT_NAME, "containerPort": proxy.inbound_port, "protocol": "TCP"},
             {"name": HEALTH_PORT_NAME, "containerPort": proxy.health_port, "protocol": "TCP"},
@@ -131,9 +184,11 @@ def proxy_container(service: str, settings: OperatorSettings) -> dict[str, Any]:
 
 
 def sidecar_app_env(settings: OperatorSettings) -> list[dict[str, str]]:
-    """What the kit reads to use the sidecar: dial egress; wait for the admin's ``/ready``."""
+    """What the kit reads to use the sidecar: dial egress; wait for the admin's ``/ready``.
+    (With the pod IP as local address, ``pod_local_env`` must precede these.)"""
     proxy = settings.proxy
+    address = local_address(settings)
     return [
-        {"name": "GRPCMESH_SIDECAR_ADMIN", "value": f"{LOCALHOST}:{proxy.admin_port}"},
-        {"name": "GRPCMESH_SIDECAR_EGRESS", "value": f"{LOCALHOST}:{proxy.egress_port}"},
+        {"name": "GRPCMESH_SIDECAR_ADMIN", "value": f"{address}:{proxy.admin_port}"},
+        {"name": "GRPCMESH_SIDECAR_EGRESS", "value": f"{address}:{proxy.egress_port}"},
     ]

@@ -22,6 +22,7 @@ __all__ = [
     "AppMeshSettings",
     "EgressFilter",
     "OperatorSettings",
+    "PodLocalAddress",
     "Provider",
     "ProxySettings",
 ]
@@ -34,6 +35,20 @@ class Provider(StrEnum):
     """Envoy native sidecars configured over xDS by this control plane (the default)."""
     APPMESH = "appmesh"
     """AWS App Mesh: emit ``appmesh.k8s.aws/v1beta2`` resources; App Mesh injects its proxy."""
+
+
+class PodLocalAddress(StrEnum):
+    """The address a pod's containers share: the app listens there, the sidecar's egress and
+    admin listen there, and the sidecar forwards inbound calls to the app there."""
+
+    LOOPBACK = "loopback"
+    """127.0.0.1: in a real pod the containers share a network namespace nobody else sees
+    (the default, and the only choice for a real cluster)."""
+    POD_IP = "pod-ip"
+    """The pod IP (``status.podIP`` through the downward API, as ``$(POD_IP)``): for nodes
+    whose pods share the host's network, such as the cluster tier's test node agent, where
+    two replicas binding 127.0.0.1 would collide. Envoy gets its per-pod addresses through
+    ``--config-yaml`` (``bootstrap.render_local_overlay``)."""
 
 
 class EgressFilter(StrEnum):
@@ -117,6 +132,8 @@ class OperatorSettings:
     """True when the cluster serves ``monitoring.coreos.com/v1`` ServiceMonitor; the edge
     finds out (a CRD get) so rendering stays pure. False: no ServiceMonitor is rendered."""
     cluster_domain: str = "cluster.local"
+    pod_local_address: PodLocalAddress = PodLocalAddress.LOOPBACK
+    """Where a pod's containers meet (see ``PodLocalAddress``); loopback in real clusters."""
     proxy: ProxySettings = field(default_factory=ProxySettings)
     app: AppDefaults = field(default_factory=AppDefaults)
     appmesh: AppMeshSettings = field(default_factory=AppMeshSettings)

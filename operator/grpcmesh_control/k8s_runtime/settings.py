@@ -17,6 +17,7 @@ from grpcmesh_control.k8s.settings import (
     AppMeshSettings,
     EgressFilter,
     OperatorSettings,
+    PodLocalAddress,
     Provider,
     ProxySettings,
 )
@@ -131,6 +132,9 @@ class RuntimeSettings:
             xds_address=environ.get("GRPCMESH_XDS_ADDRESS", defaults.render.xds_address),
             service_monitor_crd=_flag(environ.get("GRPCMESH_SERVICE_MONITOR"), False),
             cluster_domain=environ.get("GRPCMESH_CLUSTER_DOMAIN", defaults.render.cluster_domain),
+            pod_local_address=PodLocalAddress(
+                environ.get("GRPCMESH_POD_LOCAL_ADDRESS", defaults.render.pod_local_address)
+            ),
             proxy=ProxySettings(
                 image=environ.get("GRPCMESH_PROXY_IMAGE") or defaults.render.proxy.image
             ),

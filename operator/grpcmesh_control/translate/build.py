@@ -45,7 +45,7 @@ def _observability_clusters(node: ProxyNode) -> list[e.cluster_pb2.Cluster]:
 
 def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService) -> Snapshot:
     app_port = node.app_port or svc.grpc.port
-    clusters = [inbound_cluster(app_port), *_observability_clusters(node)]
+    clusters = [inbound_cluster(app_port, node.local_address), *_observability_clusters(node)]
     endpoints = []
     for backend in registry.resolved_backends(svc):
         if backend.external is not None:

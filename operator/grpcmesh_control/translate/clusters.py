@@ -137,14 +137,14 @@ def load_assignment(
     return assignment
 
 
-def inbound_cluster(app_port: int) -> e.cluster_pb2.Cluster:
-    """STATIC cluster ``inbound|<port>``: the app on 127.0.0.1."""
+def inbound_cluster(app_port: int, address: str = LOCALHOST) -> e.cluster_pb2.Cluster:
+    """STATIC cluster ``inbound|<port>``: the app on the pod's local address (127.0.0.1)."""
     name = inbound_cluster_name(app_port)
     return Cluster(
         name=name,
         type=Cluster.DiscoveryType.STATIC,
         connect_timeout=e.duration(LOCAL_CONNECT_TIMEOUT),
-        load_assignment=load_assignment(name, [Endpoint(LOCALHOST, app_port, "")]),
+        load_assignment=load_assignment(name, [Endpoint(address, app_port, "")]),
         typed_extension_protocol_options=e.http2_upstream_options(),
     )
 

@@ -26,7 +26,6 @@ from grpcmesh_control.translate.naming import (
     EGRESS,
     INBOUND,
     INGRESS,
-    LOCALHOST,
     OTLP_COLLECTOR_CLUSTER,
     ProxyNode,
 )
@@ -151,9 +150,10 @@ def inbound_listener(node: ProxyNode, app_port: int) -> e.listener_pb2.Listener:
 
 
 def egress_listener(node: ProxyNode) -> e.listener_pb2.Listener:
-    """``127.0.0.1:<egress port>``: only the local app may send through its sidecar."""
+    """``<local address>:<egress port>`` (127.0.0.1 in a pod): only the local app may send
+    through its sidecar."""
     hcm = _rds(_hcm(EGRESS, node), EGRESS)
-    return _listener(EGRESS, LOCALHOST, node.egress_port, hcm, Direction.OUTBOUND)
+    return _listener(EGRESS, node.local_address, node.egress_port, hcm, Direction.OUTBOUND)
 
 
 def ingress_listener(node: ProxyNode) -> e.listener_pb2.Listener:

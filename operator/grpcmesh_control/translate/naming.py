@@ -16,16 +16,22 @@ defaults: ``inbound_port`` (15006), ``egress_port`` (15001), ``app_port`` (the s
 ingress), ``ca_bundle`` (/etc/ssl/certs/ca-certificates.crt: the CA file in the proxy's image
 that TLS to external backends is verified against), ``otlp_collector`` (host:port of an OTLP/gRPC
 collector: when set, the node's HTTP connection managers trace with Envoy's OpenTelemetry
-tracer; unset, nothing is traced), ``access_log`` (true: JSON access logs on stdout).
-The egress listener always binds 127.0.0.1: only the local app may use it.
+tracer; unset, nothing is traced), ``access_log`` (true: JSON access logs on stdout),
+``local_address`` (127.0.0.1: the address the pod's containers share; see below).
+The egress listener binds the local address: only the local app may use it.
+
+The local address is 127.0.0.1 in every real pod (its containers share a network namespace).
+Where pods share the host's network instead (the cluster tier's test node agent), the operator
+can make it the pod IP (``OperatorSettings.pod_local_address``): the egress listener binds it
+and the inbound cluster dials the app there, so two replicas on one host do not collide.
 
 Resource names inside a node's snapshot:
 
 ==========================  ==================================================================
-Listener ``inbound``        ``<bind>:<inbound_port>`` -> the app on ``127.0.0.1:<app_port>``;
+Listener ``inbound``        ``<bind>:<inbound_port>`` -> the app on ``<local>:<app_port>``;
                             its route configuration is inline (it changes only with the
                             listener).
-Listener ``egress``         ``127.0.0.1:<egress_port>``; RDS ``egress``; the app dials it with
+Listener ``egress``         ``<local>:<egress_port>``; RDS ``egress``; the app dials it with
                             ``:authority`` = backend name.
 Listener ``ingress``        ``<bind>:<ingress_port>``; RDS ``ingress``.
 RouteConfiguration          ``egress`` (one virtual host per backend, domains ``name`` and
@@ -33,7 +39,7 @@ RouteConfiguration          ``egress`` (one virtual host per backend, domains ``
                             path prefix ``/<package.Service>/``, exposed services only).
 Cluster ``<svc>|<version>`` EDS, one per version of a MeshService; its load assignment has the
                             same name. E.g. ``payments|v2``.
-Cluster ``inbound|<port>``  STATIC, the local app.
+Cluster ``inbound|<port>``  STATIC, the local app (``<local>:<port>``).
 Cluster ``external|<name>`` STRICT_DNS, an external backend.
 ==========================  ==================================================================
 
@@ -156,6 +162,7 @@ class ProxyNode:
     ca_bundle: str = DEFAULT_CA_BUNDLE
     otlp_collector: str | None = None
     access_log: bool = False
+    local_address: str = LOCALHOST
 
     @classmethod
     def from_node(cls, node_id: str, metadata: Mapping[str, Any] | None = None) -> ProxyNode:
@@ -176,6 +183,7 @@ class ProxyNode:
             ca_bundle=ca_bundle,
             otlp_collector=_collector(node_id, ours),
             access_log=_flag(node_id, ours, "access_log"),
+            local_address=_text(node_id, ours, "local_address", defaults.local_address),
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -193,6 +201,8 @@ class ProxyNode:
             ours["otlp_collector"] = self.otlp_collector
         if self.access_log:
             ours["access_log"] = True
+        if self.local_address != LOCALHOST:
+            ours["local_address"] = self.local_address
         return {METADATA_KEY: ours}
 
 

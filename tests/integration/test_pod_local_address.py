@@ -1,0 +1,66 @@
+"""The real Envoy starts from what the operator renders with the pod IP as the pod-local
+address: the shared bootstrap file with the per-pod ``--config-yaml`` merged over it, after
+the kubelet expanded ``$(POD_IP)`` and ``$(POD_NAME)`` (``envoy --mode validate``)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from grpcmesh_control.catalogs import load_catalog
+from grpcmesh_control.k8s import OperatorSettings, desired_objects
+from grpcmesh_control.k8s.meta import OwnerRef
+from grpcmesh_control.k8s.settings import PodLocalAddress
+from grpcmesh_control.model import parse_mesh_services_yaml
+from tests.integration.test_envoy_validate import envoy_binary
+from tests.shared import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def sidecar(local: PodLocalAddress) -> tuple[str, list[str]]:
+    """(bootstrap file text, Envoy command as the kubelet runs it) of orders' sidecar."""
+    text = (REPO / "manifests" / "examples" / "orders.yaml").read_text(encoding="utf-8")
+    (svc,) = parse_mesh_services_yaml(text, catalog=load_catalog(), source="orders.yaml")
+    settings = OperatorSettings(pod_local_address=local, xds_address="127.0.0.1:18000")
+    objects = desired_objects(
+        svc, namespace="default", owner=OwnerRef(name="orders", uid="u"), settings=settings
+    )
+    (bootstrap,) = [o for o in objects if o["metadata"]["name"] == "orders-envoy-bootstrap"]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (proxy,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    command = [
+        arg.replace("$(POD_IP)", "127.2.0.7").replace("$(POD_NAME)", "orders-v1-abc")
+        for arg in proxy["command"]
+    ]
+    return str(bootstrap["data"]["envoy.json"]), command
+
+
+def validate(
+    bootstrap: str, command: list[str], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "envoy.json"
+    path.write_text(bootstrap, encoding="utf-8")
+    argv = [str(envoy_binary()), *command[1:], "--mode", "validate"]
+    argv[argv.index("-c") + 1] = str(path)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_envoy_accepts_the_pod_ip_sidecar(tmp_path: Path) -> None:
+    bootstrap, command = sidecar(PodLocalAddress.POD_IP)
+    assert "--config-yaml" in command
+    run = validate(bootstrap, command, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "OK" in run.stdout + run.stderr
+
+
+def test_the_overlay_needs_a_file_without_its_health_listener(tmp_path: Path) -> None:
+    # Negative control: over the loopback file (which has the health listener and its admin
+    # cluster), the merge appends a second of each, and Envoy refuses the duplicate.
+    loopback_file, _ = sidecar(PodLocalAddress.LOOPBACK)
+    _, command = sidecar(PodLocalAddress.POD_IP)
+    run = validate(loopback_file, command, tmp_path)
+    assert run.returncode != 0
+    assert "duplicate cluster 'admin'" in run.stdout + run.stderr
