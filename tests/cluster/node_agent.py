@@ -22,8 +22,14 @@ own on a control plane started without hollow nodes:
 - on a graceful delete it stops the app containers (SIGTERM, SIGKILL after the grace
   period), then the sidecars in reverse order, and removes the pod with grace 0.
 
-Service DNS: there is no DNS server here. ``hosts`` (name -> address) is what the agent
-resolves for the pods; the image runner passes it as ``--add-host``. See ``AgentThread``.
+Service DNS: there is no CoreDNS here, so the agent serves DNS itself (``agent.dns``) on a
+loopback port: ``hosts`` (a fixed table the test gives), then Service names
+(``<svc>.<ns>.svc[.cluster.local]``) resolved to the Service's ready endpoint addresses (no
+kube-proxy: a client dials the pod IP at the Service port, so ``port`` must equal
+``targetPort``). Every Envoy the agent starts (a container whose command is ``envoy``) gets it
+as its resolver, merged into its ``--config-yaml``, the way a kubelet hands containers a
+``resolv.conf``; image runs also get ``hosts`` as ``--add-host``. Other programs use the
+system resolver: point them at IPs.
 
 Use it from sync tests through ``AgentThread`` (its own event loop in a thread) and the
 ``node_agent`` fixtures in ``tests/cluster/conftest.py``.
@@ -49,6 +55,7 @@ from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from tests.cluster.agent.api import ApiError, KubeApi
+from tests.cluster.agent.dns import DnsServer, with_envoy_resolver
 from tests.cluster.agent.podspec import (
     PodFacts,
     ResolveError,
@@ -139,7 +146,8 @@ class AgentOptions:
     """What the Node reports as capacity and allocatable (the scheduler fits pods to it)."""
     labels: Mapping[str, str] = field(default_factory=dict)
     hosts: Mapping[str, str] = field(default_factory=dict)
-    """DNS name -> address the pods resolve (image runner: ``--add-host``)."""
+    """DNS name -> address the pods resolve before Service names (image runs: ``--add-host``)."""
+    cluster_domain: str = "cluster.local"
     restart_backoff: float = 10.0
     """Seconds before the first restart of an exited container, doubled per restart up to
     five minutes (the kubelet's crash-loop back-off)."""
@@ -316,11 +324,15 @@ class PodWorker:
         security |= spec.get("securityContext") or {}
         uid = security.get("runAsUser")
         user = (int(uid), security.get("runAsGroup")) if uid is not None else None
+        command = expand_all(spec["command"], env) if spec.get("command") else None
+        args = expand_all(spec["args"], env) if "args" in spec else None
+        if command and Path(command[0]).name == "envoy" and self.agent.dns.port:
+            command, args = with_envoy_resolver([*command, *(args or [])], self.agent.dns.port), []
         return Launch(
             key=f"{self.agent.options.node_name}-{self.namespace}-{self.name}-{state.name}-{attempt}",
             image=str(spec.get("image", "")),
-            command=expand_all(spec["command"], env) if spec.get("command") else None,
-            args=expand_all(spec["args"], env) if "args" in spec else None,
+            command=command,
+            args=args,
             env=env,
             mounts=mounts_of(spec, self.volumes),
             working_dir=spec.get("workingDir"),
@@ -641,6 +653,7 @@ class NodeAgent:
         """By pod uid."""
         self.registered = asyncio.Event()
         self._background_tasks: set[asyncio.Task[None]] = set()
+        self.dns = DnsServer(options.hosts, self.resolve_service)
 
     @property
     def node_name(self) -> str:
@@ -662,6 +675,30 @@ class NodeAgent:
             if (worker.namespace, worker.name) == (namespace, name) and not worker.finished:
                 return worker
         raise KeyError(f"pod {namespace}/{name} does not run on node {self.node_name}")
+
+    async def resolve_service(self, name: str) -> list[str] | None:
+        """``<svc>.<ns>.svc[.<cluster domain>]`` -> the Service's ready endpoint addresses
+        (None, i.e. NXDOMAIN, for any other name or a Service that does not exist)."""
+        suffix = f".svc.{self.options.cluster_domain}"
+        base = name[: -len(suffix)] if name.endswith(suffix) else name.removesuffix(".svc")
+        if base == name or base.count(".") != 1:
+            return None
+        service, namespace = base.split(".")
+        if await self.api.get_or_none(f"/api/v1/namespaces/{namespace}/services/{service}") is None:
+            return None
+        slices = await self.api.get(
+            f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+            {"labelSelector": f"kubernetes.io/service-name={service}"},
+        )
+        return sorted(
+            {
+                address
+                for item in slices["items"]
+                for endpoint in item.get("endpoints") or []
+                if (endpoint.get("conditions") or {}).get("ready") is not False
+                for address in endpoint["addresses"]
+            }
+        )
 
     # -- the Node --
 
@@ -848,6 +885,7 @@ class NodeAgent:
         """Register, then heartbeat and run pods until cancelled; then stop every pod's
         processes and delete the Node (its pods are the pod GC's to remove)."""
         try:
+            await self.dns.start()
             await self._register()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._heartbeat())
@@ -865,6 +903,7 @@ class NodeAgent:
         self.pods.clear()
         with contextlib.suppress(ApiError, OSError):
             await self.api.delete(f"/api/v1/nodes/{self.node_name}")
+        await self.dns.stop()
         self.ips.close()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)

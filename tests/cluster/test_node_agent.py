@@ -8,10 +8,12 @@ the image-kit stand-in python image (``image`` runner).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -502,3 +504,128 @@ def _try_who(address: str) -> dict[str, Any] | None:
         return who(address)
     except OSError:
         return None
+
+
+def _envoy_front(namespace: str, static_port: int) -> str:
+    """An Envoy config (JSON, for --config-yaml) that proxies /static/ to ``static.test`` and
+    everything else to the web Service, both STRICT_DNS: what it reaches, DNS gave it."""
+
+    def cluster(name: str, host: str, port: int) -> dict[str, Any]:
+        endpoint = {"address": {"socket_address": {"address": host, "port_value": port}}}
+        return {
+            "name": name,
+            "type": "STRICT_DNS",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
+            },
+        }
+
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+        ".v3.HttpConnectionManager",
+        "stat_prefix": "front",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/static/"},
+                            "route": {"cluster": "static", "prefix_rewrite": "/"},
+                        },
+                        {"match": {"prefix": "/"}, "route": {"cluster": "web"}},
+                    ],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    listener = {
+        "name": "front",
+        "address": {"socket_address": {"address": "$(POD_IP)", "port_value": FRONT_PORT}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    config = {
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": [
+                cluster("web", f"web.{namespace}.svc.cluster.local", WEB_PORT),
+                cluster("static", "static.test", static_port),
+            ],
+        }
+    }
+    return json.dumps(config)
+
+
+FRONT_PORT = 10000
+
+
+class _Static(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"static:" + self.path.encode())
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_envoy_resolves_service_names_and_test_hosts_through_the_agent(
+    kube: KubeCluster, namespace: str, start_node_agent: StartAgent
+) -> None:
+    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Static)
+    threading.Thread(target=static.serve_forever, daemon=True).start()
+    try:
+        agent = start_node_agent("process", hosts={"static.test": "127.0.0.1"})
+        web_address = start_web(kube, namespace, agent)
+        post(web_address)
+        wait_until(lambda: endpoint_ready(kube, namespace, "web", web_address), "web ready")
+
+        front = {
+            "name": "envoy",
+            "image": "envoyproxy/envoy-distroless:v1.40.0",
+            "command": ["envoy", "--config-yaml", _envoy_front(namespace, static.server_port)],
+            "args": ["--disable-hot-restart", "--concurrency", "1", "--log-level", "warning"],
+            "env": [POD_IP_ENV],
+            "readinessProbe": {"tcpSocket": {"port": FRONT_PORT}, "periodSeconds": 1},
+        }
+        kube.apply([pod("front", [front])], namespace=namespace)
+        wait_until(
+            lambda: condition(kube.get("pod", "front", namespace), "Ready") == "True", "front Ready"
+        )
+        front_address = agent.pod_ip(namespace, "front")
+
+        def through_front(path: str) -> bytes | None:
+            try:
+                url = f"http://{front_address}:{FRONT_PORT}{path}"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return bytes(response.read())
+            except OSError:
+                return None
+
+        # The web Service's name resolved to the ready pod's IP: Envoy reached the server.
+        answer = wait_until(lambda: through_front("/who"), "web through Envoy", timeout=30)
+        assert json.loads(answer)["uid"] == os.getuid()
+        # The test's own entry.
+        assert (
+            wait_until(lambda: through_front("/static/x"), "static through Envoy") == b"static:/x"
+        )
+    finally:
+        static.shutdown()
+        static.server_close()
