@@ -136,7 +136,21 @@ def render_local_overlay(
     if health_port is not None:
         overlay.static_resources.clusters.append(_admin_cluster(local_address, admin_port))
         overlay.static_resources.listeners.append(_health_listener(local_address, health_port))
-    return json_format.MessageToDict(overlay, preserving_proto_field_name=True)
+    document = json_format.MessageToDict(overlay, preserving_proto_field_name=True)
+    return {key: _whole_numbers(value) for key, value in document.items()}
+
+
+def _whole_numbers(value: Any) -> Any:
+    """``value`` with integral floats as ints. Struct numbers are doubles (a port is 15006.0),
+    and Envoy reads ``--config-yaml`` as YAML, where it keeps ``15006.0`` in a Struct as the
+    string "15006.0" (measured with 1.40); ``15006`` stays a number."""
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def envoy_command(

@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from tests.cluster.agent.api import ApiError, KubeApi
 from tests.cluster.agent.dns import DnsServer, with_envoy_resolver
 from tests.cluster.agent.podspec import (
@@ -63,6 +65,7 @@ from tests.cluster.agent.podspec import (
     expand_all,
     materialise_volumes,
     mounts_of,
+    rewrite_volume_files,
 )
 from tests.cluster.agent.probes import ProbeTiming, probe_once
 from tests.cluster.agent.runners import Launch, Runner, Running
@@ -307,6 +310,10 @@ class PodWorker:
                 self.volumes = await materialise_volumes(
                     self.pod, self.facts(), self.agent.objects, self.folder / "volumes"
                 )
+                if self.agent.options.runner.rewrites_paths:
+                    specs = [s.spec for s in self.all_containers()]
+                    mounts = [m for spec in specs for m in mounts_of(spec, self.volumes)]
+                    rewrite_volume_files(self.volumes, self.pod, mounts)
                 return
             except ResolveError as exc:
                 for state in self.all_containers():
@@ -809,33 +816,38 @@ class NodeAgent:
                     await self.api.merge_patch(
                         f"/api/v1/nodes/{self.node_name}/status", {"status": self._node()["status"]}
                     )
-            except (ApiError, OSError) as exc:
+            except (ApiError, OSError, aiohttp.ClientError) as exc:
                 log.warning("heartbeat of %s: %s", self.node_name, exc)
 
     # -- pods --
 
     async def _pods(self) -> None:
+        """List, then watch, the pods bound to this node; list again whenever the watch ends
+        (410 Gone, or cut mid-stream by a restarting API server), as informers do."""
+        while True:
+            try:
+                await self._list_and_watch()
+            except ApiError as exc:
+                if exc.status != 410 and exc.status < 500:
+                    raise
+            except (OSError, aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+                log.info("pod watch of %s ended: %s", self.node_name, exc)
+                await asyncio.sleep(0.5)
+
+    async def _list_and_watch(self) -> None:
         path = "/api/v1/pods"
         params = {"fieldSelector": f"spec.nodeName={self.node_name}"}
-        while True:
-            listing = await self.api.get(path, params)
-            seen = set()
-            for pod in listing["items"]:
-                seen.add(pod["metadata"]["uid"])
-                await self._on_pod("ADDED", pod)
-            for uid in set(self.pods) - seen:
-                await self._on_pod("DELETED", self.pods[uid].pod)
-            version = str(listing["metadata"]["resourceVersion"])
-            try:
-                async for event in self.api.watch(path, params, version):
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    await self._on_pod(str(event["type"]), event["object"])
-            except ApiError as exc:
-                if exc.status != 410:
-                    raise
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                log.info("pod watch of %s ended: %s", self.node_name, exc)
+        listing = await self.api.get(path, params)
+        seen = set()
+        for pod in listing["items"]:
+            seen.add(pod["metadata"]["uid"])
+            await self._on_pod("ADDED", pod)
+        for uid in set(self.pods) - seen:
+            await self._on_pod("DELETED", self.pods[uid].pod)
+        version = str(listing["metadata"]["resourceVersion"])
+        async for event in self.api.watch(path, params, version):
+            if event["type"] != "BOOKMARK":
+                await self._on_pod(str(event["type"]), event["object"])
 
     async def _on_pod(self, kind: str, pod: Mapping[str, Any]) -> None:
         uid = str(pod["metadata"]["uid"])

@@ -34,6 +34,7 @@ __all__ = [
     "materialise_volumes",
     "mounts_of",
     "rewrite_paths",
+    "rewrite_volume_files",
 ]
 
 _EMPTY_DIR_MODE = 0o777  # as the kubelet makes them: any container user may write
@@ -333,3 +334,23 @@ def rewrite_paths(text: str, mounts: Sequence[Mount]) -> str:
     alternatives = "|".join(re.escape(m.mount_path) for m in ordered)
     pattern = re.compile(r"(?<![\w./-])(" + alternatives + r")(?=/|$|[^\w.-])")
     return pattern.sub(lambda match: by_path[match.group(1)], text)
+
+
+def rewrite_volume_files(
+    folders: Mapping[str, Path], pod: Mapping[str, Any], mounts: Sequence[Mount]
+) -> None:
+    """Rewrite mount paths (``rewrite_paths``) inside the text files of the pod's ConfigMap,
+    Secret and projected volumes, for runners without real mounts."""
+    for volume in pod["spec"].get("volumes") or []:
+        if not any(kind in volume for kind in ("configMap", "secret", "projected")):
+            continue
+        for path in folders[str(volume["name"])].rglob("*"):
+            if not path.is_file():
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue
+            rewritten = rewrite_paths(text, mounts)
+            if rewritten != text:
+                path.write_text(rewritten, encoding="utf-8")

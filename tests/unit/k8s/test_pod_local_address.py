@@ -93,6 +93,10 @@ def test_the_sidecar_gets_its_pod_addresses_on_the_command_line(
 ) -> None:
     document, proxy, _ = rendered(services["orders"], pod_ip_settings(settings))
     assert env_values(proxy)["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # Whole numbers: Envoy reads --config-yaml as YAML and would keep 15006.0 in the node
+    # metadata as the string "15006.0", which the control plane refuses as a port.
+    overlay = proxy["command"][proxy["command"].index("--config-yaml") + 1]
+    assert '"inbound_port":15006' in overlay and "15006.0" not in overlay
     # The shared file leaves out what the overlay adds (a merge appends repeated fields).
     assert "listeners" not in document["static_resources"]
     assert [c["name"] for c in document["static_resources"]["clusters"]] == ["xds_cluster"]
