@@ -114,7 +114,7 @@ def test_two_meshed_replicas_run_side_by_side_on_their_pod_ips(
             )
             assert products.products
 
-    # The Service's EndpointSlice lists both, ready, at the sidecar's inbound port.
+    # The Service's EndpointSlice lists both, ready, with the sidecar's inbound port.
     slices = kube.items("endpointslices", namespace, "kubernetes.io/service-name=catalog")
     ready = sorted(
         address
@@ -124,4 +124,4 @@ def test_two_meshed_replicas_run_side_by_side_on_their_pod_ips(
         for address in ep["addresses"]
     )
     assert ready == addresses
-    assert {p["port"] for item in slices for p in item.get("ports") or []} == {INBOUND_PORT}
+    assert INBOUND_PORT in {p["port"] for item in slices for p in item.get("ports") or []}
