@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.cluster.agent.runners import ImageRunner, ProcessRunner, Runner
+from tests.cluster.agent.runners import ImageRunner, NullRunner, ProcessRunner, Runner
 from tests.cluster.kube import KubeCluster
 from tests.cluster.node_agent import AgentOptions, AgentThread
 
@@ -46,19 +46,22 @@ def namespace(kube: KubeCluster, request: pytest.FixtureRequest) -> Iterator[str
 @pytest.fixture
 def start_node_agent(kube: KubeCluster) -> Iterator[StartAgent]:
     """Start test node agents (``tests/cluster/node_agent.py``): each registers a Node of its
-    own and runs the pods bound to it. ``start_node_agent(runner="process" | "image" | a
-    Runner, **AgentOptions fields)``; every agent is stopped (containers stopped, Node
-    deleted) when the test ends."""
+    own and runs the pods bound to it. ``start_node_agent(runner="process" | "image" |
+    "none" | a Runner, **AgentOptions fields)``: local processes (fast), the real images
+    (image-kit), or nothing at all (pods Ready at once, for scale). Every agent is stopped
+    (containers stopped, Node deleted) when the test ends."""
     started: list[AgentThread] = []
 
     def start(
-        runner: Literal["process", "image"] | Runner = "process", **options: Any
+        runner: Literal["process", "image", "none"] | Runner = "process", **options: Any
     ) -> AgentThread:
         chosen: Runner
         if runner == "process":
             chosen = ProcessRunner()
         elif runner == "image":
             chosen = ImageRunner()
+        elif runner == "none":
+            chosen = NullRunner()
         else:
             chosen = runner
         name = options.pop("node_name", f"agent-{os.getpid()}-{next(_agents)}")

@@ -390,6 +390,8 @@ class PodWorker:
         while not self.terminating:
             if await self._start_container(state) and state.running is not None:
                 state.started = True
+                if not self.agent.options.runner.runs_processes:
+                    await state.running.signal(signal.SIGTERM)  # nothing to run: done
                 self.mark()
                 code = await state.running.wait()
                 self._record_exit(state, code)
@@ -434,6 +436,11 @@ class PodWorker:
 
     async def _probe(self, state: ContainerState, running: Running) -> None:
         spec = state.spec
+        if not self.agent.options.runner.runs_processes:
+            state.started, state.ready = True, not state.init or state.sidecar
+            state.started_event.set()
+            self.mark()
+            return
         startup = spec.get("startupProbe")
         if startup is not None and not await self._probe_loop(state, running, startup, "startup"):
             return

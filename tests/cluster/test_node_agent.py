@@ -629,3 +629,32 @@ def test_envoy_resolves_service_names_and_test_hosts_through_the_agent(
     finally:
         static.shutdown()
         static.server_close()
+
+
+def test_the_null_runner_makes_many_pods_ready_without_running_them(
+    kube: KubeCluster, namespace: str, start_node_agent: StartAgent
+) -> None:
+    # For scale runs only: nothing runs and nothing is probed (this probe's port is closed).
+    agent = start_node_agent("none")
+    sidecar = web_container("proxy") | {"restartPolicy": "Always"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "many"},
+        "spec": {
+            "replicas": 20,
+            "selector": {"matchLabels": {"app": "many"}},
+            "template": {
+                "metadata": {"labels": {"app": "many"}},
+                "spec": {"containers": [web_container()], "initContainers": [sidecar]},
+            },
+        },
+    }
+    kube.apply([deployment], namespace=namespace)
+    wait_until(
+        lambda: kube.get("deployment", "many", namespace)["status"].get("readyReplicas") == 20,
+        "20 ready replicas",
+    )
+    pods = kube.items("pods", namespace)
+    assert {p["spec"]["nodeName"] for p in pods} == {agent.node_name}
+    assert len({p["status"]["podIP"] for p in pods}) == 20

@@ -13,6 +13,8 @@
   it, ``--user`` from runAsUser/runAsGroup (else the image's USER), ``--add-host`` for the
   names the agent resolves. The images must exist locally (built with ``image-kit build``, or
   the stand-in base images of ``image-kit setup``); nothing is pulled.
+- ``NullRunner`` (scale): no process at all; every container counts as started and ready
+  without probes, for benchmarks that need many Ready pods and none of their work.
 
 Both start each container in a process group of its own and can signal it, kill it and run
 an exec probe in it.
@@ -43,6 +45,7 @@ __all__ = [
     "ImageDefaults",
     "ImageRunner",
     "Launch",
+    "NullRunner",
     "ProcessRunner",
     "Runner",
     "Running",
@@ -141,6 +144,8 @@ class Runner(Protocol):
     name: str
     rewrites_paths: bool
     """True when mount paths must be rewritten to host folders (no real mounts)."""
+    runs_processes: bool
+    """False: nothing runs, so probes are not made and containers are ready once started."""
 
     async def start(self, launch: Launch) -> Running: ...
 
@@ -201,6 +206,7 @@ class ProcessRunner:
     venv_bin: Path = field(default_factory=lambda: Path(sys.executable).parent)
     name: str = "process"
     rewrites_paths: bool = True
+    runs_processes: bool = True
 
     def defaults(self, image: str) -> ImageDefaults | None:
         repository = _repository(image)
@@ -280,6 +286,7 @@ class ImageRunner:
     image_kit: Path = field(default_factory=lambda: shared_path("images", "image-kit"))
     name: str = "image"
     rewrites_paths: bool = False
+    runs_processes: bool = True
 
     async def podman(self, *args: str) -> int:
         process = await asyncio.create_subprocess_exec(
@@ -324,3 +331,36 @@ class ImageRunner:
                 start_new_session=True,
             )
         return _Container(process, _SAFE_NAME.sub("-", launch.key), self)
+
+
+# --- nothing at all (scale) -------------------------------------------------------------------
+
+
+@dataclass
+class _Nothing:
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait(self) -> int:
+        await self.stopped.wait()
+        return 0
+
+    async def signal(self, signum: int) -> None:
+        self.stopped.set()
+
+    async def kill(self) -> None:
+        self.stopped.set()
+
+    async def exec(self, argv: Sequence[str], timeout: float) -> int:
+        return 0
+
+
+@dataclass
+class NullRunner:
+    """Containers that run nothing and are ready at once (see the module docstring)."""
+
+    name: str = "none"
+    rewrites_paths: bool = False
+    runs_processes: bool = False
+
+    async def start(self, launch: Launch) -> Running:
+        return _Nothing()
