@@ -280,7 +280,8 @@ def test_a_native_sidecar_is_started_before_the_app(
 
     wait_until(lambda: condition(kube.get("pod", "meshed", namespace), "Ready") == "True", "Ready")
     assert (tmp_path / "proxy-saw-prepared").read_text() == "True"
-    assert (tmp_path / "app-saw-proxy").read_text() == "True"
+    # The app has no readiness probe (ready once started): its report may lag a little.
+    assert wait_until(lambda: _read(tmp_path / "app-saw-proxy"), "the app's report") == "True"
     status = kube.get("pod", "meshed", namespace)["status"]
     init = {s["name"]: s for s in status["initContainerStatuses"]}
     assert init["prepare"]["state"]["terminated"]["exitCode"] == 0
