@@ -270,7 +270,14 @@ class _Container:
 
     async def kill(self) -> None:
         await self.runner.podman("rm", "--force", "--time", "0", self.name)
-        await self.process.wait()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), 10)
+        except TimeoutError:
+            # Killed before podman had created it: end the client, then remove what it made.
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+            await self.runner.podman("rm", "--force", "--time", "0", self.name)
 
     async def exec(self, argv: Sequence[str], timeout: float) -> int:
         try:
