@@ -32,16 +32,22 @@ WEB_PORT = 8080
 WEB_SERVER = textwrap.dedent(
     """
     import http.server, json, os, signal, sys
-    ready = False
+    ready = sick = False
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200 if self.path != "/ready" or ready else 503)
+            if self.path == "/live":
+                self.send_response(500 if sick else 200)
+            else:
+                self.send_response(200 if self.path != "/ready" or ready else 503)
             self.end_headers()
             if self.path == "/who":
                 self.wfile.write(json.dumps({"uid": os.getuid(), "python": sys.version}).encode())
         def do_POST(self):
-            global ready
-            ready = True
+            global ready, sick
+            if self.path == "/sick":
+                sick = True
+            else:
+                ready = True
             self.send_response(200)
             self.end_headers()
         def log_message(self, *args):
@@ -126,8 +132,8 @@ def who(address: str) -> dict[str, Any]:
         return dict(json.loads(response.read()))
 
 
-def post(address: str) -> None:
-    request = urllib.request.Request(f"http://{address}:{WEB_PORT}/ready", data=b"", method="POST")
+def post(address: str, path: str = "/ready") -> None:
+    request = urllib.request.Request(f"http://{address}:{WEB_PORT}{path}", data=b"", method="POST")
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
 
@@ -659,3 +665,53 @@ def test_the_null_runner_makes_many_pods_ready_without_running_them(
     pods = kube.items("pods", namespace)
     assert {p["spec"]["nodeName"] for p in pods} == {agent.node_name}
     assert len({p["status"]["podIP"] for p in pods}) == 20
+
+
+def test_a_failing_liveness_probe_restarts_the_container(
+    kube: KubeCluster, namespace: str, start_node_agent: StartAgent
+) -> None:
+    agent = start_node_agent("process", restart_backoff=0.2)
+    container = web_container()
+    container["livenessProbe"] = {
+        "httpGet": {"path": "/live", "port": "http"},
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+    }
+    kube.apply([pod("web", [container], terminationGracePeriodSeconds=1)], namespace=namespace)
+    address = str(running_pod(kube, namespace, "web")["status"]["podIP"])
+    assert address == agent.pod_ip(namespace, "web")
+    wait_until(lambda: _try_who(address), "the server")
+    post(address, "/sick")
+
+    def restarted() -> dict[str, Any] | None:
+        (status,) = kube.get("pod", "web", namespace)["status"]["containerStatuses"]
+        return status if status["restartCount"] >= 1 else None
+
+    status = wait_until(restarted, "a restart after the liveness probe failed", timeout=30)
+    assert "terminated" in status["lastState"]
+    # The new process starts healthy (its flag was in the old one's memory).
+    assert wait_until(lambda: _try_who(address), "the restarted server")
+
+
+def test_the_node_is_registered_ready_with_a_lease_and_removed_at_stop(
+    kube: KubeCluster, start_node_agent: StartAgent
+) -> None:
+    agent = start_node_agent("process", capacity={"cpu": "4", "memory": "8Gi", "pods": "30"})
+
+    # New nodes start tainted not-ready; the node-lifecycle controller lifts it once it sees
+    # the Ready condition, and does not put it back while the Lease is renewed.
+    def untainted() -> dict[str, Any] | None:
+        found = kube.get("node", agent.node_name)
+        return found if found and not found["spec"].get("taints") else None
+
+    node = wait_until(untainted, "the not-ready taint lifted")
+    assert condition(node, "Ready") == "True"
+    assert node["status"]["allocatable"]["pods"] == "30"
+    lease = json.loads(
+        kube.kubectl("get", "lease", agent.node_name, "-n", "kube-node-lease", "-o", "json")
+    )
+    assert lease["spec"]["holderIdentity"] == agent.node_name
+    assert lease["metadata"]["ownerReferences"][0]["name"] == agent.node_name
+
+    agent.stop()
+    assert kube.get("node", agent.node_name) is None
