@@ -1008,7 +1008,11 @@ class AgentThread:
             self._main = self._loop.create_task(main())
 
         self._loop.call_soon_threadsafe(begin)
-        ready.result(timeout)
+        try:
+            ready.result(timeout)
+        except BaseException:
+            self.stop()  # registration failed: nothing may outlive the failed start
+            raise
         return self
 
     def stop(self, timeout: float = 60.0) -> None:
