@@ -59,7 +59,7 @@ def test_virtual_router_retries_follow_the_descriptor_sets(
     routes = wait_until(
         lambda: [r for r in _routes(kube, ns) if "retryPolicy" in r],
         "retries on the catalog's NO_SIDE_EFFECTS methods",
-        timeout=30,
+        timeout=60,
     )
     assert {r["match"].get("methodName") for r in routes} == {"GetProduct", "ListProducts"}
     assert all(r["match"]["serviceName"] == CATALOG_SERVICE for r in routes)

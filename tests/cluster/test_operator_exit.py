@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster.kube import KubeCluster
-from tests.loopback import LOCALHOST
+from tests.loopback import LOCALHOST, free_port
 from tests.shared import tool
 
 _PROMPT = 60.0  # seconds: imports, connects to the API, fails to bind (3 s idle; ~30 s at load 15)
@@ -34,6 +34,8 @@ def _operator(kube: KubeCluster, **env: str) -> subprocess.CompletedProcess[str]
             "GRPCMESH_XDS_HOST": LOCALHOST,
             "GRPCMESH_XDS_PORT": "0",
             "GRPCMESH_METRICS_PORT": "0",
+            # kopf's liveness defaults to 0.0.0.0:8080, which another test's pod may hold.
+            "GRPCMESH_LIVENESS": f"http://{LOCALHOST}:{free_port()}/healthz",
             **env,
         },
         capture_output=True,
