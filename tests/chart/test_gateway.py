@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from grpcmesh_control.bootstrap import envoy_command, render_bootstrap
+from grpcmesh_control.bootstrap import envoy_command, render_bootstrap, render_local_overlay
 from grpcmesh_control.k8s.proxy import BOOTSTRAP_REPLICA
-from grpcmesh_control.k8s.settings import ProxySettings
+from grpcmesh_control.k8s.settings import PodLocalAddress, ProxySettings
+from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 from grpcmesh_control.translate.naming import (
     DEFAULT_INGRESS_PORT,
     NodeId,
@@ -28,16 +29,29 @@ PROXY = ProxySettings()
 CONFIG_DIR = "/etc/grpcmesh/envoy"
 
 
-def expected_bootstrap(xds_address: str) -> Obj:
-    node = ProxyNode(id=NodeId.ingress("gateway", BOOTSTRAP_REPLICA))
+POD_IP = "$(POD_IP)"
+GATEWAY_NODE = NodeId.ingress("gateway", BOOTSTRAP_REPLICA)
+
+
+def expected_bootstrap(xds_address: str, *, health: bool = True) -> Obj:
+    node = ProxyNode(id=GATEWAY_NODE)
     return render_bootstrap(
         str(node.id),
         node.id.envoy_cluster,
         xds_address,
         PROXY.admin_port,
         node_metadata=node.metadata(),
-        health_port=PROXY.health_port,
+        health_port=PROXY.health_port if health else None,
     )
+
+
+def config_yaml(container: Obj) -> Obj | None:
+    """The ``--config-yaml`` overlay of the gateway's command, if any."""
+    command: list[str] = container["command"]
+    if "--config-yaml" not in command:
+        return None
+    overlay: Obj = json.loads(command[command.index("--config-yaml") + 1])
+    return overlay
 
 
 def gateway(objects: list[Obj], fullname: str) -> tuple[Obj, Obj]:
@@ -114,6 +128,38 @@ def test_command_and_pod() -> None:
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
 
 
+def test_pod_ip_local_address_puts_the_gateways_listeners_on_the_pod_ip() -> None:
+    """For nodes whose pods share the host network: the file leaves out the health listener
+    and its admin cluster, and --config-yaml puts them, the admin and the node metadata on
+    $(POD_IP), exactly as the operator does for sidecars. The operator is told too."""
+    objects = render({"podLocalAddress": "pod-ip"})
+    bootstrap, deployment = gateway(objects, RELEASE)
+    assert bootstrap == expected_bootstrap(operator_xds_address(objects, RELEASE), health=False)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    on_pod_ip = ProxyNode(id=GATEWAY_NODE, bind_address=POD_IP, local_address=POD_IP)
+    assert config_yaml(container) == render_local_overlay(
+        PROXY.admin_port,
+        local_address=POD_IP,
+        node_metadata=on_pod_ip.metadata(),
+        health_port=PROXY.health_port,
+    )
+    assert env_of(container)["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    operator = one(objects, "Deployment", f"{RELEASE}-operator")
+    (operator_container,) = operator["spec"]["template"]["spec"]["containers"]
+    env = {k: v for k, v in env_of(operator_container).items() if isinstance(v, str)}
+    assert RuntimeSettings.from_env(env).render.pod_local_address is PodLocalAddress.POD_IP
+
+    # The default (every real cluster) renders none of it.
+    defaults = render({})
+    _, deployment = gateway(defaults, RELEASE)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert config_yaml(container) is None and "POD_IP" not in env_of(container)
+    operator = one(defaults, "Deployment", f"{RELEASE}-operator")
+    assert "GRPCMESH_POD_LOCAL_ADDRESS" not in env_of(
+        operator["spec"]["template"]["spec"]["containers"][0]
+    )
+
+
 def test_bootstrap_change_rolls_the_pods() -> None:
     def checksum(values: Obj) -> str:
         _, deployment = gateway(render(values), RELEASE)
@@ -130,10 +176,15 @@ def test_disabled() -> None:
 
 
 @pytest.mark.slow
-def test_envoy_accepts_the_bootstrap(tmp_path: Path) -> None:
-    bootstrap, _ = gateway(render({}), RELEASE)
+@pytest.mark.parametrize("local_address", ["loopback", "pod-ip"])
+def test_envoy_accepts_the_bootstrap(tmp_path: Path, local_address: str) -> None:
+    bootstrap, deployment = gateway(render({"podLocalAddress": local_address}), RELEASE)
     config = tmp_path / "envoy.json"
     config.write_text(json.dumps(bootstrap))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    overlay = config_yaml(container)
+    # What the kubelet would expand $(POD_IP) to.
+    merged = ["--config-yaml", json.dumps(overlay).replace(POD_IP, "127.0.0.1")] if overlay else []
     result = subprocess.run(
         [
             str(ENVOY),
@@ -141,6 +192,7 @@ def test_envoy_accepts_the_bootstrap(tmp_path: Path) -> None:
             "validate",
             "-c",
             str(config),
+            *merged,
             "--disable-hot-restart",
             "--service-node",
             "ingress~gateway~grpcmesh-gateway-0",

@@ -143,3 +143,8 @@ topologySpreadConstraints:
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* "true" when pods' containers meet on the pod IP (podLocalAddress pod-ip), else empty. */}}
+{{- define "grpcmesh.podIpLocal" -}}
+{{- if eq .Values.podLocalAddress "pod-ip" }}true{{ end -}}
+{{- end -}}

@@ -4,7 +4,8 @@ ingress node (ingress~gateway, node.cluster ingress, ProxyNode metadata with ing
 pointed at the operator's xDS Service, with the health listener on 15021. Only what cannot come
 over xDS: identity, the admin interface (127.0.0.1 only) and how to reach the control plane.
 node.id here is a placeholder: each pod sets ingress~gateway~<pod name> with --service-node.
-tests/chart compares this with render_bootstrap and validates it with Envoy.
+With podLocalAddress pod-ip the health listener and its admin cluster leave the file for the
+per-pod --config-yaml (grpcmesh.gateway.localOverlay). tests/chart compares this with render_bootstrap and validates it with Envoy.
 */}}
 {{- define "grpcmesh.gateway.adminPort" -}}15000{{- end -}}
 {{- define "grpcmesh.gateway.healthPort" -}}15021{{- end -}}
@@ -54,46 +55,86 @@ static_resources:
           explicit_http_config:
             http2_protocol_options:
               connection_keepalive: {interval: 30s, timeout: 5s}
-    - name: admin
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: admin
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: {address: 127.0.0.1, port_value: {{ $admin }}}
+    {{- if not (include "grpcmesh.podIpLocal" .) }}
+    {{- include "grpcmesh.gateway.adminCluster" "127.0.0.1" | nindent 4 }}
   listeners:
-    - name: health
-      address:
-        socket_address:
-          address: 0.0.0.0
-          port_value: {{ include "grpcmesh.gateway.healthPort" . }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: health
-                route_config:
-                  name: health
-                  virtual_hosts:
-                    - name: health
-                      domains: ["*"]
-                      routes:
-                        - match: {path: /ready}
-                          route: {cluster: admin}
-                        - match: {path: /stats/prometheus}
-                          route: {cluster: admin}
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+    {{- include "grpcmesh.gateway.healthListener" (dict "address" "0.0.0.0" "root" .) | nindent 4 }}
+    {{- end }}
 overload_manager:
   resource_monitors:
     - name: envoy.resource_monitors.global_downstream_max_connections
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
         max_active_downstream_connections: "50000"
+{{- end -}}
+
+
+{{- /* The static cluster through which the health listener reaches the admin interface at
+the address given. */ -}}
+{{- define "grpcmesh.gateway.adminCluster" -}}
+- name: admin
+  type: STATIC
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: admin
+    endpoints:
+      - lb_endpoints:
+          - endpoint:
+              address:
+                socket_address: {address: {{ . }}, port_value: {{ include "grpcmesh.gateway.adminPort" . }}}
+{{- end -}}
+
+{{- /* The listener serving only /ready and /stats/prometheus from the admin interface, for
+probes and Prometheus (which cannot reach the admin address). */ -}}
+{{- define "grpcmesh.gateway.healthListener" -}}
+- name: health
+  address:
+    socket_address:
+      address: {{ .address }}
+      port_value: {{ include "grpcmesh.gateway.healthPort" .root }}
+  filter_chains:
+    - filters:
+        - name: envoy.filters.network.http_connection_manager
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+            stat_prefix: health
+            route_config:
+              name: health
+              virtual_hosts:
+                - name: health
+                  domains: ["*"]
+                  routes:
+                    - match: {path: /ready}
+                      route: {cluster: admin}
+                    - match: {path: /stats/prometheus}
+                      route: {cluster: admin}
+            http_filters:
+              - name: envoy.filters.http.router
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{{- end -}}
+
+{{- /* With podLocalAddress pod-ip: the per-pod part of the bootstrap, for Envoy's --config-yaml
+(merged over the shared file, which then leaves it out): admin, the health listener and the
+node metadata on $(POD_IP), so that gateway pods sharing the host's network do not collide.
+It is what grpcmesh_control.bootstrap.render_local_overlay renders for the gateway node. */ -}}
+{{- define "grpcmesh.gateway.localOverlay" -}}
+{{- $address := "$(POD_IP)" -}}
+node:
+  metadata:
+    grpcmesh:
+      bind_address: {{ $address }}
+      ca_bundle: /etc/ssl/certs/ca-certificates.crt
+      egress_port: 15001
+      inbound_port: 15006
+      ingress_port: {{ include "grpcmesh.gateway.ingressPort" . }}
+      local_address: {{ $address }}
+admin:
+  address:
+    socket_address: {address: {{ $address }}, port_value: {{ include "grpcmesh.gateway.adminPort" . }}}
+static_resources:
+  clusters:
+    {{- include "grpcmesh.gateway.adminCluster" $address | nindent 4 }}
+  listeners:
+    {{- include "grpcmesh.gateway.healthListener" (dict "address" $address "root" .) | nindent 4 }}
 {{- end -}}
