@@ -29,7 +29,15 @@ from grpcmesh_control.k8s.kinds import Kind
 from grpcmesh_control.k8s_runtime.settings import ApplyStrategy, RuntimeSettings
 from grpcmesh_control.model.schema import GROUP, KIND, VERSION
 
-__all__ = ["MESH_SERVICE", "ApiError", "Conflict", "KubeClient", "NotFound", "api_configuration"]
+__all__ = [
+    "MESH_SERVICE",
+    "ApiError",
+    "Conflict",
+    "KubeClient",
+    "NotFound",
+    "api_configuration",
+    "in_cluster_server",
+]
 
 MESH_SERVICE = Kind(GROUP, VERSION, KIND, "meshservices")
 _EVENT = Kind("", "v1", "Event", "events")
@@ -37,6 +45,18 @@ _EVENT = Kind("", "v1", "Event", "events")
 Obj = dict[str, Any]
 _JSON = {200: "object", 201: "object"}
 _WRITES = frozenset({"POST", "PATCH", "PUT"})
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server as a pod reaches it, ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_
+    SERVICE_PORT`` (the kubelet sets both in every container), as kubernetes-asyncio's
+    in-cluster config and client-go read it; None outside a pod. kopf's own service-account
+    login dials ``kubernetes.default.svc`` instead, which needs cluster DNS: both of the
+    operator's clients must reach the API server the same way."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 class ApiError(MeshError):

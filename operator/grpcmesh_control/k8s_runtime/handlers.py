@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import logging
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +21,20 @@ from kubernetes_asyncio import client as k8s_client
 
 from grpcmesh_control.k8s import mutate_pod, validate_admission
 from grpcmesh_control.k8s.names import INJECT_VALUE, LABEL_INJECT, MANAGED_BY
-from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, api_configuration
+from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, api_configuration, in_cluster_server
 from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL
 from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL
 
 if TYPE_CHECKING:
     from grpcmesh_control.k8s_runtime.operator import Operator
 
-__all__ = ["apply_add_ops", "inject_sidecar", "register_handlers", "validate_mesh_service"]
+__all__ = [
+    "apply_add_ops",
+    "in_cluster_login",
+    "inject_sidecar",
+    "register_handlers",
+    "validate_mesh_service",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +43,27 @@ _OWNED = (("", "v1", "services"), ("", "v1", "configmaps"), ("apps", "v1", "depl
 _RETRY_DELAY = 10.0
 
 
+def in_cluster_login(
+    account: kopf.ConnectionInfo, environ: Mapping[str, str]
+) -> kopf.ConnectionInfo:
+    """kopf's service-account credentials, sent where the kubelet says the API server is
+    (``in_cluster_server``) rather than to kopf's fixed ``kubernetes.default.svc``."""
+    server = in_cluster_server(environ)
+    return dataclasses.replace(account, server=server) if server else account
+
+
 def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
     runtime = op.settings
 
     @kopf.on.login(registry=registry)
     async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         if runtime.api_server is None and runtime.kubeconfig is None:
-            # kopf's own: it re-reads the service account's token when it is rotated.
-            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+            # kopf's own: it re-reads the service account's token when it is rotated. Sent
+            # where the kubelet says the API server is, as the operator's own client does.
+            account = kopf.login_with_service_account(**kwargs)
+            if account is not None:
+                return in_cluster_login(account, os.environ)
+            return kopf.login_with_kubeconfig(**kwargs)
         return connection_info(await api_configuration(runtime))
 
     @kopf.on.startup(registry=registry)
