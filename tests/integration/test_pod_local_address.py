@@ -4,8 +4,12 @@ the kubelet expanded ``$(POD_IP)`` and ``$(POD_NAME)`` (``envoy --mode validate`
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +18,9 @@ from grpcmesh_control.k8s import OperatorSettings, desired_objects
 from grpcmesh_control.k8s.meta import OwnerRef
 from grpcmesh_control.k8s.settings import PodLocalAddress
 from grpcmesh_control.model import parse_mesh_services_yaml
+from grpcmesh_control.translate.naming import ProxyNode
 from tests.integration.test_envoy_validate import envoy_binary
+from tests.loopback import LOCALHOST, free_port, poll
 from tests.shared import REPO
 
 pytestmark = pytest.mark.slow
@@ -64,3 +70,43 @@ def test_the_overlay_needs_a_file_without_its_health_listener(tmp_path: Path) ->
     run = validate(loopback_file, command, tmp_path)
     assert run.returncode != 0
     assert "duplicate cluster 'admin'" in run.stdout + run.stderr
+
+
+def test_the_control_plane_reads_the_merged_node_of_a_running_envoy(tmp_path: Path) -> None:
+    """What the operator reads back from a running sidecar's node (the bootstrap file merged
+    with --config-yaml by Envoy's own YAML loader) parses into the node it rendered. Ports
+    written as ``15006.0`` came back as the string "15006.0" and the node got no config."""
+    bootstrap, command = sidecar(PodLocalAddress.POD_IP)
+    at = command.index("--config-yaml") + 1
+    overlay = json.loads(command[at])
+    # The admin on a free port of 127.0.0.1, so that concurrent runs do not collide; the node
+    # metadata under test stays as rendered.
+    admin = free_port()
+    overlay["admin"]["address"]["socket_address"] = {"address": LOCALHOST, "port_value": admin}
+    overlay["static_resources"] = {}
+    command[at] = json.dumps(overlay)
+    path = tmp_path / "envoy.json"
+    path.write_text(bootstrap, encoding="utf-8")
+    argv = [str(envoy_binary()), *command[1:], "--base-id", str(admin)]
+    argv[argv.index("-c") + 1] = str(path)
+    with (tmp_path / "envoy.log").open("wb") as log:
+        envoy = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        node = asyncio.run(poll(lambda: _bootstrap_node(admin), "Envoy's admin", timeout=30))
+    finally:
+        envoy.terminate()
+        envoy.wait(10)
+    parsed = ProxyNode.from_node(node["id"], node["metadata"])
+    assert (parsed.bind_address, parsed.local_address) == ("127.2.0.7", "127.2.0.7")
+    assert (parsed.inbound_port, parsed.egress_port) == (15006, 15001)
+
+
+async def _bootstrap_node(admin: int) -> dict[str, Any] | None:
+    url = f"http://{LOCALHOST}:{admin}/config_dump"
+    try:
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read())
+    except OSError:
+        return None
+    (dump,) = [c for c in json.loads(body)["configs"] if c["@type"].endswith("BootstrapConfigDump")]
+    node: dict[str, Any] = dump["bootstrap"]["node"]
+    return node
