@@ -16,6 +16,8 @@ import pytest
 from tests.cluster.agent.runners import ImageRunner, NullRunner, ProcessRunner, Runner
 from tests.cluster.kube import KubeCluster
 from tests.cluster.node_agent import AgentOptions, AgentThread
+from tests.deploy.checks import dockerfiles
+from tests.images.kit import ImageKit
 
 _names = itertools.count()
 _agents = itertools.count()
@@ -32,6 +34,15 @@ def kube() -> Iterator[KubeCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mesh_images() -> dict[str, str]:
+    """skaffold artifact name -> tag of the five images of this checkout, built once per
+    session with the image tier's kit (same tags: after the image tier, all cache hits)."""
+    kit = ImageKit.find()
+    kit.setup()
+    return {name: kit.build(name, dockerfile).tag for name, dockerfile in dockerfiles().items()}
 
 
 @pytest.fixture
