@@ -4,21 +4,20 @@ per-method retries come from the descriptor sets it watches."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from google.protobuf import descriptor_pb2
 
 from grpcmesh_control.k8s import Provider
 from grpcmesh_control.k8s_runtime import Operator
-from tests.chart.chart import render
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.cluster.operator_harness import example, mesh_services_removed, operator_settings
 from tests.operator_thread import serving
 from tests.shared import shared_path
-
-CATALOG_SERVICE = "grpcmesh.shop.v1.CatalogService"
 
 
 @pytest.fixture(scope="module")
@@ -37,31 +36,51 @@ def ns(kube: KubeCluster, namespace: str, operator: Operator) -> Iterator[str]:
         yield namespace
 
 
+def _descriptor_set(package: str) -> str:
+    """``package.Reviews`` with an IDEMPOTENT ``GetReview`` and a plain ``PostReview``."""
+    file = descriptor_pb2.FileDescriptorProto(name="reviews.proto", package=package)
+    service = file.service.add(name="Reviews")
+    for method, level in (
+        ("GetReview", descriptor_pb2.MethodOptions.IDEMPOTENT),
+        ("PostReview", descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN),
+    ):
+        rpc = service.method.add(name=method, input_type=".x.In", output_type=".x.Out")
+        rpc.options.idempotency_level = level
+    data = descriptor_pb2.FileDescriptorSet(file=[file]).SerializeToString()
+    return base64.b64encode(data).decode()
+
+
 def _routes(kube: KubeCluster, ns: str) -> list[dict[str, Any]]:
-    router = kube.get("virtualrouter", "catalog", ns)
+    router = kube.get("virtualrouter", "reviews", ns)
     return [] if router is None else [r["grpcRoute"] for r in router["spec"]["routes"]]
 
 
 def test_virtual_router_retries_follow_the_descriptor_sets(
     kube: KubeCluster, ns: str, operator: Operator
 ) -> None:
-    kube.apply([example("catalog")], namespace=ns)
+    # A gRPC service only this test defines: the catalog's other sets cannot leak in.
+    grpc_service = f"{ns.replace('-', '')}.v1.Reviews"
+    reviews = example("catalog")
+    reviews["metadata"]["name"] = "reviews"
+    reviews["spec"]["grpc"]["services"] = [grpc_service]
+    reviews["spec"]["workload"]["image"] = "example.com/reviews:1"
+    kube.apply([reviews], namespace=ns)
     # Without the protos no method is known to be idempotent: nothing is retried.
-    routes = wait_until(lambda: _routes(kube, ns), "the catalog VirtualRouter")
+    routes = wait_until(lambda: _routes(kube, ns), "the reviews VirtualRouter")
     assert all("retryPolicy" not in r for r in routes), routes
 
-    (descriptors,) = [
-        o
-        for o in render({}, release=f"am-{ns[-6:]}", namespace=ns)
-        if "grpcmesh.io/descriptor-set" in (o["metadata"].get("labels") or {})
-    ]
-    kube.apply([descriptors], namespace=ns)
-    routes = wait_until(
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "reviews-api", "labels": {"grpcmesh.io/descriptor-set": "true"}},
+        "binaryData": {"api.binpb": _descriptor_set(grpc_service.rsplit(".", 1)[0])},
+    }
+    kube.apply([config_map], namespace=ns)
+    retried = wait_until(
         lambda: [r for r in _routes(kube, ns) if "retryPolicy" in r],
-        "retries on the catalog's NO_SIDE_EFFECTS methods",
-        timeout=60,
+        "a retry policy on the IDEMPOTENT method",
     )
-    assert {r["match"].get("methodName") for r in routes} == {"GetProduct", "ListProducts"}
-    assert all(r["match"]["serviceName"] == CATALOG_SERVICE for r in routes)
-    assert all(r["retryPolicy"]["grpcRetryEvents"] for r in routes)
-    kube.kubectl("delete", "configmap", descriptors["metadata"]["name"], "-n", ns)
+    assert [(r["match"]["serviceName"], r["match"].get("methodName")) for r in retried] == [
+        (grpc_service, "GetReview")
+    ]
+    assert retried[0]["retryPolicy"]["grpcRetryEvents"]
