@@ -50,7 +50,6 @@ from bench._mesh import (
     running_envoys,
     stop_processes,
 )
-from grpcmesh_control.bootstrap import render_bootstrap
 from grpcmesh_control.model import Backend, Endpoint, GrpcSpec, MeshService, VersionTarget
 from grpcmesh_control.runtime.controlplane import (
     BoundAddresses,
@@ -58,6 +57,7 @@ from grpcmesh_control.runtime.controlplane import (
     ControlPlaneSettings,
 )
 from grpcmesh_control.translate import NodeId, ProxyNode
+from grpcmesh_control.translate.bootstrap import render_bootstrap
 from grpcmesh_control.xds import NodeStatus, SnapshotCache
 from grpcmesh_loadgen.stats import percentile
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 from typing import Any
 
-from grpcmesh_control.bootstrap import envoy_command, render_bootstrap, render_local_overlay
 from grpcmesh_control.k8s.names import (
     BOOTSTRAP_KEY,
     BOOTSTRAP_VOLUME,
@@ -29,6 +28,11 @@ from grpcmesh_control.k8s.names import (
 from grpcmesh_control.k8s.resources import render_resources
 from grpcmesh_control.k8s.security import restricted_security_context
 from grpcmesh_control.k8s.settings import OperatorSettings, PodLocalAddress
+from grpcmesh_control.translate.bootstrap import (
+    envoy_command,
+    render_bootstrap,
+    render_local_overlay,
+)
 from grpcmesh_control.translate.naming import LOCALHOST, NodeId, NodeKind, ProxyNode
 
 __all__ = [

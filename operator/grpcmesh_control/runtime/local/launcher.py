@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grpcmesh_control.bootstrap import find_envoy
 from grpcmesh_control.observability.alerts import write_rules
 from grpcmesh_control.runtime.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.runtime.local.envoy_binary import find_envoy
 from grpcmesh_control.runtime.local.plan import LocalSettings, Plan, build_plan, ports_needed
 from grpcmesh_control.runtime.local.ports import allocate_ports
 from grpcmesh_control.runtime.local.resources import load_resource_dir

