@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from grpcmesh_control.k8s_runtime import Operator, RuntimeSettings
-from tests.loopback import poll
+from tests.loopback import LOCALHOST, poll
 
 __all__ = ["OperatorThread", "running", "serving"]
 
@@ -91,12 +93,28 @@ def serving(
     try:
         assert thread.ready.wait(_START), "the operator did not start"
         thread.raise_failure()
+        _wait_for_webhook_server(settings)
         yield thread.operator
     finally:
         thread.stop()
         thread.join(_STOP)
         assert not thread.alive, "the operator did not stop"
         thread.raise_failure()
+
+
+def _wait_for_webhook_server(settings: RuntimeSettings) -> None:
+    """kopf starts its webhook server after the operator's own servers (``ready``): wait, as
+    the pod's readiness probe does, until the API server's admission calls can connect."""
+    if settings.webhook_port is None:
+        return
+    deadline = time.monotonic() + _START
+    while True:
+        try:
+            socket.create_connection((LOCALHOST, settings.webhook_port), timeout=1.0).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the webhook server did not listen"
+            time.sleep(0.05)
 
 
 async def _now(value: bool) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -176,6 +177,10 @@ def test_the_api_server_calls_the_webhooks_with_the_operator_issued_certificate(
             is None
         )
 
+        # Ready only now that the webhook server listens too (the Service sends admission
+        # reviews to ready endpoints only).
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/readyz") as ready:
+            assert (ready.status, ready.read()) == (200, b"active\n")
         admitted_through_the_webhook(kube, webhooks, "payments")
         wait_condition(kube, ns, "payments", "Registered", ("True", "Registered"))
         claim = example("payments")

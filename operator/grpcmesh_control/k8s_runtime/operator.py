@@ -419,6 +419,22 @@ class Operator:
             with contextlib.suppress(ApiError):
                 await client.create_event(body, type_, reason, message, datetime.now(UTC))
 
+    async def _webhooks_listening(self) -> bool:
+        port = self.settings.webhook_port
+        if port is None:
+            return True
+        host = self.settings.webhook_addr
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
     def _http_app(self) -> web.Application:
         """The xDS host's endpoints (/metrics, /status, /debug/*), and /readyz."""
 
@@ -430,6 +446,10 @@ class Operator:
                 return web.Response(status=503, text="starting\n")
             if not await self._active(client):
                 return web.Response(status=503, text="standby: another replica is active\n")
+            if not await self._webhooks_listening():
+                # kopf starts its webhook server after our servers: until it listens, the
+                # API server's admission calls would be refused (failurePolicy Fail).
+                return web.Response(status=503, text="starting: webhook server not listening\n")
             return web.Response(text="active\n")
 
         return self.host.http_app([web.get("/readyz", ready)])
