@@ -39,14 +39,10 @@ class ChartRelease:
         crds = str(CHART / "crds")
         kube.kubectl("apply", "--server-side", "--field-manager=helm", "-f", crds)
         kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", crds)
-        release = cls(kube, name, namespace, render(values, release=name, namespace=namespace))
+        objects = render(values, release=name, namespace=namespace)
         kube.create_namespace(namespace)
-        try:
-            kube.apply(release.objects)
-        except BaseException:
-            release.uninstall()  # half an install may hold webhooks that refuse everything
-            raise
-        return release
+        kube.apply(objects)
+        return cls(kube, name, namespace, objects)
 
     def one(self, kind: str, name: str) -> Obj:
         """The rendered object of ``kind`` named ``name``."""
@@ -67,7 +63,4 @@ class ChartRelease:
             self.kube.kubectl(
                 "delete", resource, obj["metadata"]["name"], "--ignore-not-found", "--wait=false"
             )
-        # MeshService names are mesh-wide: they go (waited for) before the namespace does, so a
-        # later test's operator never sees them terminating.
-        self.kube.kubectl("delete", "meshservices", "--all", "-n", self.namespace)
         self.kube.kubectl("delete", "namespace", self.namespace, "--wait=false")

@@ -18,6 +18,7 @@ from tests.cluster.kube import KubeCluster
 from tests.cluster.node_agent import AgentOptions, AgentThread
 from tests.deploy.checks import dockerfiles
 from tests.images.kit import ImageKit
+from tests.package import InstalledPackage, install_package
 
 _names = itertools.count()
 _agents = itertools.count()
@@ -43,6 +44,12 @@ def mesh_images() -> dict[str, str]:
     kit = ImageKit.find()
     kit.setup()
     return {name: kit.build(name, dockerfile).tag for name, dockerfile in dockerfiles().items()}
+
+
+@pytest.fixture(scope="session")
+def installed_package(tmp_path_factory: pytest.TempPathFactory) -> InstalledPackage:
+    """The wheel built from this checkout, installed in a fresh venv outside it (once)."""
+    return install_package(tmp_path_factory.mktemp("package"))
 
 
 @pytest.fixture
