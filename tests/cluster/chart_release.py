@@ -39,10 +39,14 @@ class ChartRelease:
         crds = str(CHART / "crds")
         kube.kubectl("apply", "--server-side", "--field-manager=helm", "-f", crds)
         kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", crds)
-        objects = render(values, release=name, namespace=namespace)
+        release = cls(kube, name, namespace, render(values, release=name, namespace=namespace))
         kube.create_namespace(namespace)
-        kube.apply(objects)
-        return cls(kube, name, namespace, objects)
+        try:
+            kube.apply(release.objects)
+        except BaseException:
+            release.uninstall()  # half an install may hold webhooks that refuse everything
+            raise
+        return release
 
     def one(self, kind: str, name: str) -> Obj:
         """The rendered object of ``kind`` named ``name``."""

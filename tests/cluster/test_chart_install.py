@@ -12,6 +12,7 @@ apiserver's validation too.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 from collections.abc import Iterator
@@ -68,23 +69,22 @@ def installed(
     kube: KubeCluster, installed_package: InstalledPackage, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Installed]:
     monitoring_crds = str(shared_path("contracts", "prometheus-operator"))
-    kube.kubectl("apply", "--server-side", "-f", monitoring_crds)
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", monitoring_crds)
-    release = ChartRelease.install(kube, RELEASE, RELEASE, values())
-    operator = OperatorProcess.start(
-        kube, release, installed_package.grpcmesh, tmp_path_factory.mktemp("operator")
-    )
-    try:
-        operator.wait_active()
+    with contextlib.ExitStack() as undo:  # in reverse, whatever step failed
+        kube.kubectl("apply", "--server-side", "-f", monitoring_crds)
+        # Waited for: a later module installing them again would meet them terminating.
+        undo.callback(kube.kubectl, "delete", "--ignore-not-found", "-f", monitoring_crds)
+        kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", monitoring_crds)
+        release = ChartRelease.install(kube, RELEASE, RELEASE, values())
+        undo.callback(release.uninstall)
         for name in (OTHER, EXAMPLES):
             kube.create_namespace(name)
+            undo.callback(kube.kubectl, "delete", "namespace", name, "--wait=false")
+        operator = OperatorProcess.start(
+            kube, release, installed_package.grpcmesh, tmp_path_factory.mktemp("operator")
+        )
+        undo.callback(operator.close)
+        operator.wait_active()
         yield Installed(kube, release, operator)
-    finally:
-        operator.close()
-        release.uninstall()
-        for name in (OTHER, EXAMPLES):
-            kube.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false")
-        kube.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", monitoring_crds)
 
 
 # --- helpers ---------------------------------------------------------------------------------
