@@ -53,9 +53,9 @@ def _run(*argv: str | Path, cwd: Path) -> str:
     return result.stdout
 
 
-def install_package(workdir: Path) -> InstalledPackage:
-    """Build the wheel into ``workdir`` and install it in ``workdir/venv``. ``workdir`` must
-    lie outside the checkout (nothing there may be importable by accident)."""
+def install_package(workdir: Path, extras: tuple[str, ...] = ()) -> InstalledPackage:
+    """Build the wheel into ``workdir`` and install it, with ``extras``, in ``workdir/venv``.
+    ``workdir`` must lie outside the checkout (nothing there may be importable by accident)."""
     assert not workdir.resolve().is_relative_to(REPO), f"{workdir} is inside the checkout"
     assert _UV.exists(), f"{_UV} not found: run `make venv` first (it installs the pinned uv)"
     dist = workdir / "dist"
@@ -68,6 +68,7 @@ def install_package(workdir: Path) -> InstalledPackage:
             "export",
             "--frozen",
             "--no-dev",
+            "--all-extras",  # constraints only pin: what is installed is the wheel's choice
             "--no-emit-project",
             "--no-hashes",
             "--project",
@@ -80,7 +81,8 @@ def install_package(workdir: Path) -> InstalledPackage:
     # The interpreter running the tests: the same minor version the lock is for.
     _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=workdir)
     python = venv / "bin" / "python"
-    _run(_UV, "pip", "install", "--python", python, "-c", constraints, wheel, cwd=workdir)
+    requirement = f"grpcmesh[{','.join(extras)}] @ {wheel.as_uri()}" if extras else str(wheel)
+    _run(_UV, "pip", "install", "--python", python, "-c", constraints, requirement, cwd=workdir)
     _run(
         _UV,
         "pip",

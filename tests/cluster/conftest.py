@@ -48,8 +48,9 @@ def mesh_images() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def installed_package(tmp_path_factory: pytest.TempPathFactory) -> InstalledPackage:
-    """The wheel built from this checkout, installed in a fresh venv outside it (once)."""
-    return install_package(tmp_path_factory.mktemp("package"))
+    """The wheel built from this checkout, installed in a fresh venv outside it (once), with
+    the extra the operator image installs."""
+    return install_package(tmp_path_factory.mktemp("package"), extras=("operator",))
 
 
 @pytest.fixture
