@@ -45,6 +45,8 @@ class OperatorProcess:
     settings: RuntimeSettings
     """The operator's own reading of the environment it was given."""
     env: dict[str, str]
+    pod: Obj
+    """The Deployment's pod template it runs."""
     pod_name: str
     service_account: str
     token: str
@@ -97,7 +99,7 @@ class OperatorProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        return cls(process, settings, env, pod_name, account, token, kubeconfig, log_path, log)
+        return cls(process, settings, env, pod, pod_name, account, token, kubeconfig, log_path, log)
 
     def log(self) -> str:
         self._log.flush()
@@ -128,7 +130,8 @@ class OperatorProcess:
         wait_until(active, "the operator to become the active peer (/readyz 200)", timeout)
 
     def stop(self, timeout: float = 30.0) -> tuple[int, float]:
-        """SIGTERM, as the kubelet sends it; (exit status, seconds it took to exit)."""
+        """SIGTERM, as the kubelet sends it; (exit status, seconds it took to exit). Fails
+        with the log when it has not exited within ``timeout``."""
         started = time.monotonic()
         self.process.send_signal(signal.SIGTERM)
         try:

