@@ -163,6 +163,24 @@ def can_i(kube: KubeCluster, token: str, verb: str, resource: str) -> bool:
 # --- the tests, in order ---------------------------------------------------------------------
 
 
+def test_the_log_scan_sees_refusals_and_tracebacks_only() -> None:
+    """The last test's log check can fail: what a 403 and a traceback look like in the log,
+    and numbers that only look like one."""
+    refused = [
+        "2026-12-04 21:31:40,111 ERROR kopf.objects: APIForbiddenError('configmaps is "
+        'forbidden: User "system:serviceaccount:x:y" cannot list resource "configmaps"\')',
+        "2026-12-04 21:31:40,112 WARNING grpcmesh_control.k8s_runtime.operator: resync "
+        "failed: 403: Forbidden",
+        "Traceback (most recent call last):",
+    ]
+    harmless = [
+        "2026-12-04 21:31:40,403 INFO kopf.objects: Handler 'reconcile' succeeded.",
+        "2026-12-04 21:31:50,857 INFO aiohttp.access: 127.0.0.1 [04/Dec/2026:21:31:50 +0000] "
+        '"POST /meshservices?timeout=10s HTTP/1.1" 200 403 "-" "kube-apiserver-admission"',
+    ]
+    assert log_problems("\n".join(refused + harmless)) == refused
+
+
 def test_the_operator_acts_with_the_charts_service_account_only(installed: Installed) -> None:
     kube, operator = installed.kube, installed.operator
     whoami = json.loads(kube.kubectl("auth", "whoami", "-o", "json", token=operator.token))
