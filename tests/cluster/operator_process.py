@@ -30,7 +30,7 @@ from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 from tests.cluster.chart_release import ChartRelease
 from tests.cluster.kube import KubeCluster, wait_until
 
-__all__ = ["OperatorProcess", "log_problems"]
+__all__ = ["OperatorProcess", "container_env", "log_problems"]
 
 Obj = dict[str, Any]
 
@@ -70,7 +70,7 @@ class OperatorProcess:
         (container,) = pod["spec"]["containers"]
         assert "command" not in container, "the operator container relies on the image entrypoint"
         pod_name = f"{deployment['metadata']['name']}-0"
-        chart_env = _container_env(container, pod_name=pod_name, namespace=release.namespace)
+        chart_env = container_env(container, pod_name=pod_name, namespace=release.namespace)
         settings = RuntimeSettings.from_env(chart_env)
 
         account = pod["spec"]["serviceAccountName"]
@@ -151,9 +151,7 @@ class OperatorProcess:
         self._log.close()
 
 
-def _container_env(
-    container: Mapping[str, Any], *, pod_name: str, namespace: str
-) -> dict[str, str]:
+def container_env(container: Mapping[str, Any], *, pod_name: str, namespace: str) -> dict[str, str]:
     """The container's env as the kubelet resolves it (values, and the downward-API fields a
     pod has before it runs)."""
     fields = {"metadata.name": pod_name, "metadata.namespace": namespace}

@@ -35,6 +35,7 @@ from grpcmesh_control.k8s_runtime import RuntimeSettings
 from tests.chart.chart import one, render
 from tests.cluster.kube import KubeCluster, KubectlError, wait_until
 from tests.cluster.operator_harness import example, operator_settings, wait_condition
+from tests.cluster.operator_process import container_env
 from tests.loopback import free_port
 from tests.operator_thread import serving
 
@@ -54,12 +55,10 @@ class ChartWebhooks:
 
 
 def chart_env(objects: list[dict[str, Any]], deployment: str, namespace: str) -> dict[str, str]:
-    """The operator container's environment as the kubelet resolves it (plain values, and
-    the downward API's namespace)."""
+    """The operator container's environment as the kubelet resolves it."""
     pod = one(objects, "Deployment", deployment)["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == "operator"]
-    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    return env | {"GRPCMESH_NAMESPACE": namespace}
+    return container_env(container, pod_name=f"{deployment}-0", namespace=namespace)
 
 
 @pytest.fixture
