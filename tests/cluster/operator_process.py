@@ -116,6 +116,24 @@ class OperatorProcess:
         except OSError:
             return 0
 
+    def reconciles(self) -> dict[str, float]:
+        """``grpcmesh_operator_reconciles_total`` by result, from its ``/metrics``."""
+        url = f"http://{LOOPBACK}:{self.settings.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return {match["result"]: float(match["value"]) for match in _RECONCILES.finditer(text)}
+
+    def wait_settled(self, quiet: float = 1.0, timeout: float = 30.0) -> None:
+        """Until no reconcile has started for ``quiet`` seconds (the API server's echoes of
+        its own writes have died down)."""
+        deadline = time.monotonic() + timeout
+        last, since = self.reconciles(), time.monotonic()
+        while time.monotonic() - since < quiet:
+            assert time.monotonic() < deadline, f"the operator kept reconciling for {timeout}s"
+            time.sleep(0.1)
+            if (now := self.reconciles()) != last:
+                last, since = now, time.monotonic()
+
     def wait_active(self, timeout: float = 60.0) -> None:
         """Until ``/readyz`` is 200 (this replica is the active peer); fails with the log
         when the process exits first."""
@@ -204,6 +222,9 @@ def _publish_loopback_endpoints(
 
 # --- the operator's log --------------------------------------------------------------------
 
+_RECONCILES = re.compile(
+    r'^grpcmesh_operator_reconciles_total\{result="(?P<result>\w+)"\} (?P<value>\S+)$', re.MULTILINE
+)
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 _ACCESS_SIZE = re.compile(r'(" \d{3}) \d+ ')  # an access log line's response size
 _PROBLEM = re.compile(r"traceback|forbidden|\b403\b", re.IGNORECASE)
