@@ -67,4 +67,7 @@ class ChartRelease:
             self.kube.kubectl(
                 "delete", resource, obj["metadata"]["name"], "--ignore-not-found", "--wait=false"
             )
+        # MeshService names are mesh-wide: they go (waited for) before the namespace does, so a
+        # later test's operator never sees them terminating.
+        self.kube.kubectl("delete", "meshservices", "--all", "-n", self.namespace)
         self.kube.kubectl("delete", "namespace", self.namespace, "--wait=false")

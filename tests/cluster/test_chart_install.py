@@ -78,6 +78,8 @@ def installed(
         for name in (OTHER, EXAMPLES):
             kube.create_namespace(name)
             undo.callback(kube.kubectl, "delete", "namespace", name, "--wait=false")
+            # Waited for: names are mesh-wide, and a later module's operator must not see them.
+            undo.callback(kube.kubectl, "delete", "meshservices", "--all", "-n", name)
         operator = OperatorProcess.start(
             kube, release, installed_package.grpcmesh, tmp_path_factory.mktemp("operator")
         )
