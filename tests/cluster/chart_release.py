@@ -2,9 +2,9 @@
 (``tests/chart/chart.py``), its ``crds/`` applied and Established first, then every rendered
 object applied server-side into the release namespace.
 
-``uninstall`` removes the cluster-scoped objects too, webhook configurations first: they
-intercept writes in every other namespace and would refuse them (``failurePolicy: Fail``) once
-the operator that answers them is gone.
+``uninstall`` removes every object it applied, webhook configurations first: they intercept
+writes in every other namespace and would refuse them (``failurePolicy: Fail``) once the
+operator that answers them is gone.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from tests.chart.chart import CHART, find, one, render
 from tests.cluster.kube import KubeCluster
@@ -56,18 +58,15 @@ class ChartRelease:
         return find(self.objects, kind)
 
     def uninstall(self) -> None:
-        """Delete what the install created (CRDs stay, as with ``helm uninstall``); does not
-        wait for the namespace to go."""
-        cluster_scoped = [o for o in self.objects if "namespace" not in o["metadata"]]
-        first = [o for o in cluster_scoped if o["kind"] in _WEBHOOK_KINDS]
-        rest = [o for o in cluster_scoped if o["kind"] not in _WEBHOOK_KINDS]
-        for obj in (*first, *rest):
-            group = obj["apiVersion"].rpartition("/")[0]
-            resource = f"{obj['kind'].lower()}.{group}" if group else obj["kind"].lower()
+        """``helm uninstall``: every rendered object deleted, webhook configurations first, and
+        waited for: other tests' operators watch the whole cluster (MeshService names are
+        mesh-wide; descriptor-set ConfigMaps teach any operator the methods). Then the
+        namespace, not waited for."""
+        webhooks = [o for o in self.objects if o["kind"] in _WEBHOOK_KINDS]
+        rest = [o for o in self.objects if o["kind"] not in _WEBHOOK_KINDS]
+        for batch in (webhooks, rest):
             self.kube.kubectl(
-                "delete", resource, obj["metadata"]["name"], "--ignore-not-found", "--wait=false"
-            )
-        # MeshService names are mesh-wide: they go (waited for) before the namespace does, so a
-        # later test's operator never sees them terminating.
-        self.kube.kubectl("delete", "meshservices", "--all", "-n", self.namespace)
+                "delete", "--ignore-not-found", "-f", "-",
+                stdin=yaml.safe_dump_all(batch), timeout=120,
+            )  # fmt: skip
         self.kube.kubectl("delete", "namespace", self.namespace, "--wait=false")
