@@ -18,7 +18,6 @@ from tests.cluster.kube import KubeCluster
 from tests.cluster.node_agent import AgentOptions, AgentThread
 from tests.deploy.checks import dockerfiles
 from tests.images.kit import ImageKit
-from tests.package import InstalledPackage, install_package
 
 _names = itertools.count()
 _agents = itertools.count()
@@ -44,13 +43,6 @@ def mesh_images() -> dict[str, str]:
     kit = ImageKit.find()
     kit.setup()
     return {name: kit.build(name, dockerfile).tag for name, dockerfile in dockerfiles().items()}
-
-
-@pytest.fixture(scope="session")
-def installed_package(tmp_path_factory: pytest.TempPathFactory) -> InstalledPackage:
-    """The wheel built from this checkout, installed in a fresh venv outside it (once), with
-    the extra the operator image installs."""
-    return install_package(tmp_path_factory.mktemp("package"), extras=("operator",))
 
 
 @pytest.fixture
