@@ -10,10 +10,10 @@ API, and the process that runs them with the xDS control plane. The decisions ar
   and EndpointSlice event -> ``MeshState`` -> ``Publisher.update``; an owned Service/ConfigMap/
   Deployment deleted -> its owner reconciled (recreated); admission via kopf's WebhookServer.
 - ``reconcile``: apply ``desired_objects``, prune owned objects no longer desired, status from
-  ``compute_status``. Endpoint changes (EndpointSlice events) and sidecar connects/ACKs/NACKs
-  (the cache's listener) mark their MeshService; the status follower reconciles it after a
-  short debounce (``status_debounce``). A Deployment rollout alone is seen at the next
-  reconcile (its endpoints usually trigger one) or the periodic resync (``resync_interval``).
+  ``compute_status``. Endpoint changes (EndpointSlice events), a Deployment's rollout progress
+  and sidecar connects/ACKs/NACKs (the cache's listener) mark their MeshService; the status
+  follower reconciles it after a short debounce (``status_debounce``). The periodic resync
+  (``resync_interval``) is the safety net.
 - ``client``: the one API boundary; every failure becomes ``ApiError``.
 
 Server-side apply vs emulators: ``ApplyStrategy.SERVER_SIDE`` (default, for real clusters)
