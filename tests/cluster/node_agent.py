@@ -530,8 +530,17 @@ class PodWorker:
         self.mark()
 
     async def kill(self) -> None:
-        """Stop at once (the pod is gone from the API, or the agent stops)."""
-        await self.terminate(0.0)
+        """Stop at once (the pod is gone from the API, or the agent stops). A graceful stop
+        already under way is cut short: the agent cancels it when it stops, and its sidecars
+        (stopped last) would outlive the agent."""
+        if not self.terminating:
+            await self.terminate(0.0)
+            return
+        states = self.all_containers()
+        for state in states:
+            state.held = True
+        running = [s.running for s in states if s.running is not None]
+        await asyncio.gather(*(r.kill() for r in running), return_exceptions=True)
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -715,3 +715,56 @@ def test_the_node_is_registered_ready_with_a_lease_and_removed_at_stop(
 
     agent.stop()
     assert kube.get("node", agent.node_name) is None
+
+
+def test_an_agent_stopped_during_a_graceful_delete_leaves_no_container(
+    kube: KubeCluster, namespace: str, start_node_agent: StartAgent, tmp_path: Path
+) -> None:
+    """The pod is being deleted (its app ignores SIGTERM, so its grace period runs) when the
+    agent stops, as at the end of a test that uninstalled a chart: the app and its native
+    sidecar, which a graceful stop reaches last, are both killed, not left behind."""
+    agent = start_node_agent()
+    pid_writer = """
+        import os, signal, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open(sys.argv[1], "w").write(str(os.getpid()))
+        while True:
+            time.sleep(60)
+        """
+    sidecar = python("sidecar", pid_writer, "/report/sidecar-pid") | {
+        "restartPolicy": "Always",
+        "volumeMounts": [REPORT_MOUNT],
+    }
+    app = python("app", pid_writer, "/report/app-pid") | {"volumeMounts": [REPORT_MOUNT]}
+    doc = pod(
+        "lingering",
+        [app],
+        initContainers=[sidecar],
+        volumes=[report_volume(tmp_path)],
+        terminationGracePeriodSeconds=120,
+    )
+    kube.apply([doc], namespace=namespace)
+    pids = [_wait_for_pid(tmp_path / name) for name in ("sidecar-pid", "app-pid")]
+    kube.kubectl("delete", "pod", "lingering", "-n", namespace, "--wait=false")
+    wait_until(
+        lambda: (
+            (kube.get("pod", "lingering", namespace) or {})
+            .get("metadata", {})
+            .get("deletionTimestamp")
+        ),
+        "the graceful delete to begin",
+    )
+    agent.stop()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+def _wait_for_pid(path: Path) -> int:
+    return int(wait_until(lambda: _read(path), f"{path.name} written"))

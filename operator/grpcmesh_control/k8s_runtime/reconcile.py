@@ -10,6 +10,7 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from grpcmesh_control.translate.naming import NodeKind
 from grpcmesh_control.xds import SnapshotCache
 
 __all__ = ["Outcome", "Reconciler", "owned_kinds"]
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 Obj = dict[str, Any]
@@ -171,6 +174,7 @@ class Reconciler:
             except ApiError as exc:
                 self._metrics.apply_errors.inc()
                 failures.append(ApplyFailure(label, str(exc)))
+                log.warning("%s/%s: applying %s failed: %s", namespace, name, label, exc)
                 continue
             self._metrics.applied.inc()
             if kind == k8s_kinds.DEPLOYMENT:
