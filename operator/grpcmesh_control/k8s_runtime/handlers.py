@@ -1,5 +1,6 @@
 """kopf handlers, registered on a registry the caller owns (no module-level registry). Each is
-thin: it turns kopf's arguments into a call on the ``Operator``'s parts.
+thin: it turns kopf's arguments into a call on ``HandlerHost``, the narrow face of the
+``Operator`` they see.
 
 No handler requires a finalizer (no ``on.delete``, no daemons or timers): deleting a
 MeshService never waits for this operator; its objects go by owner references (GC).
@@ -14,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import kopf
 from kubernetes_asyncio import client as k8s_client
@@ -26,9 +27,41 @@ from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL
 from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL
 
 if TYPE_CHECKING:
-    from grpcmesh_control.k8s_runtime.operator import Operator
+    from grpcmesh_control.k8s_runtime.mesh import MeshState
+    from grpcmesh_control.k8s_runtime.reconcile import Reconciler
+    from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+    from grpcmesh_control.model import MethodCatalog
+
+
+class HandlerHost(Protocol):
+    """All the handlers may use of the operator (``Operator`` is one): its settings, the mesh
+    state, the reconciler, and four notifications. Anything else stays private to it."""
+
+    @property
+    def settings(self) -> RuntimeSettings: ...
+
+    @property
+    def state(self) -> MeshState: ...
+
+    @property
+    def reconciler(self) -> Reconciler: ...
+
+    @property
+    def catalog(self) -> MethodCatalog: ...
+
+    def configure_kopf(self, settings: kopf.OperatorSettings) -> None: ...
+
+    async def stopping(self) -> None: ...
+
+    def refresh_status(self, key: tuple[str, str] | None) -> None: ...
+
+    def rollout_changed(self, deployment: Mapping[str, Any], *, deleted: bool = False) -> bool: ...
+
+    def descriptor_set_changed(self, body: Mapping[str, Any], *, deleted: bool = False) -> None: ...
+
 
 __all__ = [
+    "HandlerHost",
     "apply_add_ops",
     "in_cluster_login",
     "inject_sidecar",
@@ -52,7 +85,7 @@ def in_cluster_login(
     return dataclasses.replace(account, server=server) if server else account
 
 
-def register_handlers(registry: kopf.OperatorRegistry, op: Operator) -> None:
+def register_handlers(registry: kopf.OperatorRegistry, op: HandlerHost) -> None:
     runtime = op.settings
 
     @kopf.on.login(registry=registry)
@@ -202,7 +235,7 @@ def _controller_key(meta: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 def validate_mesh_service(
-    op: Operator, body: Mapping[str, Any], operation: str | None, warnings: list[str]
+    op: HandlerHost, body: Mapping[str, Any], operation: str | None, warnings: list[str]
 ) -> None:
     """Admit or deny a MeshService (``kopf.AdmissionError`` denies, with every problem)."""
     response = validate_admission(
@@ -219,7 +252,7 @@ def validate_mesh_service(
 
 
 def inject_sidecar(
-    op: Operator,
+    op: HandlerHost,
     body: Mapping[str, Any],
     operation: str | None,
     patch: kopf.Patch,
