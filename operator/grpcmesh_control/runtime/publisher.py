@@ -155,14 +155,15 @@ class Publisher:
     ) -> None:
         """Take the newest inputs; a rebuild follows after the debounce window."""
         self._inputs = MeshInputs.of(services, endpoints)
-        self._updates += 1
-        self._idle.clear()
-        self._dirty.set()
+        self._schedule_rebuild()
 
     def set_catalog(self, catalog: MethodCatalog) -> None:
         """Rebuild with ``catalog`` (retry safety and streaming come from it) after the
         debounce window, like an input change."""
         self._catalog = catalog
+        self._schedule_rebuild()
+
+    def _schedule_rebuild(self) -> None:
         self._updates += 1
         self._idle.clear()
         self._dirty.set()
