@@ -55,8 +55,8 @@ import psutil
 
 from bench._mesh import Sidecar, free_port, mesh_service, running_envoys
 from grpcmesh_control.k8s_runtime import ApplyStrategy, Operator, RuntimeSettings
-from grpcmesh_control.translate import NodeId, ProxyNode
-from grpcmesh_control.translate.bootstrap import render_bootstrap
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from grpcmesh_control.mesh.translate.bootstrap import render_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = "ingress~bench"

@@ -49,8 +49,8 @@ from bench._mesh import (
     running_envoys,
     stop_processes,
 )
-from grpcmesh_control.model import Backend, Endpoint, GrpcSpec, MeshService
-from grpcmesh_control.translate import (
+from grpcmesh_control.mesh.model import Backend, Endpoint, GrpcSpec, MeshService
+from grpcmesh_control.mesh.translate import (
     NodeId,
     ProxyNode,
     Registry,

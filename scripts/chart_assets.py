@@ -103,7 +103,7 @@ def chart_assets(dashboards: Iterable[Dashboard] | None = None) -> dict[str, str
     dashboards are ``build_dashboards`` over the reference protos' catalog."""
     if dashboards is None:
         # Imported here: it loads the generated *_pb2 modules (``make gen``).
-        from grpcmesh_control.catalogs import load_catalog
+        from grpcmesh_control.mesh.catalogs import load_catalog
 
         dashboards = build_dashboards(load_catalog())
     assets = {

@@ -2,7 +2,7 @@
 source, ``--check`` (``make gen-check``) lists the stale ones.
 
 - manifests/crds/*.yaml -> charts/grpcmesh/crds/ (Helm installs CRDs from the chart's crds/)
-- the MeshService CRD -> operator/grpcmesh_control/model/ (package data: its schema validates)
+- the MeshService CRD -> operator/grpcmesh_control/mesh/model/ (package data: its schema validates)
 - manifests/examples/*.yaml -> operator/grpcmesh_control/examples/ (package data: the CLI's
   default resources outside a checkout)
 """
@@ -25,7 +25,7 @@ def copies(repo: Path = REPO) -> Iterator[tuple[Path, Path]]:
     for crd in sorted((repo / "manifests" / "crds").glob("*.yaml")):
         yield crd, repo / "charts" / "grpcmesh" / "crds" / crd.name
     crd = repo / "manifests" / "crds" / "meshservices.grpcmesh.io.yaml"
-    yield crd, repo / "operator" / "grpcmesh_control" / "model" / crd.name
+    yield crd, repo / "operator" / "grpcmesh_control" / "mesh" / "model" / crd.name
     for example in sorted((repo / "manifests" / "examples").glob("*.yaml")):
         yield example, repo / "operator" / "grpcmesh_control" / "examples" / example.name
 

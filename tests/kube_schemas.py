@@ -17,7 +17,7 @@ import kubernetes_validate
 import yaml
 from jsonschema import Draft4Validator
 
-from grpcmesh_control.model.schema import strict_schema
+from grpcmesh_control.mesh.model.schema import strict_schema
 from tests.shared import REPO, SHARED
 
 # The published schemas of what we plug into, next to the repository (CI has them too).

@@ -18,8 +18,8 @@ from importlib.resources import files
 
 import grpcmesh_control
 from grpcmesh_control.k8s import OperatorSettings, OwnerRef, desired_objects
-from grpcmesh_control.model import parse_mesh_services_yaml
-from grpcmesh_control.translate import NodeId, ProxyNode, Registry, build_snapshot
+from grpcmesh_control.mesh.model import parse_mesh_services_yaml
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Registry, build_snapshot
 
 examples = sorted((files("grpcmesh_control") / "examples").iterdir(), key=lambda p: p.name)
 services = [

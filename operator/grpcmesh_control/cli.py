@@ -29,7 +29,7 @@ except ModuleNotFoundError as missing:  # a base install (a service image) has n
         "pip install 'grpcmesh[local]' (local mode) or 'grpcmesh[operator]' (in a cluster)"
     ) from missing
 
-from grpcmesh_control.errors import MeshError
+from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.runtime.local import (
     DEFAULT_RUN_DIR,
     AdminUnavailable,

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL, catalog_of_config_maps
+from grpcmesh_control.mesh.catalogs import load_catalog
 from tests.chart.chart import CHART, REPO, find, render
 
 SET = CHART / "files" / "descriptors" / "grpcmesh.shop.v1.binpb"

@@ -14,12 +14,12 @@ import pytest
 from grpcmesh_control.k8s.proxy import BOOTSTRAP_REPLICA
 from grpcmesh_control.k8s.settings import PodLocalAddress, ProxySettings
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
-from grpcmesh_control.translate.bootstrap import (
+from grpcmesh_control.mesh.translate.bootstrap import (
     envoy_command,
     render_bootstrap,
     render_local_overlay,
 )
-from grpcmesh_control.translate.naming import (
+from grpcmesh_control.mesh.translate.naming import (
     DEFAULT_INGRESS_PORT,
     NodeId,
     NodeKind,

@@ -17,7 +17,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 
-from grpcmesh_control.catalogs import load_catalog
+from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.observability import Job, pod_monitors, prometheus_rule
 from grpcmesh_control.observability.dashboards import build_dashboards, dashboard_configmaps
 from scripts.chart_assets import (

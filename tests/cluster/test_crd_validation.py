@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.errors import InvalidResource
 from grpcmesh_control.k8s.admission import validate_admission
 from grpcmesh_control.k8s.pod import MESH_ENV
-from grpcmesh_control.model import parse_mesh_service
-from grpcmesh_control.model.durations import MAX_DURATION
-from grpcmesh_control.model.schema import load_crd, openapi_schema
+from grpcmesh_control.mesh.errors import InvalidResource
+from grpcmesh_control.mesh.model import parse_mesh_service
+from grpcmesh_control.mesh.model.durations import MAX_DURATION
+from grpcmesh_control.mesh.model.schema import load_crd, openapi_schema
 from tests.chart.chart import VALUE_SETS, find, render
 from tests.cluster.kube import KubeCluster, KubectlError
 from tests.kube_schemas import schema_nodes

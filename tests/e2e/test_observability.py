@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.catalogs import load_catalog
+from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.observability import rule_expressions, rule_groups
 from grpcmesh_control.observability.dashboards import (
     PanelQuery,

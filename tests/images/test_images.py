@@ -81,8 +81,8 @@ _PARSE_EXAMPLES = """
 import json
 from importlib.resources import files
 from pathlib import Path
-from grpcmesh_control.catalogs import catalog_from_descriptor_set
-from grpcmesh_control.model.parse import parse_mesh_services_yaml
+from grpcmesh_control.mesh.catalogs import catalog_from_descriptor_set
+from grpcmesh_control.mesh.model.parse import parse_mesh_services_yaml
 catalog = catalog_from_descriptor_set(Path("/descriptors/grpcmesh.shop.v1.binpb").read_bytes())
 found = {}
 packaged = files("grpcmesh_control") / "examples"

@@ -19,10 +19,16 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from grpcmesh_control.catalogs import load_catalog
-from grpcmesh_control.model import Endpoint, MeshService, parse_mesh_services_yaml
-from grpcmesh_control.translate import NodeId, ProxyNode, Registry, build_snapshot, static_bootstrap
-from grpcmesh_control.translate.bootstrap import XdsTransport, render_bootstrap
+from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.model import Endpoint, MeshService, parse_mesh_services_yaml
+from grpcmesh_control.mesh.translate import (
+    NodeId,
+    ProxyNode,
+    Registry,
+    build_snapshot,
+    static_bootstrap,
+)
+from grpcmesh_control.mesh.translate.bootstrap import XdsTransport, render_bootstrap
 
 pytestmark = pytest.mark.slow
 

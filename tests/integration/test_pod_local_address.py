@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.catalogs import load_catalog
 from grpcmesh_control.k8s import OperatorSettings, desired_objects
 from grpcmesh_control.k8s.meta import OwnerRef
 from grpcmesh_control.k8s.settings import PodLocalAddress
-from grpcmesh_control.model import parse_mesh_services_yaml
-from grpcmesh_control.translate.naming import ProxyNode
+from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.model import parse_mesh_services_yaml
+from grpcmesh_control.mesh.translate.naming import ProxyNode
 from tests.integration.test_envoy_validate import envoy_binary
 from tests.loopback import LOCALHOST, free_port, poll
 from tests.shared import REPO

@@ -37,7 +37,7 @@ import pytest
 import yaml
 from prometheus_client import start_http_server
 
-from grpcmesh_control.catalogs import load_catalog
+from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.observability import (
     AppTarget,
     ControlPlaneTarget,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.catalogs import load_catalog
-from grpcmesh_control.model import MeshService, MethodCatalog, parse_mesh_service
+from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.model import MeshService, MethodCatalog, parse_mesh_service
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"

@@ -32,7 +32,7 @@ def test_the_tree_keeps_every_contract() -> None:
 def test_a_core_module_importing_the_operator_breaks_the_build(tmp_path: Path) -> None:
     shutil.copytree(REPO / "operator" / "grpcmesh_control", tmp_path / "grpcmesh_control")
     shutil.copytree(REPO / "services" / "kit" / "grpcmesh_kit", tmp_path / "grpcmesh_kit")
-    registry = tmp_path / "grpcmesh_control" / "translate" / "registry.py"
+    registry = tmp_path / "grpcmesh_control" / "mesh" / "translate" / "registry.py"
     registry.write_text(registry.read_text() + "\nimport grpcmesh_control.k8s_runtime.client\n")
     result = _lint_imports(tmp_path)
     assert result.returncode != 0
@@ -40,6 +40,6 @@ def test_a_core_module_importing_the_operator_breaks_the_build(tmp_path: Path) -
         "The mesh core (model, translate, catalogs, errors) imports no edge BROKEN" in result.stdout
     )
     assert (
-        "grpcmesh_control.translate.registry -> grpcmesh_control.k8s_runtime.client"
+        "grpcmesh_control.mesh.translate.registry -> grpcmesh_control.k8s_runtime.client"
         in result.stdout
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from grpcmesh_control.model.schema import CRD_PATH
+from grpcmesh_control.mesh.model.schema import CRD_PATH
 from scripts.copies import copies
 
 

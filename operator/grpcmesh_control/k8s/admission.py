@@ -32,7 +32,6 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from grpcmesh_control.errors import FieldError, InvalidResource
 from grpcmesh_control.k8s.desired import render_problems
 from grpcmesh_control.k8s.names import (
     BOOTSTRAP_VOLUME,
@@ -53,10 +52,11 @@ from grpcmesh_control.k8s.proxy import (
 from grpcmesh_control.k8s.pss import restricted_violations
 from grpcmesh_control.k8s.quantity import parse_quantity
 from grpcmesh_control.k8s.settings import OperatorSettings, Provider
-from grpcmesh_control.model.catalog import MethodCatalog
-from grpcmesh_control.model.mesh import DEFAULT_VERSION, MeshService, ResourceList
-from grpcmesh_control.model.parse import parse_mesh_service
-from grpcmesh_control.model.schema import GROUP, KIND
+from grpcmesh_control.mesh.errors import FieldError, InvalidResource
+from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.mesh import DEFAULT_VERSION, MeshService, ResourceList
+from grpcmesh_control.mesh.model.parse import parse_mesh_service
+from grpcmesh_control.mesh.model.schema import GROUP, KIND
 
 __all__ = ["ADMISSION_API_VERSION", "MissingBackends", "mutate_pod", "validate_admission"]
 

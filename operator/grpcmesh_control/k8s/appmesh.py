@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from grpcmesh_control.errors import FieldError
 from grpcmesh_control.k8s import kinds
 from grpcmesh_control.k8s.meta import OwnerRef, object_metadata
 from grpcmesh_control.k8s.names import (
@@ -39,9 +38,10 @@ from grpcmesh_control.k8s.names import (
     version_service_name,
 )
 from grpcmesh_control.k8s.settings import EgressFilter, OperatorSettings
-from grpcmesh_control.model.catalog import MethodCatalog
-from grpcmesh_control.model.mesh import MeshService, RetryOn, VersionTarget
-from grpcmesh_control.translate.policy import RoutePolicy, route_policies
+from grpcmesh_control.mesh.errors import FieldError
+from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.mesh import MeshService, RetryOn, VersionTarget
+from grpcmesh_control.mesh.translate.policy import RoutePolicy, route_policies
 
 __all__ = [
     "GRPC_RETRY_EVENTS",

@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 
-from grpcmesh_control.errors import FieldError, InvalidResource
 from grpcmesh_control.k8s import kinds
 from grpcmesh_control.k8s.appmesh import appmesh_objects, appmesh_problems
 from grpcmesh_control.k8s.meta import OwnerRef, object_metadata
@@ -32,9 +31,10 @@ from grpcmesh_control.k8s.names import (
 from grpcmesh_control.k8s.pod import METRICS_PORT_NAME, pod_template
 from grpcmesh_control.k8s.proxy import HEALTH_PORT_NAME, bootstrap_data, bootstrap_hash
 from grpcmesh_control.k8s.settings import OperatorSettings, Provider
-from grpcmesh_control.model.catalog import MethodCatalog
-from grpcmesh_control.model.mesh import MeshService, VersionTarget, Workload
-from grpcmesh_control.model.schema import KIND
+from grpcmesh_control.mesh.errors import FieldError, InvalidResource
+from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload
+from grpcmesh_control.mesh.model.schema import KIND
 from grpcmesh_control.observability.scrape import (
     METRICS_PATHS,
     Job,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpcmesh_control.k8s.kinds import Kind
-from grpcmesh_control.model.schema import API_VERSION, KIND
+from grpcmesh_control.mesh.model.schema import API_VERSION, KIND
 
 __all__ = ["OwnerRef", "object_metadata"]
 

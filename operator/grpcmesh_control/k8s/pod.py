@@ -35,7 +35,7 @@ from grpcmesh_control.k8s.proxy import (
 from grpcmesh_control.k8s.resources import render_resources
 from grpcmesh_control.k8s.security import pod_security_context, restricted_security_context
 from grpcmesh_control.k8s.settings import OperatorSettings, PodLocalAddress, Provider
-from grpcmesh_control.model.mesh import EnvVar, MeshService, VersionTarget, Workload
+from grpcmesh_control.mesh.model.mesh import EnvVar, MeshService, VersionTarget, Workload
 
 __all__ = [
     "DB_PATH_ENV",

@@ -28,12 +28,12 @@ from grpcmesh_control.k8s.names import (
 from grpcmesh_control.k8s.resources import render_resources
 from grpcmesh_control.k8s.security import restricted_security_context
 from grpcmesh_control.k8s.settings import OperatorSettings, PodLocalAddress
-from grpcmesh_control.translate.bootstrap import (
+from grpcmesh_control.mesh.translate.bootstrap import (
     envoy_command,
     render_bootstrap,
     render_local_overlay,
 )
-from grpcmesh_control.translate.naming import LOCALHOST, NodeId, NodeKind, ProxyNode
+from grpcmesh_control.mesh.translate.naming import LOCALHOST, NodeId, NodeKind, ProxyNode
 
 __all__ = [
     "BOOTSTRAP_DIR",

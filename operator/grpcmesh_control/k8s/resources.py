@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from grpcmesh_control.model.mesh import Resources
+from grpcmesh_control.mesh.model.mesh import Resources
 
 __all__ = ["render_resources"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from grpcmesh_control.model.mesh import ResourceList, Resources
-from grpcmesh_control.translate.naming import (
+from grpcmesh_control.mesh.model.mesh import ResourceList, Resources
+from grpcmesh_control.mesh.translate.naming import (
     DEFAULT_CA_BUNDLE,
     DEFAULT_EGRESS_PORT,
     DEFAULT_INBOUND_PORT,

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from grpcmesh_control.translate.registry import Problem
+from grpcmesh_control.mesh.translate.registry import Problem
 
 __all__ = [
     "ApplyFailure",

@@ -24,10 +24,10 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from grpcmesh_control.errors import MeshError
 from grpcmesh_control.k8s.kinds import Kind
 from grpcmesh_control.k8s_runtime.settings import ApplyStrategy, RuntimeSettings
-from grpcmesh_control.model.schema import GROUP, KIND, VERSION
+from grpcmesh_control.mesh.errors import MeshError
+from grpcmesh_control.mesh.model.schema import GROUP, KIND, VERSION
 
 __all__ = [
     "MESH_SERVICE",

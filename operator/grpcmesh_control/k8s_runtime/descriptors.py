@@ -19,8 +19,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from grpcmesh_control.catalogs import catalog_from_descriptor_set
-from grpcmesh_control.model import MethodCatalog
+from grpcmesh_control.mesh.catalogs import catalog_from_descriptor_set
+from grpcmesh_control.mesh.model import MethodCatalog
 
 __all__ = ["DESCRIPTOR_SET_LABEL", "catalog_of_config_maps"]
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from grpcmesh_control.k8s_runtime.mesh import MeshState
     from grpcmesh_control.k8s_runtime.reconcile import Reconciler
     from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
-    from grpcmesh_control.model import MethodCatalog
+    from grpcmesh_control.mesh.model import MethodCatalog
 
 
 class HandlerHost(Protocol):

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from grpcmesh_control.errors import InvalidResource
 from grpcmesh_control.k8s.desired import GRPC_PORT_NAME
 from grpcmesh_control.k8s.names import version_service_name
-from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog, parse_mesh_service
+from grpcmesh_control.mesh.errors import InvalidResource
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog, parse_mesh_service
 
 __all__ = ["SERVICE_NAME_LABEL", "MeshState", "slice_endpoints"]
 

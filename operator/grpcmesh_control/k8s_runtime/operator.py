@@ -34,7 +34,6 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from grpcmesh_control.errors import InvalidNodeId
 from grpcmesh_control.k8s.kinds import (
     CONFIG_MAP,
     CUSTOM_RESOURCE_DEFINITION,
@@ -51,11 +50,12 @@ from grpcmesh_control.k8s_runtime.peering import CLUSTER_PEERING, peering_active
 from grpcmesh_control.k8s_runtime.reconcile import Reconciler, rollout_of
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 from grpcmesh_control.k8s_runtime.webhook_tls import ensure_webhook_tls
-from grpcmesh_control.model import MethodCatalog
+from grpcmesh_control.mesh.errors import InvalidNodeId
+from grpcmesh_control.mesh.model import MethodCatalog
+from grpcmesh_control.mesh.translate import NodeId
+from grpcmesh_control.mesh.translate.naming import NodeKind
+from grpcmesh_control.mesh.xds.cache import NodeStatus
 from grpcmesh_control.runtime.host import XdsHost
-from grpcmesh_control.translate import NodeId
-from grpcmesh_control.translate.naming import NodeKind
-from grpcmesh_control.xds.cache import NodeStatus
 
 __all__ = ["Operator", "run_operator"]
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from grpcmesh_control.errors import InvalidNodeId, InvalidResource
 from grpcmesh_control.k8s import (
     OWNED_KINDS,
     ApplyFailure,
@@ -39,11 +38,12 @@ from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, ApiError, KubeClie
 from grpcmesh_control.k8s_runtime.mesh import MeshState
 from grpcmesh_control.k8s_runtime.metrics import OperatorMetrics, ReconcileResult
 from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
-from grpcmesh_control.model import MeshService
-from grpcmesh_control.runtime.publisher import Publisher
-from grpcmesh_control.translate import NodeId
-from grpcmesh_control.translate.naming import NodeKind
-from grpcmesh_control.xds import SnapshotCache
+from grpcmesh_control.mesh.errors import InvalidNodeId, InvalidResource
+from grpcmesh_control.mesh.model import MeshService
+from grpcmesh_control.mesh.publisher import Publisher
+from grpcmesh_control.mesh.translate import NodeId
+from grpcmesh_control.mesh.translate.naming import NodeKind
+from grpcmesh_control.mesh.xds import SnapshotCache
 
 __all__ = ["Outcome", "Reconciler", "owned_kinds"]
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpcmesh_control.catalogs import load_catalog
+from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.observability import _yaml
 from grpcmesh_control.observability.alerts import RULES_FILE_NAME, prometheus_rule, write_rules
 from grpcmesh_control.observability.dashboards import (

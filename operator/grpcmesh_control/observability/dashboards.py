@@ -33,7 +33,7 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prometheus_m
 
-from grpcmesh_control.model.catalog import MethodCatalog, MethodInfo, ServiceInfo
+from grpcmesh_control.mesh.model.catalog import MethodCatalog, MethodInfo, ServiceInfo
 from grpcmesh_control.observability import _promql as q
 from grpcmesh_control.observability.scrape import Job, Label
 from grpcmesh_control.observability.signals import (
@@ -859,7 +859,7 @@ def write_dashboards(
     ``build_dashboards`` over the reference protos' catalog (``catalogs.load_catalog``)."""
     if dashboards is None:
         # Imported here: it loads the generated *_pb2 modules, which building needs no part of.
-        from grpcmesh_control.catalogs import load_catalog
+        from grpcmesh_control.mesh.catalogs import load_catalog
 
         dashboards = build_dashboards(load_catalog())
     directory.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from grpcmesh_control.runtime.publisher import RebuildOutcome
-from grpcmesh_control.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
+from grpcmesh_control.mesh.publisher import RebuildOutcome
+from grpcmesh_control.mesh.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
 
 __all__ = ["ControlPlaneMetrics", "MeteredSnapshotCache", "XdsType"]
 

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from grpcmesh_control.errors import InvalidResource, InvalidResourceSet
-from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.mesh.clock import Clock
+from grpcmesh_control.mesh.errors import InvalidResource, InvalidResourceSet
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.runtime.atomic import write_atomically
-from grpcmesh_control.runtime.clock import Clock
 from grpcmesh_control.sources import (
     ENDPOINTS_FILE,
     RESOURCES_DIR,

@@ -29,9 +29,15 @@ from typing import Any
 
 import yaml
 
-from grpcmesh_control.errors import FieldError, InvalidResource, InvalidResourceSet
-from grpcmesh_control.model import KIND, Endpoint, MeshService, MethodCatalog, parse_mesh_service
-from grpcmesh_control.model.mesh import DEFAULT_VERSION
+from grpcmesh_control.mesh.errors import FieldError, InvalidResource, InvalidResourceSet
+from grpcmesh_control.mesh.model import (
+    KIND,
+    Endpoint,
+    MeshService,
+    MethodCatalog,
+    parse_mesh_service,
+)
+from grpcmesh_control.mesh.model.mesh import DEFAULT_VERSION
 
 __all__ = [
     "ENDPOINTS_FILE",

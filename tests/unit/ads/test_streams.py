@@ -12,13 +12,13 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from grpcmesh_control.xds import (
+from grpcmesh_control.mesh.xds import (
     CLUSTER,
     ENDPOINT,
     SnapshotCache,
     version_snapshot,
 )
-from grpcmesh_control.xds.streams import DeltaStream, ProtocolError, SotwStream
+from grpcmesh_control.mesh.xds.streams import DeltaStream, ProtocolError, SotwStream
 
 NODE = base_pb2.Node(id="sidecar~orders~0", cluster="orders")
 

@@ -20,7 +20,7 @@ from grpcmesh_control.k8s import (
     validate_admission,
 )
 from grpcmesh_control.k8s.names import BOOTSTRAP_VOLUME, PROXY_CONTAINER
-from grpcmesh_control.model import MeshService, MethodCatalog, parse_mesh_service
+from grpcmesh_control.mesh.model import MeshService, MethodCatalog, parse_mesh_service
 
 from .checks import apply_review_patch, validate_builtin
 

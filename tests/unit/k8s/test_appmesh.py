@@ -16,7 +16,7 @@ from grpcmesh_control.k8s import (
     render_problems,
 )
 from grpcmesh_control.k8s.appmesh import GRPC_RETRY_EVENTS, _duration
-from grpcmesh_control.model import MeshService, MethodCatalog, RetryOn, parse_mesh_service
+from grpcmesh_control.mesh.model import MeshService, MethodCatalog, RetryOn, parse_mesh_service
 from tests.unit.examples import EXAMPLE_NAMES
 
 from .checks import crd_errors

@@ -7,9 +7,9 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-from grpcmesh_control.catalogs import catalog_from_descriptor_set, load_catalog
 from grpcmesh_control.k8s_runtime.descriptors import catalog_of_config_maps
-from grpcmesh_control.model.catalog import Idempotency
+from grpcmesh_control.mesh.catalogs import catalog_from_descriptor_set, load_catalog
+from grpcmesh_control.mesh.model.catalog import Idempotency
 
 
 def _file_set(package: str, service: str, method: str, level: int) -> bytes:

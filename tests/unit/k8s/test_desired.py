@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.errors import InvalidResource
 from grpcmesh_control.k8s import OperatorSettings, Provider, desired_objects, object_key
 from grpcmesh_control.k8s.desired import SCRAPE_CONVENTIONS
 from grpcmesh_control.k8s.names import (
@@ -22,9 +21,10 @@ from grpcmesh_control.k8s.names import (
     LABEL_VERSION,
     PROXY_CONTAINER,
 )
-from grpcmesh_control.model import MeshService, MethodCatalog, parse_mesh_service
+from grpcmesh_control.mesh.errors import InvalidResource
+from grpcmesh_control.mesh.model import MeshService, MethodCatalog, parse_mesh_service
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_control.observability.scrape import Job, pod_monitors
-from grpcmesh_control.translate import NodeId, ProxyNode
 
 from .conftest import NAMESPACE, owner_of
 

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from grpcmesh_control.errors import InvalidResource
 from grpcmesh_control.k8s import (
     OperatorSettings,
     Provider,
@@ -19,7 +18,8 @@ from grpcmesh_control.k8s import (
     restricted_violations,
     validate_admission,
 )
-from grpcmesh_control.model import MeshService, MethodCatalog, parse_mesh_service
+from grpcmesh_control.mesh.errors import InvalidResource
+from grpcmesh_control.mesh.model import MeshService, MethodCatalog, parse_mesh_service
 
 from .checks import validate_object
 from .conftest import owner_of

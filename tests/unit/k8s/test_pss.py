@@ -14,7 +14,7 @@ from grpcmesh_control.k8s import (
     read_only_root_violations,
     restricted_violations,
 )
-from grpcmesh_control.model import MeshService
+from grpcmesh_control.mesh.model import MeshService
 
 from .conftest import NAMESPACE, owner_of
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from grpcmesh_control.k8s import OperatorSettings, desired_objects
-from grpcmesh_control.model import MeshService
+from grpcmesh_control.mesh.model import MeshService
 from tests.unit.examples import EXAMPLE_NAMES
 
 from .checks import K8S_VERSIONS, is_custom, validate_object

@@ -20,8 +20,8 @@ from grpcmesh_control.k8s import (
     WorkloadRollout,
     compute_status,
 )
-from grpcmesh_control.model.schema import load_crd, openapi_schema, strict_schema
-from grpcmesh_control.translate import Problem
+from grpcmesh_control.mesh.model.schema import load_crd, openapi_schema, strict_schema
+from grpcmesh_control.mesh.translate import Problem
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

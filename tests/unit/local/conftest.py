@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from grpcmesh_control.catalogs import load_catalog
-from grpcmesh_control.model import MeshService, parse_mesh_services_yaml
+from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.model import MeshService, parse_mesh_services_yaml
 from grpcmesh_control.runtime.local.plan import LocalSettings, Plan, build_plan
 
 REPO = Path(__file__).resolve().parents[3]

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.model import MeshService
+from grpcmesh_control.mesh.model import MeshService
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_control.runtime.local.plan import (
     LocalSettings,
     Plan,
@@ -19,7 +20,6 @@ from grpcmesh_control.runtime.local.plan import (
     build_plan,
     ports_needed,
 )
-from grpcmesh_control.translate import NodeId, ProxyNode
 from tests.unit.local.conftest import FIRST_PORT, parse
 
 PAYMENTS = """

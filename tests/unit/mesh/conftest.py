@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
-from grpcmesh_control.translate import Registry
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.mesh.translate import Registry
 
 ENDPOINTS = {
     "catalog": [

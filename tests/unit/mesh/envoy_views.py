@@ -12,7 +12,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from grpcmesh_control.translate import Snapshot
+from grpcmesh_control.mesh.translate import Snapshot
 
 
 def hcm(listener: listener_pb2.Listener) -> Any:

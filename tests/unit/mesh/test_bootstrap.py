@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.translate import NodeId, ProxyNode
-from grpcmesh_control.translate.bootstrap import XdsTransport, envoy_command, render_bootstrap
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from grpcmesh_control.mesh.translate.bootstrap import XdsTransport, envoy_command, render_bootstrap
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from grpcmesh.shop.v1 import catalog_pb2, orders_pb2
-from grpcmesh_control.catalogs import catalog_from_descriptors
-from grpcmesh_control.model import Idempotency, MethodCatalog, MethodInfo
+from grpcmesh_control.mesh.catalogs import catalog_from_descriptors
+from grpcmesh_control.mesh.model import Idempotency, MethodCatalog, MethodInfo
 
 ORDERS = "grpcmesh.shop.v1.OrderService"
 INVENTORY = "grpcmesh.shop.v1.InventoryService"

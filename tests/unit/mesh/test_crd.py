@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.model import LoadBalancer, RetryOn
-from grpcmesh_control.model.durations import DURATION_PATTERN
-from grpcmesh_control.model.schema import API_VERSION, CRD_PATH, load_crd, openapi_schema
+from grpcmesh_control.mesh.model import LoadBalancer, RetryOn
+from grpcmesh_control.mesh.model.durations import DURATION_PATTERN
+from grpcmesh_control.mesh.model.schema import API_VERSION, CRD_PATH, load_crd, openapi_schema
 from tests.kube_schemas import schema_nodes as nodes
 
 

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from grpcmesh_control.model import format_duration, parse_duration
-from grpcmesh_control.model.durations import MAX_DURATION
+from grpcmesh_control.mesh.model import format_duration, parse_duration
+from grpcmesh_control.mesh.model.durations import MAX_DURATION
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.model import (
+from grpcmesh_control.mesh.model import (
     Backend,
     ExternalHost,
     FieldError,

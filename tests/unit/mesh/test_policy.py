@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from grpcmesh_control.model import (
+from grpcmesh_control.mesh.model import (
     Idempotency,
     MeshService,
     MethodCatalog,
@@ -14,7 +14,7 @@ from grpcmesh_control.model import (
     RetryOn,
     parse_mesh_services_yaml,
 )
-from grpcmesh_control.translate import EffectiveRetry, RoutePolicy, route_policies
+from grpcmesh_control.mesh.translate import EffectiveRetry, RoutePolicy, route_policies
 
 SVC = "test.v1.Things"
 CATALOG = MethodCatalog.of(

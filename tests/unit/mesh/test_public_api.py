@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import grpcmesh_control.model as model
-import grpcmesh_control.translate as translate
+import grpcmesh_control.mesh.model as model
+import grpcmesh_control.mesh.translate as translate
 
 
 def test_model_all() -> None:
@@ -40,7 +40,7 @@ def test_translate_all() -> None:
 def test_core_imports_neither_kopf_nor_grpc() -> None:
     # A fresh interpreter: this one may already have grpc loaded by other tests.
     script = (
-        "import sys, grpcmesh_control.model, grpcmesh_control.translate;"
+        "import sys, grpcmesh_control.mesh.model, grpcmesh_control.mesh.translate;"
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {'grpc', 'kopf'})))"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

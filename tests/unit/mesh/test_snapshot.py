@@ -13,8 +13,8 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 
-from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
-from grpcmesh_control.translate import (
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.mesh.translate import (
     PUSH_ORDER,
     InconsistentSnapshot,
     NodeId,
@@ -24,7 +24,7 @@ from grpcmesh_control.translate import (
     Snapshot,
     build_snapshot,
 )
-from grpcmesh_control.translate.routes import inbound_route_config
+from grpcmesh_control.mesh.translate.routes import inbound_route_config
 from tests.unit.examples import REPO
 
 from .conftest import ENDPOINTS
@@ -35,9 +35,9 @@ INGRESS = ProxyNode(NodeId.ingress())
 # Computes the reference mesh's snapshot versions in a fresh interpreter.
 _VERSIONS_SCRIPT = """
 import pathlib
-from grpcmesh_control.catalogs import load_catalog
-from grpcmesh_control.model import Endpoint, parse_mesh_services_yaml
-from grpcmesh_control.translate import NodeId, ProxyNode, Registry, build_snapshot
+from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.model import Endpoint, parse_mesh_services_yaml
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Registry, build_snapshot
 catalog = load_catalog()
 services = [
     svc

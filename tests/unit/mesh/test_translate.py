@@ -13,14 +13,14 @@ from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from grpcmesh_control.model import (
+from grpcmesh_control.mesh.model import (
     Endpoint,
     MeshService,
     MethodCatalog,
     parse_mesh_service,
     parse_mesh_services_yaml,
 )
-from grpcmesh_control.translate import (
+from grpcmesh_control.mesh.translate import (
     InvalidNodeId,
     NodeId,
     NodeKind,

@@ -3,9 +3,9 @@ version in `status` is the one a user can reproduce from the resources."""
 
 from __future__ import annotations
 
-from grpcmesh_control.translate import Registry, build_snapshot
-from grpcmesh_control.translate.naming import NodeId, ProxyNode
-from grpcmesh_control.xds import PUSH_ORDER, SnapshotCache
+from grpcmesh_control.mesh.translate import Registry, build_snapshot
+from grpcmesh_control.mesh.translate.naming import NodeId, ProxyNode
+from grpcmesh_control.mesh.xds import PUSH_ORDER, SnapshotCache
 
 
 def test_the_packed_snapshot_carries_translate_versions_and_per_resource_ones(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from grpcmesh_control.catalogs import load_catalog
-from grpcmesh_control.model import MethodCatalog
+from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.observability.dashboards import build_dashboards
 
 

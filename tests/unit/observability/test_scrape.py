@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from grpcmesh_control.mesh.translate.naming import NodeKind
 from grpcmesh_control.observability import (
     AppTarget,
     ControlPlaneTarget,
@@ -22,7 +23,6 @@ from grpcmesh_control.observability import (
     pod_monitors,
     prometheus_config,
 )
-from grpcmesh_control.translate.naming import NodeKind
 from tests.kube_schemas import crd_errors
 
 

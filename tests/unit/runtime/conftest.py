@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from grpcmesh_control.catalogs import load_catalog
-from grpcmesh_control.model import MethodCatalog
+from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.sources import ResourceSet, parse_resource_files, read_resource_files
 
 REPO = Path(__file__).resolve().parents[3]

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.errors import InvalidResource, InvalidResourceSet
-from grpcmesh_control.model import Endpoint, MethodCatalog
+from grpcmesh_control.mesh.errors import InvalidResource, InvalidResourceSet
+from grpcmesh_control.mesh.model import Endpoint, MethodCatalog
 from grpcmesh_control.sources import (
     ResourceSet,
     parse_endpoints,

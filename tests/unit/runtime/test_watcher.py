@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from grpcmesh_control.errors import InvalidResourceSet
-from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.mesh.errors import InvalidResourceSet
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.runtime.watcher import FileSources
 
 from .conftest import FakeClock

@@ -30,11 +30,11 @@ from typing import Any
 
 import yaml
 
-from grpcmesh_control.model.mesh import MeshService
+from grpcmesh_control.mesh.model.mesh import MeshService
+from grpcmesh_control.mesh.translate.bootstrap import envoy_command, render_bootstrap
+from grpcmesh_control.mesh.translate.naming import LOCALHOST, NodeId, ProxyNode
 from grpcmesh_control.observability.alerts import RULES_FILE_NAME
 from grpcmesh_control.observability.scrape import ScrapeTargets, prometheus_config
-from grpcmesh_control.translate.bootstrap import envoy_command, render_bootstrap
-from grpcmesh_control.translate.naming import LOCALHOST, NodeId, ProxyNode
 
 __all__ = [
     "DEFAULT_INGRESS_NAME",

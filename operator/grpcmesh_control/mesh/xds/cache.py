@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from grpcmesh_control.translate.versioned import VersionedSnapshot
+from grpcmesh_control.mesh.translate.versioned import VersionedSnapshot
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError
 from jsonschema.validators import extend
 
-from grpcmesh_control.errors import FieldError, InvalidResource
-from grpcmesh_control.model.catalog import MethodCatalog
-from grpcmesh_control.model.durations import DURATION_PATTERN, parse_duration
-from grpcmesh_control.model.mesh import (
+from grpcmesh_control.mesh.errors import FieldError, InvalidResource
+from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.durations import DURATION_PATTERN, parse_duration
+from grpcmesh_control.mesh.model.mesh import (
     DEFAULT_VERSION,
     Backend,
     CircuitBreaker,
@@ -47,7 +47,7 @@ from grpcmesh_control.model.mesh import (
     VersionTarget,
     Workload,
 )
-from grpcmesh_control.model.schema import API_VERSION, KIND, default_strict_schema
+from grpcmesh_control.mesh.model.schema import API_VERSION, KIND, default_strict_schema
 
 __all__ = ["parse_endpoint", "parse_mesh_service", "parse_mesh_services_yaml"]
 

@@ -21,15 +21,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import struct_pb2
 
-from grpcmesh_control.translate import _envoy as e
-from grpcmesh_control.translate.naming import (
+from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.naming import (
     EGRESS,
     INBOUND,
     INGRESS,
     OTLP_COLLECTOR_CLUSTER,
     ProxyNode,
 )
-from grpcmesh_control.translate.routes import inbound_route_config
+from grpcmesh_control.mesh.translate.routes import inbound_route_config
 
 __all__ = [
     "ACCESS_LOG_FORMAT",

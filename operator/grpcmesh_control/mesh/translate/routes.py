@@ -7,9 +7,9 @@ from datetime import timedelta
 
 from envoy.config.route.v3 import route_components_pb2 as route
 
-from grpcmesh_control.model.mesh import Backend, MeshService, RetryOn
-from grpcmesh_control.translate import _envoy as e
-from grpcmesh_control.translate.naming import (
+from grpcmesh_control.mesh.model.mesh import Backend, MeshService, RetryOn
+from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.naming import (
     EGRESS,
     INBOUND,
     INGRESS,
@@ -17,8 +17,8 @@ from grpcmesh_control.translate.naming import (
     inbound_cluster_name,
     version_cluster_name,
 )
-from grpcmesh_control.translate.policy import EffectiveRetry, RoutePolicy, route_policies
-from grpcmesh_control.translate.registry import Registry
+from grpcmesh_control.mesh.translate.policy import EffectiveRetry, RoutePolicy, route_policies
+from grpcmesh_control.mesh.translate.registry import Registry
 
 __all__ = [
     "ALWAYS_RETRIED",

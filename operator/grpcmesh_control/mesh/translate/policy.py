@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from grpcmesh_control.model.catalog import MethodCatalog, MethodInfo
-from grpcmesh_control.model.mesh import MeshService, MethodPolicy, RetryOn
+from grpcmesh_control.mesh.model.catalog import MethodCatalog, MethodInfo
+from grpcmesh_control.mesh.model.mesh import MeshService, MethodPolicy, RetryOn
 
 __all__ = ["EffectiveRetry", "RoutePolicy", "route_policies"]
 

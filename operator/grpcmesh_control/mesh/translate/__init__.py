@@ -1,9 +1,9 @@
 """Pure translation: MeshServices + endpoints + method catalog -> Registry -> per-node Snapshot of
 Envoy v3 resources. No I/O; imports neither kopf nor grpc. Naming conventions: ``naming``."""
 
-from grpcmesh_control.errors import InconsistentSnapshot, InvalidNodeId, UnknownNode
-from grpcmesh_control.translate.build import build_snapshot
-from grpcmesh_control.translate.naming import (
+from grpcmesh_control.mesh.errors import InconsistentSnapshot, InvalidNodeId, UnknownNode
+from grpcmesh_control.mesh.translate.build import build_snapshot
+from grpcmesh_control.mesh.translate.naming import (
     NodeId,
     NodeKind,
     ProxyNode,
@@ -11,16 +11,16 @@ from grpcmesh_control.translate.naming import (
     inbound_cluster_name,
     version_cluster_name,
 )
-from grpcmesh_control.translate.policy import EffectiveRetry, RoutePolicy, route_policies
-from grpcmesh_control.translate.registry import Problem, Registry
-from grpcmesh_control.translate.snapshot import (
+from grpcmesh_control.mesh.translate.policy import EffectiveRetry, RoutePolicy, route_policies
+from grpcmesh_control.mesh.translate.registry import Problem, Registry
+from grpcmesh_control.mesh.translate.snapshot import (
     PUSH_ORDER,
     ResourceType,
     Snapshot,
     check_consistency,
     resource_name,
 )
-from grpcmesh_control.translate.static import static_bootstrap
+from grpcmesh_control.mesh.translate.static import static_bootstrap
 
 __all__ = [
     "PUSH_ORDER",

@@ -12,8 +12,8 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from grpcmesh_control.xds.cache import SnapshotCache
-from grpcmesh_control.xds.streams import DeltaStream, ProtocolError, SotwStream
+from grpcmesh_control.mesh.xds.cache import SnapshotCache
+from grpcmesh_control.mesh.xds.streams import DeltaStream, ProtocolError, SotwStream
 
 log = logging.getLogger(__name__)
 

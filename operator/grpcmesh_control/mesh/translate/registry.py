@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from grpcmesh_control.model.catalog import MethodCatalog
-from grpcmesh_control.model.mesh import Backend, Endpoint, MeshService
+from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.mesh import Backend, Endpoint, MeshService
 
 __all__ = ["Problem", "Registry"]
 

@@ -26,8 +26,8 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import (
 )
 from google.protobuf import json_format, struct_pb2
 
-from grpcmesh_control.translate import _envoy as e
-from grpcmesh_control.translate.naming import LOCALHOST
+from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.naming import LOCALHOST
 
 __all__ = [
     "ADMIN_CLUSTER",

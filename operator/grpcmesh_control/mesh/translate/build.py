@@ -9,21 +9,25 @@ an EDS cluster and load assignment per version of every exposed service (``spec.
 
 from __future__ import annotations
 
-from grpcmesh_control.errors import UnknownNode
-from grpcmesh_control.model.mesh import MeshService
-from grpcmesh_control.translate import _envoy as e
-from grpcmesh_control.translate.clusters import (
+from grpcmesh_control.mesh.errors import UnknownNode
+from grpcmesh_control.mesh.model.mesh import MeshService
+from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.clusters import (
     collector_cluster,
     external_cluster,
     inbound_cluster,
     load_assignment,
     service_clusters,
 )
-from grpcmesh_control.translate.listeners import egress_listener, inbound_listener, ingress_listener
-from grpcmesh_control.translate.naming import NodeKind, ProxyNode, version_cluster_name
-from grpcmesh_control.translate.registry import Registry
-from grpcmesh_control.translate.routes import egress_route_config, ingress_route_config
-from grpcmesh_control.translate.snapshot import Snapshot
+from grpcmesh_control.mesh.translate.listeners import (
+    egress_listener,
+    inbound_listener,
+    ingress_listener,
+)
+from grpcmesh_control.mesh.translate.naming import NodeKind, ProxyNode, version_cluster_name
+from grpcmesh_control.mesh.translate.registry import Registry
+from grpcmesh_control.mesh.translate.routes import egress_route_config, ingress_route_config
+from grpcmesh_control.mesh.translate.snapshot import Snapshot
 
 __all__ = ["build_snapshot"]
 

@@ -1,10 +1,10 @@
 """The mesh's domain model: parsed MeshServices, endpoints and the method catalog. No I/O
 besides reading the CRD schema file once; imports neither kopf nor grpc."""
 
-from grpcmesh_control.errors import FieldError, InvalidResource
-from grpcmesh_control.model.catalog import Idempotency, MethodCatalog, MethodInfo, ServiceInfo
-from grpcmesh_control.model.durations import format_duration, parse_duration
-from grpcmesh_control.model.mesh import (
+from grpcmesh_control.mesh.errors import FieldError, InvalidResource
+from grpcmesh_control.mesh.model.catalog import Idempotency, MethodCatalog, MethodInfo, ServiceInfo
+from grpcmesh_control.mesh.model.durations import format_duration, parse_duration
+from grpcmesh_control.mesh.model.mesh import (
     Backend,
     CircuitBreaker,
     Endpoint,
@@ -26,12 +26,12 @@ from grpcmesh_control.model.mesh import (
     VersionTarget,
     Workload,
 )
-from grpcmesh_control.model.parse import (
+from grpcmesh_control.mesh.model.parse import (
     parse_endpoint,
     parse_mesh_service,
     parse_mesh_services_yaml,
 )
-from grpcmesh_control.model.schema import API_VERSION, CRD_PATH, KIND
+from grpcmesh_control.mesh.model.schema import API_VERSION, CRD_PATH, KIND
 
 __all__ = [
     "API_VERSION",

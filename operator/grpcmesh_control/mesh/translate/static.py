@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
-from grpcmesh_control.translate import _envoy as e
-from grpcmesh_control.translate.listeners import HCM_FILTER
-from grpcmesh_control.translate.naming import LOCALHOST
-from grpcmesh_control.translate.snapshot import Snapshot
+from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.listeners import HCM_FILTER
+from grpcmesh_control.mesh.translate.naming import LOCALHOST
+from grpcmesh_control.mesh.translate.snapshot import Snapshot
 
 __all__ = ["static_bootstrap"]
 

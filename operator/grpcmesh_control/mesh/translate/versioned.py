@@ -1,5 +1,5 @@
 """Type URLs, push order, and content-hash versioning of xDS resources (pure; the xDS cache
-and streams in ``grpcmesh_control.xds`` serve what this packs).
+and streams in ``grpcmesh_control.mesh.xds`` serve what this packs).
 
 The one definition of each: ``translate.Snapshot`` versions its resources with
 ``pack_resources`` when it is built, so every resource is serialized and hashed once per

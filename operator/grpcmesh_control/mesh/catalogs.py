@@ -16,7 +16,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import DecodeError
 
-from grpcmesh_control.model.catalog import Idempotency, MethodCatalog, MethodInfo, ServiceInfo
+from grpcmesh_control.mesh.model.catalog import Idempotency, MethodCatalog, MethodInfo, ServiceInfo
 
 __all__ = [
     "SHOP_V1_MODULES",

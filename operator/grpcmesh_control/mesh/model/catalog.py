@@ -3,7 +3,7 @@
 Pure data. The mesh needs it to decide, per method, whether a retry is safe (only for methods the
 protos mark ``IDEMPOTENT`` or ``NO_SIDE_EFFECTS``) and whether a route deadline would cut a
 stream. It is built from protobuf descriptors at the edge
-(``grpcmesh_control.catalogs.catalog_from_descriptors``); tests can build it by hand.
+(``grpcmesh_control.mesh.catalogs.catalog_from_descriptors``); tests can build it by hand.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The seam follows go-control-plane: the cache holds versions and never sees strea
 handles streams and never computes versions.
 """
 
-from grpcmesh_control.translate.versioned import (
+from grpcmesh_control.mesh.translate.versioned import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -17,8 +17,8 @@ from grpcmesh_control.translate.versioned import (
     pack_resources,
     version_snapshot,
 )
-from grpcmesh_control.xds.cache import NackRecord, NodeStatus, SnapshotCache
-from grpcmesh_control.xds.server import AdsServicer
+from grpcmesh_control.mesh.xds.cache import NackRecord, NodeStatus, SnapshotCache
+from grpcmesh_control.mesh.xds.server import AdsServicer
 
 __all__ = [
     "CLUSTER",

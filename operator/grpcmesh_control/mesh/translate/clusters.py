@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
-from grpcmesh_control.model.mesh import (
+from grpcmesh_control.mesh.model.mesh import (
     Backend,
     CircuitBreaker,
     Endpoint,
@@ -16,8 +16,8 @@ from grpcmesh_control.model.mesh import (
     RetryBudget,
     VersionTarget,
 )
-from grpcmesh_control.translate import _envoy as e
-from grpcmesh_control.translate.naming import (
+from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.naming import (
     LOCALHOST,
     OTLP_COLLECTOR_CLUSTER,
     external_cluster_name,

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from grpcmesh_control.errors import InvalidNodeId, UnknownNode
-from grpcmesh_control.model import Endpoint, MeshService, MethodCatalog
-from grpcmesh_control.runtime.clock import Clock, SystemClock
-from grpcmesh_control.translate import ProxyNode, Registry, Snapshot, build_snapshot
-from grpcmesh_control.xds import NodeStatus, SnapshotCache, VersionedSnapshot
+from grpcmesh_control.mesh.clock import Clock, SystemClock
+from grpcmesh_control.mesh.errors import InvalidNodeId, UnknownNode
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.mesh.translate import ProxyNode, Registry, Snapshot, build_snapshot
+from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache, VersionedSnapshot
 
 __all__ = [
     "DEFAULT_MAX_DELAY",

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from grpcmesh_control.errors import InvalidNodeId
+from grpcmesh_control.mesh.errors import InvalidNodeId
 
 __all__ = [
     "DEFAULT_EGRESS_PORT",

@@ -10,7 +10,7 @@
   it plus the documents of an ``apply``) fails: one ``InvalidResource`` per bad document or
   broken whole-set rule (duplicate names, unknown backends, a gRPC service served twice).
 - ``InvalidNodeId``: an Envoy node id (or its metadata) does not follow the naming conventions
-  of ``grpcmesh_control.translate.naming``.
+  of ``grpcmesh_control.mesh.translate.naming``.
 - ``UnknownNode``: a sidecar's service is not (yet) in the registry; the xDS server keeps the
   stream open and answers once it appears.
 - ``InconsistentSnapshot``: a snapshot would reference a resource it does not contain. Never

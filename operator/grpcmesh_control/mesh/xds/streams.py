@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.json_format import MessageToDict
 
-from grpcmesh_control.translate.versioned import (
+from grpcmesh_control.mesh.translate.versioned import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -27,7 +27,7 @@ from grpcmesh_control.translate.versioned import (
     WILDCARD_TYPES,
     VersionedSnapshot,
 )
-from grpcmesh_control.xds.cache import SnapshotCache
+from grpcmesh_control.mesh.xds.cache import SnapshotCache
 
 _nonces = itertools.count(1)
 

@@ -26,10 +26,10 @@ from types import MappingProxyType
 
 from google.protobuf import message
 
-from grpcmesh_control.errors import InconsistentSnapshot
-from grpcmesh_control.translate import _envoy as e
-from grpcmesh_control.translate.listeners import HCM_FILTER
-from grpcmesh_control.translate.versioned import (
+from grpcmesh_control.mesh.errors import InconsistentSnapshot
+from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.listeners import HCM_FILTER
+from grpcmesh_control.mesh.translate.versioned import (
     PUSH_ORDER,
     ResourceType,
     VersionedSnapshot,

@@ -34,7 +34,7 @@ KIND = "MeshService"
 
 # Package data: a copy of manifests/crds/meshservices.grpcmesh.io.yaml (a test keeps them
 # byte-identical), so an installed wheel and the images parse without a checkout.
-CRD_PATH: Traversable = files("grpcmesh_control.model") / "meshservices.grpcmesh.io.yaml"
+CRD_PATH: Traversable = files("grpcmesh_control.mesh.model") / "meshservices.grpcmesh.io.yaml"
 
 
 def load_crd(path: Traversable = CRD_PATH) -> dict[str, Any]:
