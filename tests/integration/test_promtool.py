@@ -37,6 +37,7 @@ import pytest
 import yaml
 from prometheus_client import start_http_server
 
+from grpcmesh_control.host.metrics import ControlPlaneMetrics, XdsType
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.observability import (
     AppTarget,
@@ -50,7 +51,6 @@ from grpcmesh_control.observability import (
     write_rules,
 )
 from grpcmesh_control.observability.dashboards import all_queries, build_dashboards, for_prometheus
-from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, XdsType
 from grpcmesh_kit.metrics import GrpcType, MetricsEndpoint, RpcMetrics
 from tests.loopback import LOCALHOST, free_port
 

@@ -34,6 +34,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
+from grpcmesh_control.host.xds_host import XdsHost
 from grpcmesh_control.k8s.kinds import (
     CONFIG_MAP,
     CUSTOM_RESOURCE_DEFINITION,
@@ -55,7 +56,6 @@ from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.translate import NodeId
 from grpcmesh_control.mesh.translate.naming import NodeKind
 from grpcmesh_control.mesh.xds.cache import NodeStatus
-from grpcmesh_control.runtime.host import XdsHost
 
 __all__ = ["Operator", "run_operator"]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from grpcmesh_control.host.xds_host import XdsHost, join_host_port
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.clock import Clock, SystemClock
 from grpcmesh_control.mesh.model import MethodCatalog
@@ -32,7 +33,6 @@ from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
 from grpcmesh_control.runtime.admin import apply_route
 from grpcmesh_control.runtime.atomic import write_atomically
-from grpcmesh_control.runtime.host import XdsHost, join_host_port
 from grpcmesh_control.runtime.watcher import DEFAULT_POLL_INTERVAL, FileSources
 
 __all__ = [

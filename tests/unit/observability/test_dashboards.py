@@ -15,6 +15,7 @@ from grafana_foundation_sdk.models import prometheus as prometheus_m
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from grpcmesh_control.host.metrics import ControlPlaneMetrics
 from grpcmesh_control.mesh.model import MethodCatalog, MethodInfo, ServiceInfo
 from grpcmesh_control.mesh.translate.bootstrap import ADMIN_CLUSTER, XDS_CLUSTER
 from grpcmesh_control.observability import Job
@@ -28,7 +29,6 @@ from grpcmesh_control.observability.dashboards import (
     write_dashboards,
 )
 from grpcmesh_control.observability.signals import ENVOY_INTERNAL_CLUSTERS
-from grpcmesh_control.runtime.metrics import ControlPlaneMetrics
 from grpcmesh_kit.metrics import GrpcType, MetricsEndpoint
 
 Dashboards = tuple[model.Dashboard, ...]

@@ -30,11 +30,11 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from grpcmesh_control.host.metrics import ControlPlaneMetrics, MeteredSnapshotCache
 from grpcmesh_control.mesh.clock import Clock
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
 from grpcmesh_control.mesh.xds import AdsServicer, NodeStatus, VersionedSnapshot
-from grpcmesh_control.runtime.metrics import ControlPlaneMetrics, MeteredSnapshotCache
 
 __all__ = [
     "BoundPorts",
