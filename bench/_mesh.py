@@ -35,10 +35,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from rich.console import Console
 
+from grpcmesh_control.local.envoy_binary import find_envoy
 from grpcmesh_control.mesh.translate import NodeId
 from grpcmesh_control.mesh.translate.bootstrap import envoy_command
 from grpcmesh_control.mesh.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from grpcmesh_control.runtime.local.envoy_binary import find_envoy
 
 MB = 1024 * 1024
 

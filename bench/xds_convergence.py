@@ -50,15 +50,15 @@ from bench._mesh import (
     running_envoys,
     stop_processes,
 )
-from grpcmesh_control.mesh.model import Backend, Endpoint, GrpcSpec, MeshService, VersionTarget
-from grpcmesh_control.mesh.translate import NodeId, ProxyNode
-from grpcmesh_control.mesh.translate.bootstrap import render_bootstrap
-from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache
-from grpcmesh_control.runtime.controlplane import (
+from grpcmesh_control.local.controlplane import (
     BoundAddresses,
     ControlPlane,
     ControlPlaneSettings,
 )
+from grpcmesh_control.mesh.model import Backend, Endpoint, GrpcSpec, MeshService, VersionTarget
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from grpcmesh_control.mesh.translate.bootstrap import render_bootstrap
+from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache
 from grpcmesh_loadgen.stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,24 +29,22 @@ except ModuleNotFoundError as missing:  # a base install (a service image) has n
         "pip install 'grpcmesh[local]' (local mode) or 'grpcmesh[operator]' (in a cluster)"
     ) from missing
 
-from grpcmesh_control.mesh.errors import MeshError
-from grpcmesh_control.runtime.local import (
+from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.local.launcher import (
     DEFAULT_RUN_DIR,
-    AdminUnavailable,
-    ControlPlaneClient,
     LauncherError,
     MeshOptions,
     NotConverged,
-    PlanError,
-    RunState,
-    StartupError,
-    SupervisorSettings,
     read_state,
     run_mesh,
-    status_document,
     wait_converged,
 )
-from grpcmesh_control.runtime.local.top import ServiceRed, TopError, red_from_state
+from grpcmesh_control.local.plan import PlanError
+from grpcmesh_control.local.state import RunState
+from grpcmesh_control.local.status import status_document
+from grpcmesh_control.local.supervisor import StartupError, SupervisorSettings
+from grpcmesh_control.local.top import ServiceRed, TopError, red_from_state
+from grpcmesh_control.mesh.errors import MeshError
 
 __all__ = ["app"]
 
@@ -515,7 +513,7 @@ def control_plane(
 ) -> None:
     """Run the control plane on a run-state directory (what `grpcmesh up` starts)."""
     # Imported here: the xDS server and its protos are not needed by the other commands.
-    from grpcmesh_control.runtime.controlplane import serve
+    from grpcmesh_control.local.controlplane import serve
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import psutil
 import yaml
 
-from grpcmesh_control.runtime.local import RunState, read_state
-from grpcmesh_control.runtime.local.state import ReplicaState
+from grpcmesh_control.local.launcher import read_state
+from grpcmesh_control.local.state import ReplicaState, RunState
 
 REPO = Path(__file__).resolve().parents[2]
 RESOURCES = Path(__file__).with_name("resources")

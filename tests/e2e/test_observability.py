@@ -299,7 +299,7 @@ async def test_top_shows_every_service_with_a_live_rate(observed: Mesh, source: 
         if source == "prometheus":
             result = await asyncio.to_thread(grpcmesh, "top", "--state-dir", str(observed.run_dir))
         else:  # the fallback, exercised on the same mesh through the library
-            from grpcmesh_control.runtime.local.top import red_from_apps
+            from grpcmesh_control.local.top import red_from_apps
 
             rows = await red_from_apps(observed.state.replicas, 2.0)
             return {r.service: r.rate for r in rows} if all(r.rate > 0 for r in rows) else None

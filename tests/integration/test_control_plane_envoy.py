@@ -37,15 +37,15 @@ import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 
-from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Snapshot, build_snapshot
-from grpcmesh_control.mesh.translate.bootstrap import XdsTransport, envoy_command, render_bootstrap
-from grpcmesh_control.mesh.xds import CLUSTER
-from grpcmesh_control.runtime.atomic import write_atomically
-from grpcmesh_control.runtime.controlplane import (
+from grpcmesh_control.local.atomic import write_atomically
+from grpcmesh_control.local.controlplane import (
     BoundAddresses,
     ControlPlane,
     ControlPlaneSettings,
 )
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Snapshot, build_snapshot
+from grpcmesh_control.mesh.translate.bootstrap import XdsTransport, envoy_command, render_bootstrap
+from grpcmesh_control.mesh.xds import CLUSTER
 from tests import loopback
 from tests.loopback import free_port
 

@@ -36,7 +36,7 @@ from typing import Protocol
 
 import yaml
 
-from grpcmesh_control.runtime.local.envoy_binary import find_envoy
+from grpcmesh_control.local.envoy_binary import find_envoy
 from tests.cluster.agent.podspec import Mount, ResolveError, rewrite_paths
 from tests.shared import REPO, shared_path
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from grpcmesh_control.local.plan import LocalSettings, Plan, build_plan
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.model import MeshService, parse_mesh_services_yaml
-from grpcmesh_control.runtime.local.plan import LocalSettings, Plan, build_plan
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "manifests" / "examples"

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.runtime.local.plan import Plan
-from grpcmesh_control.runtime.local.state import (
+from grpcmesh_control.local.plan import Plan
+from grpcmesh_control.local.sources.files import parse_endpoints
+from grpcmesh_control.local.state import (
     RunState,
     StateError,
     endpoints_document,
     run_state,
 )
-from grpcmesh_control.runtime.local.status import status_document
-from grpcmesh_control.sources.files import parse_endpoints
+from grpcmesh_control.local.status import status_document
 
 CONTRACT_TOP = {"ingress", "control_plane", "services"}
 CONTRACT_ENDPOINT = {"address", "metrics", "sidecar_admin", "acked_version", "nack_error"}

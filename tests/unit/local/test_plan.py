@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.mesh.model import MeshService
-from grpcmesh_control.mesh.translate import NodeId, ProxyNode
-from grpcmesh_control.runtime.local.plan import (
+from grpcmesh_control.local.plan import (
     LocalSettings,
     Plan,
     PlanError,
     build_plan,
     ports_needed,
 )
+from grpcmesh_control.mesh.model import MeshService
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from tests.unit.local.conftest import FIRST_PORT, parse
 
 PAYMENTS = """

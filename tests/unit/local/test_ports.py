@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import socket
 
-from grpcmesh_control.runtime.local import ports
+from grpcmesh_control.local import ports
 
 
 def test_ports_are_distinct_free_and_not_ephemeral() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from grpcmesh_control.runtime.local.plan import ProcessSpec
-from grpcmesh_control.runtime.local.process import ManagedProcess, death_signal_prefix
+from grpcmesh_control.local.plan import ProcessSpec
+from grpcmesh_control.local.process import ManagedProcess, death_signal_prefix
 
 # Ignores SIGTERM and starts a grandchild, then waits: only SIGKILL to the group ends both.
 STUBBORN = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grpcmesh_control.runtime.local.top import red_from_scrapes
+from grpcmesh_control.local.top import red_from_scrapes
 
 BUCKETS = (0.005, 0.01, 0.1, float("inf"))
 

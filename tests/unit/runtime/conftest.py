@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from grpcmesh_control.local.sources import ResourceSet, parse_resource_files, read_resource_files
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.model import MethodCatalog
-from grpcmesh_control.sources import ResourceSet, parse_resource_files, read_resource_files
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "manifests" / "examples"

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from grpcmesh_control.local.controlplane import ControlPlane, ControlPlaneSettings
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_control.mesh.xds import CLUSTER, LISTENER
-from grpcmesh_control.runtime.controlplane import ControlPlane, ControlPlaneSettings
 
 ORDERS = "sidecar~orders~0"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from grpcmesh_control.local.sources import plan_apply
 from grpcmesh_control.mesh.errors import InvalidResourceSet
 from grpcmesh_control.mesh.model import MethodCatalog
-from grpcmesh_control.sources import plan_apply
 
 FIFTY_FIFTY = (b"weight: 90", b"weight: 50"), (b"weight: 10", b"weight: 50")
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.mesh.errors import InvalidResource, InvalidResourceSet
-from grpcmesh_control.mesh.model import Endpoint, MethodCatalog
-from grpcmesh_control.sources import (
+from grpcmesh_control.local.sources import (
     ResourceSet,
     parse_endpoints,
     parse_resource_files,
     read_endpoints,
     read_resource_files,
 )
+from grpcmesh_control.mesh.errors import InvalidResource, InvalidResourceSet
+from grpcmesh_control.mesh.model import Endpoint, MethodCatalog
 
 ECHO = b"""
 apiVersion: grpcmesh.io/v1alpha1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import grpcmesh_control.sources as sources
+import grpcmesh_control.local.sources as sources
 
 
 def test_sources_all() -> None:
@@ -21,7 +21,7 @@ def test_sources_all() -> None:
 
 def test_sources_import_neither_grpc_nor_aiohttp() -> None:
     script = (
-        "import sys, grpcmesh_control.sources;"
+        "import sys, grpcmesh_control.local.sources;"
         "print(' '.join(sorted(m for m in sys.modules"
         " if m.split('.')[0] in {'grpc', 'aiohttp', 'kopf'})))"
     )

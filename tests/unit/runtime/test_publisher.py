@@ -18,13 +18,13 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 
+from grpcmesh_control.local.sources import ResourceSet
 from grpcmesh_control.mesh.errors import InconsistentSnapshot
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import MeshInputs, Publisher, RebuildOutcome
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Registry, Snapshot, build_snapshot
 from grpcmesh_control.mesh.xds import CLUSTER, ENDPOINT, LISTENER, SnapshotCache
 from grpcmesh_control.mesh.xds.streams import SotwStream
-from grpcmesh_control.sources import ResourceSet
 
 from .conftest import FakeClock
 
@@ -425,8 +425,8 @@ def _walk(value: object, path: str) -> Iterator[str]:
 def test_the_model_repr_is_canonical() -> None:
     """MeshInputs.version hashes repr(model): only ordered, immutable values may be in it, or
     equal inputs could get different versions in different processes."""
+    from grpcmesh_control.local.sources.files import parse_resource_files, read_resource_files
     from grpcmesh_control.mesh.catalogs import load_catalog
-    from grpcmesh_control.sources.files import parse_resource_files, read_resource_files
 
     examples = Path(__file__).resolve().parents[3] / "manifests" / "examples"
     services = parse_resource_files(read_resource_files(examples), catalog=load_catalog()).services

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from grpcmesh_control.local.watcher import FileSources
 from grpcmesh_control.mesh.errors import InvalidResourceSet
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
-from grpcmesh_control.runtime.watcher import FileSources
 
 from .conftest import FakeClock
 

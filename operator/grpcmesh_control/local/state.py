@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from grpcmesh_control.runtime.local.plan import Plan
-from grpcmesh_control.sources.files import ENDPOINTS_FILE, RESOURCES_DIR
+from grpcmesh_control.local.plan import Plan
+from grpcmesh_control.local.sources.files import ENDPOINTS_FILE, RESOURCES_DIR
 
 __all__ = [
     "ENDPOINTS_FILE",

@@ -16,7 +16,7 @@ import shutil
 import signal
 from collections.abc import Mapping
 
-from grpcmesh_control.runtime.local.plan import ProcessSpec
+from grpcmesh_control.local.plan import ProcessSpec
 
 __all__ = ["ManagedProcess", "death_signal_prefix"]
 

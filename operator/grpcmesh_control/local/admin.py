@@ -14,9 +14,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from grpcmesh_control.host.xds_host import json_response
+from grpcmesh_control.local.watcher import FileSources
 from grpcmesh_control.mesh.errors import InvalidResourceSet
 from grpcmesh_control.mesh.publisher import Publisher
-from grpcmesh_control.runtime.watcher import FileSources
 
 __all__ = ["FILENAME_HEADER", "apply_route"]
 

@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.local.envoy_binary import find_envoy
+from grpcmesh_control.local.plan import LocalSettings, Plan, build_plan, ports_needed
+from grpcmesh_control.local.ports import allocate_ports
+from grpcmesh_control.local.resources import load_resource_dir
+from grpcmesh_control.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
+from grpcmesh_control.local.supervisor import Supervisor, SupervisorSettings
 from grpcmesh_control.observability.alerts import write_rules
-from grpcmesh_control.runtime.local.clients import AdminUnavailable, ControlPlaneClient
-from grpcmesh_control.runtime.local.envoy_binary import find_envoy
-from grpcmesh_control.runtime.local.plan import LocalSettings, Plan, build_plan, ports_needed
-from grpcmesh_control.runtime.local.ports import allocate_ports
-from grpcmesh_control.runtime.local.resources import load_resource_dir
-from grpcmesh_control.runtime.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
-from grpcmesh_control.runtime.local.supervisor import Supervisor, SupervisorSettings
 
 __all__ = [
     "DEFAULT_RUN_DIR",

@@ -13,11 +13,8 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from grpcmesh_control.mesh.clock import Clock
-from grpcmesh_control.mesh.errors import InvalidResource, InvalidResourceSet
-from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
-from grpcmesh_control.runtime.atomic import write_atomically
-from grpcmesh_control.sources import (
+from grpcmesh_control.local.atomic import write_atomically
+from grpcmesh_control.local.sources import (
     ENDPOINTS_FILE,
     RESOURCES_DIR,
     ApplyPlan,
@@ -29,6 +26,9 @@ from grpcmesh_control.sources import (
     read_endpoints,
     read_resource_files,
 )
+from grpcmesh_control.mesh.clock import Clock
+from grpcmesh_control.mesh.errors import InvalidResource, InvalidResourceSet
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "FileSources", "OnChange"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from grpcmesh_control.runtime.local.state import RunState
+from grpcmesh_control.local.state import RunState
 
 __all__ = ["status_document"]
 

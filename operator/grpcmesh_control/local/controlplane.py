@@ -26,14 +26,14 @@ from pathlib import Path
 from aiohttp import web
 
 from grpcmesh_control.host.xds_host import XdsHost, join_host_port
+from grpcmesh_control.local.admin import apply_route
+from grpcmesh_control.local.atomic import write_atomically
+from grpcmesh_control.local.watcher import DEFAULT_POLL_INTERVAL, FileSources
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.clock import Clock, SystemClock
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
-from grpcmesh_control.runtime.admin import apply_route
-from grpcmesh_control.runtime.atomic import write_atomically
-from grpcmesh_control.runtime.watcher import DEFAULT_POLL_INTERVAL, FileSources
 
 __all__ = [
     "BoundAddresses",

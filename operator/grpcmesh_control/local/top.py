@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from grpcmesh_control.local.state import ReplicaState, RunState
 from grpcmesh_control.observability.scrape import Label
 from grpcmesh_control.observability.signals import SERVER_FAULT_CODES, KitMetric, Side
-from grpcmesh_control.runtime.local.state import ReplicaState, RunState
 
 __all__ = [
     "ServiceRed",

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from grpcmesh_control.local.sources.files import parse_resource_files, read_resource_files
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.model import MeshService
-from grpcmesh_control.sources.files import parse_resource_files, read_resource_files
 
 __all__ = ["load_resource_dir"]
 

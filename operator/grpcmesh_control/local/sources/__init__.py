@@ -1,7 +1,7 @@
 """Where the mesh's model comes from. Local mode: YAML files and an endpoints file (``files``).
 Pure parsing and validation, plus the few functions that read the files."""
 
-from grpcmesh_control.sources.files import (
+from grpcmesh_control.local.sources.files import (
     ENDPOINTS_FILE,
     RESOURCES_DIR,
     ApplyPlan,

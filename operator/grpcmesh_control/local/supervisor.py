@@ -20,11 +20,11 @@ from pathlib import Path
 
 import aiohttp
 
-from grpcmesh_control.runtime.atomic import write_atomically
-from grpcmesh_control.runtime.local.clients import ControlPlaneClient, HealthProbe, http_ok
-from grpcmesh_control.runtime.local.plan import Plan, ProcessSpec, ReplicaPlan
-from grpcmesh_control.runtime.local.process import ManagedProcess, death_signal_prefix
-from grpcmesh_control.runtime.local.state import (
+from grpcmesh_control.local.atomic import write_atomically
+from grpcmesh_control.local.clients import ControlPlaneClient, HealthProbe, http_ok
+from grpcmesh_control.local.plan import Plan, ProcessSpec, ReplicaPlan
+from grpcmesh_control.local.process import ManagedProcess, death_signal_prefix
+from grpcmesh_control.local.state import (
     ENDPOINTS_FILE,
     STATE_FILE,
     RunState,
