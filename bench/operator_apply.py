@@ -54,7 +54,7 @@ import kmock
 import psutil
 
 from bench._mesh import Sidecar, free_port, mesh_service, running_envoys
-from grpcmesh_control.k8s_runtime import ApplyStrategy, Operator, RuntimeSettings
+from grpcmesh_control.cluster.controller import ApplyStrategy, Operator, RuntimeSettings
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_control.mesh.translate.bootstrap import render_bootstrap
 

@@ -63,7 +63,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._mesh import Sidecar, free_port, load_average, mesh_service
-from grpcmesh_control.k8s.names import LABEL_SERVICE
+from grpcmesh_control.cluster.objects.names import LABEL_SERVICE
 from tests.cluster.kube import KubeCluster, wait_until
 
 REPO = Path(__file__).resolve().parents[1]

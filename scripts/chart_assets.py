@@ -28,7 +28,7 @@ from typing import Any
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from grpcmesh_control.k8s.desired import SCRAPE_CONVENTIONS
+from grpcmesh_control.cluster.objects.desired import SCRAPE_CONVENTIONS
 from grpcmesh_control.observability import _yaml
 from grpcmesh_control.observability.alerts import prometheus_rule
 from grpcmesh_control.observability.dashboards import build_dashboards, dashboard_json

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from grpcmesh_control.k8s_runtime import Operator, RuntimeSettings
+from grpcmesh_control.cluster.controller import Operator, RuntimeSettings
 from tests.loopback import LOCALHOST, poll
 
 __all__ = ["OperatorThread", "running", "serving"]

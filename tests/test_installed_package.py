@@ -17,7 +17,7 @@ import json
 from importlib.resources import files
 
 import grpcmesh_control
-from grpcmesh_control.k8s import OperatorSettings, OwnerRef, desired_objects
+from grpcmesh_control.cluster.objects import OperatorSettings, OwnerRef, desired_objects
 from grpcmesh_control.mesh.model import parse_mesh_services_yaml
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Registry, build_snapshot
 

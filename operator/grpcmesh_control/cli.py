@@ -542,8 +542,8 @@ def operator_command(
 ) -> None:
     """Run the MeshService operator and its xDS control plane in a cluster (kubeconfig or
     in-cluster credentials, all namespaces; settings from GRPCMESH_* environment variables, see
-    grpcmesh_control.k8s_runtime.settings)."""
+    grpcmesh_control.cluster.controller.settings)."""
     # Imported here: kopf and the Kubernetes client are only needed in a cluster.
-    from grpcmesh_control.k8s_runtime.entry import main
+    from grpcmesh_control.cluster.controller.entry import main
 
     raise typer.Exit(main(log_level.value))

@@ -15,9 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from grpcmesh_control.k8s import names as k8s_names
-from grpcmesh_control.k8s.pss import read_only_root_violations, restricted_violations
-from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
+from grpcmesh_control.cluster.objects import names as k8s_names
+from grpcmesh_control.cluster.objects.pss import read_only_root_violations, restricted_violations
 from tests.kube_schemas import K8S_VERSIONS, crd_errors, crd_validators
 
 from .chart import (
@@ -43,8 +43,8 @@ from .chart import (
 )
 
 RBAC = REPO / "manifests" / "rbac"
-SETTINGS_SOURCE = REPO / "operator" / "grpcmesh_control" / "k8s_runtime" / "settings.py"
-HANDLERS = REPO / "operator" / "grpcmesh_control" / "k8s_runtime" / "handlers.py"
+SETTINGS_SOURCE = REPO / "operator" / "grpcmesh_control" / "cluster" / "controller" / "settings.py"
+HANDLERS = REPO / "operator" / "grpcmesh_control" / "cluster" / "controller" / "handlers.py"
 FULLNAME = RELEASE  # the release name contains the chart name
 VALUE_IDS = [name for name, _ in VALUE_SETS]
 CELL_IDS = [cell.id for cell in MATRIX]

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL, catalog_of_config_maps
+from grpcmesh_control.cluster.controller.descriptors import (
+    DESCRIPTOR_SET_LABEL,
+    catalog_of_config_maps,
+)
 from grpcmesh_control.mesh.catalogs import load_catalog
 from tests.chart.chart import CHART, REPO, find, render
 

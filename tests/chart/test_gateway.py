@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from grpcmesh_control.k8s.proxy import BOOTSTRAP_REPLICA
-from grpcmesh_control.k8s.settings import PodLocalAddress, ProxySettings
-from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
+from grpcmesh_control.cluster.objects.proxy import BOOTSTRAP_REPLICA
+from grpcmesh_control.cluster.objects.settings import PodLocalAddress, ProxySettings
 from grpcmesh_control.mesh.translate.bootstrap import (
     envoy_command,
     render_bootstrap,

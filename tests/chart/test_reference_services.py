@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.k8s import MissingBackends, OperatorSettings, Provider, validate_admission
+from grpcmesh_control.cluster.objects import (
+    MissingBackends,
+    OperatorSettings,
+    Provider,
+    validate_admission,
+)
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.model import parse_mesh_service
 from tests.kube_schemas import crd_errors

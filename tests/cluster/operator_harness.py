@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from grpcmesh_control.k8s_runtime import ApplyStrategy, Operator, RuntimeSettings
+from grpcmesh_control.cluster.controller import ApplyStrategy, Operator, RuntimeSettings
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.loopback import free_port
 from tests.shared import REPO

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
 from tests.cluster.chart_release import ChartRelease
 from tests.cluster.kube import KubeCluster, wait_until
 

@@ -171,7 +171,7 @@ def test_the_log_scan_sees_refusals_and_tracebacks_only() -> None:
     refused = [
         "2026-12-04 21:31:40,111 ERROR kopf.objects: APIForbiddenError('configmaps is "
         'forbidden: User "system:serviceaccount:x:y" cannot list resource "configmaps"\')',
-        "2026-12-04 21:31:40,112 WARNING grpcmesh_control.k8s_runtime.operator: resync "
+        "2026-12-04 21:31:40,112 WARNING grpcmesh_control.cluster.controller.operator: resync "
         "failed: 403: Forbidden",
         "Traceback (most recent call last):",
     ]

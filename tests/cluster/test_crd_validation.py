@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.k8s.admission import validate_admission
-from grpcmesh_control.k8s.pod import MESH_ENV
+from grpcmesh_control.cluster.objects.admission import validate_admission
+from grpcmesh_control.cluster.objects.pod import MESH_ENV
 from grpcmesh_control.mesh.errors import InvalidResource
 from grpcmesh_control.mesh.model import parse_mesh_service
 from grpcmesh_control.mesh.model.durations import MAX_DURATION

@@ -40,7 +40,7 @@ import grpc
 import pytest
 
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, orders_pb2_grpc
-from grpcmesh_control.k8s.names import APP_CONTAINER, LABEL_SERVICE, PROXY_CONTAINER
+from grpcmesh_control.cluster.objects.names import APP_CONTAINER, LABEL_SERVICE, PROXY_CONTAINER
 from grpcmesh_loadgen.orders import OrderFactory, order_outcome, run_load
 from tests.cluster.agent.runners import ImageRunner
 from tests.cluster.chart_release import ChartRelease

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 
-from grpcmesh_control.k8s import Provider
-from grpcmesh_control.k8s_runtime import Operator
+from grpcmesh_control.cluster.controller import Operator
+from grpcmesh_control.cluster.objects import Provider
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.cluster.operator_harness import example, mesh_services_removed, operator_settings
 from tests.operator_thread import serving

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s import kinds
-from grpcmesh_control.k8s.webhook_tls import TlsBundle
-from grpcmesh_control.k8s_runtime import ApplyStrategy, Conflict, KubeClient, NotFound
-from grpcmesh_control.k8s_runtime.webhook_tls import ensure_webhook_tls
+from grpcmesh_control.cluster.controller import ApplyStrategy, Conflict, KubeClient, NotFound
+from grpcmesh_control.cluster.controller.webhook_tls import ensure_webhook_tls
+from grpcmesh_control.cluster.objects import kinds
+from grpcmesh_control.cluster.objects.webhook_tls import TlsBundle
 from tests.cluster.kube import KubeCluster
 from tests.cluster.operator_harness import operator_settings
 

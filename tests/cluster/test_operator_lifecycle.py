@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s.kinds import SERVICE_MONITOR_CRD
-from grpcmesh_control.k8s_runtime import Operator
+from grpcmesh_control.cluster.controller import Operator
+from grpcmesh_control.cluster.objects.kinds import SERVICE_MONITOR_CRD
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.cluster.operator_harness import (
     condition,

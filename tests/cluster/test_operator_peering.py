@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s_runtime import Operator
+from grpcmesh_control.cluster.controller import Operator
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.cluster.operator_harness import (
     NEVER,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s import OperatorSettings, OwnerRef, desired_objects
-from grpcmesh_control.k8s_runtime import Operator
+from grpcmesh_control.cluster.controller import Operator
+from grpcmesh_control.cluster.objects import OperatorSettings, OwnerRef, desired_objects
 from grpcmesh_control.mesh.model import parse_mesh_service
 from tests.chart.chart import render
 from tests.cluster.kube import KubeCluster, wait_until

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from grpcmesh_control.k8s_runtime import Operator
+from grpcmesh_control.cluster.controller import Operator
 from tests.cluster.kube import KubeCluster
 from tests.cluster.operator_harness import (
     NEVER,

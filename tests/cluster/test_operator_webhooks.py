@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s.names import PROXY_CONTAINER
-from grpcmesh_control.k8s.webhook_tls import (
+from grpcmesh_control.cluster.controller import RuntimeSettings
+from grpcmesh_control.cluster.objects.names import PROXY_CONTAINER
+from grpcmesh_control.cluster.objects.webhook_tls import (
     SERVING_VALIDITY,
     TlsBundle,
     issue,
     renewal_reason,
     secret_body,
 )
-from grpcmesh_control.k8s_runtime import RuntimeSettings
 from tests.chart.chart import one, render
 from tests.cluster.kube import KubeCluster, KubectlError, wait_until
 from tests.cluster.operator_harness import example, operator_settings, wait_condition

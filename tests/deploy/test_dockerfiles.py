@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s.settings import AppDefaults
+from grpcmesh_control.cluster.objects.settings import AppDefaults
 
 from .checks import (
     IMAGE_EXTRA,

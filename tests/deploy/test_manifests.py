@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from grpcmesh_control.k8s import read_only_root_violations, restricted_violations
+from grpcmesh_control.cluster.objects import read_only_root_violations, restricted_violations
 from scripts import render_manifests
 from tests.kube_schemas import crd_errors, is_custom, validate_builtin
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from google.protobuf.json_format import MessageToJson
 
-from grpcmesh_control.k8s import OperatorSettings, OwnerRef, Provider, desired_objects
+from grpcmesh_control.cluster.objects import OperatorSettings, OwnerRef, Provider, desired_objects
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.model import Endpoint, parse_mesh_services_yaml
 from grpcmesh_control.mesh.translate import PUSH_ORDER, NodeId, ProxyNode, Registry, build_snapshot

@@ -26,7 +26,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from grpcmesh_control.k8s.settings import AppDefaults
+from grpcmesh_control.cluster.objects.settings import AppDefaults
 from tests.deploy.checks import IMAGE_EXTRA, excluded_distributions, normalized
 from tests.images.kit import REPORT, BuiltImage, ImageKit, container_name
 from tests.loopback import LOCALHOST, free_port, poll

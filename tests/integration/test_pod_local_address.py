@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s import OperatorSettings, desired_objects
-from grpcmesh_control.k8s.meta import OwnerRef
-from grpcmesh_control.k8s.settings import PodLocalAddress
+from grpcmesh_control.cluster.objects import OperatorSettings, desired_objects
+from grpcmesh_control.cluster.objects.meta import OwnerRef
+from grpcmesh_control.cluster.objects.settings import PodLocalAddress
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.model import parse_mesh_services_yaml
 from grpcmesh_control.mesh.translate.naming import ProxyNode

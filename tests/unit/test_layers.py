@@ -12,7 +12,8 @@ from tests.shared import REPO, tool
 
 
 def _lint_imports(*roots: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(r) for r in roots)}
+    # Wide columns: the report names whole import chains on one line.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(r) for r in roots), "COLUMNS": "250"}
     return subprocess.run(
         [tool("lint-imports"), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
         cwd=REPO,
@@ -33,13 +34,15 @@ def test_a_core_module_importing_the_operator_breaks_the_build(tmp_path: Path) -
     shutil.copytree(REPO / "operator" / "grpcmesh_control", tmp_path / "grpcmesh_control")
     shutil.copytree(REPO / "services" / "kit" / "grpcmesh_kit", tmp_path / "grpcmesh_kit")
     registry = tmp_path / "grpcmesh_control" / "mesh" / "translate" / "registry.py"
-    registry.write_text(registry.read_text() + "\nimport grpcmesh_control.k8s_runtime.client\n")
+    registry.write_text(
+        registry.read_text() + "\nimport grpcmesh_control.cluster.controller.client\n"
+    )
     result = _lint_imports(tmp_path)
     assert result.returncode != 0
     assert (
         "The mesh core (model, translate, catalogs, errors) imports no edge BROKEN" in result.stdout
     )
     assert (
-        "grpcmesh_control.mesh.translate.registry -> grpcmesh_control.k8s_runtime.client"
+        "grpcmesh_control.mesh.translate.registry -> grpcmesh_control.cluster.controller.client"
         in result.stdout
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from grpcmesh_control.k8s.quantity import parse_quantity
+from grpcmesh_control.cluster.objects.quantity import parse_quantity
 
 __all__ = [
     "Mount",

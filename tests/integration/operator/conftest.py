@@ -20,7 +20,7 @@ import kmock
 import pytest
 import yaml
 
-from grpcmesh_control.k8s_runtime import ApplyStrategy, Operator, RuntimeSettings
+from grpcmesh_control.cluster.controller import ApplyStrategy, Operator, RuntimeSettings
 from tests.loopback import free_port
 from tests.operator_thread import running
 

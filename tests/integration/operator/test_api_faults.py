@@ -9,7 +9,7 @@ from typing import Any
 
 import kmock
 
-from grpcmesh_control.k8s_runtime import Operator
+from grpcmesh_control.cluster.controller import Operator
 from tests.integration.operator.conftest import Api, example
 from tests.loopback import poll
 

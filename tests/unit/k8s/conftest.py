@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from grpcmesh_control.k8s import OperatorSettings, OwnerRef, Provider
+from grpcmesh_control.cluster.objects import OperatorSettings, OwnerRef, Provider
 
 NAMESPACE = "default"
 

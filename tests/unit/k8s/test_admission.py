@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s import (
+from grpcmesh_control.cluster.objects import (
     MissingBackends,
     OperatorSettings,
     Provider,
@@ -19,7 +19,7 @@ from grpcmesh_control.k8s import (
     restricted_violations,
     validate_admission,
 )
-from grpcmesh_control.k8s.names import BOOTSTRAP_VOLUME, PROXY_CONTAINER
+from grpcmesh_control.cluster.objects.names import BOOTSTRAP_VOLUME, PROXY_CONTAINER
 from grpcmesh_control.mesh.model import MeshService, MethodCatalog, parse_mesh_service
 
 from .checks import apply_review_patch, validate_builtin

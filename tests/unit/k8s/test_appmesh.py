@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s import (
+from grpcmesh_control.cluster.objects import (
     EgressFilter,
     OperatorSettings,
     appmesh_objects,
     render_problems,
 )
-from grpcmesh_control.k8s.appmesh import GRPC_RETRY_EVENTS, _duration
+from grpcmesh_control.cluster.objects.appmesh import GRPC_RETRY_EVENTS, _duration
 from grpcmesh_control.mesh.model import MeshService, MethodCatalog, RetryOn, parse_mesh_service
 from tests.unit.examples import EXAMPLE_NAMES
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-from grpcmesh_control.k8s_runtime.descriptors import catalog_of_config_maps
+from grpcmesh_control.cluster.controller.descriptors import catalog_of_config_maps
 from grpcmesh_control.mesh.catalogs import catalog_from_descriptor_set, load_catalog
 from grpcmesh_control.mesh.model.catalog import Idempotency
 

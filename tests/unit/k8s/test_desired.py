@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.k8s import OperatorSettings, Provider, desired_objects, object_key
-from grpcmesh_control.k8s.desired import SCRAPE_CONVENTIONS
-from grpcmesh_control.k8s.names import (
+from grpcmesh_control.cluster.objects import OperatorSettings, Provider, desired_objects, object_key
+from grpcmesh_control.cluster.objects.desired import SCRAPE_CONVENTIONS
+from grpcmesh_control.cluster.objects.names import (
     ANNOTATION_BOOTSTRAP_HASH,
     LABEL_SERVICE,
     LABEL_VERSION,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from grpcmesh_control.k8s import (
+from grpcmesh_control.cluster.objects import (
     OperatorSettings,
     Provider,
     desired_objects,

@@ -8,8 +8,8 @@ from __future__ import annotations
 import kopf
 import pytest
 
-from grpcmesh_control.k8s_runtime.client import in_cluster_server
-from grpcmesh_control.k8s_runtime.handlers import in_cluster_login
+from grpcmesh_control.cluster.controller.client import in_cluster_server
+from grpcmesh_control.cluster.controller.handlers import in_cluster_login
 
 ACCOUNT = kopf.ConnectionInfo(
     server="https://kubernetes.default.svc",

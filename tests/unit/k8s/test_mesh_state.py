@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s_runtime import MeshState
+from grpcmesh_control.cluster.controller import MeshState
 from grpcmesh_control.mesh.model import Endpoint, MeshService
 from tests.cluster.operator_harness import slice_of as bare_slice
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from grpcmesh_control.k8s_runtime import Operator, RuntimeSettings
+from grpcmesh_control.cluster.controller import Operator, RuntimeSettings
 
 
 async def test_a_full_event_queue_drops_counts_and_logs_sparingly(
@@ -17,7 +17,7 @@ async def test_a_full_event_queue_drops_counts_and_logs_sparingly(
     op = Operator(RuntimeSettings())
     op._events = asyncio.Queue(1)  # as run() makes it, smaller
     body = {"metadata": {"name": "payments", "namespace": "default"}}
-    with caplog.at_level(logging.WARNING, logger="grpcmesh_control.k8s_runtime.operator"):
+    with caplog.at_level(logging.WARNING, logger="grpcmesh_control.cluster.controller.operator"):
         for _ in range(251):
             op.post_event(body, "Normal", "Reconciled", "Ready=True (Serving)")
     assert op._events.qsize() == 1

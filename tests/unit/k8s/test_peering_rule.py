@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s_runtime import RuntimeSettings
-from grpcmesh_control.k8s_runtime.peering import peering_active
+from grpcmesh_control.cluster.controller import RuntimeSettings
+from grpcmesh_control.cluster.controller.peering import peering_active
 
 PEERING = "grpcmesh"
 

@@ -13,9 +13,9 @@ from typing import Any
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import json_format
 
-from grpcmesh_control.k8s import OperatorSettings, desired_objects, mutate_pod
-from grpcmesh_control.k8s.names import INJECT_VALUE, LABEL_INJECT, LABEL_SERVICE
-from grpcmesh_control.k8s.settings import PodLocalAddress
+from grpcmesh_control.cluster.objects import OperatorSettings, desired_objects, mutate_pod
+from grpcmesh_control.cluster.objects.names import INJECT_VALUE, LABEL_INJECT, LABEL_SERVICE
+from grpcmesh_control.cluster.objects.settings import PodLocalAddress
 from grpcmesh_control.mesh.model import Endpoint, MeshService
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Registry, build_snapshot
 from grpcmesh_control.mesh.translate.naming import LOCALHOST

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from grpcmesh_control.k8s import (
+from grpcmesh_control.cluster.objects import (
     OperatorSettings,
     desired_objects,
     read_only_root_violations,

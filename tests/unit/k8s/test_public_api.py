@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import grpcmesh_control.k8s as k8s
+import grpcmesh_control.cluster.objects as k8s
 
 
 def test_k8s_all() -> None:
@@ -26,7 +26,7 @@ def test_k8s_all() -> None:
 def test_k8s_imports_neither_kopf_nor_grpc() -> None:
     # A fresh interpreter: this one may already have them loaded by other tests.
     script = (
-        "import sys, grpcmesh_control.k8s;"
+        "import sys, grpcmesh_control.cluster.objects;"
         "print(' '.join(sorted(m for m in sys.modules"
         " if m.split('.')[0] in {'grpc', 'kopf', 'kubernetes_asyncio', 'aiohttp'})))"
     )

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from grpcmesh_control.k8s import OWNED_KINDS, Kind
-from grpcmesh_control.k8s.kinds import (
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
+from grpcmesh_control.cluster.objects import OWNED_KINDS, Kind
+from grpcmesh_control.cluster.objects.kinds import (
     MUTATING_WEBHOOK_CONFIGURATION,
     SECRET,
     VALIDATING_WEBHOOK_CONFIGURATION,
 )
-from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
 from tests.unit.examples import REPO
 
 from .checks import validate_builtin

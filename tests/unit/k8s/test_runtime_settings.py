@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from grpcmesh_control.k8s import EgressFilter, MissingBackends
-from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
+from grpcmesh_control.cluster.objects import EgressFilter, MissingBackends
 
 CHART_ENV = {
     "GRPCMESH_PROVIDER": "native",

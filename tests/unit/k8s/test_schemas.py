@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from grpcmesh_control.k8s import OperatorSettings, desired_objects
+from grpcmesh_control.cluster.objects import OperatorSettings, desired_objects
 from grpcmesh_control.mesh.model import MeshService
 from tests.unit.examples import EXAMPLE_NAMES
 

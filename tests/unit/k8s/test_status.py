@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft4Validator
 
-from grpcmesh_control.k8s import (
+from grpcmesh_control.cluster.objects import (
     ApplyFailure,
     ConditionStatus,
     ConditionType,

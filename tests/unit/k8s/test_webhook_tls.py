@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 from cryptography import x509
 
-from grpcmesh_control.k8s.webhook_tls import (
+from grpcmesh_control.cluster.objects.webhook_tls import (
     RENEW_BEFORE,
     SERVING_VALIDITY,
     TlsBundle,

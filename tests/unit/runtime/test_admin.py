@@ -211,8 +211,8 @@ async def test_debug_nodes_is_the_nodes_part_of_status(
 
 
 def test_both_modes_run_the_one_xds_host(state_dir: Path, catalog: MethodCatalog) -> None:
+    from grpcmesh_control.cluster.controller import Operator, RuntimeSettings
     from grpcmesh_control.host.xds_host import XdsHost
-    from grpcmesh_control.k8s_runtime import Operator, RuntimeSettings
 
     local = ControlPlane(ControlPlaneSettings(state_dir), catalog=catalog)
     cluster = Operator(RuntimeSettings(), catalog)

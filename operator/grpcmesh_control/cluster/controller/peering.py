@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from grpcmesh_control.k8s import Kind
+from grpcmesh_control.cluster.objects import Kind
 
 __all__ = ["CLUSTER_PEERING", "peering_active"]
 

@@ -35,11 +35,11 @@ During a handover Envoys keep their last config; the new active replica resumes 
 MeshService and serves the same content-hashed versions.
 """
 
-from grpcmesh_control.k8s_runtime.client import ApiError, Conflict, KubeClient, NotFound
-from grpcmesh_control.k8s_runtime.mesh import MeshState, slice_endpoints
-from grpcmesh_control.k8s_runtime.operator import Operator, run_operator
-from grpcmesh_control.k8s_runtime.reconcile import Outcome, Reconciler
-from grpcmesh_control.k8s_runtime.settings import ApplyStrategy, RuntimeSettings
+from grpcmesh_control.cluster.controller.client import ApiError, Conflict, KubeClient, NotFound
+from grpcmesh_control.cluster.controller.mesh import MeshState, slice_endpoints
+from grpcmesh_control.cluster.controller.operator import Operator, run_operator
+from grpcmesh_control.cluster.controller.reconcile import Outcome, Reconciler
+from grpcmesh_control.cluster.controller.settings import ApplyStrategy, RuntimeSettings
 
 __all__ = [
     "ApiError",

@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from grpcmesh_control.k8s import kinds
-from grpcmesh_control.k8s.appmesh import appmesh_objects, appmesh_problems
-from grpcmesh_control.k8s.meta import OwnerRef, object_metadata
-from grpcmesh_control.k8s.names import (
+from grpcmesh_control.cluster.objects import kinds
+from grpcmesh_control.cluster.objects.appmesh import appmesh_objects, appmesh_problems
+from grpcmesh_control.cluster.objects.meta import OwnerRef, object_metadata
+from grpcmesh_control.cluster.objects.names import (
     LABEL_SERVICE,
     LABEL_VERSION,
     bootstrap_config_map_name,
@@ -28,9 +28,9 @@ from grpcmesh_control.k8s.names import (
     version_selector,
     version_service_name,
 )
-from grpcmesh_control.k8s.pod import METRICS_PORT_NAME, pod_template
-from grpcmesh_control.k8s.proxy import HEALTH_PORT_NAME, bootstrap_data, bootstrap_hash
-from grpcmesh_control.k8s.settings import OperatorSettings, Provider
+from grpcmesh_control.cluster.objects.pod import METRICS_PORT_NAME, pod_template
+from grpcmesh_control.cluster.objects.proxy import HEALTH_PORT_NAME, bootstrap_data, bootstrap_hash
+from grpcmesh_control.cluster.objects.settings import OperatorSettings, Provider
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
 from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload

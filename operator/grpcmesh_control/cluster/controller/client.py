@@ -24,8 +24,8 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from grpcmesh_control.k8s.kinds import Kind
-from grpcmesh_control.k8s_runtime.settings import ApplyStrategy, RuntimeSettings
+from grpcmesh_control.cluster.controller.settings import ApplyStrategy, RuntimeSettings
+from grpcmesh_control.cluster.objects.kinds import Kind
 from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.mesh.model.schema import GROUP, KIND, VERSION
 

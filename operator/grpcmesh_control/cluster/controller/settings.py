@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from grpcmesh_control.k8s.admission import MissingBackends
-from grpcmesh_control.k8s.settings import (
+from grpcmesh_control.cluster.objects.admission import MissingBackends
+from grpcmesh_control.cluster.objects.settings import (
     AppMeshSettings,
     EgressFilter,
     OperatorSettings,

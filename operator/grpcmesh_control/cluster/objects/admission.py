@@ -32,8 +32,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from grpcmesh_control.k8s.desired import render_problems
-from grpcmesh_control.k8s.names import (
+from grpcmesh_control.cluster.objects.desired import render_problems
+from grpcmesh_control.cluster.objects.names import (
     BOOTSTRAP_VOLUME,
     INJECT_VALUE,
     LABEL_INJECT,
@@ -42,16 +42,16 @@ from grpcmesh_control.k8s.names import (
     PROXY_CONTAINER,
     version_service_name,
 )
-from grpcmesh_control.k8s.pod import MESH_ENV
-from grpcmesh_control.k8s.proxy import (
+from grpcmesh_control.cluster.objects.pod import MESH_ENV
+from grpcmesh_control.cluster.objects.proxy import (
     bootstrap_volume,
     pod_local_env,
     proxy_container,
     sidecar_app_env,
 )
-from grpcmesh_control.k8s.pss import restricted_violations
-from grpcmesh_control.k8s.quantity import parse_quantity
-from grpcmesh_control.k8s.settings import OperatorSettings, Provider
+from grpcmesh_control.cluster.objects.pss import restricted_violations
+from grpcmesh_control.cluster.objects.quantity import parse_quantity
+from grpcmesh_control.cluster.objects.settings import OperatorSettings, Provider
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
 from grpcmesh_control.mesh.model.mesh import DEFAULT_VERSION, MeshService, ResourceList

@@ -19,15 +19,15 @@ import hashlib
 import json
 from typing import Any
 
-from grpcmesh_control.k8s.names import (
+from grpcmesh_control.cluster.objects.names import (
     BOOTSTRAP_KEY,
     BOOTSTRAP_VOLUME,
     PROXY_CONTAINER,
     bootstrap_config_map_name,
 )
-from grpcmesh_control.k8s.resources import render_resources
-from grpcmesh_control.k8s.security import restricted_security_context
-from grpcmesh_control.k8s.settings import OperatorSettings, PodLocalAddress
+from grpcmesh_control.cluster.objects.resources import render_resources
+from grpcmesh_control.cluster.objects.security import restricted_security_context
+from grpcmesh_control.cluster.objects.settings import OperatorSettings, PodLocalAddress
 from grpcmesh_control.mesh.translate.bootstrap import (
     envoy_command,
     render_bootstrap,

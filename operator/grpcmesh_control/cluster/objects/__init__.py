@@ -2,13 +2,17 @@
 admission webhooks' answers, and the App Mesh provider's resources. No API calls; imports
 neither kopf nor grpc (the kopf handlers that apply these live at the edge)."""
 
-from grpcmesh_control.k8s.admission import MissingBackends, mutate_pod, validate_admission
-from grpcmesh_control.k8s.appmesh import appmesh_objects
-from grpcmesh_control.k8s.desired import desired_objects, render_problems
-from grpcmesh_control.k8s.kinds import OWNED_KINDS, Kind, kind_of, object_key
-from grpcmesh_control.k8s.meta import OwnerRef
-from grpcmesh_control.k8s.pss import read_only_root_violations, restricted_violations
-from grpcmesh_control.k8s.settings import (
+from grpcmesh_control.cluster.objects.admission import (
+    MissingBackends,
+    mutate_pod,
+    validate_admission,
+)
+from grpcmesh_control.cluster.objects.appmesh import appmesh_objects
+from grpcmesh_control.cluster.objects.desired import desired_objects, render_problems
+from grpcmesh_control.cluster.objects.kinds import OWNED_KINDS, Kind, kind_of, object_key
+from grpcmesh_control.cluster.objects.meta import OwnerRef
+from grpcmesh_control.cluster.objects.pss import read_only_root_violations, restricted_violations
+from grpcmesh_control.cluster.objects.settings import (
     AppDefaults,
     AppMeshSettings,
     EgressFilter,
@@ -16,7 +20,7 @@ from grpcmesh_control.k8s.settings import (
     Provider,
     ProxySettings,
 )
-from grpcmesh_control.k8s.status import (
+from grpcmesh_control.cluster.objects.status import (
     ApplyFailure,
     ConditionStatus,
     ConditionType,

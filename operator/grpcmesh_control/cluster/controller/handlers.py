@@ -20,16 +20,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 import kopf
 from kubernetes_asyncio import client as k8s_client
 
-from grpcmesh_control.k8s import mutate_pod, validate_admission
-from grpcmesh_control.k8s.names import INJECT_VALUE, LABEL_INJECT, MANAGED_BY
-from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, api_configuration, in_cluster_server
-from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL
-from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL
+from grpcmesh_control.cluster.controller.client import (
+    MESH_SERVICE,
+    api_configuration,
+    in_cluster_server,
+)
+from grpcmesh_control.cluster.controller.descriptors import DESCRIPTOR_SET_LABEL
+from grpcmesh_control.cluster.controller.mesh import SERVICE_NAME_LABEL
+from grpcmesh_control.cluster.objects import mutate_pod, validate_admission
+from grpcmesh_control.cluster.objects.names import INJECT_VALUE, LABEL_INJECT, MANAGED_BY
 
 if TYPE_CHECKING:
-    from grpcmesh_control.k8s_runtime.mesh import MeshState
-    from grpcmesh_control.k8s_runtime.reconcile import Reconciler
-    from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+    from grpcmesh_control.cluster.controller.mesh import MeshState
+    from grpcmesh_control.cluster.controller.reconcile import Reconciler
+    from grpcmesh_control.cluster.controller.settings import RuntimeSettings
     from grpcmesh_control.mesh.model import MethodCatalog
 
 

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from grpcmesh_control.k8s import kinds
-from grpcmesh_control.k8s.meta import OwnerRef, object_metadata
-from grpcmesh_control.k8s.names import (
+from grpcmesh_control.cluster.objects import kinds
+from grpcmesh_control.cluster.objects.meta import OwnerRef, object_metadata
+from grpcmesh_control.cluster.objects.names import (
     MANAGED_BY,
     PART_OF,
     service_labels,
@@ -37,7 +37,7 @@ from grpcmesh_control.k8s.names import (
     version_selector,
     version_service_name,
 )
-from grpcmesh_control.k8s.settings import EgressFilter, OperatorSettings
+from grpcmesh_control.cluster.objects.settings import EgressFilter, OperatorSettings
 from grpcmesh_control.mesh.errors import FieldError
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
 from grpcmesh_control.mesh.model.mesh import MeshService, RetryOn, VersionTarget

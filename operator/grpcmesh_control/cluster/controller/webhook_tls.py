@@ -15,13 +15,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpcmesh_control.k8s.kinds import (
+from grpcmesh_control.cluster.controller.client import ApiError, Conflict, KubeClient
+from grpcmesh_control.cluster.objects.kinds import (
     MUTATING_WEBHOOK_CONFIGURATION,
     SECRET,
     VALIDATING_WEBHOOK_CONFIGURATION,
     Kind,
 )
-from grpcmesh_control.k8s.webhook_tls import (
+from grpcmesh_control.cluster.objects.webhook_tls import (
     TLS_CERT,
     TLS_KEY,
     TlsBundle,
@@ -31,7 +32,6 @@ from grpcmesh_control.k8s.webhook_tls import (
     renewal_reason,
     secret_body,
 )
-from grpcmesh_control.k8s_runtime.client import ApiError, Conflict, KubeClient
 
 __all__ = ["ensure_webhook_tls"]
 

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from grpcmesh_control.k8s import (
+from grpcmesh_control.cluster.controller.client import MESH_SERVICE, ApiError, KubeClient
+from grpcmesh_control.cluster.controller.mesh import MeshState
+from grpcmesh_control.cluster.controller.metrics import OperatorMetrics, ReconcileResult
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
+from grpcmesh_control.cluster.objects import (
     OWNED_KINDS,
     ApplyFailure,
     EndpointCount,
@@ -32,12 +36,8 @@ from grpcmesh_control.k8s import (
     kind_of,
     object_key,
 )
-from grpcmesh_control.k8s import kinds as k8s_kinds
-from grpcmesh_control.k8s.names import LABEL_SERVICE, MANAGED_BY
-from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, ApiError, KubeClient
-from grpcmesh_control.k8s_runtime.mesh import MeshState
-from grpcmesh_control.k8s_runtime.metrics import OperatorMetrics, ReconcileResult
-from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+from grpcmesh_control.cluster.objects import kinds as k8s_kinds
+from grpcmesh_control.cluster.objects.names import LABEL_SERVICE, MANAGED_BY
 from grpcmesh_control.mesh.errors import InvalidNodeId, InvalidResource
 from grpcmesh_control.mesh.model import MeshService
 from grpcmesh_control.mesh.publisher import Publisher

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from grpcmesh_control.k8s.kinds import Kind
+from grpcmesh_control.cluster.objects.kinds import Kind
 from grpcmesh_control.mesh.model.schema import API_VERSION, KIND
 
 __all__ = ["OwnerRef", "object_metadata"]

@@ -12,8 +12,8 @@ import os
 
 from kubernetes_asyncio.config import ConfigException
 
-from grpcmesh_control.k8s_runtime.operator import run_operator
-from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
+from grpcmesh_control.cluster.controller.operator import run_operator
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
 
 __all__ = ["main"]
 

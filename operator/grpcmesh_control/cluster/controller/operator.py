@@ -34,23 +34,26 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from grpcmesh_control.host.xds_host import XdsHost
-from grpcmesh_control.k8s.kinds import (
+from grpcmesh_control.cluster.controller.client import MESH_SERVICE, ApiError, KubeClient
+from grpcmesh_control.cluster.controller.descriptors import (
+    DESCRIPTOR_SET_LABEL,
+    catalog_of_config_maps,
+)
+from grpcmesh_control.cluster.controller.handlers import register_handlers
+from grpcmesh_control.cluster.controller.mesh import SERVICE_NAME_LABEL, MeshState
+from grpcmesh_control.cluster.controller.metrics import OperatorMetrics
+from grpcmesh_control.cluster.controller.peering import CLUSTER_PEERING, peering_active
+from grpcmesh_control.cluster.controller.reconcile import Reconciler, rollout_of
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
+from grpcmesh_control.cluster.controller.webhook_tls import ensure_webhook_tls
+from grpcmesh_control.cluster.objects.kinds import (
     CONFIG_MAP,
     CUSTOM_RESOURCE_DEFINITION,
     ENDPOINT_SLICE,
     SERVICE_MONITOR_CRD,
 )
-from grpcmesh_control.k8s.status import WorkloadRollout
-from grpcmesh_control.k8s_runtime.client import MESH_SERVICE, ApiError, KubeClient
-from grpcmesh_control.k8s_runtime.descriptors import DESCRIPTOR_SET_LABEL, catalog_of_config_maps
-from grpcmesh_control.k8s_runtime.handlers import register_handlers
-from grpcmesh_control.k8s_runtime.mesh import SERVICE_NAME_LABEL, MeshState
-from grpcmesh_control.k8s_runtime.metrics import OperatorMetrics
-from grpcmesh_control.k8s_runtime.peering import CLUSTER_PEERING, peering_active
-from grpcmesh_control.k8s_runtime.reconcile import Reconciler, rollout_of
-from grpcmesh_control.k8s_runtime.settings import RuntimeSettings
-from grpcmesh_control.k8s_runtime.webhook_tls import ensure_webhook_tls
+from grpcmesh_control.cluster.objects.status import WorkloadRollout
+from grpcmesh_control.host.xds_host import XdsHost
 from grpcmesh_control.mesh.errors import InvalidNodeId
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.translate import NodeId

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from grpcmesh_control.k8s.desired import GRPC_PORT_NAME
-from grpcmesh_control.k8s.names import version_service_name
+from grpcmesh_control.cluster.objects.desired import GRPC_PORT_NAME
+from grpcmesh_control.cluster.objects.names import version_service_name
 from grpcmesh_control.mesh.errors import InvalidResource
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog, parse_mesh_service
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from grpcmesh_control.k8s.names import (
+from grpcmesh_control.cluster.objects.names import (
     ANNOTATION_BOOTSTRAP_HASH,
     ANNOTATION_DEFAULT_CONTAINER,
     APP_CONTAINER,
@@ -25,16 +25,19 @@ from grpcmesh_control.k8s.names import (
     config_map_name,
     version_labels,
 )
-from grpcmesh_control.k8s.proxy import (
+from grpcmesh_control.cluster.objects.proxy import (
     bootstrap_volume,
     local_address,
     pod_local_env,
     proxy_container,
     sidecar_app_env,
 )
-from grpcmesh_control.k8s.resources import render_resources
-from grpcmesh_control.k8s.security import pod_security_context, restricted_security_context
-from grpcmesh_control.k8s.settings import OperatorSettings, PodLocalAddress, Provider
+from grpcmesh_control.cluster.objects.resources import render_resources
+from grpcmesh_control.cluster.objects.security import (
+    pod_security_context,
+    restricted_security_context,
+)
+from grpcmesh_control.cluster.objects.settings import OperatorSettings, PodLocalAddress, Provider
 from grpcmesh_control.mesh.model.mesh import EnvVar, MeshService, VersionTarget, Workload
 
 __all__ = [
