@@ -1,0 +1,1 @@
+"""The ``grpcmesh`` command (``app``), on top of every other layer; nothing imports it."""
