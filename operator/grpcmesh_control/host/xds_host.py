@@ -2,7 +2,7 @@
 
 ``XdsHost`` owns the snapshot cache, the debounced publisher, the ADS gRPC server and the
 read-only HTTP endpoints that show what it serves. Local mode (``runtime.controlplane``) feeds
-it from files and adds ``POST /apply``; the cluster operator (``k8s_runtime.operator``) feeds
+it from files and adds ``POST /apply``; the cluster operator (``cluster.controller.operator``) feeds
 it from the API and adds ``/readyz``. Everything else is the same code in both.
 
 ==============================  ==============================================================

@@ -4,7 +4,7 @@ Kept out of ``model`` so the core sees plain data; this is the one place that re
 ``MethodOptions.idempotency_level``. Everything goes through ``FileDescriptorProto``: the
 generated ``*_pb2`` modules (local mode, the reference domain) are converted to it, and a
 serialized ``FileDescriptorSet`` (``buf build -o x.binpb``, ``protoc --descriptor_set_out``)
-already is it. A cluster delivers the latter in ConfigMaps (``k8s_runtime.descriptors``).
+already is it. A cluster delivers the latter in ConfigMaps (``cluster.controller.descriptors``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 {{/*
-The gateway's Envoy bootstrap: what grpcmesh_control.bootstrap.render_bootstrap renders for an
+The gateway's Envoy bootstrap: what grpcmesh_control.mesh.translate.bootstrap.render_bootstrap renders for an
 ingress node (ingress~gateway, node.cluster ingress, ProxyNode metadata with ingress_port 8080)
 pointed at the operator's xDS Service, with the health listener on 15021. Only what cannot come
 over xDS: identity, the admin interface (127.0.0.1 only) and how to reach the control plane.
@@ -117,7 +117,7 @@ probes and Prometheus (which cannot reach the admin address). */ -}}
 {{- /* With podLocalAddress pod-ip: the per-pod part of the bootstrap, for Envoy's --config-yaml
 (merged over the shared file, which then leaves it out): admin, the health listener and the
 node metadata on $(POD_IP), so that gateway pods sharing the host's network do not collide.
-It is what grpcmesh_control.bootstrap.render_local_overlay renders for the gateway node. */ -}}
+It is what grpcmesh_control.mesh.translate.bootstrap.render_local_overlay renders for the gateway node. */ -}}
 {{- define "grpcmesh.gateway.localOverlay" -}}
 {{- $address := "$(POD_IP)" -}}
 node:
