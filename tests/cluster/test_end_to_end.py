@@ -24,8 +24,10 @@ deletes a MeshService.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -38,6 +40,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, orders_pb2_grpc
 from grpcmesh_control.cluster.objects.names import APP_CONTAINER, LABEL_SERVICE, PROXY_CONTAINER
@@ -47,6 +50,7 @@ from tests.cluster.chart_release import ChartRelease
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.cluster.node_agent import AgentOptions, AgentThread
 from tests.loopback import free_port
+from tests.shared import tool
 
 Obj = dict[str, Any]
 
@@ -486,6 +490,44 @@ def test_a_canary_weight_applied_with_kubectl_takes_effect(mesh: Mesh) -> None:
 
     assert sent("v2", after) - sent("v2", first) >= 20, (first, after)
     assert sent("v1", after) == sent("v1", first), (first, after)
+
+
+def test_grpcmesh_status_shows_the_cluster_mesh(mesh: Mesh) -> None:
+    """``grpcmesh status --cluster``: the API's MeshServices and pods, joined with the operator's
+    /status read through the API server's service proxy (so RBAC guards it), every sidecar of
+    every pod ACKing the version it is served."""
+    kube = mesh.kube
+    context = yaml.safe_load(kube.kubeconfig.read_text())["current-context"]
+    argv = [
+        tool("grpcmesh"), "status", "--cluster", "--context", context, "-n", NAMESPACE,
+        "--operator-namespace", NAMESPACE, "--operator-service", f"{RELEASE}-control",
+    ]  # fmt: skip
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
+
+    def converged() -> Obj | None:
+        run = subprocess.run([*argv, "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        doc: Obj = json.loads(run.stdout)
+        endpoints = [e for s in doc["services"] for e in s["endpoints"]]
+        acked = all(
+            e["connected"] and e["acked_version"] and e["acked_version"] == e["snapshot_version"]
+            for e in endpoints
+        )
+        return doc if doc["control_plane_reachable"] and acked else None
+
+    doc = wait_until(converged, "every sidecar ACKed in grpcmesh status", STEP_TIMEOUT)
+    assert {s["name"] for s in doc["services"]} == set(SERVICES)
+    for service in doc["services"]:
+        pods = mesh.ready_pods(f"{LABEL_SERVICE}={service['name']}")
+        assert {e["replica"] for e in service["endpoints"]} == {p["metadata"]["name"] for p in pods}
+        assert all(e["ready"] and e["address"].startswith("127.") for e in service["endpoints"])
+        assert service["ready"] == "True"
+    assert doc["gateways"] and all(g["connected"] for g in doc["gateways"])
+    assert doc["problems"] == []
+
+    table = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
+    for name in SERVICES:
+        assert name in table.stdout
 
 
 def test_deleting_a_meshservice_removes_everything_it_owned(mesh: Mesh) -> None:

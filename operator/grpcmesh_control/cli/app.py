@@ -29,6 +29,13 @@ except ModuleNotFoundError as missing:  # a base install (a service image) has n
         "pip install 'grpcmesh[local]' (local mode) or 'grpcmesh[operator]' (in a cluster)"
     ) from missing
 
+from grpcmesh_control.cli.cluster_status import (
+    ClusterStatusError,
+    ClusterTarget,
+    Snapshot,
+    cluster_status_document,
+    fetch,
+)
 from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.launcher import (
     DEFAULT_RUN_DIR,
@@ -279,7 +286,9 @@ def _status_table(doc: dict[str, Any]) -> Table:
     for column in ("service", "replica", "gRPC", "ready", "xDS", "ACKed version", "NACK"):
         table.add_column(column, overflow="fold")
     rows = [(s["name"], e) for s in doc["services"] for e in s["endpoints"]]
-    rows.append(("(ingress)", {**doc["gateway"], "replica": "", "address": "", "ready": None}))
+    gateways = doc["gateways"] if "gateways" in doc else [doc["gateway"]]
+    for gateway in gateways:
+        rows.append(("(ingress)", {**gateway, "replica": "", "address": "", "ready": None}))
     for name, e in rows:
         table.add_row(
             name,
@@ -297,16 +306,51 @@ def _status_table(doc: dict[str, Any]) -> Table:
 def status(
     state_dir: StateDir = DEFAULT_RUN_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="The documented JSON contract.")] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="The mesh in a Kubernetes cluster (kubeconfig), not the local one.",
+        ),
+    ] = False,
+    context: Annotated[
+        str | None, typer.Option(help="kubeconfig context (default: the current one).")
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="Only this namespace (default: every one)."),
+    ] = None,
+    operator_namespace: Annotated[
+        str, typer.Option(help="Where the chart installed the operator.")
+    ] = "grpcmesh-system",
+    operator_service: Annotated[
+        str, typer.Option(help="The operator's Service (<release>-control).")
+    ] = "grpcmesh-control",
 ) -> None:
     """Where everything runs, and which config each proxy has ACKed."""
+    if cluster or context is not None:
+        target = ClusterTarget(context, namespace, operator_namespace, operator_service)
+        _print_status(cluster_status_document(target, _fetch_cluster(target)), as_json)
+        return
     state = _running_state(state_dir)
     doc = status_document(state, asyncio.run(_control_plane_status(state.control_plane_admin)))
+    _print_status(doc, as_json)
+
+
+def _fetch_cluster(target: ClusterTarget) -> Snapshot:
+    try:
+        return fetch(target)
+    except ClusterStatusError as error:
+        _fail(f"grpcmesh status --cluster: {error}", EXIT_CANNOT_RUN)
+
+
+def _print_status(doc: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(doc, indent=2))
     else:
         console = _console()
         console.print(_status_table(doc))
-        if doc["prometheus"]:
+        if doc.get("prometheus"):
             console.print(f"prometheus: http://{doc['prometheus']}  (`grpcmesh top` for RED)")
         for problem in doc["problems"]:
             console.print(Text(f"problem: {problem}", style="yellow"))
