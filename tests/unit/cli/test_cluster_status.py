@@ -11,13 +11,14 @@ TARGET = ClusterTarget(None, "shop", "grpcmesh-system", "grpcmesh-control")
 
 
 def meshservice(name: str, ready: str = "True", degraded: str = "False") -> dict[str, Any]:
+    reason = "AsExpected" if ready == "True" else "Waiting"
     return {
         "metadata": {"name": name, "namespace": "shop"},
         "spec": {"grpc": {"port": 50051}, "versions": [{"name": "v1", "weight": 100}]},
         "status": {
             "ackedVersion": "abc",
             "conditions": [
-                {"type": "Ready", "status": ready, "reason": "AsExpected" if ready == "True" else "Waiting"},
+                {"type": "Ready", "status": ready, "reason": reason},
                 {"type": "Degraded", "status": degraded, "reason": "ConfigRejected"},
             ],
         },
