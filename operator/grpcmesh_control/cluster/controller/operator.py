@@ -2,7 +2,9 @@
 (publisher, ADS server, /metrics) in one asyncio loop.
 
 ``Operator.run`` owns one TaskGroup: the publisher's debounce loop, the periodic resync, the
-status follower, the event poster, the ADS gRPC server and kopf itself. The control plane
+status follower (``status_follower``), the event poster (``events``), the webhook certificate
+renewal (``webhook_tls``), the ADS gRPC server and kopf itself. The kopf handlers see the
+operator only through ``handlers.HandlerHost``. The control plane
 starts first, so the first watch events already publish into a serving cache; when kopf stops
 (stop flag, SIGTERM) the rest is cancelled and the servers are stopped in ``finally``.
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -39,13 +40,15 @@ from grpcmesh_control.cluster.controller.descriptors import (
     DESCRIPTOR_SET_LABEL,
     catalog_of_config_maps,
 )
+from grpcmesh_control.cluster.controller.events import EventPoster
 from grpcmesh_control.cluster.controller.handlers import register_handlers
 from grpcmesh_control.cluster.controller.mesh import SERVICE_NAME_LABEL, MeshState
 from grpcmesh_control.cluster.controller.metrics import OperatorMetrics
 from grpcmesh_control.cluster.controller.peering import CLUSTER_PEERING, peering_active
 from grpcmesh_control.cluster.controller.reconcile import Reconciler, rollout_of
 from grpcmesh_control.cluster.controller.settings import RuntimeSettings
-from grpcmesh_control.cluster.controller.webhook_tls import ensure_webhook_tls
+from grpcmesh_control.cluster.controller.status_follower import Key, StatusFollower
+from grpcmesh_control.cluster.controller.webhook_tls import WebhookCertificates
 from grpcmesh_control.cluster.objects.kinds import (
     CONFIG_MAP,
     CUSTOM_RESOURCE_DEFINITION,
@@ -64,12 +67,7 @@ __all__ = ["Operator", "run_operator"]
 
 log = logging.getLogger(__name__)
 
-_EVENT_QUEUE = 1000
-_DROP_LOG_EVERY = 100
 _ANNOTATION_PREFIX = "grpcmesh.io"
-
-Event = tuple[dict[str, Any], str, str, str]
-Key = tuple[str, str]
 
 
 class Operator:
@@ -97,19 +95,17 @@ class Operator:
         self.xds_port: int | None = None
         self.metrics_port: int | None = None
         self._reconciler: Reconciler | None = None
-        self._events: asyncio.Queue[Event] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stale: set[Key] = set()
-        self._stale_flag: asyncio.Event | None = None
         self._rollouts: dict[Key, WorkloadRollout] = {}
-        self._webhook_files: tuple[Path, Path] | None = None
         self._client: KubeClient | None = None
-        self._events_dropped = 0
-        self.webhook_tls_dir: Path | None = None
-        """Where the operator's own serving certificate is written (managed TLS only)."""
-        if settings.webhook_certfile is not None and settings.webhook_pkeyfile is not None:
-            self._webhook_files = (settings.webhook_certfile, settings.webhook_pkeyfile)
+        self.events = EventPoster(self.operator_metrics)
+        self.status_follower = StatusFollower(settings.status_debounce)
+        self.webhook_certificates = WebhookCertificates(settings)
         self.cache.subscribe(self._node_changed)
+
+    @property
+    def webhook_tls_dir(self) -> Path | None:
+        """Where the operator's own serving certificate is written (managed TLS only)."""
+        return self.webhook_certificates.directory
 
     @property
     def reconciler(self) -> Reconciler:
@@ -131,12 +127,13 @@ class Operator:
         settings.watching.reconnect_backoff = 1.0
         settings.persistence.consistency_timeout = self.settings.consistency_timeout
         if self.settings.webhook_port is not None:
+            files = self.webhook_certificates.files
             settings.admission.server = kopf.WebhookServer(
                 addr=self.settings.webhook_addr,
                 port=self.settings.webhook_port,
                 host=self.settings.webhook_host,
-                certfile=self._webhook_files[0] if self._webhook_files else None,
-                pkeyfile=self._webhook_files[1] if self._webhook_files else None,
+                certfile=files[0] if files else None,
+                pkeyfile=files[1] if files else None,
             )
             settings.admission.managed = None  # the chart installs the webhook configurations
 
@@ -147,32 +144,13 @@ class Operator:
         await self.host.stop_serving(self.settings.stop_grace)
 
     def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """Queue a Kubernetes Event about ``body``; dropped (logged) if the queue is full."""
-        if self._events is None:
-            return
-        try:
-            self._events.put_nowait((dict(body), type_, reason, message))
-        except asyncio.QueueFull:
-            # Counted, and logged once per burst rather than per Event (1000 services can
-            # overflow it at once while the API is slow).
-            if self._events_dropped % _DROP_LOG_EVERY == 0:
-                log.warning(
-                    "event queue full: %d Events dropped so far (now: %s %s)",
-                    self._events_dropped + 1,
-                    reason,
-                    message,
-                )
-            self._events_dropped += 1
-            self.operator_metrics.events_dropped.inc()
+        """Queue a Kubernetes Event about ``body`` (``EventPoster.post``)."""
+        self.events.post(body, type_, reason, message)
 
     def refresh_status(self, key: Key | None) -> None:
         """Mark a MeshService whose observed state (endpoints, sidecar ACKs) changed; the
         status follower reconciles it soon. Safe from any thread."""
-        loop = self._loop
-        if key is None or loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to refresh
-            loop.call_soon_threadsafe(self._mark_stale, key)
+        self.status_follower.mark(key)
 
     def rollout_changed(self, deployment: Mapping[str, Any], *, deleted: bool = False) -> bool:
         """Whether an owned Deployment's rollout state differs from the last one seen (the
@@ -209,11 +187,6 @@ class Operator:
             for known in self._reconciler.known():
                 self.refresh_status(known)
 
-    def _mark_stale(self, key: Key) -> None:
-        self._stale.add(key)
-        if self._stale_flag is not None:
-            self._stale_flag.set()
-
     def _node_changed(self, node: NodeStatus) -> None:
         try:
             parsed = NodeId.parse(node.node_id)
@@ -235,11 +208,9 @@ class Operator:
         client = self._client = await KubeClient.connect(settings)
         settings = self.settings = await self._discover(client)
         if settings.manages_webhook_tls:
-            self.webhook_tls_dir = Path(tempfile.mkdtemp(prefix="grpcmesh-webhook-"))
-            self._webhook_files = await self._webhook_tls(client)
-        self._events = asyncio.Queue(_EVENT_QUEUE)
-        self._loop = asyncio.get_running_loop()
-        self._stale_flag = asyncio.Event()
+            await self.webhook_certificates.ensure(client)
+        self.events.open()
+        self.status_follower.open()
         self._reconciler = Reconciler(
             client,
             self.state,
@@ -267,7 +238,7 @@ class Operator:
         finally:
             await client.close()
             self._reconciler = self._client = None
-            self._loop = self._stale_flag = None
+            self.status_follower.close()
 
     async def _serve(
         self, client: KubeClient, stop_flag: asyncio.Event | threading.Event | None
@@ -277,13 +248,21 @@ class Operator:
             background = [
                 tasks.create_task(self.publisher.run(), name="publisher"),
                 tasks.create_task(self._resync(client), name="resync"),
-                tasks.create_task(self._follow_status(client), name="status"),
-                tasks.create_task(self._post_events(client), name="events"),
+                tasks.create_task(
+                    self.status_follower.run(
+                        lambda: self._active(client),
+                        lambda key: self.reconciler.reconcile(key=key),
+                    ),
+                    name="status",
+                ),
+                tasks.create_task(self.events.run(client), name="events"),
                 tasks.create_task(self.host.wait_for_termination(), name="xds-server"),
             ]
             if settings.manages_webhook_tls:
                 background.append(
-                    tasks.create_task(self._renew_webhook_tls(client), name="webhook-tls")
+                    tasks.create_task(
+                        self.webhook_certificates.renew_forever(client), name="webhook-tls"
+                    )
                 )
             try:
                 await kopf.operator(
@@ -345,33 +324,6 @@ class Operator:
         )
         return replace(settings, render=replace(settings.render, service_monitor_crd=False))
 
-    async def _webhook_tls(self, client: KubeClient) -> tuple[Path, Path]:
-        """The operator's own serving certificate (no cert-manager): kept in the Secret
-        ``webhook_secret``, its CA installed in the webhook configurations."""
-        settings = self.settings
-        assert settings.webhook_secret is not None and settings.webhook_host is not None
-        assert self.webhook_tls_dir is not None
-        return await ensure_webhook_tls(
-            client,
-            namespace=settings.namespace,
-            secret=settings.webhook_secret,
-            dns_names=[settings.webhook_host],
-            configurations=settings.webhook_configurations,
-            directory=self.webhook_tls_dir,
-            now=datetime.now(UTC),
-        )
-
-    async def _renew_webhook_tls(self, client: KubeClient) -> None:
-        """Every replica re-checks the Secret periodically: one renews it (the others get a
-        409 and read theirs), and each rewrites its files, which kopf's webhook server
-        notices and reloads."""
-        while True:
-            await asyncio.sleep(self.settings.webhook_renew_interval)
-            try:
-                await self._webhook_tls(client)
-            except ApiError as exc:
-                log.warning("webhook certificate check failed (retried later): %s", exc)
-
     async def _active(self, client: KubeClient) -> bool:
         """Whether this replica may write: always when standalone; with peering, only while
         kopf's rule makes it the active one (unknown -- the API failing -- counts as no)."""
@@ -396,31 +348,6 @@ class Operator:
                     await self.reconciler.reconcile(key=key)
                 except Exception:
                     log.exception("resync of %s/%s failed", *key)
-
-    async def _follow_status(self, client: KubeClient) -> None:
-        """Reconcile the MeshServices marked by ``refresh_status``. A full (idempotent)
-        reconcile rather than a status-only write: Ready also needs the Deployments' rollout,
-        which the same pass reads back."""
-        assert self._stale_flag is not None
-        while True:
-            await self._stale_flag.wait()
-            await asyncio.sleep(self.settings.status_debounce)  # coalesce the burst
-            self._stale_flag.clear()
-            keys, self._stale = sorted(self._stale), set()
-            if not await self._active(client):
-                continue  # the active replica follows its own sidecars and slices
-            for key in keys:
-                try:
-                    await self.reconciler.reconcile(key=key)
-                except Exception:
-                    log.exception("status refresh of %s/%s failed", *key)
-
-    async def _post_events(self, client: KubeClient) -> None:
-        assert self._events is not None
-        while True:
-            body, type_, reason, message = await self._events.get()
-            with contextlib.suppress(ApiError):
-                await client.create_event(body, type_, reason, message, datetime.now(UTC))
 
     async def _webhooks_listening(self) -> bool:
         port = self.settings.webhook_port

@@ -8,6 +8,7 @@ renewed with a ``resourceVersion`` precondition (a racing renewal gets 409 and r
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import shutil
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from grpcmesh_control.cluster.controller.client import ApiError, Conflict, KubeClient
+from grpcmesh_control.cluster.controller.settings import RuntimeSettings
 from grpcmesh_control.cluster.objects.kinds import (
     MUTATING_WEBHOOK_CONFIGURATION,
     SECRET,
@@ -33,7 +35,7 @@ from grpcmesh_control.cluster.objects.webhook_tls import (
     secret_body,
 )
 
-__all__ = ["ensure_webhook_tls"]
+__all__ = ["WebhookCertificates", "ensure_webhook_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +146,43 @@ async def _install_ca(client: KubeClient, kind: Kind, name: str, ca_cert: bytes)
         log.info("caBundle installed in %s %s", kind.kind, name)
         return
     raise ApiError(409, f"{kind.kind} {name} kept changing while its caBundle was installed")
+
+
+class WebhookCertificates:
+    """The files kopf's webhook server loads: given (``webhook_certfile``/``webhook_pkeyfile``,
+    e.g. from cert-manager) or, with managed TLS, issued into a private temporary folder at
+    start (``ensure``) and re-checked by every replica (``renew_forever``): one renews the
+    Secret (the others get a 409 and read theirs), and each rewrites its files, which kopf's
+    webhook server notices and reloads."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self._settings = settings
+        self.directory: Path | None = None
+        """Where a managed certificate is written (None: not managed, or not yet)."""
+        self.files: tuple[Path, Path] | None = None
+        if settings.webhook_certfile is not None and settings.webhook_pkeyfile is not None:
+            self.files = (settings.webhook_certfile, settings.webhook_pkeyfile)
+
+    async def ensure(self, client: KubeClient) -> tuple[Path, Path]:
+        settings = self._settings
+        assert settings.webhook_secret is not None and settings.webhook_host is not None
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="grpcmesh-webhook-"))
+        self.files = await ensure_webhook_tls(
+            client,
+            namespace=settings.namespace,
+            secret=settings.webhook_secret,
+            dns_names=[settings.webhook_host],
+            configurations=settings.webhook_configurations,
+            directory=self.directory,
+            now=dt.datetime.now(dt.UTC),
+        )
+        return self.files
+
+    async def renew_forever(self, client: KubeClient) -> None:
+        while True:
+            await asyncio.sleep(self._settings.webhook_renew_interval)
+            try:
+                await self.ensure(client)
+            except ApiError as exc:
+                log.warning("webhook certificate check failed (retried later): %s", exc)
