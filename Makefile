@@ -72,11 +72,11 @@ manifests: venv ## regenerate manifests/install/operator.yaml from charts/grpcme
 	$(PY) -m scripts.render_manifests
 
 .PHONY: sysdeps
-sysdeps: ## install system packages the tests use (promtool, curl), if missing
-	@{ command -v promtool && command -v curl; } >/dev/null || { \
+sysdeps: ## install system packages the tests use (promtool, curl, h2load), if missing
+	@{ command -v promtool && command -v curl && command -v h2load; } >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  $$SUDO apt-get install -y -qq --no-install-recommends prometheus curl >/dev/null; }
+	  $$SUDO apt-get install -y -qq --no-install-recommends prometheus curl nghttp2-client >/dev/null; }
 
 .PHONY: lint
 lint: gen ## ruff, mypy, import layers (lint-imports), buf lint, buf breaking against the released API

@@ -1,21 +1,27 @@
-"""Sidecar overhead: unary latency and proxy cost of the two Envoys a mesh call crosses.
+"""Sidecar overhead: unary latency and proxy cost of the two Envoys a mesh call crosses, against
+a bare Envoy pair, with h2load (a C client) so the client's own cost does not hide the proxies'.
 
-    direct: client -> server
-    mesh:   client -> Envoy (client's sidecar, egress)
-                   -> Envoy (server's sidecar, inbound) -> server
+    direct: h2load -> server
+    mesh:   h2load -> Envoy (client's sidecar, egress) -> Envoy (server's sidecar, inbound)
+                   -> server
+    bare:   h2load -> Envoy -> Envoy -> server, each a router-only config written by hand
+            (listener, HTTP connection manager, router, one static HTTP/2 cluster)
 
-The Envoy configs are what the mesh generates: two MeshServices (bench-client calls
+The mesh configs are what the mesh generates: two MeshServices (bench-client calls
 bench-server) go through ``Registry.build`` and ``build_snapshot`` for each sidecar, and
 ``translate.static_bootstrap`` inlines the snapshot (RDS routes, EDS endpoints) so no control
-plane runs during the measurement. Envoy runs with ``--concurrency 1``, as a sidecar does.
+plane runs during the measurement. Every Envoy runs with ``--concurrency 1``, as a sidecar does.
+``mesh`` against ``bare`` is what our generated config costs beyond the two hops themselves.
 
 The server is a trivial grpc.aio generic handler in its own process (1 KB in, 1 KB out, no
-protobuf), so the proxies' cost dominates. The client is open loop at a fixed rate below
-saturation (``grpcmesh_loadgen.engine``: latency from the intended send time), in interleaved
-rounds (direct, mesh, mesh, direct, ...) so drift on the shared machine hits both modes alike.
+protobuf). h2load sends gRPC frames as HTTP/2 POSTs at a fixed rate (``--rps`` per connection),
+and its per-request log gives the latency percentiles. h2load counts HTTP 200 as success even
+when the gRPC status is not OK, so each path is also called with a gRPC client before and after
+the rounds, and the run stops if any is not OK. Rounds are interleaved (the order rotates) so
+drift on the shared machine hits every mode alike.
 
-Reported: p50/p90/p99 per mode (median of rounds), their deltas and ratios, Envoy CPU seconds
-per 1000 calls (both sidecars, from /proc) and each Envoy's RSS.
+Reported: p50/p90/p99 per mode (median of rounds), deltas and ratios against direct and
+mesh/bare, Envoy CPU seconds per 1000 calls (both proxies of a pair, from /proc) and RSS.
 
     python -m bench.sidecar_overhead [--rounds 6] [--seconds 5] [--rate 500] [--payload 1024]
 """
@@ -23,7 +29,9 @@ per 1000 calls (both sidecars, from /proc) and each Envoy's RSS.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import shutil
 import signal
 import statistics
 import subprocess
@@ -57,15 +65,18 @@ from grpcmesh_control.mesh.translate import (
     build_snapshot,
     static_bootstrap,
 )
-from grpcmesh_loadgen.engine import Answer, drive
 from grpcmesh_loadgen.procstat import cpu_seconds
-from grpcmesh_loadgen.stats import OK, summarize_latencies
 
 REPO = Path(__file__).resolve().parents[1]
 GRPC_SERVICE = "grpcmesh.bench.Echo"
 METHOD = f"/{GRPC_SERVICE}/Call"
 CLIENT, SERVER = "bench-client", "bench-server"
-MODES = ("direct", "mesh")
+MODES = ("direct", "mesh", "bare")
+PAIRS = {
+    "mesh": ("bench-client-sidecar", "bench-server-sidecar"),
+    "bare": ("bare-client", "bare-server"),
+}
+CONNECTIONS = 4  # h2load clients; each sends rate/CONNECTIONS per second
 # Goals from the mesh issue, with what Istio publishes for comparison.
 GOAL_DP90_MS = 0.20
 GOAL_VCPU_PER_1000 = 0.15
@@ -154,6 +165,106 @@ def _sidecar_bootstraps(app_port: int) -> tuple[dict[str, dict[str, Any]], int]:
     return configs, client.egress_port
 
 
+_TYPE = "type.googleapis.com/envoy.extensions."
+_HCM = _TYPE + "filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = _TYPE + "filters.http.router.v3.Router"
+_HTTP_OPTIONS = _TYPE + "upstreams.http.v3.HttpProtocolOptions"
+
+
+def _bare_bootstraps(app_port: int) -> tuple[dict[str, dict[str, Any]], int]:
+    """Two router-only Envoys in a row, the least a proxy pair can be: what ``mesh`` is
+    measured against. Returns the configs and the first one's listener port."""
+    first, second = free_port(), free_port()
+
+    def proxy(listen: int, upstream: int) -> dict[str, Any]:
+        return {
+            "admin": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}}
+            },
+            "static_resources": {
+                "listeners": [
+                    {
+                        "name": "in",
+                        "address": {
+                            "socket_address": {"address": "127.0.0.1", "port_value": listen}
+                        },
+                        "filter_chains": [
+                            {
+                                "filters": [
+                                    {
+                                        "name": "hcm",
+                                        "typed_config": {
+                                            "@type": _HCM,
+                                            "stat_prefix": "in",
+                                            "codec_type": "AUTO",
+                                            "route_config": {
+                                                "virtual_hosts": [
+                                                    {
+                                                        "name": "all",
+                                                        "domains": ["*"],
+                                                        "routes": [
+                                                            {
+                                                                "match": {"prefix": "/"},
+                                                                "route": {
+                                                                    "cluster": "next",
+                                                                    "timeout": "0s",
+                                                                },
+                                                            }
+                                                        ],
+                                                    }
+                                                ]
+                                            },
+                                            "http_filters": [
+                                                {
+                                                    "name": "router",
+                                                    "typed_config": {"@type": _ROUTER},
+                                                }
+                                            ],
+                                        },
+                                    }
+                                ]
+                            }
+                        ],
+                    }
+                ],
+                "clusters": [
+                    {
+                        "name": "next",
+                        "type": "STATIC",
+                        "connect_timeout": "1s",
+                        "typed_extension_protocol_options": {
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                                "@type": _HTTP_OPTIONS,
+                                "explicit_http_config": {"http2_protocol_options": {}},
+                            }
+                        },
+                        "load_assignment": {
+                            "cluster_name": "next",
+                            "endpoints": [
+                                {
+                                    "lb_endpoints": [
+                                        {
+                                            "endpoint": {
+                                                "address": {
+                                                    "socket_address": {
+                                                        "address": "127.0.0.1",
+                                                        "port_value": upstream,
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    ]
+                                }
+                            ],
+                        },
+                    }
+                ],
+            },
+        }
+
+    return {"bare-client": proxy(first, second), "bare-server": proxy(second, app_port)}, first
+
+
 @dataclass(frozen=True)
 class Round:
     mode: str
@@ -166,48 +277,95 @@ class Round:
     server_cpu_s: float
 
 
-async def _round(
+def _h2load() -> str:
+    found = shutil.which("h2load")
+    if found is None:
+        raise SystemExit("h2load not found: install nghttp2-client (`make sysdeps` does)")
+    return found
+
+
+def _grpc_frame(payload: bytes) -> bytes:
+    """A gRPC length-prefixed message: not compressed, 4-byte big-endian length."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _round(
     mode: str,
-    channel: grpc.aio.Channel,
+    port: int,
+    body: Path,
+    workdir: Path,
     envoys: list[Envoy],
     server_pid: int,
     *,
     rate: float,
     seconds: float,
-    payload: bytes,
 ) -> Round:
-    # No serializers: bytes in, bytes out.
-    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
-
-    async def one(index: int) -> Answer:
-        try:
-            await call(payload, timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            return Answer(status=exc.code().name, detail=exc.details() or "")
-        return Answer()
+    """One h2load run at ``rate`` for ``seconds``; latency from its per-request log."""
+    log = workdir / f"h2load-{mode}.tsv"
+    log.unlink(missing_ok=True)
+    calls = max(CONNECTIONS, int(rate * seconds))
+    command = [
+        _h2load(),
+        f"--requests={calls}",
+        f"--clients={CONNECTIONS}",
+        "--max-concurrent-streams=1",
+        f"--rps={rate / CONNECTIONS:g}",
+        f"--data={body}",
+        "--header=content-type: application/grpc",
+        "--header=te: trailers",
+        f"--header=:authority: {SERVER}",  # the client sidecar routes by it
+        f"--log-file={log}",
+        f"http://127.0.0.1:{port}{METHOD}",
+    ]
 
     def envoy_cpu() -> float:
         return sum(cpu_seconds(e.pid) for e in envoys)
 
     before, server_before = envoy_cpu(), cpu_seconds(server_pid)
-    # The concurrency cap only guards against a stall; at these rates few calls are in flight.
-    run = await drive(one, count=int(rate * seconds), rate=rate, concurrency=512)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 4 + 30)
     used, server_used = envoy_cpu() - before, cpu_seconds(server_pid) - server_before
-    latency = summarize_latencies(r.latency_s for r in run.results)
+    if run.returncode != 0:
+        raise RuntimeError(f"h2load failed ({run.returncode}): {run.stderr or run.stdout}")
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
+    latencies = sorted(int(row[2]) / 1000 for row in rows if row[1] == "200")
+    failed = calls - len(latencies)
+    if not latencies:
+        raise RuntimeError(f"{mode}: no request answered 200:\n{run.stdout}")
     return Round(
         mode=mode,
-        calls=len(run.results),
-        failed=sum(r.status != OK for r in run.results),
-        p50_ms=latency.p50 * 1000,
-        p90_ms=latency.p90 * 1000,
-        p99_ms=latency.p99 * 1000,
-        envoy_cpu_s=used if mode == "mesh" else 0.0,
+        calls=calls,
+        failed=failed,
+        p50_ms=_percentile(latencies, 0.50),
+        p90_ms=_percentile(latencies, 0.90),
+        p99_ms=_percentile(latencies, 0.99),
+        envoy_cpu_s=used,
         server_cpu_s=server_used,
     )
 
 
+async def _check_grpc(targets: dict[str, int], payload: bytes) -> None:
+    """One real gRPC call per path: h2load's 200 does not say the gRPC status was OK."""
+    for mode, port in targets.items():
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.default_authority", SERVER)]
+        ) as channel:
+            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
+            try:
+                answer = await call(payload, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                raise SystemExit(
+                    f"{mode}: gRPC call failed: {exc.code().name} {exc.details()}"
+                ) from exc
+            if len(answer) != len(payload):
+                raise SystemExit(f"{mode}: gRPC answer of {len(answer)} B, expected {len(payload)}")
+
+
 def _rounds_table(rounds: list[Round], loads: list[str]) -> Table:
-    table = Table(title="rounds (open loop)", title_justify="left")
+    table = Table(title="rounds (h2load, fixed rate)", title_justify="left")
     for column in ("#", "mode", "calls", "failed", "p50 ms", "p90 ms", "p99 ms", "Envoy CPU s"):
         table.add_column(column, justify="right")
     table.add_column("load avg", justify="right")
@@ -220,7 +378,7 @@ def _rounds_table(rounds: list[Round], loads: list[str]) -> Table:
             f"{r.p50_ms:.3f}",
             f"{r.p90_ms:.3f}",
             f"{r.p99_ms:.3f}",
-            f"{r.envoy_cpu_s:.2f}" if r.mode == "mesh" else "",
+            f"{r.envoy_cpu_s:.2f}" if r.mode in PAIRS else "",
             load,
         )
     return table
@@ -233,64 +391,70 @@ def _summary(
         return float(statistics.median(getattr(r, field) for r in rounds if r.mode == mode))
 
     table = Table(title=f"sidecar overhead at {rate:g} calls/s (medians of rounds)")
-    for column in ("", "direct", "mesh", "Δ (ms)", "mesh/direct"):
+    for column in ("", "direct", "bare", "mesh", "Δ mesh (ms)", "Δ bare (ms)", "mesh/bare"):
         table.add_column(column, justify="right")
     deltas = {}
     for field in ("p50_ms", "p90_ms", "p99_ms"):
-        direct, mesh = median("direct", field), median("mesh", field)
+        direct, bare, mesh = (median(m, field) for m in ("direct", "bare", "mesh"))
         deltas[field] = mesh - direct
         table.add_row(
             field.removesuffix("_ms"),
             f"{direct:.3f} ms",
+            f"{bare:.3f} ms",
             f"{mesh:.3f} ms",
             f"{mesh - direct:+.3f}",
-            f"{mesh / direct:.2f}",
+            f"{bare - direct:+.3f}",
+            f"{mesh / bare:.2f}",
         )
     console.print(table)
 
-    mesh_rounds = [r for r in rounds if r.mode == "mesh"]
-    cpu_per_1000 = sum(r.envoy_cpu_s for r in mesh_rounds) / sum(r.calls for r in mesh_rounds) * 1e3
+    def cpu_per_1000(mode: str) -> float:
+        of_mode = [r for r in rounds if r.mode == mode]
+        return sum(r.envoy_cpu_s for r in of_mode) / sum(r.calls for r in of_mode) * 1e3
+
+    mesh_cpu, bare_cpu = cpu_per_1000("mesh"), cpu_per_1000("bare")
     # CPU-seconds per 1000 calls is vCPU at 1000 calls/s. Each call crosses two proxies;
     # Istio's per-proxy figure compares with half the sum.
     costs = Table(title="proxy cost vs goals")
-    for column in ("", "measured", "goal", "verdict"):
+    for column in ("", "measured", "bare pair", "mesh/bare", "goal", "verdict"):
         costs.add_column(column, justify="right")
 
     def verdict(ok: bool) -> str:
         return "[green]meets[/green]" if ok else "[red]MISSES[/red]"
 
+    bare_dp90 = median("bare", "p90_ms") - median("direct", "p90_ms")
     costs.add_row(
         "Δp90",
         f"{deltas['p90_ms']:+.3f} ms",
+        f"{bare_dp90:+.3f} ms",
+        "",
         f"<= {GOAL_DP90_MS} ms",
         verdict(deltas["p90_ms"] <= GOAL_DP90_MS),
     )
     costs.add_row(
-        "Envoy vCPU per 1000 calls/s, both sidecars",
-        f"{cpu_per_1000:.3f}",
+        "Envoy vCPU per 1000 calls/s, per sidecar (half the pair)",
+        f"{mesh_cpu / 2:.3f}",
+        f"{bare_cpu / 2:.3f}",
+        f"{mesh_cpu / bare_cpu:.2f}",
         f"<= {GOAL_VCPU_PER_1000}",
-        verdict(cpu_per_1000 <= GOAL_VCPU_PER_1000),
-    )
-    costs.add_row(
-        "  per sidecar (half)",
-        f"{cpu_per_1000 / 2:.3f}",
-        f"<= {GOAL_VCPU_PER_1000}",
-        verdict(cpu_per_1000 / 2 <= GOAL_VCPU_PER_1000),
+        verdict(mesh_cpu / 2 <= GOAL_VCPU_PER_1000),
     )
     for name, (total, anon) in rss.items():
         costs.add_row(
             f"RSS {name} (anonymous)",
             f"{total:.1f} MB ({anon:.1f})",
-            f"<= {GOAL_RSS_MB:g} MB",
-            verdict(total <= GOAL_RSS_MB),
+            "",
+            "",
+            f"<= {GOAL_RSS_MB:g} MB" if name in PAIRS["mesh"] else "",
+            verdict(total <= GOAL_RSS_MB) if name in PAIRS["mesh"] else "",
         )
     console.print(costs)
     server_us = sum(r.server_cpu_s for r in rounds) / sum(r.calls for r in rounds) * 1e6
     # A yardstick from the same run: absolute CPU figures depend on the machine (here a
     # shared, virtualized one where every syscall and context switch is dear).
     console.print(
-        f"CPU per call: {cpu_per_1000 * 1e3 / 2:.0f} µs per sidecar; the trivial grpc.aio "
-        f"server (C core + Python handler) {server_us:.0f} µs"
+        f"CPU per call: {mesh_cpu * 1e3 / 2:.0f} µs per mesh sidecar, {bare_cpu * 1e3 / 2:.0f} µs "
+        f"per bare Envoy; the trivial grpc.aio server (C core + Python handler) {server_us:.0f} µs"
     )
     console.print(f"for comparison, {ISTIO}")
     if any(r.failed for r in rounds):
@@ -301,56 +465,49 @@ async def _bench(console: Console, rounds: int, seconds: float, rate: float, siz
     payload = b"p" * size
     with tempfile.TemporaryDirectory(prefix="sidecar-overhead-") as tmp:
         workdir = Path(tmp)
+        body = workdir / "request.bin"
+        body.write_bytes(_grpc_frame(payload))
         server, app_port = _start_server(workdir, size)
         try:
-            configs, egress_port = _sidecar_bootstraps(app_port)
-            with running_envoys(configs, workdir, concurrency=1) as envoys:
+            mesh_configs, egress_port = _sidecar_bootstraps(app_port)
+            bare_configs, bare_port = _bare_bootstraps(app_port)
+            with running_envoys({**mesh_configs, **bare_configs}, workdir, concurrency=1) as envoys:
                 for envoy in envoys.values():
                     envoy.wait_ready()
-                channels = {
-                    "direct": grpc.aio.insecure_channel(f"127.0.0.1:{app_port}"),
-                    # The app dials its sidecar's egress port with the backend as :authority.
-                    "mesh": grpc.aio.insecure_channel(
-                        f"127.0.0.1:{egress_port}",
-                        options=[("grpc.default_authority", SERVER)],
-                    ),
-                }
-                try:
-                    proxies = list(envoys.values())
-                    for mode in MODES:  # connections up, code paths warm
-                        await asyncio.wait_for(channels[mode].channel_ready(), 10)
-                        await _round(
-                            mode,
-                            channels[mode],
-                            proxies,
-                            server.pid,
-                            rate=rate,
-                            seconds=1,
-                            payload=payload,
+                targets = {"direct": app_port, "mesh": egress_port, "bare": bare_port}
+                pair = {m: [envoys[n] for n in names] for m, names in PAIRS.items()}
+
+                def one(mode: str, length: float) -> Round:
+                    return _round(
+                        mode,
+                        targets[mode],
+                        body,
+                        workdir,
+                        pair.get(mode, []),
+                        server.pid,
+                        rate=rate,
+                        seconds=length,
+                    )
+
+                await _check_grpc(targets, payload)
+                for mode in MODES:  # connections up, code paths warm
+                    one(mode, 1.0)
+                results: list[Round] = []
+                loads: list[str] = []
+                orders = itertools.cycle(
+                    [MODES[i:] + MODES[:i] for i in range(len(MODES))]  # rotate the order
+                )
+                for _ in range(rounds):
+                    for mode in next(orders):
+                        r = one(mode, seconds)
+                        results.append(r)
+                        loads.append(load_average().split("/")[0])
+                        console.print(
+                            f"  round {len(results)}: {mode:6} p50 {r.p50_ms:.3f} ms "
+                            f"p90 {r.p90_ms:.3f} ms p99 {r.p99_ms:.3f} ms failed {r.failed}"
                         )
-                    results: list[Round] = []
-                    loads: list[str] = []
-                    for i in range(rounds):
-                        for mode in MODES if i % 2 == 0 else MODES[::-1]:
-                            r = await _round(
-                                mode,
-                                channels[mode],
-                                proxies,
-                                server.pid,
-                                rate=rate,
-                                seconds=seconds,
-                                payload=payload,
-                            )
-                            results.append(r)
-                            loads.append(load_average().split("/")[0])
-                            console.print(
-                                f"  round {len(results)}: {mode:6} p50 {r.p50_ms:.3f} ms "
-                                f"p90 {r.p90_ms:.3f} ms p99 {r.p99_ms:.3f} ms"
-                            )
-                    rss = {name: rss_mb(e.pid) for name, e in envoys.items()}
-                finally:
-                    for channel in channels.values():
-                        await channel.close()
+                await _check_grpc(targets, payload)
+                rss = {name: rss_mb(e.pid) for name, e in envoys.items()}
         finally:
             stop_processes([server])
     console.print(_rounds_table(results, loads))
@@ -366,15 +523,17 @@ def main(
     payload: Annotated[int, typer.Option(min=0, help="Request and response bytes.")] = 1024,
     serve: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Measure what the two sidecars add to a unary call, against calling the server directly."""
+    """Measure what the two sidecars add to a unary call: against the server direct and a bare
+    Envoy pair."""
     if serve is not None:  # the server process, started by the benchmark itself
         asyncio.run(_serve(serve, payload))
         return
     console = Console(width=150)
     print_header(console, "bench.sidecar_overhead")
     console.print(
-        f"{rounds} rounds per mode, {seconds:g} s each at {rate:g} calls/s, "
-        f"{payload} B request and response, Envoy --concurrency 1"
+        f"{rounds} rounds per mode, {seconds:g} s each at {rate:g} calls/s "
+        f"(h2load, {CONNECTIONS} connections), {payload} B request and response, "
+        "Envoy --concurrency 1"
     )
     asyncio.run(_bench(console, rounds, seconds, rate, payload))
 
