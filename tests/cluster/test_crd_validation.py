@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from grpcmesh_control.cluster.objects.admission import validate_admission
-from grpcmesh_control.cluster.objects.pod import MESH_ENV
+from grpcmesh_control.mesh.appenv import RESERVED
 from grpcmesh_control.mesh.errors import InvalidResource
 from grpcmesh_control.mesh.model import parse_mesh_service
 from grpcmesh_control.mesh.model.durations import MAX_DURATION
@@ -152,6 +152,31 @@ CASES = (
         "spec.workload.env[0].name",
         "Forbidden: GRPCMESH_PORT is set by the operator",
         "spec.workload.env[].name",
+        local="admission",
+    ),
+    _case(
+        "version-env-value-and-value-from",
+        "payments",
+        set_field("spec.versions.1.env", [{**_ENV_VALUE, "valueFrom": _SECRET}]),
+        "spec.versions[1].env[0]",
+        "set exactly one of value and valueFrom",
+        "spec.versions[].env[]",
+    ),
+    _case(
+        "version-env-two-sources",
+        "payments",
+        set_field("spec.versions.0.env", [{"name": "KEY", "valueFrom": _SECRET | _CONFIG_MAP}]),
+        "spec.versions[0].env[0].valueFrom",
+        "set exactly one of secretKeyRef and configMapKeyRef",
+        "spec.versions[].env[].valueFrom",
+    ),
+    _case(
+        "version-env-owned-by-the-mesh",
+        "payments",
+        set_field("spec.versions.1.env", [{"name": "GRPCMESH_VERSION", "value": "v9"}]),
+        "spec.versions[1].env[0].name",
+        "Forbidden: GRPCMESH_VERSION is set by the operator",
+        "spec.versions[].env[].name",
         local="admission",
     ),
     _case(
@@ -473,11 +498,13 @@ def test_every_cel_rule_has_a_case() -> None:
     assert exercised == rules
 
 
-def test_the_operators_variables_are_the_ones_the_crd_forbids() -> None:
-    schema = openapi_schema(load_crd())
-    env_name = schema["properties"]["spec"]["properties"]["workload"]["properties"]["env"]
-    (rule,) = env_name["items"]["properties"]["name"]["x-kubernetes-validations"]
-    assert set(re.findall(r"'([A-Z_]+)'", rule["rule"])) == MESH_ENV
+def test_the_meshs_variables_are_the_ones_the_crd_forbids() -> None:
+    spec = openapi_schema(load_crd())["properties"]["spec"]["properties"]
+    workload_env = spec["workload"]["properties"]["env"]
+    version_env = spec["versions"]["items"]["properties"]["env"]
+    for env in (workload_env, version_env):
+        (rule,) = env["items"]["properties"]["name"]["x-kubernetes-validations"]
+        assert set(re.findall(r"'([A-Z_]+)'", rule["rule"])) == RESERVED
 
 
 def _cel_rules(schema: Mapping[str, Any]) -> Iterator[tuple[str, int]]:

@@ -69,3 +69,12 @@ async def test_promtool_accepts_the_metrics_page(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_the_service_and_its_version_are_on_metrics_and_traces() -> None:
+    app, _ = build_app(echo_settings(service_name="reviews", version="v2"))
+    async with app.running():
+        text = await scrape(app.metrics_address)
+    assert value(text, "grpcmesh_service_info", service="reviews", version="v2") == 1
+    resource = app.tracer_provider.resource.attributes
+    assert (resource["service.name"], resource["service.version"]) == ("reviews", "v2")

@@ -1,8 +1,8 @@
 """What local mode runs, as data: MeshServices + free ports -> a ``Plan`` (pure, no I/O).
 
 For every MeshService with a workload, per version and per replica ``i`` of that version, the
-plan holds the app (``spec.workload.command`` + ``args``, ``python`` replaced by the launcher's
-interpreter), its Envoy sidecar (node id ``sidecar~<svc>~<version>-<i>``, bootstrap with the
+plan holds the app (the version's command + args, by default ``spec.workload``'s, ``python``
+replaced by the launcher's interpreter; its env with the kit's contract, ``mesh.appenv``), its Envoy sidecar (node id ``sidecar~<svc>~<version>-<i>``, bootstrap with the
 ports in its node metadata) and the app's ``config.yaml`` (``spec.config``); plus the ingress
 Envoy (``ingress~gateway``) and the control plane. The launcher writes ``Plan.files()``, starts
 the processes and renders ``endpoints.json``/``state.json`` from the plan (``documents``).
@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from grpcmesh_control.mesh.model.mesh import MeshService
+from grpcmesh_control.mesh.appenv import AppEnv
+from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload
 from grpcmesh_control.mesh.translate.bootstrap import envoy_command, render_bootstrap
 from grpcmesh_control.mesh.translate.naming import LOCALHOST, NodeId, ProxyNode
 from grpcmesh_control.observability.alerts import RULES_FILE_NAME
@@ -306,37 +307,49 @@ class _PortTaker:
         return port
 
 
-def _replica_names(svc: MeshService) -> list[tuple[str, str]]:
+def _replica_names(svc: MeshService) -> list[tuple[VersionTarget, str]]:
     """(version, replica name) pairs; a version's own replica count wins over spec.replicas.
 
     Weight-0 versions run too: shifting weight to them must not need a launcher change.
     """
     return [
-        (v.name, f"{v.name}-{i}")
+        (v, f"{v.name}-{i}")
         for v in svc.versions
         for i in range(svc.replicas if v.replicas is None else v.replicas)
     ]
 
 
-def _app_argv(svc: MeshService, python: str) -> tuple[str, ...]:
-    assert svc.workload is not None
-    command = list(svc.workload.command)
+def _field(svc: MeshService, version: VersionTarget, name: str) -> str:
+    """Where a workload field of ``version`` comes from: the version's own, else the workload's."""
+    if getattr(version, name):
+        index = next(i for i, v in enumerate(svc.versions) if v.name == version.name)
+        return f"spec.versions[{index}].{name}"
+    return f"spec.workload.{name}"
+
+
+def _app_argv(
+    svc: MeshService, version: VersionTarget, workload: Workload, python: str
+) -> tuple[str, ...]:
+    command = list(workload.command)
     if not command:
         # In a pod an empty command means the image's entrypoint; there is no image here.
-        raise PlanError(f"MeshService {svc.key}: spec.workload.command: required in local mode")
+        raise PlanError(
+            f"MeshService {svc.key}: {_field(svc, version, 'command')}: required in local mode"
+        )
     if PurePath(command[0]).name in _PYTHON_NAMES:
         command[0] = python
-    return (*command, *svc.workload.args)
+    return (*command, *workload.args)
 
 
-def _app_env(svc: MeshService) -> dict[str, str]:
-    """spec.workload.env literal values; references to Secrets/ConfigMaps have no local source."""
-    assert svc.workload is not None
+def _app_env(svc: MeshService, version: VersionTarget, workload: Workload) -> dict[str, str]:
+    """The version's literal env values; references to Secrets/ConfigMaps have no local source."""
     env: dict[str, str] = {}
-    for var in svc.workload.env:
+    for var in workload.env:
         if var.value is None:
+            own = any(v.name == var.name for v in version.env)
+            path = _field(svc, version, "env") if own else "spec.workload.env"
             raise PlanError(
-                f"MeshService {svc.key}: spec.workload.env {var.name}: valueFrom is not "
+                f"MeshService {svc.key}: {path} {var.name}: valueFrom is not "
                 "supported in local mode (use value)"
             )
         env[var.name] = var.value
@@ -345,13 +358,15 @@ def _app_env(svc: MeshService) -> dict[str, str]:
 
 def _replica(
     svc: MeshService,
-    version: str,
+    version: VersionTarget,
     replica: str,
     take: _PortTaker,
     settings: LocalSettings,
     xds_address: str,
 ) -> ReplicaPlan:
     run = settings.run_dir
+    workload = svc.workload_of(version)
+    assert workload is not None
     directory = run / svc.name / replica
     app_port, metrics_port, inbound, egress, admin = (take() for _ in range(PORTS_PER_REPLICA))
     node = ProxyNode(
@@ -365,26 +380,25 @@ def _replica(
     )
     config_path = directory / "config.yaml"
     bootstrap_path = directory / "envoy.json"
+    contract = AppEnv(
+        service=svc.name,
+        version=version.name,
+        host=LOCALHOST,
+        port=app_port,
+        metrics_host=LOCALHOST,
+        metrics_port=metrics_port,
+        config_file=str(config_path),
+        sidecar_egress=f"{LOCALHOST}:{egress}",
+        sidecar_admin=f"{LOCALHOST}:{admin}",
+        db_path=str(run / svc.name / "data.db"),
+        drain_seconds=settings.drain_seconds,
+        otlp_endpoint=settings.otlp_endpoint,
+    )
     # The mesh's variables come last: a workload cannot move its own ports or database.
-    env = {
-        **_app_env(svc),
-        "PYTHONUNBUFFERED": "1",
-        "GRPCMESH_SERVICE_NAME": svc.name,
-        "GRPCMESH_HOST": LOCALHOST,
-        "GRPCMESH_PORT": str(app_port),
-        "GRPCMESH_METRICS_HOST": LOCALHOST,
-        "GRPCMESH_METRICS_PORT": str(metrics_port),
-        "GRPCMESH_CONFIG_FILE": str(config_path),
-        "GRPCMESH_SIDECAR_EGRESS": f"{LOCALHOST}:{egress}",
-        "GRPCMESH_SIDECAR_ADMIN": f"{LOCALHOST}:{admin}",
-        "GRPCMESH_DB_PATH": str(run / svc.name / "data.db"),
-        "GRPCMESH_DRAIN_SECONDS": f"{settings.drain_seconds:g}",
-    }
-    if settings.otlp_endpoint is not None:
-        env["GRPCMESH_OTLP_ENDPOINT"] = settings.otlp_endpoint
+    env = {**_app_env(svc, version, workload), "PYTHONUNBUFFERED": "1", **contract.variables()}
     return ReplicaPlan(
         service=svc.name,
-        version=version,
+        version=version.name,
         replica=replica,
         node_id=str(node.id),
         dir=directory,
@@ -408,7 +422,7 @@ def _replica(
         ),
         app=ProcessSpec(
             name=f"{svc.name}/{replica}/app",
-            argv=_app_argv(svc, settings.python),
+            argv=_app_argv(svc, version, workload, settings.python),
             log=directory / "app.log",
             cwd=directory,
             env=MappingProxyType(env),

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import Counter
+from prometheus_client import Counter, Info
 
 from grpcmesh_kit.channels import ChannelFactory
 from grpcmesh_kit.config import KitSettings, SettingsWatcher
@@ -68,7 +68,7 @@ class ServiceApp(Generic[S]):
         self._watcher = SettingsWatcher(settings)
         self._owns_tracer = tracer_provider is None
         self.tracer_provider = tracer_provider or create_tracer_provider(
-            settings.service_name, otlp_exporter(settings.otlp_endpoint)
+            settings.service_name, otlp_exporter(settings.otlp_endpoint), version=settings.version
         )
         self.metrics = MetricsEndpoint()
         # A reload is observable (tests and operators poll it instead of waiting a fixed time).
@@ -78,6 +78,12 @@ class ServiceApp(Generic[S]):
             registry=self.metrics.registry,
         )
         self._watcher.subscribe(lambda _settings: reloads.inc())
+        # Which service and version answer on this /metrics, as a constant-1 info series.
+        Info(
+            "grpcmesh_service",
+            "The service and version this app runs.",
+            registry=self.metrics.registry,
+        ).info({"service": settings.service_name, "version": settings.version or ""})
         self.channels = ChannelFactory(
             lambda: self.settings, client_interceptors(self.metrics, self.tracer_provider)
         )

@@ -37,6 +37,9 @@ class KitSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     service_name: str = "service"
+    version: str | None = None
+    """The version of the service this replica runs (a ``spec.versions`` name), set by the mesh
+    in both modes; on traces as ``service.version`` and on ``grpcmesh_service_info``."""
     host: str = "127.0.0.1"
     """Address the gRPC server binds. Loopback by default: in a pod the sidecar forwards to it."""
     port: int = Field(default=50051, ge=0, le=65535)

@@ -30,9 +30,9 @@ def otlp_exporter(endpoint: str | None) -> SpanExporter | None:
 
 
 def create_tracer_provider(
-    service_name: str, exporter: SpanExporter | None = None
+    service_name: str, exporter: SpanExporter | None = None, *, version: str | None = None
 ) -> TracerProvider:
-    """A provider tagged with the service name.
+    """A provider tagged with the service name (and ``service.version`` when known).
 
     Without an exporter, traces this service starts are not recorded: their ids still reach
     logs and downstream calls, but recording spans nobody collects was most of the kit's
@@ -40,9 +40,10 @@ def create_tracer_provider(
     (ParentBased), so a trace sampled upstream stays whole.
     """
     root = ALWAYS_ON if exporter is not None else ALWAYS_OFF
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name}), sampler=ParentBased(root)
-    )
+    attributes = {"service.name": service_name}
+    if version is not None:
+        attributes["service.version"] = version
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=ParentBased(root))
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider

@@ -407,3 +407,14 @@ def test_the_appmesh_provider_does_not_inject() -> None:
     assert response["allowed"] is True
     assert "patch" not in response
     assert response["warnings"]
+
+
+def test_a_version_may_not_set_mesh_variables_either(
+    example_docs: dict[str, Any], services: dict[str, MeshService], catalog: MethodCatalog
+) -> None:
+    example_docs["payments"]["spec"]["versions"][1]["env"] = [
+        {"name": "FEATURE", "value": "on"},
+        {"name": "GRPCMESH_VERSION", "value": "v9"},
+    ]
+    response = validate(example_docs["payments"], services, catalog)
+    assert denied_fields(response) == ["spec.versions[1].env[1].name"]

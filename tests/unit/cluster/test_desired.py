@@ -502,3 +502,40 @@ def test_appmesh_provider_drops_the_native_sidecar(
     kinds = {o["kind"] for o in objects}
     assert {"Mesh", "VirtualNode", "VirtualRouter", "VirtualService"} <= kinds
     assert appmesh_settings.provider is Provider.APPMESH
+
+
+def test_each_version_runs_its_own_image_command_and_env(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    doc = example_docs["payments"]
+    doc["spec"]["workload"]["env"] = [
+        {"name": "GRPCMESH_LOG_LEVEL", "value": "INFO"},
+        {"name": "REGION", "value": "eu"},
+    ]
+    doc["spec"]["versions"][1] |= {
+        "command": ["python", "-m", "grpcmesh_payments_next"],
+        "args": ["--fast"],
+        "env": [{"name": "GRPCMESH_LOG_LEVEL", "value": "DEBUG"}],
+    }
+    objects = render(parse_mesh_service(doc, catalog=catalog), settings)
+    _, stable = containers(one(objects, "Deployment", "payments-v1"))
+    _, canary = containers(one(objects, "Deployment", "payments-v2"))
+    assert stable["image"].endswith(":0.1.0") and canary["image"].endswith(":0.2.0")
+    assert stable["command"] == ["python", "-m", "grpcmesh_payments"]
+    assert "args" not in stable
+    assert (canary["command"], canary["args"]) == (
+        ["python", "-m", "grpcmesh_payments_next"],
+        ["--fast"],
+    )
+    assert env_of(stable)["GRPCMESH_LOG_LEVEL"] == "INFO"
+    assert env_of(canary)["GRPCMESH_LOG_LEVEL"] == "DEBUG"
+    assert env_of(canary)["REGION"] == env_of(stable)["REGION"] == "eu"
+
+
+def test_every_app_is_told_its_version(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    objects = render(services["payments"], settings)
+    for version in ("v1", "v2"):
+        _, app = containers(one(objects, "Deployment", f"payments-{version}"))
+        assert env_of(app)["GRPCMESH_VERSION"] == version

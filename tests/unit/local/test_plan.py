@@ -277,3 +277,50 @@ def test_an_otlp_endpoint_traces_every_envoy_and_app(
             itertools.count(FIRST_PORT),
             dataclasses.replace(settings, otlp_endpoint="http://collector"),
         )
+
+
+CANARY = PAYMENTS.replace(
+    "    - {name: v2, weight: 0, replicas: 1}\n",
+    """    - name: v2
+      weight: 0
+      replicas: 1
+      image: payments:2
+      command: [python3, -m, grpcmesh_payments_next]
+      args: []
+      env:
+        - {name: GRPCMESH_LOG_LEVEL, value: WARNING}
+        - {name: FEATURE, value: "on"}
+""",
+)
+
+
+def test_versions_run_their_own_command_args_and_env(settings: LocalSettings) -> None:
+    plan = build_plan(parse(CANARY), itertools.count(FIRST_PORT), settings)
+    stable, canary = plan.replica("payments/v1-0"), plan.replica("payments/v2-0")
+    assert stable.app.argv == ("/venv/bin/python", "-m", "grpcmesh_payments", "--verbose")
+    assert canary.app.argv == ("/venv/bin/python", "-m", "grpcmesh_payments_next")
+    # The version's env is laid over the workload's by name; the rest is inherited.
+    assert stable.app.env["GRPCMESH_LOG_LEVEL"] == "DEBUG"
+    assert canary.app.env["GRPCMESH_LOG_LEVEL"] == "WARNING"
+    assert canary.app.env["FEATURE"] == "on"
+    assert "FEATURE" not in stable.app.env
+
+
+def test_every_app_is_told_its_version(settings: LocalSettings) -> None:
+    plan = build_plan(parse(CANARY), itertools.count(FIRST_PORT), settings)
+    assert {r.replica: r.app.env["GRPCMESH_VERSION"] for r in plan.replicas} == {
+        "v1-0": "v1",
+        "v1-1": "v1",
+        "v2-0": "v2",
+    }
+
+
+def test_a_versions_secret_reference_is_refused_naming_the_version(
+    settings: LocalSettings,
+) -> None:
+    secret = CANARY.replace(
+        '{name: FEATURE, value: "on"}',
+        "{name: FEATURE, valueFrom: {secretKeyRef: {name: s, key: k}}}",
+    )
+    with pytest.raises(PlanError, match=r"spec\.versions\[1\]\.env FEATURE: valueFrom"):
+        build_plan(parse(secret), itertools.count(FIRST_PORT), settings)

@@ -11,6 +11,7 @@ import pytest
 
 from grpcmesh_control.mesh.model import (
     Backend,
+    EnvVar,
     ExternalHost,
     FieldError,
     InvalidResource,
@@ -123,6 +124,22 @@ def test_env_value_from_and_external_backend(example_docs: dict[str, Doc]) -> No
     assert svc.workload is not None
     assert svc.workload.env[0].secret_key_ref == KeyRef("fx", "token")
     assert svc.backends[-1] == Backend("fx", ExternalHost("fx.example.com", 443, tls=True))
+
+
+def test_versions_may_change_image_command_args_and_env(example_docs: dict[str, Doc]) -> None:
+    doc = example_docs["payments"]
+    doc["spec"]["versions"][1] |= {
+        "command": ["python", "-m", "next"],
+        "args": ["--fast"],
+        "env": [{"name": "FEATURE", "value": "on"}],
+    }
+    svc = parse_mesh_service(doc)
+    stable, canary = (svc.workload_of(v) for v in svc.versions)
+    assert stable == svc.workload  # nothing set: the workload as written
+    assert canary is not None and svc.workload is not None
+    assert canary.image.endswith(":0.2.0")
+    assert (canary.command, canary.args) == (("python", "-m", "next"), ("--fast",))
+    assert canary.env == (*svc.workload.env, EnvVar("FEATURE", value="on"))
 
 
 def test_status_is_ignored(example_docs: dict[str, Doc]) -> None:
@@ -339,6 +356,29 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
         "apiVersion: must be grpcmesh.io/v1alpha1, not 'grpcmesh.io/v1'",
     ),
     ("kind", "orders", set_field("kind", "Service"), "kind: must be MeshService, not 'Service'"),
+    (
+        "version-env-twice",
+        "payments",
+        set_field(
+            "spec.versions.1.env", [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]
+        ),
+        "spec.versions[1].env[1]: duplicate of spec.versions[1].env[0] ('A')",
+    ),
+    (
+        "version-env-value-and-value-from",
+        "payments",
+        set_field(
+            "spec.versions.0.env",
+            [{"name": "A", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        ),
+        "spec.versions[0].env[0]: set exactly one of value and valueFrom",
+    ),
+    (
+        "version-command-not-a-list",
+        "payments",
+        set_field("spec.versions.1.command", "python -m x"),
+        "spec.versions[1].command: 'python -m x' is not of type 'array'",
+    ),
 ]
 
 

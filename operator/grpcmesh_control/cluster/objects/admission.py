@@ -42,7 +42,6 @@ from grpcmesh_control.cluster.objects.names import (
     PROXY_CONTAINER,
     version_service_name,
 )
-from grpcmesh_control.cluster.objects.pod import MESH_ENV
 from grpcmesh_control.cluster.objects.proxy import (
     bootstrap_volume,
     pod_local_env,
@@ -52,6 +51,7 @@ from grpcmesh_control.cluster.objects.proxy import (
 from grpcmesh_control.cluster.objects.pss import restricted_violations
 from grpcmesh_control.cluster.objects.quantity import parse_quantity
 from grpcmesh_control.cluster.objects.settings import OperatorSettings, Provider
+from grpcmesh_control.mesh import appenv
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
 from grpcmesh_control.mesh.model.mesh import DEFAULT_VERSION, MeshService, ResourceList
@@ -129,8 +129,14 @@ def _workload_problems(svc: MeshService) -> Iterator[FieldError]:
     if workload is None:
         return
     for i, env in enumerate(workload.env):
-        if env.name in MESH_ENV:
+        if env.name in appenv.RESERVED:
             yield FieldError(f"spec.workload.env[{i}].name", f"{env.name} is set by the operator")
+    for v, version in enumerate(svc.versions):
+        for i, env in enumerate(version.env):
+            if env.name in appenv.RESERVED:
+                yield FieldError(
+                    f"spec.versions[{v}].env[{i}].name", f"{env.name} is set by the operator"
+                )
     requests, limits = workload.resources.requests, workload.resources.limits
     for name in ("cpu", "memory"):
         request, limit = _quantity(requests, name), _quantity(limits, name)

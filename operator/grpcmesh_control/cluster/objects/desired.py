@@ -106,8 +106,9 @@ def desired_objects(
     if svc.workload is not None:
         digest = None if bootstrap is None else bootstrap_hash(bootstrap)
         objects += [
-            _deployment(svc, v, svc.workload, namespace, owner, settings, digest)
+            _deployment(svc, v, workload, namespace, owner, settings, digest)
             for v in svc.versions
+            if (workload := svc.workload_of(v)) is not None
         ]
     if settings.service_monitor_crd:
         objects.append(_service_monitor(svc, namespace, owner, settings))

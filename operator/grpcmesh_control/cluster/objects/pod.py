@@ -30,7 +30,6 @@ from grpcmesh_control.cluster.objects.proxy import (
     local_address,
     pod_local_env,
     proxy_container,
-    sidecar_app_env,
 )
 from grpcmesh_control.cluster.objects.resources import render_resources
 from grpcmesh_control.cluster.objects.security import (
@@ -38,11 +37,10 @@ from grpcmesh_control.cluster.objects.security import (
     restricted_security_context,
 )
 from grpcmesh_control.cluster.objects.settings import OperatorSettings, PodLocalAddress, Provider
+from grpcmesh_control.mesh import appenv
 from grpcmesh_control.mesh.model.mesh import EnvVar, MeshService, VersionTarget, Workload
 
 __all__ = [
-    "DB_PATH_ENV",
-    "MESH_ENV",
     "METRICS_PORT_NAME",
     "app_container",
     "app_probe_port",
@@ -52,21 +50,6 @@ __all__ = [
 ]
 
 METRICS_PORT_NAME = "metrics"
-DB_PATH_ENV = "GRPCMESH_DB_PATH"
-MESH_ENV = frozenset(
-    {
-        "GRPCMESH_CONFIG_FILE",
-        "GRPCMESH_HOST",
-        "GRPCMESH_METRICS_HOST",
-        "GRPCMESH_METRICS_PORT",
-        "GRPCMESH_PORT",
-        "GRPCMESH_SERVICE_NAME",
-        "GRPCMESH_SIDECAR_ADMIN",
-        "GRPCMESH_SIDECAR_EGRESS",
-    }
-)
-"""Variables the operator sets on the app: a workload cannot move its own ports, config file
-or sidecar (the validating webhook rejects them in spec.workload.env)."""
 _ANY_ADDRESS = "0.0.0.0"  # metrics only: Prometheus scrapes the pod IP
 
 
@@ -94,30 +77,36 @@ def env_var(env: EnvVar) -> dict[str, Any]:
     return {"name": env.name, "value": env.value or ""}
 
 
-def _app_env(svc: MeshService, workload: Workload, settings: OperatorSettings) -> list[Any]:
-    own = [env_var(e) for e in workload.env if e.name not in MESH_ENV]
-    # Metrics on every address, unless pods share the host's network: then on the pod IP
-    # (two replicas on 0.0.0.0 would collide).
-    shared = settings.pod_local_address is PodLocalAddress.LOOPBACK
-    mesh = [
-        {"name": "GRPCMESH_CONFIG_FILE", "value": _config_path(settings)},
-        {"name": "GRPCMESH_HOST", "value": local_address(settings)},
-        {
-            "name": "GRPCMESH_METRICS_HOST",
-            "value": _ANY_ADDRESS if shared else local_address(settings),
-        },
-        {"name": "GRPCMESH_METRICS_PORT", "value": str(settings.app.metrics_port)},
-        {"name": "GRPCMESH_PORT", "value": str(svc.grpc.port)},
-        {"name": "GRPCMESH_SERVICE_NAME", "value": svc.name},
-    ]
-    if settings.provider is Provider.NATIVE:
-        mesh += sidecar_app_env(settings)
+def _app_env(
+    svc: MeshService, version: VersionTarget, workload: Workload, settings: OperatorSettings
+) -> list[Any]:
+    """The workload's own variables, then the kit's contract (``mesh.appenv``), which wins."""
+    own = [env_var(e) for e in workload.env if e.name not in appenv.RESERVED]
+    local = local_address(settings)
+    proxy = settings.proxy
+    sidecar = settings.provider is Provider.NATIVE
     # The root filesystem is read-only: point the services' sqlite file (db_path) at the data
     # emptyDir unless spec.config or the workload's env already chose a path (an env variable
     # would override spec.config, which is reloaded live and so should win).
-    if "db_path" not in svc.config_map and all(e.name != DB_PATH_ENV for e in workload.env):
-        mesh.append({"name": DB_PATH_ENV, "value": f"{data_dir(svc.name, settings)}/{svc.name}.db"})
-    return pod_local_env(settings) + own + sorted(mesh, key=lambda e: e["name"])
+    chosen_db = "db_path" in svc.config_map or any(e.name == appenv.DB_PATH for e in workload.env)
+    contract = appenv.AppEnv(
+        service=svc.name,
+        version=version.name,
+        host=local,
+        port=svc.grpc.port,
+        # Metrics on every address, unless pods share the host's network: then on the pod IP
+        # (two replicas on 0.0.0.0 would collide).
+        metrics_host=(
+            _ANY_ADDRESS if settings.pod_local_address is PodLocalAddress.LOOPBACK else local
+        ),
+        metrics_port=settings.app.metrics_port,
+        config_file=_config_path(settings),
+        sidecar_egress=f"{local}:{proxy.egress_port}" if sidecar else None,
+        sidecar_admin=f"{local}:{proxy.admin_port}" if sidecar else None,
+        db_path=None if chosen_db else f"{data_dir(svc.name, settings)}/{svc.name}.db",
+    )
+    mesh = [{"name": name, "value": value} for name, value in contract.variables().items()]
+    return pod_local_env(settings) + own + mesh
 
 
 def _config_path(settings: OperatorSettings) -> str:
@@ -140,7 +129,7 @@ def app_container(
         ports.insert(0, {"name": "grpc", "containerPort": svc.grpc.port, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": APP_CONTAINER,
-        "image": version.image or workload.image,
+        "image": workload.image,
         "imagePullPolicy": "IfNotPresent",
     }
     if workload.command:
@@ -148,7 +137,7 @@ def app_container(
     if workload.args:
         container["args"] = list(workload.args)
     container |= {
-        "env": _app_env(svc, workload, settings),
+        "env": _app_env(svc, version, workload, settings),
         "ports": ports,
         # Startup: migrations and waiting for the sidecar's first config (2 min). Readiness
         # drops quickly once the kit drains (NOT_SERVING). Liveness is patient (see docstring).
@@ -179,7 +168,8 @@ def pod_template(
     *,
     bootstrap_hash: str | None,
 ) -> dict[str, Any]:
-    """The Deployment's ``spec.template``. ``bootstrap_hash`` (native provider) goes into an
+    """The Deployment's ``spec.template`` of ``version``, running ``workload`` (the version's
+    own: ``svc.workload_of(version)``). ``bootstrap_hash`` (native provider) goes into an
     annotation so a bootstrap change rolls the pods; the app config is deliberately not
     hashed, since the kit reloads it live from the directory mount."""
     annotations = {ANNOTATION_DEFAULT_CONTAINER: APP_CONTAINER}

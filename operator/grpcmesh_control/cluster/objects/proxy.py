@@ -28,6 +28,7 @@ from grpcmesh_control.cluster.objects.names import (
 from grpcmesh_control.cluster.objects.resources import render_resources
 from grpcmesh_control.cluster.objects.security import restricted_security_context
 from grpcmesh_control.cluster.objects.settings import OperatorSettings, PodLocalAddress
+from grpcmesh_control.mesh import appenv
 from grpcmesh_control.mesh.translate.bootstrap import (
     envoy_command,
     render_bootstrap,
@@ -193,6 +194,6 @@ def sidecar_app_env(settings: OperatorSettings) -> list[dict[str, str]]:
     proxy = settings.proxy
     address = local_address(settings)
     return [
-        {"name": "GRPCMESH_SIDECAR_ADMIN", "value": f"{address}:{proxy.admin_port}"},
-        {"name": "GRPCMESH_SIDECAR_EGRESS", "value": f"{address}:{proxy.egress_port}"},
+        {"name": appenv.SIDECAR_ADMIN, "value": f"{address}:{proxy.admin_port}"},
+        {"name": appenv.SIDECAR_EGRESS, "value": f"{address}:{proxy.egress_port}"},
     ]

@@ -8,7 +8,7 @@ Defaults are stated once, here, and repeated in the CRD's field descriptions.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
 
@@ -137,12 +137,19 @@ class MethodPolicy:
 
 @dataclass(frozen=True)
 class VersionTarget:
-    """A version of the workload and the percentage of calls it receives."""
+    """A version of the workload and the percentage of calls it receives.
+
+    ``image``, ``command`` and ``args`` replace the workload's when set (``None``); ``env`` is
+    laid over the workload's, by name. ``MeshService.workload_of`` applies them.
+    """
 
     name: str
     weight: int
     image: str | None = None
     replicas: int | None = None
+    command: tuple[str, ...] | None = None
+    args: tuple[str, ...] | None = None
+    env: tuple[EnvVar, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,21 @@ class MeshService:
     @property
     def config_map(self) -> Mapping[str, str]:
         return dict(self.config)
+
+    def workload_of(self, version: VersionTarget) -> Workload | None:
+        """What ``version`` runs: the workload with the version's image, command, args and env
+        applied (``None`` without a workload). Both modes run exactly this."""
+        base = self.workload
+        if base is None:
+            return None
+        own = {var.name for var in version.env}
+        return replace(
+            base,
+            image=version.image or base.image,
+            command=base.command if version.command is None else version.command,
+            args=base.args if version.args is None else version.args,
+            env=(*(var for var in base.env if var.name not in own), *version.env),
+        )
 
 
 @dataclass(frozen=True)

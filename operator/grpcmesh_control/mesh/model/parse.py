@@ -202,6 +202,8 @@ def _semantic_errors(body: Doc, catalog: MethodCatalog | None) -> Iterator[Field
                 "spec.workload.version",
                 "must not be set together with spec.versions (name each version there)",
             )
+        for i, version in enumerate(versions):
+            yield from _version_errors(f"spec.versions[{i}]", version)
     yield from _duration_errors(spec)
     for key in spec.get("config", {}):
         if not _CONFIG_KEY.match(key) or len(key) > 253:
@@ -288,6 +290,13 @@ def _duplicates(path: str, names: Sequence[str]) -> Iterator[FieldError]:
             first[name] = i
 
 
+def _version_errors(path: str, version: Doc) -> Iterator[FieldError]:
+    env = version.get("env", [])
+    yield from _duplicates(f"{path}.env", [e["name"] for e in env])
+    for i, var in enumerate(env):
+        yield from _env_errors(f"{path}.env[{i}]", var)
+
+
 def _env_errors(path: str, env: Doc) -> Iterator[FieldError]:
     value_from = env.get("valueFrom")
     if ("value" in env) == (value_from is not None):
@@ -315,10 +324,7 @@ def _build(body: Doc) -> MeshService:
     spec: Doc = body["spec"]
     workload = spec.get("workload")
     if "versions" in spec:
-        versions = tuple(
-            VersionTarget(v["name"], v["weight"], v.get("image"), v.get("replicas"))
-            for v in spec["versions"]
-        )
+        versions = tuple(_version(v) for v in spec["versions"])
     else:
         implicit = (workload or {}).get("version", DEFAULT_VERSION)
         versions = (VersionTarget(implicit, 100),)
@@ -359,6 +365,19 @@ def _workload(doc: Doc) -> Workload:
             requests=_resource_list(resources.get("requests", {})),
             limits=_resource_list(resources.get("limits", {})),
         ),
+    )
+
+
+def _version(doc: Doc) -> VersionTarget:
+    command, args = doc.get("command"), doc.get("args")
+    return VersionTarget(
+        name=doc["name"],
+        weight=doc["weight"],
+        image=doc.get("image"),
+        replicas=doc.get("replicas"),
+        command=None if command is None else tuple(command),
+        args=None if args is None else tuple(args),
+        env=tuple(_env(e) for e in doc.get("env", [])),
     )
 
 
