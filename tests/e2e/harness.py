@@ -216,6 +216,11 @@ INVALID: dict[str, tuple[str, Edit, str]] = {
         lambda doc: doc["spec"]["versions"][1].update(weight=5),
         "spec.versions",
     ),
+    "typo": (
+        "orders.yaml",
+        lambda doc: doc["spec"].update(expsoe=True),
+        "spec.expsoe: unknown field (did you mean expose?)",
+    ),
 }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from importlib.resources import files
@@ -37,6 +38,7 @@ from grpcmesh_control.cli.cluster_status import (
     fetch,
 )
 from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.local.down import MeshNotRunning, MeshNotStopped, stop_mesh
 from grpcmesh_control.local.launcher import (
     DEFAULT_RUN_DIR,
     LauncherError,
@@ -80,17 +82,37 @@ def _default_resources() -> Path:
 
 
 Resources = Annotated[
-    Path | None,
+    list[Path] | None,
     typer.Option(
         "--resources",
-        help="Directory of MeshService YAML files. [default: manifests/examples]",
-        file_okay=False,
+        help="A MeshService YAML file, or a folder of them; repeat to give several. "
+        "[default: manifests/examples]",
     ),
 ]
 
+# Piped (a script, grep, a file), output is for programs as much as people: nothing wraps at a
+# guessed width, tables have no box drawing, and there are no colour codes.
+_PLAIN_WIDTH = 100_000
+
+
+def _plain(stderr: bool = False) -> bool:
+    stream = sys.stderr if stderr else sys.stdout
+    return not stream.isatty()
+
 
 def _console(stderr: bool = False) -> Console:
+    if _plain(stderr):
+        return Console(
+            stderr=stderr, highlight=False, width=_PLAIN_WIDTH, no_color=True, soft_wrap=True
+        )
     return Console(stderr=stderr, highlight=False)
+
+
+def _table(title: str, **options: Any) -> Table:
+    """A table titled ``title``: boxed on a terminal, plain columns when piped."""
+    if _plain():
+        options |= {"box": None, "pad_edge": False}
+    return Table(title=title, title_justify="left", **options)
 
 
 def _error(message: object) -> None:
@@ -143,7 +165,7 @@ def _port(address: str) -> str:
 
 def _mesh_table(state: RunState) -> Group:
     """Where everything listens. Every address is on 127.0.0.1, so the table shows ports."""
-    table = Table(title="grpcmesh local mesh: ports on 127.0.0.1", title_justify="left")
+    table = _table("grpcmesh local mesh: ports on 127.0.0.1")
     for column in ("", "replica", "gRPC", "sidecar in", "admin", "metrics", "pid"):
         table.add_column(column, no_wrap=True)
     table.add_row(
@@ -188,19 +210,23 @@ def _mesh_table(state: RunState) -> Group:
 
 
 def _options(
-    resources: Path | None,
+    resources: list[Path] | None,
     state_dir: Path,
     startup_timeout: float,
     prometheus: bool = False,
     otlp_endpoint: str | None = None,
 ) -> MeshOptions:
     return MeshOptions(
-        resources=resources or _default_resources(),
+        resources=tuple(resources or [_default_resources()]),
         run_dir=state_dir,
         supervisor=SupervisorSettings(startup_timeout_s=startup_timeout),
         prometheus=prometheus,
         otlp_endpoint=otlp_endpoint,
     )
+
+
+def _paths(paths: tuple[Path, ...]) -> str:
+    return ", ".join(str(p) for p in paths)
 
 
 def _start_errors(exc: BaseException) -> str | None:
@@ -252,7 +278,7 @@ def up(
 
     async def main(stop: asyncio.Event) -> int:
         try:
-            console.print(f"starting the mesh from {options.resources} ...")
+            console.print(f"starting the mesh from {_paths(options.resources)} ...")
             await run_mesh(options, stop, on_ready=ready)
         except Exception as exc:
             message = _start_errors(exc)
@@ -264,6 +290,26 @@ def up(
         return 0
 
     raise typer.Exit(_run_until_signal(main))
+
+
+# --- down --------------------------------------------------------------------------------
+
+
+@app.command()
+def down(
+    state_dir: StateDir = DEFAULT_RUN_DIR,
+    timeout: Annotated[
+        float, typer.Option(min=1.0, help="Seconds for every process to stop.")
+    ] = 30.0,
+) -> None:
+    """Stop the mesh `grpcmesh up` runs in the state directory, and wait until it has stopped."""
+    try:
+        state = stop_mesh(state_dir, timeout_s=timeout)
+    except MeshNotRunning as exc:
+        _fail(f"{exc} (nothing to stop)", EXIT_CANNOT_RUN)
+    except MeshNotStopped as exc:
+        _fail(exc)
+    _console().print(f"mesh in {state.run_dir} stopped (launcher pid {state.launcher_pid})")
 
 
 # --- status ------------------------------------------------------------------------------
@@ -282,7 +328,7 @@ def _status_table(doc: dict[str, Any]) -> Table:
         f"ingress {doc['ingress']}   control plane {doc['control_plane']}"
         f"   config {doc['config_version'] or '(control plane unreachable)'}"
     )
-    table = Table(title=title, title_justify="left")
+    table = _table(title)
     for column in ("service", "replica", "gRPC", "ready", "xDS", "ACKed version", "NACK"):
         table.add_column(column, overflow="fold")
     rows = [(s["name"], e) for s in doc["services"] for e in s["endpoints"]]
@@ -368,7 +414,7 @@ def _millis(seconds: float | None) -> str:
 
 
 def _top_table(source: str, rows: list[ServiceRed]) -> Table:
-    table = Table(title=f"RED per service (server side), from {source}", title_justify="left")
+    table = _table(f"RED per service (server side), from {source}")
     for column in ("service", "req/s", "errors", "p50 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "service" else "right")
     for row in rows:
@@ -538,7 +584,7 @@ def demo(
         raise typer.Exit(asyncio.run(_run_demo(state.ingress, orders, rate, console)))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options = _options(resources, state_dir, startup_timeout)
-    console.print(f"starting a fresh mesh from {options.resources} ...")
+    console.print(f"starting a fresh mesh from {_paths(options.resources)} ...")
     raise typer.Exit(_run_until_signal(lambda stop: _demo_up(options, orders, rate, stop, console)))
 
 

@@ -19,7 +19,7 @@ from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.envoy_binary import find_envoy
 from grpcmesh_control.local.plan import LocalSettings, Plan, build_plan, ports_needed
 from grpcmesh_control.local.ports import allocate_ports
-from grpcmesh_control.local.resources import load_resource_dir
+from grpcmesh_control.local.resources import load_resources
 from grpcmesh_control.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
 from grpcmesh_control.local.supervisor import Supervisor, SupervisorSettings
 from grpcmesh_control.observability.alerts import write_rules
@@ -49,7 +49,8 @@ class NotConverged(TimeoutError):
 
 @dataclass(frozen=True)
 class MeshOptions:
-    resources: Path
+    resources: tuple[Path, ...]
+    """MeshService files and folders of them (``local.resources.read_resources``)."""
     run_dir: Path = DEFAULT_RUN_DIR
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     envoy_log_level: str = "warning"
@@ -83,7 +84,7 @@ def _alive(pid: int) -> bool:
 def prepare(options: MeshOptions) -> Plan:
     """Validate the resources (``InvalidResource`` names file and field), then lay out a
     fresh run directory and write every file the processes read at start."""
-    files, services = load_resource_dir(options.resources)
+    files, services = load_resources(options.resources)
     envoy = options.envoy or find_envoy()
     if envoy is None:
         raise LauncherError(

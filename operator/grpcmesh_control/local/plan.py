@@ -2,10 +2,11 @@
 
 For every MeshService with a workload, per version and per replica ``i`` of that version, the
 plan holds the app (the version's command + args, by default ``spec.workload``'s, ``python``
-replaced by the launcher's interpreter; its env with the kit's contract, ``mesh.appenv``), its Envoy sidecar (node id ``sidecar~<svc>~<version>-<i>``, bootstrap with the
-ports in its node metadata) and the app's ``config.yaml`` (``spec.config``); plus the ingress
-Envoy (``ingress~gateway``) and the control plane. The launcher writes ``Plan.files()``, starts
-the processes and renders ``endpoints.json``/``state.json`` from the plan (``documents``).
+replaced by the launcher's interpreter; its env ends with the kit's contract, ``mesh.appenv``),
+its Envoy sidecar (node id ``sidecar~<svc>~<version>-<i>``, bootstrap with the ports in its node
+metadata) and the app's ``config.yaml`` (``spec.config``); plus the ingress Envoy
+(``ingress~gateway``) and the control plane. The launcher writes ``Plan.files()``, starts the
+processes and renders ``endpoints.json``/``state.json`` from the plan (``documents``).
 
 Run-state layout (``docs/design/local-mode.md``)::
 

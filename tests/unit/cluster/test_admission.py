@@ -418,3 +418,12 @@ def test_a_version_may_not_set_mesh_variables_either(
     ]
     response = validate(example_docs["payments"], services, catalog)
     assert denied_fields(response) == ["spec.versions[1].env[1].name"]
+
+
+def test_an_unknown_field_is_denied_with_the_field_it_resembles(
+    example_docs: dict[str, Any], services: dict[str, MeshService], catalog: MethodCatalog
+) -> None:
+    example_docs["orders"]["spec"]["trafficPolicy"]["timout"] = "2s"
+    response = validate(example_docs["orders"], services, catalog)
+    assert denied_fields(response) == ["spec.trafficPolicy.timout"]
+    assert "unknown field (did you mean timeout?)" in response["status"]["message"]

@@ -211,6 +211,24 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
         "spec.trafficPolicy.retry: unknown field",
     ),
     (
+        "unknown-field-typo",
+        "orders",
+        set_field("spec.trafficPolicy.retries.perTryTimout", "1s"),
+        "spec.trafficPolicy.retries.perTryTimout: unknown field (did you mean perTryTimeout?)",
+    ),
+    (
+        "unknown-field-case",
+        "orders",
+        set_field("spec.trafficPolicy.loadbalancer", "RANDOM"),
+        "spec.trafficPolicy.loadbalancer: unknown field (did you mean loadBalancer?)",
+    ),
+    (
+        "unknown-field-in-a-list-item",
+        "payments",
+        set_field("spec.versions.1.replica", 2),
+        "spec.versions[1].replica: unknown field (did you mean replicas?)",
+    ),
+    (
         "unknown-nested-field",
         "catalog",
         set_field("spec.trafficPolicy.outlierDetection.consecutiveErrors", 5),
@@ -401,6 +419,14 @@ def test_rejects_with_field_path(
     message = str(caught.value)
     assert message.startswith(f"manifests/examples/{example}.yaml (MeshService default/")
     assert expected in message
+
+
+def test_an_unknown_field_with_nothing_close_gets_no_guess(example_docs: dict[str, Doc]) -> None:
+    doc = example_docs["orders"]
+    doc["spec"]["colour"] = "blue"
+    with pytest.raises(InvalidResource) as caught:
+        parse_mesh_service(doc)
+    assert [str(e) for e in caught.value.errors] == ["spec.colour: unknown field"]
 
 
 def test_message_names_source_resource_and_path(example_docs: dict[str, Doc]) -> None:

@@ -117,3 +117,11 @@ def test_the_file_name_must_be_a_plain_yaml_name(
 ) -> None:
     (problem,) = refused(example_files, filename, example_files["payments.yaml"])
     assert problem.startswith(f"X-Filename: {filename!r} is not a plain file name ending in .yaml")
+
+
+def test_an_unknown_field_is_refused_with_the_field_it_resembles(
+    example_files: dict[str, bytes],
+) -> None:
+    content = example_files["payments.yaml"].replace(b"  versions:", b"  version:")
+    (problem,) = refused(example_files, "payments.yaml", content)
+    assert "spec.version: unknown field (did you mean versions?)" in problem

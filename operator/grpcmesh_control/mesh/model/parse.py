@@ -8,6 +8,7 @@ second pass only runs on schema-valid documents, so it can index without defensi
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -140,11 +141,19 @@ def _field_errors(error: ValidationError) -> Iterator[FieldError]:
         known = error.schema.get("properties", {}) if isinstance(error.schema, Mapping) else {}
         for name in instance:
             if name not in known:
-                yield FieldError(_join(path, str(name)), "unknown field")
+                yield FieldError(_join(path, str(name)), _unknown_field(str(name), known))
     elif error.validator == "pattern" and error.validator_value == DURATION_PATTERN:
         yield FieldError(path, f"{instance!r} is not a duration (e.g. 250ms, 2s, 1m30s)")
     else:
         yield FieldError(path, error.message)
+
+
+def _unknown_field(name: str, known: Iterable[str]) -> str:
+    """"unknown field", with the closest field the schema knows at that place, if one is close
+    (a typo, or the wrong case: ``perTryTimout``, ``retryon``)."""
+    by_folded = {field.lower(): field for field in known}
+    close = difflib.get_close_matches(name.lower(), list(by_folded), n=1, cutoff=0.6)
+    return f"unknown field (did you mean {by_folded[close[0]]}?)" if close else "unknown field"
 
 
 def _path(parts: Iterable[str | int]) -> str:
