@@ -30,16 +30,19 @@ GRPCMESH = str(Path(sys.executable).with_name("grpcmesh"))
 T = TypeVar("T")
 
 
-def grpcmesh(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would (a new process), from the repository root."""
+def grpcmesh(
+    *args: str, timeout: float = 60.0, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would (a new process), from the repository root; its output is
+    piped, so it is the plain, unwrapped kind."""
     return subprocess.run(
         [GRPCMESH, *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "COLUMNS": "200"},  # rich wraps at 80 otherwise
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
     )
 
 
@@ -84,13 +87,14 @@ class Mesh:
     def __init__(
         self,
         run_dir: Path,
-        resources: Path = RESOURCES,
+        resources: Path | Sequence[Path] = RESOURCES,
         *,
         prometheus: bool = False,
         up_args: Sequence[str] = (),
     ) -> None:
         self.run_dir = run_dir
-        self.resources = resources
+        self.resources = (resources,) if isinstance(resources, Path) else tuple(resources)
+        """What ``--resources`` gives: files and folders of MeshServices."""
         self.prometheus = prometheus
         self.up_args = tuple(up_args)
         """More ``grpcmesh up`` options (``--otlp-endpoint``, say)."""
@@ -106,8 +110,7 @@ class Mesh:
                     "-v",
                     "--state-dir",
                     str(self.run_dir),
-                    "--resources",
-                    str(self.resources),
+                    *(arg for path in self.resources for arg in ("--resources", str(path))),
                     *(["--prometheus"] if self.prometheus else []),
                     *self.up_args,
                 ],
