@@ -41,17 +41,15 @@ from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.down import MeshNotRunning, MeshNotStopped, stop_mesh
 from grpcmesh_control.local.launcher import (
     DEFAULT_RUN_DIR,
-    LauncherError,
     MeshOptions,
     NotConverged,
     read_state,
     run_mesh,
     wait_converged,
 )
-from grpcmesh_control.local.plan import PlanError
 from grpcmesh_control.local.state import RunState
 from grpcmesh_control.local.status import status_document
-from grpcmesh_control.local.supervisor import StartupError, SupervisorSettings
+from grpcmesh_control.local.supervisor import SupervisorSettings
 from grpcmesh_control.local.top import ServiceRed, TopError, red_from_state
 from grpcmesh_control.mesh.errors import MeshError
 
@@ -232,8 +230,7 @@ def _paths(paths: tuple[Path, ...]) -> str:
 def _start_errors(exc: BaseException) -> str | None:
     """The message for an error that means "the mesh could not start", else None (a bug:
     the traceback is worth seeing)."""
-    expected = MeshError | PlanError | LauncherError | StartupError | FileNotFoundError
-    return str(exc) if isinstance(exc, expected) else None
+    return str(exc) if isinstance(exc, MeshError | FileNotFoundError) else None
 
 
 @app.command()

@@ -12,6 +12,8 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grpcmesh_control.mesh.errors import MeshError
+
 __all__ = [
     "AdminUnavailable",
     "ApplyResult",
@@ -23,7 +25,7 @@ __all__ = [
 HEALTH_CHECK_TIMEOUT_S = 1.0
 
 
-class AdminUnavailable(ConnectionError):
+class AdminUnavailable(MeshError, ConnectionError):
     """The control plane's admin API did not answer."""
 
 

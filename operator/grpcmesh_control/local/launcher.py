@@ -22,6 +22,7 @@ from grpcmesh_control.local.ports import allocate_ports
 from grpcmesh_control.local.resources import load_resources
 from grpcmesh_control.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
 from grpcmesh_control.local.supervisor import Supervisor, SupervisorSettings
+from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.observability.alerts import write_rules
 
 __all__ = [
@@ -39,11 +40,11 @@ DEFAULT_RUN_DIR = Path(".run/mesh")
 RUN_DIR_MARKER = ".grpcmesh-run"
 
 
-class LauncherError(RuntimeError):
+class LauncherError(MeshError, RuntimeError):
     """The mesh cannot be started (no Envoy, a mesh already running in the directory, ...)."""
 
 
-class NotConverged(TimeoutError):
+class NotConverged(MeshError, TimeoutError):
     """Some proxies did not connect and ACK their current snapshot in time."""
 
 

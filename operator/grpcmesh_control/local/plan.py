@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from grpcmesh_control.mesh.appenv import AppEnv
+from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload
 from grpcmesh_control.mesh.translate.bootstrap import envoy_command, render_bootstrap
 from grpcmesh_control.mesh.translate.naming import LOCALHOST, NodeId, ProxyNode
@@ -62,7 +63,7 @@ _PYTHON_NAMES = frozenset({"python", "python3", "python3.11"})
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 
 
-class PlanError(ValueError):
+class PlanError(MeshError, ValueError):
     """The resources cannot run in local mode; the message names the resource and field."""
 
 

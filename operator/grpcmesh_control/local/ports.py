@@ -12,6 +12,8 @@ import random
 import socket
 from pathlib import Path
 
+from grpcmesh_control.mesh.errors import MeshError
+
 __all__ = ["PortsExhausted", "allocate_ports"]
 
 HOST = "127.0.0.1"
@@ -21,7 +23,7 @@ _LOWEST = 10000  # below: well-known and commonly configured service ports
 _ATTEMPTS_PER_PORT = 20
 
 
-class PortsExhausted(RuntimeError):
+class PortsExhausted(MeshError, RuntimeError):
     """Not enough free ports were found."""
 
 

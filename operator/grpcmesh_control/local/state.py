@@ -13,6 +13,7 @@ from typing import Any
 
 from grpcmesh_control.local.plan import Plan
 from grpcmesh_control.local.sources.files import ENDPOINTS_FILE, RESOURCES_DIR
+from grpcmesh_control.mesh.errors import MeshError
 
 __all__ = [
     "ENDPOINTS_FILE",
@@ -30,7 +31,7 @@ STATE_FILE = "state.json"
 STATE_FORMAT = 1
 
 
-class StateError(ValueError):
+class StateError(MeshError, ValueError):
     """``state.json`` is missing fields or is not ours."""
 
 

@@ -31,6 +31,7 @@ from grpcmesh_control.local.state import (
     endpoints_document,
     run_state,
 )
+from grpcmesh_control.mesh.errors import MeshError
 
 __all__ = ["StartupError", "Supervisor", "SupervisorSettings", "log_tail"]
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 20
 
 
-class StartupError(RuntimeError):
+class StartupError(MeshError, RuntimeError):
     """Something did not start; the message names it and quotes the end of its log."""
 
     def __init__(self, what: str, reason: str, log_path: Path | None = None) -> None:

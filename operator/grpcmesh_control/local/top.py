@@ -20,6 +20,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from grpcmesh_control.local.state import ReplicaState, RunState
+from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.observability.scrape import Label
 from grpcmesh_control.observability.signals import SERVER_FAULT_CODES, KitMetric, Side
 
@@ -46,7 +47,7 @@ _FAULTS = frozenset(
 )
 
 
-class TopError(RuntimeError):
+class TopError(MeshError, RuntimeError):
     """No numbers could be read (Prometheus or every app unreachable)."""
 
 

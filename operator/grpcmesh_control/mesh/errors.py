@@ -15,6 +15,14 @@
   stream open and answers once it appears.
 - ``InconsistentSnapshot``: a snapshot would reference a resource it does not contain. Never
   published: the previous good snapshot stays in place.
+
+Local mode's errors derive from ``MeshError`` too (each also from the builtin it refines), so
+the CLI tells "refused or failed" from a bug with one ``except MeshError``: ``PlanError``
+(resources local mode cannot run), ``ResourcePathError`` (a ``--resources`` path),
+``PortsExhausted``, ``LauncherError`` (no Envoy, a mesh already running), ``StartupError`` (a
+process did not start; quotes its log), ``NotConverged`` (proxies did not ACK in time),
+``StateError`` (``state.json`` not ours), ``AdminUnavailable`` (the control plane's admin API
+unreachable), ``MeshNotRunning``/``MeshNotStopped`` (``grpcmesh down``) and ``TopError``.
 """
 
 from __future__ import annotations

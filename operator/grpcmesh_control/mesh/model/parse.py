@@ -149,8 +149,8 @@ def _field_errors(error: ValidationError) -> Iterator[FieldError]:
 
 
 def _unknown_field(name: str, known: Iterable[str]) -> str:
-    """"unknown field", with the closest field the schema knows at that place, if one is close
-    (a typo, or the wrong case: ``perTryTimout``, ``retryon``)."""
+    """The reason for an unknown field: it names the closest field the schema knows at that
+    place, if one is close (a typo, or the wrong case: ``perTryTimout``, ``retryon``)."""
     by_folded = {field.lower(): field for field in known}
     close = difflib.get_close_matches(name.lower(), list(by_folded), n=1, cutoff=0.6)
     return f"unknown field (did you mean {by_folded[close[0]]}?)" if close else "unknown field"
