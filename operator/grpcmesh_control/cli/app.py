@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 try:
     import typer
@@ -30,13 +30,6 @@ except ModuleNotFoundError as missing:  # a base install (a service image) has n
         "pip install 'grpcmesh[local]' (local mode) or 'grpcmesh[operator]' (in a cluster)"
     ) from missing
 
-from grpcmesh_control.cli.cluster_status import (
-    ClusterStatusError,
-    ClusterTarget,
-    Snapshot,
-    cluster_status_document,
-    fetch,
-)
 from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.down import MeshNotRunning, MeshNotStopped, stop_mesh
 from grpcmesh_control.local.launcher import (
@@ -52,6 +45,9 @@ from grpcmesh_control.local.status import status_document
 from grpcmesh_control.local.supervisor import SupervisorSettings
 from grpcmesh_control.local.top import ServiceRed, TopError, red_from_state
 from grpcmesh_control.mesh.errors import MeshError
+
+if TYPE_CHECKING:
+    from grpcmesh_control.cli.cluster_status import ClusterTarget, Snapshot
 
 __all__ = ["app"]
 
@@ -372,6 +368,10 @@ def status(
 ) -> None:
     """Where everything runs, and which config each proxy has ACKed."""
     if cluster or context is not None:
+        # Imported here: the cluster objects it renders take seconds to import on a busy
+        # machine, and every other command does without them.
+        from grpcmesh_control.cli.cluster_status import ClusterTarget, cluster_status_document
+
         target = ClusterTarget(context, namespace, operator_namespace, operator_service)
         _print_status(cluster_status_document(target, _fetch_cluster(target)), as_json)
         return
@@ -381,6 +381,8 @@ def status(
 
 
 def _fetch_cluster(target: ClusterTarget) -> Snapshot:
+    from grpcmesh_control.cli.cluster_status import ClusterStatusError, fetch
+
     try:
         return fetch(target)
     except ClusterStatusError as error:
