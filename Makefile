@@ -103,7 +103,7 @@ demo: gen ## start the reference services locally and place demo orders through 
 .PHONY: bench
 bench: gen ## benchmarks: kit tax, PlaceOrder per core, sidecar overhead, xDS convergence
 	$(PY) bench/kit_tax.py
-	$(PY) bench/place_order.py
+	$(PY) -m bench.place_order
 	$(PY) -m bench.sidecar_overhead
 	$(PY) -m bench.xds_convergence
 

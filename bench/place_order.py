@@ -1,23 +1,26 @@
 """PlaceOrder throughput per core: the reference shop as local processes, saturated closed loop.
 
-Starts catalog, inventory, payments and orders (the same launcher as ``make demo``), warms up,
-sizes the measured run to about ``--seconds`` from the warm-up rate, then keeps ``--concurrency``
-orders in flight. CPU time of the four service processes comes from /proc, so "per core" means
-orders per CPU-second the services actually used, whatever the load generator (same machine)
-took.
+Starts catalog, inventory, payments and orders (local mode's process launcher, without
+sidecars: ``tests/processes.py``), warms up, sizes the measured run to about ``--seconds`` from
+the warm-up rate, then keeps ``--concurrency`` orders in flight. CPU time of the four service
+processes comes from /proc, so "per core" means orders per CPU-second the services actually
+used, whatever the load generator (same machine) took.
 
-    python bench/place_order.py [--seconds 30] [--concurrency 16]
+    python -m bench.place_order [--seconds 30] [--concurrency 16]
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import shlex
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -26,10 +29,10 @@ from rich.console import Console
 from rich.table import Table
 
 from grpcmesh_loadgen import LoadReport, run_load
-from grpcmesh_loadgen.localrun import LocalRun
+from grpcmesh_loadgen.orders import PRODUCTS
 from grpcmesh_loadgen.procstat import cpu_seconds
-from grpcmesh_loadgen.reference import reference_services
 from grpcmesh_loadgen.render import report_table
+from tests.processes import ServiceProcess, service_process
 
 app = typer.Typer(add_completion=False)
 
@@ -49,11 +52,35 @@ def _cpu_table(
     return table, total
 
 
+@asynccontextmanager
+async def _shop(workdir: Path) -> AsyncIterator[dict[str, ServiceProcess]]:
+    """catalog, inventory and payments, then orders calling them directly (no sidecars)."""
+    env = {"GRPCMESH_LOG_FORMAT": "text"}
+    stock = json.dumps(dict.fromkeys(PRODUCTS, 10_000_000))
+    async with AsyncExitStack() as stack:
+        shop = {
+            name: await stack.enter_async_context(
+                service_process(name, f"grpcmesh_{name}", workdir, env | extra)
+            )
+            for name, extra in (
+                ("catalog", {}),
+                ("inventory", {"GRPCMESH_SEED_STOCK": stock}),
+                ("payments", {}),
+            )
+        }
+        targets = json.dumps({name: s.address for name, s in shop.items()})
+        shop["orders"] = await stack.enter_async_context(
+            service_process(
+                "orders", "grpcmesh_orders", workdir, env | {"GRPCMESH_TARGETS": targets}
+            )
+        )
+        yield shop
+
+
 async def _bench(console: Console, seconds: float, concurrency: int, warmup: int) -> int:
     with tempfile.TemporaryDirectory(prefix="place-order-bench-") as tmp:
-        async with LocalRun(Path(tmp)) as local:
-            started = await local.start_all(reference_services(stock_per_product=10_000_000))
-            target = local.services["orders"].grpc_address
+        async with _shop(Path(tmp)) as shop:
+            target = shop["orders"].address
             warm = await run_load(target, warmup, math.inf, concurrency=concurrency)
             if not warm.succeeded:
                 console.print(report_table(warm))
@@ -64,7 +91,7 @@ async def _bench(console: Console, seconds: float, concurrency: int, warmup: int
                 f"warm-up {warmup} orders at {warm.achieved_rate:.0f}/s; "
                 f"measuring {orders} orders, {concurrency} in flight"
             )
-            pids = {s.name: s.pid for s in started}
+            pids = {name: s.pid for name, s in shop.items()}
             before = {n: cpu_seconds(p) for n, p in pids.items()}
             client_before = time.process_time()
             report = await run_load(target, orders, math.inf, concurrency=concurrency)

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpcmesh.shop.v1 import orders_pb2, orders_pb2_grpc, payments_pb2
+from grpcmesh_control.local.process import ManagedProcess
+from tests.processes import service_process
 from tests.services.orders_fixtures import (
     CHARGE,
     Mode,
@@ -46,50 +45,19 @@ CONFIRMED = orders_pb2.ORDER_STATE_CONFIRMED
 
 
 @asynccontextmanager
-async def orders_process(
-    shop: Shop, name: str, timeout: float = 20
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """``python -m grpcmesh_orders`` on an OS-assigned port, configured through GRPCMESH_*;
-    yields (process, address) once it reports SERVING, kills it on exit."""
-    ports_file = shop.tmp_path / f"{name}.ports.json"
+async def orders_process(shop: Shop, name: str) -> AsyncIterator[tuple[ManagedProcess, str]]:
+    """``python -m grpcmesh_orders`` on free loopback ports, configured through GRPCMESH_*;
+    yields (process, address) once it reports SERVING, stops it on exit."""
     env = {
-        **os.environ,
-        "GRPCMESH_PORT": "0",
-        "GRPCMESH_METRICS_PORT": "0",
-        "GRPCMESH_PORTS_FILE": str(ports_file),
         "GRPCMESH_DB_PATH": str(shop.orders_db),
         "GRPCMESH_TARGETS": json.dumps(shop.targets),
-        "GRPCMESH_DRAIN_SECONDS": "0",
         "GRPCMESH_COMPENSATION_BACKOFF_SECONDS": "0.01",
         "GRPCMESH_COMPENSATION_MAX_BACKOFF_SECONDS": "0.1",
     }
-    with (shop.tmp_path / f"{name}.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "grpcmesh_orders", env=env, stdout=log, stderr=log
-        )
-        try:
-            address = await _wait_until_serving(process, ports_file, timeout)
-            yield process, address
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-
-
-async def _wait_until_serving(
-    process: asyncio.subprocess.Process, ports_file: Path, timeout: float
-) -> str:
-    async with asyncio.timeout(timeout):
-        while not ports_file.exists():  # written once bound, before the start hooks
-            assert process.returncode is None, "orders exited during start"
-            await asyncio.sleep(0.02)
-        address = f"127.0.0.1:{json.loads(ports_file.read_text())['grpc']}"
-        async with grpc.aio.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            request = health_pb2.HealthCheckRequest(service="")
-            while (await health.Check(request)).status != health_pb2.HealthCheckResponse.SERVING:
-                await asyncio.sleep(0.02)
-        return address
+    workdir = shop.tmp_path / name
+    workdir.mkdir()
+    async with service_process("orders", "grpcmesh_orders", workdir, env) as orders:
+        yield orders.process, orders.address
 
 
 def pending_in_db(db: Path) -> int:
@@ -115,7 +83,7 @@ async def test_orders_killed_mid_saga_finish_every_order_after_restart(tmp_path:
             charges_arrived = shop.faults.when(CHARGE, 4)
             placing = [asyncio.create_task(place(stub, key, items, timeout=30)) for key in keys]
             await asyncio.wait_for(charges_arrived.wait(), timeout=15)
-            process.send_signal(signal.SIGKILL)
+            process.signal(signal.SIGKILL)
             assert await process.wait() == -signal.SIGKILL
         outcomes = await asyncio.gather(*placing, return_exceptions=True)
         assert all(isinstance(o, orders_pb2.Order | grpc.aio.AioRpcError) for o in outcomes)

@@ -61,3 +61,38 @@ async def test_a_process_can_be_started_again_after_it_ended(tmp_path: Path) -> 
     assert await process.wait() == 0
     assert process.starts == 2
     assert process.spec.log.read_text() == "hi\nhi\n"  # appended: a restart keeps the old log
+
+
+# A launcher that starts one long-lived child and reports its pid, then waits forever.
+LAUNCHER = """
+import asyncio, os, sys
+from pathlib import Path
+from grpcmesh_control.local.plan import ProcessSpec
+from grpcmesh_control.local.process import ManagedProcess, death_signal_prefix
+
+async def main() -> None:
+    spec = ProcessSpec("child", (sys.executable, "-c", "import time; time.sleep(60)"),
+                       Path(sys.argv[1]) / "child.log", Path(sys.argv[1]))
+    child = ManagedProcess(spec, base_env=dict(os.environ), prefix=death_signal_prefix())
+    await child.start()
+    print(child.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LAUNCHER, str(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
+    assert launcher.stdout is not None
+    try:
+        child = psutil.Process(int(await asyncio.wait_for(launcher.stdout.readline(), 30)))
+        assert child.is_running()
+    finally:
+        launcher.kill()  # SIGKILL: no chance to stop its children
+        await launcher.wait()
+    # The kernel's parent-death signal (setpriv --pdeathsig) ends the child.
+    _, alive = await asyncio.to_thread(psutil.wait_procs, [child], 15)
+    assert alive == [], [p.status() for p in alive]
