@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from grpcmesh_control.local.launcher import read_state
+from grpcmesh_control.local.process import is_alive
 from grpcmesh_control.local.state import RunState
 from grpcmesh_control.mesh.errors import MeshError
 
@@ -58,19 +59,3 @@ def _pids(state: RunState) -> dict[str, int]:
         pids[f"{r.service}/{r.replica} app"] = r.app_pid
         pids[f"{r.service}/{r.replica} envoy"] = r.sidecar_pid
     return {name: pid for name, pid in pids.items() if pid is not None}
-
-
-def is_alive(pid: int) -> bool:
-    """Whether ``pid`` runs. A zombie (ended, not yet reaped by its parent) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # no procfs: trust kill(0)
-        return True
-    # The state follows the command name, which is in parentheses and may hold spaces.
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.envoy_binary import find_envoy
 from grpcmesh_control.local.plan import LocalSettings, Plan, build_plan, ports_needed
 from grpcmesh_control.local.ports import allocate_ports
+from grpcmesh_control.local.process import is_alive
 from grpcmesh_control.local.resources import load_resources
 from grpcmesh_control.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
 from grpcmesh_control.local.supervisor import Supervisor, SupervisorSettings
@@ -69,17 +69,7 @@ def read_state(run_dir: Path) -> RunState | None:
         state = RunState.from_json(json.loads((run_dir / STATE_FILE).read_text()))
     except (FileNotFoundError, ValueError, StateError):
         return None
-    return state if _alive(state.launcher_pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return state if is_alive(state.launcher_pid) else None
 
 
 def prepare(options: MeshOptions) -> Plan:

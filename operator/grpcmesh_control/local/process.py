@@ -15,10 +15,11 @@ import os
 import shutil
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 
 from grpcmesh_control.local.plan import ProcessSpec
 
-__all__ = ["ManagedProcess", "death_signal_prefix"]
+__all__ = ["ManagedProcess", "death_signal_prefix", "is_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,22 @@ def death_signal_prefix() -> tuple[str, ...]:
     """``setpriv --pdeathsig TERM --`` where util-linux provides it, else nothing."""
     setpriv = shutil.which("setpriv")
     return (setpriv, "--pdeathsig", "TERM", "--") if setpriv else ()
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie (ended, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs: trust kill(0)
+        return True
+    # The state follows the command name, which is in parentheses and may hold spaces.
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 class ManagedProcess:
