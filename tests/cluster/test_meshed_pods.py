@@ -25,10 +25,12 @@ from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc
 from tests.cluster.conftest import StartAgent
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.loopback import LOCALHOST, free_port
+from tests.scrape import fetch, value
 from tests.shared import REPO, tool
 
 CONTROL_PLANE = "grpcmesh-control.test"  # resolved by the agent's DNS (its hosts table)
 INBOUND_PORT = 15006
+METRICS_PORT = 9464  # the app's, on its pod IP
 
 
 @pytest.fixture
@@ -113,6 +115,9 @@ def test_two_meshed_replicas_run_side_by_side_on_their_pod_ips(
                 catalog_pb2.ListProductsRequest(), timeout=5
             )
             assert products.products
+        # The operator told the app its version (GRPCMESH_VERSION); the kit reports it.
+        metrics = fetch(f"{address}:{METRICS_PORT}")
+        assert value(metrics, "grpcmesh_service_info", service="catalog", version="v1") == 1
 
     # The Service's EndpointSlice lists both, ready, with the sidecar's inbound port.
     slices = kube.items("endpointslices", namespace, "kubernetes.io/service-name=catalog")

@@ -31,10 +31,11 @@ T = TypeVar("T")
 
 
 def grpcmesh(
-    *args: str, timeout: float = 60.0, cwd: Path = REPO
+    *args: str, timeout: float = 120.0, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a user would (a new process), from the repository root; its output is
-    piped, so it is the plain, unwrapped kind."""
+    piped, so it is the plain, unwrapped kind. The bound is generous: a command is ~1.3 s of
+    CPU, mostly imports, and a 2-core machine shared by several test runs stretches that."""
     return subprocess.run(
         [GRPCMESH, *args],
         cwd=cwd,
