@@ -41,9 +41,16 @@ WrapStream = Callable[[Streaming], Streaming]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
-def _rewrap(handler: Handler, unary: Wrap, stream: WrapStream) -> Handler:
-    """A copy of ``handler`` whose behaviour is wrapped; keeps (de)serialisers and arity."""
-    des, ser = handler.request_deserializer, handler.response_serializer
+def _rewrap(
+    handler: Handler,
+    unary: Wrap,
+    stream: WrapStream,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> Handler:
+    """A copy of ``handler`` whose behaviour is wrapped; keeps arity and the serialisers
+    (unless given a new ``request_deserializer``)."""
+    des = request_deserializer or handler.request_deserializer
+    ser = handler.response_serializer
     if handler.unary_unary:
         wrapped_unary = unary(cast(Unary, handler.unary_unary))
         return grpc.unary_unary_rpc_method_handler(wrapped_unary, des, ser)
@@ -347,11 +354,60 @@ class MetricsServerLayer:
         return _rewrap(handler, unary, stream)
 
 
+class MalformedRequest:
+    """What the kit's request deserializer yields for bytes that are not the request message
+    (corrupt wire format, a string field that is not UTF-8, ...). grpc.aio would answer a
+    deserializer exception with UNKNOWN and the exception's class name; the error layer turns
+    this value into INVALID_ARGUMENT instead, inside the other layers, so it is traced, logged
+    with the request id and counted like any other invalid request."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument("request", self.reason)
+
+
+def tolerant_deserializer(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``decode``, returning a :class:`MalformedRequest` where it would raise."""
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return decode(raw)
+        except Exception as exc:  # protobuf's DecodeError, or anything a custom decoder raises
+            return MalformedRequest(_decode_reason(exc))
+
+    return deserialize
+
+
+def _decode_reason(exc: Exception) -> str:
+    # protobuf says "Error parsing message with type 'pkg.Msg': <why>": keep the type and why,
+    # never the exception's class.
+    text = str(exc)
+    message_type, _, why = text.partition("': ")
+    message_type = message_type.rpartition("'")[2]
+    if why and message_type:
+        return f"is not a valid {message_type} message: {why}"
+    return "is not a valid request message"
+
+
+async def _checked_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, MalformedRequest):
+            raise request.error()
+        yield request
+
+
 class ErrorLayer:
     """Maps kit errors to statuses; anything unexpected becomes INTERNAL with no traceback
-    for the caller (the traceback goes to the server log with the request id)."""
+    for the caller (the traceback goes to the server log with the request id). A request that
+    does not decode is INVALID_ARGUMENT (see :class:`MalformedRequest`)."""
 
     def wrap(self, handler: Handler, method: str) -> Handler:
+        streaming_requests = handler.request_streaming
+
         async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
             # abort replaces trailing metadata, so the request id echo is re-attached here.
             rpc = current_rpc.get()
@@ -362,10 +418,17 @@ class ErrorLayer:
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error", echo)
 
+        def checked(request: Any) -> Any:
+            if streaming_requests:
+                return _checked_requests(request)
+            if isinstance(request, MalformedRequest):
+                raise request.error()
+            return request
+
         def unary(behaviour: Unary) -> Unary:
             async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:
-                    return await behaviour(request, context)
+                    return await behaviour(checked(request), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -378,7 +441,7 @@ class ErrorLayer:
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
                 try:
-                    async for response in behaviour(request, context):
+                    async for response in behaviour(checked(request), context):
                         yield response
                 except grpc.aio.AbortError:
                     raise
@@ -387,7 +450,10 @@ class ErrorLayer:
 
             return call
 
-        return _rewrap(handler, unary, stream)
+        decode = handler.request_deserializer
+        return _rewrap(
+            handler, unary, stream, None if decode is None else tolerant_deserializer(decode)
+        )
 
 
 def status_for(error: ServiceError) -> status_pb2.Status:
