@@ -13,7 +13,8 @@ def test_kit_all() -> None:
     assert sorted(grpcmesh_kit.__all__) == sorted(
         [
             "REQUEST_ID_HEADER", "Aborted", "AlreadyExists", "ChannelFactory",
-            "FailedPrecondition", "InvalidArgument", "KitSettings", "NotFound", "RpcContext",
+            "FailedPrecondition", "InvalidArgument", "KitSettings", "NotFound", "PageTokens",
+            "RpcContext",
             "ServiceApp", "ServiceError", "SettingsWatcher", "Store", "Unavailable",
             "UnknownService", "configure_logging", "create_tracer_provider", "current_rpc",
             "detached_context",

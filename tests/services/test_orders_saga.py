@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from grpcmesh_kit.errors import InvalidArgument
+from grpcmesh_kit.pagetokens import PageTokens
 from grpcmesh_orders import saga
 from grpcmesh_orders.events import (
     Cancelled,
@@ -505,18 +506,21 @@ def test_valid_limits_are_accepted_and_the_fingerprint_ignores_item_order() -> N
 
 
 def test_page_tokens_round_trip_and_are_bound_to_the_filter() -> None:
-    token = encode_page_token(42, "cust-1")
-    assert decode_page_token(token, "cust-1") == 42
-    assert validate_list_orders("cust-1", 0, token).before == 42
-    assert validate_list_orders("", 0, "").limit == 50
+    tokens = PageTokens(b"k" * 32)
+    token = encode_page_token(tokens, 42, "cust-1")
+    assert decode_page_token(tokens, token, "cust-1") == 42
+    assert validate_list_orders("cust-1", 0, token, tokens).before == 42
+    assert validate_list_orders("", 0, "", tokens).limit == 50
     for args, bad_field in [
         (("cust-2", 10, token), "page_token"),
         (("", 10, "garbage!"), "page_token"),
+        # Issued by another key (another orders database): refused, not misread.
+        (("cust-1", 10, encode_page_token(PageTokens(b"o" * 32), 42, "cust-1")), "page_token"),
         (("", -1, ""), "page_size"),
         (("", 501, ""), "page_size"),
     ]:
         with pytest.raises(InvalidArgument) as exc:
-            validate_list_orders(*args)
+            validate_list_orders(*args, tokens)
         assert exc.value.field == bad_field
 
 

@@ -8,6 +8,8 @@ no test hooks.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -440,3 +442,50 @@ async def test_get_and_list_orders_read_the_projection(tmp_path: Path) -> None:
             )
         )
         assert cross.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _unsigned_token(before: int) -> str:
+    """A token in the unsigned format ListOrders used to issue: any client could write one."""
+    raw = json.dumps({"v": 1, "before": before, "customer_id": ""}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_forged_and_edited_page_tokens_are_invalid_argument(tmp_path: Path) -> None:
+    async with running_shop(tmp_path, stock=STOCK) as shop:
+        stub = shop.order_stub
+        for n in range(3):
+            await place(stub, f"k{n}", ITEMS)
+        first = await stub.ListOrders(orders_pb2.ListOrdersRequest(page_size=1), timeout=5)
+        payload, _, mac = first.next_page_token.partition(".")
+        edited = f"{payload[:-2]}{'A' if payload[-2] != 'A' else 'B'}{payload[-1]}.{mac}"
+        for token in (
+            _unsigned_token(2**70),  # once INTERNAL: OverflowError binding it in SQLite
+            _unsigned_token(1),
+            edited,
+            f"{payload}.",
+            "x" * 5000,
+        ):
+            error = await rpc_error(
+                stub.ListOrders(orders_pb2.ListOrdersRequest(page_token=token), timeout=5)
+            )
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, token
+            assert _violated_field(error) == "page_token"
+        # The real token still pages, and is opaque (no readable position in it).
+        rest = await stub.ListOrders(
+            orders_pb2.ListOrdersRequest(page_token=first.next_page_token), timeout=5
+        )
+        assert len(rest.orders) == 2
+        assert '"before"' not in first.next_page_token
+
+
+async def test_a_place_order_that_is_not_utf8_is_invalid_argument(tmp_path: Path) -> None:
+    async with running_shop(tmp_path, stock=STOCK) as shop:
+        assert shop.orders_app is not None
+        async with grpc.aio.insecure_channel(shop.orders_app.address) as channel:
+            send = channel.unary_unary("/grpcmesh.shop.v1.OrderService/PlaceOrder")
+            # idempotency_key (field 1) holding bytes that are not UTF-8
+            error = await rpc_error(send(b"\x0a\x03k\xc3\x28", timeout=5))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "UTF-8" in (error.details() or "")
+        assert "class" not in (error.details() or "")
+        assert count_rows(shop.orders_db, "order_events") == 0

@@ -14,6 +14,7 @@ from grpcmesh_kit.errors import (
     Unavailable,
 )
 from grpcmesh_kit.logs import configure_logging
+from grpcmesh_kit.pagetokens import PageTokens
 from grpcmesh_kit.store import Store
 from grpcmesh_kit.tracing import create_tracer_provider
 
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidArgument",
     "KitSettings",
     "NotFound",
+    "PageTokens",
     "RpcContext",
     "ServiceApp",
     "ServiceError",

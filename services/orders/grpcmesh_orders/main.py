@@ -8,7 +8,7 @@ import logging
 from opentelemetry.sdk.trace import TracerProvider
 
 from grpcmesh.shop.v1 import orders_pb2, orders_pb2_grpc
-from grpcmesh_kit import ServiceApp, Store
+from grpcmesh_kit import PageTokens, ServiceApp, Store
 from grpcmesh_orders import storage
 from grpcmesh_orders.clients import ShopClients
 from grpcmesh_orders.runner import OrderNotifier, SagaRunner
@@ -35,6 +35,7 @@ def build_app(
 
     async def start() -> None:
         await store.open()
+        servicer.page_tokens = await PageTokens.from_store(store)
         # Interrupted sagas resume in the background: a slow dependency must not keep this
         # replica from serving (and from answering retries of those very orders).
         await runner.resume_pending()

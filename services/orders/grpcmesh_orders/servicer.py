@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from grpcmesh.shop.v1 import common_pb2, orders_pb2, orders_pb2_grpc
 from grpcmesh_kit.errors import NotFound, Unavailable
+from grpcmesh_kit.pagetokens import PageTokens
 from grpcmesh_orders import validation
 from grpcmesh_orders.events import Event, EventType, Money, OrderState, OrderView
 from grpcmesh_orders.runner import OrderNotifier, SagaRunner
@@ -96,6 +97,8 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         self._runner = runner
         self._notifier = notifier
         self._order_ids = order_ids
+        # Set by the start hook once the store is open (the key lives in the database).
+        self.page_tokens: PageTokens | None = None
 
     async def PlaceOrder(
         self, request: orders_pb2.PlaceOrderRequest, context: Context
@@ -135,14 +138,17 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
     async def ListOrders(
         self, request: orders_pb2.ListOrdersRequest, context: Context
     ) -> orders_pb2.ListOrdersResponse:
+        tokens = self.page_tokens
+        if tokens is None:
+            raise Unavailable("orders is starting; retry")
         query = validation.validate_list_orders(
-            request.customer_id, request.page_size, request.page_token
+            request.customer_id, request.page_size, request.page_token, tokens
         )
         rows = await self._repo.page(query)
         page = rows[: query.limit]
         token = ""
         if len(rows) > query.limit:
-            token = validation.encode_page_token(page[-1].position, query.customer_id)
+            token = validation.encode_page_token(tokens, page[-1].position, query.customer_id)
         return orders_pb2.ListOrdersResponse(
             orders=[order_to_proto(row.view) for row in page], next_page_token=token
         )

@@ -6,14 +6,13 @@ the offending field as a dotted path (``items[0].quantity``).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grpcmesh_kit.errors import InvalidArgument
+from grpcmesh_kit.pagetokens import PageTokens
 from grpcmesh_orders.events import LineItem
 from grpcmesh_shop import (
     MAX_ID_LENGTH,
@@ -27,6 +26,7 @@ MAX_KEY_LENGTH = MAX_ID_LENGTH
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _TOKEN_VERSION = 1
+INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -86,36 +86,32 @@ class ListQuery:
     limit: int
 
 
-def validate_list_orders(customer_id: str, page_size: int, page_token: str) -> ListQuery:
+def validate_list_orders(
+    customer_id: str, page_size: int, page_token: str, tokens: PageTokens
+) -> ListQuery:
     if len(customer_id) > MAX_ID_LENGTH:
         raise InvalidArgument("customer_id", f"must be at most {MAX_ID_LENGTH} characters")
     if not 0 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
-    before = decode_page_token(page_token, customer_id) if page_token else None
+    before = decode_page_token(tokens, page_token, customer_id) if page_token else None
     return ListQuery(customer_id, before, page_size or DEFAULT_PAGE_SIZE)
 
 
-def encode_page_token(before: int, customer_id: str) -> str:
+def encode_page_token(tokens: PageTokens, before: int, customer_id: str) -> str:
     # The filter is part of the token so a token cannot be replayed against another filter.
-    raw = json.dumps({"v": _TOKEN_VERSION, "before": before, "customer_id": customer_id})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return tokens.encode({"v": _TOKEN_VERSION, "before": before, "customer_id": customer_id})
 
 
-def decode_page_token(token: str, customer_id: str) -> int:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, UnicodeError, binascii.Error):
-        raise InvalidArgument("page_token", "is not a token this server issued") from None
+def decode_page_token(tokens: PageTokens, token: str, customer_id: str) -> int:
+    data = tokens.decode(token)  # signed: only this service's tokens get past here
+    before = data.get("before")
     if (
-        not isinstance(data, dict)
-        or data.get("v") != _TOKEN_VERSION
-        or type(data.get("before")) is not int
-        or data["before"] < 1
+        data.get("v") != _TOKEN_VERSION
+        or type(before) is not int
+        or not 1 <= before <= INT64_MAX  # a position is a SQLite rowid
         or not isinstance(data.get("customer_id"), str)
     ):
         raise InvalidArgument("page_token", "is not a token this server issued")
     if data["customer_id"] != customer_id:
         raise InvalidArgument("page_token", "was issued for a different customer_id")
-    before: int = data["before"]
     return before
