@@ -79,7 +79,9 @@ async def test_a_request_that_does_not_decode_is_invalid_argument(
     echo_channel: grpc.aio.Channel, raw: bytes, why: str
 ) -> None:
     # Raw bytes on the wire: what a broken or hostile client sends, past any stub.
-    send = echo_channel.unary_unary("/grpcmesh.shop.v1.CatalogService/GetProduct")
+    send: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = echo_channel.unary_unary(
+        "/grpcmesh.shop.v1.CatalogService/GetProduct"
+    )
     call = send(raw, timeout=5, metadata=(("x-request-id", "req-bad-bytes"),))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
@@ -99,7 +101,9 @@ async def test_a_request_that_does_not_decode_is_invalid_argument(
 async def test_a_malformed_request_is_counted_as_invalid_argument(
     echo: tuple[ServiceApp[EchoSettings], EchoCatalog], echo_channel: grpc.aio.Channel
 ) -> None:
-    send = echo_channel.unary_unary("/grpcmesh.shop.v1.CatalogService/GetProduct")
+    send: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = echo_channel.unary_unary(
+        "/grpcmesh.shop.v1.CatalogService/GetProduct"
+    )
     with pytest.raises(grpc.aio.AioRpcError):
         await send(b"\xff\xff\xff", timeout=5)
     handled = echo[0].metrics.registry.get_sample_value(

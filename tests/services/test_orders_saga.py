@@ -52,6 +52,7 @@ from grpcmesh_orders.saga import (
     ReleaseStock,
     ReserveStock,
     ResolveCharge,
+    ResolveCommit,
     next_action,
     progress,
 )
@@ -95,6 +96,7 @@ ALL_PAYLOADS: list[EventData] = [
     StockCommitted(recovered=True),
     Confirmed(),
     StepFailed(Step.CHARGE, "UNAVAILABLE", "down", in_doubt=True),
+    StepFailed(Step.CHARGE, "UNAVAILABLE", "no healthy upstream", in_doubt=False, sent=False),
     PaymentRefunded("pay-1"),
     StockReleased(),
     Cancelled("out of stock"),
@@ -181,36 +183,63 @@ def test_pricing_failure_cancels_without_touching_stock_or_money() -> None:
 
 def test_definite_reserve_failure_still_releases_to_leave_a_tombstone() -> None:
     failed = StepFailed(Step.RESERVE, "FAILED_PRECONDITION", "short", False)
-    assert action_for(PLACED, PRICED, failed) == ReleaseStock(commit_may_have_landed=False)
+    assert action_for(PLACED, PRICED, failed) == ReleaseStock()
     assert action_for(PLACED, PRICED, failed, StockReleased()) == Cancel("out of stock: short")
+
+
+def test_a_reserve_that_never_left_releases_nothing() -> None:
+    unsent = saga.step_failed(Step.RESERVE, "UNAVAILABLE", "no healthy upstream", sent=False)
+    assert not unsent.in_doubt
+    assert isinstance(action_for(PLACED, PRICED, unsent), Cancel)
 
 
 def test_decline_releases_stock_and_refunds_nothing() -> None:
     declined = StepFailed(Step.CHARGE, "FAILED_PRECONDITION", "card declined", False)
     base = (PLACED, PRICED, StockReserved(), declined)
-    assert action_for(*base) == ReleaseStock(commit_may_have_landed=False)
+    assert action_for(*base) == ReleaseStock()
     assert action_for(*base, StockReleased()) == Cancel("payment declined: card declined")
 
 
-def test_in_doubt_charge_is_resolved_by_resending_it_with_its_key() -> None:
+def test_a_charge_that_never_left_is_neither_resent_nor_refunded() -> None:
+    unsent = saga.step_failed(Step.CHARGE, "UNAVAILABLE", "no healthy upstream", sent=False)
+    assert not unsent.in_doubt and "[never sent]" in unsent.detail
+    base = (PLACED, PRICED, StockReserved(), unsent)
+    assert action_for(*base) == ReleaseStock()
+    assert isinstance(action_for(*base, StockReleased()), Cancel)
+
+
+def test_in_doubt_charge_is_resolved_by_resending_it_before_stock_is_released() -> None:
     lost = StepFailed(Step.CHARGE, "DEADLINE_EXCEEDED", "timeout", True)
-    base = (PLACED, PRICED, StockReserved(), lost, StockReleased())
+    base = (PLACED, PRICED, StockReserved(), lost)
     action = action_for(*base)
     assert isinstance(action, ResolveCharge)
     assert action.idempotency_key == f"order-{ORDER}-charge"
     assert action.amount == Money("USD", 1500)
     found = PaymentCaptured("pay-9", Money("USD", 1500), recovered=True)
     assert action_for(*base, found) == RefundPayment(f"order-{ORDER}-refund", "pay-9")
-    assert isinstance(action_for(*base, found, PaymentRefunded("pay-9")), Cancel)
+    assert action_for(*base, found, PaymentRefunded("pay-9")) == ReleaseStock()
+    # Declined on the re-send: settled, nothing to refund; the first failure stays the reason.
+    declined = StepFailed(Step.CHARGE, "FAILED_PRECONDITION", "card declined", False)
+    assert action_for(*base, declined) == ReleaseStock()
+    cancel = action_for(*base, declined, StockReleased())
+    assert isinstance(cancel, Cancel) and "timeout" in cancel.reason
 
 
-def test_commit_failure_releases_first_then_refunds() -> None:
+def test_a_definite_commit_failure_refunds_first_then_releases() -> None:
+    failed = StepFailed(Step.COMMIT, "FAILED_PRECONDITION", "gone", False)
+    base = (PLACED, PRICED, StockReserved(), CAPTURED, failed)
+    assert action_for(*base) == RefundPayment(f"order-{ORDER}-refund", "pay-1")
+    assert action_for(*base, PaymentRefunded("pay-1")) == ReleaseStock()
+    refunded = (*base, PaymentRefunded("pay-1"), StockReleased())
+    assert isinstance(action_for(*refunded), Cancel)
+
+
+def test_an_in_doubt_commit_is_settled_before_any_money_moves() -> None:
     failed = StepFailed(Step.COMMIT, "UNAVAILABLE", "down", True)
     base = (PLACED, PRICED, StockReserved(), CAPTURED, failed)
-    assert action_for(*base) == ReleaseStock(commit_may_have_landed=True)
-    assert action_for(*base, StockReleased()) == RefundPayment(f"order-{ORDER}-refund", "pay-1")
-    refunded = (*base, StockReleased(), PaymentRefunded("pay-1"))
-    assert isinstance(action_for(*refunded), Cancel)
+    assert action_for(*base) == ResolveCommit()
+    refused = StepFailed(Step.COMMIT, "FAILED_PRECONDITION", "no reservation", False)
+    assert action_for(*base, refused) == RefundPayment(f"order-{ORDER}-refund", "pay-1")
 
 
 def test_a_commit_found_to_have_landed_rolls_forward_to_confirmed() -> None:
@@ -218,6 +247,12 @@ def test_a_commit_found_to_have_landed_rolls_forward_to_confirmed() -> None:
     base = (PLACED, PRICED, StockReserved(), CAPTURED, failed, StockCommitted(recovered=True))
     assert action_for(*base) == Confirm()
     assert project(log_of(*base, Confirmed())).state is OrderState.CONFIRMED
+
+
+def test_a_step_failed_written_before_sent_existed_still_reads() -> None:
+    old = {"step": "charge", "code": "UNAVAILABLE", "message": "down", "in_doubt": True}
+    data = decode_payload(EventType.STEP_FAILED, old)
+    assert data == StepFailed(Step.CHARGE, "UNAVAILABLE", "down", in_doubt=True, sent=True)
 
 
 @pytest.mark.parametrize(
@@ -271,6 +306,7 @@ class Fault(enum.Enum):
     DEFINITE = "definite"  # refused, nothing happened (e.g. out of stock, declined)
     LOST = "lost"  # the effect happened but the caller saw UNAVAILABLE
     NOT_LANDED = "not-landed"  # UNAVAILABLE and nothing happened
+    NOT_SENT = "not-sent"  # the caller's own sidecar refused it: nothing happened, and it knows
 
 
 class Crash(Exception):
@@ -293,9 +329,16 @@ class Model:
     def _fault(self, step: Step) -> Fault | None:
         return self.faults.pop(step, None)
 
+    def check_money_and_stock(self) -> None:
+        """The invariant at every point of every run: money captured and not refunded only
+        while the order's stock is held (reserved or sold), never once it was released."""
+        if "CAPTURED" in self.payments.values():
+            assert self.reservation in ("RESERVED", "COMMITTED"), "captured with stock released"
+
     def _failed(self, step: Step, fault: Fault) -> list[EventData]:
         code = "FAILED_PRECONDITION" if fault is Fault.DEFINITE else "UNAVAILABLE"
-        return [saga.step_failed(step, code, f"injected {fault.value}")]
+        sent = fault is not Fault.NOT_SENT
+        return [saga.step_failed(step, code, f"injected {fault.value}", sent=sent)]
 
     def execute(self, action: saga.Action) -> list[EventData]:
         match action:
@@ -315,7 +358,9 @@ class Model:
             case ChargePayment(idempotency_key=key, amount=amount):
                 self.charge_calls += 1
                 fault = self._fault(Step.CHARGE)
-                if fault is Fault.DEFINITE:
+                if fault is Fault.NOT_SENT:
+                    self.charge_calls -= 1  # it never reached payments
+                elif fault is Fault.DEFINITE:
                     self.payments.setdefault(key, "DECLINED")
                 elif fault in (None, Fault.LOST):
                     self.payments.setdefault(key, "CAPTURED")
@@ -331,22 +376,26 @@ class Model:
                 if fault is not None:
                     return self._failed(Step.COMMIT, fault)
                 return [StockCommitted()]
-            case ReleaseStock(commit_may_have_landed=may_have_landed):
+            case ResolveCommit():
+                if self.reservation == "RESERVED":
+                    self.reservation = "COMMITTED"
                 if self.reservation == "COMMITTED":
-                    if not may_have_landed:
-                        raise Stalled("release refused")
                     return [StockCommitted(recovered=True)]
+                return [saga.step_failed(Step.COMMIT, "FAILED_PRECONDITION", "not reserved")]
+            case ReleaseStock():
+                if self.reservation == "COMMITTED":
+                    raise Stalled("release refused")
                 self.reservation = "RELEASED"
                 return [StockReleased()]
             case RefundPayment(payment_id=payment_id):
                 assert self.payments[payment_id] in ("CAPTURED", "REFUNDED")
                 self.payments[payment_id] = "REFUNDED"
                 return [PaymentRefunded(payment_id)]
-            case ResolveCharge(idempotency_key=key, amount=amount, cancel_reason=reason):
+            case ResolveCharge(idempotency_key=key, amount=amount):
                 self.charge_calls += 1
                 outcome = self.payments.setdefault(key, "CAPTURED")
                 if outcome == "DECLINED":
-                    return [Cancelled(reason)]
+                    return [saga.step_failed(Step.CHARGE, "FAILED_PRECONDITION", "declined")]
                 return [PaymentCaptured(key, amount, recovered=True)]
             case Cancel(reason=reason):
                 return [Cancelled(reason)]
@@ -365,6 +414,7 @@ def drive(model: Model, crash_at: int | None = None) -> list[Event]:
         if isinstance(action, Finished):
             return events
         produced = model.execute(action)
+        model.check_money_and_stock()
         if count == crash_at:
             continue
         for data in produced:
@@ -394,8 +444,12 @@ SCENARIOS: list[tuple[Step, Fault, OrderState]] = [
     (Step.CHARGE, Fault.DEFINITE, OrderState.CANCELLED),
     (Step.CHARGE, Fault.NOT_LANDED, OrderState.CANCELLED),
     (Step.CHARGE, Fault.LOST, OrderState.CANCELLED),
+    (Step.CHARGE, Fault.NOT_SENT, OrderState.CANCELLED),
+    (Step.RESERVE, Fault.NOT_SENT, OrderState.CANCELLED),
+    (Step.COMMIT, Fault.NOT_SENT, OrderState.CANCELLED),
     (Step.COMMIT, Fault.DEFINITE, OrderState.CANCELLED),
-    (Step.COMMIT, Fault.NOT_LANDED, OrderState.CANCELLED),
+    # Re-sending the in-doubt commit lands it: the sale stands rather than being refunded.
+    (Step.COMMIT, Fault.NOT_LANDED, OrderState.CONFIRMED),
     # The commit landed: the sale stands and the order is confirmed, not refunded.
     (Step.COMMIT, Fault.LOST, OrderState.CONFIRMED),
 ]
@@ -410,7 +464,10 @@ def test_every_fault_ends_terminal_and_consistent(
     model = Model(faults={step: fault})
     events = drive(model)
     assert assert_consistent(model, events) is expected
-    assert sum(e.type is EventType.STEP_FAILED for e in events) == 1
+    # One failure; a second only ever settles the first one's doubt, and never adds money.
+    assert 1 <= sum(e.type is EventType.STEP_FAILED for e in events) <= 2
+    if fault is Fault.NOT_SENT and step is Step.CHARGE:
+        assert model.payments == {} and model.charge_calls == 0  # never re-sent, no refund
 
 
 def test_the_happy_path_charges_once() -> None:

@@ -90,9 +90,10 @@ FAULTS = [
         # Unknown outcome, nothing charged: resolving it by resending captures, then refunds.
         "charge-rejected",
         rules={CHARGE: Rule(Mode.REJECT)},
+        # Money is settled before stock is released, never the other way round.
         events=(
-            "PLACED", "PRICED", "STOCK_RESERVED", "STEP_FAILED", "STOCK_RELEASED",
-            "PAYMENT_CAPTURED", "PAYMENT_REFUNDED", "CANCELLED",
+            "PLACED", "PRICED", "STOCK_RESERVED", "STEP_FAILED", "PAYMENT_CAPTURED",
+            "PAYMENT_REFUNDED", "STOCK_RELEASED", "CANCELLED",
         ),
         payment_state=payments_pb2.PAYMENT_STATE_REFUNDED,
         reason="charge failed (UNAVAILABLE)",
@@ -102,9 +103,10 @@ FAULTS = [
         # The charge captured but the response was lost: found by resending, then refunded.
         "charge-lost",
         rules={CHARGE: Rule(Mode.LOSE)},
+        # Money is settled before stock is released, never the other way round.
         events=(
-            "PLACED", "PRICED", "STOCK_RESERVED", "STEP_FAILED", "STOCK_RELEASED",
-            "PAYMENT_CAPTURED", "PAYMENT_REFUNDED", "CANCELLED",
+            "PLACED", "PRICED", "STOCK_RESERVED", "STEP_FAILED", "PAYMENT_CAPTURED",
+            "PAYMENT_REFUNDED", "STOCK_RELEASED", "CANCELLED",
         ),
         payment_state=payments_pb2.PAYMENT_STATE_REFUNDED,
         reason="charge failed (UNAVAILABLE)",
@@ -120,19 +122,33 @@ FAULTS = [
         charges=1,
     ),
     FaultCase(
+        # Unknown outcome, not landed: re-sending the commit (idempotent) lands it, and the
+        # sale stands; the money already captured is not given back.
         "commit-rejected",
         rules={COMMIT: Rule(Mode.REJECT)},
+        expected_state=CONFIRMED,
         events=(
             "PLACED", "PRICED", "STOCK_RESERVED", "PAYMENT_CAPTURED", "STEP_FAILED",
-            "STOCK_RELEASED", "PAYMENT_REFUNDED", "CANCELLED",
+            "STOCK_COMMITTED", "CONFIRMED",
         ),
-        payment_state=payments_pb2.PAYMENT_STATE_REFUNDED,
-        reason="commit failed (UNAVAILABLE)",
+        payment_state=payments_pb2.PAYMENT_STATE_CAPTURED,
         charges=1,
     ),
     FaultCase(
-        # The commit landed: the sale cannot be undone, so the saga rolls forward instead of
-        # refunding (inventory refuses to release committed stock, which reveals it).
+        # Refused outright (definite): refund first, release last.
+        "commit-refused",
+        rules={COMMIT: Rule(Mode.REJECT, grpc.StatusCode.FAILED_PRECONDITION)},
+        events=(
+            "PLACED", "PRICED", "STOCK_RESERVED", "PAYMENT_CAPTURED", "STEP_FAILED",
+            "PAYMENT_REFUNDED", "STOCK_RELEASED", "CANCELLED",
+        ),
+        payment_state=payments_pb2.PAYMENT_STATE_REFUNDED,
+        reason="commit failed (FAILED_PRECONDITION)",
+        charges=1,
+    ),
+    FaultCase(
+        # The commit landed: re-sending it succeeds, and the saga rolls forward instead of
+        # refunding a sale.
         "commit-lost",
         rules={COMMIT: Rule(Mode.LOSE)},
         expected_state=CONFIRMED,
@@ -209,7 +225,8 @@ async def test_pricing_problems_cancel_before_any_stock_or_money_moves(
 
 async def test_200_concurrent_orders_for_50_units_sell_exactly_50(tmp_path: Path) -> None:
     stock = {"sku-0001": 50}
-    async with running_shop(tmp_path, stock=stock, orders={"step_deadline_seconds": 20}) as shop:
+    slow_steps = {"step_deadline_seconds": 20, "saga_lease_seconds": 60}
+    async with running_shop(tmp_path, stock=stock, orders=slow_steps) as shop:
         orders = await asyncio.gather(
             *(place(shop.order_stub, f"key-{n}", timeout=40) for n in range(200))
         )
@@ -482,7 +499,9 @@ async def test_a_place_order_that_is_not_utf8_is_invalid_argument(tmp_path: Path
     async with running_shop(tmp_path, stock=STOCK) as shop:
         assert shop.orders_app is not None
         async with grpc.aio.insecure_channel(shop.orders_app.address) as channel:
-            send = channel.unary_unary("/grpcmesh.shop.v1.OrderService/PlaceOrder")
+            send: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/grpcmesh.shop.v1.OrderService/PlaceOrder"
+            )
             # idempotency_key (field 1) holding bytes that are not UTF-8
             error = await rpc_error(send(b"\x0a\x03k\xc3\x28", timeout=5))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -2,7 +2,8 @@
 
 Channels come from the kit (``app.channels.channel(name)``) at call time, so a reloaded
 configuration (new targets, a sidecar) takes effect without restarting. Every failure surfaces
-as :class:`CallFailed` carrying the gRPC status name, which is all the saga decides on.
+as :class:`CallFailed` carrying the gRPC status name and whether the request certainly never
+left (:func:`never_sent`), which is all the saga decides on.
 """
 
 from __future__ import annotations
@@ -29,11 +30,64 @@ T = TypeVar("T")
 
 
 class CallFailed(Exception):
-    def __init__(self, service: str, code: str, message: str) -> None:
-        super().__init__(f"{service}: {code}: {message}")
+    def __init__(self, service: str, code: str, message: str, *, sent: bool = True) -> None:
+        super().__init__(f"{service}: {code}: {message}{'' if sent else ' [never sent]'}")
         self.service = service
         self.code = code
         self.message = message
+        # False only when the request certainly did not reach the callee (see never_sent).
+        self.sent = sent
+
+
+UPSTREAM_TIME_HEADER = "x-envoy-upstream-service-time"
+"""Envoy's router adds it to every response that came from upstream, never to its own local
+replies; a reply without it was made by the caller's own sidecar."""
+ATTEMPT_COUNT_HEADER = "x-envoy-attempt-count"
+
+# Local replies of the caller's sidecar sent before any byte of the request went upstream:
+# no endpoint to pick (UH), the TCP connection never came up (UF), a circuit breaker (UO).
+_NO_HEALTHY_UPSTREAM = "no healthy upstream"
+_RESET_PREFIX = "upstream connect error or disconnect/reset before headers. reset reason: "
+_UNSENT_RESET_REASONS = (
+    "connection failure",
+    "local connection failure",
+    "remote connection failure",
+    "overflow",
+)
+# gRPC's own client found no connection to send on (the sidecar itself is down, or no
+# sidecar and the target refuses connections): the call failed before it was written.
+_CLIENT_UNSENT_PREFIXES = ("failed to connect to all addresses", "DNS resolution failed")
+
+
+def never_sent(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call certainly never reached the callee, so it had no effect there.
+
+    Only UNAVAILABLE qualifies, and only when the reply was made on this side of the mesh:
+    either gRPC's client never had a connection to write it on, or the caller's own Envoy
+    sidecar answered it locally (no ``x-envoy-upstream-service-time`` in the response) with a
+    reason given before anything is forwarded. A reply relayed from upstream - the callee's
+    sidecar included - carries that header and is never "not sent"; a route timeout
+    ("upstream request timeout") or a reset after connecting ("connection termination") is
+    in doubt. If the sidecar reports it retried (``x-envoy-attempt-count`` above 1, or
+    "retried and the latest reset reason"), an earlier attempt may have landed: in doubt.
+    docs/reliability.md records how each case was measured against Envoy.
+    """
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = error.details() or ""
+    metadata = [*(error.initial_metadata() or ()), *(error.trailing_metadata() or ())]
+    headers = {str(key).lower(): value for key, value in metadata}
+    if not headers and details.startswith(_CLIENT_UNSENT_PREFIXES):
+        return True
+    if UPSTREAM_TIME_HEADER in headers or headers.get("server") != "envoy":
+        return False
+    attempts = headers.get(ATTEMPT_COUNT_HEADER)
+    if attempts is not None and str(attempts) != "1":
+        return False
+    if details == _NO_HEALTHY_UPSTREAM:
+        return True
+    reason = details.removeprefix(_RESET_PREFIX)
+    return reason != details and reason.startswith(_UNSENT_RESET_REASONS)
 
 
 @dataclass(frozen=True)
@@ -55,11 +109,13 @@ class ShopClients:
         try:
             return await call(self._channel(service))
         except grpc.aio.AioRpcError as exc:
-            raise CallFailed(service, exc.code().name, exc.details() or "") from exc
+            raise CallFailed(
+                service, exc.code().name, exc.details() or "", sent=not never_sent(exc)
+            ) from exc
         except UnknownService as exc:
             # A missing target is a deployment error, but to the saga it is an unreachable
             # dependency: nothing was sent.
-            raise CallFailed(service, "FAILED_PRECONDITION", str(exc)) from exc
+            raise CallFailed(service, "FAILED_PRECONDITION", str(exc), sent=False) from exc
 
     async def price(self, product_id: str) -> Money:
         async def call(channel: grpc.aio.Channel) -> Money:

@@ -246,12 +246,16 @@ class StepFailed:
     message: str
     # True when the step's remote effect may have happened although the call failed.
     in_doubt: bool
+    # False when the request certainly never left this process's side of the mesh (its own
+    # sidecar answered, see clients.never_sent): the step did not happen, nothing to undo.
+    sent: bool = True
 
     @property
     def detail(self) -> str:
         code = f" ({self.code})" if self.code else ""
         doubt = " [outcome unknown]" if self.in_doubt else ""
-        return f"{self.step.value} failed{code}: {self.message}{doubt}"
+        unsent = " [never sent]" if not self.sent else ""
+        return f"{self.step.value} failed{code}: {self.message}{doubt}{unsent}"
 
     def to_json(self) -> JsonObject:
         return {
@@ -259,12 +263,17 @@ class StepFailed:
             "code": self.code,
             "message": self.message,
             "in_doubt": self.in_doubt,
+            "sent": self.sent,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
         return cls(
-            Step(data["step"]), str(data["code"]), str(data["message"]), bool(data["in_doubt"])
+            Step(data["step"]),
+            str(data["code"]),
+            str(data["message"]),
+            bool(data["in_doubt"]),
+            bool(data.get("sent", True)),  # logs written before the field existed
         )
 
 

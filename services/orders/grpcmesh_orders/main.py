@@ -39,6 +39,7 @@ def build_app(
         # Interrupted sagas resume in the background: a slow dependency must not keep this
         # replica from serving (and from answering retries of those very orders).
         await runner.resume_pending()
+        runner.start_recovery()
 
     async def stop() -> None:
         # After the server stopped: no PlaceOrder waits on a saga any more.

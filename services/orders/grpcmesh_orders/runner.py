@@ -5,12 +5,23 @@ One task per order and process: a second PlaceOrder with the same key awaits the
 instead of starting another. Saga tasks are detached from the RPC that started them: they
 outlive the caller's deadline and cancellation, and their calls carry the saga's own per-step
 deadlines rather than the (possibly short) deadline of the PlaceOrder that spawned them.
+
+One process across replicas: a saga is driven only under its lease (storage.claim), renewed
+before every remote call and with every append. A process that finds the lease held elsewhere
+follows the log until the order ends or the lease expires, then takes over. The recovery loop
+(:meth:`SagaRunner.recover_forever`) scans for PENDING orders whose lease expired - their
+owner died, hung, or gave up on a compensation that kept failing - and drives them, so every
+saga finishes without a client retry or a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
@@ -28,6 +39,7 @@ from grpcmesh_orders.clients import CallFailed, ShopClients
 from grpcmesh_orders.events import (
     Cancelled,
     Confirmed,
+    Event,
     EventData,
     LineItem,
     Money,
@@ -43,7 +55,7 @@ from grpcmesh_orders.events import (
     project,
 )
 from grpcmesh_orders.settings import OrdersSettings
-from grpcmesh_orders.storage import ConcurrentAppend, OrderRepository
+from grpcmesh_orders.storage import ConcurrentAppend, Lease, LeaseLost, OrderRepository
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,11 @@ MAX_EVENTS = 64
 
 class CompensationStalled(Exception):
     """A compensation call kept failing; the order stays pending until resumed."""
+
+
+def new_owner() -> str:
+    """A lease owner name unique to this process (host and pid for people reading the table)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 class OrderNotifier:
@@ -81,7 +98,9 @@ class SagaRunner:
         clients: ShopClients,
         notifier: OrderNotifier,
         settings: Callable[[], OrdersSettings],
+        owner: str | None = None,
     ) -> None:
+        self.owner = owner or new_owner()
         self._repo = repo
         self._clients = clients
         self._notifier = notifier
@@ -113,16 +132,44 @@ class SagaRunner:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("saga of order %s failed", order_id, exc_info=exc)
 
+    def lease(self) -> Lease:
+        return Lease(self.owner, self._settings().saga_lease_seconds)
+
     async def resume_pending(self) -> int:
-        """Starts every order whose log is not terminal (see saga's recovery rule); returns
-        how many. Runs them in the background, at most ``resume_concurrency`` at a time."""
-        order_ids = await self._repo.pending()
+        """Starts every PENDING order no other process holds (see saga's recovery rule) and
+        returns how many. Runs them in the background, at most ``resume_concurrency`` at a
+        time; :meth:`recover_forever` does the same periodically."""
+        order_ids = await self._claimable()
         if order_ids:
             log.info("resuming %d interrupted order(s)", len(order_ids))
             task = asyncio.create_task(self._resume(order_ids), name="resume-orders")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return len(order_ids)
+
+    async def _claimable(self) -> list[str]:
+        limit = 4 * self._settings().resume_concurrency
+        return await self._repo.claimable(self.owner, limit)
+
+    def start_recovery(self) -> None:
+        """Runs :meth:`recover_forever` in the background until :meth:`close`."""
+        task = asyncio.create_task(self.recover_forever(), name="recover-orders")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def recover_forever(self) -> None:
+        """Every ``recovery_interval_seconds``, drives the PENDING orders whose lease expired
+        (a replica died or hung mid-saga, or a compensation stalled) until they end."""
+        while True:
+            await asyncio.sleep(self._settings().recovery_interval_seconds)
+            try:
+                order_ids = [o for o in await self._claimable() if o not in self._tasks]
+                if order_ids:
+                    log.info("recovering %d order(s) whose saga lease expired", len(order_ids))
+                    await self._resume(order_ids)
+            except Exception:
+                # A locked or briefly unavailable database must not end recovery for good.
+                log.exception("saga recovery scan failed; retrying")
 
     async def _resume(self, order_ids: Sequence[str]) -> None:
         limit = asyncio.Semaphore(self._settings().resume_concurrency)
@@ -135,7 +182,8 @@ class SagaRunner:
         await asyncio.gather(*(one(order_id) for order_id in order_ids))
 
     async def close(self) -> None:
-        """Stops every saga where it is; the log lets the next start resume them."""
+        """Stops every saga where it is and gives up this process's leases, so another
+        replica (or the next start) resumes them at once rather than after they expire."""
         self._closing = True
         tasks: list[asyncio.Task[OrderView] | asyncio.Task[None]] = [
             *self._background,
@@ -144,6 +192,27 @@ class SagaRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._repo.release_leases(self.owner)
+        except Exception:
+            log.exception("could not release saga leases; they expire on their own")
+
+    async def _hold(self, order_id: str) -> None:
+        """Renews this process's lease on ``order_id``; LeaseLost if another process has it."""
+        if not await self._repo.claim(order_id, self.lease()):
+            raise LeaseLost(f"order {order_id}: the saga lease is held by another process")
+
+    async def _follow(self, order_id: str) -> list[Event]:
+        """Waits while another process drives ``order_id``: returns its log once it is terminal
+        or once this process holds the lease (the other's expired)."""
+        while True:
+            events = await self._repo.events(order_id)
+            if events[-1].type.terminal or await self._repo.claim(order_id, self.lease()):
+                return events
+            wake = self._notifier.waiter(order_id)
+            # Appends by another process do not wake us: poll, but wake early on our own.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._settings().recovery_interval_seconds)
 
     async def _drive(self, order_id: str) -> OrderView:
         events = await self._repo.events(order_id)
@@ -155,12 +224,18 @@ class SagaRunner:
                 raise RuntimeError(f"order {order_id}: saga did not finish in {MAX_EVENTS} events")
             log.debug("order %s: %s", order_id, action)
             try:
+                await self._hold(order_id)
                 produced = await self._execute(order_id, action)
+                events = await self._repo.append(
+                    order_id, last_sequence(events), produced, self.lease()
+                )
             except CompensationStalled as exc:
+                # The lease stays until it expires: then the recovery loop tries again.
                 log.warning("order %s left compensating: %s", order_id, exc)
                 return project(events)
-            try:
-                events = await self._repo.append(order_id, last_sequence(events), produced)
+            except LeaseLost:
+                log.info("order %s is driven by another process; following it", order_id)
+                events = await self._follow(order_id)
             except ConcurrentAppend:
                 # Another process moved this order on; its calls were idempotent like ours.
                 log.info("order %s: concurrent append, re-reading the log", order_id)
@@ -181,7 +256,7 @@ class SagaRunner:
                 try:
                     outcome = await c.charge(key, order_id, customer, amount)
                 except CallFailed as exc:
-                    return [saga.step_failed(Step.CHARGE, exc.code, exc.message)]
+                    return [saga.step_failed(Step.CHARGE, exc.code, exc.message, sent=exc.sent)]
                 if not outcome.captured:
                     # A repeated charge returns the first outcome, which may be a decline.
                     reason = outcome.decline_reason or "payment declined"
@@ -193,9 +268,9 @@ class SagaRunner:
                 return [Confirmed()]
             case saga.Cancel(reason=reason):
                 return [Cancelled(reason)]
-            case saga.ReleaseStock(commit_may_have_landed=may_have_landed):
+            case saga.ResolveCommit():
                 return await self._compensate(
-                    "release", order_id, partial(self._release, order_id, may_have_landed)
+                    "commit resolution", order_id, partial(self._resolve_commit, order_id)
                 )
             case saga.RefundPayment(idempotency_key=key, payment_id=payment_id):
                 return await self._compensate(
@@ -203,8 +278,10 @@ class SagaRunner:
                 )
             case saga.ResolveCharge():
                 return await self._compensate(
-                    "charge resolution", order_id, partial(self._resolve, order_id, action)
+                    "charge resolution", order_id, partial(self._resolve_charge, order_id, action)
                 )
+            case saga.ReleaseStock():
+                return await self._compensate("release", order_id, partial(self._release, order_id))
             case saga.Finished():
                 return []
 
@@ -225,41 +302,51 @@ class SagaRunner:
                 raise result
         return saga.price_order(items, currency, prices)
 
-    async def _release(self, order_id: str, commit_may_have_landed: bool) -> list[EventData]:
+    async def _resolve_commit(self, order_id: str) -> list[EventData]:
         try:
-            await self._clients.release(order_id)
-        except CallFailed as exc:
-            if exc.code != "FAILED_PRECONDITION" or not commit_may_have_landed:
-                raise
-            # Inventory refuses to release committed stock, so the commit we saw fail landed.
-            # Re-sending it (idempotent) confirms that before the saga rolls forward.
             await self._clients.commit(order_id)
-            return [StockCommitted(recovered=True)]
+        except CallFailed as exc:
+            if not exc.sent or saga.outcome_in_doubt(exc.code):
+                raise  # no answer about the commit yet: try again
+            # Inventory refused it (e.g. the reservation is gone): the first commit never
+            # landed either, so there is no sale and the money goes back.
+            return [saga.step_failed(Step.COMMIT, exc.code, exc.message)]
+        return [StockCommitted(recovered=True)]
+
+    async def _release(self, order_id: str) -> list[EventData]:
+        await self._clients.release(order_id)
         return [StockReleased()]
 
     async def _refund(self, key: str, payment_id: str) -> list[EventData]:
         await self._clients.refund(key, payment_id)
         return [PaymentRefunded(payment_id)]
 
-    async def _resolve(self, order_id: str, action: saga.ResolveCharge) -> list[EventData]:
+    async def _resolve_charge(self, order_id: str, action: saga.ResolveCharge) -> list[EventData]:
         try:
             outcome = await self._clients.charge(
                 action.idempotency_key, order_id, action.customer_id, action.amount
             )
         except CallFailed as exc:
-            if exc.code != "FAILED_PRECONDITION":
+            if not exc.sent or saga.outcome_in_doubt(exc.code):
                 raise
-            return [Cancelled(action.cancel_reason)]  # declined: no money moved
+            return [saga.step_failed(Step.CHARGE, exc.code, exc.message)]  # no money moved
         if not outcome.captured:
-            return [Cancelled(action.cancel_reason)]
+            reason = outcome.decline_reason or "payment declined"
+            return [StepFailed(Step.CHARGE, "FAILED_PRECONDITION", reason, False)]
         return [PaymentCaptured(outcome.payment_id, outcome.amount, recovered=True)]
 
     async def _compensate(
         self, what: str, order_id: str, attempt: Callable[[], Awaitable[list[EventData]]]
     ) -> list[EventData]:
         """Compensations must eventually succeed, so transient failures are retried with
-        bounded, jittered backoff; if they still fail the saga stalls (and is resumed later)."""
+        bounded, jittered backoff; if they still fail the saga stalls, and the recovery loop
+        resumes it once its lease expires (retried until done). The lease is renewed before
+        every try."""
         s = self._settings()
+
+        async def renewed() -> list[EventData]:
+            await self._hold(order_id)
+            return await attempt()
 
         def warn(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -280,7 +367,7 @@ class SagaRunner:
         try:
             async for attempt_state in retrying:
                 with attempt_state:
-                    return await attempt()
+                    return await renewed()
         except CallFailed as exc:
             raise CompensationStalled(f"{what}: {exc}") from exc
         raise AssertionError("unreachable: tenacity either returns or re-raises")
@@ -290,5 +377,5 @@ async def _step(step: Step, call: Awaitable[None], success: EventData) -> EventD
     try:
         await call
     except CallFailed as exc:
-        return saga.step_failed(step, exc.code, exc.message)
+        return saga.step_failed(step, exc.code, exc.message, sent=exc.sent)
     return success

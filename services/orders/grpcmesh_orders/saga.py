@@ -16,25 +16,31 @@ Recovery rule (why resuming from any log is safe):
 * Hence a log without STEP_FAILED continues **forward** from the first step with no success
   event, re-sending that step. A charge that was sent but not recorded before a crash is
   re-sent with the same key and payments returns the first outcome - never a second charge.
-* A log with STEP_FAILED continues **compensating**, in this order:
+* A log with STEP_FAILED continues **compensating**, money first, stock last:
 
   1. If STOCK_COMMITTED is in the log, the sale happened (commit only follows a capture) and
      cannot be undone: roll forward to CONFIRMED.
-  2. Release stock if the reserve may have been sent (the failed step is reserve or later):
-     ReleaseStock is idempotent and leaves a tombstone, so a reserve that timed out but landed,
-     or lands later, is undone. When the commit itself failed with an unknown outcome and the
-     release is refused because the stock is committed, the commit did land: record it and
-     roll forward (rule 1) instead of refunding a sale.
+  2. If the commit failed with an unknown outcome, settle it first by re-sending it
+     (idempotent): if it succeeds the sale stands (rule 1); if inventory refuses it, that
+     refusal is logged as a second, definite STEP_FAILED for the commit and compensation goes
+     on. Money is never returned for goods that may have been sold.
   3. Refund a recorded capture (key :func:`refund_key`).
-  4. If the charge failed with an unknown outcome (e.g. UNAVAILABLE, DEADLINE_EXCEEDED) it may
-     have captured money. PaymentService cannot look a payment up by idempotency key, so the
-     charge is re-sent with its key: payments returns the first outcome if it landed (then it
-     is recorded and refunded by rule 3), or captures now (refunded likewise), or declines
-     (nothing to refund).
-  5. CANCELLED, with the failed step as the reason.
+  4. If the charge failed with an unknown outcome it may have captured money. PaymentService
+     cannot look a payment up by idempotency key, so the charge is re-sent with its key:
+     payments returns the first outcome if it landed (then it is recorded and refunded by
+     rule 3), or captures now (refunded likewise), or declines, logged as a second, definite
+     STEP_FAILED for the charge (nothing to refund). A charge that **never left** this process's
+     side of the mesh (``StepFailed.sent`` false: the caller's own sidecar refused it) is not
+     in doubt: it is neither re-sent nor refunded.
+  5. Release stock if the reserve may have been sent (the failed step is reserve or later):
+     ReleaseStock is idempotent and leaves a tombstone, so a reserve that timed out but landed,
+     or lands later, is undone.
+  6. CANCELLED, with the failed step as the reason.
 
-  Release goes before refund so that a commit which landed despite an error is discovered
-  (rule 2) before money is returned for goods that were sold.
+  Release comes after every money question is settled, so no log (and no moment between two
+  of its events) has money captured while the order's stock is released: at every point the
+  order either still holds its stock or holds no money. A later definite STEP_FAILED only ever
+  settles the doubt of the first failure's step; the first failure stays the order's reason.
 """
 
 from __future__ import annotations
@@ -84,11 +90,12 @@ def outcome_in_doubt(code: str) -> bool:
     return code not in _DEFINITE_FAILURES
 
 
-def step_failed(step: Step, code: str, message: str) -> StepFailed:
-    """The STEP_FAILED payload for a remote call to ``step`` that failed with status ``code``."""
-    # Pricing only reads, so its outcome is never in doubt.
-    in_doubt = step is not Step.PRICE and outcome_in_doubt(code)
-    return StepFailed(step, code, message, in_doubt=in_doubt)
+def step_failed(step: Step, code: str, message: str, *, sent: bool = True) -> StepFailed:
+    """The STEP_FAILED payload for a remote call to ``step`` that failed with status ``code``;
+    ``sent`` false when the call certainly never left (see ``clients.never_sent``)."""
+    # Pricing only reads, so its outcome is never in doubt; an unsent call had no outcome.
+    in_doubt = sent and step is not Step.PRICE and outcome_in_doubt(code)
+    return StepFailed(step, code, message, in_doubt=in_doubt, sent=sent)
 
 
 def charge_key(order_id: str) -> str:
@@ -115,21 +122,39 @@ class SagaProgress:
     released: bool = False
     refunded: bool = False
     finished: bool = False
+    # A later, definite failure of the first failure's step: its doubt is settled (not landed).
+    settled: bool = False
 
     @property
     def reserve_may_have_happened(self) -> bool:
         if self.reserved:
             return True
-        return self.failure is not None and self.failure.step is not Step.PRICE
+        failure = self.failure
+        if failure is None or failure.step is Step.PRICE:
+            return False
+        # A reserve that never left cannot have reserved anything.
+        return failure.step is not Step.RESERVE or failure.sent
+
+    def _in_doubt(self, step: Step) -> bool:
+        return (
+            self.failure is not None
+            and self.failure.step is step
+            and self.failure.in_doubt
+            and not self.settled
+        )
 
     @property
     def charge_in_doubt(self) -> bool:
-        return (
-            self.payment is None
-            and self.failure is not None
-            and self.failure.step is Step.CHARGE
-            and self.failure.in_doubt
-        )
+        return self.payment is None and self._in_doubt(Step.CHARGE)
+
+    @property
+    def commit_in_doubt(self) -> bool:
+        return not self.committed and self._in_doubt(Step.COMMIT)
+
+    @property
+    def money_held(self) -> bool:
+        """Money is or may be captured for this order and not refunded."""
+        return (self.payment is not None and not self.refunded) or self.charge_in_doubt
 
 
 def progress(events: Iterable[Event]) -> SagaProgress:
@@ -152,8 +177,12 @@ def progress(events: Iterable[Event]) -> SagaProgress:
             case StockCommitted():
                 state = replace(state, committed=True)
             case StepFailed():
-                # Only the first failure counts: later ones cannot occur while compensating.
-                state = replace(state, failure=state.failure or data)
+                first = state.failure
+                if first is None:
+                    state = replace(state, failure=data)
+                elif data.step is first.step and not data.in_doubt:
+                    # Compensation found the first failure's in-doubt step did not land.
+                    state = replace(state, settled=True)
             case StockReleased():
                 state = replace(state, released=True)
             case PaymentRefunded():
@@ -199,10 +228,14 @@ class Confirm:
 
 
 @dataclass(frozen=True)
+class ResolveCommit:
+    """Re-send an in-doubt commit: success means the sale stands, a refusal that it never
+    landed (logged as a definite STEP_FAILED for the commit)."""
+
+
+@dataclass(frozen=True)
 class ReleaseStock:
-    # The commit failed with an unknown outcome: a refusal because the stock is committed
-    # means the commit landed, and the saga rolls forward.
-    commit_may_have_landed: bool
+    pass
 
 
 @dataclass(frozen=True)
@@ -218,8 +251,6 @@ class ResolveCharge:
     idempotency_key: str
     customer_id: str
     amount: Money
-    # Used when the charge turns out not captured: nothing is left to compensate.
-    cancel_reason: str
 
 
 @dataclass(frozen=True)
@@ -233,7 +264,7 @@ class Finished:
 
 
 ForwardAction = PriceItems | ReserveStock | ChargePayment | CommitStock | Confirm
-CompensatingAction = ReleaseStock | RefundPayment | ResolveCharge | Cancel
+CompensatingAction = ResolveCommit | RefundPayment | ResolveCharge | ReleaseStock | Cancel
 Action = ForwardAction | CompensatingAction | Finished
 
 
@@ -245,17 +276,17 @@ def next_action(p: SagaProgress) -> Action:
         return _forward(p)
     if p.committed:
         return Confirm()
-    if p.reserve_may_have_happened and not p.released:
-        return ReleaseStock(
-            commit_may_have_landed=p.failure.step is Step.COMMIT and p.failure.in_doubt
-        )
+    if p.commit_in_doubt:
+        return ResolveCommit()
     if p.payment is not None and not p.refunded:
         return RefundPayment(refund_key(p.order_id), p.payment.payment_id)
-    reason = cancel_reason(p.failure)
     if p.charge_in_doubt:
         assert p.priced is not None  # a charge is only ever sent for a priced order
-        return ResolveCharge(charge_key(p.order_id), p.placed.customer_id, p.priced.total, reason)
-    return Cancel(reason)
+        return ResolveCharge(charge_key(p.order_id), p.placed.customer_id, p.priced.total)
+    assert not p.money_held  # the invariant the order of these rules exists for
+    if p.reserve_may_have_happened and not p.released:
+        return ReleaseStock()
+    return Cancel(cancel_reason(p.failure))
 
 
 def _forward(p: SagaProgress) -> ForwardAction:

@@ -106,7 +106,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         command = validation.validate_place_order(
             request.idempotency_key, request.customer_id, request.items, request.currency_code
         )
-        placement = await self._repo.place(command, self._order_ids())
+        placement = await self._repo.place(command, self._order_ids(), self._runner.lease())
         # Joins the saga if this process is already running it (a concurrent retry); otherwise
         # starts it, which for a finished order just reads the log back.
         saga = self._runner.ensure(placement.order_id)

@@ -5,6 +5,12 @@ sequence). ``orders`` is the projection, rewritten from the log inside the same 
 every append, so a reader never sees the projection disagree with the log. An append names the
 sequence it expects to follow; a concurrent appender (another replica resuming the same order)
 makes it fail with :class:`ConcurrentAppend`, and the loser re-reads the log and decides again.
+
+``saga_leases`` says which process drives a PENDING order's saga, and until when: a lease is
+claimed (or renewed) in one ``BEGIN IMMEDIATE`` transaction, so of several replicas sharing the
+database exactly one holds it; an append by a process that no longer holds the lease fails
+(:class:`LeaseLost`), so a replica that stalled past its lease cannot write over the new owner.
+A lease that expires (its owner died or hung) is free for any replica's recovery loop.
 Functions taking a connection run inside one ``Store.run`` transaction.
 """
 
@@ -67,11 +73,65 @@ MIGRATIONS: list[str] = [
     CREATE INDEX orders_by_customer ON orders (customer_id, position);
     CREATE INDEX orders_pending ON orders (state) WHERE state = 'PENDING'
     """,
+    """
+    CREATE TABLE saga_leases (
+        order_id   TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
 ]
 
 
 class ConcurrentAppend(Exception):
     """Someone else appended to the order's log since the caller read it."""
+
+
+class LeaseLost(ConcurrentAppend):
+    """Another process holds the order's saga lease: the caller must stop driving it."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who claims an order's saga (``owner``, unique per process) and for how long."""
+
+    owner: str
+    seconds: float
+
+
+def claim(conn: sqlite3.Connection, order_id: str, lease: Lease, now: float) -> bool:
+    """Takes or renews ``order_id``'s lease for ``lease.owner`` unless another owner holds an
+    unexpired one; True if the caller holds it afterwards."""
+    cursor = conn.execute(
+        "INSERT INTO saga_leases (order_id, owner, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (order_id) DO UPDATE SET owner = excluded.owner,"
+        " expires_at = excluded.expires_at"
+        " WHERE saga_leases.owner = excluded.owner OR saga_leases.expires_at <= ?",
+        (order_id, lease.owner, now + lease.seconds, now),
+    )
+    return cursor.rowcount == 1
+
+
+def release_leases(conn: sqlite3.Connection, owner: str, order_ids: Sequence[str] = ()) -> None:
+    """Gives up ``owner``'s leases on ``order_ids`` (all of them if empty)."""
+    if order_ids:
+        conn.executemany(
+            "DELETE FROM saga_leases WHERE order_id = ? AND owner = ?",
+            [(order_id, owner) for order_id in order_ids],
+        )
+    else:
+        conn.execute("DELETE FROM saga_leases WHERE owner = ?", (owner,))
+
+
+def claimable_orders(conn: sqlite3.Connection, owner: str, now: float, limit: int) -> list[str]:
+    """PENDING orders nobody else drives: no lease, an expired one, or one of ``owner``'s."""
+    rows = conn.execute(
+        "SELECT o.order_id FROM orders o LEFT JOIN saga_leases l ON l.order_id = o.order_id"
+        " WHERE o.state = 'PENDING' AND (l.order_id IS NULL OR l.expires_at <= ? OR l.owner = ?)"
+        " ORDER BY o.position LIMIT ?",
+        (now, owner, limit),
+    ).fetchall()
+    return [row["order_id"] for row in rows]
 
 
 @dataclass(frozen=True)
@@ -114,11 +174,16 @@ def append(
     expected_sequence: int,
     new: Sequence[EventData],
     now: datetime,
+    lease: Lease | None = None,
 ) -> list[Event]:
     """Appends ``new`` after event ``expected_sequence`` and refreshes the projection.
 
-    Returns the order's whole log. Raises ConcurrentAppend if the log has moved on.
+    Returns the order's whole log. Raises ConcurrentAppend if the log has moved on, LeaseLost
+    if ``lease`` is given and another owner holds the order's lease (else it is renewed; a
+    terminal event releases it).
     """
+    if lease is not None and not claim(conn, order_id, lease, now.timestamp()):
+        raise LeaseLost(f"order {order_id}: the saga lease is held by another process")
     (current,) = conn.execute(
         "SELECT COALESCE(MAX(sequence), 0) FROM order_events WHERE order_id = ?", (order_id,)
     ).fetchone()
@@ -145,7 +210,10 @@ def append(
         # The UNIQUE constraint backs up the check above should another process race past it.
         raise ConcurrentAppend(f"order {order_id}: {exc}") from exc
     events = load_events(conn, order_id)
-    _write_projection(conn, project(events))
+    view = project(events)
+    _write_projection(conn, view)
+    if view.state.terminal:
+        conn.execute("DELETE FROM saga_leases WHERE order_id = ?", (order_id,))
     return events
 
 
@@ -194,12 +262,17 @@ def _view_from_row(row: sqlite3.Row) -> OrderView:
 
 
 def place(
-    conn: sqlite3.Connection, command: PlaceOrderCommand, new_order_id: str, now: datetime
+    conn: sqlite3.Connection,
+    command: PlaceOrderCommand,
+    new_order_id: str,
+    now: datetime,
+    lease: Lease | None = None,
 ) -> Placement:
     """The order for ``command.idempotency_key``: the existing one, or a new PLACED order.
 
     The key lookup and the insert share one transaction, so concurrent requests with one key
-    (in this process or another) create exactly one order.
+    (in this process or another) create exactly one order. A new order is leased to ``lease``
+    in the same transaction, so no other replica's recovery loop takes it up meanwhile.
     """
     row = conn.execute(
         "SELECT order_id, fingerprint FROM idempotency_keys WHERE idempotency_key = ?",
@@ -215,7 +288,7 @@ def place(
         (command.idempotency_key, new_order_id, command.fingerprint),
     )
     placed = Placed(command.customer_id, command.currency_code, command.items)
-    append(conn, new_order_id, 0, [placed], now)
+    append(conn, new_order_id, 0, [placed], now, lease)
     return Placement(new_order_id, created=True)
 
 
@@ -273,17 +346,34 @@ class OrderRepository:
         self.store = store
         self._clock = clock
 
-    async def place(self, command: PlaceOrderCommand, new_order_id: str) -> Placement:
+    async def place(
+        self, command: PlaceOrderCommand, new_order_id: str, lease: Lease | None = None
+    ) -> Placement:
         now = self._clock()
-        return await self.store.run(lambda conn: place(conn, command, new_order_id, now))
+        return await self.store.run(lambda conn: place(conn, command, new_order_id, now, lease))
 
     async def append(
-        self, order_id: str, expected_sequence: int, new: Sequence[EventData]
+        self,
+        order_id: str,
+        expected_sequence: int,
+        new: Sequence[EventData],
+        lease: Lease | None = None,
     ) -> list[Event]:
         now = self._clock()
         return await self.store.run(
-            lambda conn: append(conn, order_id, expected_sequence, new, now)
+            lambda conn: append(conn, order_id, expected_sequence, new, now, lease)
         )
+
+    async def claim(self, order_id: str, lease: Lease) -> bool:
+        now = self._clock().timestamp()
+        return await self.store.run(lambda conn: claim(conn, order_id, lease, now))
+
+    async def release_leases(self, owner: str, order_ids: Sequence[str] = ()) -> None:
+        await self.store.run(lambda conn: release_leases(conn, owner, order_ids))
+
+    async def claimable(self, owner: str, limit: int) -> list[str]:
+        now = self._clock().timestamp()
+        return await self.store.read(lambda conn: claimable_orders(conn, owner, now, limit))
 
     async def events(self, order_id: str, after: int = 0) -> list[Event]:
         return await self.store.run(lambda conn: load_events(conn, order_id, after))
