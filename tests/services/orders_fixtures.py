@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +29,16 @@ from grpcmesh.shop.v1 import (
 )
 from grpcmesh_catalog.main import build_app as build_catalog
 from grpcmesh_catalog.settings import CatalogSettings
+from grpcmesh_control.local.process import ManagedProcess
 from grpcmesh_inventory.main import build_app as build_inventory
 from grpcmesh_inventory.settings import InventorySettings
 from grpcmesh_kit import ServiceApp
+from grpcmesh_orders.books import BooksReport, audit
 from grpcmesh_orders.main import build_app as build_orders
 from grpcmesh_orders.settings import OrdersSettings
 from grpcmesh_payments.main import build_app as build_payments
 from grpcmesh_payments.settings import PaymentsSettings
+from tests.processes import service_process
 
 if TYPE_CHECKING:
     # Exist only in the generated stubs, for typing the async stubs.
@@ -255,6 +259,29 @@ async def running_shop(
         yield shop
 
 
+# --- orders as a process ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def orders_process(
+    shop: Shop, name: str, *, settings: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[ManagedProcess, str]]:
+    """``python -m grpcmesh_orders`` on free loopback ports, configured through GRPCMESH_*
+    (plus ``settings``, e.g. ``{"saga_lease_seconds": "2"}``); yields (process, address) once
+    it reports SERVING, stops it on exit. Replicas started with one ``shop`` share its database."""
+    env = {
+        "GRPCMESH_DB_PATH": str(shop.orders_db),
+        "GRPCMESH_TARGETS": json.dumps(shop.targets),
+        "GRPCMESH_COMPENSATION_BACKOFF_SECONDS": "0.01",
+        "GRPCMESH_COMPENSATION_MAX_BACKOFF_SECONDS": "0.1",
+        **{f"GRPCMESH_{key.upper()}": value for key, value in (settings or {}).items()},
+    }
+    workdir = shop.tmp_path / name
+    workdir.mkdir()
+    async with service_process("orders", "grpcmesh_orders", workdir, env) as orders:
+        yield orders.process, orders.address
+
+
 # --- requests and audits -------------------------------------------------------------------------
 
 
@@ -354,6 +381,17 @@ async def assert_books_balance(
         assert (await payment_of(shop, order.payment_id)).state == (
             payments_pb2.PAYMENT_STATE_CAPTURED
         )
+
+
+def books_of(shop: Shop) -> BooksReport:
+    """The books checker run over the shop's three databases."""
+    return audit(shop.orders_db, shop.tmp_path / "inventory.db", shop.tmp_path / "payments.db")
+
+
+def assert_books_from_stores(shop: Shop) -> BooksReport:
+    report = books_of(shop)
+    assert report.balanced, report.summary()
+    return report
 
 
 def count_rows(db: Path, table: str) -> int:

@@ -4,27 +4,24 @@ and compensations that keep failing, finished later by a retry or by the resumer
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 
 from grpcmesh.shop.v1 import orders_pb2, orders_pb2_grpc, payments_pb2
-from grpcmesh_control.local.process import ManagedProcess
-from tests.processes import service_process
 from tests.services.orders_fixtures import (
     CHARGE,
     Mode,
     Rule,
     Shop,
     assert_books_balance,
+    assert_books_from_stores,
     event_names,
     list_all,
+    orders_process,
     payment_of,
     place,
     place_request,
@@ -44,22 +41,6 @@ CONFIRMED = orders_pb2.ORDER_STATE_CONFIRMED
 # --- 4. kill -9 mid-saga -------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def orders_process(shop: Shop, name: str) -> AsyncIterator[tuple[ManagedProcess, str]]:
-    """``python -m grpcmesh_orders`` on free loopback ports, configured through GRPCMESH_*;
-    yields (process, address) once it reports SERVING, stops it on exit."""
-    env = {
-        "GRPCMESH_DB_PATH": str(shop.orders_db),
-        "GRPCMESH_TARGETS": json.dumps(shop.targets),
-        "GRPCMESH_COMPENSATION_BACKOFF_SECONDS": "0.01",
-        "GRPCMESH_COMPENSATION_MAX_BACKOFF_SECONDS": "0.1",
-    }
-    workdir = shop.tmp_path / name
-    workdir.mkdir()
-    async with service_process("orders", "grpcmesh_orders", workdir, env) as orders:
-        yield orders.process, orders.address
-
-
 def pending_in_db(db: Path) -> int:
     conn = sqlite3.connect(db)
     try:
@@ -67,6 +48,9 @@ def pending_in_db(db: Path) -> int:
         return int(count)
     finally:
         conn.close()
+
+
+LEASES = {"saga_lease_seconds": "6", "recovery_interval_seconds": "0.2"}
 
 
 async def test_orders_killed_mid_saga_finish_every_order_after_restart(tmp_path: Path) -> None:
@@ -77,7 +61,7 @@ async def test_orders_killed_mid_saga_finish_every_order_after_restart(tmp_path:
     async with running_shop(
         tmp_path, stock=stock, payments={"latency_ms": 400}, with_orders=False
     ) as shop:
-        async with orders_process(shop, "first") as (process, address):
+        async with orders_process(shop, "first", settings=LEASES) as (process, address):
             channel = await shop.stack.enter_async_context(grpc.aio.insecure_channel(address))
             stub = orders_pb2_grpc.OrderServiceStub(channel)
             charges_arrived = shop.faults.when(CHARGE, 4)
@@ -90,7 +74,8 @@ async def test_orders_killed_mid_saga_finish_every_order_after_restart(tmp_path:
         # The kill interrupted sagas: their logs end without a terminal event.
         assert pending_in_db(shop.orders_db) > 0
 
-        async with orders_process(shop, "second") as (_, address):
+        # The killed process's leases lapse: the new one takes its sagas over.
+        async with orders_process(shop, "second", settings=LEASES) as (_, address):
             channel = await shop.stack.enter_async_context(grpc.aio.insecure_channel(address))
             stub = orders_pb2_grpc.OrderServiceStub(channel)
             # No client action needed: the resumer finishes every interrupted saga.
@@ -112,6 +97,7 @@ async def test_orders_killed_mid_saga_finish_every_order_after_restart(tmp_path:
                 events = await watch_all(stub, order.order_id)
                 assert [e.sequence for e in events] == list(range(1, len(events) + 1))
             await assert_books_balance(shop, final, stock)
+            assert_books_from_stores(shop)
             # Charges in flight at the kill were sent again after the restart (same keys), and
             # payments answered them with the first outcome: more calls than payments.
             assert shop.faults.calls[CHARGE] > len(shop.faults.payment_ids) == 12
