@@ -216,6 +216,8 @@ class SagaRunner:
 
     async def _drive(self, order_id: str) -> OrderView:
         events = await self._repo.events(order_id)
+        loop = asyncio.get_running_loop()
+        renewed = -float("inf")  # when this process last claimed or renewed the lease
         while True:
             action = saga.next_action(saga.progress(events))
             if isinstance(action, saga.Finished):
@@ -224,11 +226,19 @@ class SagaRunner:
                 raise RuntimeError(f"order {order_id}: saga did not finish in {MAX_EVENTS} events")
             log.debug("order %s: %s", order_id, action)
             try:
-                await self._hold(order_id)
+                # Every append renews the lease in its transaction; claim separately only when
+                # what is left of it might not outlast the next call (a resumed saga, a slow
+                # step), not before every step.
+                s = self._settings()
+                left = s.saga_lease_seconds - (loop.time() - renewed)
+                if left < 1.5 * s.step_deadline_seconds:
+                    await self._hold(order_id)
+                    renewed = loop.time()
                 produced = await self._execute(order_id, action)
                 events = await self._repo.append(
                     order_id, last_sequence(events), produced, self.lease()
                 )
+                renewed = loop.time()
             except CompensationStalled as exc:
                 # The lease stays until it expires: then the recovery loop tries again.
                 log.warning("order %s left compensating: %s", order_id, exc)
@@ -236,6 +246,7 @@ class SagaRunner:
             except LeaseLost:
                 log.info("order %s is driven by another process; following it", order_id)
                 events = await self._follow(order_id)
+                renewed = loop.time()
             except ConcurrentAppend:
                 # Another process moved this order on; its calls were idempotent like ours.
                 log.info("order %s: concurrent append, re-reading the log", order_id)
