@@ -97,6 +97,13 @@ def test_egress_has_one_virtual_host_per_backend_keyed_by_authority(
     ]
 
 
+def test_egress_tells_the_app_how_many_attempts_a_call_took(orders_sidecar: Snapshot) -> None:
+    # The app needs x-envoy-attempt-count to tell "never sent" (an unretried local reply) from
+    # "outcome unknown" (a retry may follow an attempt that landed): docs/reliability.md.
+    config = route_config(orders_sidecar, "egress")
+    assert all(h.include_attempt_count_in_response for h in config.virtual_hosts)
+
+
 def test_retries_only_on_idempotent_methods(orders_sidecar: Snapshot) -> None:
     inventory = virtual_host(route_config(orders_sidecar, "egress"), "inventory")
     for method in ("ReserveStock", "ReleaseStock", "CommitStock", "GetStock"):

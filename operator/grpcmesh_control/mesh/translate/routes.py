@@ -130,7 +130,15 @@ def _target(svc: MeshService) -> route.RouteAction:
 
 def _virtual_host(name: str, routes: list[route.Route]) -> route.VirtualHost:
     # The kit's channel factory sends :authority = the backend name; grpc clients may add a port.
-    return route.VirtualHost(name=name, domains=[name, f"{name}:*"], routes=routes)
+    # x-envoy-attempt-count on every response tells the calling app whether this sidecar
+    # retried: a local reply ("no healthy upstream") after a retry may follow an attempt that
+    # landed, so only an unretried one means "never sent" (docs/reliability.md).
+    return route.VirtualHost(
+        name=name,
+        domains=[name, f"{name}:*"],
+        routes=routes,
+        include_attempt_count_in_response=True,
+    )
 
 
 def _external_virtual_host(backend: Backend) -> route.VirtualHost:
