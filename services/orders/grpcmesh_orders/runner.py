@@ -240,7 +240,8 @@ class SagaRunner:
                 )
                 renewed = loop.time()
             except CompensationStalled as exc:
-                # The lease stays until it expires: then the recovery loop tries again.
+                # The lease stays: this replica's recovery loop tries again at its next scan,
+                # any other replica's once the lease expires.
                 log.warning("order %s left compensating: %s", order_id, exc)
                 return project(events)
             except LeaseLost:
@@ -350,9 +351,8 @@ class SagaRunner:
         self, what: str, order_id: str, attempt: Callable[[], Awaitable[list[EventData]]]
     ) -> list[EventData]:
         """Compensations must eventually succeed, so transient failures are retried with
-        bounded, jittered backoff; if they still fail the saga stalls, and the recovery loop
-        resumes it once its lease expires (retried until done). The lease is renewed before
-        every try."""
+        bounded, jittered backoff; if they still fail the saga stalls, and a recovery loop
+        resumes it (retried until done). The lease is renewed before every try."""
         s = self._settings()
 
         async def renewed() -> list[EventData]:
