@@ -93,6 +93,32 @@ async def test_a_running_replica_finishes_the_sagas_of_a_killed_one(tmp_path: Pa
         assert report.captured == 10
 
 
+async def test_a_retry_on_another_replica_waits_for_the_saga_instead_of_driving_it(
+    tmp_path: Path,
+) -> None:
+    async with running_shop(
+        tmp_path, stock={"sku-0001": 5}, payments={"latency_ms": 1500}, with_orders=False
+    ) as shop:
+        async with (
+            orders_process(shop, "a", settings=FAST_RECOVERY) as (_, a_address),
+            orders_process(shop, "b", settings=FAST_RECOVERY) as (_, b_address),
+        ):
+            a_channel = await shop.stack.enter_async_context(grpc.aio.insecure_channel(a_address))
+            b_channel = await shop.stack.enter_async_context(grpc.aio.insecure_channel(b_address))
+            charging = shop.faults.when(CHARGE, 1)
+            first = asyncio.create_task(
+                place(orders_pb2_grpc.OrderServiceStub(a_channel), "k", timeout=20)
+            )
+            await asyncio.wait_for(charging.wait(), timeout=15)
+            # The client gives up on A and retries on B while A's charge is in flight.
+            retried = await place(orders_pb2_grpc.OrderServiceStub(b_channel), "k", timeout=20)
+            original = await first
+        assert retried.order_id == original.order_id
+        assert retried.state == original.state == CONFIRMED
+        assert shop.faults.calls[CHARGE] == 1  # B followed A's saga; it sent nothing itself
+        assert_books_from_stores(shop)
+
+
 async def test_money_is_never_held_with_stock_released_and_refunds_retry_until_done(
     tmp_path: Path,
 ) -> None:
