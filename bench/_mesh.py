@@ -245,3 +245,90 @@ class Sidecar:
                             names.append(hcm.rds.route_config_name)
             return ROUTE, sorted(set(names))
         return None, names
+
+
+class DeltaSidecar:
+    """A sidecar stand-in on delta ADS, subscribing and ACKing as Envoy does: CDS and LDS
+    wildcard first; each CDS response ACKed after it subscribes (by name) to the load assignment
+    of every EDS cluster it holds, each LDS response after it subscribes to the route
+    configurations its listeners name; removed resources are dropped. Only new or changed
+    resources are unpacked, as only they arrive. ``on_response`` sees every response."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node_id: str,
+        cluster: str,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.node = base_pb2.Node(id=node_id, cluster=cluster)
+        self.node.metadata.update(dict(metadata or {}))
+        self._stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        self._queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+        self._first = True
+        self.responses = 0
+        self.resources_received = 0
+        # type -> name -> the names of the other type it references (EDS names, RDS names)
+        self._refs: dict[str, dict[str, frozenset[str]]] = {CLUSTER: {}, LISTENER: {}}
+        self._subscribed: dict[str, set[str]] = {ENDPOINT: set(), ROUTE: set()}
+
+    def _send(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        if self._first:  # set_node_on_first_message_only, as our bootstrap configures
+            request.node.CopyFrom(self.node)
+            self._first = False
+        self._queue.put_nowait(request)
+
+    async def _requests(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        while (request := await self._queue.get()) is not None:
+            yield request
+
+    async def run(self) -> None:
+        """One stream, until cancelled or the server ends it."""
+        for type_url in (CLUSTER, LISTENER):
+            self._send(discovery_pb2.DeltaDiscoveryRequest(type_url=type_url))
+        call = self._stub.DeltaAggregatedResources(self._requests())
+        try:
+            async for response in call:
+                self.responses += 1
+                self.resources_received += len(response.resources)
+                self._on_response(response)
+        finally:
+            self._queue.put_nowait(None)
+
+    def _on_response(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        type_url = response.type_url
+        refs = self._refs.get(type_url)
+        if refs is not None:
+            for resource in response.resources:
+                refs[resource.name] = frozenset(_references(type_url, resource.resource))
+            for name in response.removed_resources:
+                refs.pop(name, None)
+            dependent = ENDPOINT if type_url == CLUSTER else ROUTE
+            wanted = set().union(*refs.values()) if refs else set()
+            held = self._subscribed[dependent]
+            if wanted != held:
+                request = discovery_pb2.DeltaDiscoveryRequest(type_url=dependent)
+                request.resource_names_subscribe.extend(sorted(wanted - held))
+                request.resource_names_unsubscribe.extend(sorted(held - wanted))
+                self._subscribed[dependent] = wanted
+                self._send(request)
+        self._send(
+            discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
+        )
+
+
+def _references(type_url: str, packed: Any) -> Iterator[str]:
+    """The EDS names a packed cluster needs, or the RDS names a packed listener needs."""
+    if type_url == CLUSTER:
+        cluster = cluster_pb2.Cluster()
+        packed.Unpack(cluster)
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            yield cluster.eds_cluster_config.service_name or cluster.name
+        return
+    listener = listener_pb2.Listener()
+    packed.Unpack(listener)
+    for chain in listener.filter_chains:
+        for network_filter in chain.filters:
+            hcm = hcm_pb2.HttpConnectionManager()
+            if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                yield hcm.rds.route_config_name

@@ -24,6 +24,7 @@ converged when its ``acked_snapshot`` is the version the cache now holds for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -37,12 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import grpc
 import psutil
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from bench._mesh import (
+    DeltaSidecar,
     free_port,
     load_average,
     print_header,
@@ -105,18 +108,20 @@ class SyntheticMesh:
         }
         self._extra = Endpoint("10.255.0.1", 15006, "v1")
 
-    def change(self, i: int) -> str:
-        hub = self.services[HUB]
+    def change(self, i: int, target: str = HUB) -> str:
+        """Alter ``target`` (the hub unless told): even ``i`` shift its canary weight (RDS of
+        its callers), odd ones add or remove an endpoint of its v1 (EDS)."""
+        svc = self.services[target]
         if i % 2 == 0:
             # Consecutive values differ, so every change is a real change.
             canary = 10 + 10 * ((i // 2 + 1) % 5)
             versions = (VersionTarget("v1", 100 - canary), VersionTarget("v2", canary))
-            self.services[HUB] = dataclasses.replace(hub, versions=versions)
+            self.services[target] = dataclasses.replace(svc, versions=versions)
             return "weight"
-        if self._extra in self.endpoints[HUB]:
-            self.endpoints[HUB].remove(self._extra)
+        if self._extra in self.endpoints[target]:
+            self.endpoints[target].remove(self._extra)
             return "endpoint-"
-        self.endpoints[HUB].append(self._extra)
+        self.endpoints[target].append(self._extra)
         return "endpoint+"
 
     def inputs(self) -> tuple[list[MeshService], dict[str, list[Endpoint]]]:
@@ -411,6 +416,313 @@ def _verdicts(console: Console, results: list[SizeResult]) -> None:
         console.print("[red]some changes never converged: see the timeouts column[/red]")
 
 
+# --- many ADS clients: scaling with proxies ---------------------------------------------------
+
+LEAF_OF = 2
+"""The leaf changed is svc-(size // LEAF_OF): one caller (the service before it) routes to it."""
+
+
+def _client_ids(services: int, clients: int) -> list[str]:
+    """``clients`` sidecars spread over ``services``: replica r of svc-i is client r*services+i,
+    so every service has clients // services replicas (some one more)."""
+    return [str(NodeId.sidecar(_name(k % services), str(k // services))) for k in range(clients)]
+
+
+class ChangeWatch:
+    """Cache listener for many nodes: after a change, the nodes whose snapshot it changed, and
+    when the last of them ACKed the new one. Nodes the change did not touch are not waited for
+    (a leaf change reaches only its callers)."""
+
+    def __init__(self, cache: SnapshotCache, nodes: list[str]) -> None:
+        self._cache = cache
+        self._nodes = nodes
+        self._before: dict[str, str | None] = {}
+        self._acked_at: dict[str, float] = {}
+        self._progress = asyncio.Event()
+        cache.subscribe(self._on_status)
+
+    def current(self, node_id: str) -> str | None:
+        snapshot = self._cache.snapshot(self._cache.group_of(node_id))
+        return None if snapshot is None else snapshot.version
+
+    def all_acked(self) -> bool:
+        return all(self._cache.node(n).acked_snapshot == self.current(n) for n in self._nodes)
+
+    def arm(self) -> None:
+        """Call just before the change."""
+        self._before = {n: self.current(n) for n in self._nodes}
+        self._acked_at = {}
+
+    def _on_status(self, status: NodeStatus) -> None:
+        node_id = status.node_id
+        if node_id in self._acked_at or node_id not in self._before:
+            return
+        version = self.current(node_id)
+        if version != self._before[node_id] and status.acked_snapshot == version:
+            self._acked_at[node_id] = time.perf_counter()
+            self._progress.set()
+
+    async def wait(self) -> tuple[float, int]:
+        """(when the last changed node ACKed, how many changed); call once the rebuild ran.
+        NaN if they did not all ACK within ``CHANGE_TIMEOUT``."""
+        changed = [n for n in self._nodes if self.current(n) != self._before[n]]
+        deadline = time.monotonic() + CHANGE_TIMEOUT
+        while not all(n in self._acked_at for n in changed):
+            self._progress.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return math.nan, len(changed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
+        return max((self._acked_at[n] for n in changed), default=math.nan), len(changed)
+
+
+async def _control_plane_clients(
+    workdir: Path, services: int, clients: int, changes: int, rebuilds: int
+) -> None:
+    """The control-plane process of the many-clients mode: serve, wait for every client to ACK,
+    then per target (a leaf, the hub) time changes end to end and direct rebuilds."""
+    state = workdir / "state"
+    state.mkdir()
+    cp = ControlPlane(ControlPlaneSettings(state))
+    bound: asyncio.Future[BoundAddresses] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(cp.run(on_ready=bound.set_result))
+    waiting: set[asyncio.Future[Any]] = {serving, bound}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():
+        serving.result()  # raises why it stopped
+    mesh = SyntheticMesh(services)
+    cp.publisher.update(*mesh.inputs())
+    initial = cp.publisher.rebuild()
+    report: dict[str, Any] = {"rss_idle_mb": _rss(), "initial_rebuild_s": initial.duration}
+    nodes = _client_ids(services, clients)
+    watch = ChangeWatch(cp.cache, nodes)
+    connect_started = time.perf_counter()
+    (workdir / "xds.json").write_text(json.dumps({"xds": bound.result().xds_address}))
+    deadline = time.monotonic() + 300
+    while not all(cp.cache.node(n).connected for n in nodes) or not watch.all_acked():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the {clients} clients did not ACK their first snapshot in 300 s")
+        await asyncio.sleep(0.1)
+    report |= {
+        "connect_all_acked_s": time.perf_counter() - connect_started,
+        "rss_connected_mb": _rss(),
+    }
+
+    leaf = _name(services // LEAF_OF)
+    for label, target in (("leaf", leaf), ("hub", HUB)):
+        end_to_end: list[float] = []
+        changed_nodes: list[int] = []
+        for i in range(changes):
+            await asyncio.sleep(0.02)  # let the previous push's stray requests settle
+            mesh.change(i, target)
+            watch.arm()
+            started = time.perf_counter()
+            cp.publisher.update(*mesh.inputs())
+            await cp.publisher.wait_settled()
+            acked, changed = await watch.wait()
+            end_to_end.append(acked - started)
+            changed_nodes.append(changed)
+        rebuild: list[float] = []
+        rebuild_cpu: list[float] = []
+        built: list[int] = []
+        for i in range(changes, changes + rebuilds):
+            await asyncio.sleep(0.02)
+            mesh.change(i, target)
+            watch.arm()
+            cp.publisher.update(*mesh.inputs())
+            cpu = time.thread_time()
+            outcome = cp.publisher.rebuild()
+            rebuild_cpu.append(time.thread_time() - cpu)
+            rebuild.append(outcome.duration)
+            built.append(outcome.built)
+            await watch.wait()
+        report[label] = {
+            "target": target,
+            "end_to_end_s": end_to_end,
+            "changed_nodes": changed_nodes,
+            "rebuild_s": rebuild,
+            "rebuild_cpu_s": rebuild_cpu,
+            "built": built,
+        }
+    report["rss_after_mb"] = _rss()
+    report["groups"] = len(cp.cache.groups())
+    (workdir / ".report.json").write_text(json.dumps(report))
+    (workdir / ".report.json").replace(workdir / "report.json")
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    serving.cancel()
+
+
+CLIENTS_PER_CHANNEL = 100
+"""Streams per client connection (HTTP/2 stream limits; Envoys each have their own)."""
+
+
+async def _run_clients(
+    xds: str, nodes: list[str], cp_pid: int, report_file: Path, deadline: float
+) -> tuple[float, int]:
+    """Connect one ``DeltaSidecar`` per node until the report appears; (CP RSS peak MB,
+    responses received)."""
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
+    channels = [
+        grpc.aio.insecure_channel(xds, options=[*options, ("grpc.channel_id", i)])
+        for i in range(math.ceil(len(nodes) / CLIENTS_PER_CHANNEL))
+    ]
+    metadata = ProxyNode(NodeId.sidecar(HUB, "0")).metadata()  # a pod's defaults
+    sidecars = [
+        DeltaSidecar(
+            channels[k // CLIENTS_PER_CHANNEL], node_id, NodeId.parse(node_id).name, metadata
+        )
+        for k, node_id in enumerate(nodes)
+    ]
+    tasks = [asyncio.create_task(s.run()) for s in sidecars]
+    peak = 0.0
+    try:
+        while not report_file.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the control plane did not report in time")
+            failed = [t for t in tasks if t.done()]
+            if failed:
+                failed[0].result()
+                raise RuntimeError("an ADS client stream ended")
+            peak = max(peak, rss_mb(cp_pid)[0])
+            await asyncio.sleep(0.1)
+        peak = max(peak, rss_mb(cp_pid)[0])
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in channels:
+            await channel.close()
+    return peak, sum(s.responses for s in sidecars)
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    services: int
+    clients: int
+    report: Mapping[str, Any]
+    rss_peak_mb: float
+    load: str
+
+    def ms(self, target: str, key: str, q: float) -> float:
+        values = sorted(v for v in self.report[target][key] if not math.isnan(v))
+        return percentile(values, q) * 1000 if values else math.nan
+
+    def timeouts(self, target: str) -> int:
+        return sum(math.isnan(v) for v in self.report[target]["end_to_end_s"])
+
+
+def _run_scale(
+    console: Console, services: int, clients: int, changes: int, rebuilds: int
+) -> ScaleResult:
+    with tempfile.TemporaryDirectory(prefix="xds-convergence-") as tmp:
+        workdir = Path(tmp)
+        log = workdir / "control-plane.log"
+        with log.open("wb") as out:
+            command = [sys.executable, "-m", "bench.xds_convergence", "--serve", str(workdir)]
+            command += ["--scale", f"{services}x{clients}", "--changes", str(changes)]
+            command += ["--rebuilds", str(rebuilds)]
+            cp = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            xds = _wait_file(workdir / "xds.json", cp, log, 120)["xds"]
+            deadline = time.monotonic() + 300 + 2 * (changes + rebuilds) * 2 * CHANGE_TIMEOUT
+            report_file = workdir / "report.json"
+            peak, _ = asyncio.run(
+                _run_clients(xds, _client_ids(services, clients), cp.pid, report_file, deadline)
+            )
+            _check_alive(cp, log, deadline)
+            report = json.loads(report_file.read_text())
+        finally:
+            stop_processes([cp])
+    result = ScaleResult(services, clients, report, peak, load_average())
+    console.print(
+        f"  {services} services x {clients} clients: all connected and ACKed in "
+        f"{report['connect_all_acked_s']:.1f} s; {report['groups']} snapshot groups; "
+        f"CP RSS peak {peak:.0f} MB"
+    )
+    for target in ("leaf", "hub"):
+        console.print(
+            f"    {target}: change -> all ACKed "
+            f"p50 {result.ms(target, 'end_to_end_s', 50):.0f} ms, "
+            f"p99 {result.ms(target, 'end_to_end_s', 99):.0f} ms, "
+            f"rebuild CPU p50 {result.ms(target, 'rebuild_cpu_s', 50):.1f} ms"
+        )
+    return result
+
+
+def _scale_table(results: list[ScaleResult], changes: int, rebuilds: int) -> Table:
+    table = Table(
+        title="xDS convergence with many delta ADS clients (every changed one ACKed)",
+        title_justify="left",
+    )
+    for column in ("services", "clients", "groups", "change", "nodes changed"):
+        table.add_column(column, justify="right")
+    for column in ("change→all ACKed p50", "p99", "rebuild CPU p50", "p99"):
+        table.add_column(column, justify="right")
+    for column in ("groups built", "connect→all ACKed", "CP RSS peak", "timeouts", "load avg"):
+        table.add_column(column, justify="right")
+    for r in results:
+        for target in ("leaf", "hub"):
+            part = r.report[target]
+            table.add_row(
+                str(r.services),
+                str(r.clients),
+                str(r.report["groups"]),
+                f"{target} ({part['target']})",
+                str(max(part["changed_nodes"])),
+                f"{r.ms(target, 'end_to_end_s', 50):.0f} ms",
+                f"{r.ms(target, 'end_to_end_s', 99):.0f} ms",
+                f"{r.ms(target, 'rebuild_cpu_s', 50):.1f} ms",
+                f"{r.ms(target, 'rebuild_cpu_s', 99):.1f} ms",
+                str(max(part["built"])),
+                f"{r.report['connect_all_acked_s']:.1f} s",
+                f"{r.rss_peak_mb:.0f} MB",
+                str(r.timeouts(target)),
+                r.load,
+            )
+    table.caption = (
+        f"per change target: {changes} end-to-end changes (update, 50 ms debounce, rebuild, "
+        f"push, ACK) and {rebuilds} direct rebuilds; clients: delta ADS stand-ins in one process"
+    )
+    return table
+
+
+def _scale_verdicts(console: Console, results: list[ScaleResult]) -> None:
+    for r in results:
+        p99 = r.ms("leaf", "end_to_end_s", 99)
+        for what, measured, goal, ok in (
+            (
+                f"leaf p99 at {r.services} x {r.clients}",
+                f"{p99:.0f} ms",
+                f"<= {GOAL_P99_MS:g} ms",
+                p99 <= GOAL_P99_MS,
+            ),
+            (
+                f"CP RSS at {r.services} x {r.clients}",
+                f"{r.rss_peak_mb:.0f} MB",
+                f"<= {GOAL_RSS_MB:g} MB",
+                r.rss_peak_mb <= GOAL_RSS_MB,
+            ),
+        ):
+            verdict = "[green]meets[/green]" if ok else "[red]MISSES[/red]"
+            console.print(f"{what}: {measured} {verdict} the goal ({goal})")
+
+
+def _parse_scale(text: str) -> list[tuple[int, int]]:
+    pairs = []
+    for item in text.split(","):
+        services, sep, clients = item.strip().partition("x")
+        if not sep or not services.isdigit() or not clients.isdigit() or int(services) < 4:
+            raise typer.BadParameter(
+                f"{item!r}: expected SERVICESxCLIENTS, e.g. 1000x2000 (at least 4 services)",
+                param_hint="--scale",
+            )
+        pairs.append((int(services), int(clients)))
+    return pairs
+
+
 @app.command()
 def main(
     sizes: Annotated[
@@ -419,9 +731,29 @@ def main(
     changes: Annotated[int, typer.Option(min=1, help="End-to-end changes per size.")] = 100,
     rebuilds: Annotated[int, typer.Option(min=1, help="Direct rebuilds per size.")] = 20,
     sidecars: Annotated[int, typer.Option(min=1, help="Envoys subscribed.")] = 3,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            help="SERVICESxCLIENTS pairs, comma separated (e.g. 1000x2000,5000x10000): connect "
+            "that many delta ADS clients instead of Envoys, and change a leaf and the hub."
+        ),
+    ] = None,
     serve: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Measure how fast a mesh change reaches every subscribed Envoy, at several mesh sizes."""
+    if scale is not None:
+        pairs = _parse_scale(scale)
+        if serve is not None:
+            services, clients = pairs[0]
+            asyncio.run(_control_plane_clients(serve, services, clients, changes, rebuilds))
+            return
+        console = Console(width=170)
+        print_header(console, "bench.xds_convergence")
+        scaled = [_run_scale(console, s, c, changes, rebuilds) for s, c in pairs]
+        console.print(_scale_table(scaled, changes, rebuilds))
+        _scale_verdicts(console, scaled)
+        console.print(f"load average at the end: {load_average()}")
+        return
     size_list = [int(s) for s in sizes.split(",") if s.strip()]
     if any(s <= sidecars for s in size_list):
         raise typer.BadParameter("every size must exceed --sidecars", param_hint="--sizes")

@@ -103,6 +103,8 @@ class RebuildOutcome:
     version: str
     duration: float
     nodes: int = 0
+    built: int = 0
+    """Snapshots built by this rebuild."""
     error: str | None = None
 
 
@@ -219,6 +221,7 @@ class Publisher:
                 version=inputs.version,
                 duration=time.perf_counter() - started,
                 nodes=len(plan.snapshots),
+                built=len(plan.snapshots),
             )
             log.info(
                 "rebuilt inputs %s: %d nodes, %d snapshots changed in %.1f ms",
