@@ -142,7 +142,7 @@ class AckWatch:
         cache.subscribe(self._on_status)
 
     def current(self, node_id: str) -> str | None:
-        snapshot = self._cache.snapshot(self._cache.group_of(node_id))
+        snapshot = self._cache.node_snapshot(node_id)
         return None if snapshot is None else snapshot.version
 
     def converged(self, node_id: str) -> bool:
@@ -246,7 +246,7 @@ async def _control_plane(
         "snapshot_resources": {
             n: sum(len(t.resources) for t in snap.by_type.values())
             for n in nodes
-            if (snap := cp.cache.snapshot(cp.cache.group_of(n))) is not None
+            if (snap := cp.cache.node_snapshot(n)) is not None
         },
     }
     (workdir / ".report.json").write_text(json.dumps(report))
@@ -442,7 +442,7 @@ class ChangeWatch:
         cache.subscribe(self._on_status)
 
     def current(self, node_id: str) -> str | None:
-        snapshot = self._cache.snapshot(self._cache.group_of(node_id))
+        snapshot = self._cache.node_snapshot(node_id)
         return None if snapshot is None else snapshot.version
 
     def all_acked(self) -> bool:
@@ -557,6 +557,8 @@ async def _control_plane_clients(
 
 CLIENTS_PER_CHANNEL = 100
 """Streams per client connection (HTTP/2 stream limits; Envoys each have their own)."""
+CONNECT_BATCH = 250
+"""Clients started together; the next batch starts once each has its first response."""
 
 
 async def _run_clients(
@@ -576,16 +578,28 @@ async def _run_clients(
         )
         for k, node_id in enumerate(nodes)
     ]
-    tasks = [asyncio.create_task(s.run()) for s in sidecars]
+    tasks: list[asyncio.Task[None]] = []
     peak = 0.0
     try:
+        # Proxies start over time, not all in one instant: a burst of thousands of new streams
+        # overruns the gRPC server's queue of calls not yet accepted, which it then cancels.
+        for start in range(0, len(sidecars), CONNECT_BATCH):
+            batch = sidecars[start : start + CONNECT_BATCH]
+            tasks += [asyncio.create_task(s.run()) for s in batch]
+            while not all(s.responses for s in batch):
+                if time.monotonic() > deadline or any(t.done() for t in tasks):
+                    break
+                await asyncio.sleep(0.05)
         while not report_file.exists():
             if time.monotonic() > deadline:
                 raise TimeoutError("the control plane did not report in time")
-            failed = [t for t in tasks if t.done()]
+            failed = [k for k, t in enumerate(tasks) if t.done()]
             if failed:
-                failed[0].result()
-                raise RuntimeError("an ADS client stream ended")
+                k = failed[0]
+                raise RuntimeError(
+                    f"{len(failed)} ADS client streams ended, the first {nodes[k]} after "
+                    f"{sidecars[k].responses} responses: {tasks[k].exception()!r}"
+                )
             peak = max(peak, rss_mb(cp_pid)[0])
             await asyncio.sleep(0.1)
         peak = max(peak, rss_mb(cp_pid)[0])
@@ -629,9 +643,15 @@ def _run_scale(
             xds = _wait_file(workdir / "xds.json", cp, log, 120)["xds"]
             deadline = time.monotonic() + 300 + 2 * (changes + rebuilds) * 2 * CHANGE_TIMEOUT
             report_file = workdir / "report.json"
-            peak, _ = asyncio.run(
-                _run_clients(xds, _client_ids(services, clients), cp.pid, report_file, deadline)
-            )
+            try:
+                peak, _ = asyncio.run(
+                    _run_clients(xds, _client_ids(services, clients), cp.pid, report_file, deadline)
+                )
+            except Exception as exc:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(
+                    f"the clients failed ({exc!r}); control plane log:\n{tail}"
+                ) from exc
             _check_alive(cp, log, deadline)
             report = json.loads(report_file.read_text())
         finally:

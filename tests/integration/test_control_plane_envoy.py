@@ -276,7 +276,7 @@ async def test_envoy_subscribes_and_acks(
         async with running_envoy(tmp_path, xds, transport) as envoy:
             await poll(lambda: _ready(envoy), "Envoy /ready")
             node = await converged(admin_url)
-            snapshot = cp.cache.snapshot(NODE_ID)
+            snapshot = cp.cache.node_snapshot(NODE_ID)
             assert snapshot is not None and node["snapshot_version"] == snapshot.version
             assert node["nack"] is None and node["problem"] is None
 

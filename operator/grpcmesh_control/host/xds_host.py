@@ -109,7 +109,7 @@ class XdsHost:
             endpoints=inputs.endpoint_map,
             problems=[*self._problems(), *publisher.problems()],
             nodes=cache.nodes(),
-            snapshot_of=lambda node_id: cache.snapshot(cache.group_of(node_id)),
+            snapshot_of=lambda node_id: cache.node_snapshot(node_id),
             node_problem=publisher.node_problem,
             origin_of=self._origin_of,
         )
@@ -127,7 +127,7 @@ class XdsHost:
         node_id = request.query.get("node", "")
         if not node_id:
             return json_response({"error": "query parameter node is missing"}, status=400)
-        snapshot = self.cache.snapshot(self.cache.group_of(node_id))
+        snapshot = self.cache.node_snapshot(node_id)
         if snapshot is None:
             problem = self.publisher.node_problem(node_id)
             return json_response(

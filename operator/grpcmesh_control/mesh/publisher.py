@@ -1,23 +1,34 @@
-"""The publisher: mesh inputs (services + endpoints) -> one snapshot per Envoy, in the xDS cache.
+"""The publisher: mesh inputs (services + endpoints) -> one snapshot per group of Envoys, in the
+xDS cache.
 
 - ``update`` records the newest inputs and schedules a rebuild. Rebuilds are debounced: one
   runs once no update has arrived for ``window`` (50 ms), or ``max_delay`` (500 ms) after the
   first pending update if updates keep coming, so a burst costs one rebuild.
-- A rebuild builds the ``Registry`` once and a snapshot for every node the cache knows
-  (connected or not, so a reconnecting Envoy is answered at once). It is all or nothing: if
-  any snapshot fails to build (``InconsistentSnapshot``, or any bug), nothing is published,
-  every node keeps its last good snapshot, and the error is kept for ``/status``.
-- A node that connects is built for immediately (a cache listener, which runs before its first
-  request is answered), from the last good registry; no debounce wait at startup.
+- Snapshots are built per *group*, not per node: the cache maps each node to a group
+  (``translate.node_group``: the replicas of a service with the same metadata share one), so a
+  rebuild costs the same with 2 replicas per service or 200.
+- A rebuild builds the ``Registry`` once and rebuilds only the groups whose inputs changed:
+  each group remembers the services its snapshot was built from (a sidecar: its own
+  MeshService and every backend it names; an ingress: every service), and a rebuild compares
+  each service (spec and endpoints) with the one last built, so a change to a leaf service
+  rebuilds its own group and its callers', and nothing else. A new catalog, or no successful
+  rebuild yet, rebuilds every group. Groups are kept whether their nodes are connected or not,
+  so a reconnecting Envoy is answered at once.
+- A rebuild is all or nothing: if any snapshot fails to build (``InconsistentSnapshot``, or any
+  bug), nothing is published, every group keeps its last good snapshot, and the error is kept
+  for ``/status``.
+- A node that connects to a group not built yet is built for immediately (a cache listener,
+  which runs before its first request is answered), from the last good registry; no debounce
+  wait at startup. A node joining a built group costs nothing.
 - A sidecar whose MeshService does not exist (deleted, or not created yet) gets no snapshot:
-  its snapshot is *removed* from the cache, so an Envoy that (re)connects is not handed config
-  for a service that is gone; it waits, not ready, until the service exists. An Envoy still
-  connected keeps what it has: xDS cannot take config back short of pushing an empty snapshot,
-  which would cut the in-flight calls of a replica that is about to be stopped anyway.
+  its group's snapshot is *removed* from the cache, so an Envoy that (re)connects is not handed
+  config for a service that is gone; it waits, not ready, until the service exists. An Envoy
+  still connected keeps what it has: xDS cannot take config back short of pushing an empty
+  snapshot, which would cut the in-flight calls of a replica that is about to be stopped anyway.
 - A node whose id or metadata breaks the naming conventions gets nothing, and a problem.
 
-Nodes map to cache groups one to one (``SnapshotCache``'s default ``group_of``): snapshots
-differ per node (ports come from each node's metadata).
+Everything in a group's snapshot is shared by its nodes. What must differ per node (for example
+certificates) has no place in it: it would go out beside the group's resources, per node.
 """
 
 from __future__ import annotations
@@ -29,12 +40,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 from grpcmesh_control.mesh.clock import Clock, SystemClock
 from grpcmesh_control.mesh.errors import InvalidNodeId, UnknownNode
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
-from grpcmesh_control.mesh.translate import ProxyNode, Registry, Snapshot, build_snapshot
+from grpcmesh_control.mesh.translate import (
+    NodeKind,
+    ProxyNode,
+    Registry,
+    Snapshot,
+    build_snapshot,
+)
 from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache, VersionedSnapshot
 
 __all__ = [
@@ -103,15 +119,52 @@ class RebuildOutcome:
     version: str
     duration: float
     nodes: int = 0
+    """Nodes the cache knows (connected or not)."""
+    groups: int = 0
+    """Snapshot groups they make up."""
     built: int = 0
-    """Snapshots built by this rebuild."""
+    """Groups whose snapshot this rebuild built (the rest were unaffected by the change)."""
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Built:
+    """What a group's current snapshot (or its absence) was built from."""
+
+    depends_on: frozenset[str] | None
+    """Service names it read; None: every service (an ingress)."""
+    problem: str | None = None
+    retry: bool = False
+    """Its build failed: the next rebuild tries again, whatever changed."""
+
+    def affected_by(self, changed: frozenset[str]) -> bool:
+        if self.retry:
+            return True
+        return bool(changed) if self.depends_on is None else not self.depends_on.isdisjoint(changed)
 
 
 @dataclass
 class _Plan:
     snapshots: dict[str, VersionedSnapshot | None] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
+    built: dict[str, _Built] = field(default_factory=dict)
+
+
+_ServiceInputs = tuple[MeshService, tuple[Endpoint, ...]]
+
+
+def _service_inputs(registry: Registry) -> dict[str, _ServiceInputs]:
+    """What each service's part of any snapshot is made of, to compare between rebuilds."""
+    return {svc.name: (svc, registry.endpoints[svc.name]) for svc in registry.services}
+
+
+def _changed(
+    before: Mapping[str, _ServiceInputs], after: Mapping[str, _ServiceInputs]
+) -> frozenset[str]:
+    """Services added, removed, or different (compared by value; unchanged ones are usually
+    the very same objects, which compares at once)."""
+    return frozenset(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
 
 
 class Publisher:
@@ -140,9 +193,10 @@ class Publisher:
         self._inputs = MeshInputs()
         self._built: MeshInputs | None = None
         self._registry: Registry | None = None
-        # node id -> the metadata its current snapshot (or problem) was computed from
-        self._built_for: dict[str, dict[str, Any]] = {}
-        self._node_problems: dict[str, str] = {}
+        # Per service, what the last successful rebuild built from (None: rebuild everything).
+        self._service_inputs: dict[str, _ServiceInputs] | None = None
+        # group -> what its current snapshot was built from
+        self._groups: dict[str, _Built] = {}
         self._last_error: str | None = None
         self._updates = 0
         self._dirty = asyncio.Event()
@@ -163,6 +217,7 @@ class Publisher:
         """Rebuild with ``catalog`` (retry safety and streaming come from it) after the
         debounce window, like an input change."""
         self._catalog = catalog
+        self._service_inputs = None  # retry safety and streaming can change every route
         self._schedule_rebuild()
 
     def _schedule_rebuild(self) -> None:
@@ -191,16 +246,22 @@ class Publisher:
     # --- rebuilding ------------------------------------------------------------------------
 
     def rebuild(self) -> RebuildOutcome:
-        """Build every known node's snapshot from the newest inputs and publish them all, or
+        """Build the snapshot of every group the newest inputs affect and publish them all, or
         (on any failure) none. Synchronous: callable at startup, before serving."""
         inputs = self._inputs
         self._dirty.clear()
         started = time.perf_counter()
+        members = self._members()
         try:
             registry = Registry.build(inputs.services, inputs.endpoint_map, self._catalog)
+            service_inputs = _service_inputs(registry)
+            previous = self._service_inputs
+            changed = None if previous is None else _changed(previous, service_inputs)
             plan = _Plan()
-            for status in self._cache.nodes():
-                self._plan_node(plan, registry, status.node_id, status.metadata)
+            for group, status in members.items():
+                built = self._groups.get(group)
+                if changed is None or built is None or built.affected_by(changed):
+                    self._plan_group(plan, registry, group, status)
         except Exception as exc:
             # Never let a translation bug take the mesh down: keep serving the last good set.
             log.exception("rebuild of inputs %s failed; keeping the last good", inputs.version)
@@ -212,22 +273,25 @@ class Publisher:
             )
             self._last_error = outcome.error
         else:
-            changed = sum(self._publish(node_id, snap) for node_id, snap in plan.snapshots.items())
-            self._node_problems = plan.problems
-            self._built_for = {s.node_id: s.metadata for s in self._cache.nodes()}
+            pushed = sum(self._publish(group, snap) for group, snap in plan.snapshots.items())
+            self._groups.update(plan.built)
             self._registry, self._built, self._last_error = registry, inputs, None
+            self._service_inputs = service_inputs
             outcome = RebuildOutcome(
                 ok=True,
                 version=inputs.version,
                 duration=time.perf_counter() - started,
-                nodes=len(plan.snapshots),
+                nodes=len(self._cache.nodes()),
+                groups=len(members),
                 built=len(plan.snapshots),
             )
             log.info(
-                "rebuilt inputs %s: %d nodes, %d snapshots changed in %.1f ms",
+                "rebuilt inputs %s: %d of %d groups (%d nodes), %d snapshots changed in %.1f ms",
                 inputs.version,
+                outcome.built,
+                outcome.groups,
                 outcome.nodes,
-                changed,
+                pushed,
                 outcome.duration * 1000,
             )
         if not self._dirty.is_set():
@@ -235,20 +299,34 @@ class Publisher:
         self._on_rebuild(outcome)
         return outcome
 
-    def _plan_node(
-        self, plan: _Plan, registry: Registry, node_id: str, metadata: Mapping[str, Any]
-    ) -> None:
-        """Add one node's snapshot (or removal, and its problem) to ``plan``; other errors
+    def _members(self) -> dict[str, NodeStatus]:
+        """Every group the cache's nodes make up, with one node (the first by id) whose id and
+        metadata its snapshot is built from: equal for all its nodes but for the replica."""
+        groups: dict[str, NodeStatus] = {}
+        for status in self._cache.nodes():
+            groups.setdefault(status.group, status)
+        return groups
+
+    def _plan_group(self, plan: _Plan, registry: Registry, group: str, member: NodeStatus) -> None:
+        """Add one group's snapshot (or removal, and its problem) to ``plan``; other errors
         propagate and fail the rebuild."""
         try:
-            node = ProxyNode.from_node(node_id, metadata)
-            plan.snapshots[node_id] = self._build(registry, node).packed
-        except (UnknownNode, InvalidNodeId) as exc:
-            plan.snapshots[node_id] = None
-            plan.problems[node_id] = str(exc)
+            node = ProxyNode.from_node(member.node_id, member.metadata)
+        except InvalidNodeId as exc:
+            # The id and metadata are all it is built from: no input change can help.
+            plan.snapshots[group] = None
+            plan.built[group] = _Built(frozenset(), str(exc))
+            return
+        depends_on = _depends_on(registry, node)
+        try:
+            plan.snapshots[group] = self._build(registry, node).packed
+        except UnknownNode as exc:
+            plan.snapshots[group] = None
+            plan.built[group] = _Built(depends_on, str(exc))
+        else:
+            plan.built[group] = _Built(depends_on)
 
-    def _publish(self, node_id: str, snapshot: VersionedSnapshot | None) -> bool:
-        group = self._cache.group_of(node_id)
+    def _publish(self, group: str, snapshot: VersionedSnapshot | None) -> bool:
         if snapshot is None:
             had = self._cache.snapshot(group) is not None
             self._cache.remove_snapshot(group)
@@ -256,30 +334,28 @@ class Publisher:
         return self._cache.set_snapshot(group, snapshot)
 
     def _on_node(self, status: NodeStatus) -> None:
-        """Cache listener: a node connected (or reconnected with other metadata) that has no
-        snapshot built for it: build one now, before its first request is answered."""
-        node_id = status.node_id
-        if not status.connected:
+        """Cache listener: a node connected (or reconnected with other metadata) to a group
+        that has no snapshot built: build it now, before its first request is answered."""
+        if not status.connected or status.group in self._groups:
             return
-        if node_id in self._built_for and self._built_for[node_id] == status.metadata:
-            return
-        self._built_for[node_id] = status.metadata
         if self._registry is None:
             self._registry = Registry.build(
                 self._inputs.services, self._inputs.endpoint_map, self._catalog
             )
         plan = _Plan()
         try:
-            self._plan_node(plan, self._registry, node_id, status.metadata)
+            self._plan_group(plan, self._registry, status.group, status)
         except Exception as exc:
             # Raising here would break the node's stream; report it, the next rebuild retries
-            # (not the next ACK: _built_for stays set, so this is logged once).
-            log.exception("building the snapshot of %s failed", node_id)
-            self._node_problems[node_id] = f"building its snapshot failed: {exc}"
+            # (not the next ACK: the group is recorded, so this is logged once).
+            log.exception(
+                "building the snapshot of %s (group %s) failed", status.node_id, status.group
+            )
+            failed = f"building its snapshot failed: {exc}"
+            self._groups[status.group] = _Built(None, failed, retry=True)
             return
-        self._node_problems.pop(node_id, None)
-        self._node_problems.update(plan.problems)
-        self._publish(node_id, plan.snapshots[node_id])
+        self._groups.update(plan.built)
+        self._publish(status.group, plan.snapshots[status.group])
 
     # --- what status reports ---------------------------------------------------------------
 
@@ -312,4 +388,16 @@ class Publisher:
 
     def node_problem(self, node_id: str) -> str | None:
         """Why ``node_id`` has no snapshot (unknown service, bad node id), if it has none."""
-        return self._node_problems.get(node_id)
+        built = self._groups.get(self._cache.group_of(node_id))
+        return None if built is None else built.problem
+
+
+def _depends_on(registry: Registry, node: ProxyNode) -> frozenset[str] | None:
+    """The services a node's snapshot is built from (``translate.build_snapshot`` reads a
+    sidecar's own MeshService and the backends it names, whether they exist yet or not);
+    None for an ingress, which routes every exposed service."""
+    if node.id.kind is NodeKind.INGRESS:
+        return None
+    svc = registry.service(node.id.name)
+    backends = () if svc is None else (b.name for b in svc.backends if b.external is None)
+    return frozenset((node.id.name, *backends))

@@ -39,8 +39,13 @@ def snapshot(clusters: dict[str, int]) -> dict[str, dict[str, Message]]:
     return resources
 
 
+def node_cache() -> SnapshotCache:
+    """One group per node: these tests address snapshots by node id."""
+    return SnapshotCache(group_of=lambda node_id, metadata: node_id)
+
+
 def cache_with(clusters: dict[str, int]) -> SnapshotCache:
-    cache = SnapshotCache()
+    cache = node_cache()
     cache.set_snapshot(NODE.id, version_snapshot(snapshot(clusters)))
     return cache
 

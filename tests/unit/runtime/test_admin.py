@@ -77,7 +77,7 @@ async def test_status_of_a_node_through_ack_and_nack(
     cache = control_plane.cache
     metadata = ProxyNode(NodeId.sidecar("orders", "0")).metadata()
     cache.connected(ORDERS, metadata)
-    snapshot = cache.snapshot(ORDERS)
+    snapshot = cache.node_snapshot(ORDERS)
     assert snapshot is not None
     (node,) = (await get_json(client, "/status"))["nodes"]
     assert node["id"] == ORDERS
@@ -160,7 +160,7 @@ async def test_apply_accepted(
 async def test_debug_snapshot(client: TestClient[Any, Any], control_plane: ControlPlane) -> None:
     control_plane.cache.connected(ORDERS, ProxyNode(NodeId.sidecar("orders", "0")).metadata())
     dump = await get_json(client, f"/debug/snapshot?node={ORDERS}")
-    snapshot = control_plane.cache.snapshot(ORDERS)
+    snapshot = control_plane.cache.node_snapshot(ORDERS)
     assert snapshot is not None
     assert dump["node"] == ORDERS
     assert dump["version"] == snapshot.version

@@ -38,7 +38,7 @@ def payments_at(*ports: int) -> dict[str, tuple[Endpoint, ...]]:
 
 
 def assignment_ports(cache: SnapshotCache, node_id: str, cluster: str) -> list[int]:
-    snapshot = cache.snapshot(node_id)
+    snapshot = cache.node_snapshot(node_id)
     assert snapshot is not None, f"{node_id} has no snapshot"
     assignment = endpoint_pb2.ClusterLoadAssignment()
     snapshot.of(ENDPOINT).resources[cluster].Unpack(assignment)
@@ -220,7 +220,7 @@ async def test_a_failed_rebuild_keeps_the_last_good_snapshots(
     publisher.rebuild()
     connect(cache, ORDERS)
     connect(cache, "ingress~gateway")
-    good = {n: cache.snapshot(n) for n in (ORDERS, "ingress~gateway")}
+    good = {n: cache.node_snapshot(n) for n in (ORDERS, "ingress~gateway")}
     good_version = publisher.version
 
     # The ingress would succeed, the sidecar fails: all or nothing, so neither changes.
@@ -229,7 +229,7 @@ async def test_a_failed_rebuild_keeps_the_last_good_snapshots(
     outcome = publisher.rebuild()
     assert not outcome.ok
     assert outcome.error is not None and "injected by the test" in outcome.error
-    assert {n: cache.snapshot(n) for n in good} == good
+    assert {n: cache.node_snapshot(n) for n in good} == good
     assert publisher.version == good_version
     assert any("injected by the test" in p for p in publisher.problems())
 
@@ -301,10 +301,10 @@ def test_a_node_that_reconnects_with_other_ports_gets_a_new_snapshot(
     publisher.rebuild()
     first = ProxyNode(NodeId.sidecar("orders", "0"), inbound_port=41100)
     connect(cache, ORDERS, first.metadata())
-    before = cache.snapshot(ORDERS)
+    before = cache.node_snapshot(ORDERS)
     cache.disconnected(ORDERS)
     connect(cache, ORDERS, ProxyNode(first.id, inbound_port=41200).metadata())
-    after = cache.snapshot(ORDERS)
+    after = cache.node_snapshot(ORDERS)
     assert before is not None and after is not None and before.version != after.version
 
 
@@ -332,7 +332,7 @@ def test_a_node_of_an_unknown_service_waits_without_a_snapshot(
         node=node_message("sidecar~shipping~0", {}), type_url=CLUSTER
     )
     assert stream.on_request(request) == []  # no answer: the stream waits
-    assert cache.snapshot("sidecar~shipping~0") is None
+    assert cache.node_snapshot("sidecar~shipping~0") is None
     assert publisher.node_problem("sidecar~shipping~0") == (
         "node sidecar~shipping~0: no MeshService shipping"
     )
@@ -344,15 +344,15 @@ def test_a_deleted_service_takes_its_nodes_snapshots_away(
     publisher.update(services, {})
     publisher.rebuild()
     connect(cache, "sidecar~catalog~0")
-    assert cache.snapshot("sidecar~catalog~0") is not None
+    assert cache.node_snapshot("sidecar~catalog~0") is not None
     # catalog is gone (orders, its caller, goes too so the set stays consistent)
     publisher.update([s for s in services if s.name not in ("catalog", "orders")], {})
     assert publisher.rebuild().ok
-    assert cache.snapshot("sidecar~catalog~0") is None
+    assert cache.node_snapshot("sidecar~catalog~0") is None
     assert "no MeshService catalog" in (publisher.node_problem("sidecar~catalog~0") or "")
     publisher.update(services, {})
     publisher.rebuild()
-    assert cache.snapshot("sidecar~catalog~0") is not None
+    assert cache.node_snapshot("sidecar~catalog~0") is not None
     assert publisher.node_problem("sidecar~catalog~0") is None
 
 
@@ -374,7 +374,7 @@ def test_a_node_breaking_the_naming_conventions_gets_a_problem(
     publisher.update(services, {})
     publisher.rebuild()
     connect(cache, node_id, metadata)  # must not raise into the node's stream
-    assert cache.snapshot(node_id) is None
+    assert cache.node_snapshot(node_id) is None
     assert expected in (publisher.node_problem(node_id) or "")
     assert publisher.rebuild().ok  # and it does not fail later rebuilds either
 
@@ -389,7 +389,7 @@ def test_a_node_whose_build_fails_on_connect_does_not_break_its_stream(
     publisher.rebuild()
     builder.failing.add(ORDERS)
     connect(cache, ORDERS)
-    assert cache.snapshot(ORDERS) is None
+    assert cache.node_snapshot(ORDERS) is None
     assert "injected by the test" in (publisher.node_problem(ORDERS) or "")
 
 

@@ -9,6 +9,7 @@ from grpcmesh_control.mesh.translate.naming import (
     ProxyNode,
     external_cluster_name,
     inbound_cluster_name,
+    node_group,
     version_cluster_name,
 )
 from grpcmesh_control.mesh.translate.policy import EffectiveRetry, RoutePolicy, route_policies
@@ -40,6 +41,7 @@ __all__ = [
     "check_consistency",
     "external_cluster_name",
     "inbound_cluster_name",
+    "node_group",
     "resource_name",
     "route_policies",
     "static_bootstrap",

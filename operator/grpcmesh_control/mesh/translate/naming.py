@@ -49,9 +49,10 @@ differs from the service's, then the service prefix.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -71,6 +72,7 @@ __all__ = [
     "ProxyNode",
     "external_cluster_name",
     "inbound_cluster_name",
+    "node_group",
     "version_cluster_name",
 ]
 
@@ -258,3 +260,21 @@ def inbound_cluster_name(app_port: int) -> str:
 
 def external_cluster_name(backend: str) -> str:
     return f"external|{backend}"
+
+
+def node_group(node_id: str, metadata: Mapping[str, Any] | None = None) -> str:
+    """The snapshot group of a node: nodes whose snapshots are equal by construction share one.
+
+    Translation reads a node's kind, name and metadata (``ProxyNode``), never its replica, so
+    the replicas of a service share one group, and one snapshot, while their metadata agrees
+    (as it does for pods of one version); a pod-local address or other ports make another
+    group. Named ``<kind>~<name>#<digest of the rest>``; ``#`` never occurs in a node id. A node
+    whose id or metadata does not parse is a group of its own (it gets a problem, no snapshot).
+    """
+    try:
+        node = ProxyNode.from_node(node_id, metadata)
+    except InvalidNodeId:
+        return node_id
+    rest = tuple(getattr(node, f.name) for f in fields(node) if f.name != "id")
+    digest = hashlib.sha256(repr(rest).encode()).hexdigest()[:12]
+    return f"{node.id.kind.value}{_SEP}{node.id.name}#{digest}"

@@ -1,17 +1,20 @@
 """Snapshot cache: per-group snapshots, change notification, and per-node status.
 
-Nodes map to groups through a pluggable function (by default the node id itself), so every
-replica of a service can share one snapshot.
+Nodes map to groups through a pluggable function of the node id and the metadata it connected
+with (by default ``translate.node_group``: the replicas of a service with the same metadata
+share one group), so a snapshot is built, stored and versioned once per group, whatever the
+number of proxies. ACK state stays per node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from grpcmesh_control.mesh.translate.naming import node_group
 from grpcmesh_control.mesh.translate.versioned import VersionedSnapshot
 
 
@@ -29,6 +32,7 @@ class NodeStatus:
 
     node_id: str
     group: str
+    """The snapshot group it is served from (set again when it connects with metadata)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """The node's bootstrap metadata (ports, bind address) from its first request."""
     connected_since: float | None = None
@@ -45,12 +49,13 @@ class NodeStatus:
         return self.streams > 0
 
 
-GroupOf = Callable[[str], str]
+GroupOf = Callable[[str, Mapping[str, Any]], str]
+"""(node id, its metadata) -> the group whose snapshot it is served."""
 
 
 class SnapshotCache:
-    def __init__(self, group_of: GroupOf = lambda node_id: node_id) -> None:
-        self.group_of = group_of
+    def __init__(self, group_of: GroupOf = node_group) -> None:
+        self._group_of = group_of
         self._snapshots: dict[str, VersionedSnapshot] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._generation: dict[str, int] = {}
@@ -58,6 +63,12 @@ class SnapshotCache:
         self._listeners: list[Callable[[NodeStatus], None]] = []
 
     # --- snapshots -----------------------------------------------------------------------
+
+    def group_of(self, node_id: str) -> str:
+        """The group ``node_id`` is served from: as it connected, or as it would with no
+        metadata if it never did."""
+        status = self._nodes.get(node_id)
+        return status.group if status is not None else self._group_of(node_id, {})
 
     def set_snapshot(self, group: str, snapshot: VersionedSnapshot) -> bool:
         """Publish ``snapshot`` for ``group``; False (and no push) when nothing changed."""
@@ -76,6 +87,10 @@ class SnapshotCache:
 
     def snapshot(self, group: str) -> VersionedSnapshot | None:
         return self._snapshots.get(group)
+
+    def node_snapshot(self, node_id: str) -> VersionedSnapshot | None:
+        """The snapshot ``node_id`` is served: its group's."""
+        return self._snapshots.get(self.group_of(node_id))
 
     def groups(self) -> list[str]:
         return sorted(self._snapshots)
@@ -99,7 +114,7 @@ class SnapshotCache:
     def node(self, node_id: str) -> NodeStatus:
         status = self._nodes.get(node_id)
         if status is None:
-            status = self._nodes[node_id] = NodeStatus(node_id, self.group_of(node_id))
+            status = self._nodes[node_id] = NodeStatus(node_id, self._group_of(node_id, {}))
         return status
 
     def nodes(self) -> list[NodeStatus]:
@@ -111,6 +126,7 @@ class SnapshotCache:
         status = self.node(node_id)
         if metadata is not None:
             status.metadata = metadata
+            status.group = self._group_of(node_id, metadata)
         if status.streams == 0:
             status.connected_since = time.time()
         status.streams += 1
