@@ -347,7 +347,7 @@ async def test_a_rejected_config_is_nacked_and_envoy_keeps_the_last_good(
             inbound = next(name for name in good_clusters if name.startswith("inbound|"))
 
             bad = _with_cluster_provided_lb(cp, inbound)
-            assert cp.cache.set_snapshot(NODE_ID, bad.packed)
+            assert cp.cache.set_snapshot(cp.cache.group_of(NODE_ID), bad.packed)
 
             async def nacked() -> dict[str, Any] | None:
                 node = await node_status(admin_url)

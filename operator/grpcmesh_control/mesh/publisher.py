@@ -136,6 +136,9 @@ class _Built:
     problem: str | None = None
     retry: bool = False
     """Its build failed: the next rebuild tries again, whatever changed."""
+    version: str | None = None
+    """The snapshot version published (None: removed); the cache holding another means it was
+    written around the publisher (a test, an operator's hand), and the next rebuild repairs it."""
 
     def affected_by(self, changed: frozenset[str]) -> bool:
         if self.retry:
@@ -260,7 +263,12 @@ class Publisher:
             plan = _Plan()
             for group, status in members.items():
                 built = self._groups.get(group)
-                if changed is None or built is None or built.affected_by(changed):
+                if (
+                    changed is None
+                    or built is None
+                    or built.affected_by(changed)
+                    or self._cache_version(group) != built.version
+                ):
                     self._plan_group(plan, registry, group, status)
         except Exception as exc:
             # Never let a translation bug take the mesh down: keep serving the last good set.
@@ -299,6 +307,10 @@ class Publisher:
         self._on_rebuild(outcome)
         return outcome
 
+    def _cache_version(self, group: str) -> str | None:
+        snapshot = self._cache.snapshot(group)
+        return None if snapshot is None else snapshot.version
+
     def _members(self) -> dict[str, NodeStatus]:
         """Every group the cache's nodes make up, with one node (the first by id) whose id and
         metadata its snapshot is built from: equal for all its nodes but for the replica."""
@@ -319,12 +331,13 @@ class Publisher:
             return
         depends_on = _depends_on(registry, node)
         try:
-            plan.snapshots[group] = self._build(registry, node).packed
+            snapshot = self._build(registry, node).packed
         except UnknownNode as exc:
             plan.snapshots[group] = None
             plan.built[group] = _Built(depends_on, str(exc))
         else:
-            plan.built[group] = _Built(depends_on)
+            plan.snapshots[group] = snapshot
+            plan.built[group] = _Built(depends_on, version=snapshot.version)
 
     def _publish(self, group: str, snapshot: VersionedSnapshot | None) -> bool:
         if snapshot is None:

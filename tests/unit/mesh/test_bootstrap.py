@@ -40,15 +40,16 @@ def test_admin_listens_on_loopback_only() -> None:
 def test_everything_dynamic_comes_over_ads() -> None:
     dynamic = sidecar_bootstrap()["dynamic_resources"]
     ads = dynamic["ads_config"]
-    assert (ads["api_type"], ads["transport_api_version"]) == ("GRPC", "V3")
+    # Delta: a push carries only what changed, not every resource of the type.
+    assert (ads["api_type"], ads["transport_api_version"]) == ("DELTA_GRPC", "V3")
     assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]
     for key in ("cds_config", "lds_config"):
         assert dynamic[key] == {"ads": {}, "resource_api_version": "V3"}
 
 
-def test_delta_xds_is_a_choice() -> None:
-    ads = sidecar_bootstrap(xds_transport=XdsTransport.DELTA)["dynamic_resources"]["ads_config"]
-    assert ads["api_type"] == "DELTA_GRPC"
+def test_state_of_the_world_is_a_choice() -> None:
+    ads = sidecar_bootstrap(xds_transport=XdsTransport.SOTW)["dynamic_resources"]["ads_config"]
+    assert ads["api_type"] == "GRPC"
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ class XdsTransport(StrEnum):
     SOTW = "GRPC"
     """State of the world: every response carries every resource of its type."""
     DELTA = "DELTA_GRPC"
-    """Incremental: only changed and removed resources; cheaper for large meshes."""
+    """Incremental: only changed and removed resources; the default for every proxy."""
 
 
 def render_bootstrap(
@@ -69,7 +69,7 @@ def render_bootstrap(
     local_address: str = LOCALHOST,
     xds_connect_timeout: timedelta = timedelta(seconds=1),
     max_downstream_connections: int = DEFAULT_MAX_DOWNSTREAM_CONNECTIONS,
-    xds_transport: XdsTransport = XdsTransport.SOTW,
+    xds_transport: XdsTransport = XdsTransport.DELTA,
 ) -> dict[str, Any]:
     """The bootstrap as a dict (proto3 JSON field names).
 
@@ -77,7 +77,9 @@ def render_bootstrap(
     the control plane can move. ``node_metadata`` is usually ``ProxyNode.metadata()``.
     ``health_port`` adds a static listener serving only ``HEALTH_PATHS`` from the admin
     interface, for kubelet probes and Prometheus (which cannot reach 127.0.0.1).
-    ``xds_transport`` picks state-of-the-world (default) or delta ADS. ``local_address`` is
+    ``xds_transport`` picks delta ADS (the default: a push carries only the resources that
+    changed, so a change to one service costs each proxy one resource, not its whole
+    configuration) or state of the world. ``local_address`` is
     where the admin interface listens (127.0.0.1: only the pod's own containers reach it).
     """
     host, port = _split_host_port(xds_address)
