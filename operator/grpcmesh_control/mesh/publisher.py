@@ -49,7 +49,7 @@ from grpcmesh_control.mesh.translate import (
     ProxyNode,
     Registry,
     Snapshot,
-    build_snapshot,
+    SnapshotBuilder,
 )
 from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache, VersionedSnapshot
 
@@ -69,7 +69,7 @@ DEFAULT_MAX_DELAY = 0.5
 _VERSION_CHARS = 16
 
 Builder = Callable[[Registry, ProxyNode], Snapshot]
-"""Translation of one node; ``translate.build_snapshot`` unless a test injects another."""
+"""Translation of one node; a ``translate.SnapshotBuilder`` unless a test injects another."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class Publisher:
         clock: Clock | None = None,
         window: float = DEFAULT_WINDOW,
         max_delay: float = DEFAULT_MAX_DELAY,
-        build: Builder = build_snapshot,
+        build: Builder | None = None,
         on_rebuild: Callable[[RebuildOutcome], None] | None = None,
     ) -> None:
         self._cache = cache
@@ -190,7 +190,8 @@ class Publisher:
         self._clock: Clock = clock or SystemClock()
         self._window = window
         self._max_delay = max_delay
-        self._build = build
+        # Remembers translated parts between groups and rebuilds (a backend's clusters).
+        self._build = build if build is not None else SnapshotBuilder()
         self._on_rebuild = on_rebuild or (lambda outcome: None)
 
         self._inputs = MeshInputs()

@@ -29,7 +29,7 @@ def test_translate_all() -> None:
         [
             "PUSH_ORDER", "EffectiveRetry", "InconsistentSnapshot", "InvalidNodeId", "NodeId",
             "NodeKind", "Problem", "ProxyNode", "Registry", "ResourceType", "RoutePolicy",
-            "Snapshot", "UnknownNode", "build_snapshot", "check_consistency",
+            "Snapshot", "SnapshotBuilder", "UnknownNode", "build_snapshot", "check_consistency",
             "external_cluster_name", "inbound_cluster_name", "node_group", "resource_name",
             "route_policies",
             "static_bootstrap", "version_cluster_name",

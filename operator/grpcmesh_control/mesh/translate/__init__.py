@@ -2,7 +2,7 @@
 Envoy v3 resources. No I/O; imports neither kopf nor grpc. Naming conventions: ``naming``."""
 
 from grpcmesh_control.mesh.errors import InconsistentSnapshot, InvalidNodeId, UnknownNode
-from grpcmesh_control.mesh.translate.build import build_snapshot
+from grpcmesh_control.mesh.translate.build import SnapshotBuilder, build_snapshot
 from grpcmesh_control.mesh.translate.naming import (
     NodeId,
     NodeKind,
@@ -36,6 +36,7 @@ __all__ = [
     "ResourceType",
     "RoutePolicy",
     "Snapshot",
+    "SnapshotBuilder",
     "UnknownNode",
     "build_snapshot",
     "check_consistency",

@@ -9,6 +9,8 @@ an EDS cluster and load assignment per version of every exposed service (``spec.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from grpcmesh_control.mesh.errors import UnknownNode
 from grpcmesh_control.mesh.model.mesh import MeshService
 from grpcmesh_control.mesh.translate import _envoy as e
@@ -28,28 +30,117 @@ from grpcmesh_control.mesh.translate.naming import NodeKind, ProxyNode, version_
 from grpcmesh_control.mesh.translate.registry import Registry
 from grpcmesh_control.mesh.translate.routes import egress_route_config, ingress_route_config
 from grpcmesh_control.mesh.translate.snapshot import Snapshot
+from grpcmesh_control.mesh.translate.versioned import PackCache
 
-__all__ = ["build_snapshot"]
+__all__ = ["SnapshotBuilder", "build_snapshot"]
 
 
-def build_snapshot(registry: Registry, node: ProxyNode) -> Snapshot:
+def build_snapshot(
+    registry: Registry, node: ProxyNode, memo: SnapshotBuilder | None = None
+) -> Snapshot:
     """The node's complete configuration. Raises ``UnknownNode`` for a sidecar whose service
-    the registry does not know: it gets nothing (and stays not ready) until the service exists."""
+    the registry does not know: it gets nothing (and stays not ready) until the service exists.
+    ``memo`` (a ``SnapshotBuilder``) reuses parts translated for other snapshots."""
+    parts = memo or _Fresh()
     if node.id.kind is NodeKind.INGRESS:
-        return _ingress(registry, node)
+        return _ingress(registry, node, parts)
     svc = registry.service(node.id.name)
     if svc is None:
         raise UnknownNode(f"node {node.id}: no MeshService {node.id.name}")
-    return _sidecar(registry, node, svc)
+    return _sidecar(registry, node, svc, parts)
+
+
+Clusters = list[e.cluster_pb2.Cluster]
+Assignments = list[e.endpoint_pb2.ClusterLoadAssignment]
+Listeners = tuple[e.listener_pb2.Listener, e.listener_pb2.Listener]
+
+
+class _Fresh:
+    """Every part translated anew (``build_snapshot`` without a memo)."""
+
+    pack_cache: PackCache | None = None
+
+    def service_parts(self, registry: Registry, svc: MeshService) -> tuple[Clusters, Assignments]:
+        return service_clusters(svc), _assignments(registry, svc)
+
+    def sidecar_parts(
+        self, node: ProxyNode, app_port: int
+    ) -> tuple[e.cluster_pb2.Cluster, Listeners]:
+        listeners = (inbound_listener(node, app_port), egress_listener(node))
+        return inbound_cluster(app_port, node.local_address), listeners
+
+
+_NodeKey = tuple[object, ...]
+
+
+class SnapshotBuilder(_Fresh):
+    """``build_snapshot`` with memory, for the publisher: the parts of a snapshot that depend
+    on one service alone (its clusters and load assignments: its spec and endpoints) are
+    translated and packed once and shared by every snapshot routing to it, in this rebuild and
+    the next ones while the service is unchanged; the parts that depend on the node alone
+    (inbound cluster, listeners) are kept per node shape (the node without its replica).
+    Messages are shared between snapshots, so they must never be mutated (as everywhere)."""
+
+    MAX_NODE_SHAPES = 4096
+    """Node shapes remembered; past it they are forgotten and translated again as needed."""
+
+    def __init__(self) -> None:
+        self._packs = self.pack_cache = PackCache()
+        self._services: dict[str, tuple[object, Clusters, Assignments]] = {}
+        self._nodes: dict[_NodeKey, tuple[e.cluster_pb2.Cluster, Listeners]] = {}
+        self._registry: Registry | None = None
+
+    def __call__(self, registry: Registry, node: ProxyNode) -> Snapshot:
+        if registry is not self._registry:
+            self._registry = registry
+            self._drop_services(set(self._services) - {s.name for s in registry.services})
+        return build_snapshot(registry, node, self)
+
+    def service_parts(self, registry: Registry, svc: MeshService) -> tuple[Clusters, Assignments]:
+        key = (svc, registry.endpoints.get(svc.name, ()))
+        known = self._services.get(svc.name)
+        if known is not None and known[0] == key:
+            return known[1], known[2]
+        self._drop_services({svc.name})
+        clusters, assignments = super().service_parts(registry, svc)
+        self._packs.add([*clusters, *assignments])
+        self._services[svc.name] = (key, clusters, assignments)
+        return clusters, assignments
+
+    def sidecar_parts(
+        self, node: ProxyNode, app_port: int
+    ) -> tuple[e.cluster_pb2.Cluster, Listeners]:
+        rest = tuple(getattr(node, f.name) for f in fields(node) if f.name != "id")
+        key: _NodeKey = (node.id.kind, node.id.name, rest, app_port)
+        known = self._nodes.get(key)
+        if known is not None:
+            return known
+        if len(self._nodes) >= self.MAX_NODE_SHAPES:
+            self._drop_nodes()
+        parts = self._nodes[key] = super().sidecar_parts(node, app_port)
+        self._packs.add([parts[0], *parts[1]])
+        return parts
+
+    def _drop_services(self, names: set[str]) -> None:
+        for name in names:
+            known = self._services.pop(name, None)
+            if known is not None:
+                self._packs.forget([*known[1], *known[2]])
+
+    def _drop_nodes(self) -> None:
+        for cluster, listeners in self._nodes.values():
+            self._packs.forget([cluster, *listeners])
+        self._nodes.clear()
 
 
 def _observability_clusters(node: ProxyNode) -> list[e.cluster_pb2.Cluster]:
     return [] if node.otlp_collector is None else [collector_cluster(node.otlp_collector)]
 
 
-def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService) -> Snapshot:
+def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService, parts: _Fresh) -> Snapshot:
     app_port = node.app_port or svc.grpc.port
-    clusters = [inbound_cluster(app_port, node.local_address), *_observability_clusters(node)]
+    inbound, listeners = parts.sidecar_parts(node, app_port)
+    clusters = [inbound, *_observability_clusters(node)]
     endpoints = []
     for backend in registry.resolved_backends(svc):
         if backend.external is not None:
@@ -57,31 +148,34 @@ def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService) -> Snapshot:
             continue
         target = registry.service(backend.name)
         if target is not None:  # always, for a resolved backend; narrows the type
-            clusters += service_clusters(target)
-            endpoints += _assignments(registry, target)
+            target_clusters, target_endpoints = parts.service_parts(registry, target)
+            clusters += target_clusters
+            endpoints += target_endpoints
     return Snapshot(
         node_id=str(node.id),
         clusters=tuple(clusters),
         endpoints=tuple(endpoints),
-        listeners=(inbound_listener(node, app_port), egress_listener(node)),
+        listeners=listeners,
         routes=(egress_route_config(svc, registry),),
+        pack_cache=parts.pack_cache,
     )
 
 
-def _ingress(registry: Registry, node: ProxyNode) -> Snapshot:
+def _ingress(registry: Registry, node: ProxyNode, parts: _Fresh) -> Snapshot:
     # Only exposed services: the gateway holds no route, cluster or address of the rest.
-    exposed = registry.exposed_services()
+    exposed = [parts.service_parts(registry, svc) for svc in registry.exposed_services()]
     clusters = [
-        *(c for svc in exposed for c in service_clusters(svc)),
+        *(c for service_clusters_, _ in exposed for c in service_clusters_),
         *_observability_clusters(node),
     ]
-    endpoints = [a for svc in exposed for a in _assignments(registry, svc)]
+    endpoints = [a for _, assignments in exposed for a in assignments]
     return Snapshot(
         node_id=str(node.id),
         clusters=tuple(clusters),
         endpoints=tuple(endpoints),
         listeners=(ingress_listener(node),),
         routes=(ingress_route_config(registry),),
+        pack_cache=parts.pack_cache,
     )
 
 

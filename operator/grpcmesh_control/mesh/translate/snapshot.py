@@ -31,6 +31,7 @@ from grpcmesh_control.mesh.translate import _envoy as e
 from grpcmesh_control.mesh.translate.listeners import HCM_FILTER
 from grpcmesh_control.mesh.translate.versioned import (
     PUSH_ORDER,
+    PackCache,
     ResourceType,
     VersionedSnapshot,
     pack_resources,
@@ -64,6 +65,8 @@ class Snapshot:
     version: str = field(init=False)
     packed: VersionedSnapshot = field(init=False, compare=False, repr=False)
     """The resources packed and versioned for the xDS cache (serialized and hashed once)."""
+    pack_cache: PackCache | None = field(default=None, compare=False, repr=False)
+    """Where resources shared with other snapshots are already packed (``SnapshotBuilder``)."""
 
     def __post_init__(self) -> None:
         for attr in _FIELDS.values():
@@ -72,7 +75,10 @@ class Snapshot:
         if problems:
             raise InconsistentSnapshot(self.node_id, problems)
         packed = VersionedSnapshot.from_types(
-            {t.value: pack_resources(t, getattr(self, _FIELDS[t])) for t in PUSH_ORDER}
+            {
+                t.value: pack_resources(t, getattr(self, _FIELDS[t]), self.pack_cache)
+                for t in PUSH_ORDER
+            }
         )
         object.__setattr__(self, "packed", packed)
         versions = {t: packed.of(t).version for t in PUSH_ORDER}

@@ -23,6 +23,7 @@ __all__ = [
     "PUSH_ORDER",
     "ROUTE",
     "WILDCARD_TYPES",
+    "PackCache",
     "ResourceType",
     "TypeResources",
     "VersionedSnapshot",
@@ -97,19 +98,54 @@ class VersionedSnapshot:
 _EMPTY = TypeResources(version=_hash(b""), resources={}, resource_versions={})
 
 
-def pack_resources(type_url: str, resources: Iterable[Message]) -> TypeResources:
-    """Pack and version resources of one type by content: each is serialized and hashed once,
-    the set's version covers every (name, version) pair, in name order."""
+def _pack(message: Message) -> tuple[any_pb2.Any, str]:
+    blob = message.SerializeToString(deterministic=True)
+    return any_pb2.Any(type_url=_PREFIX + message.DESCRIPTOR.full_name, value=blob), _hash(blob)
+
+
+class PackCache:
+    """Packed forms (``Any`` and content version) of messages that many snapshots share, by
+    identity: a message translated once (a backend's clusters, say) is serialized and hashed
+    once, not once per snapshot holding it. An entry holds its message, so the identity is
+    not reused while cached; whoever adds messages forgets them when it drops them."""
+
+    def __init__(self) -> None:
+        self._packed: dict[int, tuple[Message, any_pb2.Any, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def add(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            self._packed[id(message)] = (message, *_pack(message))
+
+    def forget(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            entry = self._packed.get(id(message))
+            if entry is not None and entry[0] is message:
+                del self._packed[id(message)]
+
+    def get(self, message: Message) -> tuple[any_pb2.Any, str] | None:
+        entry = self._packed.get(id(message))
+        return None if entry is None or entry[0] is not message else (entry[1], entry[2])
+
+
+def pack_resources(
+    type_url: str, resources: Iterable[Message], cache: PackCache | None = None
+) -> TypeResources:
+    """Pack and version resources of one type by content: each is serialized and hashed once
+    (or taken from ``cache``), the set's version covers every (name, version) pair, in name
+    order."""
     packed: dict[str, any_pb2.Any] = {}
     versions: dict[str, str] = {}
     for message in sorted(resources, key=resource_name):
         name = resource_name(message)
-        blob = message.SerializeToString(deterministic=True)
-        any_message = any_pb2.Any(type_url=_PREFIX + message.DESCRIPTOR.full_name, value=blob)
+        known = None if cache is None else cache.get(message)
+        any_message, version = known if known is not None else _pack(message)
         if any_message.type_url != type_url:
             raise ValueError(f"{name}: a {any_message.type_url} filed under {type_url}")
         packed[name] = any_message
-        versions[name] = _hash(blob)
+        versions[name] = version
     digest = _hash("".join(f"{n}={v};" for n, v in versions.items()).encode())
     return TypeResources(digest, packed, versions)
 
