@@ -8,7 +8,9 @@ it from the API and adds ``/readyz``. Everything else is the same code in both.
 ==============================  ==============================================================
 ``GET /healthz``                200 ``ok`` while the process serves.
 ``GET /status``                 the mesh as the control plane sees it (``status_document``):
-                                services, endpoints, problems, and every node's ACK/NACK.
+                                services, endpoints, problems, and every node's ACK/NACK
+                                and snapshot group (replicas share one snapshot; ACKs and
+                                NACKs stay per node).
 ``GET /debug/nodes``            the ``nodes`` part of ``/status`` alone.
 ``GET /debug/snapshot?node=ID`` the node's current snapshot, resources as proto3 JSON.
 ``GET /metrics``                Prometheus text format (``runtime.metrics``).
@@ -233,6 +235,7 @@ def _node(
     nack = status.nack
     return {
         "id": status.node_id,
+        "group": status.group,
         "connected": status.connected,
         "connected_since": _timestamp(status.connected_since),
         "acked_version": status.acked_snapshot,

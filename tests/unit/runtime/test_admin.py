@@ -98,6 +98,24 @@ async def test_status_of_a_node_through_ack_and_nack(
     assert (node["nack"]["version"], node["nack"]["message"]) == ("bad", "cluster x: no good")
 
 
+async def test_replicas_sharing_a_snapshot_report_their_own_acks(
+    client: TestClient[Any, Any], control_plane: ControlPlane
+) -> None:
+    cache = control_plane.cache
+    replicas = [NodeId.sidecar("orders", str(r)) for r in range(2)]
+    for node_id in replicas:
+        cache.connected(str(node_id), ProxyNode(node_id).metadata())
+    snapshot = cache.node_snapshot(str(replicas[0]))
+    assert snapshot is not None and cache.node_snapshot(str(replicas[1])) is snapshot
+    for type_url in (CLUSTER, LISTENER):
+        cache.record_ack(str(replicas[0]), type_url, snapshot.of(type_url).version, {type_url})
+    nodes = (await get_json(client, "/debug/nodes"))["nodes"]
+    assert [n["id"] for n in nodes] == [str(n) for n in replicas]
+    assert nodes[0]["group"] == nodes[1]["group"]
+    assert [n["snapshot_version"] for n in nodes] == [snapshot.version] * 2
+    assert [n["acked_version"] for n in nodes] == [snapshot.version, None]
+
+
 async def test_status_reports_problems_of_sources_and_nodes(
     client: TestClient[Any, Any], control_plane: ControlPlane, state_dir: Path
 ) -> None:
