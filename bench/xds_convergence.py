@@ -172,6 +172,13 @@ class AckWatch:
         return self.done_at
 
 
+def _write_atomic(path: Path, value: Any) -> None:
+    """The benchmark polls for ``path``: it must never see it half written."""
+    part = path.with_suffix(".part")
+    part.write_text(json.dumps(value))
+    part.replace(path)
+
+
 def _rss() -> float:
     return psutil.Process().memory_info().rss / (1024 * 1024)
 
@@ -193,7 +200,7 @@ async def _control_plane(
     cp.publisher.update(*mesh.inputs())
     initial = cp.publisher.rebuild()  # no node yet: registry and version hash only
     report: dict[str, Any] = {"rss_idle_mb": _rss(), "initial_rebuild_s": initial.duration}
-    (workdir / "xds.json").write_text(json.dumps({"xds": bound.result().xds_address}))
+    _write_atomic(workdir / "xds.json", {"xds": bound.result().xds_address})
 
     watch = AckWatch(cp.cache, nodes)
     deadline = time.monotonic() + 60
@@ -498,7 +505,7 @@ async def _control_plane_clients(
     nodes = _client_ids(services, clients)
     watch = ChangeWatch(cp.cache, nodes)
     connect_started = time.perf_counter()
-    (workdir / "xds.json").write_text(json.dumps({"xds": bound.result().xds_address}))
+    _write_atomic(workdir / "xds.json", {"xds": bound.result().xds_address})
     deadline = time.monotonic() + 300
     while not all(cp.cache.node(n).connected for n in nodes) or not watch.all_acked():
         if time.monotonic() > deadline:
