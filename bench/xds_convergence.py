@@ -776,7 +776,7 @@ def main(
             services, clients = pairs[0]
             asyncio.run(_control_plane_clients(serve, services, clients, changes, rebuilds))
             return
-        console = Console(width=170)
+        console = Console(width=220)
         print_header(console, "bench.xds_convergence")
         scaled = [_run_scale(console, s, c, changes, rebuilds) for s, c in pairs]
         console.print(_scale_table(scaled, changes, rebuilds))
