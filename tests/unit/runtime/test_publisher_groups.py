@@ -22,6 +22,7 @@ from grpcmesh_control.mesh.translate import (
     ProxyNode,
     Registry,
     Snapshot,
+    SnapshotBuilder,
     build_snapshot,
     node_group,
 )
@@ -248,3 +249,23 @@ def test_acks_are_per_node_within_a_shared_group(
     cache.record_ack("sidecar~orders~0", CLUSTER, version, {CLUSTER})
     assert cache.node("sidecar~orders~0").acked_snapshot == snapshot.version
     assert cache.node("sidecar~orders~1").acked_snapshot is None
+
+
+def test_the_remembering_builder_builds_what_build_snapshot_builds() -> None:
+    mesh = Mesh()
+    remembering = SnapshotBuilder()
+    nodes = [
+        *(ProxyNode(NodeId.sidecar(name, "0")) for name in CALLS),
+        ProxyNode(NodeId.sidecar("orders", "1"), local_address="127.0.0.7"),
+        ProxyNode(NodeId.ingress()),
+    ]
+    for change in range(4):
+        registry = Registry.build(mesh.services.values(), mesh.endpoints)
+        for node in nodes:
+            assert remembering(registry, node).version == build_snapshot(registry, node).version
+        # The hub (every caller's backend) changes: what was remembered of it must not be reused.
+        if change % 2:
+            mesh.endpoints["hub"] = endpoints("hub", 1 + change)
+        else:
+            mesh.services["hub"] = service("hub", (), canary=20 + change)
+    assert remembering.pack_cache is not None and len(remembering.pack_cache) > 0
