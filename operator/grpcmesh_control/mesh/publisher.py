@@ -255,7 +255,7 @@ class Publisher:
         inputs = self._inputs
         self._dirty.clear()
         started = time.perf_counter()
-        members = self._members()
+        members = self._cache.node_groups()
         try:
             registry = Registry.build(inputs.services, inputs.endpoint_map, self._catalog)
             service_inputs = _service_inputs(registry)
@@ -290,7 +290,7 @@ class Publisher:
                 ok=True,
                 version=inputs.version,
                 duration=time.perf_counter() - started,
-                nodes=len(self._cache.nodes()),
+                nodes=self._cache.node_count(),
                 groups=len(members),
                 built=len(plan.snapshots),
             )
@@ -311,14 +311,6 @@ class Publisher:
     def _cache_version(self, group: str) -> str | None:
         snapshot = self._cache.snapshot(group)
         return None if snapshot is None else snapshot.version
-
-    def _members(self) -> dict[str, NodeStatus]:
-        """Every group the cache's nodes make up, with one node (the first by id) whose id and
-        metadata its snapshot is built from: equal for all its nodes but for the replica."""
-        groups: dict[str, NodeStatus] = {}
-        for status in self._cache.nodes():
-            groups.setdefault(status.group, status)
-        return groups
 
     def _plan_group(self, plan: _Plan, registry: Registry, group: str, member: NodeStatus) -> None:
         """Add one group's snapshot (or removal, and its problem) to ``plan``; other errors

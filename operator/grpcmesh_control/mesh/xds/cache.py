@@ -60,6 +60,9 @@ class SnapshotCache:
         self._changed: dict[str, asyncio.Event] = {}
         self._generation: dict[str, int] = {}
         self._nodes: dict[str, NodeStatus] = {}
+        # group -> its nodes (a dict as an ordered set), kept as nodes connect, so a rebuild
+        # walks groups, not nodes
+        self._members: dict[str, dict[str, None]] = {}
         self._listeners: list[Callable[[NodeStatus], None]] = []
 
     # --- snapshots -----------------------------------------------------------------------
@@ -115,10 +118,26 @@ class SnapshotCache:
         status = self._nodes.get(node_id)
         if status is None:
             status = self._nodes[node_id] = NodeStatus(node_id, self._group_of(node_id, {}))
+            self._members.setdefault(status.group, {})[node_id] = None
         return status
 
     def nodes(self) -> list[NodeStatus]:
         return [self._nodes[n] for n in sorted(self._nodes)]
+
+    def node_count(self) -> int:
+        return len(self._nodes)
+
+    def node_groups(self) -> dict[str, NodeStatus]:
+        """Every group some node belongs to, with one of its nodes (the first to join): what
+        the group's snapshot is built from, since its nodes differ only by replica."""
+        return {group: self._nodes[next(iter(ids))] for group, ids in self._members.items()}
+
+    def _leave(self, status: NodeStatus) -> None:
+        members = self._members.get(status.group)
+        if members is not None:
+            members.pop(status.node_id, None)
+            if not members:
+                del self._members[status.group]
 
     def connected(self, node_id: str, metadata: dict[str, Any] | None = None) -> NodeStatus:
         """Record a stream. Listeners run before the first response is computed, so one that
@@ -126,7 +145,11 @@ class SnapshotCache:
         status = self.node(node_id)
         if metadata is not None:
             status.metadata = metadata
-            status.group = self._group_of(node_id, metadata)
+            group = self._group_of(node_id, metadata)
+            if group != status.group:
+                self._leave(status)
+                status.group = group
+                self._members.setdefault(group, {})[node_id] = None
         if status.streams == 0:
             status.connected_since = time.time()
         status.streams += 1
