@@ -49,6 +49,7 @@ chart-assets: gen ## regenerate charts/grpcmesh/files (dashboards, rules, scrape
 	$(PY) -m scripts.chart_assets --chart charts/grpcmesh
 	mkdir -p $(dir $(DESCRIPTOR_SET))
 	$(PY) -m grpc_tools.protoc -Iprotos --descriptor_set_out=$(DESCRIPTOR_SET) $(sort $(PROTOS))
+	$(PY) -m scripts.copies
 
 .PHONY: copies
 copies: venv ## copy manifests/crds and manifests/examples where the chart and the package ship them

@@ -5,6 +5,8 @@ source, ``--check`` (``make gen-check``) lists the stale ones.
 - the MeshService CRD -> operator/grpcmesh_control/mesh/model/ (package data: its schema validates)
 - manifests/examples/*.yaml -> operator/grpcmesh_control/examples/ (package data: the CLI's
   default resources outside a checkout)
+- the chart's reference descriptor set (``make chart-assets``) -> operator/grpcmesh_control/mesh/
+  (package data: the protos every mesh knows, ``mesh.catalogs.reference_protos``)
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def copies(repo: Path = REPO) -> Iterator[tuple[Path, Path]]:
     yield crd, repo / "operator" / "grpcmesh_control" / "mesh" / "model" / crd.name
     for example in sorted((repo / "manifests" / "examples").glob("*.yaml")):
         yield example, repo / "operator" / "grpcmesh_control" / "examples" / example.name
+    descriptors = repo / "charts" / "grpcmesh" / "files" / "descriptors" / "grpcmesh.shop.v1.binpb"
+    yield descriptors, repo / "operator" / "grpcmesh_control" / "mesh" / descriptors.name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
@@ -253,6 +254,15 @@ def up(
             help="host:port of an OTLP/gRPC collector: Envoys and services send it spans.",
         ),
     ] = None,
+    descriptors: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--descriptors",
+            help="A descriptor set (*.binpb) or a directory of them: your services' protos "
+            "(retries, method checks, reflection). Repeatable; *.binpb beside the resources "
+            "are read too.",
+        ),
+    ] = None,
 ) -> None:
     """Start the mesh on this machine (foreground; Ctrl-C or SIGTERM stops everything)."""
     logging.basicConfig(
@@ -260,7 +270,10 @@ def up(
         format=LOG_FORMAT,
     )
     console = _console()
-    options = _options(resources, state_dir, startup_timeout, prometheus, otlp_endpoint)
+    options = replace(
+        _options(resources, state_dir, startup_timeout, prometheus, otlp_endpoint),
+        descriptors=tuple(descriptors or ()),
+    )
 
     def ready(state: RunState) -> None:
         console.print(_mesh_table(state))

@@ -28,8 +28,10 @@ from aiohttp import web
 from grpcmesh_control.host.xds_host import XdsHost, join_host_port
 from grpcmesh_control.local.admin import apply_route
 from grpcmesh_control.local.atomic import write_atomically
+from grpcmesh_control.local.sources import RESOURCES_DIR
+from grpcmesh_control.local.sources.descriptors import local_protos, read_descriptor_sets
 from grpcmesh_control.local.watcher import DEFAULT_POLL_INTERVAL, FileSources
-from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.clock import Clock, SystemClock
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
@@ -86,7 +88,10 @@ class BoundAddresses:
 class ControlPlane:
     """Local mode's control plane: the xDS host fed from the run directory's files, plus
     ``POST /apply``. The parts are attributes (``host``, ``cache``, ``publisher``, ``sources``,
-    ``metrics``), for tests and debugging."""
+    ``metrics``), for tests and debugging.
+
+    The protos it knows (``protos``; ``catalog`` is theirs unless given) are the reference set
+    and the descriptor sets (``*.binpb``) in the run directory's ``resources/`` at start."""
 
     def __init__(
         self,
@@ -97,7 +102,10 @@ class ControlPlane:
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        catalog = catalog if catalog is not None else load_catalog()
+        self.protos: ProtoSet = local_protos(
+            read_descriptor_sets(settings.state_dir / RESOURCES_DIR), where=f"{RESOURCES_DIR}/"
+        )
+        catalog = catalog if catalog is not None else self.protos.catalog
         self.host = XdsHost(
             catalog,
             clock=self.clock,

@@ -53,6 +53,9 @@ class MeshOptions:
     resources: tuple[Path, ...]
     """MeshService files and folders of them (``local.resources.read_resources``)."""
     run_dir: Path = DEFAULT_RUN_DIR
+    descriptors: tuple[Path, ...] = ()
+    """Descriptor sets (``*.binpb`` files, or directories of them) besides those in
+    ``resources``: the protos of the services, for retries, method checks and reflection."""
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     envoy_log_level: str = "warning"
     envoy: Path | None = None
@@ -75,7 +78,7 @@ def read_state(run_dir: Path) -> RunState | None:
 def prepare(options: MeshOptions) -> Plan:
     """Validate the resources (``InvalidResource`` names file and field), then lay out a
     fresh run directory and write every file the processes read at start."""
-    files, services = load_resources(options.resources)
+    files, services = load_resources(options.resources, options.descriptors)
     envoy = options.envoy or find_envoy()
     if envoy is None:
         raise LauncherError(

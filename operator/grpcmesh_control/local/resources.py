@@ -4,15 +4,15 @@ with the same messages (file, resource, field)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from grpcmesh_control.local.sources.descriptors import local_protos, read_descriptor_sets
 from grpcmesh_control.local.sources.files import (
     RESOURCE_SUFFIX,
     parse_resource_files,
     read_resource_files,
 )
-from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.mesh.model import MeshService
 
@@ -53,11 +53,18 @@ def read_resources(paths: Sequence[Path]) -> dict[str, bytes]:
     return files
 
 
-def load_resources(paths: Sequence[Path]) -> tuple[Mapping[str, bytes], tuple[MeshService, ...]]:
-    """The files of ``paths`` (``read_resources``) and the MeshServices they define.
+def load_resources(
+    paths: Sequence[Path], descriptors: Iterable[Path] = ()
+) -> tuple[Mapping[str, bytes], tuple[MeshService, ...]]:
+    """The files of ``paths`` (``read_resources``) plus the descriptor sets (``*.binpb``) in
+    its folders and in ``descriptors`` (files, or folders of them), by name, and the
+    MeshServices the YAML files define, checked against the protos of those sets (and the
+    reference ones).
 
-    Raises ``InvalidResourceSet`` naming every bad document and field, ``ResourcePathError``
-    for a path that gives no resource file.
+    Raises ``InvalidResourceSet`` naming every bad document and field (or descriptor set),
+    ``ResourcePathError`` for a path that gives no resource file.
     """
     files = read_resources(paths)
-    return files, parse_resource_files(files, catalog=load_catalog()).services
+    sets = read_descriptor_sets(*(p for p in paths if p.is_dir()), *descriptors)
+    protos = local_protos(sets)
+    return {**files, **sets}, parse_resource_files(files, catalog=protos.catalog).services

@@ -1,16 +1,23 @@
 """Edge: build a ``MethodCatalog`` from protobuf descriptors.
 
 Kept out of ``model`` so the core sees plain data; this is the one place that reads
-``MethodOptions.idempotency_level``. Everything goes through ``FileDescriptorProto``: the
-generated ``*_pb2`` modules (local mode, the reference domain) are converted to it, and a
+``MethodOptions.idempotency_level``. Everything goes through ``FileDescriptorProto``: a
 serialized ``FileDescriptorSet`` (``buf build -o x.binpb``, ``protoc --descriptor_set_out``)
-already is it. A cluster delivers the latter in ConfigMaps (``cluster.controller.descriptors``).
+already is it, and loaded descriptors (``*_pb2.DESCRIPTOR``) are converted to it.
+
+No service is known by name here. The mesh knows the protos it is given: the reference
+domain's set (``make chart-assets`` builds it; the package ships a copy, ``REFERENCE_SET``),
+plus the sets a user adds (local mode: ``*.binpb`` beside the resources, ``up --descriptors``;
+a cluster: ConfigMaps, ``cluster.controller.descriptors``). ``ProtoSet`` keeps the files
+themselves, not just the catalog, so the control plane can answer server reflection from them.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache, cached_property
+from importlib.resources import files
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
@@ -19,20 +26,17 @@ from google.protobuf.message import DecodeError
 from grpcmesh_control.mesh.model.catalog import Idempotency, MethodCatalog, MethodInfo, ServiceInfo
 
 __all__ = [
-    "SHOP_V1_MODULES",
+    "REFERENCE_SET",
+    "ProtoSet",
     "catalog_from_descriptor_set",
     "catalog_from_descriptors",
     "catalog_from_file_protos",
     "load_catalog",
+    "reference_protos",
 ]
 
-# The reference domain's generated modules (``make gen``); common_pb2 defines no services.
-SHOP_V1_MODULES = (
-    "grpcmesh.shop.v1.catalog_pb2",
-    "grpcmesh.shop.v1.inventory_pb2",
-    "grpcmesh.shop.v1.orders_pb2",
-    "grpcmesh.shop.v1.payments_pb2",
-)
+REFERENCE_SET = "grpcmesh.shop.v1.binpb"
+"""Package data (``mesh/``): a copy of the chart's reference descriptor set (``make copies``)."""
 
 _LEVELS = {
     descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN: Idempotency.UNKNOWN,
@@ -65,18 +69,50 @@ def catalog_from_descriptors(files: Iterable[FileDescriptor]) -> MethodCatalog:
 
 def catalog_from_descriptor_set(data: bytes) -> MethodCatalog:
     """From a serialized ``FileDescriptorSet``; ``ValueError`` when ``data`` is not one."""
-    try:
-        file_set = descriptor_pb2.FileDescriptorSet.FromString(data)
-    except DecodeError as exc:
-        raise ValueError(f"not a serialized FileDescriptorSet: {exc}") from None
-    return catalog_from_file_protos(file_set.file)
+    return ProtoSet.parse(data).catalog
 
 
-def load_catalog(module_names: Iterable[str] = SHOP_V1_MODULES) -> MethodCatalog:
-    """Import the named ``*_pb2`` modules and build their catalog."""
-    return catalog_from_descriptors(
-        importlib.import_module(name).DESCRIPTOR for name in module_names
-    )
+@dataclass(frozen=True)
+class ProtoSet:
+    """Proto files (``FileDescriptorProto``) by file name, in the order they were given."""
+
+    files: tuple[descriptor_pb2.FileDescriptorProto, ...] = ()
+
+    @classmethod
+    def parse(cls, data: bytes) -> ProtoSet:
+        """A serialized ``FileDescriptorSet``; ``ValueError`` when ``data`` is not one."""
+        try:
+            file_set = descriptor_pb2.FileDescriptorSet.FromString(data)
+        except DecodeError as exc:
+            raise ValueError(f"not a serialized FileDescriptorSet: {exc}") from None
+        if data and not file_set.file:
+            raise ValueError("not a serialized FileDescriptorSet: it holds no file")
+        return cls(tuple(file_set.file))
+
+    def merged(self, other: ProtoSet) -> ProtoSet:
+        """Both; ``other``'s copy of a file (by name) replaces this one's."""
+        replaced = {f.name for f in other.files}
+        return ProtoSet(tuple(f for f in self.files if f.name not in replaced) + other.files)
+
+    @cached_property
+    def catalog(self) -> MethodCatalog:
+        return catalog_from_file_protos(self.files)
+
+    def serialized(self) -> bytes:
+        return descriptor_pb2.FileDescriptorSet(file=self.files).SerializeToString(
+            deterministic=True
+        )
+
+
+@cache
+def reference_protos() -> ProtoSet:
+    """The reference domain's protos (the descriptor set ``make chart-assets`` builds)."""
+    return ProtoSet.parse((files("grpcmesh_control.mesh") / REFERENCE_SET).read_bytes())
+
+
+def load_catalog() -> MethodCatalog:
+    """The reference domain's catalog: what a mesh knows before a user adds protos."""
+    return reference_protos().catalog
 
 
 def _method(method: descriptor_pb2.MethodDescriptorProto) -> MethodInfo:
