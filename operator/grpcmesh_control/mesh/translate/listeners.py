@@ -103,6 +103,29 @@ def _hcm(stat_prefix: str, node: ProxyNode, *, edge: bool = False) -> hcm_pb2.Ht
     return hcm
 
 
+def _per_try_timeout_is_a_deadline() -> hcm_pb2.LocalReplyConfig:
+    """When per-try timeouts use up a call's attempts, Envoy answers HTTP 504 with the flag UT
+    (upstream request timeout), which a gRPC caller reads as UNAVAILABLE: "never ran, retry
+    me". The server did not answer in time, so the caller gets DEADLINE_EXCEEDED, as it does
+    when the route's own bound passes. (The route ``timeout`` is never what sets UT here: with
+    ``max_stream_duration`` set, Envoy ignores it, see ``routes.honour_grpc_timeout``.)"""
+    return hcm_pb2.LocalReplyConfig(
+        mappers=[
+            hcm_pb2.ResponseMapper(
+                filter=accesslog_pb2.AccessLogFilter(
+                    response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=["UT"])
+                ),
+                headers_to_add=[
+                    e.base_pb2.HeaderValueOption(
+                        header=e.base_pb2.HeaderValue(key="grpc-status", value="4"),
+                        append_action=e.base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                    )
+                ],
+            )
+        ]
+    )
+
+
 def _plain_hcm(stat_prefix: str, *, edge: bool = False) -> hcm_pb2.HttpConnectionManager:
     return HCM(
         stat_prefix=stat_prefix,
@@ -115,6 +138,7 @@ def _plain_hcm(stat_prefix: str, *, edge: bool = False) -> hcm_pb2.HttpConnectio
         # Only the ingress faces clients directly; sidecars must keep the caller's XFF.
         use_remote_address=e.wrappers_pb2.BoolValue(value=edge),
         stream_idle_timeout=e.duration(STREAM_IDLE_TIMEOUT),
+        local_reply_config=_per_try_timeout_is_a_deadline(),
     )
 
 

@@ -41,6 +41,10 @@ RETRY_ON_TOKENS = {
 }
 # The request never reached a server in these cases, so they are as safe as the method is.
 ALWAYS_RETRIED = ("connect-failure", "refused-stream")
+# Envoy ends a try that outlives per_try_timeout by resetting it, and retries a reset only
+# under `reset` (or `5xx`/`gateway-error`), never under `deadline-exceeded`, which reads the
+# grpc-status of an answer that never came. A reset also covers a connection lost mid-call.
+PER_TRY_TIMEOUT_RETRIED = "reset"
 NO_TIMEOUT = timedelta(0)
 
 
@@ -64,7 +68,11 @@ def honour_grpc_timeout(timeout: timedelta = NO_TIMEOUT) -> route.RouteAction.Ma
 
 
 def retry_policy(retry: EffectiveRetry) -> route.RetryPolicy:
+    """Envoy's retry policy for ``retry``. DEADLINE_EXCEEDED means both an answer with that
+    status and a try cut by the per-try timeout (measured: tests/integration/test_retries_envoy)."""
     tokens = [RETRY_ON_TOKENS[code] for code in retry.retry_on] + list(ALWAYS_RETRIED)
+    if retry.per_try_timeout is not None and RetryOn.DEADLINE_EXCEEDED in retry.retry_on:
+        tokens.append(PER_TRY_TIMEOUT_RETRIED)
     policy = route.RetryPolicy(
         retry_on=",".join(tokens),
         num_retries=e.u32(retry.attempts),
