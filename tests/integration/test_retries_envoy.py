@@ -220,7 +220,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 async def _healthy(envoy: Envoy, cluster: str) -> bool:
     assert envoy.process.poll() is None, f"envoy exited:\n{envoy.log_tail()}"
     status, text = await envoy.get("/clusters")
-    return status == 200 and f"{cluster}::" in text and "healthy" in (await envoy.hosts(cluster)).values()
+    return (
+        status == 200
+        and f"{cluster}::" in text
+        and "healthy" in (await envoy.hosts(cluster)).values()
+    )
 
 
 async def test_a_status_is_retried_exactly_when_retry_on_holds_it(rig: Rig) -> None:
@@ -271,4 +275,3 @@ async def test_the_overall_timeout_ends_retries_with_deadline_exceeded(rig: Rig)
     assert 1.0 <= elapsed < 2.0
     # 300 ms tries (plus Envoy's 25 ms-based backoff) fit three times into the 1 s bound.
     assert 3 <= rig.servicer.attempts["overall"] <= 4
-

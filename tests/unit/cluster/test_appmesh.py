@@ -212,3 +212,28 @@ def test_external_backends_need_allow_all(
     assert objects[("Mesh", "grpcmesh")]["spec"]["egressFilter"] == {"type": "ALLOW_ALL"}
     for obj in objects.values():
         assert crd_errors(obj) == []
+
+
+def test_fault_injection_is_refused_naming_the_field(
+    example_docs: dict[str, Any], appmesh_settings: OperatorSettings, catalog: MethodCatalog
+) -> None:
+    doc = example_docs["catalog"]
+    doc["spec"].setdefault("trafficPolicy", {})["fault"] = {
+        "abort": {"grpcStatus": "UNAVAILABLE", "percentage": 5}
+    }
+    doc["spec"]["methods"] = [
+        {
+            "name": "grpcmesh.shop.v1.CatalogService/GetProduct",
+            "fault": {"delay": {"fixedDelay": "1s", "percentage": 1}},
+        }
+    ]
+    svc = parse_mesh_service(doc, catalog=catalog)
+    problems = render_problems(svc, appmesh_settings, catalog)
+    assert [p.path for p in problems] == ["spec.trafficPolicy.fault", "spec.methods[0].fault"]
+    assert all("appmesh provider cannot inject faults" in p.reason for p in problems)
+    # an empty fault (turning injection off) is expressible: nothing to refuse
+    doc["spec"]["trafficPolicy"]["fault"] = {}
+    doc["spec"]["methods"][0]["fault"] = {}
+    assert (
+        render_problems(parse_mesh_service(doc, catalog=catalog), appmesh_settings, catalog) == ()
+    )

@@ -86,7 +86,7 @@ def test_a_file_that_is_not_a_descriptor_set_is_refused_by_name(tmp_path: Path) 
     (tmp_path / "reviews.binpb").write_bytes(b"this is not protobuf\xff")
     with pytest.raises(InvalidResourceSet, match=r"^reviews\.binpb: not a serialized"):
         load_resources([tmp_path])
-    with pytest.raises(FileNotFoundError, match="missing.binpb"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.binpb"):
         read_descriptor_sets(tmp_path / "missing.binpb")
 
 

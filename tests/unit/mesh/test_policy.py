@@ -7,14 +7,22 @@ from datetime import timedelta
 import pytest
 
 from grpcmesh_control.mesh.model import (
+    FaultAbort,
+    FaultDelay,
+    FaultInjection,
+    GrpcCode,
+    GrpcSpec,
     Idempotency,
     MeshService,
     MethodCatalog,
     MethodInfo,
+    MethodPolicy,
     RetryOn,
+    TrafficPolicy,
     parse_mesh_services_yaml,
 )
 from grpcmesh_control.mesh.translate import EffectiveRetry, RoutePolicy, route_policies
+from grpcmesh_control.mesh.translate.routes import fault_config
 
 SVC = "test.v1.Things"
 CATALOG = MethodCatalog.of(
@@ -139,3 +147,33 @@ def test_reference_inventory(services: dict[str, MeshService], catalog: MethodCa
     reserve = routes[prefix + "ReserveStock"]
     assert reserve.retry is not None and reserve.timeout == timedelta(seconds=3)
     assert routes[prefix + "GetStock"].timeout == timedelta(seconds=2)
+
+
+def test_faults_apply_to_every_method_and_a_method_may_replace_or_drop_them() -> None:
+
+    service = FaultInjection(abort=FaultAbort(GrpcCode.UNAVAILABLE, 12.5))
+    own = FaultInjection(delay=FaultDelay(timedelta(milliseconds=250), 0.0001))
+    svc = MeshService(
+        name="catalog",
+        namespace="default",
+        grpc=GrpcSpec(50051, ("x.Catalog",)),
+        traffic_policy=TrafficPolicy(fault=service),
+        methods=(
+            MethodPolicy("x.Catalog/Slow", fault=own),
+            MethodPolicy("x.Catalog/Off", fault=FaultInjection()),
+        ),
+    )
+    catalog = MethodCatalog.of(
+        {"x.Catalog": [MethodInfo("Get"), MethodInfo("Slow"), MethodInfo("Off")]}
+    )
+    by_path = {p.path: p.fault for p in route_policies(svc, catalog)}
+    assert by_path == {"/x.Catalog/Off": None, "/x.Catalog/Slow": own, "/x.Catalog/": service}
+    abort = fault_config(service).abort
+    assert (abort.grpc_status, abort.percentage.numerator, abort.percentage.denominator) == (
+        14,
+        125_000,
+        2,
+    )
+    delay = fault_config(own).delay
+    assert (delay.fixed_delay.ToMilliseconds(), delay.percentage.numerator) == (250, 1)
+    assert not fault_config(own).HasField("abort")

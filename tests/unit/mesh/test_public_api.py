@@ -13,7 +13,8 @@ def test_model_all() -> None:
     assert sorted(model.__all__) == sorted(
         [
             "API_VERSION", "CRD_PATH", "KIND", "Backend", "CircuitBreaker", "Endpoint", "EnvVar",
-            "ExternalHost", "FieldError", "GrpcSpec", "Idempotency", "InvalidResource", "KeyRef",
+            "ExternalHost", "FaultAbort", "FaultDelay", "FaultInjection", "FieldError",
+            "GrpcCode", "GrpcSpec", "Idempotency", "InvalidResource", "KeyRef",
             "LoadBalancer", "MeshService", "MethodCatalog", "MethodInfo", "MethodPolicy",
             "OutlierDetection", "ResourceList", "Resources", "RetryBudget", "RetryOn",
             "RetryOverride", "RetryPolicy", "ServiceInfo", "TrafficPolicy", "VersionTarget",

@@ -78,6 +78,20 @@ def appmesh_problems(
                     "the appmesh provider reaches external hosts only with the mesh's egress "
                     "filter set to ALLOW_ALL",
                 )
+    # App Mesh routes have no fault injection (its Envoy config is AWS's, not ours).
+    if svc.traffic_policy.fault is not None and svc.traffic_policy.fault.active:
+        yield FieldError(
+            "spec.trafficPolicy.fault",
+            "the appmesh provider cannot inject faults (App Mesh routes have no fault "
+            "injection); use the envoy provider",
+        )
+    for i, method in enumerate(svc.methods):
+        if method.fault is not None and method.fault.active:
+            yield FieldError(
+                f"spec.methods[{i}].fault",
+                "the appmesh provider cannot inject faults (App Mesh routes have no fault "
+                "injection); use the envoy provider",
+            )
     routes = route_policies(svc, catalog or MethodCatalog())
     if len(routes) > _PRIORITY_MAX + 1:
         yield FieldError(

@@ -18,6 +18,10 @@ __all__ = [
     "Endpoint",
     "EnvVar",
     "ExternalHost",
+    "FaultAbort",
+    "FaultDelay",
+    "FaultInjection",
+    "GrpcCode",
     "GrpcSpec",
     "KeyRef",
     "LoadBalancer",
@@ -105,6 +109,60 @@ class CircuitBreaker:
     max_retries: int | None = None
 
 
+class GrpcCode(StrEnum):
+    """The gRPC status codes an injected abort may end a call with (every one but OK)."""
+
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    DATA_LOSS = "DATA_LOSS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+
+    @property
+    def number(self) -> int:
+        """The number on the wire (``grpc-status``): CANCELLED 1 ... UNAUTHENTICATED 16."""
+        return list(GrpcCode).index(self) + 1
+
+
+@dataclass(frozen=True)
+class FaultDelay:
+    """Hold ``percentage`` percent of calls for ``fixed_delay`` before sending them on."""
+
+    fixed_delay: timedelta
+    percentage: float
+
+
+@dataclass(frozen=True)
+class FaultAbort:
+    """End ``percentage`` percent of calls with ``grpc_status`` without sending them on."""
+
+    grpc_status: GrpcCode
+    percentage: float
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Faults injected into calls to a service or method; both ``None`` injects nothing."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.delay is not None or self.abort is not None
+
+
 @dataclass(frozen=True)
 class TrafficPolicy:
     """How callers call the service. The defaults apply when spec.trafficPolicy omits a field."""
@@ -115,6 +173,7 @@ class TrafficPolicy:
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     outlier_detection: OutlierDetection | None = None
     circuit_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    fault: FaultInjection | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +184,8 @@ class MethodPolicy:
     timeout: timedelta | None = None
     idempotent: bool | None = None
     retries: RetryOverride | None = None
+    fault: FaultInjection | None = None
+    """Replaces the service's ``traffic_policy.fault`` for this method when set."""
 
     @property
     def service(self) -> str:

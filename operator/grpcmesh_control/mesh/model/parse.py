@@ -32,6 +32,10 @@ from grpcmesh_control.mesh.model.mesh import (
     Endpoint,
     EnvVar,
     ExternalHost,
+    FaultAbort,
+    FaultDelay,
+    FaultInjection,
+    GrpcCode,
     GrpcSpec,
     KeyRef,
     LoadBalancer,
@@ -236,7 +240,8 @@ def _duration_errors(spec: Doc) -> Iterator[FieldError]:
         except ValueError as exc:  # the pattern held, so it is too long
             yield FieldError(path, str(exc))
             continue
-        if path in _POSITIVE_DURATIONS and value <= timedelta(0):
+        positive = path in _POSITIVE_DURATIONS or path.endswith(".fault.delay.fixedDelay")
+        if positive and value <= timedelta(0):
             yield FieldError(path, f"{text!r} must be greater than zero")
 
 
@@ -253,6 +258,10 @@ def _durations(spec: Doc) -> Iterator[tuple[str, str]]:
         ),
         ("spec.trafficPolicy.outlierDetection.interval", outlier.get("interval")),
         ("spec.trafficPolicy.outlierDetection.baseEjectionTime", outlier.get("baseEjectionTime")),
+        (
+            "spec.trafficPolicy.fault.delay.fixedDelay",
+            policy.get("fault", {}).get("delay", {}).get("fixedDelay"),
+        ),
     ]
     for i, method in enumerate(spec.get("methods", [])):
         candidates += [
@@ -260,6 +269,10 @@ def _durations(spec: Doc) -> Iterator[tuple[str, str]]:
             (
                 f"spec.methods[{i}].retries.perTryTimeout",
                 method.get("retries", {}).get("perTryTimeout"),
+            ),
+            (
+                f"spec.methods[{i}].fault.delay.fixedDelay",
+                method.get("fault", {}).get("delay", {}).get("fixedDelay"),
             ),
         ]
     yield from ((path, text) for path, text in candidates if text is not None)
@@ -436,6 +449,19 @@ def _traffic_policy(doc: Doc) -> TrafficPolicy:
             max_requests=doc.get("circuitBreaker", {}).get("maxRequests"),
             max_retries=doc.get("circuitBreaker", {}).get("maxRetries"),
         ),
+        fault=_fault(doc["fault"]) if "fault" in doc else None,
+    )
+
+
+def _fault(doc: Doc) -> FaultInjection:
+    delay, abort = doc.get("delay"), doc.get("abort")
+    return FaultInjection(
+        delay=None
+        if delay is None
+        else FaultDelay(parse_duration(delay["fixedDelay"]), float(delay["percentage"])),
+        abort=None
+        if abort is None
+        else FaultAbort(GrpcCode(abort["grpcStatus"]), float(abort["percentage"])),
     )
 
 
@@ -483,4 +509,5 @@ def _method(doc: Doc) -> MethodPolicy:
             per_try_timeout=_duration(retries, "perTryTimeout"),
             retry_on=_retry_on(retries["retryOn"]) if "retryOn" in retries else None,
         ),
+        fault=_fault(doc["fault"]) if "fault" in doc else None,
     )

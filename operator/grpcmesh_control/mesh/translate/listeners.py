@@ -16,6 +16,7 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -29,7 +30,7 @@ from grpcmesh_control.mesh.translate.naming import (
     OTLP_COLLECTOR_CLUSTER,
     ProxyNode,
 )
-from grpcmesh_control.mesh.translate.routes import inbound_route_config
+from grpcmesh_control.mesh.translate.routes import FAULT_FILTER, inbound_route_config
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -145,7 +146,12 @@ def _plain_hcm(stat_prefix: str, *, edge: bool = False) -> hcm_pb2.HttpConnectio
 def _rds(
     hcm: hcm_pb2.HttpConnectionManager, route_config_name: str
 ) -> hcm_pb2.HttpConnectionManager:
+    """Routes from RDS: the mesh's service routes, which may inject faults, so the fault filter
+    goes before the router (with no config of its own it does nothing)."""
     hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=e.ads_source(), route_config_name=route_config_name))
+    hcm.http_filters.insert(
+        0, hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=e.pack(fault_pb2.HTTPFault()))
+    )
     return hcm
 
 

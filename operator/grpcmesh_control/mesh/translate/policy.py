@@ -11,8 +11,10 @@ The rules:
   their spec.methods entry sets one, since a route timeout would cut a long-lived stream.
   The inherited per-try timeout is dropped for streaming methods for the same reason.
 - Per-method retry fields override the service's field by field; ``attempts: 0`` disables.
+- Faults (``trafficPolicy.fault``) apply to every method; a method's own ``fault`` replaces
+  the service's for it (an empty one turns injection off there).
 - A method gets its own exact-path route only when its policy differs from the service's
-  prefix route (no retries, the service timeout), which keeps route tables short.
+  prefix route (no retries, the service timeout and fault), which keeps route tables short.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from grpcmesh_control.mesh.model.catalog import MethodCatalog, MethodInfo
-from grpcmesh_control.mesh.model.mesh import MeshService, MethodPolicy, RetryOn
+from grpcmesh_control.mesh.model.mesh import FaultInjection, MeshService, MethodPolicy, RetryOn
 
 __all__ = ["EffectiveRetry", "RoutePolicy", "route_policies"]
 
@@ -44,19 +46,31 @@ class RoutePolicy:
     exact: bool
     timeout: timedelta
     retry: EffectiveRetry | None = None
+    fault: FaultInjection | None = None
+    """Only an active one (something is injected); ``None`` otherwise."""
 
 
 def route_policies(svc: MeshService, catalog: MethodCatalog) -> tuple[RoutePolicy, ...]:
     """Routes of every gRPC service of ``svc``: method routes first, then the service prefix."""
     routes: list[RoutePolicy] = []
     for grpc_service in svc.grpc.services:
-        prefix = RoutePolicy(grpc_service, f"/{grpc_service}/", False, svc.traffic_policy.timeout)
+        prefix = RoutePolicy(
+            grpc_service,
+            f"/{grpc_service}/",
+            False,
+            svc.traffic_policy.timeout,
+            fault=_active(svc.traffic_policy.fault),
+        )
         names = {m.name for m in catalog.methods(grpc_service)} | {
             m.method for m in svc.methods if m.service == grpc_service
         }
         for name in sorted(names):
             route = _method_route(svc, grpc_service, name, catalog.lookup(grpc_service, name))
-            if (route.timeout, route.retry) != (prefix.timeout, prefix.retry):
+            if (route.timeout, route.retry, route.fault) != (
+                prefix.timeout,
+                prefix.retry,
+                prefix.fault,
+            ):
                 routes.append(route)
         routes.append(prefix)
     return tuple(routes)
@@ -77,7 +91,12 @@ def _method_route(
         exact=True,
         timeout=timeout,
         retry=_retry(svc, override, info),
+        fault=_active(override.fault if override.fault is not None else svc.traffic_policy.fault),
     )
+
+
+def _active(fault: FaultInjection | None) -> FaultInjection | None:
+    return fault if fault is not None and fault.active else None
 
 
 def _retry(

@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from envoy.config.route.v3 import route_components_pb2 as route
+from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 
-from grpcmesh_control.mesh.model.mesh import Backend, MeshService, RetryOn
+from grpcmesh_control.mesh.model.mesh import Backend, FaultInjection, MeshService, RetryOn
 from grpcmesh_control.mesh.translate import _envoy as e
 from grpcmesh_control.mesh.translate.naming import (
     EGRESS,
@@ -22,8 +24,10 @@ from grpcmesh_control.mesh.translate.registry import Registry
 
 __all__ = [
     "ALWAYS_RETRIED",
+    "FAULT_FILTER",
     "RETRY_ON_TOKENS",
     "egress_route_config",
+    "fault_config",
     "honour_grpc_timeout",
     "inbound_route_config",
     "ingress_route_config",
@@ -46,6 +50,9 @@ ALWAYS_RETRIED = ("connect-failure", "refused-stream")
 # grpc-status of an answer that never came. A reset also covers a connection lost mid-call.
 PER_TRY_TIMEOUT_RETRIED = "reset"
 NO_TIMEOUT = timedelta(0)
+FAULT_FILTER = "envoy.filters.http.fault"
+"""In the egress and ingress listeners' filter chains (``listeners``), inert there; a route
+with faults configures it through ``typed_per_filter_config``."""
 
 
 def honour_grpc_timeout(timeout: timedelta = NO_TIMEOUT) -> route.RouteAction.MaxStreamDuration:
@@ -116,7 +123,39 @@ def _route(svc: MeshService, policy: RoutePolicy) -> route.Route:
     action.max_stream_duration.CopyFrom(honour_grpc_timeout(policy.timeout))
     if policy.retry is not None:
         action.retry_policy.CopyFrom(retry_policy(policy.retry))
-    return route.Route(name=f"{svc.name}{policy.path}", match=match, route=action)
+    built = route.Route(name=f"{svc.name}{policy.path}", match=match, route=action)
+    if policy.fault is not None:
+        built.typed_per_filter_config[FAULT_FILTER].CopyFrom(e.pack(fault_config(policy.fault)))
+    return built
+
+
+def _fraction(percentage: float) -> e.percent_pb2.FractionalPercent:
+    # Per million, so the CRD's 0.0001 % steps are exact.
+    return e.percent_pb2.FractionalPercent(
+        numerator=round(percentage * 10_000),
+        denominator=e.percent_pb2.FractionalPercent.DenominatorType.MILLION,
+    )
+
+
+def fault_config(fault: FaultInjection) -> fault_pb2.HTTPFault:
+    """Envoy's fault filter config for one route. Faults apply before the router, so an
+    aborted call is never retried and a delay counts against the caller's deadline."""
+    config = fault_pb2.HTTPFault()
+    if fault.delay is not None:
+        config.delay.CopyFrom(
+            common_fault_pb2.FaultDelay(
+                fixed_delay=e.duration(fault.delay.fixed_delay),
+                percentage=_fraction(fault.delay.percentage),
+            )
+        )
+    if fault.abort is not None:
+        config.abort.CopyFrom(
+            fault_pb2.FaultAbort(
+                grpc_status=fault.abort.grpc_status.number,
+                percentage=_fraction(fault.abort.percentage),
+            )
+        )
+    return config
 
 
 def _target(svc: MeshService) -> route.RouteAction:
