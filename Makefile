@@ -73,11 +73,20 @@ manifests: venv ## regenerate manifests/install/operator.yaml from charts/grpcme
 	$(PY) -m scripts.render_manifests
 
 .PHONY: sysdeps
-sysdeps: ## install system packages the tests use (promtool, curl, h2load), if missing
-	@{ command -v promtool && command -v curl && command -v h2load; } >/dev/null || { \
+sysdeps: ## install system packages the tests use (promtool, curl, h2load, node and npm), if missing
+	@{ command -v promtool && command -v curl && command -v h2load && command -v node && command -v npm; } >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  $$SUDO apt-get install -y -qq --no-install-recommends prometheus curl nghttp2-client >/dev/null; }
+	  $$SUDO apt-get install -y -qq --no-install-recommends prometheus curl nghttp2-client nodejs npm >/dev/null; }
+
+JS_TOOLS := tests/js
+
+$(JS_TOOLS)/node_modules/.installed: $(JS_TOOLS)/package.json $(JS_TOOLS)/package-lock.json
+	npm ci --prefix $(JS_TOOLS) --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+.PHONY: test-tools
+test-tools: $(JS_TOOLS)/node_modules/.installed ## install the grpc-js clients some tests run (tests/js, from its lock file)
 
 .PHONY: lint
 lint: gen ## ruff, mypy, import layers (lint-imports), buf lint, buf breaking against the released API
@@ -94,7 +103,7 @@ fmt: venv ## format and autofix
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: test
-test: gen sysdeps lint gen-check ## every test tier (lint, generated files, unit, integration, cluster, images, end to end)
+test: gen sysdeps test-tools lint gen-check ## every test tier (lint, generated files, unit, integration, cluster, images, end to end)
 	$(PY) -m pytest
 
 .PHONY: demo

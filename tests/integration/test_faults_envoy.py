@@ -92,7 +92,9 @@ class Rig:
 
     async def calls(self, method: str, count: int) -> list[tuple[grpc.StatusCode, float]]:
         """``count`` calls, ``CONCURRENCY`` at a time: (status, seconds) of each."""
-        stub = self.channel.unary_unary(f"/{SERVICE}/{method}")
+        stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(
+            f"/{SERVICE}/{method}"
+        )
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(CONCURRENCY)
 
@@ -112,7 +114,7 @@ class Rig:
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     reached: collections.Counter[str] = collections.Counter()
 
-    def answer(method: str) -> grpc.RpcMethodHandler:
+    def answer(method: str) -> grpc.RpcMethodHandler[bytes, bytes]:
         async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             reached[method] += 1
             return b""
@@ -194,18 +196,20 @@ async def test_injected_abort_and_delay_rates_are_the_configured_ones(rig: Rig) 
     # Envoy draws the delay, then the abort, independently: any call may be delayed.
     delayed = await rig.envoy.stat("http.egress.fault.delays_injected")
     assert delayed is not None and within(delayed, DELAY_PERCENT), delayed
-    # ... and a delayed call took the delay: at least that many calls took that long, and
-    # (the machine may be loaded, so slowness is allowed a margin) not many more
+    # ... and a delayed call took the delay: at least that many calls took that long (an upper
+    # bound would measure the machine's load, not Envoy)
     slow = sum(1 for _, t in results if t >= DELAY - TIMER_SLACK)
-    assert delayed <= slow <= delayed + CALLS // 20, (delayed, slow)
+    assert slow >= delayed, (delayed, slow)
 
 
 async def test_a_methods_own_fault_replaces_the_services(rig: Rig) -> None:
     slow = await rig.calls("Slow", 20)
-    assert {code for code, _ in slow} == {grpc.StatusCode.OK}  # no abort: replaced
+    assert {code for code, _ in slow} == {grpc.StatusCode.OK}, slow  # no abort: replaced
     assert min(t for _, t in slow) >= SLOW_DELAY - TIMER_SLACK
-    assert max(t for _, t in slow) < SLOW_DELAY + 2.0
+    assert await rig.envoy.stat("http.egress.fault.delays_injected") == 20
     calm = await rig.calls("Calm", 100)
-    assert {code for code, _ in calm} == {grpc.StatusCode.OK}
-    assert max(t for _, t in calm) < DELAY
+    assert {code for code, _ in calm} == {grpc.StatusCode.OK}, calm
     assert rig.reached["Calm"] == 100
+    # turned off: Envoy injected nothing more (its counters, not timing, on a loaded machine)
+    assert await rig.envoy.stat("http.egress.fault.delays_injected") == 20
+    assert await rig.envoy.stat("http.egress.fault.aborts_injected") in (0, None)

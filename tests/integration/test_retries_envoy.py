@@ -137,7 +137,7 @@ class FlakyServicer:
         return b""
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
-        call = grpc.unary_unary_rpc_method_handler(self.handle)
+        call: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(self.handle)
         return [
             grpc.method_handlers_generic_handler(p.grpc_service, {"Call": call}) for p in POLICIES
         ]
@@ -159,7 +159,7 @@ class Rig:
                 self.egress, options=[("grpc.default_authority", policy.name)]
             )
             self.channels[policy.name] = channel
-        stub = channel.unary_unary(policy.path)
+        stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(policy.path)
         metadata = (("call-id", call_id), ("fail-code", fail_code), ("fail-times", str(fail_times)))
         try:
             await stub(b"", metadata=metadata, timeout=10)

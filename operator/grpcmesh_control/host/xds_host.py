@@ -33,6 +33,8 @@ from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from grpcmesh_control.host.metrics import ControlPlaneMetrics, MeteredSnapshotCache
+from grpcmesh_control.host.reflection import ExposedReflection
+from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.clock import Clock
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
@@ -74,6 +76,7 @@ class XdsHost:
         max_delay: float = DEFAULT_MAX_DELAY,
         problems: Callable[[], Sequence[str]] = tuple,
         origin_of: Callable[[MeshService], str | None] = lambda svc: None,
+        protos: Callable[[], ProtoSet] | None = None,
     ) -> None:
         self.metrics = ControlPlaneMetrics()
         self.cache = MeteredSnapshotCache(self.metrics)
@@ -88,6 +91,15 @@ class XdsHost:
         self._problems = problems
         self._origin_of = origin_of
         self._server: grpc.aio.Server | None = None
+        self.reflection = (
+            None if protos is None else ExposedReflection(protos, self._exposed_grpc_services)
+        )
+        """Server reflection for the exposed services, on the xDS port (the ingress routes it
+        there); only when the mode gives the host its protos."""
+
+    def _exposed_grpc_services(self) -> tuple[str, ...]:
+        registry = self.publisher.registry
+        return () if registry is None else registry.exposed_grpc_services()
 
     # --- HTTP --------------------------------------------------------------------------------
 
@@ -163,6 +175,8 @@ class XdsHost:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AdsServicer(self.cache, on_push=self.metrics.pushed), server
         )
+        if self.reflection is not None:
+            server.add_generic_rpc_handlers(self.reflection.handlers())
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

@@ -113,6 +113,7 @@ class ControlPlane:
             max_delay=settings.debounce_max_delay,
             problems=lambda: self.sources.problems,
             origin_of=lambda svc: self.sources.resources.file_of(svc.key),
+            protos=lambda: self.protos,
         )
         self.metrics, self.cache, self.publisher = (
             self.host.metrics,

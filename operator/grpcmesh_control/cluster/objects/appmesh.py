@@ -85,8 +85,8 @@ def appmesh_problems(
             "the appmesh provider cannot inject faults (App Mesh routes have no fault "
             "injection); use the envoy provider",
         )
-    for i, method in enumerate(svc.methods):
-        if method.fault is not None and method.fault.active:
+    for i, override in enumerate(svc.methods):
+        if override.fault is not None and override.fault.active:
             yield FieldError(
                 f"spec.methods[{i}].fault",
                 "the appmesh provider cannot inject faults (App Mesh routes have no fault "

@@ -36,6 +36,7 @@ __all__ = [
     "envoy_command",
     "render_bootstrap",
     "render_local_overlay",
+    "xds_cluster",
 ]
 
 XDS_CLUSTER = "xds_cluster"
@@ -104,7 +105,7 @@ def render_bootstrap(
             lds_config=e.ads_source(),
         ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            clusters=[_xds_cluster(host, port, xds_connect_timeout)]
+            clusters=[xds_cluster(host, port, xds_connect_timeout)]
         ),
         overload_manager=_overload_manager(max_downstream_connections),
     )
@@ -196,7 +197,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _xds_cluster(host: str, port: int, connect_timeout: timedelta) -> e.cluster_pb2.Cluster:
+def xds_cluster(host: str, port: int, connect_timeout: timedelta) -> e.cluster_pb2.Cluster:
     keepalive = e.protocol_pb2.KeepaliveSettings(
         # Detect a dead control plane (or a silently dropped connection) within ~35 s.
         interval=e.duration(timedelta(seconds=30)),

@@ -117,6 +117,15 @@ class Registry:
         """Services routed at the ingress gateway (``spec.expose``), by name."""
         return tuple(s for s in self.services if s.expose)
 
+    def exposed_grpc_services(self) -> tuple[str, ...]:
+        """The gRPC services the ingress routes: those of exposed services that own them."""
+        return tuple(
+            name
+            for svc in self.exposed_services()
+            for name in svc.grpc.services
+            if self.grpc_owners.get(name) == svc.name
+        )
+
     def resolved_backends(self, svc: MeshService) -> tuple[Backend, ...]:
         """``svc``'s backends that can be routed: external ones and existing MeshServices."""
         return tuple(b for b in svc.backends if b.external is not None or b.name in self._by_name)

@@ -11,6 +11,7 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 
 from grpcmesh_control.mesh.model.mesh import Backend, FaultInjection, MeshService, RetryOn
 from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.bootstrap import XDS_CLUSTER
 from grpcmesh_control.mesh.translate.naming import (
     EGRESS,
     INBOUND,
@@ -25,6 +26,7 @@ from grpcmesh_control.mesh.translate.registry import Registry
 __all__ = [
     "ALWAYS_RETRIED",
     "FAULT_FILTER",
+    "REFLECTION_SERVICES",
     "RETRY_ON_TOKENS",
     "egress_route_config",
     "fault_config",
@@ -50,6 +52,12 @@ ALWAYS_RETRIED = ("connect-failure", "refused-stream")
 # grpc-status of an answer that never came. A reset also covers a connection lost mid-call.
 PER_TRY_TIMEOUT_RETRIED = "reset"
 NO_TIMEOUT = timedelta(0)
+REFLECTION_SERVICES = (
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+)
+"""Routed from the ingress to the control plane (``host.reflection``), which answers for
+exactly the exposed services. Both versions: grpcurl asks v1 first, older clients v1alpha."""
 FAULT_FILTER = "envoy.filters.http.fault"
 """In the egress and ingress listeners' filter chains (``listeners``), inert there; a route
 with faults configures it through ``typed_per_filter_config``."""
@@ -218,15 +226,33 @@ def egress_route_config(svc: MeshService, registry: Registry) -> e.route_pb2.Rou
 
 
 def ingress_route_config(registry: Registry) -> e.route_pb2.RouteConfiguration:
-    """Every exposed MeshService (``spec.expose``), routed by the gRPC service in the path."""
+    """Every exposed MeshService (``spec.expose``), routed by the gRPC service in the path,
+    then server reflection, answered by the control plane over the node's xDS cluster (an
+    exposed service that declares a reflection service itself keeps its own)."""
     routes = [
         r
         for svc in registry.exposed_services()
         for r in service_routes(svc, registry, ingress=True)
     ]
+    routes += [_reflection_route(name) for name in REFLECTION_SERVICES]
     return e.route_pb2.RouteConfiguration(
         name=INGRESS,
         virtual_hosts=[route.VirtualHost(name=INGRESS, domains=["*"], routes=routes)],
+    )
+
+
+def _reflection_route(grpc_service: str) -> route.Route:
+    # A reflection stream lasts as long as the client keeps it: no route deadline, the
+    # caller's own bounds it.
+    action = route.RouteAction(
+        cluster=XDS_CLUSTER,
+        timeout=e.duration(NO_TIMEOUT),
+        max_stream_duration=honour_grpc_timeout(),
+    )
+    return route.Route(
+        name=f"reflection/{grpc_service}",
+        match=route.RouteMatch(prefix=f"/{grpc_service}/"),
+        route=action,
     )
 
 

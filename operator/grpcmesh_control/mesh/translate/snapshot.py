@@ -28,6 +28,7 @@ from google.protobuf import message
 
 from grpcmesh_control.mesh.errors import InconsistentSnapshot
 from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.bootstrap import XDS_CLUSTER
 from grpcmesh_control.mesh.translate.listeners import HCM_FILTER
 from grpcmesh_control.mesh.translate.versioned import (
     PUSH_ORDER,
@@ -137,7 +138,8 @@ def check_consistency(
     ]
 
     inline = [hcm.route_config for _, hcm in managers if hcm.HasField("route_config")]
-    cluster_names = {c.name for c in clusters}
+    # The xDS cluster is static in every node's bootstrap (the ingress routes reflection to it).
+    cluster_names = {c.name for c in clusters} | {XDS_CLUSTER}
     for config in [*routes, *inline]:
         for target in sorted(set(_route_targets(config)) - cluster_names):
             problems.append(

@@ -8,9 +8,12 @@ suspected. Not used on the serving path.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.bootstrap import XDS_CLUSTER, xds_cluster
 from grpcmesh_control.mesh.translate.listeners import HCM_FILTER
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
 from grpcmesh_control.mesh.translate.snapshot import Snapshot
@@ -22,8 +25,14 @@ HCM = e.http_connection_manager_pb2.HttpConnectionManager
 
 
 def static_bootstrap(
-    snapshot: Snapshot, *, admin_port: int, cluster: str = "static"
+    snapshot: Snapshot,
+    *,
+    admin_port: int,
+    cluster: str = "static",
+    xds_address: tuple[str, int] = (LOCALHOST, 18000),
 ) -> bootstrap_pb2.Bootstrap:
+    """``xds_address``: where the control plane would be, for routes to it (the ingress
+    routes server reflection there)."""
     routes = {r.name: r for r in snapshot.routes}
     assignments = {a.cluster_name: a for a in snapshot.endpoints}
 
@@ -52,6 +61,13 @@ def static_bootstrap(
             static.type = Cluster.DiscoveryType.STATIC
             static.load_assignment.CopyFrom(assignments[name])
         clusters.append(static)
+    if any(
+        r.route.cluster == XDS_CLUSTER
+        for config in snapshot.routes
+        for host in config.virtual_hosts
+        for r in host.routes
+    ):
+        clusters.append(xds_cluster(*xds_address, connect_timeout=timedelta(seconds=1)))
 
     return bootstrap_pb2.Bootstrap(
         node=e.base_pb2.Node(id=snapshot.node_id, cluster=cluster),
