@@ -67,3 +67,20 @@ def test_a_descriptor_set_gives_what_the_generated_code_gives() -> None:
     for module in (catalog_pb2, common_pb2, inventory_pb2, orders_pb2, payments_pb2):
         module.DESCRIPTOR.CopyToProto(file_set.file.add())
     assert catalog_from_descriptor_set(file_set.SerializeToString()) == load_catalog()
+
+
+def test_the_files_are_kept_for_reflection_at_the_ingress() -> None:
+    from grpcmesh_control.cluster.controller.descriptors import protos_of_config_maps
+    from grpcmesh_control.host.reflection import exposed_pool
+
+    file = descriptor_pb2.FileDescriptorProto(name="reviews.proto", package="acme.v1")
+    file.message_type.add(name="Review")
+    file.service.add(name="Reviews").method.add(
+        name="GetReview", input_type=".acme.v1.Review", output_type=".acme.v1.Review"
+    )
+    data = descriptor_pb2.FileDescriptorSet(file=[file]).SerializeToString()
+    protos, problems = protos_of_config_maps([_config_map("team-a", "reviews", api=data)])
+    assert problems == () and [f.package for f in protos.files] == ["acme.v1"]
+    pool, names = exposed_pool(protos, ["acme.v1.Reviews"])
+    assert names == ("acme.v1.Reviews",)
+    assert pool.FindServiceByName("acme.v1.Reviews").FindMethodByName("GetReview") is not None

@@ -9,6 +9,8 @@ service defined twice). The chart ships the reference services' set this way.
 
 Without a set for a service, its methods are unknown: nothing is retried (retries need the
 proto's ``idempotency_level``) and ``spec.methods`` names are not checked against the proto.
+The files themselves are kept too (``protos_of_config_maps``): server reflection at the ingress
+describes the exposed services from them (``host.reflection``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from grpcmesh_control.mesh.catalogs import catalog_from_descriptor_set
+from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.model import MethodCatalog
 
-__all__ = ["DESCRIPTOR_SET_LABEL", "catalog_of_config_maps"]
+__all__ = ["DESCRIPTOR_SET_LABEL", "catalog_of_config_maps", "protos_of_config_maps"]
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +36,31 @@ def catalog_of_config_maps(
 ) -> tuple[MethodCatalog, tuple[str, ...]]:
     """The merged catalog of ``config_maps``, and a problem per value that is not a
     base64-encoded ``FileDescriptorSet`` (skipped, so one bad ConfigMap spoils nothing)."""
+    protos, problems = protos_of_config_maps(config_maps)
+    return protos.catalog, problems
+
+
+def protos_of_config_maps(
+    config_maps: Iterable[Mapping[str, Any]],
+) -> tuple[ProtoSet, tuple[str, ...]]:
+    """The proto files of ``config_maps`` merged in order (a later copy of a file wins), and
+    the problems ``catalog_of_config_maps`` reports."""
 
     def order(body: Mapping[str, Any]) -> tuple[str, str]:
         meta = body.get("metadata") or {}
         return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
-    catalog = MethodCatalog()
+    protos = ProtoSet()
     problems: list[str] = []
     for body in sorted(config_maps, key=order):
         namespace, name = order(body)
         for key, encoded in sorted((body.get("binaryData") or {}).items()):
             try:
-                found = catalog_from_descriptor_set(base64.b64decode(encoded, validate=True))
+                found = ProtoSet.parse(base64.b64decode(encoded, validate=True))
             except (ValueError, binascii.Error, TypeError) as exc:
                 problems.append(f"ConfigMap {namespace}/{name} binaryData.{key}: {exc}")
                 continue
-            catalog = catalog.merged(found)
+            protos = protos.merged(found)
     for problem in problems:
         log.warning("ignoring a descriptor set: %s", problem)
-    return catalog, tuple(problems)
+    return protos, tuple(problems)

@@ -38,7 +38,7 @@ from aiohttp import web
 from grpcmesh_control.cluster.controller.client import MESH_SERVICE, ApiError, KubeClient
 from grpcmesh_control.cluster.controller.descriptors import (
     DESCRIPTOR_SET_LABEL,
-    catalog_of_config_maps,
+    protos_of_config_maps,
 )
 from grpcmesh_control.cluster.controller.events import EventPoster
 from grpcmesh_control.cluster.controller.handlers import register_handlers
@@ -57,6 +57,7 @@ from grpcmesh_control.cluster.objects.kinds import (
 )
 from grpcmesh_control.cluster.objects.status import WorkloadRollout
 from grpcmesh_control.host.xds_host import XdsHost
+from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.errors import InvalidNodeId
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.translate import NodeId
@@ -80,8 +81,12 @@ class Operator:
         self.catalog = self._base_catalog
         """The base catalog merged with every descriptor-set ConfigMap (``descriptors``)."""
         self._descriptor_maps: dict[Key, dict[str, Any]] = {}
+        self.protos = ProtoSet()
+        """Every descriptor-set ConfigMap's files: reflection at the ingress answers from them."""
         # The same xDS host local mode runs; /status and /debug/* show what it serves.
-        self.host = XdsHost(catalog, problems=lambda: self.state.problems())
+        self.host = XdsHost(
+            catalog, problems=lambda: self.state.problems(), protos=lambda: self.protos
+        )
         self.metrics, self.cache, self.publisher = (
             self.host.metrics,
             self.host.cache,
@@ -175,8 +180,8 @@ class Operator:
             self._descriptor_maps.pop(key, None)
         else:
             self._descriptor_maps[key] = dict(body)
-        catalog, _ = catalog_of_config_maps(self._descriptor_maps.values())
-        catalog = self._base_catalog.merged(catalog)
+        self.protos, _ = protos_of_config_maps(self._descriptor_maps.values())
+        catalog = self._base_catalog.merged(self.protos.catalog)
         if catalog == self.catalog:
             return
         self.catalog = catalog
