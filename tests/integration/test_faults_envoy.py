@@ -23,7 +23,15 @@ import pytest
 import yaml
 from google.protobuf import descriptor_pb2
 
-from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from tests.integration.rig import (
+    CALLER_SERVICE,
+    PROBE_PACKAGE,
+    SERVING_TIMEOUT,
+    caller_resource,
+    caller_sidecar,
+    has_healthy_host,
+    probe_descriptor_set,
+)
 from tests.integration.test_control_plane_envoy import (
     Envoy,
     in_process_control_plane,
@@ -31,11 +39,11 @@ from tests.integration.test_control_plane_envoy import (
     running_envoy,
     write_endpoints,
 )
-from tests.loopback import free_port
 
 pytestmark = pytest.mark.slow
 
-SERVICE = "grpcmesh.probe.v1.Faulty"
+SERVICE = f"{PROBE_PACKAGE}.Faulty"
+METHODS = ("Call", "Slow", "Calm")
 CALLS = 400
 CONCURRENCY = 20
 ABORT_PERCENT = 20.0
@@ -69,19 +77,6 @@ def faulty_resource(port: int) -> dict[str, Any]:
             ],
         },
     }
-
-
-def descriptor_set() -> bytes:
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="grpcmesh/probe/v1/faulty.proto", package="grpcmesh.probe.v1", syntax="proto3"
-    )
-    proto.message_type.add(name="Blob")
-    service = proto.service.add(name="Faulty")
-    for name in ("Call", "Slow", "Calm"):
-        service.method.add(
-            name=name, input_type=".grpcmesh.probe.v1.Blob", output_type=".grpcmesh.probe.v1.Blob"
-        )
-    return descriptor_pb2.FileDescriptorSet(file=[proto]).SerializeToString()
 
 
 @dataclass
@@ -123,37 +118,22 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                SERVICE, {m: answer(m) for m in ("Call", "Slow", "Calm")}
-            )
-        ]
+        [grpc.method_handlers_generic_handler(SERVICE, {m: answer(m) for m in METHODS})]
     )
     app_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     run = tmp_path / "run"
     (run / "resources").mkdir(parents=True)
-    caller = {
-        "apiVersion": "grpcmesh.io/v1alpha1",
-        "kind": "MeshService",
-        "metadata": {"name": "caller"},
-        "spec": {
-            "grpc": {"port": free_port(), "services": ["grpcmesh.probe.v1.Caller"]},
-            "backends": [{"name": "faulty"}],
-        },
-    }
-    (run / "resources" / "rig.yaml").write_text(
-        yaml.safe_dump_all([caller, faulty_resource(app_port)])
+    documents = [caller_resource(["faulty"]), faulty_resource(app_port)]
+    (run / "resources" / "rig.yaml").write_text(yaml.safe_dump_all(documents))
+    unknown = descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN  # no retries to blur the rates
+    faulty = probe_descriptor_set(
+        "grpcmesh/probe/v1/faulty.proto",
+        {SERVICE: dict.fromkeys(METHODS, unknown), CALLER_SERVICE: {}},
     )
-    (run / "resources" / "faulty.binpb").write_bytes(descriptor_set())
+    (run / "resources" / "faulty.binpb").write_bytes(faulty)
     write_endpoints(run, ("faulty", app_port, True))
-    node = ProxyNode(
-        NodeId.parse("sidecar~caller~0"),
-        inbound_port=free_port(),
-        egress_port=free_port(),
-        app_port=free_port(),
-        bind_address="127.0.0.1",
-    )
+    node = caller_sidecar()
     try:
         async with (
             in_process_control_plane(run) as served,
@@ -162,20 +142,14 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
                 f"127.0.0.1:{node.egress_port}", options=[("grpc.default_authority", "faulty")]
             ) as channel,
         ):
-            await poll(lambda: _healthy(envoy), "faulty's endpoint at the caller's sidecar")
+            await poll(
+                lambda: has_healthy_host(envoy, "faulty|v1", "egress"),
+                "faulty's endpoint at the caller's sidecar",
+                SERVING_TIMEOUT,
+            )
             yield Rig(envoy, channel, reached)
     finally:
         await server.stop(grace=None)
-
-
-async def _healthy(envoy: Envoy) -> bool:
-    assert envoy.process.poll() is None, f"envoy exited:\n{envoy.log_tail()}"
-    status, text = await envoy.get("/clusters")
-    return (
-        status == 200
-        and "faulty|v1::127.0.0.1" in text
-        and "healthy" in (await envoy.hosts("faulty|v1")).values()
-    )
 
 
 def within(count: int, percent: float, total: int = CALLS) -> bool:

@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from grpcmesh.shop.v1 import catalog_pb2
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from tests.integration.rig import SERVING_TIMEOUT, has_healthy_host
 from tests.integration.test_control_plane_envoy import (
     EXAMPLES,
     Envoy,
@@ -83,20 +84,14 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
             in_process_control_plane(run) as served,
             running_envoy(tmp_path, served.xds, node=node) as envoy,
         ):
-            await poll(lambda: _healthy(envoy), "catalog's endpoint at the ingress")
+            await poll(
+                lambda: has_healthy_host(envoy, "catalog|v1", "ingress"),
+                "catalog's endpoint at the ingress",
+                SERVING_TIMEOUT,
+            )
             yield Gateway(envoy, f"127.0.0.1:{node.ingress_port}")
     finally:
         await server.stop(grace=None)
-
-
-async def _healthy(envoy: Envoy) -> bool:
-    assert envoy.process.poll() is None, f"envoy exited:\n{envoy.log_tail()}"
-    status, text = await envoy.get("/clusters")
-    return (
-        status == 200
-        and "catalog|v1::127.0.0.1" in text
-        and "healthy" in (await envoy.hosts("catalog|v1")).values()
-    )
 
 
 @pytest.fixture

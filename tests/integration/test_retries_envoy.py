@@ -35,7 +35,15 @@ import yaml
 from google.protobuf import descriptor_pb2
 
 from grpcmesh_control.mesh.model import RetryOn
-from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from tests.integration.rig import (
+    CALLER_SERVICE,
+    PROBE_PACKAGE,
+    SERVING_TIMEOUT,
+    caller_resource,
+    caller_sidecar,
+    has_healthy_host,
+    probe_descriptor_set,
+)
 from tests.integration.test_control_plane_envoy import (
     Envoy,
     in_process_control_plane,
@@ -43,11 +51,9 @@ from tests.integration.test_control_plane_envoy import (
     running_envoy,
     write_endpoints,
 )
-from tests.loopback import free_port
 
 pytestmark = pytest.mark.slow
 
-PACKAGE = "grpcmesh.probe.v1"
 PER_TRY = 0.2
 HANG = 5.0  # longer than any bound below: only Envoy ends a hanging attempt
 
@@ -66,7 +72,7 @@ class Policy:
 
     @property
     def grpc_service(self) -> str:
-        return f"{PACKAGE}.{self.name.title().replace('-', '')}"
+        return f"{PROBE_PACKAGE}.{self.name.title().replace('-', '')}"
 
     @property
     def path(self) -> str:
@@ -101,20 +107,6 @@ OVERALL = Policy(
     "overall", (RetryOn.DEADLINE_EXCEEDED,), attempts=10, per_try_timeout="300ms", timeout="1s"
 )
 POLICIES = [*STATUS_POLICIES, PER_TRY_DEADLINE, PER_TRY_UNAVAILABLE, OVERALL]
-
-
-def probe_descriptor_set(services: list[str]) -> bytes:
-    """One proto file declaring each service with one ``NO_SIDE_EFFECTS`` method, ``Call``."""
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="grpcmesh/probe/v1/probe.proto", package=PACKAGE, syntax="proto3"
-    )
-    proto.message_type.add(name="Blob")
-    for service in services:
-        method = proto.service.add(name=service.rpartition(".")[2]).method.add(
-            name="Call", input_type=f".{PACKAGE}.Blob", output_type=f".{PACKAGE}.Blob"
-        )
-        method.options.idempotency_level = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
-    return descriptor_pb2.FileDescriptorSet(file=[proto]).SerializeToString()
 
 
 class FlakyServicer:
@@ -177,27 +169,15 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await server.start()
     run = tmp_path / "run"
     (run / "resources").mkdir(parents=True)
-    caller = {
-        "apiVersion": "grpcmesh.io/v1alpha1",
-        "kind": "MeshService",
-        "metadata": {"name": "caller"},
-        "spec": {
-            "grpc": {"port": free_port(), "services": [f"{PACKAGE}.Caller"]},
-            "backends": [{"name": p.name} for p in POLICIES],
-        },
-    }
-    documents = [caller, *(p.resource(app_port) for p in POLICIES)]
+    documents = [caller_resource(p.name for p in POLICIES)]
+    documents += [p.resource(app_port) for p in POLICIES]
     (run / "resources" / "rig.yaml").write_text(yaml.safe_dump_all(documents))
-    services = [f"{PACKAGE}.Caller", *(p.grpc_service for p in POLICIES)]
-    (run / "resources" / "probe.binpb").write_bytes(probe_descriptor_set(services))
+    safe = {"Call": descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS}
+    services = {p.grpc_service: safe for p in POLICIES} | {CALLER_SERVICE: {}}
+    probes = probe_descriptor_set("grpcmesh/probe/v1/probe.proto", services)
+    (run / "resources" / "probe.binpb").write_bytes(probes)
     write_endpoints(run, *((p.name, app_port, True) for p in POLICIES))
-    node = ProxyNode(
-        NodeId.parse("sidecar~caller~0"),
-        inbound_port=free_port(),
-        egress_port=free_port(),
-        app_port=free_port(),
-        bind_address="127.0.0.1",
-    )
+    node = caller_sidecar()
     rig = None
     try:
         async with (
@@ -207,24 +187,15 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             rig = Rig(envoy, f"127.0.0.1:{node.egress_port}", servicer, {})
             for policy in POLICIES:
                 await poll(
-                    lambda p=policy: _healthy(envoy, f"{p.name}|v1"),  # type: ignore[misc]
+                    lambda p=policy: has_healthy_host(envoy, f"{p.name}|v1", "egress"),  # type: ignore[misc]
                     f"{policy.name}'s endpoint at the caller's sidecar",
+                    SERVING_TIMEOUT,
                 )
             yield rig
     finally:
         for channel in rig.channels.values() if rig else ():
             await channel.close()
         await server.stop(grace=None)
-
-
-async def _healthy(envoy: Envoy, cluster: str) -> bool:
-    assert envoy.process.poll() is None, f"envoy exited:\n{envoy.log_tail()}"
-    status, text = await envoy.get("/clusters")
-    return (
-        status == 200
-        and f"{cluster}::" in text
-        and "healthy" in (await envoy.hosts(cluster)).values()
-    )
 
 
 async def test_a_status_is_retried_exactly_when_retry_on_holds_it(rig: Rig) -> None:
