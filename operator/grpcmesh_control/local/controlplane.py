@@ -33,6 +33,7 @@ from grpcmesh_control.local.sources.descriptors import local_protos, read_descri
 from grpcmesh_control.local.watcher import DEFAULT_POLL_INTERVAL, FileSources
 from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.clock import Clock, SystemClock
+from grpcmesh_control.mesh.errors import InvalidResourceSet
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
@@ -91,7 +92,9 @@ class ControlPlane:
     ``metrics``), for tests and debugging.
 
     The protos it knows (``protos``; ``catalog`` is theirs unless given) are the reference set
-    and the descriptor sets (``*.binpb``) in the run directory's ``resources/`` at start."""
+    and the descriptor sets (``*.binpb``) in the run directory's ``resources/``, polled like the
+    resources: a set added or changed there changes retries, method checks and reflection
+    without a restart (``reload_protos``)."""
 
     def __init__(
         self,
@@ -102,16 +105,17 @@ class ControlPlane:
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.protos: ProtoSet = local_protos(
-            read_descriptor_sets(settings.state_dir / RESOURCES_DIR), where=f"{RESOURCES_DIR}/"
-        )
+        self._sets = read_descriptor_sets(settings.state_dir / RESOURCES_DIR)
+        self.protos: ProtoSet = local_protos(self._sets, where=f"{RESOURCES_DIR}/")
+        self._protos_problems: tuple[str, ...] = ()
+        self._fixed_catalog = catalog is not None
         catalog = catalog if catalog is not None else self.protos.catalog
         self.host = XdsHost(
             catalog,
             clock=self.clock,
             window=settings.debounce_window,
             max_delay=settings.debounce_max_delay,
-            problems=lambda: self.sources.problems,
+            problems=lambda: [*self.sources.problems, *self._protos_problems],
             origin_of=lambda svc: self.sources.resources.file_of(svc.key),
             protos=lambda: self.protos,
         )
@@ -122,6 +126,37 @@ class ControlPlane:
         )
         self.sources = FileSources(settings.state_dir, self.publisher.update, catalog=catalog)
         self.metrics.observe(cache=self.cache, source_problems=lambda: len(self.sources.problems))
+
+    def reload_protos(self) -> bool:
+        """Read the descriptor sets again; when they changed and are valid, use them (the
+        resources are validated again and the mesh rebuilt). Returns whether they were used.
+        An invalid set is a problem in ``/status``; the last valid protos stay."""
+        try:
+            sets = read_descriptor_sets(self.settings.state_dir / RESOURCES_DIR)
+        except OSError:  # replaced between listing and reading: next poll
+            return False
+        if sets == self._sets:
+            return False
+        self._sets = sets
+        try:
+            protos = local_protos(sets, where=f"{RESOURCES_DIR}/")
+        except InvalidResourceSet as exc:
+            self._protos_problems = tuple(str(p) for p in exc.problems)
+            log.warning("invalid descriptor sets, keeping the last valid protos:\n%s", exc)
+            return False
+        self._protos_problems = ()
+        self.protos = protos
+        log.info("protos: %d gRPC services", len(protos.catalog.service_names))
+        if not self._fixed_catalog:
+            self.sources.set_catalog(protos.catalog)
+            self.publisher.set_catalog(protos.catalog)
+            self.sources.reload()
+        return True
+
+    async def _watch_protos(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.poll_interval)
+            self.reload_protos()
 
     def http_app(self) -> web.Application:
         return self.host.http_app([apply_route(self.sources, self.publisher)])
@@ -160,6 +195,7 @@ class ControlPlane:
                         self.sources.watch(self.clock, settings.poll_interval), name="watcher"
                     )
                     tasks.create_task(self.host.wait_for_termination(), name="xds-server")
+                    tasks.create_task(self._watch_protos(), name="protos")
         finally:
             if ready_written and settings.ready_file is not None:
                 settings.ready_file.unlink(missing_ok=True)

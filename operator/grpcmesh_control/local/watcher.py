@@ -127,6 +127,12 @@ class FileSources:
         self.endpoints = loaded
         return True
 
+    def set_catalog(self, catalog: MethodCatalog) -> None:
+        """Validate with ``catalog`` from now on (new protos): the resources are parsed again
+        at the next ``reload``, and may now be refused (a method name the protos lack)."""
+        self._catalog = catalog
+        self._resources_digest = None
+
     async def watch(self, clock: Clock, interval: float = DEFAULT_POLL_INTERVAL) -> None:
         """Reload every ``interval`` seconds, until cancelled."""
         while True:

@@ -100,3 +100,36 @@ def test_a_later_set_replaces_a_file_of_the_same_name() -> None:
     assert len(merged.files) == 1
     info = merged.catalog.lookup(REVIEWS, "ListReviews")
     assert info is not None and info.idempotency is Idempotency.IDEMPOTENT
+
+
+def test_the_control_plane_takes_a_set_dropped_in_while_it_runs(tmp_path: Path) -> None:
+    from grpcmesh_control.local.controlplane import ControlPlane, ControlPlaneSettings
+
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    (resources / "reviews.yaml").write_text(reviews_yaml())
+    cp = ControlPlane(ControlPlaneSettings(tmp_path))
+    cp.sources.reload()
+    cp.publisher.rebuild()
+
+    def retried() -> dict[str, int]:
+        registry = cp.publisher.registry
+        assert registry is not None
+        (reviews,) = [s for s in registry.services if s.name == "reviews"]
+        return {
+            p.path: p.retry.attempts for p in route_policies(reviews, registry.catalog) if p.retry
+        }
+
+    assert retried() == {}  # protos unknown: nothing is safe to retry
+    assert cp.reload_protos() is False  # nothing changed
+
+    (resources / "reviews.binpb").write_bytes(reviews_set())
+    assert cp.reload_protos() is True
+    cp.publisher.rebuild()
+    assert retried() == {f"/{REVIEWS}/ListReviews": 3}
+    assert cp.protos.catalog.knows(REVIEWS)
+
+    (resources / "reviews.binpb").write_bytes(b"not a descriptor set\xff")
+    assert cp.reload_protos() is False
+    assert any("reviews.binpb: not a serialized" in p for p in cp.host.status()["problems"])
+    assert cp.protos.catalog.knows(REVIEWS)  # the last valid protos stay
