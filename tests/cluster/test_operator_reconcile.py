@@ -260,7 +260,7 @@ def test_the_method_catalog_follows_descriptor_set_config_maps(
 ) -> None:
     """The chart's descriptor-set ConfigMap, applied and deleted while the operator runs,
     adds and removes the shop's gRPC services in its method catalog (watched, not listed
-    once)."""
+    once), and their proto files, which reflection at the ingress answers from."""
     release = f"cat-{ns.rsplit('-', 1)[-1]}"
     rendered = render({}, release=release, namespace=ns)
     (descriptors,) = [
@@ -275,8 +275,11 @@ def test_the_method_catalog_follows_descriptor_set_config_maps(
         lambda: "grpcmesh.shop.v1.PaymentService" in operator.catalog.service_names,
         "the shop's services in the catalog",
     )
+    files = {f.name for f in operator.protos.files}
+    assert {"grpcmesh/shop/v1/payments.proto", "grpcmesh/shop/v1/common.proto"} <= files
     kube.kubectl("delete", "configmap", descriptors["metadata"]["name"], "-n", ns)
     wait_until(
         lambda: "grpcmesh.shop.v1.PaymentService" not in operator.catalog.service_names,
         "the shop's services gone from the catalog",
     )
+    assert operator.protos.files == ()
