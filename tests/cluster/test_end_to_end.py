@@ -41,6 +41,10 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, orders_pb2_grpc
 from grpcmesh_control.cluster.objects.names import APP_CONTAINER, LABEL_SERVICE, PROXY_CONTAINER
@@ -373,6 +377,24 @@ def test_orders_through_the_gateway_all_succeed(mesh: Mesh) -> None:
     # They went through the gateway's Envoy: it counted them on the orders route's cluster.
     sent = counters(mesh.gateway, r"^cluster\.orders\|v1\.upstream_rq_total$")
     assert sent.get("cluster.orders|v1.upstream_rq_total", 0) >= 40, sent
+
+
+def test_reflection_through_the_gateway_describes_exactly_the_exposed_services(
+    mesh: Mesh,
+) -> None:
+    """The gateway routes server reflection to the operator, which answers from the chart's
+    descriptor-set ConfigMap for the exposed services only (catalog and orders)."""
+    with grpc.insecure_channel(f"{mesh.gateway}:{INGRESS_PORT}") as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert sorted(database.get_services()) == [
+            "grpcmesh.shop.v1.CatalogService",
+            "grpcmesh.shop.v1.OrderService",
+        ]
+        pool = descriptor_pool.DescriptorPool(database)
+        methods = pool.FindServiceByName("grpcmesh.shop.v1.CatalogService").methods_by_name
+        assert sorted(methods) == ["GetProduct", "ListProducts"]
+        with pytest.raises(KeyError):
+            pool.FindServiceByName("grpcmesh.shop.v1.PaymentService")
 
 
 def test_a_stopped_app_leaves_its_slice_and_the_load_assignment(mesh: Mesh) -> None:
