@@ -1,15 +1,25 @@
 """Kit tax: unary throughput of one trivial handler, bare grpc.aio vs the full service kit.
 
-The same trivial CatalogService.GetProduct servicer is served twice, each in its own process:
-"bare" (grpc.aio.server, no interceptors) and "kit" (ServiceApp: tracing, request context,
-metrics and error interceptors, health, reflection). The client drives both closed loop at a fixed
-concurrency in interleaved rounds (bare, kit, bare, kit, ...) so drift on the machine hits both
-alike. On a machine with 2+ cores the server runs pinned to CPU 1 and the client to CPU 0.
+The same trivial CatalogService.GetProduct servicer is served by several processes, one per mode:
+
+- ``bare``: grpc.aio.server, no interceptors;
+- ``kit``: ServiceApp with all its layers (tracing, request context, metrics, error mapping),
+  health, reflection and /metrics;
+- ``kit-none``: ServiceApp with no layer, and ``kit+LAYER``: with only that layer, so a layer's
+  cost is its server CPU per call over ``kit-none``'s (``--no-layers`` leaves these out);
+- ``kit-otel``: the kit with opentelemetry-instrumentation-grpc's aio server interceptor in
+  place of its own tracing layer, and ``kit+otel`` that interceptor alone (``--no-otel``).
+
+Every kit mode traces with the kit's sampler at the same ratio (``--sampling``, the mesh default
+1 %) into a BatchSpanProcessor whose exporter drops the spans: sampled spans cost what they
+cost in a mesh, minus the network. The client drives the modes closed loop at a fixed
+concurrency in interleaved rounds (the order rotates each round) so drift on the machine hits
+all alike. On a machine with 2+ cores the servers run pinned to CPU 1 and the client to CPU 0.
 
 Reported per mode: calls/s (median of rounds) and server CPU per call. Throughput alone can hide
 the tax when the Python client is the bottleneck; server CPU per call cannot.
 
-    python bench/kit_tax.py [--rounds 6] [--seconds 4] [--concurrency 32]
+    python bench/kit_tax.py [--rounds 6] [--seconds 4] [--concurrency 32] [--sampling 0.01]
 """
 
 from __future__ import annotations
@@ -25,24 +35,44 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import grpc
 import typer
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from rich.console import Console
 from rich.table import Table
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+import grpcmesh_kit.app
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
-from grpcmesh_kit import KitSettings, ServiceApp
+from grpcmesh_kit import KitSettings, ServiceApp, create_tracer_provider
+from grpcmesh_kit.interceptors import (
+    ErrorLayer,
+    KitLayers,
+    Layer,
+    MetricsServerLayer,
+    RequestContextLayer,
+    TracingServerLayer,
+)
+from grpcmesh_kit.metrics import MetricsEndpoint
+from grpcmesh_kit.tracing import DEFAULT_SAMPLING_RATIO
 from grpcmesh_loadgen.engine import Answer, drive
 from grpcmesh_loadgen.procstat import cpu_seconds
 from grpcmesh_loadgen.stats import OK, summarize_latencies
 
+LAYERS = ("tracing", "context", "metrics", "errors")
+"""The kit's server layers, outermost first, as ``server_layers`` composes them."""
 MODES = ("bare", "kit")
+LAYER_MODES = ("kit-none", *(f"kit+{layer}" for layer in LAYERS))
+OTEL_MODES = ("kit-otel", "kit+otel")
 GOAL = 0.85
+OTEL_ALLOWANCE = 0.10
+"""The package is used if it costs at most this much of the own layer's calls/s (issue 13)."""
 SERVER_CPU = 1
 CLIENT_CPU = 0
 
@@ -92,7 +122,25 @@ async def _serve_bare(ports_file: Path) -> None:
     await server.stop(1.0)
 
 
-async def _serve_kit(ports_file: Path) -> None:
+class DropSpans(SpanExporter):
+    """Takes sampled spans and drops them: the cost of recording without a collector's."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def _layers_of(mode: str) -> tuple[str, ...]:
+    """The kit's own layers a kit mode runs."""
+    if mode == "kit":
+        return LAYERS
+    if mode == "kit-otel":
+        return tuple(layer for layer in LAYERS if layer != "tracing")
+    if mode.startswith("kit+") and mode[4:] in LAYERS:
+        return (mode[4:],)
+    return ()
+
+
+async def _serve_kit(ports_file: Path, mode: str, sampling: float) -> None:
     settings = KitSettings(
         service_name="kit-tax",
         port=0,
@@ -100,10 +148,32 @@ async def _serve_kit(ports_file: Path) -> None:
         ports_file=ports_file,
         drain_seconds=0,
         log_level="WARNING",  # the lifecycle lines only; the kit logs nothing per call
+        trace_sampling_ratio=sampling,
     )
-    service = ServiceApp(settings)
+    provider = create_tracer_provider(settings.service_name, DropSpans(), sampling)
+    chosen = _layers_of(mode)
+
+    def layers(endpoint: MetricsEndpoint, tracer_provider: object) -> KitLayers:
+        # A measuring device, not a kit feature: the app composes only the chosen layers.
+        make: dict[str, Layer] = {
+            "tracing": TracingServerLayer(provider),
+            "context": RequestContextLayer(),
+            "metrics": MetricsServerLayer(endpoint),
+            "errors": ErrorLayer(),
+        }
+        return KitLayers([make[layer] for layer in LAYERS if layer in chosen])
+
+    grpcmesh_kit.app.server_layers = layers  # type: ignore[attr-defined]
+    service = ServiceApp(settings, tracer_provider=provider)
+    if mode in OTEL_MODES:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        service.add_interceptor(aio_server_interceptor(tracer_provider=provider))  # type: ignore[no-untyped-call]
     service.add_service(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"], _register)
-    await service.run()
+    try:
+        await service.run()
+    finally:
+        provider.shutdown()
 
 
 @dataclass(frozen=True)
@@ -132,11 +202,20 @@ class Server:
     address: str
 
 
-def _start_server(mode: str, workdir: Path) -> Server:
+def _start_server(mode: str, workdir: Path, sampling: float) -> Server:
     ports_file = workdir / f"{mode}.ports.json"
     with (workdir / f"{mode}.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", mode, "--ports-file", str(ports_file)],
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                mode,
+                "--ports-file",
+                str(ports_file),
+                "--sampling",
+                str(sampling),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -199,43 +278,113 @@ def _table(rounds: list[Round]) -> Table:
     return table
 
 
-def _summary(rounds: list[Round]) -> tuple[Table, float]:
-    rate = {m: statistics.median(r.rate for r in rounds if r.mode == m) for m in MODES}
-    cpu = {m: statistics.median(r.cpu_us_per_call for r in rounds if r.mode == m) for m in MODES}
-    ratio = rate["kit"] / rate["bare"]
-    efficiency = cpu["bare"] / cpu["kit"]
+@dataclass(frozen=True)
+class Medians:
+    rate: dict[str, float]
+    cpu: dict[str, float]
+
+    @classmethod
+    def of(cls, rounds: list[Round]) -> Medians:
+        modes = dict.fromkeys(r.mode for r in rounds)
+        return cls(
+            rate={m: statistics.median(r.rate for r in rounds if r.mode == m) for m in modes},
+            cpu={
+                m: statistics.median(r.cpu_us_per_call for r in rounds if r.mode == m)
+                for m in modes
+            },
+        )
+
+    def over(self, mode: str, base: str) -> float:
+        """Server CPU µs per call that ``mode`` adds to ``base``."""
+        return self.cpu[mode] - self.cpu[base]
+
+
+def _summary(m: Medians) -> tuple[Table, float]:
+    ratio = m.rate["kit"] / m.rate["bare"]
+    efficiency = m.cpu["bare"] / m.cpu["kit"]
     table = Table(title="kit tax (medians of rounds)", title_justify="left")
     for column in ("", "bare", "kit", "kit/bare"):
         table.add_column(column, justify="right")
-    table.add_row("calls/s", f"{rate['bare']:,.0f}", f"{rate['kit']:,.0f}", f"{ratio:.2f}")
+    table.add_row("calls/s", f"{m.rate['bare']:,.0f}", f"{m.rate['kit']:,.0f}", f"{ratio:.2f}")
     table.add_row(
         "server CPU µs/call",
-        f"{cpu['bare']:.0f}",
-        f"{cpu['kit']:.0f}",
+        f"{m.cpu['bare']:.0f}",
+        f"{m.cpu['kit']:.0f}",
         f"{efficiency:.2f} (calls per CPU-second)",
     )
     return table, ratio
 
 
-async def _bench(console: Console, rounds: int, seconds: float, concurrency: int) -> None:
+def _layer_costs(m: Medians) -> Table:
+    """Server CPU per call of each part of the kit: what a layer adds to the kit without one."""
+    table = Table(title="per-layer cost (server CPU µs/call, medians)", title_justify="left")
+    for column in ("part", "µs/call", "measured as"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "server (health, reflection, options)",
+        f"{m.over('kit-none', 'bare'):.1f}",
+        "kit-none - bare",
+    )
+    for layer in LAYERS:
+        table.add_row(
+            f"{layer} layer", f"{m.over(f'kit+{layer}', 'kit-none'):.1f}", f"kit+{layer} - kit-none"
+        )
+    if "kit+otel" in m.cpu:
+        table.add_row(
+            "opentelemetry-instrumentation-grpc interceptor",
+            f"{m.over('kit+otel', 'kit-none'):.1f}",
+            "kit+otel - kit-none",
+        )
+    table.add_row("all layers together", f"{m.over('kit', 'kit-none'):.1f}", "kit - kit-none")
+    table.add_row("whole kit", f"{m.over('kit', 'bare'):.1f}", "kit - bare")
+    return table
+
+
+def _otel_verdict(m: Medians) -> str:
+    """The package against the own layer, in the full kit: issue 13's rule."""
+    ratio = m.rate["kit-otel"] / m.rate["kit"]
+    keep = ratio < 1 - OTEL_ALLOWANCE
+    return (
+        f"kit with opentelemetry-instrumentation-grpc: {m.rate['kit-otel']:,.0f} calls/s, "
+        f"{ratio:.2f} of the own layer's {m.rate['kit']:,.0f} "
+        f"({m.over('kit-otel', 'kit'):+.0f} µs/call server CPU): "
+        + (
+            f"costs more than {OTEL_ALLOWANCE:.0%}, keep the own layer"
+            if keep
+            else f"within {OTEL_ALLOWANCE:.0%}, use the package"
+        )
+    )
+
+
+async def _bench(
+    console: Console,
+    modes: tuple[str, ...],
+    rounds: int,
+    seconds: float,
+    concurrency: int,
+    sampling: float,
+) -> None:
     pinned = _pin(CLIENT_CPU)
     console.print(
         f"server pinned to CPU {SERVER_CPU}, client to CPU {CLIENT_CPU}"
         if pinned
         else "fewer than 2 CPUs: nothing pinned"
     )
+    console.print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="kit-tax-") as tmp:
-        servers = {m: _start_server(m, Path(tmp)) for m in MODES}
+        servers = {m: _start_server(m, Path(tmp), sampling) for m in modes}
         try:
-            # Warm up both (connections, code paths) and size rounds to ~`seconds` on bare.
-            warm = {m: await _measure(servers[m], 2000, concurrency) for m in MODES}
+            # Warm up all (connections, code paths) and size rounds to ~`seconds` on bare.
+            warm = {m: await _measure(servers[m], 2000, concurrency) for m in modes}
             calls = max(1000, int(warm["bare"].rate * seconds))
             console.print(
-                f"{rounds} rounds per mode, {calls} calls each, concurrency {concurrency}"
+                f"{rounds} rounds per mode, {calls} calls each, concurrency {concurrency}, "
+                f"trace sampling {sampling:g}"
             )
             results: list[Round] = []
             for i in range(rounds):
-                for mode in MODES if i % 2 == 0 else MODES[::-1]:
+                shift = i % len(modes)
+                for mode in modes[shift:] + modes[:shift]:
                     results.append(await _measure(servers[mode], calls, concurrency))
                     console.print(f"  round {len(results)}: {mode} {results[-1].rate:,.0f}/s")
         finally:
@@ -247,11 +396,17 @@ async def _bench(console: Console, rounds: int, seconds: float, concurrency: int
                 except subprocess.TimeoutExpired:
                     server.process.kill()
                     server.process.wait()
+    console.print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     console.print(_table(results))
-    summary, ratio = _summary(results)
+    medians = Medians.of(results)
+    summary, ratio = _summary(medians)
     console.print(summary)
+    if "kit-none" in modes:
+        console.print(_layer_costs(medians))
     verdict = "meets" if ratio >= GOAL else "MISSES"
     console.print(f"kit/bare throughput ratio {ratio:.2f} {verdict} the goal (>= {GOAL})")
+    if "kit-otel" in modes:
+        console.print(_otel_verdict(medians))
     if any(r.failed for r in results):
         console.print("[red]some calls failed: the numbers above are not trustworthy[/red]")
 
@@ -261,21 +416,31 @@ def main(
     rounds: Annotated[int, typer.Option(min=1, help="Rounds per mode.")] = 6,
     seconds: Annotated[float, typer.Option(min=0.5, help="Target length of a round.")] = 4.0,
     concurrency: Annotated[int, typer.Option(min=1, help="Calls in flight.")] = 32,
+    sampling: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Trace sampling ratio of every kit mode.")
+    ] = DEFAULT_SAMPLING_RATIO,
+    layers: Annotated[bool, typer.Option(help="Measure each layer alone.")] = True,
+    otel: Annotated[
+        bool, typer.Option(help="Measure opentelemetry-instrumentation-grpc's interceptor.")
+    ] = True,
     serve: Annotated[str | None, typer.Option(hidden=True)] = None,
     ports_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Measure the service kit's per-call overhead against a bare grpc.aio server."""
+    modes = MODES + (LAYER_MODES if layers else ()) + (OTEL_MODES if otel else ())
     if serve is not None:  # a server process started by the benchmark itself
-        assert ports_file is not None and serve in MODES
+        assert ports_file is not None and serve in modes
         _pin(SERVER_CPU)
-        asyncio.run(_serve_bare(ports_file) if serve == "bare" else _serve_kit(ports_file))
+        asyncio.run(
+            _serve_bare(ports_file) if serve == "bare" else _serve_kit(ports_file, serve, sampling)
+        )
         return
     console = Console()
     console.print(f"$ {shlex.join([Path(sys.executable).name, *sys.argv])}")
     console.print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, {sys.version.split()[0]}"
     )
-    asyncio.run(_bench(console, rounds, seconds, concurrency))
+    asyncio.run(_bench(console, modes, rounds, seconds, concurrency, sampling))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,10 @@ class ServiceApp(Generic[S]):
         self._watcher = SettingsWatcher(settings)
         self._owns_tracer = tracer_provider is None
         self.tracer_provider = tracer_provider or create_tracer_provider(
-            settings.service_name, otlp_exporter(settings.otlp_endpoint), version=settings.version
+            settings.service_name,
+            otlp_exporter(settings.otlp_endpoint),
+            settings.trace_sampling_ratio,
+            version=settings.version,
         )
         self.metrics = MetricsEndpoint()
         # A reload is observable (tests and operators poll it instead of waiting a fixed time).

@@ -75,6 +75,11 @@ class KitSettings(BaseSettings):
     otlp_endpoint: str | None = None
     """OTLP/gRPC collector (``host:port`` or ``http(s)://host:port``) to export spans to; read
     at start. Unset, ``OTEL_EXPORTER_OTLP_ENDPOINT`` is honoured; neither: nothing recorded."""
+    trace_sampling_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
+    """Share of the traces that start at this service which are recorded (read at start). A
+    call that arrives with a ``traceparent`` follows the caller's decision instead, so a trace
+    sampled at the ingress is followed here and an unsampled one is not recorded. The mesh sets
+    one ratio for Envoy and every service (``GRPCMESH_TRACE_SAMPLING_RATIO``)."""
 
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import random
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -27,7 +27,10 @@ current_rpc: ContextVar[RpcContext | None] = ContextVar("grpcmesh_rpc", default=
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, like a uuid4's hex (an id to correlate by, not a secret): the
+    random module, as OpenTelemetry's id generator uses, costs a fraction of uuid4's
+    ``os.urandom`` system call on every call that arrives without one."""
+    return random.getrandbits(128).to_bytes(16).hex()
 
 
 def detached_context() -> contextvars.Context:

@@ -12,14 +12,18 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeAlias, cast
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from grpcmesh_kit.context import REQUEST_ID_HEADER, RpcContext, current_rpc, new_request_id
@@ -31,6 +35,7 @@ from grpcmesh_kit.metrics import (
     go_code_name,
     split_method,
 )
+from grpcmesh_kit.tracing import MeshSampler
 
 log = logging.getLogger(__name__)
 
@@ -163,43 +168,65 @@ class TracingServerLayer:
     """A SERVER span per call, child of the caller's W3C ``traceparent`` (OpenTelemetry API,
     semantic-convention names and attributes).
 
-    Written here rather than taken from opentelemetry-instrumentation-grpc: that interceptor
-    alone cost ~240 us of server CPU per call (bench/kit_tax.py), most of the kit tax, and it
-    only understands async-generator streaming handlers.
+    Written here rather than taken from opentelemetry-instrumentation-grpc: in the full kit that
+    interceptor costs several times this layer's server CPU per call (bench/kit_tax.py,
+    docs/benchmarks.md), and it only understands async-generator streaming handlers.
+
+    The per-call path is kept short: the propagator runs only when the call carries one of its
+    headers, the span is made current with one attach (no context-manager layers), and the
+    status code is looked up only for a span that records (most do not: sampling).
     """
 
     def __init__(self, tracer_provider: TracerProvider) -> None:
         self._tracer = tracer_provider.get_tracer("grpcmesh_kit")
+        sampler = getattr(tracer_provider, "sampler", None)
+        self._sampler = sampler if isinstance(sampler, MeshSampler) else None
 
     def wrap(self, handler: Handler, method: str) -> Handler:
         service, _ = split_method(method)
         if service in UNTRACED_SERVICES:
             return handler
-        tracer, attributes = self._tracer, _rpc_attributes(method)
+        tracer, sampler, attributes = self._tracer, self._sampler, _rpc_attributes(method)
         span_name = method.lstrip("/")
 
-        def begin(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            parent = propagate.extract(dict(context.invocation_metadata() or ()))
-            return tracer.start_as_current_span(
-                span_name,
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            )
+        def begin(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Span, object]:
+            parent = _incoming_trace_context(incoming_metadata(context))
+            span: Span | None = None
+            if sampler is not None:  # the kit's own sampler: unsampled calls skip the SDK
+                span, parent = sampler.decide(parent)
+            if span is None:
+                span = tracer.start_span(
+                    span_name,
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    attributes=attributes,
+                    record_exception=False,
+                    set_status_on_exception=False,
+                )
+            return span, context_api.attach(trace.set_span_in_context(span))
+
+        def end(
+            span: Span,
+            token: object,
+            context: grpc.aio.ServicerContext[Any, Any],
+            error: BaseException | None,
+        ) -> None:
+            if span.is_recording():
+                _finish_span(span, _final_code(context, error))
+                span.end()
+            context_api.detach(cast(Any, token))
 
         def unary(behaviour: Unary) -> Unary:
             async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                with begin(context) as span:
-                    error: BaseException | None = None
-                    try:
-                        return await behaviour(request, context)
-                    except BaseException as exc:
-                        error = exc
-                        raise
-                    finally:
-                        _finish_span(span, _final_code(context, error))
+                span, token = begin(context)
+                error: BaseException | None = None
+                try:
+                    return await behaviour(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    end(span, token, context, error)
 
             return call
 
@@ -207,20 +234,53 @@ class TracingServerLayer:
             async def call(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                with begin(context) as span:
-                    error: BaseException | None = None
-                    try:
-                        async for response in behaviour(request, context):
-                            yield response
-                    except BaseException as exc:
-                        error = exc
-                        raise
-                    finally:
-                        _finish_span(span, _final_code(context, error))
+                span, token = begin(context)
+                error: BaseException | None = None
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    end(span, token, context, error)
 
             return call
 
         return _rewrap(handler, unary, stream)
+
+
+_NO_PARENT = Context()
+_propagator_fields: tuple[TextMapPropagator | None, frozenset[str]] = (None, frozenset())
+
+
+def _incoming_trace_context(metadata: Mapping[str, Any]) -> Context:
+    """The caller's trace context from the global propagator (W3C ``traceparent`` by default);
+    an empty context, so the span is a root, when the call carries none of its headers."""
+    global _propagator_fields
+    propagator = propagate.get_global_textmap()
+    if _propagator_fields[0] is not propagator:  # computed once per propagator, not per call
+        _propagator_fields = (propagator, frozenset(propagator.fields))
+    if _propagator_fields[1].isdisjoint(metadata):
+        return _NO_PARENT
+    return propagate.extract(metadata)
+
+
+_incoming: ContextVar[tuple[object, dict[str, Any]] | None] = ContextVar(
+    "grpcmesh_incoming_metadata", default=None
+)
+
+
+def incoming_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
+    """The call's invocation metadata as a dict, built once per call however many layers ask
+    (grpc.aio converts the whole list on every ``invocation_metadata()``). Each call runs in its
+    own task, so the memo in a contextvar is the call's; it is keyed by the context object."""
+    memo = _incoming.get()
+    if memo is not None and memo[0] is context:
+        return memo[1]
+    metadata = dict(context.invocation_metadata() or ())
+    _incoming.set((context, metadata))
+    return metadata
 
 
 class RequestContextLayer:
@@ -229,8 +289,7 @@ class RequestContextLayer:
 
     def wrap(self, handler: Handler, method: str) -> Handler:
         def enter(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            metadata = dict(context.invocation_metadata() or ())
-            request_id = str(metadata.get(REQUEST_ID_HEADER) or new_request_id())
+            request_id = str(incoming_metadata(context).get(REQUEST_ID_HEADER) or new_request_id())
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             current_rpc.set(RpcContext(request_id, method, deadline))
