@@ -52,6 +52,7 @@ import grpcmesh_kit.app
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 from grpcmesh_kit import KitSettings, ServiceApp, create_tracer_provider
 from grpcmesh_kit.interceptors import (
+    Address,
     ErrorLayer,
     KitLayers,
     Layer,
@@ -153,10 +154,12 @@ async def _serve_kit(ports_file: Path, mode: str, sampling: float) -> None:
     provider = create_tracer_provider(settings.service_name, DropSpans(), sampling)
     chosen = _layers_of(mode)
 
-    def layers(endpoint: MetricsEndpoint, tracer_provider: object) -> KitLayers:
+    def layers(
+        endpoint: MetricsEndpoint, tracer_provider: object, address: Address | None = None
+    ) -> KitLayers:
         # A measuring device, not a kit feature: the app composes only the chosen layers.
         make: dict[str, Layer] = {
-            "tracing": TracingServerLayer(provider),
+            "tracing": TracingServerLayer(provider, address),
             "context": RequestContextLayer(),
             "metrics": MetricsServerLayer(endpoint),
             "errors": ErrorLayer(),

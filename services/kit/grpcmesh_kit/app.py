@@ -160,7 +160,10 @@ class ServiceApp(Generic[S]):
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         layered = cast(
             grpc.aio.Server,
-            LayeredServer(server, server_layers(self.metrics, self.tracer_provider)),
+            LayeredServer(
+                server,
+                server_layers(self.metrics, self.tracer_provider, lambda: (s.host, self.port)),
+            ),
         )
         for _name, register in self._services:
             register(layered)

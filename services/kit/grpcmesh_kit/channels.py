@@ -8,10 +8,18 @@ to the service name, which is what Envoy routes on; the app never learns endpoin
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import grpc
 
 from grpcmesh_kit.config import KitSettings
+
+
+@runtime_checkable
+class TargetAware(Protocol):
+    """A client interceptor that labels calls with the channel's target."""
+
+    def for_target(self, host: str, port: int) -> grpc.aio.ClientInterceptor: ...
 
 
 class UnknownService(LookupError):
@@ -57,10 +65,19 @@ class ChannelFactory:
             if authority:
                 options.append(("grpc.default_authority", authority))
             channel = grpc.aio.insecure_channel(
-                address, options=options, interceptors=self._interceptors
+                address, options=options, interceptors=self._for_target(address, authority)
             )
             self._channels[key] = channel
         return channel
+
+    def _for_target(self, address: str, authority: str | None) -> list[grpc.aio.ClientInterceptor]:
+        """The interceptors for one channel: those that label calls with their target (the
+        tracing one: ``server.address``/``server.port``) get it."""
+        host, _, port = address.rpartition(":")
+        target = (authority or host.strip("[]"), int(port) if port.isdigit() else 0)
+        return [
+            i.for_target(*target) if isinstance(i, TargetAware) else i for i in self._interceptors
+        ]
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}

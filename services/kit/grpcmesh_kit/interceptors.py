@@ -158,6 +158,18 @@ def _rpc_attributes(full_method: str) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
 
+Address = Callable[[], tuple[str, int]]
+"""(host, port) for the ``server.address`` and ``server.port`` span attributes, read when a
+span that records starts (a server binds its port after its handlers are wrapped)."""
+
+
+def _with_server(attributes: dict[str, Any], address: Address | None) -> dict[str, Any]:
+    if address is None:
+        return attributes
+    host, port = address()
+    return {**attributes, "server.address": host, "server.port": port}
+
+
 def _finish_span(span: Span, code: str) -> None:
     span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
     if code != "OK":
@@ -177,16 +189,18 @@ class TracingServerLayer:
     status code is looked up only for a span that records (most do not: sampling).
     """
 
-    def __init__(self, tracer_provider: TracerProvider) -> None:
+    def __init__(self, tracer_provider: TracerProvider, address: Address | None = None) -> None:
         self._tracer = tracer_provider.get_tracer("grpcmesh_kit")
         sampler = getattr(tracer_provider, "sampler", None)
         self._sampler = sampler if isinstance(sampler, MeshSampler) else None
+        self._address = address
 
     def wrap(self, handler: Handler, method: str) -> Handler:
         service, _ = split_method(method)
         if service in UNTRACED_SERVICES:
             return handler
         tracer, sampler, attributes = self._tracer, self._sampler, _rpc_attributes(method)
+        address = self._address
         span_name = method.lstrip("/")
 
         def begin(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Span, object]:
@@ -199,7 +213,7 @@ class TracingServerLayer:
                     span_name,
                     context=parent,
                     kind=SpanKind.SERVER,
-                    attributes=attributes,
+                    attributes=_with_server(attributes, address),
                     record_exception=False,
                     set_status_on_exception=False,
                 )
@@ -535,10 +549,13 @@ def status_for(error: ServiceError) -> status_pb2.Status:
     return status
 
 
-def server_layers(endpoint: MetricsEndpoint, tracer_provider: TracerProvider) -> KitLayers:
+def server_layers(
+    endpoint: MetricsEndpoint, tracer_provider: TracerProvider, address: Address | None = None
+) -> KitLayers:
+    """The kit's layers; ``address`` gives the server's (host, port) for its spans."""
     return KitLayers(
         [
-            TracingServerLayer(tracer_provider),
+            TracingServerLayer(tracer_provider, address),
             RequestContextLayer(),
             MetricsServerLayer(endpoint),
             ErrorLayer(),
@@ -652,17 +669,32 @@ async def _observe_stream(
 class TracingClientInterceptor(
     grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
 ):
-    """A CLIENT span per call, whose context travels as W3C ``traceparent`` metadata."""
+    """A CLIENT span per call, whose context travels as W3C ``traceparent`` metadata.
 
-    def __init__(self, tracer_provider: TracerProvider) -> None:
+    ``for_target`` gives a copy for one channel, whose spans carry ``server.address`` (the
+    service's name when a sidecar routes on it, else the dialled host) and ``server.port``.
+    """
+
+    def __init__(
+        self, tracer_provider: TracerProvider, server: tuple[str, int] | None = None
+    ) -> None:
+        self._provider = tracer_provider
         self._tracer = tracer_provider.get_tracer("grpcmesh_kit")
+        self._server: dict[str, Any] = (
+            {} if server is None else {"server.address": server[0], "server.port": server[1]}
+        )
+
+    def for_target(self, host: str, port: int) -> TracingClientInterceptor:
+        return TracingClientInterceptor(self._provider, (host, port))
 
     def _start(
         self, details: grpc.aio.ClientCallDetails
     ) -> tuple[Span, grpc.aio.ClientCallDetails]:
         method = _method_name(details)
         span = self._tracer.start_span(
-            method.lstrip("/"), kind=SpanKind.CLIENT, attributes=_rpc_attributes(method)
+            method.lstrip("/"),
+            kind=SpanKind.CLIENT,
+            attributes={**_rpc_attributes(method), **self._server},
         )
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))

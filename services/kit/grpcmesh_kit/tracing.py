@@ -80,7 +80,8 @@ class _Root(Sampler):
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
         if parent_context is not None and parent_context.get(_ROOT_SAMPLED):
-            return SamplingResult(Decision.RECORD_AND_SAMPLE)
+            # The span's attributes are the result's: pass them on, as every SDK sampler does.
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
         return self._by_id.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
