@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -123,7 +124,12 @@ def _json_resources(directory: Path) -> Path:
 
 
 @pytest.fixture
-def traced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Mesh, Collector]]:
+def traced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[tuple[Mesh, Collector]]:
+    """The mesh tracing to a collector, every trace sampled unless the test's parameter gives
+    the mesh's sampling ratio."""
+    sampling = str(getattr(request, "param", "1"))
     # The kit's batch processor exports every 5 s by default; a test need not wait that long.
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
     resources = _json_resources(tmp_path / "resources-json")
@@ -131,7 +137,12 @@ def traced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Me
         mesh = Mesh(
             tmp_path / "run",
             resources=resources,
-            up_args=("--otlp-endpoint", f"127.0.0.1:{collector.port}"),
+            up_args=(
+                "--otlp-endpoint",
+                f"127.0.0.1:{collector.port}",
+                "--trace-sampling",
+                sampling,
+            ),
         )
         mesh.start()
         try:
@@ -204,3 +215,51 @@ async def test_one_order_is_one_trace_across_ingress_sidecars_and_services(
         and a["request_id"]
         for a in access
     ), access[-3:]
+
+
+SAMPLED_ORDERS = 60
+SAMPLING = 0.5
+
+
+@pytest.mark.parametrize("traced", [str(SAMPLING)], indirect=True)
+async def test_the_mesh_samples_whole_traces_at_its_ratio(traced: tuple[Mesh, Collector]) -> None:
+    """One ratio for Envoy and the kit: the ingress samples about that share of the orders,
+    and each trace it sampled is whole (every service's spans and its sidecar's) while no
+    service records a span of a trace the ingress did not sample."""
+    mesh, collector = traced
+
+    async def ready() -> bool:
+        return converged(await asyncio.to_thread(mesh.status))
+
+    await eventually(ready, timeout=30, what="every proxy ACKs its snapshot")
+    report = await run_load(mesh.state.ingress, orders=SAMPLED_ORDERS, rate=20.0, seed=11)
+    assert report.succeeded, report.error_samples
+
+    def by_trace() -> dict[str, dict[str, set[str]]]:
+        traces: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        for s in collector.snapshot():
+            traces[s.trace_id][s.service].add(s.scope)
+        return traces
+
+    def whole(services: dict[str, set[str]]) -> bool:
+        return all(
+            KIT_SCOPE in services.get(app, set()) and services[app] - {KIT_SCOPE} for app in APPS
+        )
+
+    async def all_whole() -> dict[str, dict[str, set[str]]] | None:
+        # Every trace anyone recorded was sampled at the ingress and holds every service's
+        # spans: none started at a sidecar or a service, none lost a hop. (Envoys flush every
+        # 5 s, so a sampled trace may be partial for a while.)
+        traces = by_trace()
+        ok = traces and all("ingress" in v and whole(v) for v in traces.values())
+        return traces if ok else None
+
+    try:
+        sampled = await eventually(
+            all_whole, timeout=SPANS_TIMEOUT_S, what="every recorded trace sampled and whole"
+        )
+    except AssertionError:
+        partial = {t: dict(v) for t, v in by_trace().items() if not whole(v) or "ingress" not in v}
+        raise AssertionError(f"traces not whole or not started at the ingress: {partial}") from None
+    sigma = math.sqrt(SAMPLED_ORDERS * SAMPLING * (1 - SAMPLING))
+    assert abs(len(sampled) - SAMPLED_ORDERS * SAMPLING) <= 5 * sigma, len(sampled)

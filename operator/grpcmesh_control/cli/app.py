@@ -46,6 +46,7 @@ from grpcmesh_control.local.status import status_document
 from grpcmesh_control.local.supervisor import SupervisorSettings
 from grpcmesh_control.local.top import ServiceRed, TopError, red_from_state
 from grpcmesh_control.mesh.errors import MeshError
+from grpcmesh_control.mesh.translate.naming import DEFAULT_TRACE_SAMPLING
 
 if TYPE_CHECKING:
     from grpcmesh_control.cli.cluster_status import ClusterTarget, Snapshot
@@ -210,6 +211,7 @@ def _options(
     startup_timeout: float,
     prometheus: bool = False,
     otlp_endpoint: str | None = None,
+    trace_sampling: float = DEFAULT_TRACE_SAMPLING,
 ) -> MeshOptions:
     return MeshOptions(
         resources=tuple(resources or [_default_resources()]),
@@ -217,6 +219,7 @@ def _options(
         supervisor=SupervisorSettings(startup_timeout_s=startup_timeout),
         prometheus=prometheus,
         otlp_endpoint=otlp_endpoint,
+        trace_sampling=trace_sampling,
     )
 
 
@@ -263,6 +266,16 @@ def up(
             "are read too.",
         ),
     ] = None,
+    trace_sampling: Annotated[
+        float,
+        typer.Option(
+            "--trace-sampling",
+            min=0.0,
+            max=1.0,
+            help="Share of new traces recorded (0 to 1), by every Envoy and service alike; "
+            "a trace is followed whole wherever it was sampled.",
+        ),
+    ] = DEFAULT_TRACE_SAMPLING,
 ) -> None:
     """Start the mesh on this machine (foreground; Ctrl-C or SIGTERM stops everything)."""
     logging.basicConfig(
@@ -271,7 +284,9 @@ def up(
     )
     console = _console()
     options = replace(
-        _options(resources, state_dir, startup_timeout, prometheus, otlp_endpoint),
+        _options(
+            resources, state_dir, startup_timeout, prometheus, otlp_endpoint, trace_sampling
+        ),
         descriptors=tuple(descriptors or ()),
     )
 

@@ -23,6 +23,7 @@ from grpcmesh_control.local.resources import load_resources
 from grpcmesh_control.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
 from grpcmesh_control.local.supervisor import Supervisor, SupervisorSettings
 from grpcmesh_control.mesh.errors import MeshError
+from grpcmesh_control.mesh.translate.naming import DEFAULT_TRACE_SAMPLING
 from grpcmesh_control.observability.alerts import write_rules
 
 __all__ = [
@@ -64,6 +65,8 @@ class MeshOptions:
     """Also run a Prometheus (the ``prometheus`` on PATH) scraping the mesh with its rules."""
     otlp_endpoint: str | None = None
     """host:port of an OTLP/gRPC collector for the Envoys' and apps' spans; None: no tracing."""
+    trace_sampling: float = DEFAULT_TRACE_SAMPLING
+    """The share of new traces recorded, by Envoy and the apps alike."""
 
 
 def read_state(run_dir: Path) -> RunState | None:
@@ -101,6 +104,7 @@ def prepare(options: MeshOptions) -> Plan:
         envoy_log_level=options.envoy_log_level,
         prometheus=prometheus,
         otlp_endpoint=options.otlp_endpoint,
+        trace_sampling=options.trace_sampling,
     )
     ports = allocate_ports(ports_needed(services, prometheus=prometheus is not None))
     plan = build_plan(services, iter(ports), settings)

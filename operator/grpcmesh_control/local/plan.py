@@ -35,7 +35,12 @@ from grpcmesh_control.mesh.appenv import AppEnv
 from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload
 from grpcmesh_control.mesh.translate.bootstrap import envoy_command, render_bootstrap
-from grpcmesh_control.mesh.translate.naming import LOCALHOST, NodeId, ProxyNode
+from grpcmesh_control.mesh.translate.naming import (
+    DEFAULT_TRACE_SAMPLING,
+    LOCALHOST,
+    NodeId,
+    ProxyNode,
+)
 from grpcmesh_control.observability.alerts import RULES_FILE_NAME
 from grpcmesh_control.observability.scrape import ScrapeTargets, prometheus_config
 
@@ -89,6 +94,9 @@ class LocalSettings:
     scrape_interval: str = "1s"
     otlp_endpoint: str | None = None
     """host:port of an OTLP/gRPC collector: Envoys and apps send it spans; None: no tracing."""
+    trace_sampling: float = DEFAULT_TRACE_SAMPLING
+    """The mesh's one sampling ratio: every Envoy's ``random_sampling`` and every app's
+    ``GRPCMESH_TRACE_SAMPLING_RATIO``."""
     access_logs: bool = True
     """Envoys write a JSON access log line per request into their envoy.log."""
 
@@ -251,6 +259,8 @@ def build_plan(
     run = settings.run_dir
     if settings.otlp_endpoint is not None and not _HOST_PORT.match(settings.otlp_endpoint):
         raise PlanError(f"OTLP endpoint {settings.otlp_endpoint!r}: expected host:port")
+    if not 0 <= settings.trace_sampling <= 1:
+        raise PlanError(f"trace sampling {settings.trace_sampling!r}: expected a ratio from 0 to 1")
     xds_port, cp_admin = take(), take()
     control_plane = ControlPlanePlan(
         xds_port=xds_port,
@@ -378,6 +388,7 @@ def _replica(
         app_port=app_port,
         bind_address=LOCALHOST,
         otlp_collector=settings.otlp_endpoint,
+        trace_sampling=settings.trace_sampling,
         access_log=settings.access_logs,
     )
     config_path = directory / "config.yaml"
@@ -395,6 +406,7 @@ def _replica(
         db_path=str(run / svc.name / "data.db"),
         drain_seconds=settings.drain_seconds,
         otlp_endpoint=settings.otlp_endpoint,
+        trace_sampling_ratio=settings.trace_sampling,
     )
     # The mesh's variables come last: a workload cannot move its own ports or database.
     env = {**_app_env(svc, version, workload), "PYTHONUNBUFFERED": "1", **contract.variables()}
@@ -441,6 +453,7 @@ def _ingress(take: _PortTaker, settings: LocalSettings, xds_address: str) -> Ing
         ingress_port=port,
         bind_address=LOCALHOST,
         otlp_collector=settings.otlp_endpoint,
+        trace_sampling=settings.trace_sampling,
         access_log=settings.access_logs,
     )
     bootstrap_path = directory / "envoy.json"

@@ -9,8 +9,8 @@ the services that keep a ``Store``.
 
 ``RESERVED`` are the variables the mesh always sets: a workload (``spec.workload.env`` or a
 version's ``env``) cannot move its own ports, config file, sidecar or version. The others
-(``GRPCMESH_DB_PATH``, ``GRPCMESH_DRAIN_SECONDS``, ``GRPCMESH_OTLP_ENDPOINT``) are set only
-where the mode has a value for them.
+(``GRPCMESH_DB_PATH``, ``GRPCMESH_DRAIN_SECONDS``, ``GRPCMESH_OTLP_ENDPOINT``,
+``GRPCMESH_TRACE_SAMPLING_RATIO``) are set only where the mode has a value for them.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "SERVICE_NAME",
     "SIDECAR_ADMIN",
     "SIDECAR_EGRESS",
+    "TRACE_SAMPLING_RATIO",
     "VERSION",
     "AppEnv",
 ]
@@ -48,6 +49,7 @@ SIDECAR_ADMIN = "GRPCMESH_SIDECAR_ADMIN"
 DB_PATH = "GRPCMESH_DB_PATH"
 DRAIN_SECONDS = "GRPCMESH_DRAIN_SECONDS"
 OTLP_ENDPOINT = "GRPCMESH_OTLP_ENDPOINT"
+TRACE_SAMPLING_RATIO = "GRPCMESH_TRACE_SAMPLING_RATIO"
 
 RESERVED = frozenset(
     {
@@ -82,6 +84,8 @@ class AppEnv:
     db_path: str | None = None
     drain_seconds: float | None = None
     otlp_endpoint: str | None = None
+    trace_sampling_ratio: float | None = None
+    """The mesh's one sampling ratio, which its Envoys use too."""
 
     def variables(self) -> dict[str, str]:
         """Name -> value, sorted by name (stable pod templates and plans)."""
@@ -100,6 +104,9 @@ class AppEnv:
             DB_PATH: self.db_path,
             DRAIN_SECONDS: None if self.drain_seconds is None else f"{self.drain_seconds:g}",
             OTLP_ENDPOINT: self.otlp_endpoint,
+            TRACE_SAMPLING_RATIO: (
+                None if self.trace_sampling_ratio is None else repr(self.trace_sampling_ratio)
+            ),
         }
         out |= {name: value for name, value in optional.items() if value is not None}
         return dict(sorted(out.items()))

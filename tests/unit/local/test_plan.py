@@ -20,6 +20,7 @@ from grpcmesh_control.local.plan import (
 )
 from grpcmesh_control.mesh.model import MeshService
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from grpcmesh_kit.tracing import DEFAULT_SAMPLING_RATIO
 from tests.unit.local.conftest import FIRST_PORT, parse
 
 PAYMENTS = """
@@ -269,6 +270,24 @@ def test_an_otlp_endpoint_traces_every_envoy_and_app(
         assert r.app.env["GRPCMESH_OTLP_ENDPOINT"] == "127.0.0.1:4317"
     ingress = ProxyNode.from_node(plan.ingress.node_id, _metadata(plan.ingress.bootstrap))
     assert ingress.otlp_collector == "127.0.0.1:4317"
+    # One sampling ratio for every Envoy and app: the mesh's default unless set.
+    assert settings.trace_sampling == DEFAULT_SAMPLING_RATIO
+    sampled = build_plan(
+        examples,
+        itertools.count(FIRST_PORT),
+        dataclasses.replace(traced, trace_sampling=0.25),
+    )
+    for r in sampled.replicas:
+        assert ProxyNode.from_node(r.node_id, _metadata(r.bootstrap)).trace_sampling == 0.25
+        assert float(r.app.env["GRPCMESH_TRACE_SAMPLING_RATIO"]) == 0.25
+    sampled_ingress = _metadata(sampled.ingress.bootstrap)
+    assert ProxyNode.from_node(sampled.ingress.node_id, sampled_ingress).trace_sampling == 0.25
+    with pytest.raises(PlanError, match="trace sampling"):
+        build_plan(
+            examples,
+            itertools.count(FIRST_PORT),
+            dataclasses.replace(settings, trace_sampling=2.0),
+        )
     untraced = build_plan(examples, itertools.count(FIRST_PORT), settings)
     assert all("GRPCMESH_OTLP_ENDPOINT" not in r.app.env for r in untraced.replicas)
     with pytest.raises(PlanError, match="OTLP endpoint"):

@@ -503,6 +503,9 @@ def test_envoy_cluster_of_a_node() -> None:
         {"grpcmesh": {"otlp_collector": "collector"}},
         {"grpcmesh": {"otlp_collector": 4317}},
         {"grpcmesh": {"access_log": "yes"}},
+        {"grpcmesh": {"trace_sampling": 1.5}},
+        {"grpcmesh": {"trace_sampling": "0.1"}},
+        {"grpcmesh": {"trace_sampling": True}},
         {"grpcmesh": "ports"},
     ],
 )
@@ -512,6 +515,21 @@ def test_bad_node_metadata(metadata: dict[str, Any]) -> None:
 
 
 # --- observability ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
+def test_the_sampling_ratio_is_every_traced_listeners_random_sampling(
+    registry: Registry, ratio: float
+) -> None:
+    node = ProxyNode.from_node(
+        "sidecar~orders~0",
+        {"grpcmesh": {"otlp_collector": "127.0.0.1:4317", "trace_sampling": ratio}},
+    )
+    assert node.trace_sampling == ratio
+    assert ProxyNode.from_node("sidecar~orders~0", node.metadata()) == node
+    managers = _hcms(build_snapshot(registry, node))
+    assert managers
+    assert all(m.tracing.random_sampling.value == pytest.approx(ratio * 100) for m in managers)
 
 
 def _hcms(snapshot: Snapshot) -> list[Any]:
@@ -549,6 +567,8 @@ def test_a_node_with_a_collector_traces_every_listener_to_it(
         provider.typed_config.Unpack(tracer)
         assert tracer.grpc_service.envoy_grpc.cluster_name == "otlp_collector"
         assert tracer.service_name == node.id.envoy_cluster
+        # The mesh-wide default ratio, in percent.
+        assert manager.tracing.random_sampling.value == pytest.approx(1.0)
         [log] = manager.access_log
         stdout = stream_pb2.StdoutAccessLog()
         log.typed_config.Unpack(stdout)

@@ -4,8 +4,11 @@ address, direction and where their routes come from (inline for inbound, RDS oth
 Observability, per node (``ProxyNode``): with ``otlp_collector`` set, every HCM traces with
 Envoy's OpenTelemetry tracer (spans over OTLP/gRPC to the ``otlp_collector`` cluster), which
 continues an incoming W3C ``traceparent`` or starts a trace, and passes its own span on
-upstream; with ``access_log``, one JSON line per request on stdout carrying the trace id, the
-``traceparent`` and ``x-request-id``.
+upstream. ``random_sampling`` is the node's ``trace_sampling`` (the mesh-wide ratio the kit uses
+too); Envoy draws it from the ``x-request-id``, which every hop forwards, so all the proxies
+of one request decide alike and the services follow the ``traceparent`` flag they set. With
+``access_log``, one JSON line per request on stdout carrying the trace id, the ``traceparent``
+and ``x-request-id``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2
 
 from grpcmesh_control.mesh.translate import _envoy as e
@@ -82,7 +86,8 @@ def _tracing(node: ProxyNode) -> hcm_pb2.HttpConnectionManager.Tracing:
     return HCM.Tracing(
         provider=http_tracer_pb2.Tracing.Http(
             name="envoy.tracers.opentelemetry", typed_config=e.pack(tracer)
-        )
+        ),
+        random_sampling=percent_pb2.Percent(value=node.trace_sampling * 100),
     )
 
 

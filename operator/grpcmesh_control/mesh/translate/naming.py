@@ -16,7 +16,8 @@ defaults: ``inbound_port`` (15006), ``egress_port`` (15001), ``app_port`` (the s
 ingress), ``ca_bundle`` (/etc/ssl/certs/ca-certificates.crt: the CA file in the proxy's image
 that TLS to external backends is verified against), ``otlp_collector`` (host:port of an OTLP/gRPC
 collector: when set, the node's HTTP connection managers trace with Envoy's OpenTelemetry
-tracer; unset, nothing is traced), ``access_log`` (true: JSON access logs on stdout),
+tracer; unset, nothing is traced), ``trace_sampling`` (the mesh's sampling ratio, 0 to 1,
+default ``DEFAULT_TRACE_SAMPLING``), ``access_log`` (true: JSON access logs on stdout),
 ``local_address`` (127.0.0.1: the address the pod's containers share; see below).
 The egress listener binds the local address: only the local app may use it.
 
@@ -62,6 +63,7 @@ __all__ = [
     "DEFAULT_EGRESS_PORT",
     "DEFAULT_INBOUND_PORT",
     "DEFAULT_INGRESS_PORT",
+    "DEFAULT_TRACE_SAMPLING",
     "EGRESS",
     "INBOUND",
     "INGRESS",
@@ -79,6 +81,11 @@ __all__ = [
 INBOUND = "inbound"
 EGRESS = "egress"
 INGRESS = "ingress"
+DEFAULT_TRACE_SAMPLING = 0.01
+"""The mesh-wide share of new traces that are recorded: Envoy samples the requests that start
+a trace at this ratio and the kit (``GRPCMESH_TRACE_SAMPLING_RATIO``) the calls that arrive
+without one; every later hop follows the first one's decision, so a trace stays whole."""
+
 OTLP_COLLECTOR_CLUSTER = "otlp_collector"
 """The cluster a tracing node sends spans to (``ProxyNode.otlp_collector``)."""
 
@@ -163,6 +170,7 @@ class ProxyNode:
     bind_address: str = DEFAULT_BIND_ADDRESS
     ca_bundle: str = DEFAULT_CA_BUNDLE
     otlp_collector: str | None = None
+    trace_sampling: float = DEFAULT_TRACE_SAMPLING
     access_log: bool = False
     local_address: str = LOCALHOST
 
@@ -184,6 +192,7 @@ class ProxyNode:
             bind_address=bind,
             ca_bundle=ca_bundle,
             otlp_collector=_collector(node_id, ours),
+            trace_sampling=_ratio(node_id, ours, "trace_sampling", DEFAULT_TRACE_SAMPLING),
             access_log=_flag(node_id, ours, "access_log"),
             local_address=_text(node_id, ours, "local_address", defaults.local_address),
         )
@@ -201,6 +210,8 @@ class ProxyNode:
             ours["app_port"] = self.app_port
         if self.otlp_collector is not None:
             ours["otlp_collector"] = self.otlp_collector
+        if self.trace_sampling != DEFAULT_TRACE_SAMPLING:
+            ours["trace_sampling"] = self.trace_sampling
         if self.access_log:
             ours["access_log"] = True
         if self.local_address != LOCALHOST:
@@ -216,6 +227,15 @@ def _collector(node_id: str, metadata: Mapping[str, Any]) -> str | None:
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise InvalidNodeId(f"node {node_id}: metadata.{METADATA_KEY}.otlp_collector: {value!r}")
     return str(value)
+
+
+def _ratio(node_id: str, metadata: Mapping[str, Any], key: str, default: float) -> float:
+    value = metadata.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidNodeId(
+            f"node {node_id}: metadata.{METADATA_KEY}.{key}: {value!r} (a ratio from 0 to 1)"
+        )
+    return float(value)
 
 
 def _flag(node_id: str, metadata: Mapping[str, Any], key: str) -> bool:
