@@ -8,6 +8,8 @@ from collections import defaultdict
 
 import grpc
 import pytest
+from opentelemetry import propagate
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc
 from grpcmesh_kit import KitSettings, create_tracer_provider
+from grpcmesh_kit.tracing import MeshSampler
 from tests.kit.conftest import echo_settings
 from tests.kit.echo_service import build_app
 
@@ -125,3 +128,37 @@ def test_the_ratio_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         KitSettings()
     with pytest.raises(ValueError, match="within"):
         create_tracer_provider("echo", InMemorySpanExporter(), sampling_ratio=-0.1)
+
+
+async def test_an_unsampled_calls_ids_reach_its_logs_and_downstream_calls() -> None:
+    """Unsampled spans draw their ids lazily; the ids are stable once drawn and a caller's
+    trace id is kept, so a log line and a downstream call of one call agree."""
+    exporter = InMemorySpanExporter()
+    provider = create_tracer_provider("echo", exporter, sampling_ratio=0.0)
+    seen: list[tuple[int, int]] = []
+    backend, _ = build_app(echo_settings(service_name="backend"), tracer_provider=provider)
+    async with backend.running():
+        front, _ = build_app(
+            echo_settings(
+                service_name="front", downstream="backend", targets={"backend": backend.address}
+            ),
+            tracer_provider=provider,
+        )
+        async with front.running():
+            traceparent = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-00"
+            await call_many(front.address, 3, (("traceparent", traceparent),))
+    assert finished(provider, exporter) == []
+    provider.shutdown()
+
+    sampler = provider.sampler
+    assert isinstance(sampler, MeshSampler)
+    caller = propagate.extract({"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN_ID}-00"})
+    for parent, trace_id in ((caller, int(TRACE_ID, 16)), (Context(), None)):
+        span, _ = sampler.decide(parent)
+        assert span is not None and not span.is_recording()
+        first, again = span.get_span_context(), span.get_span_context()
+        assert first.is_valid and not first.trace_flags.sampled
+        assert (again.trace_id, again.span_id) == (first.trace_id, first.span_id)
+        assert trace_id in (None, first.trace_id)
+        seen.append((first.trace_id, first.span_id))
+    assert seen[0][1] != int(CALLER_SPAN_ID, 16)

@@ -114,15 +114,35 @@ class MeshSampler(ParentBased):
         if caller.is_valid:
             if caller.trace_flags.sampled:
                 return None, parent
-            span_id = random.getrandbits(64) or 1
-            span_context = SpanContext(
-                caller.trace_id, span_id, False, _UNSAMPLED, caller.trace_state
-            )
-            return NonRecordingSpan(span_context), parent
+            return UnsampledSpan(caller), parent
         if random.random() < self.ratio:
             return None, context_api.set_value(_ROOT_SAMPLED, True, parent)
-        trace_id, span_id = random.getrandbits(128) or 1, random.getrandbits(64) or 1
-        return NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED)), parent
+        return UnsampledSpan(None), parent
+
+
+class UnsampledSpan(NonRecordingSpan):
+    """A span that is not recorded, whose ids are drawn when first asked for: a call that
+    neither logs nor calls another service never needs them, and drawing them was a good part
+    of the tracing layer's per-call cost. Its trace is the caller's (``caller``) or a new one.
+    """
+
+    def __init__(self, caller: SpanContext | None) -> None:
+        self._caller = caller
+        self._lazy: SpanContext | None = None
+
+    def get_span_context(self) -> SpanContext:
+        if self._lazy is None:
+            caller = self._caller
+            span_id = random.getrandbits(64) or 1
+            self._lazy = (
+                SpanContext(random.getrandbits(128) or 1, span_id, False, _UNSAMPLED)
+                if caller is None
+                else SpanContext(caller.trace_id, span_id, False, _UNSAMPLED, caller.trace_state)
+            )
+        return self._lazy
+
+    def __repr__(self) -> str:
+        return f"UnsampledSpan({self.get_span_context()!r})"
 
 
 def mesh_sampler(ratio: float, *, exporting: bool = True) -> MeshSampler:
