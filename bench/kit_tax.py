@@ -8,7 +8,10 @@ The same trivial CatalogService.GetProduct servicer is served by several process
 - ``kit-none``: ServiceApp with no layer, and ``kit+LAYER``: with only that layer, so a layer's
   cost is its server CPU per call over ``kit-none``'s (``--no-layers`` leaves these out);
 - ``kit-otel``: the kit with opentelemetry-instrumentation-grpc's aio server interceptor in
-  place of its own tracing layer, and ``kit+otel`` that interceptor alone (``--no-otel``).
+  place of its own tracing layer, and ``kit+otel`` that interceptor alone (``--no-otel``);
+- client side (with ``kit-otel``): the load client against ``bare`` with no interceptor, with
+  the kit's own tracing client interceptor, and with the package's aio client interceptors,
+  reporting the client's CPU per call.
 
 Every kit mode traces with the kit's sampler at the same ratio (``--sampling``, the mesh default
 1 %) into a BatchSpanProcessor whose exporter drops the spans: sampled spans cost what they
@@ -58,6 +61,7 @@ from grpcmesh_kit.interceptors import (
     Layer,
     MetricsServerLayer,
     RequestContextLayer,
+    TracingClientInterceptor,
     TracingServerLayer,
 )
 from grpcmesh_kit.metrics import MetricsEndpoint
@@ -188,6 +192,7 @@ class Round:
     server_cpu_s: float
     p50_s: float
     p99_s: float
+    client_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -196,6 +201,10 @@ class Round:
     @property
     def cpu_us_per_call(self) -> float:
         return self.server_cpu_s / self.calls * 1e6
+
+    @property
+    def client_us_per_call(self) -> float:
+        return self.client_cpu_s / self.calls * 1e6
 
 
 @dataclass
@@ -235,9 +244,16 @@ def _start_server(mode: str, workdir: Path, sampling: float) -> Server:
     return Server(mode, process, f"127.0.0.1:{port}")
 
 
-async def _measure(server: Server, calls: int, concurrency: int) -> Round:
+async def _measure(
+    server: Server,
+    calls: int,
+    concurrency: int,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    mode: str | None = None,
+) -> Round:
     request = catalog_pb2.GetProductRequest(product_id="sku-0001")
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    channel = grpc.aio.insecure_channel(server.address, interceptors=list(interceptors) or None)
+    async with channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         stub = catalog_pb2_grpc.CatalogServiceStub(channel)
 
@@ -248,12 +264,13 @@ async def _measure(server: Server, calls: int, concurrency: int) -> Round:
                 return Answer(status=exc.code().name, detail=exc.details() or "")
             return Answer()
 
-        cpu_before = cpu_seconds(server.process.pid)
+        cpu_before, client_before = cpu_seconds(server.process.pid), time.process_time()
         run = await drive(get, count=calls, rate=math.inf, concurrency=concurrency)
-        cpu_after = cpu_seconds(server.process.pid)
+        cpu_after, client_after = cpu_seconds(server.process.pid), time.process_time()
     latency = summarize_latencies(r.latency_s for r in run.results)
     return Round(
-        mode=server.mode,
+        mode=mode or server.mode,
+        client_cpu_s=client_after - client_before,
         calls=len(run.results),
         failed=sum(r.status != OK for r in run.results),
         elapsed_s=run.elapsed_s,
@@ -343,6 +360,64 @@ def _layer_costs(m: Medians) -> Table:
     return table
 
 
+CLIENT_MODES = ("client", "client+tracing", "client+otel")
+"""The load client itself with no interceptor, with the kit's own tracing client interceptor,
+and with opentelemetry-instrumentation-grpc's aio client interceptors, against ``bare``."""
+
+
+def _client_interceptors(mode: str, sampling: float) -> list[grpc.aio.ClientInterceptor]:
+    provider = create_tracer_provider("kit-tax-client", DropSpans(), sampling)
+    if mode == "client+tracing":
+        return [TracingClientInterceptor(provider)]
+    if mode == "client+otel":
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        return list(aio_client_interceptors(tracer_provider=provider))  # type: ignore[no-untyped-call]
+    return []
+
+
+async def _client_rounds(
+    console: Console, server: Server, rounds: int, calls: int, concurrency: int, sampling: float
+) -> list[Round]:
+    interceptors = {m: _client_interceptors(m, sampling) for m in CLIENT_MODES}
+    for mode in CLIENT_MODES:
+        await _measure(server, 1000, concurrency, interceptors[mode], mode)
+    results: list[Round] = []
+    for i in range(rounds):
+        shift = i % len(CLIENT_MODES)
+        for mode in CLIENT_MODES[shift:] + CLIENT_MODES[:shift]:
+            results.append(await _measure(server, calls, concurrency, interceptors[mode], mode))
+            console.print(
+                f"  client round {len(results)}: {mode} {results[-1].rate:,.0f}/s, "
+                f"{results[-1].client_us_per_call:.0f} µs client CPU/call"
+            )
+    return results
+
+
+def _client_table(rounds: list[Round]) -> tuple[Table, str]:
+    rate = {m: statistics.median(r.rate for r in rounds if r.mode == m) for m in CLIENT_MODES}
+    cpu = {
+        m: statistics.median(r.client_us_per_call for r in rounds if r.mode == m)
+        for m in CLIENT_MODES
+    }
+    table = Table(title="client side, against bare (medians of rounds)", title_justify="left")
+    for column in ("client", "calls/s", "client CPU µs/call", "tracing µs/call"):
+        table.add_column(column, justify="right")
+    for m in CLIENT_MODES:
+        table.add_row(m, f"{rate[m]:,.0f}", f"{cpu[m]:.0f}", f"{cpu[m] - cpu['client']:.1f}")
+    ratio = rate["client+otel"] / rate["client+tracing"]
+    verdict = (
+        f"client with opentelemetry-instrumentation-grpc: {ratio:.2f} of the own interceptor's "
+        f"calls/s ({cpu['client+otel'] - cpu['client+tracing']:+.0f} µs/call client CPU): "
+        + (
+            f"costs more than {OTEL_ALLOWANCE:.0%}, keep the own interceptor"
+            if ratio < 1 - OTEL_ALLOWANCE
+            else f"within {OTEL_ALLOWANCE:.0%}, use the package"
+        )
+    )
+    return table, verdict
+
+
 def _otel_verdict(m: Medians) -> str:
     """The package against the own layer, in the full kit: issue 13's rule."""
     ratio = m.rate["kit-otel"] / m.rate["kit"]
@@ -390,6 +465,13 @@ async def _bench(
                 for mode in modes[shift:] + modes[:shift]:
                     results.append(await _measure(servers[mode], calls, concurrency))
                     console.print(f"  round {len(results)}: {mode} {results[-1].rate:,.0f}/s")
+            client = (
+                await _client_rounds(
+                    console, servers["bare"], rounds, calls // 2, concurrency, sampling
+                )
+                if "kit-otel" in modes
+                else []
+            )
         finally:
             for server in servers.values():
                 server.process.terminate()
@@ -410,6 +492,9 @@ async def _bench(
     console.print(f"kit/bare throughput ratio {ratio:.2f} {verdict} the goal (>= {GOAL})")
     if "kit-otel" in modes:
         console.print(_otel_verdict(medians))
+        client_table, client_verdict = _client_table(client)
+        console.print(client_table)
+        console.print(client_verdict)
     if any(r.failed for r in results):
         console.print("[red]some calls failed: the numbers above are not trustworthy[/red]")
 

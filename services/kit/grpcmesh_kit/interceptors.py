@@ -698,6 +698,8 @@ class TracingClientInterceptor(
         self._server: dict[str, Any] = (
             {} if server is None else {"server.address": server[0], "server.port": server[1]}
         )
+        # method -> (span name, attributes); bounded by the methods a channel calls.
+        self._names: dict[str | bytes, tuple[str, dict[str, Any]]] = {}
 
     def for_target(self, host: str, port: int) -> TracingClientInterceptor:
         return TracingClientInterceptor(self._provider, (host, port))
@@ -705,12 +707,14 @@ class TracingClientInterceptor(
     def _start(
         self, details: grpc.aio.ClientCallDetails
     ) -> tuple[Span, grpc.aio.ClientCallDetails]:
-        method = _method_name(details)
-        span = self._tracer.start_span(
-            method.lstrip("/"),
-            kind=SpanKind.CLIENT,
-            attributes={**_rpc_attributes(method), **self._server},
-        )
+        named = self._names.get(details.method)
+        if named is None:
+            method = _method_name(details)
+            named = self._names[details.method] = (
+                method.lstrip("/"),
+                {**_rpc_attributes(method), **self._server},
+            )
+        span = self._tracer.start_span(named[0], kind=SpanKind.CLIENT, attributes=named[1])
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         metadata = grpc.aio.Metadata(*tuple(details.metadata or ()))
