@@ -10,7 +10,7 @@ The same trivial CatalogService.GetProduct servicer is served by several process
 - ``kit-otel``: the kit with opentelemetry-instrumentation-grpc's aio server interceptor in
   place of its own tracing layer, and ``kit+otel`` that interceptor alone (``--no-otel``);
 - client side (with ``kit-otel``): the load client against ``bare`` with no interceptor, with
-  the kit's own tracing client interceptor, and with the package's aio client interceptors,
+  the kit's client tracing, and with the package's aio client interceptors as they come,
   reporting the client's CPU per call.
 
 Every kit mode traces with the kit's sampler at the same ratio (``--sampling``, the mesh default
@@ -56,12 +56,12 @@ from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 from grpcmesh_kit import KitSettings, ServiceApp, create_tracer_provider
 from grpcmesh_kit.interceptors import (
     Address,
+    ClientTracing,
     ErrorLayer,
     KitLayers,
     Layer,
     MetricsServerLayer,
     RequestContextLayer,
-    TracingClientInterceptor,
     TracingServerLayer,
 )
 from grpcmesh_kit.metrics import MetricsEndpoint
@@ -361,14 +361,15 @@ def _layer_costs(m: Medians) -> Table:
 
 
 CLIENT_MODES = ("client", "client+tracing", "client+otel")
-"""The load client itself with no interceptor, with the kit's own tracing client interceptor,
-and with opentelemetry-instrumentation-grpc's aio client interceptors, against ``bare``."""
+"""The load client itself with no interceptor, with the kit's client tracing (the package's
+aio client interceptors with the kit's conventions hook, as its channels get them), and with
+the package's interceptors as they come, against ``bare``."""
 
 
 def _client_interceptors(mode: str, sampling: float) -> list[grpc.aio.ClientInterceptor]:
     provider = create_tracer_provider("kit-tax-client", DropSpans(), sampling)
     if mode == "client+tracing":
-        return [TracingClientInterceptor(provider)]
+        return ClientTracing(provider).for_target("127.0.0.1", 0)
     if mode == "client+otel":
         from opentelemetry.instrumentation.grpc import aio_client_interceptors
 

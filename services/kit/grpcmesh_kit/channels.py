@@ -17,9 +17,9 @@ from grpcmesh_kit.config import KitSettings
 
 @runtime_checkable
 class TargetAware(Protocol):
-    """A client interceptor that labels calls with the channel's target."""
+    """Client interceptors that label calls with the channel's target, made per channel."""
 
-    def for_target(self, host: str, port: int) -> grpc.aio.ClientInterceptor: ...
+    def for_target(self, host: str, port: int) -> Sequence[grpc.aio.ClientInterceptor]: ...
 
 
 class UnknownService(LookupError):
@@ -30,7 +30,7 @@ class ChannelFactory:
     def __init__(
         self,
         settings: Callable[[], KitSettings],
-        interceptors: Sequence[grpc.aio.ClientInterceptor],
+        interceptors: Sequence[grpc.aio.ClientInterceptor | TargetAware],
     ) -> None:
         self._settings = settings
         self._interceptors = list(interceptors)
@@ -75,9 +75,13 @@ class ChannelFactory:
         tracing one: ``server.address``/``server.port``) get it."""
         host, _, port = address.rpartition(":")
         target = (authority or host.strip("[]"), int(port) if port.isdigit() else 0)
-        return [
-            i.for_target(*target) if isinstance(i, TargetAware) else i for i in self._interceptors
-        ]
+        made: list[grpc.aio.ClientInterceptor] = []
+        for interceptor in self._interceptors:
+            if isinstance(interceptor, TargetAware):
+                made.extend(interceptor.for_target(*target))
+            else:
+                made.append(interceptor)
+        return made
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}

@@ -3,7 +3,8 @@
 Server, outermost first: tracing (OpenTelemetry, W3C context) -> request context (request id,
 deadline) -> metrics -> error mapping. Metrics sit outside error mapping so they count the status
 the caller really gets; request context sits inside tracing so log lines carry the span.
-Client, outermost first: context propagation (request id, deadline) -> tracing -> metrics.
+Client, outermost first: context propagation (request id, deadline) -> tracing
+(opentelemetry-instrumentation-grpc's interceptors) -> metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from grpc_status import rpc_status
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
@@ -681,83 +683,42 @@ async def _observe_stream(
         on_end(code)
 
 
-class TracingClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
-):
-    """A CLIENT span per call, whose context travels as W3C ``traceparent`` metadata.
+class ClientTracing:
+    """A CLIENT span per call, whose context travels as W3C ``traceparent`` metadata:
+    opentelemetry-instrumentation-grpc's aio client interceptors, which cost no more client CPU
+    per call than the kit's own did (bench/kit_tax.py, docs/benchmarks.md).
 
-    ``for_target`` gives a copy for one channel, whose spans carry ``server.address`` (the
+    Their spans are made to follow the RPC conventions the kit's server spans follow: the name
+    without the path's leading ``/`` and, per channel (``for_target``), ``server.address`` (the
     service's name when a sidecar routes on it, else the dialled host) and ``server.port``.
     """
 
-    def __init__(
-        self, tracer_provider: TracerProvider, server: tuple[str, int] | None = None
-    ) -> None:
+    def __init__(self, tracer_provider: TracerProvider) -> None:
         self._provider = tracer_provider
-        self._tracer = tracer_provider.get_tracer("grpcmesh_kit")
-        self._server: dict[str, Any] = (
-            {} if server is None else {"server.address": server[0], "server.port": server[1]}
-        )
-        # method -> (span name, attributes); bounded by the methods a channel calls.
-        self._names: dict[str | bytes, tuple[str, dict[str, Any]]] = {}
 
-    def for_target(self, host: str, port: int) -> TracingClientInterceptor:
-        return TracingClientInterceptor(self._provider, (host, port))
+    def for_target(self, host: str, port: int) -> list[grpc.aio.ClientInterceptor]:
+        server: dict[str, str | int] = {"server.address": host, "server.port": port}
 
-    def _start(
-        self, details: grpc.aio.ClientCallDetails
-    ) -> tuple[Span, grpc.aio.ClientCallDetails]:
-        named = self._names.get(details.method)
-        if named is None:
-            method = _method_name(details)
-            named = self._names[details.method] = (
-                method.lstrip("/"),
-                {**_rpc_attributes(method), **self._server},
+        def conventions(span: Span, request: Any) -> None:
+            if span.is_recording():
+                name = getattr(span, "name", None)
+                if isinstance(name, str):
+                    span.update_name(name.lstrip("/"))
+                span.set_attributes(server)
+
+        return list(
+            aio_client_interceptors(  # type: ignore[no-untyped-call]
+                tracer_provider=self._provider, request_hook=conventions
             )
-        span = self._tracer.start_span(named[0], kind=SpanKind.CLIENT, attributes=named[1])
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        metadata = grpc.aio.Metadata(*tuple(details.metadata or ()))
-        for key, value in carrier.items():
-            metadata.add(key, value)
-        return span, grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
-
-    async def intercept_unary_unary(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        span, details = self._start(client_call_details)
-        try:
-            call = await continuation(details, request)
-            code = await call.code()
-            _finish_span(span, code.name)
-            return call
-        finally:
-            span.end()
-
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        span, details = self._start(client_call_details)
-        try:
-            call = await continuation(details, request)
-        except BaseException:
-            span.end()
-            raise
-
-        def done(code: str) -> None:
-            _finish_span(span, code)
-            span.end()
-
-        return _observe_stream(call, lambda: None, done)
 
 
 def client_interceptors(
     endpoint: MetricsEndpoint, tracer_provider: TracerProvider
-) -> Sequence[grpc.aio.ClientInterceptor]:
+) -> Sequence[grpc.aio.ClientInterceptor | ClientTracing]:
+    """Outermost first; ``ClientTracing`` becomes its interceptors per channel."""
     return [
         ContextClientInterceptor(),
-        TracingClientInterceptor(tracer_provider),
+        ClientTracing(tracer_provider),
         MetricsClientInterceptor(endpoint),
     ]
