@@ -284,9 +284,7 @@ def up(
     )
     console = _console()
     options = replace(
-        _options(
-            resources, state_dir, startup_timeout, prometheus, otlp_endpoint, trace_sampling
-        ),
+        _options(resources, state_dir, startup_timeout, prometheus, otlp_endpoint, trace_sampling),
         descriptors=tuple(descriptors or ()),
     )
 
