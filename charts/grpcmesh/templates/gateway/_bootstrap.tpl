@@ -28,7 +28,7 @@ admin:
     socket_address: {address: 127.0.0.1, port_value: {{ $admin }}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: DELTA_GRPC
     transport_api_version: V3
     grpc_services:
       - envoy_grpc: {cluster_name: xds_cluster}
