@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from grpcmesh_control.mesh.ca import CaError, CertificateAuthority
 
 __all__ = [
     "CA_VALIDITY",
@@ -41,7 +39,6 @@ CA_VALIDITY = dt.timedelta(days=3650)
 SERVING_VALIDITY = dt.timedelta(days=365)
 RENEW_BEFORE = dt.timedelta(days=30)
 """A serving certificate this close to expiry is renewed (at operator start)."""
-_BACKDATE = dt.timedelta(minutes=5)  # tolerate clock skew between the operator and API server
 
 CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
 
@@ -71,49 +68,31 @@ class TlsBundle:
 
 _CN_MAX = 64  # RFC 5280's ub-common-name
 _SERVING_CN = "grpcmesh-webhook"
+_CA_CN = "grpcmesh-webhook-ca"
 
 
 def issue(dns_names: Sequence[str], now: dt.datetime, ca: TlsBundle | None = None) -> TlsBundle:
     """A serving certificate for ``dns_names``, signed by ``ca``'s CA (kept, so the caBundle
-    already installed stays valid) or by a new CA when ``ca`` is None."""
+    already installed stays valid) or by a new CA when ``ca`` is None. The signing is the mesh
+    certificate authority's (``mesh.ca``); the webhooks keep a root of their own, trusted by
+    the API server only, apart from the mesh root the sidecars trust."""
     if not dns_names:
         raise ValueError("a serving certificate needs at least one DNS name")
     if ca is None:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "grpcmesh-webhook-ca")])
-        ca_cert = (
-            _builder(ca_name, ca_name, ca_key.public_key(), now, CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_usage(cert_sign=True), critical=True)
-            .sign(ca_key, hashes.SHA256())
+        authority = CertificateAuthority.create_root(
+            now, validity=CA_VALIDITY, common_name=_CA_CN, path_length=0
         )
     else:
-        ca_cert = x509.load_pem_x509_certificate(ca.ca_cert)
-        loaded = serialization.load_pem_private_key(ca.ca_key, password=None)
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise ValueError("the stored CA key is not an EC key")
-        ca_key = loaded
-    key = ec.generate_private_key(ec.SECP256R1())
+        authority = CertificateAuthority.from_pem(ca.ca_cert, ca.ca_key)
     # Clients check the SANs only; the CN is informative and at most 64 characters, which a
     # Service's DNS name (<name>.<namespace>.svc) may exceed.
     common_name = dns_names[0] if len(dns_names[0]) <= _CN_MAX else _SERVING_CN
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (
-        _builder(subject, ca_cert.subject, key.public_key(), now, SERVING_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([_general_name(name) for name in dns_names]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    serving = authority.issue_serving(
+        dns_names, now, validity=SERVING_VALIDITY, common_name=common_name
     )
+    _, ca_key, ca_cert = authority.pem()
     return TlsBundle(
-        ca_cert=ca_cert.public_bytes(serialization.Encoding.PEM),
-        ca_key=_pem(ca_key),
-        cert=cert.public_bytes(serialization.Encoding.PEM),
-        key=_pem(key),
+        ca_cert=ca_cert, ca_key=ca_key, cert=serving.cert_chain_pem(), key=serving.key_pem()
     )
 
 
@@ -152,15 +131,10 @@ def ca_reusable(bundle: TlsBundle | None, now: dt.datetime) -> bool:
     if bundle is None:
         return False
     try:
-        ca = x509.load_pem_x509_certificate(bundle.ca_cert)
-        key = serialization.load_pem_private_key(bundle.ca_key, password=None)
-    except ValueError:
+        authority = CertificateAuthority.from_pem(bundle.ca_cert, bundle.ca_key)
+    except CaError:
         return False
-    return (
-        isinstance(key, ec.EllipticCurvePrivateKey)
-        and key.public_key() == ca.public_key()
-        and ca.not_valid_after_utc > now + SERVING_VALIDITY
-    )
+    return authority.certificate.not_valid_after_utc > now + SERVING_VALIDITY
 
 
 def secret_body(bundle: TlsBundle, name: str, namespace: str) -> dict[str, Any]:
@@ -200,51 +174,3 @@ def ca_bundle_patch(configuration: Mapping[str, Any], ca_cert: bytes) -> list[di
             {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": bundle}
         )
     return ops
-
-
-def _builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    now: dt.datetime,
-    validity: dt.timedelta,
-) -> x509.CertificateBuilder:
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + validity)
-    )
-
-
-def _general_name(name: str) -> x509.GeneralName:
-    """An IP address SAN for a literal address (tests on loopback), else a DNS name."""
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
-
-
-def _usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
