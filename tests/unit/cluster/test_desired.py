@@ -65,6 +65,7 @@ def test_objects_of_each_example(
         ("Service", "payments"),
         ("Service", "payments-v1"),
         ("Service", "payments-v2"),
+        ("ServiceAccount", "payments"),
         ("Deployment", "payments-v1"),
         ("Deployment", "payments-v2"),
         ("ServiceMonitor", "payments"),
@@ -74,12 +75,34 @@ def test_objects_of_each_example(
         ("ConfigMap", "orders-envoy-bootstrap"),
         ("Service", "orders"),
         ("Service", "orders-v1"),
+        ("ServiceAccount", "orders"),
         ("Deployment", "orders-v1"),
         ("ServiceMonitor", "orders"),
     ]
     # Unique identities, so apply and prune can key on them.
     for objects in map(lambda s: render(s, settings), services.values()):
         assert len({object_key(o) for o in objects}) == len(objects)
+
+
+def test_each_workload_runs_under_its_own_service_account_without_a_mounted_token(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    accounts = set()
+    for svc in services.values():
+        objects = render(svc, settings)
+        if svc.workload is None:
+            assert not [o for o in objects if o["kind"] == "ServiceAccount"]
+            continue
+        account = one(objects, "ServiceAccount", svc.name)
+        assert account["automountServiceAccountToken"] is False
+        assert account["metadata"]["labels"][LABEL_SERVICE] == svc.name
+        assert account["metadata"]["ownerReferences"][0]["kind"] == "MeshService"
+        for deployment in [o for o in objects if o["kind"] == "Deployment"]:
+            pod = deployment["spec"]["template"]["spec"]
+            assert pod["serviceAccountName"] == account["metadata"]["name"]
+            assert pod["automountServiceAccountToken"] is False
+        accounts.add(account["metadata"]["name"])
+    assert len(accounts) == len([s for s in services.values() if s.workload is not None])
 
 
 def test_service_targets_the_sidecar_inbound_port(

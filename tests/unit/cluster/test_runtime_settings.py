@@ -3,6 +3,7 @@ combinations refused before anything starts (the entry point exits 2 on ValueErr
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ CHART_ENV = {
     "GRPCMESH_PEERING_PRIORITY": "random",
     "GRPCMESH_APPMESH_MESH_NAME": "shop",
     "GRPCMESH_APPMESH_EGRESS_FILTER": "ALLOW_ALL",
+    "GRPCMESH_TRUST_DOMAIN": "prod.example.com",
+    "GRPCMESH_WORKLOAD_CERT_TTL": "12h",
+    "GRPCMESH_CERT_RENEW_FRACTION": "0.6",
 }
 
 
@@ -36,6 +40,10 @@ def test_the_charts_environment() -> None:
     assert settings.manages_webhook_tls
     assert settings.render.appmesh.mesh_name == "shop"
     assert settings.render.appmesh.egress_filter is EgressFilter.ALLOW_ALL
+    identity = settings.render.identity
+    assert identity.trust_domain == "prod.example.com"
+    assert identity.workload_ttl == dt.timedelta(hours=12)
+    assert identity.renew_fraction == 0.6
 
 
 def test_defaults_keep_the_documented_behaviour() -> None:
@@ -43,6 +51,8 @@ def test_defaults_keep_the_documented_behaviour() -> None:
     assert settings.missing_backends is MissingBackends.WARN
     assert settings.render.proxy.image.startswith("envoyproxy/envoy-distroless:")
     assert settings.peering_priority == 0
+    assert settings.render.identity.trust_domain == "cluster.local"
+    assert settings.render.identity.workload_ttl == dt.timedelta(hours=24)
     assert not settings.manages_webhook_tls
 
 
@@ -78,6 +88,10 @@ def test_random_priorities_differ_between_replicas() -> None:
         ({"GRPCMESH_MISSING_BACKENDS": "maybe"}, "maybe"),
         ({"GRPCMESH_PEERING_PRIORITY": "high"}, "high"),
         ({"GRPCMESH_APPMESH_EGRESS_FILTER": "SOME"}, "SOME"),
+        ({"GRPCMESH_TRUST_DOMAIN": "Not Valid"}, "identity.trustDomain"),
+        ({"GRPCMESH_WORKLOAD_CERT_TTL": "a day"}, "GRPCMESH_WORKLOAD_CERT_TTL"),
+        ({"GRPCMESH_WORKLOAD_CERT_TTL": "0s"}, "identity.certificateTTL"),
+        ({"GRPCMESH_CERT_RENEW_FRACTION": "1.5"}, "identity.renewFraction"),
     ],
 )
 def test_bad_combinations_are_refused(env: dict[str, str], message: str) -> None:

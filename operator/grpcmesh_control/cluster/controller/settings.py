@@ -6,6 +6,7 @@ else receives the value. Rendering knobs live in ``k8s.settings.OperatorSettings
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,11 +17,13 @@ from grpcmesh_control.cluster.objects.admission import MissingBackends
 from grpcmesh_control.cluster.objects.settings import (
     AppMeshSettings,
     EgressFilter,
+    IdentitySettings,
     OperatorSettings,
     PodLocalAddress,
     Provider,
     ProxySettings,
 )
+from grpcmesh_control.mesh.model.durations import parse_duration
 
 __all__ = ["ApplyStrategy", "RuntimeSettings"]
 
@@ -138,6 +141,19 @@ class RuntimeSettings:
             proxy=ProxySettings(
                 image=environ.get("GRPCMESH_PROXY_IMAGE") or defaults.render.proxy.image
             ),
+            identity=IdentitySettings(
+                trust_domain=environ.get("GRPCMESH_TRUST_DOMAIN")
+                or defaults.render.identity.trust_domain,
+                workload_ttl=_duration(
+                    environ.get("GRPCMESH_WORKLOAD_CERT_TTL"),
+                    defaults.render.identity.workload_ttl,
+                    "GRPCMESH_WORKLOAD_CERT_TTL",
+                ),
+                renew_fraction=float(
+                    environ.get("GRPCMESH_CERT_RENEW_FRACTION")
+                    or defaults.render.identity.renew_fraction
+                ),
+            ),
             appmesh=AppMeshSettings(
                 mesh_name=environ.get("GRPCMESH_APPMESH_MESH_NAME")
                 or defaults.render.appmesh.mesh_name,
@@ -189,6 +205,15 @@ def _priority(text: str | None) -> int:
     if text.strip() == RANDOM_PRIORITY:
         return 1 + secrets.randbelow(_PRIORITY_RANGE)
     return int(text)
+
+
+def _duration(text: str | None, default: dt.timedelta, name: str) -> dt.timedelta:
+    if not text:
+        return default
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
 
 
 def _path(text: str | None) -> Path | None:

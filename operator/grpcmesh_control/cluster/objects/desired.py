@@ -33,6 +33,7 @@ from grpcmesh_control.cluster.objects.proxy import HEALTH_PORT_NAME, bootstrap_d
 from grpcmesh_control.cluster.objects.settings import OperatorSettings, Provider
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.identity import service_account_name
 from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload
 from grpcmesh_control.mesh.model.schema import KIND
 from grpcmesh_control.observability.scrape import (
@@ -104,6 +105,7 @@ def desired_objects(
     objects.append(_service(svc, namespace, owner, settings))
     objects += [_version_service(svc, v, namespace, owner, settings) for v in svc.versions]
     if svc.workload is not None:
+        objects.append(_service_account(svc, namespace, owner))
         digest = None if bootstrap is None else bootstrap_hash(bootstrap)
         objects += [
             _deployment(svc, v, workload, namespace, owner, settings, digest)
@@ -128,6 +130,17 @@ def _config_map(svc: MeshService, namespace: str, owner: OwnerRef) -> dict[str, 
     name = config_map_name(svc.name)
     obj = object_metadata(kinds.CONFIG_MAP, name, namespace, service_labels(svc.name), owner)
     return obj | {"data": config_data(svc)}
+
+
+def _service_account(svc: MeshService, namespace: str, owner: OwnerRef) -> dict[str, Any]:
+    """The workload's own ServiceAccount: its identity (``spiffe://<td>/ns/<namespace>/sa/
+    <name>``), so no two MeshServices share one and authorization can tell them apart. It
+    holds no API permissions, and its token is not mounted by default: nothing in the pod
+    calls the Kubernetes API (the sidecar's xDS credential will be a projected, audience-bound
+    token, which needs no automount)."""
+    name = service_account_name(svc.name)
+    obj = object_metadata(kinds.SERVICE_ACCOUNT, name, namespace, service_labels(svc.name), owner)
+    return obj | {"automountServiceAccountToken": False}
 
 
 def _bootstrap_config_map(

@@ -16,6 +16,7 @@ __all__ = [
     "OWNED_KINDS",
     "SECRET",
     "SERVICE",
+    "SERVICE_ACCOUNT",
     "SERVICE_MONITOR",
     "SERVICE_MONITOR_CRD",
     "VALIDATING_WEBHOOK_CONFIGURATION",
@@ -44,6 +45,7 @@ class Kind:
 
 SERVICE = Kind("", "v1", "Service", "services")
 CONFIG_MAP = Kind("", "v1", "ConfigMap", "configmaps")
+SERVICE_ACCOUNT = Kind("", "v1", "ServiceAccount", "serviceaccounts")
 DEPLOYMENT = Kind("apps", "v1", "Deployment", "deployments")
 SERVICE_MONITOR = Kind("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
 MESH = Kind("appmesh.k8s.aws", "v1beta2", "Mesh", "meshes", namespaced=False)
@@ -53,6 +55,7 @@ VIRTUAL_SERVICE = Kind("appmesh.k8s.aws", "v1beta2", "VirtualService", "virtuals
 
 OWNED_KINDS = (
     CONFIG_MAP,
+    SERVICE_ACCOUNT,
     SERVICE,
     DEPLOYMENT,
     SERVICE_MONITOR,

@@ -38,6 +38,7 @@ from grpcmesh_control.cluster.objects.security import (
 )
 from grpcmesh_control.cluster.objects.settings import OperatorSettings, PodLocalAddress, Provider
 from grpcmesh_control.mesh import appenv
+from grpcmesh_control.mesh.model.identity import service_account_name
 from grpcmesh_control.mesh.model.mesh import EnvVar, MeshService, VersionTarget, Workload
 
 __all__ = [
@@ -184,6 +185,8 @@ def pod_template(
         # Service links flood the env with *_PORT variables; the mesh routes by name instead.
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
+        # Its own ServiceAccount (rendered beside the Deployment): the workload's identity.
+        "serviceAccountName": service_account_name(svc.name),
     }
     if settings.provider is Provider.NATIVE:
         if bootstrap_hash is not None:

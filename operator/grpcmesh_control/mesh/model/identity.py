@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from grpcmesh_control.mesh.errors import FieldError, InvalidResource
-
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
     "LOCAL_NAMESPACE",
@@ -38,18 +36,12 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def validate_trust_domain(trust_domain: str, field: str = "trustDomain") -> str:
-    """``trust_domain`` when it is a valid SPIFFE trust domain; ``InvalidResource`` naming
-    ``field`` otherwise."""
+    """``trust_domain`` when it is a valid SPIFFE trust domain; ``ValueError`` naming ``field``
+    otherwise (a setting, so the process refuses to start)."""
     if not _TRUST_DOMAIN.fullmatch(trust_domain) or trust_domain.strip(".") != trust_domain:
-        raise InvalidResource(
-            "settings",
-            [
-                FieldError(
-                    field,
-                    f"{trust_domain!r} is not a SPIFFE trust domain (lowercase letters, digits, "
-                    "'.', '-' and '_'; at most 255 characters)",
-                )
-            ],
+        raise ValueError(
+            f"{field}: {trust_domain!r} is not a SPIFFE trust domain (lowercase letters, "
+            "digits, '.', '-' and '_'; at most 255 characters)"
         )
     return trust_domain
 
@@ -69,10 +61,7 @@ class SpiffeId:
             ("serviceAccount", self.service_account),
         ):
             if not _SEGMENT.fullmatch(segment) or segment in (".", ".."):
-                raise InvalidResource(
-                    "workload identity",
-                    [FieldError(field, f"{segment!r} is not a SPIFFE path segment")],
-                )
+                raise ValueError(f"{field}: {segment!r} is not a SPIFFE path segment")
 
     @property
     def uri(self) -> str:
@@ -94,7 +83,7 @@ class SpiffeId:
             raise ValueError(f"{uri!r} is not of the form spiffe://<td>/ns/<namespace>/sa/<sa>")
         try:
             return cls(trust_domain, parts[1], parts[3])
-        except InvalidResource as exc:
+        except ValueError as exc:
             raise ValueError(f"{uri!r}: {exc}") from exc
 
 
