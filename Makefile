@@ -31,6 +31,19 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 .PHONY: venv
 venv: $(VENV)/.synced ## create/refresh the locked virtualenv
 
+# checkov (the third-party policy scan of the rendered chart, tests/chart/test_policy_scan.py)
+# pins older packaging, pytest and python-dateutil than the dev venv, so it lives in a venv of
+# its own and the tests call its executable.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+
+$(CHECKOV): $(UV)
+	$(UV) venv --quiet --allow-existing $(TOOLS)/checkov
+	$(UV) pip install --quiet --python $(TOOLS)/checkov/bin/python checkov==$(CHECKOV_VERSION)
+
+.PHONY: checkov
+checkov: $(CHECKOV) ## install checkov in its own venv (.tools/checkov), for the chart policy scan
+
 $(GEN)/.stamp: $(VENV)/.synced $(PROTOS)
 	rm -rf $(GEN) && mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -Iprotos \
@@ -103,7 +116,7 @@ fmt: venv ## format and autofix
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: test
-test: gen sysdeps test-tools lint gen-check ## every test tier (lint, generated files, unit, integration, cluster, images, end to end)
+test: gen sysdeps test-tools checkov lint gen-check ## every test tier (lint, generated files, unit, integration, cluster, images, end to end)
 	$(PY) -m pytest
 
 .PHONY: demo
