@@ -127,7 +127,8 @@ def assert_reconciled(kube: KubeCluster, namespace: str, names: list[str]) -> No
 
     bodies = wait_until(all_current, f"MeshServices {names} in {namespace} reconciled")
     owned_kinds = {
-        r: kube.items(r, namespace) for r in ("services", "configmaps", "servicemonitors")
+        r: kube.items(r, namespace)
+        for r in ("services", "configmaps", "servicemonitors", "serviceaccounts")
     }
     # managedFields say who wrote what; kubectl hides them unless asked.
     shown = kube.kubectl(
@@ -151,6 +152,13 @@ def assert_reconciled(kube: KubeCluster, namespace: str, names: list[str]) -> No
             assert (OPERATOR_MANAGER, "Apply") in managers, (key, managers)
             init = deployment["spec"]["template"]["spec"].get("initContainers", [])
             assert [c["name"] for c in init] == [PROXY_CONTAINER], (key, init)
+        # Its own ServiceAccount, without a mounted token: the workload's identity.
+        (account,) = owned["serviceaccounts"]
+        assert account["metadata"]["name"] == body["metadata"]["name"], key
+        assert account.get("automountServiceAccountToken") is False, (key, account)
+        for deployment in owned["deployments"]:
+            pod = deployment["spec"]["template"]["spec"]
+            assert pod["serviceAccountName"] == account["metadata"]["name"], key
 
 
 def can_i(kube: KubeCluster, token: str, verb: str, resource: str) -> bool:
@@ -259,6 +267,45 @@ def test_the_monitoring_objects_pass_the_api_server(installed: Installed) -> Non
         "-",
         stdin=yaml.safe_dump_all(pod_monitors),
     )
+
+
+def test_the_network_policies_pass_the_api_server(installed: Installed) -> None:
+    """No CNI enforces NetworkPolicies here: they are checked as the API server stores and
+    validates them, including peers a user narrows them with."""
+    kube = installed.kube
+    rendered = installed.release.find("NetworkPolicy")
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in rendered}
+    assert components == {"operator", "gateway"}
+    for policy in rendered:
+        stored = kube.get("networkpolicy", policy["metadata"]["name"], RELEASE)
+        assert stored is not None and stored["spec"] == policy["spec"], policy["metadata"]
+    narrowed = {
+        "networkPolicy": {
+            "webhookFrom": [{"ipBlock": {"cidr": "172.20.0.0/16"}}],
+            "gatewayFrom": [{"namespaceSelector": {"matchLabels": {"ingress": "allowed"}}}],
+        }
+    }
+    dry_run_network_policies(kube, narrowed)
+    # The dry run does validate: a malformed peer is refused, naming the field.
+    broken = {"networkPolicy": {"webhookFrom": [{"ipBlock": {"cidr": "not-a-cidr"}}]}}
+    with pytest.raises(KubectlError) as refused:
+        dry_run_network_policies(kube, broken)
+    assert any("ipBlock.cidr" in field for field in refused.value.fields), refused.value
+
+
+def dry_run_network_policies(kube: KubeCluster, chart_values: Obj) -> None:
+    """Server-side dry run of the NetworkPolicies the chart renders with ``chart_values``,
+    under new names (the release's own belong to its field manager)."""
+    policies = [
+        o
+        for o in render(chart_values, release=RELEASE, namespace=RELEASE)
+        if o["kind"] == "NetworkPolicy"
+    ]
+    assert len(policies) == 2
+    for policy in policies:
+        policy["metadata"]["name"] += "-dry-run"
+    stdin = yaml.safe_dump_all(policies)
+    kube.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", stdin=stdin)
 
 
 def test_the_api_server_refuses_what_the_mesh_cannot_take(installed: Installed) -> None:

@@ -1,7 +1,7 @@
 """The operator's API client against the real API server: server-side apply as field owner
 ``grpcmesh-operator`` (fields it stops applying are removed, others' fields stay), the
 create-or-merge strategy kept for emulators, label selectors, how failures are translated,
-optimistic concurrency, and replicas racing for one webhook certificate."""
+optimistic concurrency, and replicas racing for one webhook certificate and one mesh root."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from typing import Any
 import pytest
 
 from grpcmesh_control.cluster.controller import ApplyStrategy, Conflict, KubeClient, NotFound
+from grpcmesh_control.cluster.controller.mesh_ca import ensure_mesh_ca
 from grpcmesh_control.cluster.controller.webhook_tls import ensure_webhook_tls
 from grpcmesh_control.cluster.objects import kinds
+from grpcmesh_control.cluster.objects.mesh_ca import mesh_ca_from_secret
 from grpcmesh_control.cluster.objects.webhook_tls import TlsBundle
+from grpcmesh_control.mesh.ca import CaError
 from tests.cluster.kube import KubeCluster
 from tests.cluster.operator_harness import operator_settings
 
@@ -151,3 +154,37 @@ async def test_replicas_starting_together_agree_on_one_certificate(
     assert {(cert.read_bytes(), key.read_bytes()) for cert, key in served} == {
         (stored.cert, stored.key)
     }
+
+
+async def test_replicas_starting_together_agree_on_one_mesh_root(
+    kube: KubeCluster, namespace: str
+) -> None:
+    """Three replicas look for the mesh root at once: one create wins, the others get 409 and
+    read it, so all sign with the same root; a later start reads it, never replaces it."""
+    clients = [await KubeClient.connect(operator_settings(kube)) for _ in range(3)]
+    now = datetime.now(UTC)
+    try:
+        found = await asyncio.gather(
+            *(
+                ensure_mesh_ca(client, namespace=namespace, secret="mesh-ca", now=now)
+                for client in clients
+            )
+        )
+        later = await ensure_mesh_ca(clients[0], namespace=namespace, secret="mesh-ca", now=now)
+    finally:
+        for client in clients:
+            await client.close()
+    stored = mesh_ca_from_secret(kube.get("secret", "mesh-ca", namespace))
+    assert {ca.certificate for ca in [*found, later]} == {stored.certificate}
+    assert stored.root == stored.certificate  # a self-signed root
+
+
+async def test_a_broken_mesh_root_secret_is_reported_not_replaced(
+    kube: KubeCluster, namespace: str, client: KubeClient
+) -> None:
+    kube.kubectl(
+        "create", "secret", "generic", "mesh-ca", "-n", namespace, "--from-literal=tls.crt=x"
+    )
+    with pytest.raises(CaError, match=rf"Secret {namespace}/mesh-ca: data\.tls\.key is missing"):
+        await ensure_mesh_ca(client, namespace=namespace, secret="mesh-ca", now=datetime.now(UTC))
+    assert set(kube.get("secret", "mesh-ca", namespace)["data"]) == {"tls.crt"}
