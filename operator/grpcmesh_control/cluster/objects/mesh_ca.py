@@ -16,6 +16,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
+from grpcmesh_control.cluster.objects.meta import tls_secret
 from grpcmesh_control.mesh.ca import CaError, CertificateAuthority
 
 __all__ = ["ROOT_CERT", "SIGNER_CERT", "SIGNER_KEY", "mesh_ca_from_secret", "mesh_ca_secret"]
@@ -26,18 +27,7 @@ SIGNER_CERT, SIGNER_KEY, ROOT_CERT = "tls.crt", "tls.key", "ca.crt"
 def mesh_ca_secret(ca: CertificateAuthority, name: str, namespace: str) -> dict[str, Any]:
     """The Secret holding ``ca``, created once and never rewritten by the operator."""
     cert, key, root = ca.pem()
-    data = {SIGNER_CERT: cert, SIGNER_KEY: key, ROOT_CERT: root}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/part-of": "grpcmesh"},
-        },
-        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
-    }
+    return tls_secret(name, namespace, {SIGNER_CERT: cert, SIGNER_KEY: key, ROOT_CERT: root})
 
 
 def mesh_ca_from_secret(secret: Mapping[str, Any]) -> CertificateAuthority:

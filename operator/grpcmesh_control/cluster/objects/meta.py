@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from grpcmesh_control.cluster.objects.kinds import Kind
 from grpcmesh_control.mesh.model.schema import API_VERSION, KIND
 
-__all__ = ["OwnerRef", "object_metadata"]
+__all__ = ["OwnerRef", "object_metadata", "tls_secret"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,19 @@ def object_metadata(
     if owner is not None and kind.namespaced:
         metadata["ownerReferences"] = [owner.to_dict()]
     return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata}
+
+
+def tls_secret(name: str, namespace: str, data: Mapping[str, bytes]) -> dict[str, Any]:
+    """A ``kubernetes.io/tls`` Secret of the operator's own (not owned by a MeshService)
+    holding ``data`` (raw bytes, base64-encoded here)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "grpcmesh"},
+        },
+        "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+    }

@@ -21,6 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from grpcmesh_control.cluster.objects.meta import tls_secret
 from grpcmesh_control.mesh.ca import CaError, CertificateAuthority
 
 __all__ = [
@@ -145,17 +146,7 @@ def secret_body(bundle: TlsBundle, name: str, namespace: str) -> dict[str, Any]:
         TLS_CERT: bundle.cert,
         TLS_KEY: bundle.key,
     }
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/part-of": "grpcmesh"},
-        },
-        "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
-    }
+    return tls_secret(name, namespace, data)
 
 
 def ca_bundle_patch(configuration: Mapping[str, Any], ca_cert: bytes) -> list[dict[str, Any]]:
