@@ -80,7 +80,7 @@ def test_create_writes_owned_objects_and_status(
     expected = desired_objects(
         parse_mesh_service(body), namespace=ns, owner=OwnerRef.of(body), settings=OperatorSettings()
     )
-    assert {o["kind"] for o in expected} == {"Service", "ConfigMap", "Deployment"}
+    assert {o["kind"] for o in expected} == {"Service", "ConfigMap", "ServiceAccount", "Deployment"}
     for want in expected:
         got = kube.get(want["kind"].lower(), want["metadata"]["name"], ns)
         label = f"{want['kind']}/{want['metadata']['name']}"
@@ -208,13 +208,44 @@ def test_delete_is_left_to_the_garbage_collector(
         )
 
     wait_until(forgotten, "the operator to forget payments")
-    for resource in ("deployments", "services", "configmaps"):
+    for resource in ("deployments", "services", "configmaps", "serviceaccounts"):
         # The collector resolves an owner's kind by discovery, refreshed every 30 s: on a
         # control plane younger than that, our CRD's objects wait for that refresh.
         wait_names(kube, resource, ns, set(), timeout=60.0)
     settled(operator, quiet=2 * RESYNC)  # at least one resync pass
-    for resource in ("deployments", "services", "configmaps"):
+    for resource in ("deployments", "services", "configmaps", "serviceaccounts"):
         assert names(kube, resource, ns, "grpcmesh.io/service=payments") == set(), resource
+
+
+def test_the_service_account_follows_the_workload(kube: KubeCluster, ns: str) -> None:
+    """A MeshService with a workload gets its own ServiceAccount (its identity, token not
+    mounted), recreated when deleted by hand; without a workload there are no pods to run
+    under it, and it is pruned."""
+    doc = example("payments")
+    kube.apply([doc], namespace=ns)
+    wait_names(kube, "serviceaccounts", ns, {"payments"})
+    account = kube.get("serviceaccount", "payments", ns)
+    assert account["automountServiceAccountToken"] is False
+    pod = kube.get("deployment", "payments-v1", ns)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "payments"
+    assert pod["automountServiceAccountToken"] is False
+    # Deleted by hand, it comes back (the pods could not be created without it).
+    before = account["metadata"]["uid"]
+    kube.kubectl("delete", "serviceaccount", "payments", "-n", ns)
+    wait_until(
+        lambda: (
+            (kube.get("serviceaccount", "payments", ns) or {"metadata": {"uid": before}})[
+                "metadata"
+            ]["uid"]
+            != before
+        ),
+        "the ServiceAccount recreated",
+    )
+    del doc["spec"]["workload"]
+    doc["spec"]["versions"][1].pop("image")
+    kube.apply([doc], namespace=ns)
+    wait_names(kube, "deployments", ns, set())
+    wait_names(kube, "serviceaccounts", ns, set())
 
 
 def test_an_owned_object_deleted_by_hand_is_recreated(kube: KubeCluster, ns: str) -> None:

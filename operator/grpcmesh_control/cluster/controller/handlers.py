@@ -76,7 +76,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _GROUP, _VERSION, _PLURAL = MESH_SERVICE.group, MESH_SERVICE.version, MESH_SERVICE.plural
-_OWNED = (("", "v1", "services"), ("", "v1", "configmaps"), ("apps", "v1", "deployments"))
+_OWNED = (
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
+    ("apps", "v1", "deployments"),
+)
 _RETRY_DELAY = 10.0
 
 

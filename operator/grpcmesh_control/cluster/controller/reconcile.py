@@ -57,7 +57,12 @@ EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 def owned_kinds(settings: RuntimeSettings) -> tuple[Kind, ...]:
     """The kinds this operator may have written, so may need to prune."""
-    kinds = [k8s_kinds.CONFIG_MAP, k8s_kinds.SERVICE, k8s_kinds.DEPLOYMENT]
+    kinds = [
+        k8s_kinds.CONFIG_MAP,
+        k8s_kinds.SERVICE_ACCOUNT,
+        k8s_kinds.SERVICE,
+        k8s_kinds.DEPLOYMENT,
+    ]
     if settings.render.service_monitor_crd:
         kinds.append(k8s_kinds.SERVICE_MONITOR)
     if settings.render.provider is Provider.APPMESH:
