@@ -555,7 +555,15 @@ def test_grpcmesh_status_shows_the_cluster_mesh(mesh: Mesh) -> None:
 def test_deleting_a_meshservice_removes_everything_it_owned(mesh: Mesh) -> None:
     kube = mesh.kube
     selector = f"{LABEL_SERVICE}=payments"
-    kinds = ("services", "configmaps", "deployments", "replicasets", "pods", "endpointslices")
+    kinds = (
+        "services",
+        "configmaps",
+        "serviceaccounts",
+        "deployments",
+        "replicasets",
+        "pods",
+        "endpointslices",
+    )
 
     def owned() -> dict[str, list[str]]:
         names = {}
