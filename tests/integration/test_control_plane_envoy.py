@@ -37,6 +37,7 @@ import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 
+from grpcmesh_control.local import credential
 from grpcmesh_control.local.atomic import write_atomically
 from grpcmesh_control.local.controlplane import (
     BoundAddresses,
@@ -505,9 +506,12 @@ async def test_apply_validates_then_reaches_envoy(state_dir: Path, tmp_path: Pat
             resources = state_dir / "resources"
             before = {p.name: p.read_bytes() for p in resources.iterdir()}
             payments = before["payments.yaml"]
+            token = credential.read(state_dir)  # the control plane created it
 
             bad = payments.replace(b"weight: 10", b"weight: 20")
-            status, body = await _post_apply(admin_url, "payments.yaml", bad)
+            status, body = await _post_apply(admin_url, "payments.yaml", bad, token=None)
+            assert status == 401, body  # the credential first: nothing else is looked at
+            status, body = await _post_apply(admin_url, "payments.yaml", bad, token=token)
             assert status == 400
             assert body["error"] == (
                 "payments.yaml (MeshService default/payments): spec.versions: "
@@ -518,7 +522,7 @@ async def test_apply_validates_then_reaches_envoy(state_dir: Path, tmp_path: Pat
             good = payments.replace(b"weight: 90", b"weight: 50").replace(
                 b"weight: 10", b"weight: 50"
             )
-            status, body = await _post_apply(admin_url, "payments.yaml", good)
+            status, body = await _post_apply(admin_url, "payments.yaml", good, token=token)
             assert status == 200, body
             assert (resources / "payments.yaml").read_bytes() == good
 
@@ -651,9 +655,15 @@ async def _text(url: str) -> str:
         return await response.text()
 
 
-async def _post_apply(admin_url: str, filename: str, content: bytes) -> tuple[int, Any]:
+async def _post_apply(
+    admin_url: str, filename: str, content: bytes, *, token: str | None
+) -> tuple[int, Any]:
+    """POST /apply carrying ``token`` (None: no credential)."""
+    headers = {"X-Filename": filename}
+    if token is not None:
+        headers |= credential.headers(token)
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-        http.post(f"{admin_url}/apply", data=content, headers={"X-Filename": filename}) as resp,
+        http.post(f"{admin_url}/apply", data=content, headers=headers) as resp,
     ):
         return resp.status, await resp.json()

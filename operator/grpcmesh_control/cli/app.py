@@ -31,7 +31,9 @@ except ModuleNotFoundError as missing:  # a base install (a service image) has n
         "pip install 'grpcmesh[local]' (local mode) or 'grpcmesh[operator]' (in a cluster)"
     ) from missing
 
+from grpcmesh_control.local import credential
 from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.local.credential import CredentialError
 from grpcmesh_control.local.down import MeshNotRunning, MeshNotStopped, stop_mesh
 from grpcmesh_control.local.launcher import (
     DEFAULT_RUN_DIR,
@@ -501,9 +503,13 @@ def apply(
 ) -> None:
     """Validate FILE against the running mesh and make it live; refused as a whole on error."""
     state = _running_state(state_dir)
+    try:
+        token = credential.read(Path(state.run_dir))
+    except CredentialError as exc:
+        _fail(exc, EXIT_CANNOT_RUN)
 
     async def post() -> tuple[bool, str]:
-        async with ControlPlaneClient(state.control_plane_admin) as client:
+        async with ControlPlaneClient(state.control_plane_admin, token=token) as client:
             result = await client.apply(file.name, file.read_text())
         return result.ok, result.message
 

@@ -12,6 +12,7 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grpcmesh_control.local import credential
 from grpcmesh_control.mesh.errors import MeshError
 
 __all__ = [
@@ -36,15 +37,21 @@ class ApplyResult:
 
 
 class ControlPlaneClient:
-    """The admin HTTP API (``docs/design/local-mode.md``): /healthz, /status, POST /apply."""
+    """The admin HTTP API (``docs/design/local-mode.md``): /healthz, /status, POST /apply.
 
-    def __init__(self, admin_address: str, *, timeout_s: float = 5.0) -> None:
+    ``token`` is the mesh's credential (``local.credential``), sent on every request; the
+    open endpoints ignore it, ``/apply`` and ``/debug/*`` refuse requests without it."""
+
+    def __init__(
+        self, admin_address: str, *, token: str | None = None, timeout_s: float = 5.0
+    ) -> None:
         self.base = f"http://{admin_address}"
+        self._headers = {} if token is None else credential.headers(token)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         return self
 
     async def __aexit__(
@@ -89,7 +96,7 @@ class ControlPlaneClient:
                 body = await response.text()
                 if response.status == 200:
                     return ApplyResult(True, body)
-                if response.status == 400:
+                if response.status in (400, 401):
                     return ApplyResult(False, _error_message(body))
                 raise AdminUnavailable(f"POST /apply: HTTP {response.status}: {body[:500]}")
         except (aiohttp.ClientError, TimeoutError) as exc:

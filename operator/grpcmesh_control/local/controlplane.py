@@ -26,6 +26,7 @@ from pathlib import Path
 from aiohttp import web
 
 from grpcmesh_control.host.xds_host import XdsHost, join_host_port
+from grpcmesh_control.local import credential
 from grpcmesh_control.local.admin import apply_route
 from grpcmesh_control.local.atomic import write_atomically
 from grpcmesh_control.local.sources import RESOURCES_DIR
@@ -159,7 +160,11 @@ class ControlPlane:
             self.reload_protos()
 
     def http_app(self) -> web.Application:
-        return self.host.http_app([apply_route(self.sources, self.publisher)])
+        """The xDS host's endpoints plus ``POST /apply``; all but ``credential.OPEN_PATHS``
+        need the run directory's credential (created here if the launcher did not)."""
+        app = self.host.http_app([apply_route(self.sources, self.publisher)])
+        app.middlewares.append(credential.middleware(credential.ensure(self.settings.state_dir)))
+        return app
 
     async def run(self, on_ready: Callable[[BoundAddresses], None] | None = None) -> None:
         """Serve until cancelled. Raises ``OSError`` if a port cannot be bound."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grpcmesh_control.local import credential
 from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.envoy_binary import find_envoy
 from grpcmesh_control.local.plan import LocalSettings, Plan, build_plan, ports_needed
@@ -109,6 +110,7 @@ def prepare(options: MeshOptions) -> Plan:
     ports = allocate_ports(ports_needed(services, prometheus=prometheus is not None))
     plan = build_plan(services, iter(ports), settings)
     _reset_run_dir(run_dir)
+    credential.create(run_dir)  # before the control plane starts: it reads it
     _write_resources(run_dir / RESOURCES_DIR, files)
     for path, text in plan.files().items():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from grpcmesh_control.local import credential
 from grpcmesh_control.local.controlplane import ControlPlane, ControlPlaneSettings
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
@@ -38,7 +39,16 @@ def control_plane(state_dir: Path, catalog: MethodCatalog) -> ControlPlane:
 async def client(control_plane: ControlPlane) -> AsyncIterator[TestClient[Any, Any]]:
     cp = control_plane
     app = cp.http_app()
-    async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
+    token = credential.read(cp.settings.state_dir)  # http_app created it
+    server = TestServer(app, host="127.0.0.1")
+    async with TestClient(server, headers=credential.headers(token)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def stranger(control_plane: ControlPlane) -> AsyncIterator[TestClient[Any, Any]]:
+    """A client without the credential."""
+    async with TestClient(TestServer(control_plane.http_app(), host="127.0.0.1")) as test_client:
         yield test_client
 
 
@@ -236,3 +246,61 @@ def test_both_modes_run_the_one_xds_host(state_dir: Path, catalog: MethodCatalog
     cluster = Operator(RuntimeSettings(), catalog)
     assert type(local.host) is XdsHost and type(cluster.host) is XdsHost
     assert local.publisher is local.host.publisher and cluster.cache is cluster.host.cache
+
+
+# --- the credential ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/apply"),
+        ("GET", f"/debug/snapshot?node={ORDERS}"),
+        ("GET", "/debug/nodes"),
+        ("GET", "/no-such-endpoint"),  # deny by default
+    ],
+)
+@pytest.mark.parametrize("authorization", [None, "Bearer not-the-token", "Basic eDp5"])
+async def test_mutating_and_debug_endpoints_refuse_requests_without_the_credential(
+    stranger: TestClient[Any, Any],
+    state_dir: Path,
+    example_files: dict[str, bytes],
+    method: str,
+    path: str,
+    authorization: str | None,
+) -> None:
+    before = sorted((state_dir / "resources").iterdir())
+    headers = {"X-Filename": "payments.yaml"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    response = await stranger.request(
+        method, path, data=example_files["payments.yaml"], headers=headers
+    )
+    assert response.status == 401
+    assert "credential" in (await response.json())["error"]
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert sorted((state_dir / "resources").iterdir()) == before
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/status", "/metrics"])
+async def test_read_only_endpoints_stay_open(stranger: TestClient[Any, Any], path: str) -> None:
+    assert (await stranger.get(path)).status == 200
+
+
+def test_the_credential_file_is_private_and_reused(state_dir: Path) -> None:
+    token = credential.create(state_dir)
+    path = state_dir / credential.CREDENTIAL_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(token) >= 40  # 32 random bytes, URL-safe base64
+    assert credential.ensure(state_dir) == credential.read(state_dir) == token
+    assert credential.create(state_dir) != token  # each mesh gets a new one
+
+
+def test_a_credential_others_can_read_is_refused(state_dir: Path) -> None:
+    credential.create(state_dir)
+    path = state_dir / credential.CREDENTIAL_FILE
+    path.chmod(0o644)
+    with pytest.raises(credential.CredentialError, match="mode 0644, must be 0600"):
+        credential.read(state_dir)
+    with pytest.raises(credential.CredentialError, match="no credential"):
+        credential.read(state_dir / "elsewhere")
