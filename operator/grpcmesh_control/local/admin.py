@@ -6,7 +6,12 @@ read-only ones). Bind it to 127.0.0.1: it changes the mesh.
                                 current resources and the documents; 200 and
                                 ``resources/<file>`` written, or 400 ``{"error": ...}`` naming
                                 file, resource and field, and nothing changed.
+``POST /delete``                body: JSON ``{"name": "<MeshService name>"}``. Removes the
+                                file defining it if the rest stays valid (nothing calls it);
+                                200, or 400 naming the service or its caller's field.
 ==============================  ==============================================================
+
+Both need the mesh's credential (``local.credential``), as do the xDS host's ``/debug/*``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from grpcmesh_control.local.watcher import FileSources
 from grpcmesh_control.mesh.errors import InvalidResourceSet
 from grpcmesh_control.mesh.publisher import Publisher
 
-__all__ = ["FILENAME_HEADER", "apply_route"]
+__all__ = ["FILENAME_HEADER", "apply_route", "delete_route"]
 
 FILENAME_HEADER = "X-Filename"
 
@@ -46,3 +51,25 @@ def apply_route(sources: FileSources, publisher: Publisher) -> web.RouteDef:
         )
 
     return web.post("/apply", apply)
+
+
+def delete_route(sources: FileSources, publisher: Publisher) -> web.RouteDef:
+    async def delete(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            return json_response({"error": 'body: expected JSON {"name": "<service>"}'}, status=400)
+        try:
+            plan = sources.delete(name)
+        except InvalidResourceSet as exc:
+            return json_response(
+                {"error": str(exc), "problems": [str(p) for p in exc.problems]}, status=400
+            )
+        return json_response(
+            {"deleted": name, "removed": list(plan.removed), "version": publisher.inputs.version}
+        )
+
+    return web.post("/delete", delete)

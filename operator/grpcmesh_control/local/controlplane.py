@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +27,16 @@ from aiohttp import web
 
 from grpcmesh_control.host.xds_host import XdsHost, join_host_port
 from grpcmesh_control.local import credential
-from grpcmesh_control.local.admin import apply_route
+from grpcmesh_control.local.admin import apply_route, delete_route
 from grpcmesh_control.local.atomic import write_atomically
+from grpcmesh_control.local.rollout import route_to_ready
 from grpcmesh_control.local.sources import RESOURCES_DIR
 from grpcmesh_control.local.sources.descriptors import local_protos, read_descriptor_sets
 from grpcmesh_control.local.watcher import DEFAULT_POLL_INTERVAL, FileSources
 from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.clock import Clock, SystemClock
 from grpcmesh_control.mesh.errors import InvalidResourceSet
-from grpcmesh_control.mesh.model import MethodCatalog
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
 
@@ -125,7 +126,7 @@ class ControlPlane:
             self.host.cache,
             self.host.publisher,
         )
-        self.sources = FileSources(settings.state_dir, self.publisher.update, catalog=catalog)
+        self.sources = FileSources(settings.state_dir, self._update, catalog=catalog)
         self.metrics.observe(cache=self.cache, source_problems=lambda: len(self.sources.problems))
 
     def reload_protos(self) -> bool:
@@ -159,10 +160,18 @@ class ControlPlane:
             await self.clock.sleep(self.settings.poll_interval)
             self.reload_protos()
 
+    def _update(
+        self, services: tuple[MeshService, ...], endpoints: Mapping[str, tuple[Endpoint, ...]]
+    ) -> None:
+        """Publish what the files say, routing each version's share only once it is ready."""
+        self.publisher.update(route_to_ready(services, endpoints), endpoints)
+
     def http_app(self) -> web.Application:
         """The xDS host's endpoints plus ``POST /apply``; all but ``credential.OPEN_PATHS``
         need the run directory's credential (created here if the launcher did not)."""
-        app = self.host.http_app([apply_route(self.sources, self.publisher)])
+        app = self.host.http_app(
+            [apply_route(self.sources, self.publisher), delete_route(self.sources, self.publisher)]
+        )
         app.middlewares.append(credential.middleware(credential.ensure(self.settings.state_dir)))
         return app
 

@@ -24,10 +24,11 @@ import contextlib
 import hmac
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from grpcmesh_control.mesh.errors import MeshError
 
@@ -49,8 +50,6 @@ OPEN_PATHS = frozenset({"/healthz", "/metrics", "/status"})
 """Answered without the credential: read-only, and polled by probes and scrapers."""
 _SCHEME = "Bearer"
 _TOKEN_BYTES = 32
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class CredentialError(MeshError):
@@ -112,9 +111,7 @@ def headers(token: str) -> dict[str, str]:
     return {"Authorization": f"{_SCHEME} {token}"}
 
 
-def middleware(
-    token: str, open_paths: Iterable[str] = OPEN_PATHS
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(token: str, open_paths: Iterable[str] = OPEN_PATHS) -> Middleware:
     """An aiohttp middleware answering 401 to any request for a path outside ``open_paths``
     that does not carry the token (deny by default: a new endpoint is protected)."""
     expected = f"{_SCHEME} {token}".encode()

@@ -17,13 +17,24 @@ from pathlib import Path
 from grpcmesh_control.local import credential
 from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.envoy_binary import find_envoy
-from grpcmesh_control.local.plan import LocalSettings, Plan, build_plan, ports_needed
+from grpcmesh_control.local.plan import (
+    PORTS_PER_REPLICA,
+    LocalSettings,
+    Plan,
+    build_plan,
+    new_replicas,
+    ports_needed,
+    ports_of,
+    replan,
+)
 from grpcmesh_control.local.ports import allocate_ports
 from grpcmesh_control.local.process import is_alive
 from grpcmesh_control.local.resources import load_resources
 from grpcmesh_control.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
-from grpcmesh_control.local.supervisor import Supervisor, SupervisorSettings
+from grpcmesh_control.local.supervisor import Replan, Supervisor, SupervisorSettings
+from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.errors import MeshError
+from grpcmesh_control.mesh.model import MeshService
 from grpcmesh_control.mesh.translate.naming import DEFAULT_TRACE_SAMPLING
 from grpcmesh_control.observability.alerts import write_rules
 
@@ -82,6 +93,10 @@ def read_state(run_dir: Path) -> RunState | None:
 def prepare(options: MeshOptions) -> Plan:
     """Validate the resources (``InvalidResource`` names file and field), then lay out a
     fresh run directory and write every file the processes read at start."""
+    return _prepare(options)[0]
+
+
+def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
     files, services = load_resources(options.resources, options.descriptors)
     envoy = options.envoy or find_envoy()
     if envoy is None:
@@ -117,7 +132,21 @@ def prepare(options: MeshOptions) -> Plan:
         path.write_text(text)
     if plan.prometheus is not None:
         write_rules(plan.prometheus.rules_path)
-    return plan
+    return plan, settings
+
+
+def replanner(settings: LocalSettings) -> Replan:
+    """``Supervisor``'s ``replan``: ``plan.replan`` with fresh free ports for new replicas
+    (none that a replica of the running plan holds, running or not yet bound)."""
+
+    def replan_with_ports(plan: Plan, services: Sequence[MeshService]) -> Plan:
+        needed = PORTS_PER_REPLICA * new_replicas(plan, services)
+        taken = {port for r in plan.replicas for port in ports_of(r)}
+        found = allocate_ports(needed + len(taken)) if needed else []
+        ports = [p for p in found if p not in taken][:needed]
+        return replan(plan, services, iter(ports), settings)
+
+    return replan_with_ports
 
 
 def _reset_run_dir(run_dir: Path) -> None:
@@ -145,8 +174,14 @@ async def run_mesh(
     on_ready: Callable[[RunState], None] | None = None,
 ) -> None:
     """Prepare, then run until ``stop`` is set; everything is stopped when this returns."""
-    plan = prepare(options)
-    supervisor = Supervisor(plan, settings=options.supervisor, on_ready=on_ready)
+    plan, settings = _prepare(options)
+    supervisor = Supervisor(
+        plan,
+        settings=options.supervisor,
+        on_ready=on_ready,
+        replan=replanner(settings),
+        catalog=load_catalog(),
+    )
     await supervisor.run(stop)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Any
@@ -56,7 +56,10 @@ __all__ = [
     "PrometheusPlan",
     "ReplicaPlan",
     "build_plan",
+    "new_replicas",
     "ports_needed",
+    "ports_of",
+    "replan",
 ]
 
 DEFAULT_INGRESS_NAME = "gateway"
@@ -217,6 +220,8 @@ class Plan:
     replicas: tuple[ReplicaPlan, ...]
     ingress: IngressPlan
     prometheus: PrometheusPlan | None = None
+    services: tuple[MeshService, ...] = ()
+    """The MeshServices the plan was made for, every declared one (with a workload or not)."""
 
     def files(self) -> dict[Path, str]:
         """Every file the processes need before they start: bootstraps, app config and the
@@ -301,6 +306,58 @@ def build_plan(
             if settings.prometheus is None
             else _prometheus(take(), settings, replicas, control_plane, ingress)
         ),
+        services=tuple(sorted(services, key=lambda s: s.name)),
+    )
+
+
+def new_replicas(plan: Plan, services: Sequence[MeshService]) -> int:
+    """How many replicas ``services`` declare that ``plan`` does not run: ``replan`` takes
+    ``PORTS_PER_REPLICA`` fresh ports for each."""
+    running = {r.key for r in plan.replicas}
+    return sum(
+        1
+        for svc in services
+        if svc.workload is not None
+        for _, replica in _replica_names(svc)
+        if f"{svc.name}/{replica}" not in running
+    )
+
+
+def replan(
+    plan: Plan, services: Sequence[MeshService], ports: Iterator[int], settings: LocalSettings
+) -> Plan:
+    """The plan for a changed set of ``services`` (a live ``apply``): the same control plane,
+    ingress and Prometheus; a replica that exists in both keeps its ports (so comparing the two
+    ``ReplicaPlan``s tells whether it must restart, or only gets a new ``config.yaml``); a new
+    one takes fresh ``ports`` (``new_replicas(plan, services)`` of them, times
+    ``PORTS_PER_REPLICA``). Raises ``PlanError`` like ``build_plan``."""
+    old = {r.key: r for r in plan.replicas}
+    fresh = _PortTaker(ports)
+    replicas = []
+    for svc in sorted(services, key=lambda s: s.name):
+        if svc.workload is None:
+            continue
+        for version, replica in _replica_names(svc):
+            prev = old.get(f"{svc.name}/{replica}")
+            take = fresh if prev is None else _PortTaker(iter(ports_of(prev)))
+            replicas.append(
+                _replica(svc, version, replica, take, settings, plan.control_plane.xds_address)
+            )
+    return replace(
+        plan,
+        replicas=tuple(replicas),
+        services=tuple(sorted(services, key=lambda s: s.name)),
+    )
+
+
+def ports_of(replica: ReplicaPlan) -> tuple[int, ...]:
+    """In the order ``_replica`` takes them."""
+    return (
+        replica.app_port,
+        replica.metrics_port,
+        replica.inbound_port,
+        replica.egress_port,
+        replica.admin_port,
     )
 
 

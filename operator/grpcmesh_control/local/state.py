@@ -20,6 +20,8 @@ __all__ = [
     "RESOURCES_DIR",
     "STATE_FILE",
     "STATE_FORMAT",
+    "DeclaredVersion",
+    "Reconciled",
     "ReplicaState",
     "RunState",
     "StateError",
@@ -29,6 +31,7 @@ __all__ = [
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
+_KEY_LISTS = ("started", "stopped", "restarted", "reconfigured")
 
 
 class StateError(MeshError, ValueError):
@@ -54,6 +57,38 @@ class ReplicaState:
     app_pid: int | None
     sidecar_pid: int | None
     ready: bool
+    app_restarts: int = 0
+    """Times the launcher restarted the app after it exited (with back-off)."""
+    sidecar_restarts: int = 0
+
+
+@dataclass(frozen=True)
+class DeclaredVersion:
+    """One version of one MeshService in ``resources/``, whether or not anything runs it."""
+
+    service: str
+    namespace: str
+    version: str
+    weight: int
+    replicas: int
+    """Replicas declared (0 for a service without a workload: nothing runs it locally)."""
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What the launcher did to follow the latest change of ``resources/`` (a live apply)."""
+
+    resources_digest: str
+    """``sources.resources_digest`` of the files it followed; ``apply`` waits for its own."""
+    started: tuple[str, ...] = ()
+    """Replica keys (``<svc>/<replica>``) started."""
+    stopped: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    """Replicas whose app or sidecar command changed: stopped, then started again."""
+    reconfigured: tuple[str, ...] = ()
+    """Replicas whose ``config.yaml`` (``spec.config``) was rewritten; the kit reloads it."""
+    error: str | None = None
+    """Why the change could not be followed (the processes were left as they were)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +111,9 @@ class RunState:
     """Prometheus' address (host:port) when ``up --prometheus`` runs one."""
     prometheus_pid: int | None = None
     prometheus_log: str | None = None
+    ingress_restarts: int = 0
+    declared: tuple[DeclaredVersion, ...] = ()
+    reconciled: Reconciled | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -87,15 +125,27 @@ class RunState:
         if not isinstance(doc, Mapping) or doc.get("format") != STATE_FORMAT:
             raise StateError(f"not a grpcmesh state document (format {STATE_FORMAT})")
         try:
-            fields = {k: v for k, v in doc.items() if k not in ("format", "replicas")}
+            nested = ("format", "replicas", "declared", "reconciled")
+            fields = {k: v for k, v in doc.items() if k not in nested}
             replicas = tuple(ReplicaState(**r) for r in doc["replicas"])
-            return cls(**fields, replicas=replicas)
+            declared = tuple(DeclaredVersion(**d) for d in doc.get("declared", ()))
+            found = doc.get("reconciled")
+            reconciled = None
+            if isinstance(found, Mapping):
+                reconciled = Reconciled(
+                    resources_digest=str(found["resources_digest"]),
+                    **{k: tuple(found.get(k, ())) for k in _KEY_LISTS},
+                    error=found.get("error"),
+                )
+            return cls(**fields, replicas=replicas, declared=declared, reconciled=reconciled)
         except (KeyError, TypeError) as exc:
             raise StateError(f"state document: {exc}") from None
 
     @property
     def services(self) -> tuple[str, ...]:
-        return tuple(sorted({r.service for r in self.replicas}))
+        """Every declared service, and any still running (being stopped)."""
+        names = {r.service for r in self.replicas} | {d.service for d in self.declared}
+        return tuple(sorted(names))
 
 
 def run_state(
@@ -105,8 +155,12 @@ def run_state(
     pids: Mapping[str, int | None],
     ready: Mapping[str, bool],
     control_plane_restarts: int = 0,
+    restarts: Mapping[str, int] | None = None,
+    reconciled: Reconciled | None = None,
 ) -> RunState:
-    """``pids`` is keyed by ``ProcessSpec.name``, ``ready`` by ``ReplicaPlan.key``."""
+    """``pids`` and ``restarts`` are keyed by ``ProcessSpec.name``, ``ready`` by
+    ``ReplicaPlan.key``."""
+    restarts = restarts or {}
     return RunState(
         run_dir=str(plan.run_dir),
         launcher_pid=launcher_pid,
@@ -123,6 +177,21 @@ def run_state(
         prometheus=None if plan.prometheus is None else plan.prometheus.address,
         prometheus_pid=None if plan.prometheus is None else pids.get(plan.prometheus.process.name),
         prometheus_log=None if plan.prometheus is None else str(plan.prometheus.process.log),
+        ingress_restarts=restarts.get(plan.ingress.process.name, 0),
+        declared=tuple(
+            DeclaredVersion(
+                service=svc.name,
+                namespace=svc.namespace,
+                version=v.name,
+                weight=v.weight,
+                replicas=0
+                if svc.workload is None
+                else (svc.replicas if v.replicas is None else v.replicas),
+            )
+            for svc in plan.services
+            for v in svc.versions
+        ),
+        reconciled=reconciled,
         replicas=tuple(
             ReplicaState(
                 service=r.service,
@@ -140,6 +209,8 @@ def run_state(
                 app_pid=pids.get(r.app.name),
                 sidecar_pid=pids.get(r.sidecar.name),
                 ready=ready.get(r.key, False),
+                app_restarts=restarts.get(r.app.name, 0),
+                sidecar_restarts=restarts.get(r.sidecar.name, 0),
             )
             for r in plan.replicas
         ),

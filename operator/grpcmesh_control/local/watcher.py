@@ -8,7 +8,6 @@ Polling rather than inotify: portable, and a 100 ms poll of a few small files co
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,9 +19,11 @@ from grpcmesh_control.local.sources import (
     ApplyPlan,
     EndpointMap,
     ResourceSet,
+    content_digest,
     parse_endpoints,
     parse_resource_files,
     plan_apply,
+    plan_delete,
     read_endpoints,
     read_resource_files,
 )
@@ -37,15 +38,6 @@ log = logging.getLogger(__name__)
 DEFAULT_POLL_INTERVAL = 0.1
 
 OnChange = Callable[[tuple[MeshService, ...], Mapping[str, tuple[Endpoint, ...]]], None]
-
-
-def _digest(parts: Mapping[str, bytes]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(parts):
-        for part in (name.encode(), parts[name]):
-            digest.update(len(part).to_bytes(8, "big"))
-            digest.update(part)
-    return digest.hexdigest()
 
 
 class FileSources:
@@ -93,7 +85,7 @@ class FileSources:
         return changed
 
     def _load_resources(self, files: Mapping[str, bytes]) -> bool:
-        digest = _digest(files)
+        digest = content_digest(files)
         if digest == self._resources_digest:
             return False
         self._resources_digest = digest
@@ -111,7 +103,7 @@ class FileSources:
         return True
 
     def _load_endpoints(self, content: bytes | None) -> bool:
-        digest = _digest({} if content is None else {ENDPOINTS_FILE: content})
+        digest = content_digest({} if content is None else {ENDPOINTS_FILE: content})
         if digest == self._endpoints_digest:
             return False
         self._endpoints_digest = digest
@@ -138,6 +130,16 @@ class FileSources:
         while True:
             await clock.sleep(interval)
             self.reload()
+
+    def delete(self, name: str) -> ApplyPlan:
+        """Remove MeshService ``name`` (its file) if the rest stays valid
+        (``sources.plan_delete``), and reload. Raises ``InvalidResourceSet``, changing nothing."""
+        plan = plan_delete(read_resource_files(self.resources_dir), name, catalog=self._catalog)
+        for file in plan.removed:
+            (self.resources_dir / file).unlink(missing_ok=True)
+        log.info("deleted %s (%s)", name, ", ".join(plan.removed))
+        self.reload()
+        return plan
 
     def apply(self, filename: str, content: bytes) -> ApplyPlan:
         """Validate ``content`` as ``resources/<filename>`` together with the current files

@@ -12,6 +12,8 @@ import pytest
 from grpcmesh_control.local.plan import Plan
 from grpcmesh_control.local.sources.files import parse_endpoints
 from grpcmesh_control.local.state import (
+    DeclaredVersion,
+    Reconciled,
     RunState,
     StateError,
     endpoints_document,
@@ -116,8 +118,56 @@ def test_status_merges_the_launchers_state_with_the_control_planes(plan: Plan) -
     assert (v1["acked_version"], v1["nack_error"], v1["connected"]) == (None, None, False)
     assert doc["gateway"]["acked_version"] == "ccc"
     assert doc["config_version"] == "cfg1"
-    assert doc["problems"] == ["something"]
+    # The control plane's, then every declared service that would take calls but cannot.
+    assert doc["problems"] == [
+        "something",
+        "MeshService default/catalog: no ready endpoint: calls to it fail",
+        "MeshService default/inventory: no ready endpoint: calls to it fail",
+        "MeshService default/payments: no ready endpoint: calls to it fail",
+    ]
     json.dumps(doc)  # plain JSON types only
+
+
+def test_status_lists_every_declared_version_and_what_lacks_endpoints(plan: Plan) -> None:
+    ready = {r.key: True for r in plan.replicas if r.key != "payments/v2-0"}
+    state = run_state(
+        plan,
+        launcher_pid=42,
+        pids={},
+        ready=ready,
+        restarts={plan.replica("orders/v1-0").app.name: 2, plan.ingress.process.name: 1},
+    )
+    # A declared service nothing runs yet (applied, not started): listed, and a problem.
+    state = dataclasses.replace(
+        state,
+        declared=(
+            *state.declared,
+            DeclaredVersion("reviews", "default", "v1", weight=100, replicas=1),
+        ),
+    )
+    doc = status_document(state, None)
+    services = {s["name"]: s for s in doc["services"]}
+    assert list(services) == ["catalog", "inventory", "orders", "payments", "reviews"]
+    assert services["reviews"]["endpoints"] == []
+    assert services["payments"]["versions"] == [
+        {"name": "v1", "weight": 90, "replicas": 1, "ready": 1},
+        {"name": "v2", "weight": 10, "replicas": 1, "ready": 0},
+    ]
+    assert doc["problems"] == [
+        "MeshService default/payments: version v2 (weight 10) has no ready endpoint: "
+        "its share goes to the other versions",
+        "MeshService default/reviews: no ready endpoint: calls to it fail",
+    ]
+    orders = services["orders"]["endpoints"][0]
+    assert orders["restarts"] == {"app": 2, "sidecar": 0}
+    assert doc["gateway"]["restarts"] == 1
+
+
+def test_reconciled_changes_round_trip_through_state_json(plan: Plan) -> None:
+    done = Reconciled("abc", started=("reviews/v1-0",), stopped=("payments/v2-0",))
+    state = run_state(plan, launcher_pid=1, pids={}, ready={}, reconciled=done)
+    assert RunState.from_json(json.loads(json.dumps(state.to_json()))) == state
+    assert status_document(state, None)["reconciled"]["started"] == ["reviews/v1-0"]
 
 
 def test_status_without_a_control_plane_keeps_the_launchers_view(plan: Plan) -> None:

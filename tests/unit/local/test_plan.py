@@ -12,11 +12,15 @@ import pytest
 import yaml
 
 from grpcmesh_control.local.plan import (
+    PORTS_PER_REPLICA,
     LocalSettings,
     Plan,
     PlanError,
     build_plan,
+    new_replicas,
     ports_needed,
+    ports_of,
+    replan,
 )
 from grpcmesh_control.mesh.model import MeshService
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
@@ -343,3 +347,55 @@ def test_a_versions_secret_reference_is_refused_naming_the_version(
     )
     with pytest.raises(PlanError, match=r"spec\.versions\[1\]\.env FEATURE: valueFrom"):
         build_plan(parse(secret), itertools.count(FIRST_PORT), settings)
+
+
+# --- replan: following a live apply ------------------------------------------------------------
+
+
+def _with(examples: tuple[MeshService, ...], name: str, **changes: object) -> list[MeshService]:
+    return [dataclasses.replace(s, **changes) if s.name == name else s for s in examples]
+
+
+def test_replan_keeps_running_replicas_and_gives_new_ones_fresh_ports(
+    plan: Plan, examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    payments = next(s for s in examples if s.name == "payments")
+    three = tuple(
+        dataclasses.replace(v, replicas=3) if v.name == "v1" else v for v in payments.versions
+    )
+    services = _with(examples, "payments", versions=three)
+    assert new_replicas(plan, services) == 2  # the examples run one v1 replica
+    fresh = itertools.count(40000)
+    after = replan(plan, services, fresh, settings)
+    before = {r.key: r for r in plan.replicas}
+    # Every replica that existed is the very same plan: nothing about it restarts.
+    for r in after.replicas:
+        if r.key in before:
+            assert r == before[r.key], r.key
+    added = [ports_of(after.replica(f"payments/v1-{i}")) for i in (1, 2)]
+    assert added == [
+        tuple(range(40000, 40000 + PORTS_PER_REPLICA)),
+        tuple(range(40000 + PORTS_PER_REPLICA, 40000 + 2 * PORTS_PER_REPLICA)),
+    ]
+    assert next(fresh) == 40000 + 2 * PORTS_PER_REPLICA
+    assert (after.control_plane, after.ingress) == (plan.control_plane, plan.ingress)
+    assert after.services == tuple(sorted(services, key=lambda s: s.name))
+
+
+def test_replan_changes_only_the_config_of_a_replica_whose_spec_config_changed(
+    plan: Plan, examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    services = _with(examples, "payments", config=(("failure_rate", "0.5"),))
+    after = replan(plan, services, iter(()), settings)
+    old, new = plan.replica("payments/v1-0"), after.replica("payments/v1-0")
+    assert (new.app, new.sidecar, new.bootstrap) == (old.app, old.sidecar, old.bootstrap)
+    assert new.config_text == "failure_rate: '0.5'\n" != old.config_text
+
+
+def test_replan_drops_removed_services_and_versions(
+    plan: Plan, examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    services = [s for s in examples if s.name != "catalog"]
+    after = replan(plan, services, iter(()), settings)
+    assert {r.service for r in after.replicas} == {"inventory", "orders", "payments"}
+    assert new_replicas(plan, services) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from grpcmesh_control.local.sources import plan_apply
+from grpcmesh_control.local.sources import plan_apply, plan_delete
 from grpcmesh_control.mesh.errors import InvalidResourceSet
 from grpcmesh_control.mesh.model import MethodCatalog
 
@@ -125,3 +125,29 @@ def test_an_unknown_field_is_refused_with_the_field_it_resembles(
     content = example_files["payments.yaml"].replace(b"  versions:", b"  version:")
     (problem,) = refused(example_files, "payments.yaml", content)
     assert "spec.version: unknown field (did you mean versions?)" in problem
+
+
+# --- delete ------------------------------------------------------------------------------------
+
+
+def test_deleting_a_service_nothing_calls_removes_its_file(
+    example_files: dict[str, bytes],
+) -> None:
+    plan = plan_delete(example_files, "orders")  # it calls the others; nothing calls it
+    assert plan.removed == ("orders.yaml",)
+    assert "orders" not in {s.name for s in plan.result.services}
+
+
+def test_a_service_still_called_cannot_be_deleted(example_files: dict[str, bytes]) -> None:
+    with pytest.raises(InvalidResourceSet) as refused:
+        plan_delete(example_files, "payments")
+    message = str(refused.value)
+    assert "orders.yaml (MeshService default/orders)" in message
+    assert "no MeshService payments in the mesh" in message
+
+
+def test_deleting_an_unknown_service_names_the_known_ones(
+    example_files: dict[str, bytes],
+) -> None:
+    with pytest.raises(InvalidResourceSet, match=r"no MeshService 'reviews'.*known: catalog"):
+        plan_delete(example_files, "reviews")

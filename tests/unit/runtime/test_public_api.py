@@ -12,8 +12,9 @@ def test_sources_all() -> None:
     assert sorted(sources.__all__) == sorted(
         [
             "ENDPOINTS_FILE", "RESOURCES_DIR", "ApplyPlan", "EndpointMap", "ResourceSet",
-            "SourcedService", "check_resource_set", "parse_endpoints", "parse_resource_files",
-            "plan_apply", "read_endpoints", "read_resource_files",
+            "SourcedService", "check_resource_set", "content_digest", "parse_endpoints",
+            "parse_resource_files", "plan_apply", "plan_delete", "read_endpoints",
+            "read_resource_files",
         ]
     )  # fmt: skip
     assert all(hasattr(sources, name) for name in sources.__all__)

@@ -9,9 +9,11 @@ from grpcmesh_control.local.sources.files import (
     ResourceSet,
     SourcedService,
     check_resource_set,
+    content_digest,
     parse_endpoints,
     parse_resource_files,
     plan_apply,
+    plan_delete,
     read_endpoints,
     read_resource_files,
 )
@@ -24,9 +26,11 @@ __all__ = [
     "ResourceSet",
     "SourcedService",
     "check_resource_set",
+    "content_digest",
     "parse_endpoints",
     "parse_resource_files",
     "plan_apply",
+    "plan_delete",
     "read_endpoints",
     "read_resource_files",
 ]

@@ -19,6 +19,7 @@ is an error at ``apply`` rather than a silently missing route.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -47,9 +48,11 @@ __all__ = [
     "ResourceSet",
     "SourcedService",
     "check_resource_set",
+    "content_digest",
     "parse_endpoints",
     "parse_resource_files",
     "plan_apply",
+    "plan_delete",
     "read_endpoints",
     "read_resource_files",
 ]
@@ -109,6 +112,18 @@ class ApplyPlan:
 
 
 # --- resources -------------------------------------------------------------------------------
+
+
+def content_digest(parts: Mapping[str, bytes]) -> str:
+    """A digest of named contents (``read_resource_files``' result, say): equal for equal
+    files, whatever the order. The control plane and the launcher poll ``resources/`` with it,
+    and ``apply`` waits until the launcher has followed the digest it wrote."""
+    digest = hashlib.sha256()
+    for name in sorted(parts):
+        for part in (name.encode(), parts[name]):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    return digest.hexdigest()
 
 
 def read_resource_files(directory: Path) -> dict[str, bytes]:
@@ -287,6 +302,54 @@ def plan_apply(
         applied=tuple(sorted(keys)),
         removed=tuple(removed),
         result=ResourceSet(entries),
+    )
+
+
+def plan_delete(
+    current: Mapping[str, bytes], name: str, *, catalog: MethodCatalog | None = None
+) -> ApplyPlan:
+    """Validate removing MeshService ``name`` from ``current``: its file is deleted, so it must
+    hold nothing else (rewriting a user's file would lose its comments), and no other service
+    may still call it. ``ApplyPlan.removed`` names the file; ``content`` is empty. Raises
+    ``InvalidResourceSet`` naming the service, or the caller and its field."""
+    entries = _parse_each(current, catalog)
+    found = [e for e in entries if e.service.name == name]
+    if not found:
+        known = ", ".join(sorted(e.service.name for e in entries)) or "none"
+        raise InvalidResourceSet(
+            [
+                InvalidResource(
+                    name, [FieldError("metadata.name", f"no {KIND} {name!r} (known: {known})")]
+                )
+            ]
+        )
+    file = found[0].file
+    sharing = [e for e in entries if e.file == file and e.service.name != name]
+    if sharing:
+        raise InvalidResourceSet(
+            [
+                InvalidResource(
+                    found[0].label,
+                    [
+                        FieldError(
+                            "metadata.name",
+                            f"{file} also defines {', '.join(e.service.key for e in sharing)}; "
+                            "move it to a file of its own first",
+                        )
+                    ],
+                )
+            ]
+        )
+    rest = [e for e in entries if e.file != file]
+    problems = check_resource_set(rest)
+    if problems:
+        raise InvalidResourceSet(problems)
+    return ApplyPlan(
+        filename=file,
+        content=b"",
+        applied=(),
+        removed=(file,),
+        result=ResourceSet(tuple(rest)),
     )
 
 
