@@ -39,9 +39,11 @@ from grpcmesh_control.local.launcher import (
     DEFAULT_RUN_DIR,
     MeshOptions,
     NotConverged,
+    NotFollowed,
     read_state,
     run_mesh,
     wait_converged,
+    wait_followed,
 )
 from grpcmesh_control.local.state import RunState
 from grpcmesh_control.local.status import status_document
@@ -344,15 +346,35 @@ async def _control_plane_status(admin: str) -> dict[str, Any] | None:
             return None
 
 
+_NO_ENDPOINT = {
+    "replica": "-",
+    "address": "",
+    "ready": False,
+    "connected": False,
+    "acked_version": None,
+    "nack_error": None,
+}
+
+
+def _restarts(restarts: object) -> str:
+    """app/sidecar restart counts of an endpoint, the count of a gateway, or nothing."""
+    if isinstance(restarts, dict):
+        return f"{restarts.get('app', 0)}/{restarts.get('sidecar', 0)}"
+    return "" if restarts is None else str(restarts)
+
+
 def _status_table(doc: dict[str, Any]) -> Table:
     title = (
         f"ingress {doc['ingress']}   control plane {doc['control_plane']}"
         f"   config {doc['config_version'] or '(control plane unreachable)'}"
     )
     table = _table(title)
-    for column in ("service", "replica", "gRPC", "ready", "xDS", "ACKed version", "NACK"):
+    columns = ("service", "replica", "gRPC", "ready", "restarts", "xDS", "ACKed version", "NACK")
+    for column in columns:
         table.add_column(column, overflow="fold")
     rows = [(s["name"], e) for s in doc["services"] for e in s["endpoints"]]
+    # A declared service with no endpoint at all still gets a row (and is in problems).
+    rows += [(s["name"], _NO_ENDPOINT) for s in doc["services"] if not s["endpoints"]]
     gateways = doc["gateways"] if "gateways" in doc else [doc["gateway"]]
     for gateway in gateways:
         rows.append(("(ingress)", {**gateway, "replica": "", "address": "", "ready": None}))
@@ -362,6 +384,7 @@ def _status_table(doc: dict[str, Any]) -> Table:
             e["replica"],
             e["address"],
             "" if e["ready"] is None else ("yes" if e["ready"] else "no"),
+            _restarts(e.get("restarts")),
             "connected" if e["connected"] else "disconnected",
             e["acked_version"] or "-",
             Text(e["nack_error"] or "", style="red"),
@@ -493,6 +516,15 @@ def top(
 # --- apply -------------------------------------------------------------------------------
 
 
+Wait = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        help="Seconds to wait for new replicas to be ready and ACK their config (0: do not).",
+    ),
+]
+
+
 @app.command()
 def apply(
     file: Annotated[
@@ -500,13 +532,13 @@ def apply(
         typer.Option("--filename", "-f", exists=True, dir_okay=False, help="MeshService YAML."),
     ],
     state_dir: StateDir = DEFAULT_RUN_DIR,
+    wait: Wait = 90.0,
 ) -> None:
-    """Validate FILE against the running mesh and make it live; refused as a whole on error."""
-    state = _running_state(state_dir)
-    try:
-        token = credential.read(Path(state.run_dir))
-    except CredentialError as exc:
-        _fail(exc, EXIT_CANNOT_RUN)
+    """Validate FILE against the running mesh and make it live; refused as a whole on error.
+
+    Starts and stops the processes the change needs, and waits (--wait) until every replica it
+    started is ready; prints what it started, stopped and reconfigured."""
+    state, token = _admin(state_dir)
 
     async def post() -> tuple[bool, str]:
         async with ControlPlaneClient(state.control_plane_admin, token=token) as client:
@@ -520,6 +552,62 @@ def apply(
     if not ok:
         _fail(f"refused: {message}")
     _console().print(f"applied {file}")
+    _report_followed(state, wait)
+
+
+@app.command()
+def delete(
+    name: Annotated[str, typer.Argument(help="The MeshService to remove.")],
+    state_dir: StateDir = DEFAULT_RUN_DIR,
+    wait: Wait = 90.0,
+) -> None:
+    """Remove MeshService NAME from the running mesh: its replicas are drained, then stopped.
+
+    Refused (naming the caller) while another service still lists it in spec.backends."""
+    state, token = _admin(state_dir)
+
+    async def post() -> tuple[bool, str]:
+        async with ControlPlaneClient(state.control_plane_admin, token=token) as client:
+            result = await client.delete(name)
+        return result.ok, result.message
+
+    try:
+        ok, message = asyncio.run(post())
+    except AdminUnavailable as exc:
+        _fail(exc, EXIT_CANNOT_RUN)
+    if not ok:
+        _fail(f"refused: {message}")
+    _console().print(f"deleted {name}")
+    _report_followed(state, wait)
+
+
+def _admin(state_dir: Path) -> tuple[RunState, str]:
+    """The running mesh and its credential, for the endpoints that change it."""
+    state = _running_state(state_dir)
+    try:
+        return state, credential.read(Path(state.run_dir))
+    except CredentialError as exc:
+        _fail(exc, EXIT_CANNOT_RUN)
+
+
+def _report_followed(state: RunState, wait: float) -> None:
+    """What the launcher did about the change, once done (``wait_followed``)."""
+    if wait <= 0:
+        return
+    try:
+        done = asyncio.run(wait_followed(Path(state.run_dir), timeout_s=wait))
+    except NotFollowed as exc:
+        _fail(exc)
+    console = _console()
+    for verb, keys in (
+        ("started", done.started),
+        ("restarted", done.restarted),
+        ("stopped", done.stopped),
+        ("reconfigured", done.reconfigured),
+    ):
+        for key in keys:
+            suffix = " (ready)" if verb in ("started", "restarted") else ""
+            console.print(f"{verb} {key}{suffix}")
 
 
 # --- demo --------------------------------------------------------------------------------

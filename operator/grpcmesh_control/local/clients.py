@@ -102,6 +102,19 @@ class ControlPlaneClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminUnavailable(f"control plane at {self.base}: {exc!r}") from None
 
+    async def delete(self, name: str) -> ApplyResult:
+        """POST /delete. ``ok`` False carries the control plane's own error message."""
+        try:
+            async with self.session.post(f"{self.base}/delete", json={"name": name}) as response:
+                body = await response.text()
+                if response.status == 200:
+                    return ApplyResult(True, body)
+                if response.status in (400, 401):
+                    return ApplyResult(False, _error_message(body))
+                raise AdminUnavailable(f"POST /delete: HTTP {response.status}: {body[:500]}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdminUnavailable(f"control plane at {self.base}: {exc!r}") from None
+
 
 def _error_message(body: str) -> str:
     """The ``error`` of the control plane's JSON answer, else the body as it came."""

@@ -30,7 +30,14 @@ from grpcmesh_control.local.plan import (
 from grpcmesh_control.local.ports import allocate_ports
 from grpcmesh_control.local.process import is_alive
 from grpcmesh_control.local.resources import load_resources
-from grpcmesh_control.local.state import RESOURCES_DIR, STATE_FILE, RunState, StateError
+from grpcmesh_control.local.sources import content_digest, read_resource_files
+from grpcmesh_control.local.state import (
+    RESOURCES_DIR,
+    STATE_FILE,
+    Reconciled,
+    RunState,
+    StateError,
+)
 from grpcmesh_control.local.supervisor import Replan, Supervisor, SupervisorSettings
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.errors import MeshError
@@ -43,10 +50,12 @@ __all__ = [
     "LauncherError",
     "MeshOptions",
     "NotConverged",
+    "NotFollowed",
     "prepare",
     "read_state",
     "run_mesh",
     "wait_converged",
+    "wait_followed",
 ]
 
 DEFAULT_RUN_DIR = Path(".run/mesh")
@@ -214,3 +223,52 @@ async def wait_converged(
                     f"not connected or not ACKed after {timeout_s:g}s: {', '.join(pending)}"
                 )
             await asyncio.sleep(0.1)
+
+
+class NotFollowed(TimeoutError):
+    """The launcher did not follow a change of ``resources/`` in time (or could not)."""
+
+
+async def wait_followed(run_dir: Path, *, timeout_s: float = 90.0) -> Reconciled:
+    """After an ``apply`` or ``delete``: wait until the launcher has followed the current
+    ``resources/``: every replica it stopped is gone, every one it started is ready,
+    its sidecar connected and ACKing its snapshot. Returns what it did; raises ``NotFollowed``
+    naming what is missing (``reason`` of a replica that keeps crashing: see its log)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    digest = content_digest(read_resource_files(run_dir / RESOURCES_DIR))
+    while True:
+        state = read_state(run_dir)
+        if state is None:
+            raise NotFollowed(f"no mesh running in {run_dir}")
+        done = state.reconciled
+        if done is not None and done.resources_digest == digest:
+            break
+        if loop.time() > deadline:
+            raise NotFollowed(f"the launcher did not follow resources/ within {timeout_s:g}s")
+        await asyncio.sleep(0.1)
+    if done.error is not None:
+        raise NotFollowed(f"the launcher cannot run the new resources: {done.error}")
+    wanted = set(done.started) | set(done.restarted)
+    while True:
+        state = read_state(run_dir)
+        if state is None:
+            raise NotFollowed(f"no mesh running in {run_dir}")
+        replicas = {f"{r.service}/{r.replica}": r for r in state.replicas}
+        waiting = sorted(k for k in wanted if not (k in replicas and replicas[k].ready))
+        waiting += sorted(f"{k} (stopping)" for k in done.stopped if k in replicas)
+        if not waiting:
+            break
+        if loop.time() > deadline:
+            logs = ", ".join(replicas[k].app_log for k in wanted if k in replicas)
+            raise NotFollowed(f"not ready after {timeout_s:g}s: {', '.join(waiting)} ({logs})")
+        await asyncio.sleep(0.1)
+    nodes = [replicas[k].node_id for k in sorted(wanted)]
+    if nodes:
+        try:
+            await wait_converged(
+                state.control_plane_admin, nodes, timeout_s=max(1.0, deadline - loop.time())
+            )
+        except NotConverged as exc:
+            raise NotFollowed(str(exc)) from None
+    return done

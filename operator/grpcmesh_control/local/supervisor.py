@@ -247,6 +247,7 @@ class Supervisor:
         try:
             self._write_endpoints()
             self._resources_digest = self._read_digest()
+            self.reconciled = Reconciled(self._resources_digest)  # what `up` started from
             await self._start_control_plane()
             # Sidecars before apps (native-sidecar order); the kit also waits for /ready.
             # Prometheus early too: it retries targets that are not up yet.
