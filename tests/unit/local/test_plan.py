@@ -352,7 +352,7 @@ def test_a_versions_secret_reference_is_refused_naming_the_version(
 # --- replan: following a live apply ------------------------------------------------------------
 
 
-def _with(examples: tuple[MeshService, ...], name: str, **changes: object) -> list[MeshService]:
+def _with(examples: tuple[MeshService, ...], name: str, **changes: Any) -> list[MeshService]:
     return [dataclasses.replace(s, **changes) if s.name == name else s for s in examples]
 
 
