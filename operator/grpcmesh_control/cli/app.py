@@ -32,7 +32,7 @@ except ModuleNotFoundError as missing:  # a base install (a service image) has n
     ) from missing
 
 from grpcmesh_control.local import credential
-from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.local.clients import AdminUnavailable, ApplyResult, ControlPlaneClient
 from grpcmesh_control.local.credential import CredentialError
 from grpcmesh_control.local.down import MeshNotRunning, MeshNotStopped, stop_mesh
 from grpcmesh_control.local.launcher import (
@@ -538,21 +538,8 @@ def apply(
 
     Starts and stops the processes the change needs, and waits (--wait) until every replica it
     started is ready; prints what it started, stopped and reconfigured."""
-    state, token = _admin(state_dir)
-
-    async def post() -> tuple[bool, str]:
-        async with ControlPlaneClient(state.control_plane_admin, token=token) as client:
-            result = await client.apply(file.name, file.read_text())
-        return result.ok, result.message
-
-    try:
-        ok, message = asyncio.run(post())
-    except AdminUnavailable as exc:
-        _fail(exc, EXIT_CANNOT_RUN)
-    if not ok:
-        _fail(f"refused: {message}")
-    _console().print(f"applied {file}")
-    _report_followed(state, wait)
+    text = file.read_text()
+    _change(state_dir, lambda client: client.apply(file.name, text), f"applied {file}", wait)
 
 
 @app.command()
@@ -564,30 +551,34 @@ def delete(
     """Remove MeshService NAME from the running mesh: its replicas are drained, then stopped.
 
     Refused (naming the caller) while another service still lists it in spec.backends."""
-    state, token = _admin(state_dir)
-
-    async def post() -> tuple[bool, str]:
-        async with ControlPlaneClient(state.control_plane_admin, token=token) as client:
-            result = await client.delete(name)
-        return result.ok, result.message
-
-    try:
-        ok, message = asyncio.run(post())
-    except AdminUnavailable as exc:
-        _fail(exc, EXIT_CANNOT_RUN)
-    if not ok:
-        _fail(f"refused: {message}")
-    _console().print(f"deleted {name}")
-    _report_followed(state, wait)
+    _change(state_dir, lambda client: client.delete(name), f"deleted {name}", wait)
 
 
-def _admin(state_dir: Path) -> tuple[RunState, str]:
-    """The running mesh and its credential, for the endpoints that change it."""
+def _change(
+    state_dir: Path,
+    send: Callable[[ControlPlaneClient], Coroutine[Any, Any, ApplyResult]],
+    done: str,
+    wait: float,
+) -> None:
+    """Send a change with the mesh's credential; print ``done`` and what the launcher did."""
     state = _running_state(state_dir)
     try:
-        return state, credential.read(Path(state.run_dir))
+        token = credential.read(Path(state.run_dir))
     except CredentialError as exc:
         _fail(exc, EXIT_CANNOT_RUN)
+
+    async def post() -> ApplyResult:
+        async with ControlPlaneClient(state.control_plane_admin, token=token) as client:
+            return await send(client)
+
+    try:
+        result = asyncio.run(post())
+    except AdminUnavailable as exc:
+        _fail(exc, EXIT_CANNOT_RUN)
+    if not result.ok:
+        _fail(f"refused: {result.message}")
+    _console().print(done)
+    _report_followed(state, wait)
 
 
 def _report_followed(state: RunState, wait: float) -> None:

@@ -87,31 +87,25 @@ class ControlPlaneClient:
 
     async def apply(self, filename: str, text: str) -> ApplyResult:
         """POST /apply. ``ok`` False carries the control plane's own error message."""
-        try:
-            async with self.session.post(
-                f"{self.base}/apply",
-                data=text.encode(),
-                headers={"X-Filename": filename, "Content-Type": "application/yaml"},
-            ) as response:
-                body = await response.text()
-                if response.status == 200:
-                    return ApplyResult(True, body)
-                if response.status in (400, 401):
-                    return ApplyResult(False, _error_message(body))
-                raise AdminUnavailable(f"POST /apply: HTTP {response.status}: {body[:500]}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AdminUnavailable(f"control plane at {self.base}: {exc!r}") from None
+        return await self._change(
+            "/apply",
+            data=text.encode(),
+            headers={"X-Filename": filename, "Content-Type": "application/yaml"},
+        )
 
     async def delete(self, name: str) -> ApplyResult:
         """POST /delete. ``ok`` False carries the control plane's own error message."""
+        return await self._change("/delete", json={"name": name})
+
+    async def _change(self, path: str, **request: Any) -> ApplyResult:
         try:
-            async with self.session.post(f"{self.base}/delete", json={"name": name}) as response:
+            async with self.session.post(f"{self.base}{path}", **request) as response:
                 body = await response.text()
                 if response.status == 200:
                     return ApplyResult(True, body)
                 if response.status in (400, 401):
                     return ApplyResult(False, _error_message(body))
-                raise AdminUnavailable(f"POST /delete: HTTP {response.status}: {body[:500]}")
+                raise AdminUnavailable(f"POST {path}: HTTP {response.status}: {body[:500]}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminUnavailable(f"control plane at {self.base}: {exc!r}") from None
 
