@@ -179,7 +179,8 @@ class Mesh:
         return doc
 
     def apply(self, path: Path) -> subprocess.CompletedProcess[str]:
-        return grpcmesh("apply", "-f", str(path), "--state-dir", str(self.run_dir))
+        # apply waits (up to its --wait, 90 s) for the replicas it starts to be ready.
+        return grpcmesh("apply", "-f", str(path), "--state-dir", str(self.run_dir), timeout=150)
 
     def resource_files(self) -> dict[str, bytes]:
         directory = self.run_dir / "resources"

@@ -273,7 +273,7 @@ async def test_a_new_service_is_started_called_and_deleted(small_mesh: Mesh, wor
         if r.service == "inventory"
         for p in (r.app_pid, r.sidecar_pid)
     ]
-    result = grpcmesh("delete", "inventory", "--state-dir", str(mesh.run_dir))
+    result = grpcmesh("delete", "inventory", "--state-dir", str(mesh.run_dir), timeout=150)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert result.stdout.splitlines() == ["deleted inventory", "stopped inventory/v1-0"]
     assert "inventory" not in [
