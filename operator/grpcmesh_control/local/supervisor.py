@@ -54,7 +54,14 @@ from grpcmesh_control.local.state import (
 from grpcmesh_control.mesh.errors import InvalidResourceSet, MeshError
 from grpcmesh_control.mesh.model import MeshService, MethodCatalog
 
-__all__ = ["Replan", "StartupError", "Supervisor", "SupervisorSettings", "log_tail"]
+__all__ = [
+    "Replan",
+    "RestartBackoff",
+    "StartupError",
+    "Supervisor",
+    "SupervisorSettings",
+    "log_tail",
+]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +119,7 @@ class SupervisorSettings:
     """Between polls of ``resources/`` for changes to follow."""
 
 
-class _Backoff:
+class RestartBackoff:
     """Exponential restart delays, reset when the process ran for ``stable_after_s``."""
 
     def __init__(self, settings: SupervisorSettings) -> None:
@@ -364,7 +371,7 @@ class Supervisor:
         the Envoys keep their last config meanwhile and reconnect; content-hash versions make
         the restarted one push no change."""
         loop = asyncio.get_running_loop()
-        backoff = _Backoff(self.settings)
+        backoff = RestartBackoff(self.settings)
         while True:
             started = loop.time()
             code = await process.wait()
@@ -426,7 +433,7 @@ class Supervisor:
         key = replica.key
         app, sidecar = self.apps[key], self.sidecars[key]
         loop = asyncio.get_running_loop()
-        backoff = _Backoff(self.settings)
+        backoff = RestartBackoff(self.settings)
         started = loop.time()
         probe = HealthProbe(replica.app_address)
         failures = 0
