@@ -343,9 +343,15 @@ def replan(
             replicas.append(
                 _replica(svc, version, replica, take, settings, plan.control_plane.xds_address)
             )
+    prometheus = plan.prometheus
+    if prometheus is not None:  # the same Prometheus, scraping the new set of replicas
+        prometheus = _prometheus(
+            prometheus.port, settings, replicas, plan.control_plane, plan.ingress
+        )
     return replace(
         plan,
         replicas=tuple(replicas),
+        prometheus=prometheus,
         services=tuple(sorted(services, key=lambda s: s.name)),
     )
 

@@ -527,7 +527,12 @@ class Supervisor:
             restarted or "-",
             reconfigured or "-",
         )
-        self.plan = plan
+        old_prometheus, self.plan = self.plan.prometheus, plan
+        if plan.prometheus is not None and plan.prometheus != old_prometheus:
+            # Prometheus re-reads its configuration on SIGHUP: new replicas get scraped.
+            write_atomically(plan.prometheus.config_path, plan.prometheus.config_text)
+            if self.prometheus is not None:
+                self.prometheus.signal(signal.SIGHUP)
         for key in reconfigured:
             replica = new[key]
             self.replicas[key] = replica

@@ -399,3 +399,20 @@ def test_replan_drops_removed_services_and_versions(
     after = replan(plan, services, iter(()), settings)
     assert {r.service for r in after.replicas} == {"inventory", "orders", "payments"}
     assert new_replicas(plan, services) == 0
+
+
+def test_replan_points_the_running_prometheus_at_the_new_replicas(
+    examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    with_prometheus = dataclasses.replace(settings, prometheus="/usr/bin/prometheus")
+    plan = build_plan(examples, itertools.count(FIRST_PORT), with_prometheus)
+    services = [s for s in examples if s.name != "catalog"]
+    after = replan(plan, services, iter(()), with_prometheus)
+    assert after.prometheus is not None and plan.prometheus is not None
+    assert after.prometheus.process == plan.prometheus.process  # the same process, re-read
+    config = yaml.safe_load(after.prometheus.config_text)
+    apps = next(j for j in config["scrape_configs"] if j["job_name"] == "grpcmesh-app")
+    assert [t["targets"][0] for t in apps["static_configs"]] == [
+        r.metrics_address for r in after.replicas
+    ]
+    assert plan.replica("catalog/v1-0").metrics_address not in after.prometheus.config_text
