@@ -519,6 +519,13 @@ async def test_apply_validates_then_reaches_envoy(state_dir: Path, tmp_path: Pat
             )
             assert {p.name: p.read_bytes() for p in resources.iterdir()} == before
 
+            # A version gets its share only once it has a ready endpoint (local.rollout):
+            # give v2 one, as the launcher would once its replica serves.
+            endpoints = json.loads((state_dir / "endpoints.json").read_text())
+            v2 = {**endpoints["endpoints"][0], "version": "v2", "replica": "v2-0"}
+            v2["port"] = free_port()
+            endpoints["endpoints"].append(v2)
+            write_atomically(state_dir / "endpoints.json", json.dumps(endpoints))
             good = payments.replace(b"weight: 90", b"weight: 50").replace(
                 b"weight: 10", b"weight: 50"
             )
@@ -529,7 +536,8 @@ async def test_apply_validates_then_reaches_envoy(state_dir: Path, tmp_path: Pat
             async def weights() -> list[int] | None:
                 hosts = (await envoy.routes())["egress"]["route_config"]["virtual_hosts"]
                 payments_host = next(h for h in hosts if h["name"] == "payments")
-                split = payments_host["routes"][-1]["route"]["weighted_clusters"]["clusters"]
+                action = payments_host["routes"][-1]["route"]
+                split = action.get("weighted_clusters", {}).get("clusters", [])
                 found = [int(c["weight"]) for c in split]
                 return found if found == [50, 50] else None
 
