@@ -225,7 +225,7 @@ async def wait_converged(
             await asyncio.sleep(0.1)
 
 
-class NotFollowed(TimeoutError):
+class NotFollowed(MeshError, TimeoutError):
     """The launcher did not follow a change of ``resources/`` in time (or could not)."""
 
 

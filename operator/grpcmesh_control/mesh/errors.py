@@ -21,8 +21,10 @@ the CLI tells "refused or failed" from a bug with one ``except MeshError``: ``Pl
 (resources local mode cannot run), ``ResourcePathError`` (a ``--resources`` path),
 ``PortsExhausted``, ``LauncherError`` (no Envoy, a mesh already running), ``StartupError`` (a
 process did not start; quotes its log), ``NotConverged`` (proxies did not ACK in time),
-``StateError`` (``state.json`` not ours), ``AdminUnavailable`` (the control plane's admin API
-unreachable), ``MeshNotRunning``/``MeshNotStopped`` (``grpcmesh down``) and ``TopError``.
+``NotFollowed`` (the launcher did not start or stop what an ``apply`` changed in time),
+``CredentialError`` (the mesh's credential file missing or not private), ``StateError``
+(``state.json`` not ours), ``AdminUnavailable`` (the control plane's admin API unreachable),
+``MeshNotRunning``/``MeshNotStopped`` (``grpcmesh down``) and ``TopError``.
 """
 
 from __future__ import annotations
