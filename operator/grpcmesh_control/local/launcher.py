@@ -39,7 +39,6 @@ from grpcmesh_control.local.state import (
     StateError,
 )
 from grpcmesh_control.local.supervisor import Replan, Supervisor, SupervisorSettings
-from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.mesh.model import MeshService
 from grpcmesh_control.mesh.translate.naming import DEFAULT_TRACE_SAMPLING
@@ -189,7 +188,6 @@ async def run_mesh(
         settings=options.supervisor,
         on_ready=on_ready,
         replan=replanner(settings),
-        catalog=load_catalog(),
     )
     await supervisor.run(stop)
 

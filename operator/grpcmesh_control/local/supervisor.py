@@ -43,6 +43,7 @@ from grpcmesh_control.local.sources import (
     parse_resource_files,
     read_resource_files,
 )
+from grpcmesh_control.local.sources.descriptors import local_protos, read_descriptor_sets
 from grpcmesh_control.local.state import (
     ENDPOINTS_FILE,
     STATE_FILE,
@@ -52,7 +53,7 @@ from grpcmesh_control.local.state import (
     run_state,
 )
 from grpcmesh_control.mesh.errors import InvalidResourceSet, MeshError
-from grpcmesh_control.mesh.model import MeshService, MethodCatalog
+from grpcmesh_control.mesh.model import MeshService
 
 __all__ = [
     "Replan",
@@ -140,7 +141,8 @@ class Supervisor:
     ``ready`` is set (and ``on_ready`` called with the state) once every endpoint is ready and
     the ingress is live. Raises ``StartupError`` (after stopping what it started) if that does
     not happen within ``startup_timeout_s`` or a process exits while starting. With ``replan``
-    (and the ``catalog`` resources are validated with) it follows changes of ``resources/``.
+    it follows changes of ``resources/`` (validated against the protos there, as the control
+    plane does).
     """
 
     def __init__(
@@ -151,7 +153,6 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         on_ready: Callable[[RunState], None] | None = None,
         replan: Replan | None = None,
-        catalog: MethodCatalog | None = None,
     ) -> None:
         self.plan = plan
         self.settings = settings or SupervisorSettings()
@@ -176,7 +177,6 @@ class Supervisor:
         self.ready = asyncio.Event()
         self._on_ready = on_ready or (lambda state: None)
         self._replan = replan
-        self._catalog = catalog
         self._resources_digest: str | None = None
         self.reconciled: Reconciled | None = None
 
@@ -492,9 +492,14 @@ class Supervisor:
                 continue
             self._resources_digest = digest
             try:
-                services = parse_resource_files(files, catalog=self._catalog).services
+                resources = self.plan.run_dir / RESOURCES_DIR
+                catalog = local_protos(read_descriptor_sets(resources)).catalog
+                services = parse_resource_files(files, catalog=catalog).services
                 assert self._replan is not None
                 plan = self._replan(self.plan, services)
+            except OSError:  # a descriptor set replaced while read: the next poll retries
+                self._resources_digest = None
+                continue
             except (InvalidResourceSet, PlanError) as exc:
                 # The control plane reports invalid files too; processes stay as they are.
                 log.warning("resources changed but cannot be followed: %s", exc)
