@@ -11,6 +11,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2
 from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from grpcmesh_control.mesh.model import (
@@ -30,6 +31,8 @@ from grpcmesh_control.mesh.translate import (
     UnknownNode,
     build_snapshot,
 )
+from grpcmesh_control.mesh.translate.clusters import FAILOVER_OVERPROVISIONING
+from grpcmesh_control.mesh.translate.routes import NOT_DELIVERED_HEADER, NOT_DELIVERED_RETRIES
 
 from .conftest import ENDPOINTS
 from .envoy_views import cluster, hcm, listener, route, route_config, speaks_http2, virtual_host
@@ -108,15 +111,57 @@ def test_retries_only_on_idempotent_methods(orders_sidecar: Snapshot) -> None:
     inventory = virtual_host(route_config(orders_sidecar, "egress"), "inventory")
     for method in ("ReserveStock", "ReleaseStock", "CommitStock", "GetStock"):
         policy = route(inventory, INVENTORY_SVC + method).route.retry_policy
-        assert policy.retry_on == "unavailable,connect-failure,refused-stream", method
+        assert policy.retry_on == (
+            "unavailable,connect-failure,refused-stream,retriable-headers"
+        ), method
         assert policy.num_retries.value == 2
         assert seconds(policy.per_try_timeout) == 0.5
         assert policy.retry_host_predicate[0].name == "envoy.retry_host_predicates.previous_hosts"
+    # Not idempotent, or unknown: retried only when the request certainly never reached an app.
     adjust = route(inventory, INVENTORY_SVC + "AdjustStock")
-    assert not adjust.route.HasField("retry_policy")  # not idempotent: never retried
     unknown = route(inventory, INVENTORY_SVC + "NotInTheProtos")
     assert unknown.match.prefix == INVENTORY_SVC
-    assert not unknown.route.HasField("retry_policy")
+    for unsafe in (adjust, unknown):
+        policy = unsafe.route.retry_policy
+        assert policy.retry_on == "connect-failure,refused-stream,retriable-headers"
+        assert policy.num_retries.value == NOT_DELIVERED_RETRIES
+        assert not policy.HasField("per_try_timeout")
+
+
+def test_every_route_retries_undelivered_calls_in_another_priority(
+    orders_sidecar: Snapshot,
+) -> None:
+    for host in route_config(orders_sidecar, "egress").virtual_hosts:
+        for item in host.routes:
+            policy = item.route.retry_policy
+            assert [(h.name, h.present_match) for h in policy.retriable_headers] == [
+                (NOT_DELIVERED_HEADER, True)
+            ], item.name
+            assert policy.retry_priority.name == "envoy.retry_priorities.previous_priorities"
+            config = previous_priorities_config_pb2.PreviousPrioritiesConfig()
+            assert policy.retry_priority.typed_config.Unpack(config)
+            assert config.update_frequency == 1
+
+
+def test_inbound_marks_local_replies_that_never_reached_the_app(
+    orders_sidecar: Snapshot,
+) -> None:
+    def marking(name: str) -> list[Any]:
+        mappers = hcm(listener(orders_sidecar, name)).local_reply_config.mappers
+        return [
+            m
+            for m in mappers
+            if any(h.header.key == NOT_DELIVERED_HEADER for h in m.headers_to_add)
+        ]
+
+    (mapper,) = marking("inbound")
+    assert sorted(mapper.filter.response_flag_filter.flags) == ["UF", "UH", "UO"]
+    assert [(h.header.key, h.header.value) for h in mapper.headers_to_add] == [
+        (NOT_DELIVERED_HEADER, "true")
+    ]
+    assert not mapper.HasField("status_code")  # the reply itself is Envoy's
+    # Only the inbound side says "not delivered": the egress and ingress pass replies through.
+    assert marking("egress") == []
 
 
 def test_timeouts_per_service_and_method(orders_sidecar: Snapshot) -> None:
@@ -201,6 +246,87 @@ def test_load_assignments_carry_readiness(orders_sidecar: Snapshot) -> None:
     }
     v2 = assignments["payments|v2"].endpoints[0].lb_endpoints
     assert [e.endpoint.address.socket_address.address for e in v2] == ["10.0.2.2"]
+
+
+def _localities(assignment: Any) -> list[tuple[int, str, int, list[str]]]:
+    return [
+        (
+            group.priority,
+            group.locality.sub_zone,
+            group.load_balancing_weight.value,
+            [e.endpoint.address.socket_address.address for e in group.lb_endpoints],
+        )
+        for group in assignment.endpoints
+    ]
+
+
+def test_each_version_fails_over_to_the_others_at_priority_1(orders_sidecar: Snapshot) -> None:
+    assignments = {a.cluster_name: a for a in orders_sidecar.endpoints}
+    assert _localities(assignments["payments|v2"]) == [
+        (0, "v2", 1, ["10.0.2.2"]),
+        (1, "v1", 90, ["10.0.2.1"]),
+    ]
+    assert _localities(assignments["payments|v1"]) == [
+        (0, "v1", 1, ["10.0.2.1"]),
+        (1, "v2", 10, ["10.0.2.2"]),
+    ]
+    # One version: nothing to fail over to.
+    assert _localities(assignments["inventory|v1"]) == [(0, "v1", 1, ["10.0.1.1"])]
+    # A version keeps its whole share while any endpoint of it is healthy: only a version with
+    # none fails over (Envoy's default 1.4 would spill 30 % of a half-healthy version).
+    for assignment in orders_sidecar.endpoints:
+        factor = assignment.policy.overprovisioning_factor.value
+        assert factor == FAILOVER_OVERPROVISIONING, assignment.cluster_name
+    # Locality weights split a failed-over share by version weight.
+    for name in ("payments|v1", "payments|v2"):
+        lb = cluster(orders_sidecar, name).common_lb_config
+        assert lb.HasField("locality_weighted_lb_config"), name
+
+
+def test_a_dead_versions_share_moves_to_the_others_in_proportion(
+    example_docs: dict[str, Doc], services: dict[str, MeshService]
+) -> None:
+    doc = example_docs["payments"]
+    doc["spec"]["versions"] = [
+        {"name": "v1", "weight": 60},
+        {"name": "v2", "weight": 30},
+        {"name": "v3", "weight": 10},
+        {"name": "dark", "weight": 0},
+    ]
+    endpoints = {
+        "payments": [
+            Endpoint("10.0.2.1", 1, "v1"),
+            Endpoint("10.0.2.2", 1, "v2", ready=False),
+            Endpoint("10.0.2.3", 1, "v3"),
+            Endpoint("10.0.2.4", 1, "dark"),
+        ]
+    }
+    registry = Registry.build([services["orders"], parse_mesh_service(doc)], endpoints)
+    snapshot = build_snapshot(registry, ProxyNode(NodeId.sidecar("orders", "0")))
+    assignments = {a.cluster_name: a for a in snapshot.endpoints}
+    # v2's endpoint is not ready (UNHEALTHY at priority 0), so Envoy sends its 30 % to
+    # priority 1, split 60:10 between v1 and v3; a version without weight takes none.
+    assert _localities(assignments["payments|v2"]) == [
+        (0, "v2", 1, ["10.0.2.2"]),
+        (1, "v1", 60, ["10.0.2.1"]),
+        (1, "v3", 10, ["10.0.2.3"]),
+    ]
+    (own,) = assignments["payments|v2"].endpoints[0].lb_endpoints
+    assert own.health_status == health_check_pb2.HealthStatus.UNHEALTHY
+    # A version no route sends to has nothing to fail over.
+    assert _localities(assignments["payments|dark"]) == [(0, "dark", 1, ["10.0.2.4"])]
+
+
+def test_a_version_scaled_to_zero_fails_over_whole(
+    example_docs: dict[str, Doc], services: dict[str, MeshService]
+) -> None:
+    doc = example_docs["payments"]
+    endpoints = {"payments": [Endpoint("10.0.2.1", 1, "v1")]}  # v2 has none
+    registry = Registry.build([services["orders"], parse_mesh_service(doc)], endpoints)
+    snapshot = build_snapshot(registry, ProxyNode(NodeId.sidecar("orders", "0")))
+    v2 = next(a for a in snapshot.endpoints if a.cluster_name == "payments|v2")
+    # Priority 0 is kept (empty): Envoy's priorities do not skip a level.
+    assert _localities(v2) == [(0, "v2", 1, []), (1, "v1", 90, ["10.0.2.1"])]
 
 
 def test_ports_come_from_node_metadata(registry: Registry) -> None:

@@ -19,6 +19,13 @@ VirtualService ``<svc>``    ``<svc>.<ns>.svc.<cluster domain>``, provided by the
 (its uid is not known to a pure function). External backends have no App Mesh equivalent here
 (their VirtualService name would have to be unique per mesh, not per caller): they need an
 ``ALLOW_ALL`` egress filter, and ``render_problems`` says so otherwise.
+
+What App Mesh cannot express, documented rather than refused (refusing would leave App Mesh
+with no canaries at all): failover across versions (the native provider's priority-1
+endpoints of the other versions, ``translate.clusters.version_assignment``; here a version
+with no healthy pod keeps its weighted target's share, and those calls fail), and the retry of
+undelivered calls on routes of unsafe methods (App Mesh's ``tcpRetryEvents`` belong to a
+route's retry policy, which only idempotent methods have).
 """
 
 from __future__ import annotations

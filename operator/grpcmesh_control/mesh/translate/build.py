@@ -18,15 +18,15 @@ from grpcmesh_control.mesh.translate.clusters import (
     collector_cluster,
     external_cluster,
     inbound_cluster,
-    load_assignment,
     service_clusters,
+    version_assignment,
 )
 from grpcmesh_control.mesh.translate.listeners import (
     egress_listener,
     inbound_listener,
     ingress_listener,
 )
-from grpcmesh_control.mesh.translate.naming import NodeKind, ProxyNode, version_cluster_name
+from grpcmesh_control.mesh.translate.naming import NodeKind, ProxyNode
 from grpcmesh_control.mesh.translate.registry import Registry
 from grpcmesh_control.mesh.translate.routes import egress_route_config, ingress_route_config
 from grpcmesh_control.mesh.translate.snapshot import Snapshot
@@ -182,9 +182,5 @@ def _ingress(registry: Registry, node: ProxyNode, parts: _Fresh) -> Snapshot:
 def _assignments(
     registry: Registry, svc: MeshService
 ) -> list[e.endpoint_pb2.ClusterLoadAssignment]:
-    return [
-        load_assignment(
-            version_cluster_name(svc.name, v.name), registry.endpoints_of(svc.name, v.name)
-        )
-        for v in svc.versions
-    ]
+    by_version = {v.name: registry.endpoints_of(svc.name, v.name) for v in svc.versions}
+    return [version_assignment(svc, v, by_version) for v in svc.versions]

@@ -1,9 +1,23 @@
 """Clusters and load assignments: one EDS cluster per MeshService version, the local app, and
-external hosts. Every cluster speaks HTTP/2 upstream, because gRPC needs it."""
+external hosts. Every cluster speaks HTTP/2 upstream, because gRPC needs it.
+
+Failover across versions: a version's load assignment holds its own endpoints at priority 0
+and, at priority 1, the endpoints of every other version that takes traffic, one locality per
+version weighted by its route weight. Envoy sends a priority the share its health covers
+(healthy fraction x the overprovisioning factor, capped at 100 %) and spills the rest to
+priority 1, where locality-weighted balancing splits it by version weight. The factor is
+``FAILOVER_OVERPROVISIONING`` rather than Envoy's 1.4, so a version keeps all of its share while
+any of its endpoints is healthy (its other replicas take the load of the failed ones, as without
+failover; a small canary is not flooded because a stable replica failed), and only a version
+with no ready or healthy endpoint (not ready in EDS, or ejected by outlier detection) fails
+over: its share goes to the other versions in proportion to their weights, and comes back when
+one of its endpoints does. Weighted clusters alone never fail over: the route picks the cluster
+before any host health is known.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 
 from grpcmesh_control.mesh.model.mesh import (
@@ -26,11 +40,14 @@ from grpcmesh_control.mesh.translate.naming import (
 )
 
 __all__ = [
+    "FAILOVER_OVERPROVISIONING",
+    "FAILOVER_PRIORITY",
     "collector_cluster",
     "external_cluster",
     "inbound_cluster",
     "load_assignment",
     "service_clusters",
+    "version_assignment",
     "version_cluster",
 ]
 
@@ -38,6 +55,11 @@ Cluster = e.cluster_pb2.Cluster
 LOCAL_CONNECT_TIMEOUT = timedelta(seconds=1)
 ENFORCE_ALWAYS = 100  # percent; Envoy's enforcing_* fields
 NEVER = 0
+FAILOVER_PRIORITY = 1
+"""The priority of the other versions' endpoints in a version's load assignment."""
+FAILOVER_OVERPROVISIONING = 100_000
+"""Envoy's ``overprovisioning_factor`` in percent (1000x): one healthy endpoint in a thousand
+keeps the version's whole share. Small enough that factor x endpoints fits Envoy's 32 bits."""
 
 _LB_POLICIES = {
     LoadBalancer.LEAST_REQUEST: Cluster.LbPolicy.LEAST_REQUEST,
@@ -59,8 +81,10 @@ def version_cluster(svc: MeshService, version: VersionTarget) -> e.cluster_pb2.C
         typed_extension_protocol_options=e.http2_upstream_options(),
         # Not-ready endpoints are sent as UNHEALTHY; with Envoy's default 50% panic threshold
         # they would get traffic as soon as half a version is not ready. 0 disables panic mode.
+        # Locality weights split a failed-over share across the other versions by weight.
         common_lb_config=Cluster.CommonLbConfig(
-            healthy_panic_threshold=e.percent_pb2.Percent(value=0.0)
+            healthy_panic_threshold=e.percent_pb2.Percent(value=0.0),
+            locality_weighted_lb_config=Cluster.CommonLbConfig.LocalityWeightedLbConfig(),
         ),
         circuit_breakers=_circuit_breakers(policy.circuit_breaker, policy.retries.budget),
     )
@@ -117,12 +141,9 @@ def _outlier_detection(spec: OutlierDetection) -> e.outlier_detection_pb2.Outlie
     return out
 
 
-def load_assignment(
-    cluster_name: str, endpoints: Iterable[Endpoint]
-) -> e.endpoint_pb2.ClusterLoadAssignment:
-    """Always a load assignment, even empty: an EDS cluster without one never finishes warming."""
+def _lb_endpoints(endpoints: Iterable[Endpoint]) -> list[e.endpoint_components_pb2.LbEndpoint]:
     health = e.health_check_pb2.HealthStatus
-    lb_endpoints = [
+    return [
         e.endpoint_components_pb2.LbEndpoint(
             endpoint=e.endpoint_components_pb2.Endpoint(
                 address=e.socket_address(ep.address, ep.port)
@@ -131,10 +152,62 @@ def load_assignment(
         )
         for ep in endpoints
     ]
+
+
+def load_assignment(
+    cluster_name: str, endpoints: Iterable[Endpoint]
+) -> e.endpoint_pb2.ClusterLoadAssignment:
+    """Always a load assignment, even empty: an EDS cluster without one never finishes warming."""
+    lb_endpoints = _lb_endpoints(endpoints)
     assignment = e.endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
     if lb_endpoints:
         assignment.endpoints.add().lb_endpoints.extend(lb_endpoints)
     return assignment
+
+
+def version_assignment(
+    svc: MeshService, version: VersionTarget, endpoints: Mapping[str, Sequence[Endpoint]]
+) -> e.endpoint_pb2.ClusterLoadAssignment:
+    """The load assignment of ``<svc>|<version>``: the version's endpoints at priority 0, and,
+    if it takes traffic, every other version that does at priority 1 (one locality each,
+    weighted by the version's weight). ``endpoints`` maps a version name to its endpoints.
+
+    Each locality is named by its version (``sub_zone``), and locality-weighted balancing
+    (``version_cluster``) needs every locality weighted; priority 0 holds one, weight 1.
+    """
+    assignment = e.endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=version_cluster_name(svc.name, version.name),
+        policy=e.endpoint_pb2.ClusterLoadAssignment.Policy(
+            overprovisioning_factor=e.u32(FAILOVER_OVERPROVISIONING)
+        ),
+    )
+    own = _lb_endpoints(endpoints.get(version.name, ()))
+    failover = []
+    if version.weight > 0:  # a version never routed to has nothing to fail over
+        for other in svc.versions:
+            theirs = _lb_endpoints(endpoints.get(other.name, ()))
+            if other.name != version.name and other.weight > 0 and theirs:
+                failover.append(_locality(other.name, other.weight, FAILOVER_PRIORITY, theirs))
+    if own or failover:
+        # Priorities may not skip a level: priority 0 is there even when the version has no
+        # endpoint (scaled to zero), and then all of its share fails over.
+        assignment.endpoints.append(_locality(version.name, 1, 0, own))
+    assignment.endpoints.extend(failover)
+    return assignment
+
+
+def _locality(
+    version: str,
+    weight: int,
+    priority: int,
+    lb_endpoints: list[e.endpoint_components_pb2.LbEndpoint],
+) -> e.endpoint_components_pb2.LocalityLbEndpoints:
+    return e.endpoint_components_pb2.LocalityLbEndpoints(
+        locality=e.base_pb2.Locality(sub_zone=version),
+        lb_endpoints=lb_endpoints,
+        load_balancing_weight=e.u32(weight),
+        priority=priority,
+    )
 
 
 def inbound_cluster(app_port: int, address: str = LOCALHOST) -> e.cluster_pb2.Cluster:

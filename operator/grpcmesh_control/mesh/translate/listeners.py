@@ -34,7 +34,11 @@ from grpcmesh_control.mesh.translate.naming import (
     OTLP_COLLECTOR_CLUSTER,
     ProxyNode,
 )
-from grpcmesh_control.mesh.translate.routes import FAULT_FILTER, inbound_route_config
+from grpcmesh_control.mesh.translate.routes import (
+    FAULT_FILTER,
+    NOT_DELIVERED_HEADER,
+    inbound_route_config,
+)
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -177,10 +181,33 @@ def _listener(
     )
 
 
+NOT_DELIVERED_FLAGS = ("UF", "UH", "UO")
+"""Envoy response flags of a local reply sent before the request reached the app: the
+connection to it failed (UF: the app is down), no healthy app (UH), the circuit breaker (UO)."""
+
+
+def _not_delivered_marker() -> hcm_pb2.ResponseMapper:
+    """Local replies that mean "your request never reached my app" carry
+    ``NOT_DELIVERED_HEADER``, which every caller's route retries (routes.retry_policy): a dead
+    app behind a live sidecar costs its callers a retry on another endpoint, not a failure."""
+    return hcm_pb2.ResponseMapper(
+        filter=accesslog_pb2.AccessLogFilter(
+            response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(NOT_DELIVERED_FLAGS))
+        ),
+        headers_to_add=[
+            e.base_pb2.HeaderValueOption(
+                header=e.base_pb2.HeaderValue(key=NOT_DELIVERED_HEADER, value="true"),
+                append_action=e.base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ],
+    )
+
+
 def inbound_listener(node: ProxyNode, app_port: int) -> e.listener_pb2.Listener:
     """``<bind>:<inbound port>`` -> the app; routes inline, they only change with the app port."""
     hcm = _hcm(INBOUND, node)
     hcm.route_config.CopyFrom(inbound_route_config(app_port))
+    hcm.local_reply_config.mappers.append(_not_delivered_marker())
     return _listener(INBOUND, node.bind_address, node.inbound_port, hcm, Direction.INBOUND)
 
 

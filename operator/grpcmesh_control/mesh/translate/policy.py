@@ -6,7 +6,9 @@ The rules:
 - A method is retried only if it is safe to repeat: ``spec.methods[].idempotent`` when set,
   otherwise the proto's ``idempotency_level`` (IDEMPOTENT or NO_SIDE_EFFECTS). Methods the
   catalog does not know are never retried. Client-streaming methods are never retried (Envoy
-  would have to buffer the whole request stream).
+  would have to buffer the whole request stream). (Every route still resends a call that
+  certainly never reached an app, ``routes.ALWAYS_RETRIED``; that is transport, not policy,
+  and Envoy abandons it for a request stream longer than its buffer.)
 - Unary methods get ``trafficPolicy.timeout``; streaming methods get no deadline (0s) unless
   their spec.methods entry sets one, since a route timeout would cut a long-lived stream.
   The inherited per-try timeout is dropped for streaming methods for the same reason.

@@ -26,6 +26,8 @@ from grpcmesh_control.mesh.translate.registry import Registry
 __all__ = [
     "ALWAYS_RETRIED",
     "FAULT_FILTER",
+    "NOT_DELIVERED_HEADER",
+    "NOT_DELIVERED_RETRIES",
     "REFLECTION_SERVICES",
     "RETRY_ON_TOKENS",
     "egress_route_config",
@@ -45,8 +47,15 @@ RETRY_ON_TOKENS = {
     RetryOn.INTERNAL: "internal",
     RetryOn.RESOURCE_EXHAUSTED: "resource-exhausted",
 }
-# The request never reached a server in these cases, so they are as safe as the method is.
-ALWAYS_RETRIED = ("connect-failure", "refused-stream")
+# The request never reached an app in these cases, so every route retries them, whatever the
+# method: the caller's sidecar could not connect or got REFUSED_STREAM, or the callee's sidecar
+# answered that its own app was unreachable (``NOT_DELIVERED_HEADER``, see inbound_listener).
+ALWAYS_RETRIED = ("connect-failure", "refused-stream", "retriable-headers")
+NOT_DELIVERED_HEADER = "x-grpcmesh-not-delivered"
+"""Set by a sidecar's inbound listener on its local replies that mean the request never reached
+its app (no connection to it, or the inbound circuit breaker): callers may resend anything."""
+NOT_DELIVERED_RETRIES = 2
+"""Retries of an undelivered call on a route whose method is not retried otherwise."""
 # Envoy ends a try that outlives per_try_timeout by resetting it, and retries a reset only
 # under `reset` (or `5xx`/`gateway-error`), never under `deadline-exceeded`, which reads the
 # grpc-status of an answer that never came. A reset also covers a connection lost mid-call.
@@ -82,15 +91,26 @@ def honour_grpc_timeout(timeout: timedelta = NO_TIMEOUT) -> route.RouteAction.Ma
     return limits
 
 
-def retry_policy(retry: EffectiveRetry) -> route.RetryPolicy:
-    """Envoy's retry policy for ``retry``. DEADLINE_EXCEEDED means both an answer with that
-    status and a try cut by the per-try timeout (measured: tests/integration/test_retries_envoy)."""
-    tokens = [RETRY_ON_TOKENS[code] for code in retry.retry_on] + list(ALWAYS_RETRIED)
-    if retry.per_try_timeout is not None and RetryOn.DEADLINE_EXCEEDED in retry.retry_on:
-        tokens.append(PER_TRY_TIMEOUT_RETRIED)
+def retry_policy(retry: EffectiveRetry | None) -> route.RetryPolicy:
+    """The route's retries: ``retry`` (a method safe to repeat) plus, always, the failures that
+    never reached an app (``ALWAYS_RETRIED``); ``None`` retries only those.
+
+    DEADLINE_EXCEEDED means both an answer with that status and a try cut by the per-try
+    timeout (measured: tests/integration/test_retries_envoy). Every retry goes to another
+    endpoint than the ones that failed this call and, where the cluster fails over
+    (``clusters.version_assignment``), to another priority than the ones tried: a call the
+    canary could not take is retried on the other versions."""
+    if retry is None:
+        tokens, attempts = list(ALWAYS_RETRIED), NOT_DELIVERED_RETRIES
+    else:
+        tokens = [RETRY_ON_TOKENS[code] for code in retry.retry_on] + list(ALWAYS_RETRIED)
+        if retry.per_try_timeout is not None and RetryOn.DEADLINE_EXCEEDED in retry.retry_on:
+            tokens.append(PER_TRY_TIMEOUT_RETRIED)
+        attempts = retry.attempts
     policy = route.RetryPolicy(
         retry_on=",".join(tokens),
-        num_retries=e.u32(retry.attempts),
+        num_retries=e.u32(attempts),
+        retriable_headers=[route.HeaderMatcher(name=NOT_DELIVERED_HEADER, present_match=True)],
         # Retry on another endpoint than the ones that already failed this call.
         retry_host_predicate=[
             route.RetryPolicy.RetryHostPredicate(
@@ -99,8 +119,15 @@ def retry_policy(retry: EffectiveRetry) -> route.RetryPolicy:
             )
         ],
         host_selection_retry_max_attempts=3,
+        # ...and in another priority than the ones tried (when one has healthy hosts).
+        retry_priority=route.RetryPolicy.RetryPriority(
+            name="envoy.retry_priorities.previous_priorities",
+            typed_config=e.pack(
+                e.previous_priorities_pb2.PreviousPrioritiesConfig(update_frequency=1)
+            ),
+        ),
     )
-    if retry.per_try_timeout is not None:
+    if retry is not None and retry.per_try_timeout is not None:
         policy.per_try_timeout.CopyFrom(e.duration(retry.per_try_timeout))
     return policy
 
@@ -129,8 +156,7 @@ def _route(svc: MeshService, policy: RoutePolicy) -> route.Route:
     # ignores `timeout` on such a route; it is kept so the route reads the same as its policy.
     action.timeout.CopyFrom(e.duration(policy.timeout))
     action.max_stream_duration.CopyFrom(honour_grpc_timeout(policy.timeout))
-    if policy.retry is not None:
-        action.retry_policy.CopyFrom(retry_policy(policy.retry))
+    action.retry_policy.CopyFrom(retry_policy(policy.retry))
     built = route.Route(name=f"{svc.name}{policy.path}", match=match, route=action)
     if policy.fault is not None:
         built.typed_per_filter_config[FAULT_FILTER].CopyFrom(e.pack(fault_config(policy.fault)))
