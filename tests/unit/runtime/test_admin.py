@@ -304,3 +304,59 @@ def test_a_credential_others_can_read_is_refused(state_dir: Path) -> None:
         credential.read(state_dir)
     with pytest.raises(credential.CredentialError, match="no credential"):
         credential.read(state_dir / "elsewhere")
+
+
+# --- bounded inputs: every refusal is a 4xx with a message ----------------------------------
+
+BOMB = (
+    b"apiVersion: grpcmesh.io/v1alpha1\nkind: MeshService\nmetadata:\n  name: bomb\n"
+    b"spec:\n  grpc: {port: 9000, services: [test.v1.Bomb]}\n  config:\n"
+    b'    l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    + b"".join(
+        f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n".encode() for i in range(1, 9)
+    )
+)
+
+
+@pytest.mark.timeout(30)
+async def test_apply_of_an_alias_bomb_is_400_and_quick(
+    client: TestClient[Any, Any], state_dir: Path
+) -> None:
+    assert len(BOMB) < 1600
+    response = await client.post("/apply", data=BOMB, headers={"X-Filename": "bomb.yaml"})
+    assert response.status == 400
+    assert "values once YAML aliases are expanded" in (await response.json())["error"]
+    assert not (state_dir / "resources" / "bomb.yaml").exists()
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_apply_with_an_over_long_file_name_is_400(
+    client: TestClient[Any, Any], example_files: dict[str, bytes]
+) -> None:
+    name = "p" * 300 + ".yaml"  # past the file system's 255 bytes: was a 500
+    response = await client.post(
+        "/apply", data=example_files["payments.yaml"], headers={"X-Filename": name}
+    )
+    assert response.status == 400, await response.text()
+    assert "at most 200" in (await response.json())["error"]
+
+
+async def test_apply_of_an_oversized_body_is_413_with_a_message(
+    client: TestClient[Any, Any],
+) -> None:
+    body = b"# " + b"x" * (2 * 1024 * 1024) + b"\n"
+    response = await client.post("/apply", data=body, headers={"X-Filename": "big.yaml"})
+    assert response.status == 413
+    assert "body size" in await response.text()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nowhere", 404), ("GET", "/apply", 405), ("GET", "/debug/snapshot", 400)],
+)
+async def test_admin_errors_are_4xx_with_a_message(
+    client: TestClient[Any, Any], method: str, path: str, status: int
+) -> None:
+    response = await client.request(method, path)
+    assert response.status == status
+    assert (await response.text()).strip()

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource, InvalidResourceSet
 from grpcmesh_control.mesh.model import (
     KIND,
@@ -38,6 +36,7 @@ from grpcmesh_control.mesh.model import (
     MethodCatalog,
     parse_mesh_service,
 )
+from grpcmesh_control.mesh.model.bounds import load_yaml_documents
 from grpcmesh_control.mesh.model.mesh import DEFAULT_VERSION
 
 __all__ = [
@@ -63,6 +62,9 @@ RESOURCE_SUFFIX = ".yaml"
 
 # A plain file name: no directories, not hidden (temporary files of atomic writes are hidden).
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
+FILE_NAME_MAX = 200
+"""Characters in an applied file's name: Linux allows 255 bytes, and the atomic write adds a
+temporary suffix."""
 _SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _ENDPOINT_FIELDS = frozenset({"service", "version", "replica", "address", "port", "ready"})
 
@@ -219,12 +221,9 @@ def _documents(
 ) -> Iterator[tuple[str, object]]:
     """(source label, document) for each non-empty document; unreadable files go to problems."""
     try:
-        docs = [doc for doc in yaml.safe_load_all(content.decode("utf-8")) if doc is not None]
-    except UnicodeDecodeError as exc:
-        problems.append(InvalidResource(name, [FieldError("", f"not UTF-8 text: {exc}")]))
-        return
-    except yaml.YAMLError as exc:
-        problems.append(InvalidResource(name, [FieldError("", f"not valid YAML: {exc}")]))
+        docs = load_yaml_documents(content, source=name)
+    except InvalidResource as exc:
+        problems.append(exc)
         return
     for i, doc in enumerate(docs, start=1):
         yield (name if len(docs) == 1 else f"{name}, document {i}"), doc
@@ -355,6 +354,21 @@ def plan_delete(
 
 def _target_name(filename: str) -> str:
     stem, dot, suffix = filename.rpartition(".")
+    if len(filename) > FILE_NAME_MAX:
+        raise InvalidResourceSet(
+            [
+                InvalidResource(
+                    "X-Filename",
+                    [
+                        FieldError(
+                            "",
+                            f"{filename[:40]!r}... is {len(filename)} characters long; "
+                            f"at most {FILE_NAME_MAX}",
+                        )
+                    ],
+                )
+            ]
+        )
     if not _FILE_NAME.match(filename) or not dot or not stem or suffix not in ("yaml", "yml"):
         raise InvalidResourceSet(
             [

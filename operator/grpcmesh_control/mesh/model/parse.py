@@ -15,14 +15,13 @@ from datetime import timedelta
 from functools import cache
 from typing import Any, cast
 
-import yaml
-
 # No stubs for jsonschema in the environment yet (types-jsonschema would add them).
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError
 from jsonschema.validators import extend
 
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource
+from grpcmesh_control.mesh.model.bounds import bounds_error, load_yaml_documents
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
 from grpcmesh_control.mesh.model.durations import DURATION_PATTERN, parse_duration
 from grpcmesh_control.mesh.model.mesh import (
@@ -60,6 +59,15 @@ __all__ = ["parse_endpoint", "parse_mesh_service", "parse_mesh_services_yaml"]
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+# Kubernetes' label and annotation rules (apimachinery's validation): a key is a qualified
+# name, [DNS-1123 subdomain prefix "/"] name; a label value is empty or a name-like string.
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_DNS_1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_NAME_MAX = 63
+_PREFIX_MAX = 253
+_ANNOTATIONS_MAX_BYTES = 256 * 1024
 
 Doc = Mapping[str, Any]
 
@@ -80,6 +88,9 @@ def parse_mesh_service(
     label = _label(doc, source)
     if not isinstance(doc, Mapping):
         raise InvalidResource(label, [FieldError("", "a MeshService document must be a mapping")])
+    too_large = bounds_error(doc)
+    if too_large is not None:
+        raise InvalidResource(label, [too_large])
     body = {key: value for key, value in doc.items() if key != "status"}
     problems = list(_schema_errors(body, schema))
     if not problems:
@@ -93,10 +104,7 @@ def parse_mesh_services_yaml(
     text: str, *, source: str, catalog: MethodCatalog | None = None
 ) -> tuple[MeshService, ...]:
     """Every MeshService in a (multi-document) YAML text; empty documents are skipped."""
-    try:
-        docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as exc:
-        raise InvalidResource(source, [FieldError("", f"not valid YAML: {exc}")]) from exc
+    docs = load_yaml_documents(text, source=source)
     return tuple(parse_mesh_service(doc, source=source, catalog=catalog) for doc in docs)
 
 
@@ -297,6 +305,56 @@ def _metadata_errors(metadata: object) -> Iterator[FieldError]:
     generation = metadata.get("generation")
     if generation is not None and not isinstance(generation, int):
         yield FieldError("metadata.generation", f"{generation!r} is not an integer")
+    yield from _string_map_errors("metadata.labels", metadata.get("labels"), labels=True)
+    yield from _string_map_errors("metadata.annotations", metadata.get("annotations"))
+
+
+def _string_map_errors(path: str, value: object, *, labels: bool = False) -> Iterator[FieldError]:
+    """Labels or annotations, as the API server checks them."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        yield FieldError(path, "must be a mapping of strings to strings")
+        return
+    total = 0
+    for key, item in value.items():
+        field = f"{path}[{key!r}]" if isinstance(key, str) else path
+        if not isinstance(key, str):
+            yield FieldError(path, f"key {_short(key)} is not a string")
+            continue
+        yield from (FieldError(field, problem) for problem in _qualified_name_problems(key))
+        if not isinstance(item, str):
+            yield FieldError(field, f"value {_short(item)} is not a string")
+            continue
+        total += len(key.encode()) + len(item.encode())
+        if labels and (len(item) > _NAME_MAX or (item and not _QUALIFIED_NAME.match(item))):
+            yield FieldError(
+                field,
+                f"value {_short(item)} must be at most {_NAME_MAX} characters, empty or "
+                "alphanumeric with '-', '_' or '.' inside",
+            )
+    if not labels and total > _ANNOTATIONS_MAX_BYTES:
+        yield FieldError(path, f"{total} bytes in total; at most {_ANNOTATIONS_MAX_BYTES}")
+
+
+def _qualified_name_problems(key: str) -> Iterator[str]:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > _PREFIX_MAX or not _DNS_1123_SUBDOMAIN.match(prefix)):
+        yield (
+            f"key prefix {_short(prefix)} must be a DNS subdomain (lower case, digits, '-' "
+            f"and '.', at most {_PREFIX_MAX} characters)"
+        )
+    if not name or len(name) > _NAME_MAX or not _QUALIFIED_NAME.match(name):
+        yield (
+            f"key name {_short(name)} must be 1 to {_NAME_MAX} characters, alphanumeric with "
+            "'-', '_' or '.' inside"
+        )
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``repr`` cut short: an error quotes what it refuses, not all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _duplicates(path: str, names: Sequence[str]) -> Iterator[FieldError]:
