@@ -48,6 +48,7 @@ from grpcmesh_control.cluster.controller.peering import CLUSTER_PEERING, peering
 from grpcmesh_control.cluster.controller.reconcile import Reconciler, rollout_of
 from grpcmesh_control.cluster.controller.settings import RuntimeSettings
 from grpcmesh_control.cluster.controller.status_follower import Key, StatusFollower
+from grpcmesh_control.cluster.controller.webhook_server import BoundedWebhookServer
 from grpcmesh_control.cluster.controller.webhook_tls import WebhookCertificates
 from grpcmesh_control.cluster.objects.kinds import (
     CONFIG_MAP,
@@ -133,7 +134,7 @@ class Operator:
         settings.persistence.consistency_timeout = self.settings.consistency_timeout
         if self.settings.webhook_port is not None:
             files = self.webhook_certificates.files
-            settings.admission.server = kopf.WebhookServer(
+            settings.admission.server = BoundedWebhookServer(
                 addr=self.settings.webhook_addr,
                 port=self.settings.webhook_port,
                 host=self.settings.webhook_host,
