@@ -1,7 +1,12 @@
-"""Failover across versions on the real local mesh: the payments canary (v2, weight 10, one
-replica) loses its app and then its sidecar while orders flow through the ingress at an open-loop
-rate. Its share must go to v1 without failing calls or cancelling orders, and refunds (the
-saga's compensations, which take the same route) must go through as well.
+"""Faults a local user could cause, on the real local mesh.
+
+Failover across versions: the payments canary (v2, weight 10, one replica) loses its app and
+then its sidecar while orders flow through the ingress at an open-loop rate. Its share must go
+to v1 without failing calls or cancelling orders, and refunds (the saga's compensations, which
+take the same route) must go through as well.
+
+The Envoy admin lock: no TCP client can quit (or otherwise change) a sidecar through its admin
+port, which serves only what the tooling reads; the admin interface is a 0600 unix socket.
 
 Its own module, so its own mesh: nothing restarts the dead canary (the local supervisor does
 not restart apps), and the other e2e modules need it alive.
@@ -12,11 +17,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import grpc
+import psutil
 import pytest
 
 from grpcmesh.shop.v1 import common_pb2, payments_pb2, payments_pb2_grpc
@@ -85,6 +96,42 @@ async def _refund(stub: Stub, ids: list[str]) -> dict[str, int]:
             code = exc.code().name
         codes[code] = codes.get(code, 0) + 1
     return codes
+
+
+def _http(method: str, url: str) -> int:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+async def test_no_tcp_client_can_quit_an_envoy(mesh: Mesh) -> None:
+    replica = mesh.replica("payments/v1-0")
+    assert replica.sidecar_pid is not None
+    for admin in (replica.sidecar_admin, mesh.state.ingress_admin):
+        for method, path in (("POST", "/quitquitquit"), ("GET", "/quitquitquit")):
+            status = await asyncio.to_thread(_http, method, f"http://{admin}{path}")
+            assert status == 404, (admin, method, path, status)
+        for mutation in ("/healthcheck/fail", "/drain_listeners", "/runtime_modify?x=1"):
+            assert await asyncio.to_thread(_http, "POST", f"http://{admin}{mutation}") == 404
+        # What the tooling reads is still there.
+        assert await asyncio.to_thread(_http, "GET", f"http://{admin}/ready") == 200
+        assert await asyncio.to_thread(_http, "GET", f"http://{admin}/stats?filter=live") == 200
+    assert psutil.Process(replica.sidecar_pid).is_running()
+    assert mesh.replica("payments/v1-0").ready
+
+    # The whole admin interface is a unix socket only its owner may connect to.
+    socket_path = Path(replica.config_file).with_name("admin.sock")
+    mode = socket_path.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, oct(mode)
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session,
+        session.get("http://admin/server_info") as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["state"] == "LIVE"
 
 
 async def test_a_dead_canary_fails_over_to_the_other_version(mesh: Mesh) -> None:

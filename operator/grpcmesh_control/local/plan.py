@@ -13,9 +13,14 @@ Run-state layout (``docs/design/local-mode.md``)::
     RUN/resources/*.yaml              MeshServices (the control plane's source of truth)
     RUN/endpoints.json, RUN/state.json
     RUN/control-plane.log
-    RUN/ingress/{envoy.json,envoy.log}
+    RUN/ingress/{envoy.json,envoy.log,admin.sock}
     RUN/<svc>/data.db                 shared by the service's replicas, like one database
-    RUN/<svc>/<replica>/{envoy.json,config.yaml,app.log,envoy.log}
+    RUN/<svc>/<replica>/{envoy.json,config.yaml,app.log,envoy.log,admin.sock}
+
+Each Envoy's admin interface is its ``admin.sock`` (mode 0600: only the user who started the
+mesh can connect, so no other local user can ``/quitquitquit`` a sidecar); its TCP admin port
+serves only ``bootstrap.READ_ONLY_PATHS`` (``/ready``, ``/stats``, ``/stats/prometheus``), which
+is what the supervisor, the apps, ``status``/``top`` and Prometheus read.
     RUN/prometheus/{prometheus.yml,grpcmesh.rules.yaml,prometheus.log,data/}   (--prometheus)
 """
 
@@ -34,7 +39,12 @@ import yaml
 from grpcmesh_control.mesh.appenv import AppEnv
 from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload
-from grpcmesh_control.mesh.translate.bootstrap import envoy_command, render_bootstrap
+from grpcmesh_control.mesh.translate.bootstrap import (
+    READ_ONLY_PATHS,
+    UNIX_PATH_MAX,
+    envoy_command,
+    render_bootstrap,
+)
 from grpcmesh_control.mesh.translate.naming import (
     DEFAULT_TRACE_SAMPLING,
     LOCALHOST,
@@ -45,6 +55,7 @@ from grpcmesh_control.observability.alerts import RULES_FILE_NAME
 from grpcmesh_control.observability.scrape import ScrapeTargets, prometheus_config
 
 __all__ = [
+    "ADMIN_SOCKET",
     "DEFAULT_INGRESS_NAME",
     "PORTS_PER_REPLICA",
     "ControlPlanePlan",
@@ -63,6 +74,7 @@ __all__ = [
 ]
 
 DEFAULT_INGRESS_NAME = "gateway"
+ADMIN_SOCKET = "admin.sock"
 PORTS_PER_REPLICA = 5  # app gRPC, app metrics, sidecar inbound, egress, admin
 _FIXED_PORTS = 4  # control plane xDS + admin, ingress listener + admin
 # First words of spec.workload.command that mean "a Python interpreter": locally that is the
@@ -495,6 +507,8 @@ def _replica(
                 admin,
                 node_metadata=node.metadata(),
                 bind_address=LOCALHOST,
+                admin_socket=_admin_socket(directory),
+                health_paths=READ_ONLY_PATHS,
             )
         ),
         app=ProcessSpec(
@@ -506,6 +520,16 @@ def _replica(
         ),
         sidecar=_envoy_process(f"{svc.name}/{replica}/envoy", bootstrap_path, directory, settings),
     )
+
+
+def _admin_socket(directory: Path) -> Path:
+    path = directory / ADMIN_SOCKET
+    if len(str(path).encode()) > UNIX_PATH_MAX:
+        raise PlanError(
+            f"{path}: longer than the {UNIX_PATH_MAX} bytes a unix socket path may have "
+            "(each Envoy's admin socket); use a shorter --state-dir"
+        )
+    return path
 
 
 def _ingress(take: _PortTaker, settings: LocalSettings, xds_address: str) -> IngressPlan:
@@ -533,6 +557,8 @@ def _ingress(take: _PortTaker, settings: LocalSettings, xds_address: str) -> Ing
                 admin,
                 node_metadata=node.metadata(),
                 bind_address=LOCALHOST,
+                admin_socket=_admin_socket(directory),
+                health_paths=READ_ONLY_PATHS,
             )
         ),
         process=_envoy_process("ingress/envoy", bootstrap_path, directory, settings),

@@ -102,10 +102,22 @@ def test_sidecar_bootstrap_carries_the_ports_in_node_metadata(plan: Plan) -> Non
         access_log=True,  # local mode's Envoys log each request into their envoy.log
     )
     assert bootstrap["node"]["cluster"] == "payments"
-    assert bootstrap["admin"]["address"]["socket_address"] == {
+    # The admin interface is a unix socket only its owner may use; the TCP admin port serves
+    # the read-only paths, through the admin cluster that dials that socket.
+    assert bootstrap["admin"]["address"] == {
+        "pipe": {"path": str(r.dir / "admin.sock"), "mode": 0o600}
+    }
+    (health,) = bootstrap["static_resources"]["listeners"]
+    assert health["address"]["socket_address"] == {
         "address": "127.0.0.1",
         "port_value": r.admin_port,
     }
+    hcm = health["filter_chains"][0]["filters"][0]["typed_config"]
+    paths = [route["match"]["path"] for route in hcm["route_config"]["virtual_hosts"][0]["routes"]]
+    assert paths == ["/ready", "/stats/prometheus", "/stats"]
+    admin = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "admin")
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["pipe"]["path"] == str(r.dir / "admin.sock")
     xds = bootstrap["static_resources"]["clusters"][0]
     address = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert address["socket_address"]["port_value"] == plan.control_plane.xds_port

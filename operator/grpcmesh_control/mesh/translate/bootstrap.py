@@ -31,6 +31,8 @@ from grpcmesh_control.mesh.translate.naming import LOCALHOST
 
 __all__ = [
     "ADMIN_CLUSTER",
+    "ADMIN_SOCKET_MODE",
+    "READ_ONLY_PATHS",
     "XDS_CLUSTER",
     "XdsTransport",
     "envoy_command",
@@ -44,6 +46,11 @@ ADMIN_CLUSTER = "admin"
 # Admin paths the health listener exposes: readiness (LIVE only once the initial xDS config is
 # applied, which gates the pod on its proxy) and Prometheus stats. Nothing that mutates.
 HEALTH_PATHS = ("/ready", "/stats/prometheus")
+READ_ONLY_PATHS = (*HEALTH_PATHS, "/stats")
+"""What local mode's TCP admin port serves (its tooling reads ``/stats``); the whole admin
+interface, mutations included, is then only on the node's unix socket."""
+ADMIN_SOCKET_MODE = 0o600
+"""The admin socket's permissions: its owner (who started the mesh) alone may connect."""
 DEFAULT_MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 Cluster = e.cluster_pb2.Cluster
@@ -71,6 +78,8 @@ def render_bootstrap(
     xds_connect_timeout: timedelta = timedelta(seconds=1),
     max_downstream_connections: int = DEFAULT_MAX_DOWNSTREAM_CONNECTIONS,
     xds_transport: XdsTransport = XdsTransport.DELTA,
+    admin_socket: Path | None = None,
+    health_paths: tuple[str, ...] = HEALTH_PATHS,
 ) -> dict[str, Any]:
     """The bootstrap as a dict (proto3 JSON field names).
 
@@ -82,13 +91,24 @@ def render_bootstrap(
     changed, so a change to one service costs each proxy one resource, not its whole
     configuration) or state of the world. ``local_address`` is
     where the admin interface listens (127.0.0.1: only the pod's own containers reach it).
+
+    ``admin_socket`` (local mode, where every local user reaches 127.0.0.1) puts the admin
+    interface on that unix socket instead, mode ``ADMIN_SOCKET_MODE``, and ``admin_port`` then
+    serves only ``health_paths`` (with ``health_port`` unset): no other local user can reach
+    ``/quitquitquit`` or any other mutation.
     """
     host, port = _split_host_port(xds_address)
+    admin_address = e.socket_address(local_address, admin_port)
+    if admin_socket is not None:
+        if health_port is not None:
+            raise ValueError("admin_socket makes admin_port the health port; leave health_port")
+        admin_address = _pipe(admin_socket)
+        health_port = admin_port
     metadata = struct_pb2.Struct()
     metadata.update(dict(node_metadata or {}))
     bootstrap = bootstrap_pb2.Bootstrap(
         node=e.base_pb2.Node(id=node_id, cluster=cluster, metadata=metadata),
-        admin=bootstrap_pb2.Admin(address=e.socket_address(local_address, admin_port)),
+        admin=bootstrap_pb2.Admin(address=admin_address),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
             ads_config=config_source_pb2.ApiConfigSource(
                 api_type=config_source_pb2.ApiConfigSource.ApiType.Value(xds_transport.value),
@@ -110,9 +130,24 @@ def render_bootstrap(
         overload_manager=_overload_manager(max_downstream_connections),
     )
     if health_port is not None:
-        bootstrap.static_resources.clusters.append(_admin_cluster(local_address, admin_port))
-        bootstrap.static_resources.listeners.append(_health_listener(bind_address, health_port))
+        bootstrap.static_resources.clusters.append(_admin_cluster(admin_address))
+        bootstrap.static_resources.listeners.append(
+            _health_listener(bind_address, health_port, health_paths)
+        )
     return json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
+
+
+UNIX_PATH_MAX = 107
+"""Bytes in a unix socket path (sun_path holds 108 with its terminating NUL)."""
+
+
+def _pipe(path: Path) -> e.address_pb2.Address:
+    if len(str(path).encode()) > UNIX_PATH_MAX:
+        raise ValueError(
+            f"admin socket {path}: longer than the {UNIX_PATH_MAX} bytes a unix socket path "
+            "may have; use a shorter state directory"
+        )
+    return e.address_pb2.Address(pipe=e.address_pb2.Pipe(path=str(path), mode=ADMIN_SOCKET_MODE))
 
 
 def render_local_overlay(
@@ -134,8 +169,12 @@ def render_local_overlay(
         admin=bootstrap_pb2.Admin(address=e.socket_address(local_address, admin_port)),
     )
     if health_port is not None:
-        overlay.static_resources.clusters.append(_admin_cluster(local_address, admin_port))
-        overlay.static_resources.listeners.append(_health_listener(local_address, health_port))
+        overlay.static_resources.clusters.append(
+            _admin_cluster(e.socket_address(local_address, admin_port))
+        )
+        overlay.static_resources.listeners.append(
+            _health_listener(local_address, health_port, HEALTH_PATHS)
+        )
     document = json_format.MessageToDict(overlay, preserving_proto_field_name=True)
     return {key: _whole_numbers(value) for key, value in document.items()}
 
@@ -212,12 +251,18 @@ def xds_cluster(host: str, port: int, connect_timeout: timedelta) -> e.cluster_p
     )
 
 
-def _admin_cluster(address: str, admin_port: int) -> e.cluster_pb2.Cluster:
+def _admin_cluster(admin: e.address_pb2.Address) -> e.cluster_pb2.Cluster:
+    assignment = e.endpoint_pb2.ClusterLoadAssignment(cluster_name=ADMIN_CLUSTER)
+    assignment.endpoints.add().lb_endpoints.append(
+        e.endpoint_components_pb2.LbEndpoint(
+            endpoint=e.endpoint_components_pb2.Endpoint(address=admin)
+        )
+    )
     return Cluster(
         name=ADMIN_CLUSTER,
         type=Cluster.DiscoveryType.STATIC,
         connect_timeout=e.duration(timedelta(seconds=1)),
-        load_assignment=_single_host(ADMIN_CLUSTER, address, admin_port),
+        load_assignment=assignment,
     )
 
 
@@ -230,14 +275,18 @@ def _single_host(name: str, host: str, port: int) -> e.endpoint_pb2.ClusterLoadA
     return assignment
 
 
-def _health_listener(bind_address: str, port: int) -> e.listener_pb2.Listener:
+def _health_listener(
+    bind_address: str, port: int, paths: tuple[str, ...]
+) -> e.listener_pb2.Listener:
     route = e.route_components_pb2
+    # Exact paths (the query string aside: /stats?filter=... matches /stats); anything else,
+    # /quitquitquit included, is a 404 from this listener.
     routes = [
         route.Route(
             match=route.RouteMatch(path=path),
             route=route.RouteAction(cluster=ADMIN_CLUSTER),
         )
-        for path in HEALTH_PATHS
+        for path in paths
     ]
     hcm = e.http_connection_manager_pb2.HttpConnectionManager(
         stat_prefix="health",
