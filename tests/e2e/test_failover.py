@@ -63,6 +63,18 @@ def _routed_more(admin: str, since: int, more: int) -> Callable[[], Awaitable[bo
     return probe
 
 
+async def _kill_under_load(pid: int, caller: str, what: str) -> None:
+    """SIGKILL ``pid``, then wait until the caller's route has sent the canary's cluster
+    ``ROUTED_AFTER_EACH_KILL`` more calls."""
+    os.kill(pid, signal.SIGKILL)
+    since = await _routed_to_v2(caller)
+    await eventually(
+        _routed_more(caller, since, ROUTED_AFTER_EACH_KILL),
+        timeout=20,
+        what=f"calls routed to the canary's cluster after {what} died",
+    )
+
+
 async def _charge(stub: Stub, n: int) -> list[str]:
     """``n`` charges (any version takes them): the payment ids to refund later."""
     prefix = uuid.uuid4().hex[:8]
@@ -156,23 +168,10 @@ async def test_a_dead_canary_fails_over_to_the_other_version(mesh: Mesh) -> None
         await eventually(canary_served, timeout=20, what="the canary serves its share")
 
         # 1. The app dies; its sidecar lives on and answers "upstream connect error".
-        os.kill(canary.app_pid, signal.SIGKILL)
-        after_app = await _routed_to_v2(caller)
-        await eventually(
-            _routed_more(caller, after_app, ROUTED_AFTER_EACH_KILL),
-            timeout=20,
-            what="calls routed to the canary's cluster after its app died",
-        )
+        await _kill_under_load(canary.app_pid, caller, "its app")
         refunds_app_dead = await _refund(stub, payments[:REFUNDS])
-
         # 2. Its sidecar dies too: connections to it are refused.
-        os.kill(canary.sidecar_pid, signal.SIGKILL)
-        after_sidecar = await _routed_to_v2(caller)
-        await eventually(
-            _routed_more(caller, after_sidecar, ROUTED_AFTER_EACH_KILL),
-            timeout=20,
-            what="calls routed to the canary's cluster after its sidecar died",
-        )
+        await _kill_under_load(canary.sidecar_pid, caller, "its sidecar")
         refunds_all_dead = await _refund(stub, payments[REFUNDS:])
         report = await load
 
