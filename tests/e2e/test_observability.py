@@ -287,7 +287,8 @@ async def test_failures_injected_in_payments_show_on_its_error_panel(observed: M
 def _rates(output: str) -> dict[str, float]:
     rates = {}
     for line in output.splitlines():
-        cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
+        # Boxed on a terminal, whitespace-separated columns when piped (as here).
+        cells = [c.strip() for c in re.split(r"[│|]|\s{2,}|\s", line) if c.strip()]
         if len(cells) >= 2 and cells[0] in SERVICES:
             rates[cells[0]] = float(cells[1])
     return rates
