@@ -237,6 +237,20 @@ CASES = (
             "spec.methods.0.retries.perTryTimeout",
         ]
     ),
+    *(
+        _case(
+            f"duration-beyond-go-{path.replace('.', '-').lower()}",
+            "orders",
+            (set_field(path, TOO_LONG), set_field(path.replace("fixedDelay", "percentage"), 10)),
+            re.sub(r"\.(\d+)", r"[\1]", path),
+            "google.protobuf.Duration",
+            re.sub(r"\.\d+", "[]", path),
+        )
+        for path in [
+            "spec.trafficPolicy.fault.delay.fixedDelay",
+            "spec.methods.0.fault.delay.fixedDelay",
+        ]
+    ),
     _case(
         "config-key",
         "payments",

@@ -5,6 +5,7 @@ numbers are not asserted beyond their order: the machine is shared."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 from bench.operator_apply_kube import ApplyWith, measure
@@ -32,7 +33,12 @@ def test_five_mesh_services_become_ready_on_stand_in_nodes(
     assert result["stand_ins"]["responses_Cluster"] >= SERVICES
     assert result["operator"]["reconciles"] >= SERVICES
     assert result["cpu_s"]["operator"] > 0
-    assert any("meshservices" in row for row in result["api_server_requests"]), result
+    # The busiest requests by API-server seconds: with five services which kinds lead varies
+    # from run to run (a ServiceAccount, a Deployment, a status patch), but they are ours.
+    rows = result["api_server_requests"]
+    written = ("meshservices", "deployments", "services", "serviceaccounts", "configmaps")
+    assert rows and all(re.fullmatch(r"\S+ \S*: \d+ in [\d.]+ s", row) for row in rows), rows
+    assert any(kind in row for row in rows for kind in written), rows
     # The stand-in nodes are gone again: other tests share this control plane.
     nodes = {item["metadata"]["name"] for item in kube.items("nodes")}
     assert not {name for name in nodes if name.startswith(namespace)}, nodes
