@@ -20,9 +20,7 @@ tests) reads and checks it the same way::
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from grpcmesh_control.local.atomic import write_atomically
 from grpcmesh_control.mesh.errors import MeshError
 
 __all__ = [
@@ -64,18 +63,7 @@ def create(run_dir: Path) -> str:
     """A new random token written to ``RUN/credential`` (mode 0600, replacing any old one)."""
     token = secrets.token_urlsafe(_TOKEN_BYTES)
     path = _path(run_dir)
-    tmp = path.with_name(f".{CREDENTIAL_FILE}.{os.getpid()}.tmp")
-    # Created 0600 from the start: never readable by others, not even for a moment.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-        tmp.chmod(FILE_MODE)  # O_CREAT does not change the mode of an existing file
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    write_atomically(path, token + "\n", mode=FILE_MODE)
     return token
 
 
