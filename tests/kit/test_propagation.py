@@ -51,9 +51,11 @@ async def test_trace_request_id_and_deadline_cross_a_hop() -> None:
     front_left = front_servicer.seen[0]["remaining"]
     backend_left = backend_servicer.seen[0]["remaining"]
     assert front_left is not None and backend_left is not None
-    assert 0 < front_left <= 3
-    # The wire format (grpc-timeout) rounds, so allow a few ms; the point is 3 s, not 5 s.
-    assert 0 < backend_left <= front_left + 0.05
+    # gRPC rounds grpc-timeout up when it encodes it, and the server reads its clock from a
+    # cache, so a hop may see a few ms more than was sent; the point is 3 s, not the kit's 5 s.
+    wire_slack = 0.05
+    assert 0 < front_left <= 3 + wire_slack
+    assert 0 < backend_left <= front_left + wire_slack
 
     spans = exporter.get_finished_spans()
     assert len(spans) == 3  # front server, front client, backend server
