@@ -14,12 +14,13 @@ themselves, not just the catalog, so the control plane can answer server reflect
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib.resources import files
 
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import DecodeError
 
@@ -98,6 +99,43 @@ class ProtoSet:
     def catalog(self) -> MethodCatalog:
         return catalog_from_file_protos(self.files)
 
+    def inconsistency(self) -> tuple[str, str] | None:
+        """The first proto file that does not build into one descriptor pool with the others
+        (a symbol another file defines too, an import no file holds), and why; None when every
+        file builds. A ``google/protobuf/`` import comes from the protobuf runtime if absent."""
+        by_name = {f.name: f for f in self.files}
+        pool = descriptor_pool.DescriptorPool()
+        added: set[str] = set()
+
+        def add(file: descriptor_pb2.FileDescriptorProto) -> tuple[str, str] | None:
+            added.add(file.name)
+            for dependency in file.dependency:
+                if dependency in added:
+                    continue
+                imported = by_name.get(dependency) or _well_known(dependency)
+                if imported is None:
+                    return file.name, (
+                        f"imports {dependency}, which no descriptor set holds "
+                        "(build the set with --include_imports)"
+                    )
+                failed = add(imported)
+                if failed is not None:
+                    return failed
+            try:
+                pool.Add(file)
+            except TypeError as exc:  # what the pool says, without its generic preamble
+                return file.name, str(exc).removeprefix(
+                    "Couldn't build proto file into descriptor pool: "
+                )
+            return None
+
+        for file in self.files:
+            if file.name not in added:
+                failed = add(file)
+                if failed is not None:
+                    return failed
+        return None
+
     def serialized(self) -> bytes:
         return descriptor_pb2.FileDescriptorSet(file=self.files).SerializeToString(
             deterministic=True
@@ -113,6 +151,21 @@ def reference_protos() -> ProtoSet:
 def load_catalog() -> MethodCatalog:
     """The reference domain's catalog: what a mesh knows before a user adds protos."""
     return reference_protos().catalog
+
+
+def _well_known(name: str) -> descriptor_pb2.FileDescriptorProto | None:
+    """``google/protobuf/<x>.proto`` as the protobuf runtime has it, else None."""
+    if not name.startswith("google/protobuf/") or not name.endswith(".proto"):
+        return None
+    module = name.removesuffix(".proto").replace("/", ".") + "_pb2"
+    try:
+        importlib.import_module(module)  # registers the file in the default pool
+        found = descriptor_pool.Default().FindFileByName(name)
+    except (ImportError, KeyError):
+        return None
+    proto = descriptor_pb2.FileDescriptorProto()
+    found.CopyToProto(proto)
+    return proto
 
 
 def _method(method: descriptor_pb2.MethodDescriptorProto) -> MethodInfo:

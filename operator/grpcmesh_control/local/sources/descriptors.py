@@ -15,13 +15,28 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from google.protobuf import descriptor_pb2
+
 from grpcmesh_control.mesh.catalogs import ProtoSet, reference_protos
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource, InvalidResourceSet
 
-__all__ = ["DESCRIPTOR_SUFFIX", "local_protos", "read_descriptor_sets"]
+__all__ = ["DESCRIPTOR_SUFFIX", "descriptor_set_name_error", "local_protos", "read_descriptor_sets"]
 
 DESCRIPTOR_SUFFIX = ".binpb"
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
+_MAX_NAME = 200
+
+
+def descriptor_set_name_error(name: str) -> str | None:
+    """Why ``name`` cannot be a descriptor set's file name in ``resources/``, else None."""
+    if not name.endswith(DESCRIPTOR_SUFFIX):
+        return f"a descriptor set's file name ends with {DESCRIPTOR_SUFFIX}"
+    if len(name) > _MAX_NAME or not _FILE_NAME.match(name):
+        return (
+            f"a descriptor set's file name is at most {_MAX_NAME} letters, digits, '.', '-' "
+            "and '_', not starting with '.', '-' or '_'"
+        )
+    return None
 
 
 def read_descriptor_sets(*places: Path) -> dict[str, bytes]:
@@ -41,14 +56,50 @@ def read_descriptor_sets(*places: Path) -> dict[str, bytes]:
 
 def local_protos(sets: Mapping[str, bytes], *, where: str = "") -> ProtoSet:
     """The reference protos plus every set in ``sets`` (in name order). Raises
-    ``InvalidResourceSet`` naming each file that is not a ``FileDescriptorSet``."""
+    ``InvalidResourceSet`` naming each set that is not a ``FileDescriptorSet``, that holds a
+    proto file another set holds with other content, or whose files do not build with the
+    rest (a symbol defined twice, an import no set holds). ``up``, ``apply`` and the control
+    plane's poll of ``resources/`` all check protos here, so they refuse the same sets."""
     protos = reference_protos()
     problems: list[InvalidResource] = []
+    origin: dict[str, tuple[str, descriptor_pb2.FileDescriptorProto]] = {}
     for name in sorted(sets):
         try:
-            protos = protos.merged(ProtoSet.parse(sets[name]))
+            parsed = ProtoSet.parse(sets[name])
         except ValueError as exc:
-            problems.append(InvalidResource(f"{where}{name}", [FieldError("", str(exc))]))
+            problems.append(_problem(where, name, str(exc)))
+            continue
+        for file in parsed.files:
+            first = origin.setdefault(file.name, (name, file))
+            if first[0] != name and _content(first[1]) != _content(file):
+                problems.append(
+                    _problem(
+                        where,
+                        name,
+                        f"{file.name} differs from the one in {where}{first[0]}; build both "
+                        "sets from the same .proto files",
+                    )
+                )
+        protos = protos.merged(parsed)
+    if not problems:
+        inconsistent = protos.inconsistency()
+        if inconsistent is not None:
+            proto_file, reason = inconsistent
+            owner = origin.get(proto_file)
+            label = f"{where}{owner[0]}" if owner else "the reference protos"
+            problems.append(InvalidResource(label, [FieldError("", f"{proto_file}: {reason}")]))
     if problems:
         raise InvalidResourceSet(problems)
     return protos
+
+
+def _problem(where: str, name: str, message: str) -> InvalidResource:
+    return InvalidResource(f"{where}{name}", [FieldError("", message)])
+
+
+def _content(file: descriptor_pb2.FileDescriptorProto) -> bytes:
+    """A proto file's definitions, without the source info some builds carry."""
+    bare = descriptor_pb2.FileDescriptorProto()
+    bare.CopyFrom(file)
+    bare.ClearField("source_code_info")
+    return bare.SerializeToString(deterministic=True)
