@@ -45,6 +45,7 @@ from grpcmesh_control.local.launcher import (
     wait_converged,
     wait_followed,
 )
+from grpcmesh_control.local.sources.descriptors import read_descriptor_sets
 from grpcmesh_control.local.state import RunState
 from grpcmesh_control.local.status import status_document
 from grpcmesh_control.local.supervisor import SupervisorSettings
@@ -87,6 +88,16 @@ Resources = Annotated[
         "--resources",
         help="A MeshService YAML file, or a folder of them; repeat to give several. "
         "[default: manifests/examples]",
+    ),
+]
+
+Descriptors = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--descriptors",
+        help="A descriptor set (*.binpb) or a directory of them: your services' protos "
+        "(retries, method checks, reflection). Repeatable; *.binpb beside the resources "
+        "are read too.",
     ),
 ]
 
@@ -261,15 +272,7 @@ def up(
             help="host:port of an OTLP/gRPC collector: Envoys and services send it spans.",
         ),
     ] = None,
-    descriptors: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--descriptors",
-            help="A descriptor set (*.binpb) or a directory of them: your services' protos "
-            "(retries, method checks, reflection). Repeatable; *.binpb beside the resources "
-            "are read too.",
-        ),
-    ] = None,
+    descriptors: Descriptors = None,
     trace_sampling: Annotated[
         float,
         typer.Option(
@@ -531,15 +534,23 @@ def apply(
         Path,
         typer.Option("--filename", "-f", exists=True, dir_okay=False, help="MeshService YAML."),
     ],
+    descriptors: Descriptors = None,
     state_dir: StateDir = DEFAULT_RUN_DIR,
     wait: Wait = 90.0,
 ) -> None:
     """Validate FILE against the running mesh and make it live; refused as a whole on error.
 
+    The descriptor sets (*.binpb) beside FILE and those given with --descriptors go with it:
+    its services' protos, for retries, method checks and reflection at the ingress.
     Starts and stops the processes the change needs, and waits (--wait) until every replica it
     started is ready; prints what it started, stopped and reconfigured."""
     text = file.read_text()
-    _change(state_dir, lambda client: client.apply(file.name, text), f"applied {file}", wait)
+    try:
+        sets = read_descriptor_sets(file.parent, *(descriptors or ()))
+    except OSError as exc:
+        _fail(f"--descriptors: {exc.filename}: {exc.strerror}")
+    done = f"applied {file}" + "".join(f"\nprotos from {name}" for name in sorted(sets))
+    _change(state_dir, lambda client: client.apply(file.name, text, sets), done, wait)
 
 
 @app.command()

@@ -4,6 +4,7 @@ apps' grpc.health.v1. Create them inside the running event loop (aio objects bin
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -85,13 +86,21 @@ class ControlPlaneClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminUnavailable(f"control plane at {self.base}: {exc!r}") from None
 
-    async def apply(self, filename: str, text: str) -> ApplyResult:
-        """POST /apply. ``ok`` False carries the control plane's own error message."""
-        return await self._change(
-            "/apply",
-            data=text.encode(),
-            headers={"X-Filename": filename, "Content-Type": "application/yaml"},
+    async def apply(
+        self, filename: str, text: str, descriptors: Mapping[str, bytes] | None = None
+    ) -> ApplyResult:
+        """POST /apply: the MeshService file and the descriptor sets (file name -> content)
+        its services' protos are in, as one multipart request. ``ok`` False carries the
+        control plane's own error message."""
+        form = aiohttp.FormData()
+        form.add_field(
+            "resource", text.encode(), filename=filename, content_type="application/yaml"
         )
+        for name, data in sorted((descriptors or {}).items()):
+            form.add_field(
+                "descriptors", data, filename=name, content_type="application/octet-stream"
+            )
+        return await self._change("/apply", data=form)
 
     async def delete(self, name: str) -> ApplyResult:
         """POST /delete. ``ok`` False carries the control plane's own error message."""

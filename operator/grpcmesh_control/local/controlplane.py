@@ -30,12 +30,16 @@ from grpcmesh_control.local import credential
 from grpcmesh_control.local.admin import apply_route, delete_route
 from grpcmesh_control.local.atomic import write_atomically
 from grpcmesh_control.local.rollout import route_to_ready
-from grpcmesh_control.local.sources import RESOURCES_DIR
-from grpcmesh_control.local.sources.descriptors import local_protos, read_descriptor_sets
+from grpcmesh_control.local.sources import RESOURCES_DIR, ApplyPlan
+from grpcmesh_control.local.sources.descriptors import (
+    descriptor_set_name_error,
+    local_protos,
+    read_descriptor_sets,
+)
 from grpcmesh_control.local.watcher import DEFAULT_POLL_INTERVAL, FileSources
 from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.clock import Clock, SystemClock
-from grpcmesh_control.mesh.errors import InvalidResourceSet
+from grpcmesh_control.mesh.errors import FieldError, InvalidResource, InvalidResourceSet
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
@@ -155,6 +159,34 @@ class ControlPlane:
             self.sources.reload()
         return True
 
+    def apply(
+        self, filename: str, content: bytes, descriptors: Mapping[str, bytes] | None = None
+    ) -> ApplyPlan:
+        """``POST /apply``: the MeshService file ``content`` as ``resources/<filename>``, with
+        the descriptor sets ``descriptors`` (file name -> ``FileDescriptorSet``) its services'
+        protos are in. All is validated first, together with what the mesh has (the sets
+        with ``local_protos``, as ``up`` does; the file against the protos they make); then the
+        sets are written to ``resources/`` (one of the same name is replaced) and used, and
+        then the file. Raises ``InvalidResourceSet`` naming the file, changing nothing."""
+        descriptors = descriptors or {}
+        catalog = None
+        if descriptors:
+            named = [(n, descriptor_set_name_error(n)) for n in sorted(descriptors)]
+            bad = [InvalidResource(n, [FieldError("", e)]) for n, e in named if e is not None]
+            if bad:
+                raise InvalidResourceSet(bad)
+            resources = self.settings.state_dir / RESOURCES_DIR
+            protos = local_protos({**read_descriptor_sets(resources), **descriptors})
+            catalog = None if self._fixed_catalog else protos.catalog
+        plan = self.sources.plan(filename, content, catalog=catalog)
+        if descriptors:
+            resources.mkdir(parents=True, exist_ok=True)
+            for name, data in descriptors.items():
+                write_atomically(resources / name, data)
+            self.reload_protos()
+            log.info("descriptor sets applied: %s", ", ".join(sorted(descriptors)))
+        return self.sources.write(plan)
+
     async def _watch_protos(self) -> None:
         while True:
             await self.clock.sleep(self.settings.poll_interval)
@@ -170,7 +202,7 @@ class ControlPlane:
         """The xDS host's endpoints plus ``POST /apply``; all but ``credential.OPEN_PATHS``
         need the run directory's credential (created here if the launcher did not)."""
         app = self.host.http_app(
-            [apply_route(self.sources, self.publisher), delete_route(self.sources, self.publisher)]
+            [apply_route(self.apply, self.publisher), delete_route(self.sources, self.publisher)]
         )
         app.middlewares.append(credential.middleware(credential.ensure(self.settings.state_dir)))
         return app

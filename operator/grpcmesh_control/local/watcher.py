@@ -143,11 +143,25 @@ class FileSources:
 
     def apply(self, filename: str, content: bytes) -> ApplyPlan:
         """Validate ``content`` as ``resources/<filename>`` together with the current files
-        (``sources.plan_apply``); on success write it atomically, delete the files whose
-        resources moved into it, and reload. Raises ``InvalidResourceSet``, changing nothing."""
-        plan = plan_apply(
-            read_resource_files(self.resources_dir), filename, content, catalog=self._catalog
+        (``plan``), then ``write`` it. Raises ``InvalidResourceSet``, changing nothing."""
+        return self.write(self.plan(filename, content))
+
+    def plan(
+        self, filename: str, content: bytes, *, catalog: MethodCatalog | None = None
+    ) -> ApplyPlan:
+        """Validate applying ``content`` as ``resources/<filename>`` (``sources.plan_apply``),
+        with ``catalog`` if given (protos the apply brings), else the current one. Writes
+        nothing; raises ``InvalidResourceSet``."""
+        return plan_apply(
+            read_resource_files(self.resources_dir),
+            filename,
+            content,
+            catalog=catalog if catalog is not None else self._catalog,
         )
+
+    def write(self, plan: ApplyPlan) -> ApplyPlan:
+        """Carry out a validated ``plan``: write its file atomically, delete the files whose
+        resources moved into it, and reload."""
         self.resources_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(self.resources_dir / plan.filename, plan.content)
         for name in plan.removed:
