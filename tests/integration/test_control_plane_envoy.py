@@ -46,6 +46,7 @@ from grpcmesh_control.local.controlplane import (
 )
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Snapshot, build_snapshot
 from grpcmesh_control.mesh.translate.bootstrap import XdsTransport, envoy_command, render_bootstrap
+from grpcmesh_control.mesh.translate.routes import NOT_EXPOSED
 from grpcmesh_control.mesh.xds import CLUSTER
 from tests import loopback
 from tests.loopback import free_port
@@ -598,6 +599,7 @@ async def test_the_ingress_honours_grpc_timeout_and_routes_only_exposed_services
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await get_stock(b"", timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # Envoy's 404
+            assert caught.value.details() == NOT_EXPOSED
     finally:
         for writer in connections:
             writer.close()

@@ -32,7 +32,11 @@ from grpcmesh_control.mesh.translate import (
     build_snapshot,
 )
 from grpcmesh_control.mesh.translate.clusters import FAILOVER_OVERPROVISIONING
-from grpcmesh_control.mesh.translate.routes import NOT_DELIVERED_HEADER, NOT_DELIVERED_RETRIES
+from grpcmesh_control.mesh.translate.routes import (
+    NOT_DELIVERED_HEADER,
+    NOT_DELIVERED_RETRIES,
+    NOT_EXPOSED,
+)
 
 from .conftest import ENDPOINTS
 from .envoy_views import cluster, hcm, listener, route, route_config, speaks_http2, virtual_host
@@ -356,7 +360,14 @@ def test_every_route_honours_the_callers_grpc_timeout(
     # expired stream duration with DEADLINE_EXCEEDED). Streaming routes (0s): the header only.
     configs = [*orders_sidecar.routes, *ingress.routes]
     configs.append(hcm(listener(orders_sidecar, "inbound")).route_config)
-    actions = [r.route for config in configs for h in config.virtual_hosts for r in h.routes]
+    # (a route that answers by itself, the ingress's catch-all, forwards nothing)
+    actions = [
+        r.route
+        for config in configs
+        for h in config.virtual_hosts
+        for r in h.routes
+        if not r.HasField("direct_response")
+    ]
     assert actions
     for action in actions:
         assert action.HasField("max_stream_duration")
@@ -408,8 +419,10 @@ def test_ingress_does_not_route_unexposed_services(ingress: Snapshot) -> None:
     # inventory and payments leave spec.expose at its default (false): internal only.
     (host,) = route_config(ingress, "ingress").virtual_hosts
     for path in (INVENTORY_SVC + "GetStock", PAYMENT_SVC + "Charge"):
-        with pytest.raises(AssertionError, match="no route matches"):
-            route(host, path)
+        caught = route(host, path)  # only by the catch-all: UNIMPLEMENTED, with the reason
+        assert caught.name == "not-exposed" and caught.direct_response.status == 404
+        assert caught.direct_response.body.inline_string == NOT_EXPOSED
+    assert host.routes[-1] == caught  # after every route that forwards
 
 
 def test_exposing_a_service_routes_it_at_the_ingress(
@@ -434,10 +447,11 @@ def test_an_ingress_with_nothing_exposed_is_still_consistent(
     internal = [s for s in services.values() if not s.expose]
     snapshot = build_snapshot(Registry.build(internal), ProxyNode(NodeId.ingress()))
     (host,) = route_config(snapshot, "ingress").virtual_hosts
-    # only server reflection, to the control plane (it lists nothing then)
+    # only server reflection, to the control plane (it lists nothing then), and the catch-all
     assert [(r.match.prefix, r.route.cluster) for r in host.routes] == [
         ("/grpc.reflection.v1.ServerReflection/", "xds_cluster"),
         ("/grpc.reflection.v1alpha.ServerReflection/", "xds_cluster"),
+        ("/", ""),
     ]
     assert snapshot.clusters == () and snapshot.endpoints == ()
 

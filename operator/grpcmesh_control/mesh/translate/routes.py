@@ -261,6 +261,7 @@ def ingress_route_config(registry: Registry) -> e.route_pb2.RouteConfiguration:
         for r in service_routes(svc, registry, ingress=True)
     ]
     routes += [_reflection_route(name) for name in REFLECTION_SERVICES]
+    routes.append(_not_exposed_route())
     return e.route_pb2.RouteConfiguration(
         name=INGRESS,
         virtual_hosts=[route.VirtualHost(name=INGRESS, domains=["*"], routes=routes)],
@@ -279,6 +280,24 @@ def _reflection_route(grpc_service: str) -> route.Route:
         name=f"reflection/{grpc_service}",
         match=route.RouteMatch(prefix=f"/{grpc_service}/"),
         route=action,
+    )
+
+
+NOT_EXPOSED = (
+    "no service exposed at this ingress has this method "
+    "(a MeshService is exposed with spec.expose: true)"
+)
+
+
+def _not_exposed_route() -> route.Route:
+    """Last: a call to anything else gets UNIMPLEMENTED with a reason (Envoy turns a direct
+    404 into a gRPC status, the body into its message), not a bare one."""
+    return route.Route(
+        name="not-exposed",
+        match=route.RouteMatch(prefix="/"),
+        direct_response=route.DirectResponseAction(
+            status=404, body=e.base_pb2.DataSource(inline_string=NOT_EXPOSED)
+        ),
     )
 
 
