@@ -27,7 +27,7 @@ from aiohttp import web
 from grpcmesh_control.host.xds_host import json_response
 from grpcmesh_control.local.sources import ApplyPlan
 from grpcmesh_control.local.watcher import FileSources
-from grpcmesh_control.mesh.errors import InvalidResourceSet
+from grpcmesh_control.mesh.errors import InvalidResourceSet, MeshError
 from grpcmesh_control.mesh.publisher import Publisher
 
 __all__ = [
@@ -47,8 +47,8 @@ Apply = Callable[[str, bytes, Mapping[str, bytes]], ApplyPlan]
 """``ControlPlane.apply``: file name, YAML, descriptor sets by file name."""
 
 
-class _BadRequest(Exception):
-    pass
+class _BadRequest(MeshError):
+    """An ``/apply`` request of the wrong form (400)."""
 
 
 async def _read_apply(request: web.Request) -> tuple[str, bytes, dict[str, bytes]]:
