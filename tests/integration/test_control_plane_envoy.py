@@ -591,7 +591,7 @@ async def test_the_ingress_honours_grpc_timeout_and_routes_only_exposed_services
             assert elapsed < 5, f"Envoy did not enforce the deadline ({elapsed:.1f}s)"
             assert await envoy.stat("http.ingress.downstream_rq_max_duration_reached") == 1
 
-            # inventory is not exposed (spec.expose defaults to false): no route at all.
+            # inventory is not exposed (spec.expose defaults to false): only the catch-all route.
             async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.ingress_port}") as channel:
                 get_stock: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
                     "/grpcmesh.shop.v1.InventoryService/GetStock"

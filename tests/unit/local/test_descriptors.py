@@ -15,9 +15,8 @@ from grpcmesh_control.host.reflection import exposed_pool
 from grpcmesh_control.local import credential
 from grpcmesh_control.local.clients import ApplyResult, ControlPlaneClient
 from grpcmesh_control.local.controlplane import ControlPlane, ControlPlaneSettings
-from grpcmesh_control.local.sources import RESOURCES_DIR
-
 from grpcmesh_control.local.resources import load_resources
+from grpcmesh_control.local.sources import RESOURCES_DIR
 from grpcmesh_control.local.sources.descriptors import local_protos, read_descriptor_sets
 from grpcmesh_control.mesh.catalogs import ProtoSet, reference_protos
 from grpcmesh_control.mesh.errors import InvalidResourceSet
@@ -272,7 +271,7 @@ def test_up_refuses_conflicting_sets_as_apply_does(tmp_path: Path) -> None:
     (tmp_path / "reviews.yaml").write_text(reviews_yaml())
     (tmp_path / "reviews.binpb").write_bytes(reviews_set())
     (tmp_path / "other.binpb").write_bytes(other_set())
-    with pytest.raises(InvalidResourceSet, match="differs from the one in other.binpb"):
+    with pytest.raises(InvalidResourceSet, match=r"differs from the one in other\.binpb"):
         load_resources([tmp_path])
 
 
