@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ import grpc
 import psutil
 import pytest
 import yaml
+from google.protobuf import descriptor_pb2
 
 from grpcmesh.shop.v1 import (
     common_pb2,
@@ -304,6 +306,59 @@ async def test_deleting_a_service_another_calls_is_refused(small_mesh: Mesh) -> 
     assert result.returncode == 1
     assert "no MeshService 'nosuch' (known: catalog, payments)" in " ".join(result.stderr.split())
     assert small_mesh.resource_files() == before
+
+
+def _reviews_set() -> bytes:
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="acme/reviews/v1/reviews.proto", package="acme.reviews.v1", syntax="proto3"
+    )
+    proto.message_type.add(name="Review")
+    service = proto.service.add(name="ReviewService")
+    service.method.add(
+        name="GetReviews",
+        input_type=".acme.reviews.v1.Review",
+        output_type=".acme.reviews.v1.Review",
+    )
+    return descriptor_pb2.FileDescriptorSet(file=[proto]).SerializeToString()
+
+
+def test_apply_sends_descriptor_sets_and_is_refused_whole_for_a_bad_one(
+    small_mesh: Mesh, workdir: Path
+) -> None:
+    """``--descriptors`` (a file, or a folder) goes with the resource: a corrupt set is refused
+    naming it, and a good set's methods check the resource's ``spec.methods``."""
+    reviews = {
+        "apiVersion": "grpcmesh.io/v1alpha1",
+        "kind": "MeshService",
+        "metadata": {"name": "reviews"},
+        "spec": {
+            "grpc": {"port": 50051, "services": ["acme.reviews.v1.ReviewService"]},
+            "workload": {"image": "acme/reviews:1", "command": ["python", "-m", "acme_reviews"]},
+            "methods": [{"name": "acme.reviews.v1.ReviewService/GetReveiws", "timeout": "1s"}],
+        },
+    }
+    resource = _write(workdir, "reviews.yaml", reviews)
+    (workdir / "bad").mkdir()
+    (workdir / "bad" / "broken.binpb").write_bytes(b"not a descriptor set\xff")
+    (workdir / "protos").mkdir()
+    (workdir / "protos" / "reviews.binpb").write_bytes(_reviews_set())
+    before = sorted(p.name for p in (small_mesh.run_dir / "resources").iterdir())
+
+    def apply(descriptors: Path) -> subprocess.CompletedProcess[str]:
+        args = ("-f", str(resource), "--descriptors", str(descriptors))
+        return grpcmesh("apply", *args, "--state-dir", str(small_mesh.run_dir), timeout=150)
+
+    corrupt = apply(workdir / "bad" / "broken.binpb")
+    assert corrupt.returncode == 1, corrupt.stdout
+    assert "refused: broken.binpb: not a serialized FileDescriptorSet" in corrupt.stderr
+    typo = apply(workdir / "protos")  # the folder's sets
+    assert typo.returncode == 1, typo.stdout
+    assert (
+        "spec.methods[0].name: acme.reviews.v1.ReviewService has no method GetReveiws "
+        "(it has: GetReviews)" in " ".join(typo.stderr.split())
+    )
+    assert sorted(p.name for p in (small_mesh.run_dir / "resources").iterdir()) == before
+    assert "reviews" not in [s["name"] for s in small_mesh.status()["services"]]
 
 
 # --- the credential ------------------------------------------------------------------------------
