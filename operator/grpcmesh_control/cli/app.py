@@ -542,6 +542,7 @@ def apply(
 
     The descriptor sets (*.binpb) beside FILE and those given with --descriptors go with it:
     its services' protos, for retries, method checks and reflection at the ingress.
+
     Starts and stops the processes the change needs, and waits (--wait) until every replica it
     started is ready; prints what it started, stopped and reconfigured."""
     text = file.read_text()
