@@ -1,5 +1,6 @@
 """Local mode's inputs, live: the run directory's ``resources/*.yaml`` and ``endpoints.json``,
-polled by content hash, plus ``apply`` (validate, then write atomically).
+polled by content hash, plus an apply in two steps, ``plan`` (validate) and ``write``
+(atomically), which ``ControlPlane.apply`` runs with the protos an apply brings in between.
 
 Each source keeps its last valid content: an invalid edit (a half-written file, a typo) is
 reported in ``problems`` and ignored until fixed; the mesh keeps running on what was valid.
@@ -140,11 +141,6 @@ class FileSources:
         log.info("deleted %s (%s)", name, ", ".join(plan.removed))
         self.reload()
         return plan
-
-    def apply(self, filename: str, content: bytes) -> ApplyPlan:
-        """Validate ``content`` as ``resources/<filename>`` together with the current files
-        (``plan``), then ``write`` it. Raises ``InvalidResourceSet``, changing nothing."""
-        return self.write(self.plan(filename, content))
 
     def plan(
         self, filename: str, content: bytes, *, catalog: MethodCatalog | None = None

@@ -144,7 +144,7 @@ def test_apply_writes_the_file_and_reloads(
     sources.reload()
     content = example_files["payments.yaml"].replace(b"weight: 90", b"weight: 50")
     content = content.replace(b"weight: 10", b"weight: 50")
-    plan = sources.apply("payments-canary.yaml", content)
+    plan = sources.write(sources.plan("payments-canary.yaml", content))
     resources = state_dir / "resources"
     assert plan.removed == ("payments.yaml",)
     assert sorted(p.name for p in resources.iterdir()) == [
@@ -165,7 +165,7 @@ def test_a_refused_apply_changes_nothing(
     before = snapshot_of(state_dir / "resources")
     bad = example_files["payments.yaml"].replace(b"weight: 10", b"weight: 20")
     with pytest.raises(InvalidResourceSet, match=r"payments\.yaml .* weights sum to 110"):
-        sources.apply("payments.yaml", bad)
+        sources.plan("payments.yaml", bad)
     assert snapshot_of(state_dir / "resources") == before
     assert len(changes.calls) == 1
 
@@ -179,5 +179,5 @@ metadata: {name: echo}
 spec:
   grpc: {port: 9000, services: [test.v1.Echo]}
 """
-    sources.apply("echo.yaml", echo)
+    sources.write(sources.plan("echo.yaml", echo))
     assert [s.name for s in sources.resources.services] == ["echo"]
