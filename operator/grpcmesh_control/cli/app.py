@@ -736,6 +736,9 @@ def control_plane(
         except* OSError as failed:  # a port in use, say
             _error(f"cannot serve: {failed.exceptions[0]}")
             code = EXIT_FAILED
+        except* ValueError as invalid:  # a GRPCMESH_* setting, say
+            _error(f"cannot serve: {invalid.exceptions[0]}")
+            code = EXIT_FAILED
         return code
 
     raise typer.Exit(_run_until_signal(main))

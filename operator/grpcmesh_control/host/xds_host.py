@@ -12,13 +12,15 @@ it from the API and adds ``/readyz``. Everything else is the same code in both.
                                 and snapshot group (replicas share one snapshot; ACKs and
                                 NACKs stay per node).
 ``GET /debug/nodes``            the ``nodes`` part of ``/status`` alone.
-``GET /debug/snapshot?node=ID`` the node's current snapshot, resources as proto3 JSON.
+``GET /debug/snapshot?node=ID`` the node's current snapshot, resources as proto3 JSON (its
+                                SDS secrets included, private keys redacted).
 ``GET /metrics``                Prometheus text format (``runtime.metrics``).
 ==============================  ==============================================================
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -34,13 +36,18 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from grpcmesh_control.host.metrics import ControlPlaneMetrics, MeteredSnapshotCache
 from grpcmesh_control.host.reflection import ExposedReflection
+from grpcmesh_control.mesh.ca import CertificateAuthority
 from grpcmesh_control.mesh.catalogs import ProtoSet
+from grpcmesh_control.mesh.certificates import CertificateSettings, WorkloadCertificates
 from grpcmesh_control.mesh.clock import Clock
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
+from grpcmesh_control.mesh.translate import SnapshotBuilder
+from grpcmesh_control.mesh.translate.versioned import SECRET
 from grpcmesh_control.mesh.xds import AdsServicer, NodeStatus, VersionedSnapshot
 
 __all__ = [
+    "REDACTED",
     "BoundPorts",
     "XdsHost",
     "join_host_port",
@@ -58,6 +65,10 @@ class BoundPorts:
     http_port: int | None
 
 
+REDACTED = "[redacted]"
+"""What debug output shows in place of a private key."""
+
+
 def join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -65,7 +76,11 @@ def join_host_port(host: str, port: int) -> str:
 class XdsHost:
     """The parts are attributes (``metrics``, ``cache``, ``publisher``), for the modes, tests and
     debugging. ``problems`` adds the source's own problems (invalid files or resources) to
-    ``/status``; ``origin_of`` names where a service came from (its file, in local mode)."""
+    ``/status``; ``origin_of`` names where a service came from (its file, in local mode).
+
+    With a mesh ``ca``, the sidecars speak mTLS (STRICT unless a MeshService says PERMISSIVE)
+    and every connected node is issued its workload certificate over SDS
+    (``certificates``, renewed while ``serving``); without one, plaintext."""
 
     def __init__(
         self,
@@ -77,17 +92,29 @@ class XdsHost:
         problems: Callable[[], Sequence[str]] = tuple,
         origin_of: Callable[[MeshService], str | None] = lambda svc: None,
         protos: Callable[[], ProtoSet] | None = None,
+        ca: CertificateAuthority | None = None,
+        certificates: CertificateSettings | None = None,
     ) -> None:
         self.metrics = ControlPlaneMetrics()
         self.cache = MeteredSnapshotCache(self.metrics)
+        settings = certificates or CertificateSettings()
         self.publisher = Publisher(
             self.cache,
             catalog,
             clock=clock,
             window=window,
             max_delay=max_delay,
+            build=SnapshotBuilder(settings.tls if ca is not None else None),
             on_rebuild=self.metrics.rebuilt,
         )
+        self.certificates = (
+            None
+            if ca is None
+            else WorkloadCertificates(
+                self.cache, ca, settings, clock=clock, namespace_of=self._namespace_of
+            )
+        )
+        """Issues and renews the nodes' workload certificates (None: no mesh CA, plaintext)."""
         self._problems = problems
         self._origin_of = origin_of
         self._server: grpc.aio.Server | None = None
@@ -96,6 +123,11 @@ class XdsHost:
         )
         """Server reflection for the exposed services, on the xDS port (the ingress routes it
         there); only when the mode gives the host its protos."""
+
+    def _namespace_of(self, service: str) -> str | None:
+        registry = self.publisher.registry
+        svc = None if registry is None else registry.service(service)
+        return None if svc is None else svc.namespace
 
     def _exposed_grpc_services(self) -> tuple[str, ...]:
         registry = self.publisher.registry
@@ -189,11 +221,25 @@ class XdsHost:
             if http_port is not None:
                 await web.TCPSite(runner, http_host, http_port).start()
                 bound_http = int(runner.addresses[0][1])
-            yield BoundPorts(bound_xds, bound_http)
+            async with self._renewing():
+                yield BoundPorts(bound_xds, bound_http)
         finally:
             await runner.cleanup()
             await server.stop(stop_grace)
             self._server = None
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self) -> AsyncIterator[None]:
+        if self.certificates is None:
+            yield
+            return
+        task = asyncio.create_task(self.certificates.run(), name="certificates")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def wait_for_termination(self) -> None:
         """Until the ADS server stops (``stop_serving``, or the ``serving`` block ends)."""
@@ -267,18 +313,32 @@ def _node(
 
 
 def snapshot_document(node_id: str, snapshot: VersionedSnapshot) -> dict[str, Any]:
-    """``GET /debug/snapshot``: per type URL, its version and resources as proto3 JSON."""
+    """``GET /debug/snapshot``: per type URL, its version and resources as proto3 JSON; a
+    secret's private key shows as ``REDACTED``, never its bytes."""
     return {
         "node": node_id,
         "version": snapshot.version,
         "resources": {
             type_url: {
                 "version": typed.version,
-                "resources": [MessageToDict(packed) for packed in typed.resources.values()],
+                "resources": [
+                    _redacted(MessageToDict(packed), type_url)
+                    for packed in typed.resources.values()
+                ],
             }
             for type_url, typed in snapshot.by_type.items()
         },
     }
+
+
+def _redacted(resource: dict[str, Any], type_url: str) -> dict[str, Any]:
+    """A resource as JSON; a Secret's private key (in any data source form) replaced."""
+    if type_url != SECRET:
+        return resource
+    certificate = resource.get("tlsCertificate")
+    if isinstance(certificate, dict) and "privateKey" in certificate:
+        certificate["privateKey"] = REDACTED
+    return resource
 
 
 def _timestamp(epoch: float | None) -> str | None:

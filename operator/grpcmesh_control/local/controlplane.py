@@ -11,16 +11,24 @@ complete config), bind both ports, then write ``ready_file`` (``{"xds_address",
 "admin_address", "xds_port", "admin_port", "pid"}``), which lets a launcher pass port 0.
 Restart safety: all state is in files and versions are content hashes, so a restarted control
 plane serves the versions it served before; reconnecting Envoys ACK them without a change.
+
+mTLS (on by default): the mesh CA is loaded from (or created in) ``<state>/ca``
+(``local.mesh_ca``), and every sidecar speaks mutual TLS with a certificate issued over SDS
+(``mesh.certificates``). ``certificates_from_env`` reads the knobs the operator reads too:
+``GRPCMESH_TRUST_DOMAIN``, ``GRPCMESH_WORKLOAD_CERT_TTL`` (a duration, 24h by default),
+``GRPCMESH_CERT_RENEW_FRACTION`` (0.5); ``GRPCMESH_MTLS=off`` runs the mesh in plaintext (a
+benchmark's baseline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +37,7 @@ from grpcmesh_control.host.xds_host import XdsHost, join_host_port
 from grpcmesh_control.local import credential
 from grpcmesh_control.local.admin import apply_route, delete_route
 from grpcmesh_control.local.atomic import write_atomically
+from grpcmesh_control.local.mesh_ca import load_or_create_mesh_ca
 from grpcmesh_control.local.rollout import route_to_ready
 from grpcmesh_control.local.sources import RESOURCES_DIR, ApplyPlan
 from grpcmesh_control.local.sources.descriptors import (
@@ -38,9 +47,10 @@ from grpcmesh_control.local.sources.descriptors import (
 )
 from grpcmesh_control.local.watcher import DEFAULT_POLL_INTERVAL, FileSources
 from grpcmesh_control.mesh.catalogs import ProtoSet
+from grpcmesh_control.mesh.certificates import CertificateSettings
 from grpcmesh_control.mesh.clock import Clock, SystemClock
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource, InvalidResourceSet
-from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog, parse_duration
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
 
@@ -48,6 +58,7 @@ __all__ = [
     "BoundAddresses",
     "ControlPlane",
     "ControlPlaneSettings",
+    "certificates_from_env",
     "run_control_plane",
     "serve",
 ]
@@ -75,6 +86,39 @@ class ControlPlaneSettings:
     """Longest a rebuild waits while updates keep coming (500 ms)."""
     stop_grace: float = 1.0
     """Seconds in-flight ADS streams get when stopping (Envoys reconnect elsewhere anyway)."""
+    certificates: CertificateSettings | None = field(default_factory=CertificateSettings)
+    """Workload certificates, with mTLS between sidecars; None: plaintext, no CA."""
+
+
+_OFF = ("off", "false", "0", "no")
+
+
+def certificates_from_env(environ: Mapping[str, str]) -> CertificateSettings | None:
+    """The ``GRPCMESH_*`` certificate knobs (module docstring); None with mTLS off.
+    ``ValueError`` naming the variable when one is not valid."""
+    if environ.get("GRPCMESH_MTLS", "").strip().lower() in _OFF:
+        return None
+    defaults = CertificateSettings()
+    ttl, fraction = (
+        environ.get("GRPCMESH_WORKLOAD_CERT_TTL"),
+        environ.get("GRPCMESH_CERT_RENEW_FRACTION"),
+    )
+    try:
+        ttl_value = defaults.ttl if not ttl else parse_duration(ttl)
+    except ValueError as exc:
+        raise ValueError(f"GRPCMESH_WORKLOAD_CERT_TTL: {exc}") from None
+    try:
+        fraction_value = defaults.renew_fraction if not fraction else float(fraction)
+    except ValueError:
+        raise ValueError(f"GRPCMESH_CERT_RENEW_FRACTION: {fraction!r} is not a number") from None
+    try:
+        return CertificateSettings(
+            ttl=ttl_value,
+            renew_fraction=fraction_value,
+            trust_domain=environ.get("GRPCMESH_TRUST_DOMAIN") or defaults.trust_domain,
+        )
+    except ValueError as exc:
+        raise ValueError(f"GRPCMESH_* certificate settings: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -116,6 +160,9 @@ class ControlPlane:
         self._protos_problems: tuple[str, ...] = ()
         self._fixed_catalog = catalog is not None
         catalog = catalog if catalog is not None else self.protos.catalog
+        ca = None
+        if settings.certificates is not None:
+            ca = load_or_create_mesh_ca(settings.state_dir, dt.datetime.now(dt.UTC))
         self.host = XdsHost(
             catalog,
             clock=self.clock,
@@ -124,6 +171,8 @@ class ControlPlane:
             problems=lambda: [*self.sources.problems, *self._protos_problems],
             origin_of=lambda svc: self.sources.resources.file_of(svc.key),
             protos=lambda: self.protos,
+            ca=ca,
+            certificates=settings.certificates,
         )
         self.metrics, self.cache, self.publisher = (
             self.host.metrics,
@@ -262,6 +311,7 @@ async def serve(
             admin_port=admin_port,
             host=host,
             ready_file=ready_file,
+            certificates=certificates_from_env(os.environ),
         )
     )
 

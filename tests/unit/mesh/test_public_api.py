@@ -16,7 +16,7 @@ def test_model_all() -> None:
             "ExternalHost", "FaultAbort", "FaultDelay", "FaultInjection", "FieldError",
             "GrpcCode", "GrpcSpec", "Idempotency", "InvalidResource", "KeyRef",
             "LoadBalancer", "MeshService", "MethodCatalog", "MethodInfo", "MethodPolicy",
-            "OutlierDetection", "ResourceList", "Resources", "RetryBudget", "RetryOn",
+            "MtlsMode", "OutlierDetection", "ResourceList", "Resources", "RetryBudget", "RetryOn",
             "RetryOverride", "RetryPolicy", "ServiceInfo", "TrafficPolicy", "VersionTarget",
             "Workload", "format_duration", "parse_duration", "parse_endpoint",
             "parse_mesh_service", "parse_mesh_services_yaml",
@@ -28,12 +28,13 @@ def test_model_all() -> None:
 def test_translate_all() -> None:
     assert sorted(translate.__all__) == sorted(
         [
-            "PUSH_ORDER", "EffectiveRetry", "InconsistentSnapshot", "InvalidNodeId", "NodeId",
+            "PUSH_ORDER", "EffectiveRetry", "InconsistentSnapshot", "InvalidNodeId", "MeshTls",
+            "NodeId",
             "NodeKind", "Problem", "ProxyNode", "Registry", "ResourceType", "RoutePolicy",
             "Snapshot", "SnapshotBuilder", "UnknownNode", "build_snapshot", "check_consistency",
             "external_cluster_name", "inbound_cluster_name", "node_group", "resource_name",
             "route_policies",
-            "static_bootstrap", "version_cluster_name",
+            "static_bootstrap", "version_cluster_name", "workload_secrets",
         ]
     )  # fmt: skip
     assert all(hasattr(translate, name) for name in translate.__all__)

@@ -3,6 +3,7 @@ apply, the snapshot dump and metrics, on an in-process aiohttp test server (loop
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from grpcmesh_control.host.xds_host import REDACTED
 from grpcmesh_control.local import credential
 from grpcmesh_control.local.controlplane import ControlPlane, ControlPlaneSettings
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from grpcmesh_control.mesh.translate.versioned import SECRET
 from grpcmesh_control.mesh.xds import CLUSTER, LISTENER
 
 ORDERS = "sidecar~orders~0"
@@ -115,14 +118,21 @@ async def test_replicas_sharing_a_snapshot_report_their_own_acks(
     replicas = [NodeId.sidecar("orders", str(r)) for r in range(2)]
     for node_id in replicas:
         cache.connected(str(node_id), ProxyNode(node_id).metadata())
-    snapshot = cache.node_snapshot(str(replicas[0]))
-    assert snapshot is not None and cache.node_snapshot(str(replicas[1])) is snapshot
+    group = cache.snapshot(cache.group_of(str(replicas[0])))
+    assert group is not None and cache.snapshot(cache.group_of(str(replicas[1]))) is group
+    # Each replica's view: the shared group snapshot and its own certificate (SDS).
+    views = [cache.node_snapshot(str(r)) for r in replicas]
+    assert views[0] is not None and views[1] is not None
+    for view in views:
+        assert all(view.of(t) is group.of(t) for t in group.by_type)
+    assert views[0].of(SECRET).version != views[1].of(SECRET).version
+    snapshot = views[0]
     for type_url in (CLUSTER, LISTENER):
         cache.record_ack(str(replicas[0]), type_url, snapshot.of(type_url).version, {type_url})
     nodes = (await get_json(client, "/debug/nodes"))["nodes"]
     assert [n["id"] for n in nodes] == [str(n) for n in replicas]
     assert nodes[0]["group"] == nodes[1]["group"]
-    assert [n["snapshot_version"] for n in nodes] == [snapshot.version] * 2
+    assert [n["snapshot_version"] for n in nodes] == [v.version for v in views]
     assert [n["acked_version"] for n in nodes] == [snapshot.version, None]
 
 
@@ -198,6 +208,27 @@ async def test_debug_snapshot(client: TestClient[Any, Any], control_plane: Contr
     assert all(
         r["@type"].endswith("envoy.config.listener.v3.Listener") for r in listeners["resources"]
     )
+
+
+async def test_debug_snapshot_shows_secrets_without_private_keys(
+    client: TestClient[Any, Any], control_plane: ControlPlane
+) -> None:
+    control_plane.cache.connected(ORDERS, ProxyNode(NodeId.sidecar("orders", "0")).metadata())
+    certificates = control_plane.host.certificates
+    assert certificates is not None
+    issued = certificates.certificate(ORDERS)
+    assert issued is not None
+    response = await client.get(f"/debug/snapshot?node={ORDERS}")
+    text = await response.text()
+    secrets = {r["name"]: r for r in (await response.json())["resources"][SECRET]["resources"]}
+    assert sorted(secrets) == ["mesh-roots", "workload"]
+    tls = secrets["workload"]["tlsCertificate"]
+    assert tls["privateKey"] == REDACTED
+    assert "certificateChain" in tls  # the public part stays visible
+    # Not in any form: PEM text, or the base64 of its bytes as proto3 JSON would print them.
+    key = issued.key_pem()
+    assert b"PRIVATE KEY" in key
+    assert "PRIVATE KEY" not in text and base64.b64encode(key).decode() not in text
 
 
 async def test_debug_snapshot_errors(client: TestClient[Any, Any]) -> None:

@@ -52,6 +52,15 @@ class RetryOn(StrEnum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 
 
+class MtlsMode(StrEnum):
+    """What a MeshService's inbound side accepts when the mesh speaks mTLS."""
+
+    STRICT = "STRICT"
+    """Only callers presenting a mesh certificate (the default)."""
+    PERMISSIVE = "PERMISSIVE"
+    """Mesh callers and plaintext ones, for a migration."""
+
+
 class LoadBalancer(StrEnum):
     LEAST_REQUEST = "LEAST_REQUEST"
     ROUND_ROBIN = "ROUND_ROBIN"
@@ -286,6 +295,7 @@ class MeshService:
     replicas: int = 1
     expose: bool = False
     """Routed at the ingress gateway; off by default, so nothing is public by accident."""
+    mtls: MtlsMode = MtlsMode.STRICT
     workload: Workload | None = None
     backends: tuple[Backend, ...] = ()
     traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)

@@ -22,12 +22,14 @@ from grpcmesh_control.mesh.translate.snapshot import (
     resource_name,
 )
 from grpcmesh_control.mesh.translate.static import static_bootstrap
+from grpcmesh_control.mesh.translate.tls import MeshTls, workload_secrets
 
 __all__ = [
     "PUSH_ORDER",
     "EffectiveRetry",
     "InconsistentSnapshot",
     "InvalidNodeId",
+    "MeshTls",
     "NodeId",
     "NodeKind",
     "Problem",
@@ -47,4 +49,5 @@ __all__ = [
     "route_policies",
     "static_bootstrap",
     "version_cluster_name",
+    "workload_secrets",
 ]

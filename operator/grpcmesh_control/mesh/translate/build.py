@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from grpcmesh_control.mesh.errors import UnknownNode
-from grpcmesh_control.mesh.model.mesh import MeshService
+from grpcmesh_control.mesh.model.mesh import MeshService, MtlsMode
 from grpcmesh_control.mesh.translate import _envoy as e
 from grpcmesh_control.mesh.translate.clusters import (
     collector_cluster,
@@ -30,18 +30,24 @@ from grpcmesh_control.mesh.translate.naming import NodeKind, ProxyNode
 from grpcmesh_control.mesh.translate.registry import Registry
 from grpcmesh_control.mesh.translate.routes import egress_route_config, ingress_route_config
 from grpcmesh_control.mesh.translate.snapshot import Snapshot
+from grpcmesh_control.mesh.translate.tls import MeshTls
 from grpcmesh_control.mesh.translate.versioned import PackCache
 
 __all__ = ["SnapshotBuilder", "build_snapshot"]
 
 
 def build_snapshot(
-    registry: Registry, node: ProxyNode, memo: SnapshotBuilder | None = None
+    registry: Registry,
+    node: ProxyNode,
+    memo: SnapshotBuilder | None = None,
+    *,
+    tls: MeshTls | None = None,
 ) -> Snapshot:
     """The node's complete configuration. Raises ``UnknownNode`` for a sidecar whose service
     the registry does not know: it gets nothing (and stays not ready) until the service exists.
-    ``memo`` (a ``SnapshotBuilder``) reuses parts translated for other snapshots."""
-    parts = memo or _Fresh()
+    ``memo`` (a ``SnapshotBuilder``) reuses parts translated for other snapshots (and brings
+    its own ``tls``); ``tls`` without one: mTLS between sidecars (``translate.tls``)."""
+    parts = memo or _Fresh(tls)
     if node.id.kind is NodeKind.INGRESS:
         return _ingress(registry, node, parts)
     svc = registry.service(node.id.name)
@@ -60,13 +66,17 @@ class _Fresh:
 
     pack_cache: PackCache | None = None
 
+    def __init__(self, tls: MeshTls | None = None) -> None:
+        self.tls = tls
+        """mTLS between sidecars (``translate.tls``); None: plaintext."""
+
     def service_parts(self, registry: Registry, svc: MeshService) -> tuple[Clusters, Assignments]:
-        return service_clusters(svc), _assignments(registry, svc)
+        return service_clusters(svc, self.tls), _assignments(registry, svc)
 
     def sidecar_parts(
-        self, node: ProxyNode, app_port: int
+        self, node: ProxyNode, app_port: int, mode: MtlsMode = MtlsMode.STRICT
     ) -> tuple[e.cluster_pb2.Cluster, Listeners]:
-        listeners = (inbound_listener(node, app_port), egress_listener(node))
+        listeners = (inbound_listener(node, app_port, self.tls, mode), egress_listener(node))
         return inbound_cluster(app_port, node.local_address), listeners
 
 
@@ -84,7 +94,8 @@ class SnapshotBuilder(_Fresh):
     MAX_NODE_SHAPES = 4096
     """Node shapes remembered; past it they are forgotten and translated again as needed."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: MeshTls | None = None) -> None:
+        self.tls = tls
         self._packs = self.pack_cache = PackCache()
         self._services: dict[str, tuple[object, Clusters, Assignments]] = {}
         self._nodes: dict[_NodeKey, tuple[e.cluster_pb2.Cluster, Listeners]] = {}
@@ -108,16 +119,16 @@ class SnapshotBuilder(_Fresh):
         return clusters, assignments
 
     def sidecar_parts(
-        self, node: ProxyNode, app_port: int
+        self, node: ProxyNode, app_port: int, mode: MtlsMode = MtlsMode.STRICT
     ) -> tuple[e.cluster_pb2.Cluster, Listeners]:
         rest = tuple(getattr(node, f.name) for f in fields(node) if f.name != "id")
-        key: _NodeKey = (node.id.kind, node.id.name, rest, app_port)
+        key: _NodeKey = (node.id.kind, node.id.name, rest, app_port, mode)
         known = self._nodes.get(key)
         if known is not None:
             return known
         if len(self._nodes) >= self.MAX_NODE_SHAPES:
             self._drop_nodes()
-        parts = self._nodes[key] = super().sidecar_parts(node, app_port)
+        parts = self._nodes[key] = super().sidecar_parts(node, app_port, mode)
         self._packs.add([parts[0], *parts[1]])
         return parts
 
@@ -139,7 +150,7 @@ def _observability_clusters(node: ProxyNode) -> list[e.cluster_pb2.Cluster]:
 
 def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService, parts: _Fresh) -> Snapshot:
     app_port = node.app_port or svc.grpc.port
-    inbound, listeners = parts.sidecar_parts(node, app_port)
+    inbound, listeners = parts.sidecar_parts(node, app_port, svc.mtls)
     clusters = [inbound, *_observability_clusters(node)]
     endpoints = []
     for backend in registry.resolved_backends(svc):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 
+from grpcmesh_control.mesh.model.identity import workload_identity
 from grpcmesh_control.mesh.model.mesh import (
     Backend,
     CircuitBreaker,
@@ -38,6 +39,7 @@ from grpcmesh_control.mesh.translate.naming import (
     inbound_cluster_name,
     version_cluster_name,
 )
+from grpcmesh_control.mesh.translate.tls import MeshTls, upstream_transport_socket
 
 __all__ = [
     "FAILOVER_OVERPROVISIONING",
@@ -68,8 +70,11 @@ _LB_POLICIES = {
 }
 
 
-def version_cluster(svc: MeshService, version: VersionTarget) -> e.cluster_pb2.Cluster:
-    """EDS cluster ``<service>|<version>``, configured by the *target's* traffic policy."""
+def version_cluster(
+    svc: MeshService, version: VersionTarget, tls: MeshTls | None = None
+) -> e.cluster_pb2.Cluster:
+    """EDS cluster ``<service>|<version>``, configured by the *target's* traffic policy. With
+    ``tls``: mTLS to the target, which must present ``svc``'s identity."""
     policy = svc.traffic_policy
     name = version_cluster_name(svc.name, version.name)
     cluster = Cluster(
@@ -90,12 +95,15 @@ def version_cluster(svc: MeshService, version: VersionTarget) -> e.cluster_pb2.C
     )
     if policy.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(_outlier_detection(policy.outlier_detection))
+    if tls is not None:
+        server = workload_identity(svc.name, svc.namespace, tls.trust_domain)
+        cluster.transport_socket.CopyFrom(upstream_transport_socket(server))
     return cluster
 
 
-def service_clusters(svc: MeshService) -> list[e.cluster_pb2.Cluster]:
+def service_clusters(svc: MeshService, tls: MeshTls | None = None) -> list[e.cluster_pb2.Cluster]:
     """A cluster per declared version, weight 0 included, so shifting weight needs no new CDS."""
-    return [version_cluster(svc, v) for v in svc.versions]
+    return [version_cluster(svc, v, tls) for v in svc.versions]
 
 
 def _circuit_breakers(

@@ -26,6 +26,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2
 
+from grpcmesh_control.mesh.model.mesh import MtlsMode
 from grpcmesh_control.mesh.translate import _envoy as e
 from grpcmesh_control.mesh.translate.naming import (
     EGRESS,
@@ -39,6 +40,7 @@ from grpcmesh_control.mesh.translate.routes import (
     NOT_DELIVERED_HEADER,
     inbound_route_config,
 )
+from grpcmesh_control.mesh.translate.tls import MeshTls, downstream_transport_socket, tls_inspector
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -203,12 +205,33 @@ def _not_delivered_marker() -> hcm_pb2.ResponseMapper:
     )
 
 
-def inbound_listener(node: ProxyNode, app_port: int) -> e.listener_pb2.Listener:
-    """``<bind>:<inbound port>`` -> the app; routes inline, they only change with the app port."""
+def inbound_listener(
+    node: ProxyNode,
+    app_port: int,
+    tls: MeshTls | None = None,
+    mode: MtlsMode = MtlsMode.STRICT,
+) -> e.listener_pb2.Listener:
+    """``<bind>:<inbound port>`` -> the app; routes inline, they only change with the app port.
+
+    With ``tls``: mutual TLS required (``tls.downstream_transport_socket``); PERMISSIVE keeps a
+    plaintext chain beside it, chosen per connection by the TLS inspector."""
     hcm = _hcm(INBOUND, node)
     hcm.route_config.CopyFrom(inbound_route_config(app_port))
     hcm.local_reply_config.mappers.append(_not_delivered_marker())
-    return _listener(INBOUND, node.bind_address, node.inbound_port, hcm, Direction.INBOUND)
+    listener = _listener(INBOUND, node.bind_address, node.inbound_port, hcm, Direction.INBOUND)
+    if tls is None:
+        return listener
+    secure = listener.filter_chains[0]
+    secure.transport_socket.CopyFrom(downstream_transport_socket(tls))
+    if mode is MtlsMode.PERMISSIVE:
+        Match = e.listener_components_pb2.FilterChainMatch
+        plain = listener.filter_chains.add()
+        plain.CopyFrom(secure)
+        plain.ClearField("transport_socket")
+        secure.filter_chain_match.CopyFrom(Match(transport_protocol="tls"))
+        plain.filter_chain_match.CopyFrom(Match(transport_protocol="raw_buffer"))
+        listener.listener_filters.append(tls_inspector())
+    return listener
 
 
 def egress_listener(node: ProxyNode) -> e.listener_pb2.Listener:

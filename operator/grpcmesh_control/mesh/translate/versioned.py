@@ -22,6 +22,7 @@ __all__ = [
     "LISTENER",
     "PUSH_ORDER",
     "ROUTE",
+    "SECRET",
     "WILDCARD_TYPES",
     "PackCache",
     "ResourceType",
@@ -52,6 +53,12 @@ ROUTE = ResourceType.ROUTE
 PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 """Make-before-break: clusters before the endpoints that fill them, listeners before the
 routes they name, and clusters before listeners whose routes point at them."""
+
+SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+"""SDS: per node (a workload's certificate and its trusted roots), never in a group's shared
+snapshot; the xDS cache layers them onto the node's view (``SnapshotCache.set_node_secrets``).
+Envoy asks for them by name once a cluster or listener names them; they go out after the
+group's types."""
 
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 """Types Envoy subscribes to as a whole; EDS and RDS are requested by name."""

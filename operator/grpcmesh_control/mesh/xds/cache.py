@@ -4,6 +4,11 @@ Nodes map to groups through a pluggable function of the node id and the metadata
 with (by default ``translate.node_group``: the replicas of a service with the same metadata
 share one group), so a snapshot is built, stored and versioned once per group, whatever the
 number of proxies. ACK state stays per node.
+
+What must differ per node (its SDS secrets: its certificate and key) never enters a group's
+snapshot: ``set_node_secrets`` keeps them per node, and a node is served its *view*
+(``node_snapshot``): its group's snapshot with its own secrets layered on. A node's stream
+waits on ``wait_for_node_change``, which wakes for either.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpcmesh_control.mesh.translate.naming import node_group
-from grpcmesh_control.mesh.translate.versioned import VersionedSnapshot
+from grpcmesh_control.mesh.translate.versioned import SECRET, TypeResources, VersionedSnapshot
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,11 @@ class SnapshotCache:
         # walks groups, not nodes
         self._members: dict[str, dict[str, None]] = {}
         self._listeners: list[Callable[[NodeStatus], None]] = []
+        self._secrets: dict[str, TypeResources] = {}
+        self._node_generation: dict[str, int] = {}
+        self._node_changed: dict[str, asyncio.Event] = {}
+        # node -> (group snapshot, its secrets, the view made of them), the last view served
+        self._views: dict[str, tuple[VersionedSnapshot, TypeResources, VersionedSnapshot]] = {}
 
     # --- snapshots -----------------------------------------------------------------------
 
@@ -92,8 +102,57 @@ class SnapshotCache:
         return self._snapshots.get(group)
 
     def node_snapshot(self, node_id: str) -> VersionedSnapshot | None:
-        """The snapshot ``node_id`` is served: its group's."""
-        return self._snapshots.get(self.group_of(node_id))
+        """The snapshot ``node_id`` is served: its group's, with the node's own secrets (if it
+        has any) as the ``SECRET`` type; None while its group has none."""
+        group = self._snapshots.get(self.group_of(node_id))
+        secrets = self._secrets.get(node_id)
+        if group is None or secrets is None:
+            return group
+        known = self._views.get(node_id)
+        if known is not None and known[0] is group and known[1] is secrets:
+            return known[2]
+        view = VersionedSnapshot.from_types({**group.by_type, SECRET: secrets})
+        self._views[node_id] = (group, secrets, view)
+        return view
+
+    def set_node_secrets(self, node_id: str, secrets: TypeResources) -> bool:
+        """Serve ``node_id`` these SDS secrets (``pack_resources(SECRET, ...)``) beside its
+        group's snapshot; False (and no push) when they did not change."""
+        current = self._secrets.get(node_id)
+        if current is not None and current.version == secrets.version:
+            return False
+        self._secrets[node_id] = secrets
+        self._node_generation[node_id] = self._node_generation.get(node_id, 0) + 1
+        event = self._node_changed.pop(node_id, None)
+        if event is not None:
+            event.set()
+        return True
+
+    def node_secrets(self, node_id: str) -> TypeResources | None:
+        return self._secrets.get(node_id)
+
+    def forget_node_secrets(self, node_id: str) -> None:
+        """Drop a node's secrets (it is gone); a node that comes back is issued new ones."""
+        self._secrets.pop(node_id, None)
+        self._views.pop(node_id, None)
+
+    def node_generation(self, node_id: str) -> int:
+        """Grows whenever the node's view may have changed (its group's snapshot or its own
+        secrets)."""
+        return self.generation(self.group_of(node_id)) + self._node_generation.get(node_id, 0)
+
+    async def wait_for_node_change(self, node_id: str, seen_generation: int) -> int:
+        """Return the node's generation once it is past ``seen_generation``."""
+        while self.node_generation(node_id) <= seen_generation:
+            group = self._changed.setdefault(self.group_of(node_id), asyncio.Event())
+            own = self._node_changed.setdefault(node_id, asyncio.Event())
+            waits = [asyncio.ensure_future(group.wait()), asyncio.ensure_future(own.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return self.node_generation(node_id)
 
     def groups(self) -> list[str]:
         return sorted(self._snapshots)
@@ -172,7 +231,7 @@ class SnapshotCache:
             and (status.nack.version != version)
         ):
             status.nack = None
-        snapshot = self._snapshots.get(status.group)
+        snapshot = self.node_snapshot(node_id)
         if snapshot is not None and all(
             status.acked.get(t) == snapshot.of(t).version for t in watched
         ):

@@ -110,9 +110,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             stream.close()
 
     def _watch(self, stream: _Stream[Any, Any]) -> asyncio.Future[int]:
-        group = stream.group
-        assert group is not None
-        waiter: Awaitable[int] = self.cache.wait_for_change(group, stream.generation)
+        # The node's view: its group's snapshot and its own secrets (certificates).
+        assert stream.node_id is not None
+        waiter: Awaitable[int] = self.cache.wait_for_node_change(stream.node_id, stream.generation)
         return asyncio.ensure_future(waiter)
 
     def _pushed(self, stream: _Stream[Any, Any], response: Any) -> None:

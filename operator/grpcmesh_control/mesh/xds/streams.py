@@ -69,8 +69,7 @@ class SotwStream:
         return None if self.node_id is None else self.cache.group_of(self.node_id)
 
     def _snapshot(self) -> VersionedSnapshot | None:
-        group = self.group
-        return None if group is None else self.cache.snapshot(group)
+        return None if self.node_id is None else self.cache.node_snapshot(self.node_id)
 
     def on_request(
         self, request: discovery_pb2.DiscoveryRequest
@@ -222,8 +221,7 @@ class DeltaStream:
     def _respond(
         self, type_url: str, *, force: bool
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        group = self.group
-        snapshot = None if group is None else self.cache.snapshot(group)
+        snapshot = None if self.node_id is None else self.cache.node_snapshot(self.node_id)
         if snapshot is None:
             return None
         state = self._types[type_url]

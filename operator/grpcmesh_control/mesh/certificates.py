@@ -1,0 +1,164 @@
+"""Workload certificates for connected Envoys, served as their SDS secrets over ADS.
+
+``WorkloadCertificates`` watches the xDS cache: when a sidecar (or the ingress gateway)
+connects, it issues a certificate for the node's SPIFFE ID (``identity_of``), with a key made
+in memory, and sets the node's two secrets (``translate.tls.workload_secrets``) before the
+node's first request is answered. The key never touches a disk: it lives in this process and
+on the node's ADS stream. ``run`` renews every certificate at ``renew_fraction`` of its life
+(half by default) and pushes the new secret; Envoy uses it for new handshakes while the
+connections already open carry on, so a rotation fails no call. A node that disconnects is
+forgotten (its certificate with it): one that comes back is issued a new one.
+
+The renewal time is measured from the issuance, not from ``notBefore``: the CA backdates
+``notBefore`` for clock skew, which would make a short-lived certificate due at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from grpcmesh_control.mesh.ca import (
+    DEFAULT_RENEW_FRACTION,
+    DEFAULT_WORKLOAD_TTL,
+    CertificateAuthority,
+    Issued,
+    trust_bundle,
+)
+from grpcmesh_control.mesh.clock import Clock, SystemClock
+from grpcmesh_control.mesh.errors import InvalidNodeId
+from grpcmesh_control.mesh.model.identity import (
+    DEFAULT_TRUST_DOMAIN,
+    LOCAL_NAMESPACE,
+    SpiffeId,
+    validate_trust_domain,
+    workload_identity,
+)
+from grpcmesh_control.mesh.translate import MeshTls, NodeId, workload_secrets
+from grpcmesh_control.mesh.translate.versioned import SECRET, pack_resources
+from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache
+
+__all__ = ["CertificateSettings", "WorkloadCertificates", "node_identity"]
+
+log = logging.getLogger(__name__)
+
+MAX_CHECK_INTERVAL = 1.0
+"""Longest ``run`` sleeps between looks at what is due (seconds)."""
+
+
+@dataclass(frozen=True)
+class CertificateSettings:
+    """Lifetime and renewal of workload certificates, and the trust domain they name."""
+
+    ttl: dt.timedelta = DEFAULT_WORKLOAD_TTL
+    renew_fraction: float = DEFAULT_RENEW_FRACTION
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+
+    def __post_init__(self) -> None:
+        if self.ttl <= dt.timedelta(0):
+            raise ValueError(f"certificateTTL: must be positive, not {self.ttl}")
+        if not 0 < self.renew_fraction < 1:
+            raise ValueError(
+                f"renewFraction: must be between 0 and 1 (exclusive), not {self.renew_fraction}"
+            )
+        validate_trust_domain(self.trust_domain)
+
+    @property
+    def tls(self) -> MeshTls:
+        return MeshTls(self.trust_domain)
+
+
+def node_identity(
+    node_id: str,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    namespace_of: Callable[[str], str | None] = lambda service: None,
+) -> SpiffeId:
+    """The identity a node's certificate names: a sidecar's MeshService's workload (in its
+    namespace, ``namespace_of``, local mode's default when unknown); the ingress gateway its
+    own (its name as the account). ``InvalidNodeId`` for an id of no known form."""
+    parsed = NodeId.parse(node_id)
+    namespace = namespace_of(parsed.name) or LOCAL_NAMESPACE
+    return workload_identity(parsed.name, namespace, trust_domain)
+
+
+@dataclass(frozen=True)
+class _Held:
+    issued: Issued
+    renew_at: dt.datetime
+
+
+class WorkloadCertificates:
+    """See the module docstring. ``now`` is the wall clock certificates are dated by."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        ca: CertificateAuthority,
+        settings: CertificateSettings | None = None,
+        *,
+        clock: Clock | None = None,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        namespace_of: Callable[[str], str | None] = lambda service: None,
+    ) -> None:
+        self._cache = cache
+        self._ca = ca
+        self.settings = settings or CertificateSettings()
+        self._clock: Clock = clock or SystemClock()
+        self._now = now
+        self._namespace_of = namespace_of
+        self._held: dict[str, _Held] = {}
+        self.issued_count = 0
+        """Certificates issued so far (first ones and renewals)."""
+        cache.subscribe(self._on_node)
+
+    def certificate(self, node_id: str) -> Issued | None:
+        """The certificate ``node_id`` holds now (None: not connected, or no identity)."""
+        held = self._held.get(node_id)
+        return None if held is None else held.issued
+
+    def _on_node(self, status: NodeStatus) -> None:
+        if not status.connected:
+            self._held.pop(status.node_id, None)
+            self._cache.forget_node_secrets(status.node_id)
+        elif status.node_id not in self._held:
+            self.issue(status.node_id)
+
+    def issue(self, node_id: str) -> bool:
+        """Issue ``node_id`` a new certificate and serve it; False for a node id of no known
+        form (it gets no snapshot either)."""
+        try:
+            identity = node_identity(node_id, self.settings.trust_domain, self._namespace_of)
+        except InvalidNodeId:
+            return False
+        now = self._now()
+        issued = self._ca.issue_workload(identity, now, ttl=self.settings.ttl)
+        life = issued.not_after - now
+        self._held[node_id] = _Held(issued, now + life * self.settings.renew_fraction)
+        certificate, roots = workload_secrets(
+            issued.cert_chain_pem(), issued.key_pem(), trust_bundle([self._ca.root], now)
+        )
+        self._cache.set_node_secrets(node_id, pack_resources(SECRET, [certificate, roots]))
+        self.issued_count += 1
+        log.info("issued %s a certificate for %s until %s", node_id, identity, issued.not_after)
+        return True
+
+    def renew_due(self) -> int:
+        """Renew every certificate due now; how many were renewed."""
+        now = self._now()
+        due = [node for node, held in self._held.items() if held.renew_at <= now]
+        for node in due:
+            self.issue(node)
+        return len(due)
+
+    async def run(self) -> None:
+        """Renew certificates as they come due, until cancelled."""
+        while True:
+            self.renew_due()
+            now = self._now()
+            soonest = min((h.renew_at for h in self._held.values()), default=None)
+            wait = MAX_CHECK_INTERVAL
+            if soonest is not None:
+                wait = min(wait, max(0.0, (soonest - now).total_seconds()))
+            await self._clock.sleep(wait)
