@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +92,7 @@ class Mesh:
         *,
         prometheus: bool = False,
         up_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.resources = (resources,) if isinstance(resources, Path) else tuple(resources)
@@ -99,6 +100,8 @@ class Mesh:
         self.prometheus = prometheus
         self.up_args = tuple(up_args)
         """More ``grpcmesh up`` options (``--otlp-endpoint``, say)."""
+        self.env = dict(env or {})
+        """Variables set for ``grpcmesh up`` and what it starts (``GRPCMESH_*`` settings)."""
         self.log = run_dir.parent / f"{run_dir.name}-launcher.log"
         self.launcher: subprocess.Popen[bytes] | None = None
 
@@ -116,6 +119,7 @@ class Mesh:
                     *self.up_args,
                 ],
                 cwd=REPO,
+                env={**os.environ, **self.env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
