@@ -1,0 +1,161 @@
+"""Workload certificates for connected nodes (no sockets): issued on connect for the node's
+SPIFFE ID, served as its SDS secrets, renewed at the configured fraction of their life from
+issuance, forgotten on disconnect; the settings refuse bad values naming the knob."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+from grpcmesh_control.local.controlplane import certificates_from_env
+from grpcmesh_control.mesh.ca import CertificateAuthority, spiffe_ids
+from grpcmesh_control.mesh.certificates import (
+    CertificateSettings,
+    WorkloadCertificates,
+    node_identity,
+)
+from grpcmesh_control.mesh.model.identity import SpiffeId
+from grpcmesh_control.mesh.xds import SnapshotCache
+
+START = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
+NODE = "sidecar~orders~0"
+
+
+class Now:
+    def __init__(self) -> None:
+        self.at = START
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+@pytest.fixture
+def ca() -> CertificateAuthority:
+    return CertificateAuthority.create_root(START - dt.timedelta(days=1))
+
+
+def served(cache: SnapshotCache, node: str) -> dict[str, secret_pb2.Secret]:
+    secrets = cache.node_secrets(node)
+    assert secrets is not None
+    out = {}
+    for name, packed in secrets.resources.items():
+        secret = secret_pb2.Secret()
+        assert packed.Unpack(secret)
+        out[name] = secret
+    return out
+
+
+def make(
+    ca: CertificateAuthority, settings: CertificateSettings | None = None
+) -> tuple[SnapshotCache, WorkloadCertificates, Now]:
+    cache, now = SnapshotCache(), Now()
+    certificates = WorkloadCertificates(cache, ca, settings, now=now)
+    return cache, certificates, now
+
+
+def test_a_connecting_node_is_served_a_certificate_for_its_identity(
+    ca: CertificateAuthority,
+) -> None:
+    cache, _, _ = make(ca, CertificateSettings(trust_domain="mesh.example"))
+    cache.connected(NODE, {})
+    secrets = served(cache, NODE)
+    assert sorted(secrets) == ["mesh-roots", "workload"]
+    chain = x509.load_pem_x509_certificates(
+        secrets["workload"].tls_certificate.certificate_chain.inline_bytes
+    )
+    assert spiffe_ids(chain[0]) == (SpiffeId("mesh.example", "default", "orders"),)
+    chain[0].verify_directly_issued_by(ca.root)
+    key = serialization.load_pem_private_key(
+        secrets["workload"].tls_certificate.private_key.inline_bytes, None
+    )
+    assert key.public_key() == chain[0].public_key()
+    roots = x509.load_pem_x509_certificates(
+        secrets["mesh-roots"].validation_context.trusted_ca.inline_bytes
+    )
+    assert roots == [ca.root]
+    assert chain[0].not_valid_after_utc == START + dt.timedelta(hours=24)
+
+
+def test_identities_of_sidecars_and_the_ingress() -> None:
+    assert (
+        node_identity("sidecar~payments~v2-1").uri
+        == "spiffe://cluster.local/ns/default/sa/payments"
+    )
+    assert node_identity("ingress~gateway").uri == "spiffe://cluster.local/ns/default/sa/gateway"
+    shop = node_identity("sidecar~orders~0", "td.example", lambda svc: "shop")
+    assert shop.uri == "spiffe://td.example/ns/shop/sa/orders"
+
+
+def test_a_node_of_no_known_form_gets_nothing(ca: CertificateAuthority) -> None:
+    cache, certificates, _ = make(ca)
+    cache.connected("not-a-node", {})
+    assert cache.node_secrets("not-a-node") is None
+    assert certificates.issued_count == 0
+
+
+def test_renewal_at_the_fraction_of_life_from_issuance(ca: CertificateAuthority) -> None:
+    # 10 s certificates renewed at 80 %: due at 8 s after issuance, though the CA backdates
+    # notBefore by minutes (renewing from notBefore would make them due at once).
+    settings = CertificateSettings(ttl=dt.timedelta(seconds=10), renew_fraction=0.8)
+    cache, certificates, now = make(ca, settings)
+    cache.connected(NODE, {})
+    first = certificates.certificate(NODE)
+    assert first is not None
+    generation = cache.node_generation(NODE)
+    now.at = START + dt.timedelta(seconds=7.9)
+    assert certificates.renew_due() == 0
+    assert cache.node_generation(NODE) == generation
+    now.at = START + dt.timedelta(seconds=8)
+    assert certificates.renew_due() == 1
+    second = certificates.certificate(NODE)
+    assert second is not None
+    assert second.certificate.serial_number != first.certificate.serial_number
+    assert cache.node_generation(NODE) == generation + 1  # pushed to the node's stream
+    pem = served(cache, NODE)["workload"].tls_certificate.certificate_chain.inline_bytes
+    assert x509.load_pem_x509_certificates(pem)[0] == second.certificate
+
+
+def test_a_disconnected_node_is_forgotten_and_reissued_on_return(
+    ca: CertificateAuthority,
+) -> None:
+    cache, certificates, _ = make(ca)
+    cache.connected(NODE, {})
+    first = certificates.certificate(NODE)
+    cache.disconnected(NODE)
+    assert certificates.certificate(NODE) is None and cache.node_secrets(NODE) is None
+    cache.connected(NODE, {})
+    again = certificates.certificate(NODE)
+    assert first is not None and again is not None
+    assert again.certificate.serial_number != first.certificate.serial_number
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"GRPCMESH_WORKLOAD_CERT_TTL": "soon"}, "GRPCMESH_WORKLOAD_CERT_TTL"),
+        ({"GRPCMESH_WORKLOAD_CERT_TTL": "0s"}, "certificateTTL: must be positive"),
+        ({"GRPCMESH_CERT_RENEW_FRACTION": "half"}, "GRPCMESH_CERT_RENEW_FRACTION"),
+        ({"GRPCMESH_CERT_RENEW_FRACTION": "1.5"}, "renewFraction"),
+        ({"GRPCMESH_TRUST_DOMAIN": "Not A Domain"}, "trustDomain"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_knob(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        certificates_from_env(environ)
+
+
+def test_settings_from_env() -> None:
+    assert certificates_from_env({}) == CertificateSettings()
+    assert certificates_from_env({"GRPCMESH_MTLS": "off"}) is None
+    settings = certificates_from_env(
+        {
+            "GRPCMESH_WORKLOAD_CERT_TTL": "90s",
+            "GRPCMESH_CERT_RENEW_FRACTION": "0.25",
+            "GRPCMESH_TRUST_DOMAIN": "shop.example",
+        }
+    )
+    assert settings == CertificateSettings(dt.timedelta(seconds=90), 0.25, "shop.example")
