@@ -24,7 +24,14 @@ from google.protobuf.json_format import MessageToJson
 from grpcmesh_control.cluster.objects import OperatorSettings, OwnerRef, Provider, desired_objects
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.model import Endpoint, parse_mesh_services_yaml
-from grpcmesh_control.mesh.translate import PUSH_ORDER, NodeId, ProxyNode, Registry, build_snapshot
+from grpcmesh_control.mesh.translate import (
+    PUSH_ORDER,
+    MeshTls,
+    NodeId,
+    ProxyNode,
+    Registry,
+    build_snapshot,
+)
 from tests.shared import REPO
 
 __all__ = ["GOLDEN", "goldens", "main"]
@@ -57,16 +64,19 @@ def goldens() -> dict[str, str]:
     registry = Registry.build(services, ENDPOINTS, catalog)
     nodes = [NodeId.sidecar(svc.name, "0") for svc in services] + [NodeId.ingress()]
     files: dict[str, str] = {}
-    for node in nodes:
-        snapshot = build_snapshot(registry, ProxyNode(node))
-        files[f"envoy/{node.kind.value}-{node.name}.yaml"] = _dump(
-            {
-                type_url: [
-                    json.loads(MessageToJson(r)) for r in snapshot.resources(type_url).values()
-                ]
-                for type_url in map(str, PUSH_ORDER)
-            }
-        )
+    # envoy/: without a mesh CA (plaintext, cluster mode today); envoy/mtls/: with one (STRICT,
+    # local mode's default). Per-node secrets are never part of these snapshots.
+    for directory, tls in (("envoy", None), ("envoy/mtls", MeshTls())):
+        for node in nodes:
+            snapshot = build_snapshot(registry, ProxyNode(node), tls=tls)
+            files[f"{directory}/{node.kind.value}-{node.name}.yaml"] = _dump(
+                {
+                    type_url: [
+                        json.loads(MessageToJson(r)) for r in snapshot.resources(type_url).values()
+                    ]
+                    for type_url in map(str, PUSH_ORDER)
+                }
+            )
     for provider in Provider:
         settings = OperatorSettings(provider=provider, service_monitor_crd=True)
         for svc in services:

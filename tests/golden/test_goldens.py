@@ -15,6 +15,7 @@ def test_golden_files_are_current() -> None:
 def test_every_reference_node_and_object_has_a_golden() -> None:
     names = set(goldens())
     assert {"envoy/sidecar-orders.yaml", "envoy/ingress-gateway.yaml"} <= names
+    assert {"envoy/mtls/sidecar-orders.yaml", "envoy/mtls/ingress-gateway.yaml"} <= names
     assert {"k8s/native/payments.yaml", "k8s/appmesh/payments.yaml"} <= names
 
 
