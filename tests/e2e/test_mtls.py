@@ -29,7 +29,7 @@ from grpcmesh_control.local.state import ReplicaState
 from grpcmesh_control.mesh.ca import CertificateAuthority, Issued, trust_bundle
 from grpcmesh_control.mesh.model.identity import SpiffeId, workload_identity
 from grpcmesh_loadgen import run_load
-from tests.e2e.harness import Mesh, envoy_stats, eventually
+from tests.e2e.harness import Mesh, envoy_stats, eventually, proxies
 from tests.e2e.test_mesh import (
     PAYMENTS_YAML,
     _charge_request,
@@ -277,3 +277,10 @@ async def test_certificates_rotate_under_load_without_a_failed_call(mesh: Mesh) 
     assert report.ok == report.planned
     for node, serials in seen.items():
         assert len(serials) > rotations, (node, serials)
+
+    async def secrets_acked() -> bool:
+        nodes = proxies(await asyncio.to_thread(mesh.status)).values()
+        return all(n["secrets"] is not None and n["secrets"]["acked"] for n in nodes)
+
+    # `status --json` reports each node's secrets apart from its config, and every one ACKs them.
+    await eventually(secrets_acked, timeout=10, what="every node ACKs its current secrets")

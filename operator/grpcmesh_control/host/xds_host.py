@@ -43,7 +43,7 @@ from grpcmesh_control.mesh.clock import Clock
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
 from grpcmesh_control.mesh.translate import SnapshotBuilder
-from grpcmesh_control.mesh.translate.versioned import SECRET
+from grpcmesh_control.mesh.translate.versioned import SECRET, TypeResources
 from grpcmesh_control.mesh.xds import AdsServicer, NodeStatus, VersionedSnapshot
 
 __all__ = [
@@ -155,7 +155,8 @@ class XdsHost:
             endpoints=inputs.endpoint_map,
             problems=[*self._problems(), *publisher.problems()],
             nodes=cache.nodes(),
-            snapshot_of=lambda node_id: cache.node_snapshot(node_id),
+            snapshot_of=cache.config_snapshot,
+            secrets_of=cache.node_secrets,
             node_problem=publisher.node_problem,
             origin_of=self._origin_of,
         )
@@ -262,9 +263,12 @@ def status_document(
     snapshot_of: Callable[[str], VersionedSnapshot | None],
     node_problem: Callable[[str], str | None],
     origin_of: Callable[[MeshService], str | None] = lambda svc: None,
+    secrets_of: Callable[[str], TypeResources | None] = lambda node_id: None,
 ) -> dict[str, Any]:
     """``GET /status`` (pure). ``version``: inputs of the published snapshots (None before the
-    first rebuild). A node has converged when ``acked_version == snapshot_version``."""
+    first rebuild). A node has converged when ``acked_version == snapshot_version`` (its
+    config); ``secrets`` says which version of its SDS secrets it is served and whether it
+    ACKed them (None: it is served none, e.g. no mesh CA)."""
     return {
         "version": version,
         "services": [
@@ -282,7 +286,7 @@ def status_document(
             for svc in services
         ],
         "problems": problems,
-        "nodes": [_node(status, snapshot_of, node_problem) for status in nodes],
+        "nodes": [_node(status, snapshot_of, node_problem, secrets_of) for status in nodes],
     }
 
 
@@ -290,8 +294,10 @@ def _node(
     status: NodeStatus,
     snapshot_of: Callable[[str], VersionedSnapshot | None],
     node_problem: Callable[[str], str | None],
+    secrets_of: Callable[[str], TypeResources | None],
 ) -> dict[str, Any]:
     snapshot = snapshot_of(status.node_id)
+    secrets = secrets_of(status.node_id)
     nack = status.nack
     return {
         "id": status.node_id,
@@ -309,6 +315,9 @@ def _node(
             "at": _timestamp(nack.at),
         },
         "problem": node_problem(status.node_id),
+        "secrets": None
+        if secrets is None
+        else {"version": secrets.version, "acked": status.acked.get(SECRET) == secrets.version},
     }
 
 

@@ -109,4 +109,5 @@ def _proxy(node: Mapping[str, Any] | None) -> dict[str, Any]:
         "nack_error": nack.get("message") if isinstance(nack, Mapping) else None,
         "snapshot_version": node.get("snapshot_version"),
         "connected": bool(node.get("connected", False)),
+        "secrets": node.get("secrets"),
     }

@@ -90,7 +90,7 @@ async def test_status_of_a_node_through_ack_and_nack(
     cache = control_plane.cache
     metadata = ProxyNode(NodeId.sidecar("orders", "0")).metadata()
     cache.connected(ORDERS, metadata)
-    snapshot = cache.node_snapshot(ORDERS)
+    snapshot = cache.config_snapshot(ORDERS)
     assert snapshot is not None
     (node,) = (await get_json(client, "/status"))["nodes"]
     assert node["id"] == ORDERS
@@ -132,8 +132,11 @@ async def test_replicas_sharing_a_snapshot_report_their_own_acks(
     nodes = (await get_json(client, "/debug/nodes"))["nodes"]
     assert [n["id"] for n in nodes] == [str(n) for n in replicas]
     assert nodes[0]["group"] == nodes[1]["group"]
-    assert [n["snapshot_version"] for n in nodes] == [v.version for v in views]
-    assert [n["acked_version"] for n in nodes] == [snapshot.version, None]
+    # The config they converge on is the shared one; their secrets are reported apart.
+    assert [n["snapshot_version"] for n in nodes] == [group.version] * 2
+    assert [n["acked_version"] for n in nodes] == [group.version, None]
+    assert [n["secrets"]["version"] for n in nodes] == [v.of(SECRET).version for v in views]
+    assert [n["secrets"]["acked"] for n in nodes] == [False, False]
 
 
 async def test_status_reports_problems_of_sources_and_nodes(

@@ -47,7 +47,8 @@ class NodeStatus:
     nack: NackRecord | None = None
     """The latest rejection, kept until the node ACKs a newer version of that type."""
     acked_snapshot: str | None = None
-    """The snapshot version whose every requested type the node has ACKed."""
+    """The version of its group's snapshot (its config) whose every requested type the node
+    has ACKed; its own secrets are not part of it (``acked[SECRET]`` says which it holds)."""
 
     @property
     def connected(self) -> bool:
@@ -100,6 +101,10 @@ class SnapshotCache:
 
     def snapshot(self, group: str) -> VersionedSnapshot | None:
         return self._snapshots.get(group)
+
+    def config_snapshot(self, node_id: str) -> VersionedSnapshot | None:
+        """The config ``node_id`` is served: its group's snapshot, without its secrets."""
+        return self._snapshots.get(self.group_of(node_id))
 
     def node_snapshot(self, node_id: str) -> VersionedSnapshot | None:
         """The snapshot ``node_id`` is served: its group's, with the node's own secrets (if it
@@ -231,9 +236,11 @@ class SnapshotCache:
             and (status.nack.version != version)
         ):
             status.nack = None
-        snapshot = self.node_snapshot(node_id)
+        # Convergence is about the config (the group snapshot); a node's secrets change on
+        # their own schedule (renewals, a restarted control plane issuing anew).
+        snapshot = self._snapshots.get(status.group)
         if snapshot is not None and all(
-            status.acked.get(t) == snapshot.of(t).version for t in watched
+            status.acked.get(t) == snapshot.of(t).version for t in watched if t != SECRET
         ):
             status.acked_snapshot = snapshot.version
         self._notify(status)
