@@ -121,8 +121,11 @@ async def test_replicas_sharing_a_snapshot_report_their_own_acks(
     group = cache.snapshot(cache.group_of(str(replicas[0])))
     assert group is not None and cache.snapshot(cache.group_of(str(replicas[1]))) is group
     # Each replica's view: the shared group snapshot and its own certificate (SDS).
-    views = [cache.node_snapshot(str(r)) for r in replicas]
-    assert views[0] is not None and views[1] is not None
+    views = []
+    for replica in replicas:
+        view = cache.node_snapshot(str(replica))
+        assert view is not None
+        views.append(view)
     for view in views:
         assert all(view.of(t) is group.of(t) for t in group.by_type)
     assert views[0].of(SECRET).version != views[1].of(SECRET).version
