@@ -22,7 +22,7 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from grpcmesh_control.mesh.publisher import RebuildOutcome
-from grpcmesh_control.mesh.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
+from grpcmesh_control.mesh.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SnapshotCache
 
 __all__ = ["ControlPlaneMetrics", "MeteredSnapshotCache", "XdsType"]
 
@@ -34,6 +34,8 @@ class XdsType(StrEnum):
     ENDPOINT = "endpoint"
     LISTENER = "listener"
     ROUTE = "route"
+    SECRET = "secret"
+    """SDS: a node's certificate and roots (pushed at issuance and at each renewal)."""
     OTHER = "other"
 
     @classmethod
@@ -46,6 +48,7 @@ _TYPES: dict[str, XdsType] = {
     ENDPOINT: XdsType.ENDPOINT,
     LISTENER: XdsType.LISTENER,
     ROUTE: XdsType.ROUTE,
+    SECRET: XdsType.SECRET,
 }
 
 

@@ -10,6 +10,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from grpcmesh_control.host.metrics import XdsType
 from grpcmesh_control.mesh.translate.versioned import SECRET, TypeResources, pack_resources
 from grpcmesh_control.mesh.xds import CLUSTER, SnapshotCache, version_snapshot
 from grpcmesh_control.mesh.xds.streams import DeltaStream, SotwStream
@@ -141,3 +142,8 @@ def test_forgotten_secrets_leave_the_view() -> None:
     cache.forget_node_secrets(node)
     view = cache.node_snapshot(node)
     assert view is cache.snapshot(GROUP) and cache.node_secrets(node) is None
+
+
+def test_secret_pushes_have_their_own_metric_label() -> None:
+    assert XdsType.of(SECRET) is XdsType.SECRET
+    assert XdsType.SECRET.value == "secret"
