@@ -9,6 +9,8 @@ is strict enough to catch a dangling reference.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -19,14 +21,18 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
+from grpcmesh_control.mesh.ca import CertificateAuthority, trust_bundle
 from grpcmesh_control.mesh.catalogs import load_catalog
-from grpcmesh_control.mesh.model import Endpoint, MeshService, parse_mesh_services_yaml
+from grpcmesh_control.mesh.certificates import node_identity
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MtlsMode, parse_mesh_services_yaml
 from grpcmesh_control.mesh.translate import (
+    MeshTls,
     NodeId,
     ProxyNode,
     Registry,
     build_snapshot,
     static_bootstrap,
+    workload_secrets,
 )
 from grpcmesh_control.mesh.translate.bootstrap import XdsTransport, render_bootstrap
 
@@ -167,4 +173,29 @@ def test_snapshot_with_tracing_and_access_logs_validates(
     )
     text = json.dumps(config)
     assert "envoy.tracers.opentelemetry" in text and "envoy.access_loggers.stdout" in text
+    assert_valid(config, tmp_path / "static.json")
+
+
+@pytest.mark.parametrize("node_id", ["sidecar~orders~0", "sidecar~payments~0", "ingress~gateway"])
+@pytest.mark.parametrize("mode", [MtlsMode.STRICT, MtlsMode.PERMISSIVE])
+def test_snapshot_with_mtls_validates(
+    node_id: str, mode: MtlsMode, registry: Registry, tmp_path: Path
+) -> None:
+    # The node's SDS secrets as static ones (the TLS contexts then name them without a source).
+    services = [dataclasses.replace(s, mtls=mode) for s in registry.services]
+    with_mode = Registry.build(services, ENDPOINTS, registry.catalog)
+    snapshot = build_snapshot(with_mode, ProxyNode.from_node(node_id), tls=MeshTls())
+    now = dt.datetime.now(dt.UTC)
+    ca = CertificateAuthority.create_root(now)
+    issued = ca.issue_workload(node_identity(node_id), now)
+    secrets = workload_secrets(
+        issued.cert_chain_pem(), issued.key_pem(), trust_bundle([ca.root], now)
+    )
+    config = json_format.MessageToDict(
+        static_bootstrap(snapshot, admin_port=19000, secrets=secrets),
+        preserving_proto_field_name=True,
+    )
+    text = json.dumps(config)
+    assert "require_client_certificate" in text or node_id.startswith("ingress")
+    assert ("raw_buffer" in text) is (mode is MtlsMode.PERMISSIVE and "sidecar" in node_id)
     assert_valid(config, tmp_path / "static.json")

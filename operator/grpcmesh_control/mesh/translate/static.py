@@ -8,9 +8,11 @@ suspected. Not used on the serving path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from grpcmesh_control.mesh.translate import _envoy as e
 from grpcmesh_control.mesh.translate.bootstrap import XDS_CLUSTER, xds_cluster
@@ -30,9 +32,11 @@ def static_bootstrap(
     admin_port: int,
     cluster: str = "static",
     xds_address: tuple[str, int] = (LOCALHOST, 18000),
+    secrets: Sequence[secret_pb2.Secret] = (),
 ) -> bootstrap_pb2.Bootstrap:
     """``xds_address``: where the control plane would be, for routes to it (the ingress
-    routes server reflection there)."""
+    routes server reflection there). ``secrets``: the node's SDS secrets (``tls.
+    workload_secrets``), as static secrets the TLS contexts then name without a source."""
     routes = {r.name: r for r in snapshot.routes}
     assignments = {a.cluster_name: a for a in snapshot.endpoints}
 
@@ -49,6 +53,8 @@ def static_bootstrap(
                 if hcm.HasField("rds"):
                     hcm.route_config.CopyFrom(routes[hcm.rds.route_config_name])  # clears rds
                 network_filter.typed_config.CopyFrom(e.pack(hcm))
+            if chain.HasField("transport_socket"):
+                _static_secrets(chain.transport_socket, e.tls_pb2.DownstreamTlsContext())
         listeners.append(listener)
 
     clusters = []
@@ -60,6 +66,8 @@ def static_bootstrap(
             static.ClearField("eds_cluster_config")
             static.type = Cluster.DiscoveryType.STATIC
             static.load_assignment.CopyFrom(assignments[name])
+        if static.HasField("transport_socket"):
+            _static_secrets(static.transport_socket, e.tls_pb2.UpstreamTlsContext())
         clusters.append(static)
     if any(
         r.route.cluster == XDS_CLUSTER
@@ -73,6 +81,22 @@ def static_bootstrap(
         node=e.base_pb2.Node(id=snapshot.node_id, cluster=cluster),
         admin=bootstrap_pb2.Admin(address=e.socket_address(LOCALHOST, admin_port)),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            listeners=listeners, clusters=clusters
+            listeners=listeners, clusters=clusters, secrets=list(secrets)
         ),
     )
+
+
+def _static_secrets(
+    socket: e.base_pb2.TransportSocket,
+    context: e.tls_pb2.DownstreamTlsContext | e.tls_pb2.UpstreamTlsContext,
+) -> None:
+    """Secrets named without ``sds_config`` are looked up among the static ones."""
+    if not socket.typed_config.Unpack(context):
+        return  # another kind of transport socket: nothing to rewrite
+    common = context.common_tls_context
+    for config in common.tls_certificate_sds_secret_configs:
+        config.ClearField("sds_config")
+    if common.HasField("combined_validation_context"):  # else: not the mesh's (external TLS)
+        combined = common.combined_validation_context
+        combined.validation_context_sds_secret_config.ClearField("sds_config")
+    socket.typed_config.CopyFrom(e.pack(context))
