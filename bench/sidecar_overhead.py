@@ -4,6 +4,8 @@ a bare Envoy pair, with h2load (a C client) so the client's own cost does not hi
     direct: h2load -> server
     mesh:   h2load -> Envoy (client's sidecar, egress) -> Envoy (server's sidecar, inbound)
                    -> server
+    mtls:   the same pair as ``mesh`` with mutual TLS between the sidecars (``translate.tls``;
+            the workload certificates and roots given as static secrets, as SDS would)
     bare:   h2load -> Envoy -> Envoy -> server, each a router-only config written by hand
             (listener, HTTP connection manager, router, one static HTTP/2 cluster)
 
@@ -11,7 +13,9 @@ The mesh configs are what the mesh generates: two MeshServices (bench-client cal
 bench-server) go through ``Registry.build`` and ``build_snapshot`` for each sidecar, and
 ``translate.static_bootstrap`` inlines the snapshot (RDS routes, EDS endpoints) so no control
 plane runs during the measurement. Every Envoy runs with ``--concurrency 1``, as a sidecar does.
-``mesh`` against ``bare`` is what our generated config costs beyond the two hops themselves.
+``mesh`` against ``bare`` is what our generated config costs beyond the two hops themselves;
+``mtls`` against ``mesh`` is what mutual TLS costs on the sidecar-to-sidecar hop (connections
+are long-lived HTTP/2, so this is the per-call encryption cost, not the handshake's).
 
 The server is a trivial grpc.aio generic handler in its own process (1 KB in, 1 KB out, no
 protobuf). h2load sends gRPC frames as HTTP/2 POSTs at a fixed rate (``--rps`` per connection),
@@ -29,6 +33,7 @@ mesh/bare, Envoy CPU seconds per 1000 calls (both proxies of a pair, from /proc)
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import json
 import shutil
@@ -57,13 +62,17 @@ from bench._mesh import (
     running_envoys,
     stop_processes,
 )
+from grpcmesh_control.mesh.ca import CertificateAuthority, trust_bundle
+from grpcmesh_control.mesh.certificates import node_identity
 from grpcmesh_control.mesh.model import Backend, Endpoint, GrpcSpec, MeshService
 from grpcmesh_control.mesh.translate import (
+    MeshTls,
     NodeId,
     ProxyNode,
     Registry,
     build_snapshot,
     static_bootstrap,
+    workload_secrets,
 )
 from grpcmesh_loadgen.procstat import cpu_seconds
 
@@ -71,9 +80,10 @@ REPO = Path(__file__).resolve().parents[1]
 GRPC_SERVICE = "grpcmesh.bench.Echo"
 METHOD = f"/{GRPC_SERVICE}/Call"
 CLIENT, SERVER = "bench-client", "bench-server"
-MODES = ("direct", "mesh", "bare")
+MODES = ("direct", "mesh", "mtls", "bare")
 PAIRS = {
     "mesh": ("bench-client-sidecar", "bench-server-sidecar"),
+    "mtls": ("bench-client-mtls", "bench-server-mtls"),
     "bare": ("bare-client", "bare-server"),
 }
 CONNECTIONS = 4  # h2load clients; each sends rate/CONNECTIONS per second
@@ -133,9 +143,12 @@ def _start_server(workdir: Path, payload: int) -> tuple[subprocess.Popen[bytes],
     return process, int(json.loads(ports_file.read_text())["grpc"])
 
 
-def _sidecar_bootstraps(app_port: int) -> tuple[dict[str, dict[str, Any]], int]:
+def _sidecar_bootstraps(
+    app_port: int, ca: CertificateAuthority | None = None
+) -> tuple[dict[str, dict[str, Any]], int]:
     """Static bootstraps of both sidecars, from the mesh's own translation; and the client
-    sidecar's egress port."""
+    sidecar's egress port. With ``ca``: mTLS between them, each with a certificate for its
+    identity from ``ca`` (what the control plane would send over SDS)."""
     server_inbound = free_port()
     services = [
         MeshService(CLIENT, "default", GrpcSpec(free_port(), ()), backends=(Backend(SERVER),)),
@@ -155,13 +168,21 @@ def _sidecar_bootstraps(app_port: int) -> tuple[dict[str, dict[str, Any]], int]:
         egress_port=free_port(),
         bind_address="127.0.0.1",
     )
-    configs = {
-        f"{node.id.name}-sidecar": json_format.MessageToDict(
-            static_bootstrap(build_snapshot(registry, node), admin_port=free_port()),
-            preserving_proto_field_name=True,
+    tls = None if ca is None else MeshTls()
+    configs = {}
+    for node in (client, server):
+        secrets: tuple[Any, ...] = ()
+        if ca is not None:
+            now = dt.datetime.now(dt.UTC)
+            issued = ca.issue_workload(node_identity(str(node.id)), now)
+            secrets = workload_secrets(
+                issued.cert_chain_pem(), issued.key_pem(), trust_bundle([ca.root], now)
+            )
+        bootstrap = static_bootstrap(
+            build_snapshot(registry, node, tls=tls), admin_port=free_port(), secrets=secrets
         )
-        for node in (client, server)
-    }
+        name = f"{node.id.name}-{'sidecar' if ca is None else 'mtls'}"
+        configs[name] = json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
     return configs, client.egress_port
 
 
@@ -391,20 +412,24 @@ def _summary(
         return float(statistics.median(getattr(r, field) for r in rounds if r.mode == mode))
 
     table = Table(title=f"sidecar overhead at {rate:g} calls/s (medians of rounds)")
-    for column in ("", "direct", "bare", "mesh", "Δ mesh (ms)", "Δ bare (ms)", "mesh/bare"):
+    columns = ("", "direct", "bare", "mesh", "mtls", "Δ mesh (ms)", "Δ bare (ms)", "Δ mtls (ms)")
+    for column in (*columns, "mesh/bare", "mtls/mesh"):
         table.add_column(column, justify="right")
     deltas = {}
     for field in ("p50_ms", "p90_ms", "p99_ms"):
-        direct, bare, mesh = (median(m, field) for m in ("direct", "bare", "mesh"))
+        direct, bare, mesh, mtls = (median(m, field) for m in ("direct", "bare", "mesh", "mtls"))
         deltas[field] = mesh - direct
         table.add_row(
             field.removesuffix("_ms"),
             f"{direct:.3f} ms",
             f"{bare:.3f} ms",
             f"{mesh:.3f} ms",
+            f"{mtls:.3f} ms",
             f"{mesh - direct:+.3f}",
             f"{bare - direct:+.3f}",
+            f"{mtls - direct:+.3f}",
             f"{mesh / bare:.2f}",
+            f"{mtls / mesh:.2f}",
         )
     console.print(table)
 
@@ -412,7 +437,7 @@ def _summary(
         of_mode = [r for r in rounds if r.mode == mode]
         return sum(r.envoy_cpu_s for r in of_mode) / sum(r.calls for r in of_mode) * 1e3
 
-    mesh_cpu, bare_cpu = cpu_per_1000("mesh"), cpu_per_1000("bare")
+    mesh_cpu, bare_cpu, mtls_cpu = cpu_per_1000("mesh"), cpu_per_1000("bare"), cpu_per_1000("mtls")
     # CPU-seconds per 1000 calls is vCPU at 1000 calls/s. Each call crosses two proxies;
     # Istio's per-proxy figure compares with half the sum.
     costs = Table(title="proxy cost vs goals")
@@ -438,6 +463,16 @@ def _summary(
         f"{mesh_cpu / bare_cpu:.2f}",
         f"<= {GOAL_VCPU_PER_1000}",
         verdict(mesh_cpu / 2 <= GOAL_VCPU_PER_1000),
+    )
+    mtls_dp90 = median("mtls", "p90_ms") - median("mesh", "p90_ms")
+    costs.add_row("mTLS: Δp90 against the plaintext pair", f"{mtls_dp90:+.3f} ms", "", "", "", "")
+    costs.add_row(
+        "mTLS: Envoy vCPU per 1000 calls/s, per sidecar",
+        f"{mtls_cpu / 2:.3f}",
+        "",
+        f"{mtls_cpu / mesh_cpu:.2f} (of mesh)",
+        "",
+        "",
     )
     for name, (total, anon) in rss.items():
         costs.add_row(
@@ -470,11 +505,19 @@ async def _bench(console: Console, rounds: int, seconds: float, rate: float, siz
         server, app_port = _start_server(workdir, size)
         try:
             mesh_configs, egress_port = _sidecar_bootstraps(app_port)
+            ca = CertificateAuthority.create_root(dt.datetime.now(dt.UTC))
+            mtls_configs, mtls_port = _sidecar_bootstraps(app_port, ca)
             bare_configs, bare_port = _bare_bootstraps(app_port)
-            with running_envoys({**mesh_configs, **bare_configs}, workdir, concurrency=1) as envoys:
+            configs = {**mesh_configs, **mtls_configs, **bare_configs}
+            with running_envoys(configs, workdir, concurrency=1) as envoys:
                 for envoy in envoys.values():
                     envoy.wait_ready()
-                targets = {"direct": app_port, "mesh": egress_port, "bare": bare_port}
+                targets = {
+                    "direct": app_port,
+                    "mesh": egress_port,
+                    "mtls": mtls_port,
+                    "bare": bare_port,
+                }
                 pair = {m: [envoys[n] for n in names] for m, names in PAIRS.items()}
 
                 def one(mode: str, length: float) -> Round:

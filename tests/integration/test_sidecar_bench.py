@@ -1,6 +1,7 @@
 """``bench/sidecar_overhead.py`` runs end to end (not timed: the benchmark measures, this test
-only proves it works): h2load against the server direct, the mesh's generated sidecar pair and
-a bare Envoy pair, with the gRPC check on every path before and after the rounds."""
+only proves it works): h2load against the server direct, the mesh's generated sidecar pair
+(plaintext and mTLS) and a bare Envoy pair, with the gRPC check on every path before and after
+the rounds."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from tests.shared import REPO
 
 
-def test_the_sidecar_benchmark_measures_all_three_paths() -> None:
+def test_the_sidecar_benchmark_measures_all_four_paths() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.sidecar_overhead", "--rounds", "1", "--seconds", "0.5",
          "--rate", "100"],
@@ -22,9 +23,9 @@ def test_the_sidecar_benchmark_measures_all_three_paths() -> None:
         check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for mode in ("direct", "mesh", "bare"):
+    for mode in ("direct", "mesh", "mtls", "bare"):
         assert f": {mode}" in run.stdout, run.stdout
     failed = re.findall(r"round \d+: +\w+ .* failed (\d+)", run.stdout)
-    assert len(failed) == 3 and set(failed) == {"0"}, run.stdout
+    assert len(failed) == 4 and set(failed) == {"0"}, run.stdout
     assert "some calls failed" not in run.stdout
-    assert "mesh/bare" in run.stdout
+    assert "mesh/bare" in run.stdout and "mtls/mesh" in run.stdout
