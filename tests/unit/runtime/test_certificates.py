@@ -5,21 +5,29 @@ issuance, forgotten on disconnect; the settings refuse bad values naming the kno
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from grpcmesh_control.local.controlplane import certificates_from_env
+from grpcmesh_control.local.controlplane import (
+    ControlPlane,
+    ControlPlaneSettings,
+    certificates_from_env,
+)
 from grpcmesh_control.mesh.ca import CertificateAuthority, spiffe_ids
 from grpcmesh_control.mesh.certificates import (
     CertificateSettings,
     WorkloadCertificates,
     node_identity,
 )
+from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.model.identity import SpiffeId
-from grpcmesh_control.mesh.xds import SnapshotCache
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from grpcmesh_control.mesh.xds import LISTENER, SnapshotCache
 
 START = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
 NODE = "sidecar~orders~0"
@@ -159,3 +167,38 @@ def test_settings_from_env() -> None:
         }
     )
     assert settings == CertificateSettings(dt.timedelta(seconds=90), 0.25, "shop.example")
+
+
+def test_without_mtls_the_control_plane_keeps_no_ca_and_serves_plaintext(
+    tmp_path: Path, example_files: dict[str, bytes], catalog: MethodCatalog
+) -> None:
+    (tmp_path / "resources").mkdir()
+    for name, content in example_files.items():
+        (tmp_path / "resources" / name).write_bytes(content)
+    plain = ControlPlane(ControlPlaneSettings(tmp_path, certificates=None), catalog=catalog)
+    plain.sources.reload()
+    plain.publisher.rebuild()
+    plain.cache.connected(NODE, ProxyNode(NodeId.sidecar("orders", "0")).metadata())
+    assert plain.host.certificates is None and cache_has_no_secrets(plain, NODE)
+    assert not (tmp_path / "ca").exists()
+    assert not _inbound(plain).filter_chains[0].HasField("transport_socket")
+
+    mtls = ControlPlane(ControlPlaneSettings(tmp_path), catalog=catalog)
+    mtls.sources.reload()
+    mtls.publisher.rebuild()
+    mtls.cache.connected(NODE, ProxyNode(NodeId.sidecar("orders", "0")).metadata())
+    assert (tmp_path / "ca" / "tls.key").stat().st_mode & 0o077 == 0
+    assert mtls.cache.node_secrets(NODE) is not None
+    assert _inbound(mtls).filter_chains[0].transport_socket.name == "envoy.transport_sockets.tls"
+
+
+def _inbound(control_plane: ControlPlane) -> listener_pb2.Listener:
+    snapshot = control_plane.cache.config_snapshot(NODE)
+    assert snapshot is not None
+    inbound = listener_pb2.Listener()
+    assert snapshot.of(LISTENER).resources["inbound"].Unpack(inbound)
+    return inbound
+
+
+def cache_has_no_secrets(control_plane: ControlPlane, node: str) -> bool:
+    return control_plane.cache.node_secrets(node) is None
