@@ -27,8 +27,9 @@ xDS cache.
   snapshot, which would cut the in-flight calls of a replica that is about to be stopped anyway.
 - A node whose id or metadata breaks the naming conventions gets nothing, and a problem.
 
-Everything in a group's snapshot is shared by its nodes. What must differ per node (for example
-certificates) has no place in it: it would go out beside the group's resources, per node.
+Everything in a group's snapshot is shared by its nodes. What must differ per node (its
+certificates) has no place in it: ``mesh.certificates`` serves those beside the group's
+resources, per node (``SnapshotCache.set_node_secrets``).
 """
 
 from __future__ import annotations

@@ -137,9 +137,12 @@ class SnapshotCache:
         return self._secrets.get(node_id)
 
     def forget_node_secrets(self, node_id: str) -> None:
-        """Drop a node's secrets (it is gone); a node that comes back is issued new ones."""
+        """Drop a node's secrets (it is gone: no stream of it waits); a node that comes back
+        is issued new ones, and a stream of it starts counting generations from 0 again."""
         self._secrets.pop(node_id, None)
         self._views.pop(node_id, None)
+        self._node_generation.pop(node_id, None)
+        self._node_changed.pop(node_id, None)
 
     def node_generation(self, node_id: str) -> int:
         """Grows whenever the node's view may have changed (its group's snapshot or its own
