@@ -122,6 +122,27 @@ CASES = (
         enclosing="spec.methods",
     ),
     _case(
+        "authorization-of-another-service",
+        "payments",
+        set_field(
+            "spec.authorization",
+            {"rules": [{"from": {"services": ["orders"]}, "to": [{"service": _ORDERS}]}]},
+        ),
+        "spec.authorization.rules[0].to[0].service",
+        "each rule's to[].service must be one of spec.grpc.services",
+        ("spec", 2),
+        enclosing="spec.authorization.rules",
+    ),
+    _case(
+        "authorization-from-nobody",
+        "payments",
+        set_field("spec.authorization", {"rules": [{"from": {"ingress": False}}]}),
+        "spec.authorization.rules[0].from",
+        "each rule's from must name services, namespaces or the ingress",
+        "spec.authorization.rules",
+        enclosing="spec.authorization.rules",
+    ),
+    _case(
         "env-value-and-value-from",
         "inventory",
         set_field("spec.workload.env", [{**_ENV_VALUE, "valueFrom": _SECRET}]),
@@ -464,6 +485,24 @@ def _largest_document() -> Doc:
             "versions": [{"name": f"v{i}", "weight": 100 if i == 0 else 0} for i in range(8)],
             "methods": methods,
             "config": {f"{i:03d}{'k' * 250}": "x" for i in range(256)},
+            "authorization": {
+                "rules": [
+                    {
+                        "from": {
+                            "services": [f"{'n' * 60}{i:03d}/{'s' * 60}{i:03d}"],
+                            "namespaces": [f"{'n' * 60}{i:03d}"],
+                            "ingress": True,
+                        },
+                        "to": [
+                            # The rule checking to[].service walks every rule's list at its
+                            # bound; the other lists there cost the rules nothing.
+                            {"service": services[j], "methods": ["M" * 128]}
+                            for j in range(32)
+                        ],
+                    }
+                    for i in range(32)
+                ]
+            },
             "workload": {
                 "image": "app",
                 "env": [{"name": f"E{i:03d}{'e' * 249}", "value": "v"} for i in range(128)],

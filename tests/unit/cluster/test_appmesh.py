@@ -237,3 +237,13 @@ def test_fault_injection_is_refused_naming_the_field(
     assert (
         render_problems(parse_mesh_service(doc, catalog=catalog), appmesh_settings, catalog) == ()
     )
+
+
+def test_authorization_is_refused_naming_the_field(
+    example_docs: dict[str, Any], appmesh_settings: OperatorSettings, catalog: MethodCatalog
+) -> None:
+    doc = example_docs["payments"]
+    doc["spec"]["authorization"] = {"rules": [{"from": {"services": ["orders"]}}]}
+    problems = render_problems(parse_mesh_service(doc, catalog=catalog), appmesh_settings, catalog)
+    assert [p.path for p in problems] == ["spec.authorization"]
+    assert "appmesh provider cannot enforce authorization" in problems[0].reason

@@ -12,7 +12,8 @@ import grpcmesh_control.mesh.translate as translate
 def test_model_all() -> None:
     assert sorted(model.__all__) == sorted(
         [
-            "API_VERSION", "CRD_PATH", "KIND", "Backend", "CircuitBreaker", "Endpoint", "EnvVar",
+            "API_VERSION", "CRD_PATH", "KIND", "AllowedCalls", "Authorization",
+            "AuthorizationRule", "Backend", "Callers", "CircuitBreaker", "Endpoint", "EnvVar",
             "ExternalHost", "FaultAbort", "FaultDelay", "FaultInjection", "FieldError",
             "GrpcCode", "GrpcSpec", "Idempotency", "InvalidResource", "KeyRef",
             "LoadBalancer", "MeshService", "MethodCatalog", "MethodInfo", "MethodPolicy",

@@ -99,6 +99,14 @@ def appmesh_problems(
                 "the appmesh provider cannot inject faults (App Mesh routes have no fault "
                 "injection); use the envoy provider",
             )
+    # App Mesh's only caller control is a VirtualNode's backends (who the caller may reach);
+    # a VirtualNode cannot say who may call it, let alone which methods.
+    if svc.authorization is not None:
+        yield FieldError(
+            "spec.authorization",
+            "the appmesh provider cannot enforce authorization (an App Mesh VirtualNode does "
+            "not choose its callers or their methods); use the envoy provider",
+        )
     routes = route_policies(svc, catalog or MethodCatalog())
     if len(routes) > _PRIORITY_MAX + 1:
         yield FieldError(

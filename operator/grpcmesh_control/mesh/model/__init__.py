@@ -5,7 +5,11 @@ from grpcmesh_control.mesh.errors import FieldError, InvalidResource
 from grpcmesh_control.mesh.model.catalog import Idempotency, MethodCatalog, MethodInfo, ServiceInfo
 from grpcmesh_control.mesh.model.durations import format_duration, parse_duration
 from grpcmesh_control.mesh.model.mesh import (
+    AllowedCalls,
+    Authorization,
+    AuthorizationRule,
     Backend,
+    Callers,
     CircuitBreaker,
     Endpoint,
     EnvVar,
@@ -42,7 +46,11 @@ __all__ = [
     "API_VERSION",
     "CRD_PATH",
     "KIND",
+    "AllowedCalls",
+    "Authorization",
+    "AuthorizationRule",
     "Backend",
+    "Callers",
     "CircuitBreaker",
     "Endpoint",
     "EnvVar",

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
+    "INGRESS_SERVICE_ACCOUNT",
     "LOCAL_NAMESPACE",
     "SpiffeId",
+    "ingress_identity",
+    "namespace_identities",
     "service_account_name",
     "validate_trust_domain",
     "workload_identity",
@@ -99,3 +102,21 @@ def workload_identity(
     """The identity of MeshService ``namespace/service``'s workload, in either mode: a cluster
     passes the MeshService's namespace; local mode keeps the default namespace."""
     return SpiffeId(trust_domain, namespace, service_account_name(service))
+
+
+INGRESS_SERVICE_ACCOUNT = "grpcmesh-ingress"
+"""The ServiceAccount the ingress gateway runs under: what authorization rules name as
+``from.ingress``."""
+
+
+def ingress_identity(
+    namespace: str = LOCAL_NAMESPACE, trust_domain: str = DEFAULT_TRUST_DOMAIN
+) -> SpiffeId:
+    """The ingress gateway's identity, in the namespace it runs in (local mode: the default)."""
+    return SpiffeId(trust_domain, namespace, INGRESS_SERVICE_ACCOUNT)
+
+
+def namespace_identities(namespace: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
+    """A regular expression (RE2, full match) for every workload identity of ``namespace``."""
+    SpiffeId(trust_domain, namespace, "x")  # validates both parts
+    return f"{re.escape(_SCHEME + trust_domain)}/ns/{re.escape(namespace)}/sa/[^/]+"

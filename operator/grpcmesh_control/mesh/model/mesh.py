@@ -13,7 +13,11 @@ from datetime import timedelta
 from enum import StrEnum
 
 __all__ = [
+    "AllowedCalls",
+    "Authorization",
+    "AuthorizationRule",
     "Backend",
+    "Callers",
     "CircuitBreaker",
     "Endpoint",
     "EnvVar",
@@ -281,6 +285,39 @@ class GrpcSpec:
 
 
 @dataclass(frozen=True)
+class Callers:
+    """Who a rule allows: MeshServices (``name`` in the callee's namespace, or
+    ``namespace/name``), every workload of some namespaces, and/or the ingress gateway."""
+
+    services: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    ingress: bool = False
+
+
+@dataclass(frozen=True)
+class AllowedCalls:
+    """Methods of one of the callee's gRPC services; no ``methods`` means all of them."""
+
+    service: str
+    methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthorizationRule:
+    """``callers`` may call ``to``; an empty ``to`` is every method of the callee."""
+
+    callers: Callers
+    to: tuple[AllowedCalls, ...] = ()
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """Deny by default: a call is allowed when any rule allows it (no rules: none is)."""
+
+    rules: tuple[AuthorizationRule, ...] = ()
+
+
+@dataclass(frozen=True)
 class MeshService:
     """A parsed, validated MeshService.
 
@@ -301,6 +338,8 @@ class MeshService:
     traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)
     methods: tuple[MethodPolicy, ...] = ()
     config: tuple[tuple[str, str], ...] = ()
+    authorization: Authorization | None = None
+    """Who may call it (``spec.authorization``); ``None``: every mesh caller may."""
     generation: int | None = None
 
     @property

@@ -26,7 +26,11 @@ from grpcmesh_control.mesh.model.catalog import MethodCatalog
 from grpcmesh_control.mesh.model.durations import DURATION_PATTERN, parse_duration
 from grpcmesh_control.mesh.model.mesh import (
     DEFAULT_VERSION,
+    AllowedCalls,
+    Authorization,
+    AuthorizationRule,
     Backend,
+    Callers,
     CircuitBreaker,
     Endpoint,
     EnvVar,
@@ -213,6 +217,9 @@ def _semantic_errors(body: Doc, catalog: MethodCatalog | None) -> Iterator[Field
     yield from _duplicates("spec.methods", [m["name"] for m in spec.get("methods", [])])
     for i, method in enumerate(spec.get("methods", [])):
         yield from _method_errors(f"spec.methods[{i}].name", method["name"], services, catalog)
+    authorization = spec.get("authorization")
+    if authorization is not None:
+        yield from _authorization_errors(authorization, services, catalog)
     versions = spec.get("versions")
     if versions is not None:
         yield from _duplicates("spec.versions", [v["name"] for v in versions])
@@ -397,6 +404,31 @@ def _method_errors(
         yield FieldError(path, f"{service} has no method {method} (it has: {known})")
 
 
+def _authorization_errors(
+    authorization: Doc, services: Sequence[str], catalog: MethodCatalog | None
+) -> Iterator[FieldError]:
+    for i, rule in enumerate(authorization["rules"]):
+        path = f"spec.authorization.rules[{i}]"
+        callers = rule["from"]
+        if not (callers.get("services") or callers.get("namespaces") or callers.get("ingress")):
+            yield FieldError(f"{path}.from", "name services, namespaces or the ingress")
+        yield from _duplicates(f"{path}.from.services", callers.get("services", []))
+        yield from _duplicates(f"{path}.from.namespaces", callers.get("namespaces", []))
+        yield from _duplicates(f"{path}.to", [t["service"] for t in rule.get("to", [])])
+        for j, allowed in enumerate(rule.get("to", [])):
+            service = allowed["service"]
+            if service not in services:
+                yield FieldError(
+                    f"{path}.to[{j}].service", f"{service} is not one of spec.grpc.services"
+                )
+                continue
+            yield from _duplicates(f"{path}.to[{j}].methods", allowed.get("methods", []))
+            for k, method in enumerate(allowed.get("methods", [])):
+                yield from _method_errors(
+                    f"{path}.to[{j}].methods[{k}]", f"{service}/{method}", services, catalog
+                )
+
+
 # --- conversion (documents are valid by now) ---------------------------------------------------
 
 
@@ -423,6 +455,26 @@ def _build(body: Doc) -> MeshService:
         traffic_policy=_traffic_policy(spec.get("trafficPolicy", {})),
         methods=tuple(_method(m) for m in spec.get("methods", [])),
         config=tuple(sorted(spec.get("config", {}).items())),
+        authorization=_authorization(spec["authorization"]) if "authorization" in spec else None,
+    )
+
+
+def _authorization(doc: Doc) -> Authorization:
+    return Authorization(
+        rules=tuple(
+            AuthorizationRule(
+                callers=Callers(
+                    services=tuple(rule["from"].get("services", [])),
+                    namespaces=tuple(rule["from"].get("namespaces", [])),
+                    ingress=rule["from"].get("ingress", False),
+                ),
+                to=tuple(
+                    AllowedCalls(t["service"], tuple(t.get("methods", [])))
+                    for t in rule.get("to", [])
+                ),
+            )
+            for rule in doc["rules"]
+        )
     )
 
 

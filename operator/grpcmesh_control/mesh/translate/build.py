@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import fields
 
 from grpcmesh_control.mesh.errors import UnknownNode
-from grpcmesh_control.mesh.model.mesh import MeshService, MtlsMode
+from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.mesh import MeshService
 from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.authorization import authorization_filter
 from grpcmesh_control.mesh.translate.clusters import (
     collector_cluster,
     external_cluster,
@@ -74,9 +76,11 @@ class _Fresh:
         return service_clusters(svc, self.tls), _assignments(registry, svc)
 
     def sidecar_parts(
-        self, node: ProxyNode, app_port: int, mode: MtlsMode = MtlsMode.STRICT
+        self, node: ProxyNode, app_port: int, svc: MeshService, catalog: MethodCatalog
     ) -> tuple[e.cluster_pb2.Cluster, Listeners]:
-        listeners = (inbound_listener(node, app_port, self.tls, mode), egress_listener(node))
+        authorization = authorization_filter(svc, catalog, self.tls)
+        inbound = inbound_listener(node, app_port, self.tls, svc.mtls, authorization)
+        listeners = (inbound, egress_listener(node))
         return inbound_cluster(app_port, node.local_address), listeners
 
 
@@ -119,16 +123,17 @@ class SnapshotBuilder(_Fresh):
         return clusters, assignments
 
     def sidecar_parts(
-        self, node: ProxyNode, app_port: int, mode: MtlsMode = MtlsMode.STRICT
+        self, node: ProxyNode, app_port: int, svc: MeshService, catalog: MethodCatalog
     ) -> tuple[e.cluster_pb2.Cluster, Listeners]:
         rest = tuple(getattr(node, f.name) for f in fields(node) if f.name != "id")
-        key: _NodeKey = (node.id.kind, node.id.name, rest, app_port, mode)
+        authorization = _authorization_key(svc, catalog)
+        key: _NodeKey = (node.id.kind, node.id.name, rest, app_port, svc.mtls, authorization)
         known = self._nodes.get(key)
         if known is not None:
             return known
         if len(self._nodes) >= self.MAX_NODE_SHAPES:
             self._drop_nodes()
-        parts = self._nodes[key] = super().sidecar_parts(node, app_port, mode)
+        parts = self._nodes[key] = super().sidecar_parts(node, app_port, svc, catalog)
         self._packs.add([parts[0], *parts[1]])
         return parts
 
@@ -144,13 +149,21 @@ class SnapshotBuilder(_Fresh):
         self._nodes.clear()
 
 
+def _authorization_key(svc: MeshService, catalog: MethodCatalog) -> object:
+    """What ``authorization_filter`` reads: the rules, the namespace, the services' methods."""
+    if svc.authorization is None:
+        return None
+    methods = tuple(catalog.methods(service) for service in svc.grpc.services)
+    return (svc.authorization, svc.namespace, svc.grpc.services, methods)
+
+
 def _observability_clusters(node: ProxyNode) -> list[e.cluster_pb2.Cluster]:
     return [] if node.otlp_collector is None else [collector_cluster(node.otlp_collector)]
 
 
 def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService, parts: _Fresh) -> Snapshot:
     app_port = node.app_port or svc.grpc.port
-    inbound, listeners = parts.sidecar_parts(node, app_port, svc.mtls)
+    inbound, listeners = parts.sidecar_parts(node, app_port, svc, registry.catalog)
     clusters = [inbound, *_observability_clusters(node)]
     endpoints = []
     for backend in registry.resolved_backends(svc):

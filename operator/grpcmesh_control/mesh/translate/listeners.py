@@ -210,12 +210,16 @@ def inbound_listener(
     app_port: int,
     tls: MeshTls | None = None,
     mode: MtlsMode = MtlsMode.STRICT,
+    authorization: hcm_pb2.HttpFilter | None = None,
 ) -> e.listener_pb2.Listener:
     """``<bind>:<inbound port>`` -> the app; routes inline, they only change with the app port.
 
     With ``tls``: mutual TLS required (``tls.downstream_transport_socket``); PERMISSIVE keeps a
-    plaintext chain beside it, chosen per connection by the TLS inspector."""
+    plaintext chain beside it, chosen per connection by the TLS inspector. ``authorization``
+    (``translate.authorization``) decides who may call, before the router."""
     hcm = _hcm(INBOUND, node)
+    if authorization is not None:
+        hcm.http_filters.insert(0, authorization)
     hcm.route_config.CopyFrom(inbound_route_config(app_port))
     hcm.local_reply_config.mappers.append(_not_delivered_marker())
     listener = _listener(INBOUND, node.bind_address, node.inbound_port, hcm, Direction.INBOUND)
