@@ -31,6 +31,7 @@ from grpcmesh_control.mesh.translate.authorization import authorization_filter, 
 from grpcmesh_control.mesh.translate.clusters import inbound_cluster
 from grpcmesh_control.mesh.translate.listeners import inbound_listener
 from grpcmesh_control.mesh.translate.naming import NodeId, ProxyNode
+from grpcmesh_control.observability.signals import EnvoyMetric
 from tests.integration.test_control_plane_envoy import envoy_binary
 from tests.loopback import LOCALHOST, free_port, poll
 from tests.unit.examples import example_doc
@@ -171,9 +172,13 @@ def _ready(admin: int) -> bool:
         return False
 
 
+def _admin_get(admin: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://{LOCALHOST}:{admin}{path}", timeout=5) as r:
+        return str(r.read().decode())
+
+
 def _stats(admin: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://{LOCALHOST}:{admin}/stats?filter=rbac", timeout=5) as r:
-        lines = r.read().decode().splitlines()
+    lines = _admin_get(admin, "/stats?filter=rbac").splitlines()
     return {k: int(v) for k, _, v in (line.partition(": ") for line in lines) if v.isdigit()}
 
 
@@ -228,7 +233,7 @@ async def test_only_what_the_rules_allow_reaches_the_app(
     assert await call(address, ca, None, charge) == grpc.StatusCode.UNAVAILABLE
     assert app.reached == [charge, get, HEALTH]
 
-    stats = _stats(admin)
+    stats = await asyncio.to_thread(_stats, admin)
     prefix = "http.inbound.rbac.authz_denied.policy."
     denied = {
         name.removeprefix(prefix).removesuffix(".shadow_denied"): count
@@ -236,9 +241,13 @@ async def test_only_what_the_rules_allow_reaches_the_app(
         if name.startswith(prefix) and name.endswith(".shadow_denied") and count
     }
     assert denied == {
-        denial_policy_name("orders", f"{PAYMENTS}/GetPayment"): 1,
-        denial_policy_name("other", f"{PAYMENTS}/Charge"): 1,
-        denial_policy_name("ingress", f"{PAYMENTS}/Charge"): 1,
+        denial_policy_name("orders", "PaymentService/GetPayment"): 1,
+        denial_policy_name("other", "PaymentService/Charge"): 1,
+        denial_policy_name("ingress", "PaymentService/Charge"): 1,
     }
     assert stats["http.inbound.rbac.authz.denied"] == 3
     assert stats["http.inbound.rbac.authz.allowed"] == 3
+    # What Prometheus scrapes: the policy name as a label of the metric the alert reads.
+    exported = await asyncio.to_thread(_admin_get, admin, "/stats/prometheus")
+    label = denial_policy_name("orders", "PaymentService/GetPayment")
+    assert f'{EnvoyMetric.RBAC_POLICY_SHADOW_DENIED}{{envoy_rbac_policy_name="{label}"' in exported

@@ -39,6 +39,11 @@ from prometheus_client import start_http_server
 
 from grpcmesh_control.host.metrics import ControlPlaneMetrics, XdsType
 from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.translate.authorization import (
+    DENIED_STAT_PREFIX,
+    RBAC_FILTER,
+    denial_policy_name,
+)
 from grpcmesh_control.observability import (
     AppTarget,
     ControlPlaneTarget,
@@ -189,7 +194,8 @@ def exporters() -> Iterator[Exporters]:
 
 def envoy_bootstrap(admin: int, listener: int, payments: int, refusing: int, xds: int) -> str:
     """orders' sidecar, as far as stats go: ``payments|v1`` answers (it is the payments app's
-    HTTP /metrics), ``catalog|v1`` refuses connections (5xx, retries); ADS points at a port
+    HTTP /metrics), ``catalog|v1`` refuses connections (5xx, retries) and its calls count as
+    authorization denials (shadow only); ADS points at a port
     nobody serves (``control_plane.connected_state`` 0, config fetch times out after 1 s)."""
 
     def cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
@@ -216,12 +222,31 @@ def envoy_bootstrap(admin: int, listener: int, payments: int, refusing: int, xds
         ".v3.HttpConnectionManager",
         "stat_prefix": "egress",
         "http_filters": [
+            # Counts (never enforces) every call to catalog as a denial of an unnamed caller,
+            # in the shape translate.authorization gives its policies.
+            {
+                "name": RBAC_FILTER,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                    "shadow_rules_stat_prefix": DENIED_STAT_PREFIX,
+                    "track_per_rule_stats": True,
+                    "shadow_rules": {
+                        "action": "DENY",
+                        "policies": {
+                            denial_policy_name("other", "CatalogService/GetProduct"): {
+                                "permissions": [{"url_path": {"path": {"prefix": "/catalog"}}}],
+                                "principals": [{"any": True}],
+                            }
+                        },
+                    },
+                },
+            },
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
                 },
-            }
+            },
         ],
         "route_config": {
             "virtual_hosts": [

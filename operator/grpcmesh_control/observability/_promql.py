@@ -67,3 +67,8 @@ def by(aggregation: str, labels: Iterable[str], expr: str) -> str:
 def histogram_quantile(quantile: float, buckets: str, window: str, labels: Sequence[str]) -> str:
     """The ``quantile`` of a classic histogram's ``*_bucket`` series, grouped by ``labels``."""
     return f"histogram_quantile({quantile:g}, {by('sum', (*labels, 'le'), rate(buckets, window))})"
+
+
+def label_from(expr: str, label: str, source: str, pattern: str) -> str:
+    """``expr`` with ``label`` set to the first group of ``pattern`` (anchored) on ``source``."""
+    return f'label_replace({expr}, {_quote(label)}, "$1", {_quote(source)}, {_quote(pattern)})'

@@ -38,6 +38,7 @@ from grpcmesh_control.observability.signals import (
     Side,
     app,
     control_plane,
+    denied_calls,
     envoy,
     server_fault,
 )
@@ -81,6 +82,7 @@ class Alert(StrEnum):
     SNAPSHOT_REBUILD_FAILING = "GrpcmeshSnapshotRebuildFailing"
     INVALID_RESOURCES = "GrpcmeshInvalidResources"
     TARGET_DOWN = "GrpcmeshTargetDown"
+    CALLS_DENIED = "GrpcmeshCallsDenied"
 
 
 @dataclass(frozen=True)
@@ -333,6 +335,21 @@ def _mesh_alerts() -> list[dict[str, Any]]:
                 "description": (
                     "The control plane ignores invalid MeshService/endpoint files and keeps their "
                     "last valid content. GET /status lists the problems by file and field."
+                ),
+            },
+        },
+        {
+            "alert": Alert.CALLS_DENIED.value,
+            "expr": denied_calls("5m") + " > 0",
+            "labels": {"severity": Severity.WARNING.value},
+            "annotations": {
+                "summary": "{{ $labels.caller }} was refused {{ $labels.method }} on "
+                "{{ $labels.service }}",
+                "description": (
+                    "{{ $value }} calls in the last 5 minutes that no rule of the service's "
+                    "spec.authorization allows ended PERMISSION_DENIED at its sidecar: a caller "
+                    'missing from the rules, or one that should not call at all. "other" is '
+                    "any caller the rules do not name."
                 ),
             },
         },

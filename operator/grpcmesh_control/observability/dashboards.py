@@ -44,6 +44,7 @@ from grpcmesh_control.observability.signals import (
     Side,
     app,
     control_plane,
+    denied_calls,
     envoy,
     server_fault,
 )
@@ -809,6 +810,18 @@ def envoy_dashboard() -> model.Dashboard:
                 width=12,
             )
         )
+        .with_row(_row("Authorization"))
+        .with_panel(
+            _timeseries(
+                "Denied calls",
+                "Calls a sidecar refused (PERMISSION_DENIED) because no rule of the called "
+                "service's spec.authorization allows them, per window. Legend: called service ← "
+                "caller (other: any caller the rules do not name): method.",
+                _Unit.COUNT,
+                _Target(denied_calls(RATE_INTERVAL), "{{service}} ← {{caller}}: {{method}}"),
+                width=24,
+            )
+        )
     )
     return _finish(board)
 
@@ -840,9 +853,10 @@ def all_queries(dashboards: Iterable[model.Dashboard]) -> list[PanelQuery]:
 
 
 def for_prometheus(expr: str, *, rate_interval: str = "1m") -> str:
-    """``expr`` as Grafana would send it, with its variables replaced."""
+    """``expr`` as Grafana would send it, with its variables replaced. ``$1`` is label_replace's
+    reference to a group, not a variable (Grafana leaves names it does not know alone)."""
     expanded = expr.replace(RATE_INTERVAL, rate_interval)
-    if "$" in expanded:
+    if re.search(r"\$(?!\d)", expanded):
         raise ValueError(f"unexpanded Grafana variable in {expr!r}")
     return expanded
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from grpcmesh_control.mesh.translate.authorization import DENIED_STAT_PREFIX
 from grpcmesh_control.observability import _promql as q
-from grpcmesh_control.observability.scrape import Job
+from grpcmesh_control.observability.scrape import Job, Label
 
 __all__ = [
     "ENVOY_INTERNAL_CLUSTERS",
@@ -75,6 +76,8 @@ class EnvoyMetric(StrEnum):
     EJECTIONS_ACTIVE = "envoy_cluster_outlier_detection_ejections_active"
     MEMBERSHIP_HEALTHY = "envoy_cluster_membership_healthy"
     MEMBERSHIP_TOTAL = "envoy_cluster_membership_total"
+    RBAC_POLICY_SHADOW_DENIED = "envoy_http_rbac_policy_shadow_denied"
+    """Per shadow policy; authorization's name one per caller and method it refuses."""
 
 
 ENVOY_INTERNAL_CLUSTERS = ("xds_cluster", "admin")
@@ -112,6 +115,23 @@ def app(metric: str, *matchers: q.Matcher) -> str:
 
 def envoy(metric: str, *matchers: q.Matcher) -> str:
     return q.selector(metric, q.eq("job", Job.ENVOY), *matchers)
+
+
+def denied_calls(window: str) -> str:
+    """Calls a sidecar refused under ``spec.authorization`` in ``window``, by the called
+    ``service`` and the ``caller`` and ``method`` its policy names
+    (``translate.authorization.denial_policy_name``)."""
+    denied = q.increase(
+        envoy(
+            EnvoyMetric.RBAC_POLICY_SHADOW_DENIED,
+            q.eq("envoy_rbac_http_prefix", DENIED_STAT_PREFIX.rstrip(".")),
+        ),
+        window,
+    )
+    policy = "envoy_rbac_policy_name"
+    with_caller = q.label_from(denied, "caller", policy, "caller=(\\S+) method=.*")
+    with_method = q.label_from(with_caller, "method", policy, "caller=\\S+ method=(.*)")
+    return q.by("sum", (Label.SERVICE.value, "caller", "method"), with_method)
 
 
 def control_plane(metric: str, *matchers: q.Matcher) -> str:

@@ -202,14 +202,28 @@ def test_denials_are_counted_per_caller_and_method(catalog: MethodCatalog) -> No
     config = rbac(parse_mesh_service(doc), catalog)
     assert config.shadow_rules.action == rbac_pb2.RBAC.DENY
     assert config.track_per_rule_stats
-    methods = [f"{PAYMENTS}/{m.name}" for m in catalog.methods(PAYMENTS)]
-    assert methods == [f"{PAYMENTS}/Charge", f"{PAYMENTS}/GetPayment", f"{PAYMENTS}/Refund"]
+    assert [m.name for m in catalog.methods(PAYMENTS)] == ["Charge", "GetPayment", "Refund"]
+    # Envoy makes a label of a policy name only without dots: the service without its package.
+    methods = ["PaymentService/Charge", "PaymentService/GetPayment", "PaymentService/Refund"]
     expected = {
         denial_policy_name(caller, method)
         for caller in ("orders", "ingress", "other")
         for method in [*methods, "other"]
     }
     assert set(config.shadow_rules.policies) == expected
+    assert not any("." in name for name in config.shadow_rules.policies)
+
+
+def test_services_sharing_a_name_keep_their_package_in_denial_names(
+    catalog: MethodCatalog,
+) -> None:
+    doc = payments_with({"rules": [{"from": {"ingress": True}}]})
+    doc["spec"]["grpc"]["services"] = [PAYMENTS, "legacy.v1.PaymentService"]
+    config = rbac(parse_mesh_service(doc), catalog)
+    names = set(config.shadow_rules.policies)
+    assert denial_policy_name("other", "grpcmesh_shop_v1_PaymentService/Charge") in names
+    assert denial_policy_name("other", "legacy_v1_PaymentService/*") in names
+    assert not any("." in name for name in names)
 
 
 def test_no_authorization_leaves_the_inbound_listener_open(registry: Registry) -> None:

@@ -6,11 +6,13 @@ inbound listener required), its methods on the gRPC path. Health checks are alwa
 A denied call ends with HTTP 403, which Envoy answers a gRPC caller as PERMISSION_DENIED.
 
 Accounting (shadow rules, action DENY, never enforced): one policy per (caller, method) that the
-rules do not allow, named ``caller=<who> method=<package.Service/Method>``, so Envoy's
+rules do not allow, named ``caller=<who> method=<Service/Method>``, so Envoy's
 ``envoy_http_rbac_policy_shadow_denied{envoy_rbac_policy_name=...}`` counts denials per caller
-and method. ``<who>`` is a caller the rules name (``orders``, ``shop/orders``,
-``namespace:shop``, ``ingress``) or ``other``; methods come from the catalog (per gRPC service
-when its protos are unknown, and ``other`` for a path none of them covers).
+and method. ``<who>`` is a caller the rules name (``orders``, ``shop/orders``, ``ns/shop/*``,
+``ingress``) or ``other``; methods come from the catalog (``Service/*`` for the rest of a
+service whose protos are unknown, ``other`` for a path none of them covers). Envoy turns a
+policy name into a label only when it has no dot, so the service is named without its package
+(with dots as ``_`` where two services of one MeshService share a name).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def _callers(
     for namespace in callers.namespaces:
         pattern = namespace_identities(namespace, trust.trust_domain)
         regex = regex_pb2.RegexMatcher(regex=pattern)
-        named.append((f"namespace:{namespace}", _peer(string_pb2.StringMatcher(safe_regex=regex))))
+        named.append((f"ns/{namespace}/*", _peer(string_pb2.StringMatcher(safe_regex=regex))))
     if callers.ingress:
         identity = ingress_identity(trust.ingress_namespace, trust.trust_domain)
         named.append(("ingress", _peer(string_pb2.StringMatcher(exact=identity.uri))))
@@ -184,6 +186,7 @@ def _targets(
     catalog knows or a rule names; for a service whose protos are unknown, also the rest of
     it as one (method ``None``)."""
     out: list[tuple[str, rbac_pb2.Permission, str, str | None]] = []
+    short = _short_names(svc.grpc.services)
     for service in svc.grpc.services:
         named = {
             method
@@ -193,7 +196,9 @@ def _targets(
             for method in allowed.methods
         }
         methods = sorted({m.name for m in catalog.methods(service)} | named)
-        out += [(f"{service}/{m}", _path_exact(f"/{service}/{m}"), service, m) for m in methods]
+        out += [
+            (f"{short[service]}/{m}", _path_exact(f"/{service}/{m}"), service, m) for m in methods
+        ]
         if not catalog.knows(service):
             rest = _path_prefix(service)
             if methods:
@@ -203,8 +208,18 @@ def _targets(
                         rules=[rest, rbac_pb2.Permission(not_rule=listed)]
                     )
                 )
-            out.append((f"{service}/*", rest, service, None))
+            out.append((f"{short[service]}/*", rest, service, None))
     return out
+
+
+def _short_names(services: Sequence[str]) -> dict[str, str]:
+    """Each gRPC service's name without its package, or in full with ``_`` for dots where two
+    share one: a policy name (and so a metric label) must hold no dot."""
+    last = [service.rpartition(".")[2] for service in services]
+    return {
+        service: name if last.count(name) == 1 else service.replace(".", "_")
+        for service, name in zip(services, last, strict=True)
+    }
 
 
 def _accounting(
