@@ -14,6 +14,7 @@ import pytest
 from grpcmesh_control.cluster.controller.settings import RuntimeSettings
 from grpcmesh_control.cluster.objects.proxy import BOOTSTRAP_REPLICA
 from grpcmesh_control.cluster.objects.settings import PodLocalAddress, ProxySettings
+from grpcmesh_control.mesh.model.identity import INGRESS_SERVICE_ACCOUNT
 from grpcmesh_control.mesh.translate.bootstrap import (
     envoy_command,
     render_bootstrap,
@@ -126,6 +127,11 @@ def test_command_and_pod() -> None:
     (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == f"{RELEASE}-gateway-bootstrap"
     assert pod["metadata"]["annotations"]["checksum/bootstrap"]
+    # Its own ServiceAccount, the one authorization rules call the ingress; no token.
+    assert pod["spec"]["serviceAccountName"] == INGRESS_SERVICE_ACCOUNT
+    account = one(objects, "ServiceAccount", INGRESS_SERVICE_ACCOUNT)
+    assert account["automountServiceAccountToken"] is False
+    assert pod["spec"]["automountServiceAccountToken"] is False
     service = one(objects, "Service", f"{RELEASE}-gateway")
     (port,) = service["spec"]["ports"]
     assert (port["port"], port["targetPort"]) == (80, "grpc")
