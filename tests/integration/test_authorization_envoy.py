@@ -94,7 +94,7 @@ def envoy_config(
     )
     authz = authorization_filter(svc, load_catalog())
     assert authz is not None
-    listener = json_format.MessageToDict(inbound_listener(node, app_port, authz))
+    listener = json_format.MessageToDict(inbound_listener(node, app_port, authorization=authz))
     cluster = json_format.MessageToDict(inbound_cluster(app_port))
     root_pem = ca.pem()[0]
     tls = {

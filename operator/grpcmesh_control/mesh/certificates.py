@@ -33,10 +33,11 @@ from grpcmesh_control.mesh.model.identity import (
     DEFAULT_TRUST_DOMAIN,
     LOCAL_NAMESPACE,
     SpiffeId,
+    ingress_identity,
     validate_trust_domain,
     workload_identity,
 )
-from grpcmesh_control.mesh.translate import MeshTls, NodeId, workload_secrets
+from grpcmesh_control.mesh.translate import MeshTls, NodeId, NodeKind, workload_secrets
 from grpcmesh_control.mesh.translate.versioned import SECRET, pack_resources
 from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache
 
@@ -76,10 +77,13 @@ def node_identity(
     namespace_of: Callable[[str], str | None] = lambda service: None,
 ) -> SpiffeId:
     """The identity a node's certificate names: a sidecar's MeshService's workload (in its
-    namespace, ``namespace_of``, local mode's default when unknown); the ingress gateway its
-    own (its name as the account). ``InvalidNodeId`` for an id of no known form."""
+    namespace, ``namespace_of``, local mode's default when unknown); the ingress gateway the
+    account authorization rules call the ingress (``ingress_identity``), never a name a
+    MeshService could also have. ``InvalidNodeId`` for an id of no known form."""
     parsed = NodeId.parse(node_id)
     namespace = namespace_of(parsed.name) or LOCAL_NAMESPACE
+    if parsed.kind is NodeKind.INGRESS:
+        return ingress_identity(namespace, trust_domain)
     return workload_identity(parsed.name, namespace, trust_domain)
 
 

@@ -24,12 +24,11 @@ from grpcmesh_control.mesh.model import (
 )
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Registry, SnapshotBuilder
 from grpcmesh_control.mesh.translate.authorization import (
-    DEFAULT_TRUST,
     RBAC_FILTER,
-    Trust,
     authorization_filter,
     denial_policy_name,
 )
+from grpcmesh_control.mesh.translate.tls import MeshTls
 from tests.unit.examples import example_doc
 
 from .envoy_views import hcm, listener
@@ -131,9 +130,9 @@ def test_an_unknown_field_in_from_gets_a_did_you_mean() -> None:
 
 
 def rbac(
-    svc: MeshService, catalog: MethodCatalog, trust: Trust = DEFAULT_TRUST
+    svc: MeshService, catalog: MethodCatalog, tls: MeshTls | None = None
 ) -> rbac_filter_pb2.RBAC:
-    found = authorization_filter(svc, catalog, trust)
+    found = authorization_filter(svc, catalog, tls)
     assert found is not None and found.name == RBAC_FILTER
     config = rbac_filter_pb2.RBAC()
     found.typed_config.Unpack(config)
@@ -157,7 +156,7 @@ def test_callers_are_matched_on_their_verified_spiffe_id(catalog: MethodCatalog)
         },
         namespace="shop",
     )
-    config = rbac(parse_mesh_service(doc), catalog, Trust("example.org", "edge"))
+    config = rbac(parse_mesh_service(doc), catalog, MeshTls("example.org", "edge"))
     enforced = config.rules
     assert enforced.action == rbac_pb2.RBAC.ALLOW
     assert set(enforced.policies) == {"health", "rule-0", "rule-1"}

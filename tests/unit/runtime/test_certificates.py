@@ -93,7 +93,10 @@ def test_identities_of_sidecars_and_the_ingress() -> None:
         node_identity("sidecar~payments~v2-1").uri
         == "spiffe://cluster.local/ns/default/sa/payments"
     )
-    assert node_identity("ingress~gateway").uri == "spiffe://cluster.local/ns/default/sa/gateway"
+    # Never a MeshService's: a service named "gateway" is not the ingress.
+    ingress = "spiffe://cluster.local/ns/default/sa/grpcmesh-ingress"
+    assert node_identity("ingress~gateway").uri == ingress
+    assert node_identity("sidecar~gateway~0").uri == "spiffe://cluster.local/ns/default/sa/gateway"
     shop = node_identity("sidecar~orders~0", "td.example", lambda svc: "shop")
     assert shop.uri == "spiffe://td.example/ns/shop/sa/orders"
 

@@ -18,7 +18,6 @@ policy name into a label only when it has no dot, so the service is named withou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
@@ -29,22 +28,19 @@ from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
 from grpcmesh_control.mesh.model.identity import (
-    DEFAULT_TRUST_DOMAIN,
-    LOCAL_NAMESPACE,
     ingress_identity,
     namespace_identities,
     workload_identity,
 )
 from grpcmesh_control.mesh.model.mesh import Authorization, AuthorizationRule, Callers, MeshService
 from grpcmesh_control.mesh.translate import _envoy as e
+from grpcmesh_control.mesh.translate.tls import MeshTls
 
 __all__ = [
     "ALWAYS_ALLOWED",
-    "DEFAULT_TRUST",
     "DENIED_STAT_PREFIX",
     "RBAC_FILTER",
     "RULES_STAT_PREFIX",
-    "Trust",
     "authorization_filter",
     "denial_policy_name",
 ]
@@ -57,15 +53,8 @@ DENIED_STAT_PREFIX = "authz_denied."
 OTHER = "other"
 
 
-@dataclass(frozen=True)
-class Trust:
-    """What identities look like in this mesh: the trust domain and the ingress's namespace."""
-
-    trust_domain: str = DEFAULT_TRUST_DOMAIN
-    ingress_namespace: str = LOCAL_NAMESPACE
-
-
-DEFAULT_TRUST = Trust()
+PLAINTEXT_TRUST = MeshTls()
+"""Identities when the mesh runs without a CA: no caller has one, so only health passes."""
 
 
 def denial_policy_name(caller: str, method: str) -> str:
@@ -74,12 +63,15 @@ def denial_policy_name(caller: str, method: str) -> str:
 
 
 def authorization_filter(
-    svc: MeshService, catalog: MethodCatalog, trust: Trust = DEFAULT_TRUST
+    svc: MeshService, catalog: MethodCatalog, tls: MeshTls | None = None
 ) -> hcm_pb2.HttpFilter | None:
     """The RBAC filter for ``svc``'s inbound listener; ``None`` without ``spec.authorization``
-    (every caller allowed, as before the field existed)."""
+    (every caller allowed, as before the field existed). ``tls`` says what identities look
+    like (trust domain, the ingress's namespace); without it no caller proves one, and the
+    rules, still enforced, let only health checks through."""
     if svc.authorization is None:
         return None
+    trust = tls or PLAINTEXT_TRUST
     rbac = rbac_filter_pb2.RBAC(
         rules=_enforced(svc, svc.authorization, trust),
         rules_stat_prefix=RULES_STAT_PREFIX,
@@ -94,7 +86,7 @@ def authorization_filter(
 
 
 def _callers(
-    callers: Callers, svc: MeshService, trust: Trust
+    callers: Callers, svc: MeshService, trust: MeshTls
 ) -> list[tuple[str, rbac_pb2.Principal]]:
     """(label, principal) of each caller a rule names, in the order written."""
     named: list[tuple[str, rbac_pb2.Principal]] = []
@@ -164,7 +156,7 @@ def _allows(rule: AuthorizationRule, service: str, method: str | None) -> bool:
 # --- enforced and counted ----------------------------------------------------------------------
 
 
-def _enforced(svc: MeshService, authorization: Authorization, trust: Trust) -> rbac_pb2.RBAC:
+def _enforced(svc: MeshService, authorization: Authorization, trust: MeshTls) -> rbac_pb2.RBAC:
     policies = {
         "health": rbac_pb2.Policy(
             permissions=[_path_prefix(s) for s in ALWAYS_ALLOWED],
@@ -223,7 +215,7 @@ def _short_names(services: Sequence[str]) -> dict[str, str]:
 
 
 def _accounting(
-    svc: MeshService, authorization: Authorization, catalog: MethodCatalog, trust: Trust
+    svc: MeshService, authorization: Authorization, catalog: MethodCatalog, trust: MeshTls
 ) -> rbac_pb2.RBAC:
     rules = authorization.rules
     labelled: dict[str, rbac_pb2.Principal] = {}

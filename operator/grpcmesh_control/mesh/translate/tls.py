@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from grpcmesh_control.mesh.model.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
+from grpcmesh_control.mesh.model.identity import DEFAULT_TRUST_DOMAIN, LOCAL_NAMESPACE, SpiffeId
 from grpcmesh_control.mesh.translate import _envoy as e
 
 __all__ = [
@@ -57,6 +57,8 @@ class MeshTls:
     """The mesh speaks mTLS between sidecars; identities live in ``trust_domain``."""
 
     trust_domain: str = DEFAULT_TRUST_DOMAIN
+    ingress_namespace: str = LOCAL_NAMESPACE
+    """Where the ingress gateway runs: its identity is ``ingress_identity`` there."""
 
     @property
     def peer_prefix(self) -> str:
