@@ -7,6 +7,7 @@ the caller passes ``call(index) -> Answer`` and gets one ``CallResult`` per call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -32,8 +33,19 @@ class EngineRun:
     elapsed_s: float
 
 
-async def drive(call: Call, *, count: int, rate: float, concurrency: int) -> EngineRun:
+async def drive(
+    call: Call,
+    *,
+    count: int,
+    rate: float,
+    concurrency: int,
+    stop: asyncio.Event | None = None,
+) -> EngineRun:
     """Run ``count`` calls and return their results in index order.
+
+    ``stop``, when given and set, ends the run early: no call starts after it is set, the calls
+    in flight finish, and only the calls that started are returned (a load that lasts as long
+    as something else takes, bounded by ``count``).
 
     Open loop (finite ``rate``): call i is due at start + i/rate. When ``concurrency`` calls are
     already in flight a due call waits for a slot, and that wait counts in its latency, since
@@ -63,6 +75,16 @@ async def drive(call: Call, *, count: int, rate: float, concurrency: int) -> Eng
             detail=answer.detail,
         )
 
+    async def wait(delay: float) -> None:
+        if stop is None:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
     start = loop.time()
     async with asyncio.TaskGroup() as tasks:
         for index in range(count):
@@ -70,11 +92,16 @@ async def drive(call: Call, *, count: int, rate: float, concurrency: int) -> Eng
                 due = start + intended_offset(index, rate)
                 delay = due - loop.time()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await wait(delay)
+                if stopped():
+                    break
                 await slots.acquire()
             else:
                 await slots.acquire()
                 due = loop.time()
+            if stopped():
+                slots.release()
+                break
             tasks.create_task(one(index, due))
     elapsed = loop.time() - start
     return EngineRun(results=[r for r in results if r is not None], elapsed_s=elapsed)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import grpc
 
 from grpcmesh.shop.v1 import common_pb2, orders_pb2, orders_pb2_grpc
-from grpcmesh_loadgen.engine import Answer, drive
+from grpcmesh_loadgen.engine import Answer, Call, drive
 from grpcmesh_loadgen.schedule import load_mode
 from grpcmesh_loadgen.stats import LoadReport, summarize
 
@@ -68,6 +68,26 @@ def order_outcome(response: orders_pb2.PlaceOrderResponse) -> str:
     return orders_pb2.OrderState.Name(response.order.state).removeprefix("ORDER_STATE_")
 
 
+def placer(
+    channel: grpc.aio.Channel,
+    requests: Sequence[orders_pb2.PlaceOrderRequest],
+    *,
+    deadline_s: float,
+) -> Call:
+    """The engine's call for PlaceOrder: call ``index`` places ``requests[index]`` on
+    ``channel`` and answers with the order's outcome or the gRPC status it failed with."""
+    stub = orders_pb2_grpc.OrderServiceStub(channel)
+
+    async def place(index: int) -> Answer:
+        try:
+            response = await stub.PlaceOrder(requests[index], timeout=deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            return Answer(status=exc.code().name, detail=exc.details() or "")
+        return Answer(outcome=order_outcome(response))
+
+    return place
+
+
 async def run_load(
     target: str,
     orders: int,
@@ -100,15 +120,7 @@ async def run_load(
             raise LoadgenError(
                 f"cannot connect to {target} within {connect_timeout_s:g}s"
             ) from None
-        stub = orders_pb2_grpc.OrderServiceStub(channel)
-
-        async def place(index: int) -> Answer:
-            try:
-                response = await stub.PlaceOrder(requests[index], timeout=deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                return Answer(status=exc.code().name, detail=exc.details() or "")
-            return Answer(outcome=order_outcome(response))
-
+        place = placer(channel, requests, deadline_s=deadline_s)
         run = await drive(place, count=orders, rate=rate, concurrency=concurrency)
     return summarize(
         run.results,
