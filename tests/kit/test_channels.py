@@ -7,7 +7,7 @@ import asyncio
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from grpcmesh_kit.channels import ChannelFactory
+from grpcmesh_kit.channels import SIDECAR_WAIT_S, ChannelFactory
 from tests.kit.conftest import echo_settings
 from tests.loopback import LOCALHOST, free_port
 
@@ -48,6 +48,31 @@ async def test_a_restarted_sidecar_is_reconnected_to_within_a_fraction_of_a_seco
             while not await _check(channel):
                 assert loop.time() - back < BACK_WITHIN_S, "the channel is still backing off"
                 await asyncio.sleep(0.02)
+        finally:
+            await server.stop(None)
+    finally:
+        await factory.close()
+
+
+async def test_a_call_waits_briefly_for_a_sidecar_that_is_coming_back() -> None:
+    address = f"{LOCALHOST}:{free_port()}"
+    factory = ChannelFactory(lambda: echo_settings(sidecar_egress=address), [])
+    channel = factory.channel("inventory")
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        while loop.time() - started < DOWN_S:
+            # Away: each call waits at most SIDECAR_WAIT_S, then fails as never sent.
+            before = loop.time()
+            assert not await _check(channel)
+            assert loop.time() - before < SIDECAR_WAIT_S + 0.4
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        assert server.add_insecure_port(address) > 0
+        await server.start()
+        try:
+            # Back: the very first call goes through, though the channel was between redials.
+            assert await _check(channel)
         finally:
             await server.stop(None)
     finally:

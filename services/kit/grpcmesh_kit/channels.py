@@ -7,8 +7,10 @@ to the service name, which is what Envoy routes on; the app never learns endpoin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
@@ -28,6 +30,42 @@ default (1 s, growing by 1.6x up to 2 min) is made for remote servers; the sidec
 loopback and a restart takes about a second, after which the app would keep failing calls at
 once ("failed to connect", never sent) for up to ~2 s more: the chaos e2e test measured 17
 orders cancelled that way after one sidecar restart."""
+
+
+SIDECAR_WAIT_S = 0.5
+"""How long a call through the sidecar waits for its channel to connect when it is not: the
+sidecar is restarting, or the channel is between two redials. A restarted Envoy takes calls as
+soon as it listens, while each of its app's channels may still be one back-off from redialling;
+without the wait a saga step sent then failed at once as "never sent" and the order was
+cancelled. A call still not connected after the wait fails as before (never sent)."""
+
+
+class _AwaitSidecar(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Holds a call until the channel to the sidecar is connected, at most ``SIDECAR_WAIT_S``
+    (and never past the call's own deadline). Free when it is connected (a state read)."""
+
+    def __init__(self) -> None:
+        self.channel: grpc.aio.Channel | None = None
+
+    async def _connected(self, timeout: float | None) -> None:
+        channel = self.channel
+        if channel is None or channel.get_state(True) is grpc.ChannelConnectivity.READY:
+            return
+        wait = SIDECAR_WAIT_S if timeout is None else min(SIDECAR_WAIT_S, timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.channel_ready(), wait)
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        await self._connected(client_call_details.timeout)
+        return await continuation(client_call_details, request)
+
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        await self._connected(client_call_details.timeout)
+        return await continuation(client_call_details, request)
 
 
 class UnknownService(LookupError):
@@ -78,9 +116,13 @@ class ChannelFactory:
                     ("grpc.min_reconnect_backoff_ms", first),
                     ("grpc.max_reconnect_backoff_ms", longest),
                 ]
-            channel = grpc.aio.insecure_channel(
-                address, options=options, interceptors=self._for_target(address, authority)
-            )
+            interceptors = self._for_target(address, authority)
+            waiter = _AwaitSidecar() if authority else None
+            if waiter is not None:  # innermost: the wait counts in the call's latency
+                interceptors.append(waiter)
+            channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+            if waiter is not None:
+                waiter.channel = channel
             self._channels[key] = channel
         return channel
 
