@@ -427,9 +427,9 @@ async def test_the_control_plane_killed_under_load(mesh: Mesh) -> None:
 
 CANARY_CANCELLED_PERCENT = 1.0
 """Orders started after the canary's kill that may still be cancelled, in % of the phase's
-calls (issue 15's bound). Seen once in ten runs: a charge 130 ms after the kill ended as the
-caller's own "no healthy upstream" on its second try, so it was in doubt and compensated
-(charged, refunded, cancelled). Not explained yet: see docs/reliability.md."""
+calls (issue 15's bound). Seen once in ten runs: a charge 130 ms after the kill failed with
+"no healthy upstream" that orders could not count as never sent, so it was in doubt and
+compensated (charged, refunded, cancelled). Not explained yet: see docs/reliability.md."""
 
 
 async def test_the_canary_app_killed_under_load(mesh: Mesh) -> None:
