@@ -16,18 +16,21 @@ import json
 import socket
 import ssl
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from grpcmesh_control.host.metrics import CERTIFICATE_EXPIRY, ROOTS_EXPIRY
 from grpcmesh_control.local.mesh_ca import load_or_create_mesh_ca
 from grpcmesh_control.local.plan import ADMIN_SOCKET
 from grpcmesh_control.local.state import ReplicaState
 from grpcmesh_control.mesh.ca import CertificateAuthority, Issued, trust_bundle
-from grpcmesh_control.mesh.model.identity import SpiffeId, workload_identity
+from grpcmesh_control.mesh.model.identity import SpiffeId, ingress_identity, workload_identity
 from grpcmesh_loadgen import run_load
 from tests.e2e.harness import Mesh, envoy_stats, eventually, proxies
 from tests.e2e.test_mesh import (
@@ -284,3 +287,37 @@ async def test_certificates_rotate_under_load_without_a_failed_call(mesh: Mesh) 
 
     # `status --json` reports each node's secrets apart from its config, and every one ACKs them.
     await eventually(secrets_acked, timeout=10, what="every node ACKs its current secrets")
+
+
+async def test_status_and_metrics_show_each_endpoints_identity_and_certificate_expiry(
+    mesh: Mesh,
+) -> None:
+    await wait_converged(mesh)
+    doc = await asyncio.to_thread(mesh.status)
+    now = dt.datetime.now(dt.UTC)
+    nodes = proxies(doc)
+    for service in doc["services"]:
+        for endpoint in service["endpoints"]:
+            assert endpoint["identity"] == workload_identity(service["name"]).uri, endpoint
+    assert doc["gateway"]["identity"] == ingress_identity().uri
+    for node_id, node in nodes.items():
+        not_after = dt.datetime.fromisoformat(node["certificate"]["not_after"])
+        # A live certificate of the configured lifetime (renewed every half of it).
+        assert now - dt.timedelta(seconds=2) < not_after, (node_id, node["certificate"])
+        assert not_after <= now + dt.timedelta(seconds=CERT_TTL_S + 2), node["certificate"]
+    # The control plane exports the same expiry per node and identity, and the roots'.
+    text = await asyncio.to_thread(_metrics, mesh.state.control_plane_admin)
+    exported = {
+        sample.labels["node"]: sample.labels["identity"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == CERTIFICATE_EXPIRY
+    }
+    assert exported == {node_id: node["identity"] for node_id, node in nodes.items()}
+    assert f"\n{ROOTS_EXPIRY} " in text
+
+
+def _metrics(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text

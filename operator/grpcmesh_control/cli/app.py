@@ -366,13 +366,31 @@ def _restarts(restarts: object) -> str:
     return "" if restarts is None else str(restarts)
 
 
+def _expires(certificate: dict[str, Any] | None) -> str:
+    """A workload certificate's expiry, to the second ("-": it holds none, e.g. plaintext)."""
+    if not certificate:
+        return "-"
+    return str(certificate["not_after"]).replace("T", " ").split(".")[0] + "Z"
+
+
 def _status_table(doc: dict[str, Any]) -> Table:
     title = (
         f"ingress {doc['ingress']}   control plane {doc['control_plane']}"
         f"   config {doc['config_version'] or '(control plane unreachable)'}"
     )
     table = _table(title)
-    columns = ("service", "replica", "gRPC", "ready", "restarts", "xDS", "ACKed version", "NACK")
+    columns = (
+        "service",
+        "replica",
+        "gRPC",
+        "ready",
+        "restarts",
+        "xDS",
+        "ACKed version",
+        "identity",
+        "cert expires",
+        "NACK",
+    )
     for column in columns:
         table.add_column(column, overflow="fold")
     rows = [(s["name"], e) for s in doc["services"] for e in s["endpoints"]]
@@ -390,6 +408,8 @@ def _status_table(doc: dict[str, Any]) -> Table:
             _restarts(e.get("restarts")),
             "connected" if e["connected"] else "disconnected",
             e["acked_version"] or "-",
+            e.get("identity") or "-",
+            _expires(e.get("certificate")),
             Text(e["nack_error"] or "", style="red"),
         )
     return table

@@ -9,22 +9,47 @@
 ``grpcmesh_snapshot_rebuild_errors_total``        counter    rebuilds that published nothing
 ``grpcmesh_snapshot_rebuild_duration_seconds``    histogram  time to build every node's snapshot
 ``grpcmesh_source_problems``                      gauge      invalid source files right now
+``grpcmesh_workload_certificate_expiry_timestamp_seconds{node,identity}``
+                                                  gauge      a connected node's certificate's
+                                                             ``notAfter`` (Unix seconds)
+``grpcmesh_workload_certificate_issued_timestamp_seconds{node,identity}``
+                                                  gauge      when it was issued (its lifetime is
+                                                             expiry - issued)
+``grpcmesh_mesh_roots_expiry_timestamp_seconds``  gauge      the earliest ``notAfter`` of the mesh
+                                                             roots and the CA's signing chain
 ================================================  =========  ======================================
 
-``type`` is ``cluster``, ``endpoint``, ``listener``, ``route`` or ``other`` (bounded).
+``type`` is ``cluster``, ``endpoint``, ``listener``, ``route`` or ``other`` (bounded). The
+certificate series exist only with a mesh CA (mTLS); a node's leave with its stream (they are
+read from the certificates held at each scrape, so a disconnected node has none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from grpcmesh_control.mesh.certificates import NodeCertificate
 from grpcmesh_control.mesh.publisher import RebuildOutcome
 from grpcmesh_control.mesh.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SnapshotCache
 
-__all__ = ["ControlPlaneMetrics", "MeteredSnapshotCache", "XdsType"]
+__all__ = [
+    "CERTIFICATE_EXPIRY",
+    "CERTIFICATE_ISSUED",
+    "ROOTS_EXPIRY",
+    "ControlPlaneMetrics",
+    "MeteredSnapshotCache",
+    "XdsType",
+]
+
+CERTIFICATE_EXPIRY = "grpcmesh_workload_certificate_expiry_timestamp_seconds"
+CERTIFICATE_ISSUED = "grpcmesh_workload_certificate_issued_timestamp_seconds"
+ROOTS_EXPIRY = "grpcmesh_mesh_roots_expiry_timestamp_seconds"
 
 
 class XdsType(StrEnum):
@@ -109,6 +134,14 @@ class ControlPlaneMetrics:
         self.connected.set_function(lambda: sum(1 for n in cache.nodes() if n.connected))
         self.source_problems.set_function(lambda: float(source_problems()))
 
+    def observe_certificates(
+        self,
+        held: Callable[[], Iterable[NodeCertificate]],
+        roots_not_after: Callable[[], dt.datetime],
+    ) -> None:
+        """Export the certificates ``held`` now and the roots' expiry at each scrape."""
+        self.registry.register(_CertificateCollector(held, roots_not_after))
+
     def pushed(self, node_id: str, type_url: str) -> None:
         """``AdsServicer``'s ``on_push`` hook."""
         self.pushes.labels(type=XdsType.of(type_url).value).inc()
@@ -139,3 +172,39 @@ class MeteredSnapshotCache(SnapshotCache):
     def record_nack(self, node_id: str, type_url: str, version: str, message: str) -> None:
         super().record_nack(node_id, type_url, version, message)
         self.metrics.nacks.labels(type=XdsType.of(type_url).value).inc()
+
+
+class _CertificateCollector(Collector):
+    def __init__(
+        self,
+        held: Callable[[], Iterable[NodeCertificate]],
+        roots_not_after: Callable[[], dt.datetime],
+    ) -> None:
+        self._held = held
+        self._roots_not_after = roots_not_after
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["node", "identity"]
+        expiry = GaugeMetricFamily(
+            CERTIFICATE_EXPIRY,
+            "When a connected node's workload certificate expires (notAfter, Unix seconds).",
+            labels=labels,
+        )
+        issued = GaugeMetricFamily(
+            CERTIFICATE_ISSUED,
+            "When the control plane issued a connected node's workload certificate (Unix "
+            "seconds); expiry minus this is its lifetime.",
+            labels=labels,
+        )
+        for cert in self._held():
+            values = [cert.node_id, str(cert.identity)]
+            expiry.add_metric(values, cert.not_after.timestamp())
+            issued.add_metric(values, cert.issued_at.timestamp())
+        yield expiry
+        yield issued
+        yield GaugeMetricFamily(
+            ROOTS_EXPIRY,
+            "The earliest expiry (notAfter, Unix seconds) of the mesh roots and the CA's "
+            "signing chain: no workload certificate verifies past it.",
+            value=self._roots_not_after().timestamp(),
+        )

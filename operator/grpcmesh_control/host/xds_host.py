@@ -38,7 +38,11 @@ from grpcmesh_control.host.metrics import ControlPlaneMetrics, MeteredSnapshotCa
 from grpcmesh_control.host.reflection import ExposedReflection
 from grpcmesh_control.mesh.ca import CertificateAuthority
 from grpcmesh_control.mesh.catalogs import ProtoSet
-from grpcmesh_control.mesh.certificates import CertificateSettings, WorkloadCertificates
+from grpcmesh_control.mesh.certificates import (
+    CertificateSettings,
+    NodeCertificate,
+    WorkloadCertificates,
+)
 from grpcmesh_control.mesh.clock import Clock
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
@@ -115,6 +119,9 @@ class XdsHost:
             )
         )
         """Issues and renews the nodes' workload certificates (None: no mesh CA, plaintext)."""
+        if self.certificates is not None:
+            certs = self.certificates
+            self.metrics.observe_certificates(certs.all_held, lambda: certs.roots_not_after)
         self._problems = problems
         self._origin_of = origin_of
         self._server: grpc.aio.Server | None = None
@@ -159,6 +166,9 @@ class XdsHost:
             secrets_of=cache.node_secrets,
             node_problem=publisher.node_problem,
             origin_of=self._origin_of,
+            certificate_of=(lambda node_id: None)
+            if self.certificates is None
+            else self.certificates.held,
         )
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -264,11 +274,14 @@ def status_document(
     node_problem: Callable[[str], str | None],
     origin_of: Callable[[MeshService], str | None] = lambda svc: None,
     secrets_of: Callable[[str], TypeResources | None] = lambda node_id: None,
+    certificate_of: Callable[[str], NodeCertificate | None] = lambda node_id: None,
 ) -> dict[str, Any]:
     """``GET /status`` (pure). ``version``: inputs of the published snapshots (None before the
     first rebuild). A node has converged when ``acked_version == snapshot_version`` (its
     config); ``secrets`` says which version of its SDS secrets it is served and whether it
-    ACKed them (None: it is served none, e.g. no mesh CA)."""
+    ACKed them (None: it is served none, e.g. no mesh CA); ``identity`` and ``certificate``
+    (``not_after``, ``issued_at``, ``serial``) name the workload certificate it holds (None:
+    none, e.g. no mesh CA, or the node disconnected)."""
     return {
         "version": version,
         "services": [
@@ -286,7 +299,9 @@ def status_document(
             for svc in services
         ],
         "problems": problems,
-        "nodes": [_node(status, snapshot_of, node_problem, secrets_of) for status in nodes],
+        "nodes": [
+            _node(status, snapshot_of, node_problem, secrets_of, certificate_of) for status in nodes
+        ],
     }
 
 
@@ -295,9 +310,11 @@ def _node(
     snapshot_of: Callable[[str], VersionedSnapshot | None],
     node_problem: Callable[[str], str | None],
     secrets_of: Callable[[str], TypeResources | None],
+    certificate_of: Callable[[str], NodeCertificate | None],
 ) -> dict[str, Any]:
     snapshot = snapshot_of(status.node_id)
     secrets = secrets_of(status.node_id)
+    cert = certificate_of(status.node_id)
     nack = status.nack
     return {
         "id": status.node_id,
@@ -318,6 +335,14 @@ def _node(
         "secrets": None
         if secrets is None
         else {"version": secrets.version, "acked": status.acked.get(SECRET) == secrets.version},
+        "identity": None if cert is None else str(cert.identity),
+        "certificate": None
+        if cert is None
+        else {
+            "not_after": _timestamp(cert.not_after.timestamp()),
+            "issued_at": _timestamp(cert.issued_at.timestamp()),
+            "serial": f"{cert.serial:x}",
+        },
     }
 
 

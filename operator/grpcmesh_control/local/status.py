@@ -110,4 +110,6 @@ def _proxy(node: Mapping[str, Any] | None) -> dict[str, Any]:
         "snapshot_version": node.get("snapshot_version"),
         "connected": bool(node.get("connected", False)),
         "secrets": node.get("secrets"),
+        "identity": node.get("identity"),
+        "certificate": node.get("certificate"),
     }

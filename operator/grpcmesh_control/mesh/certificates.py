@@ -41,7 +41,7 @@ from grpcmesh_control.mesh.translate import MeshTls, NodeId, NodeKind, workload_
 from grpcmesh_control.mesh.translate.versioned import SECRET, pack_resources
 from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache
 
-__all__ = ["CertificateSettings", "WorkloadCertificates", "node_identity"]
+__all__ = ["CertificateSettings", "NodeCertificate", "WorkloadCertificates", "node_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,23 @@ def node_identity(
 
 
 @dataclass(frozen=True)
+class NodeCertificate:
+    """What a connected node holds: for ``/status`` and the expiry metrics (no key)."""
+
+    node_id: str
+    identity: SpiffeId
+    issued_at: dt.datetime
+    """When the control plane issued it (``notBefore`` is backdated for clock skew)."""
+    not_after: dt.datetime
+    serial: int
+
+
+@dataclass(frozen=True)
 class _Held:
     issued: Issued
     renew_at: dt.datetime
+    identity: SpiffeId
+    issued_at: dt.datetime
 
 
 class WorkloadCertificates:
@@ -122,6 +136,29 @@ class WorkloadCertificates:
         held = self._held.get(node_id)
         return None if held is None else held.issued
 
+    def held(self, node_id: str) -> NodeCertificate | None:
+        """``node_id``'s certificate, as status and metrics show it (None: it holds none)."""
+        held = self._held.get(node_id)
+        if held is None:
+            return None
+        return NodeCertificate(
+            node_id,
+            held.identity,
+            held.issued_at,
+            held.issued.not_after,
+            held.issued.certificate.serial_number,
+        )
+
+    def all_held(self) -> list[NodeCertificate]:
+        """Every connected node's certificate, by node id."""
+        return [c for node in sorted(self._held) if (c := self.held(node)) is not None]
+
+    @property
+    def roots_not_after(self) -> dt.datetime:
+        """The earliest expiry of the mesh's trust anchors and the CA's signing chain: past
+        it, no certificate the mesh issues verifies (a root rotation is due before)."""
+        return min(c.not_valid_after_utc for c in (self._ca.certificate, *self._ca.chain))
+
     def _on_node(self, status: NodeStatus) -> None:
         if not status.connected:
             self._held.pop(status.node_id, None)
@@ -139,7 +176,9 @@ class WorkloadCertificates:
         now = self._now()
         issued = self._ca.issue_workload(identity, now, ttl=self.settings.ttl)
         life = issued.not_after - now
-        self._held[node_id] = _Held(issued, now + life * self.settings.renew_fraction)
+        self._held[node_id] = _Held(
+            issued, now + life * self.settings.renew_fraction, identity, now
+        )
         certificate, roots = workload_secrets(
             issued.cert_chain_pem(), issued.key_pem(), trust_bundle([self._ca.root], now)
         )

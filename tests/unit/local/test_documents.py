@@ -67,6 +67,13 @@ def test_foreign_state_documents_are_refused(doc: Any) -> None:
         RunState.from_json(doc)
 
 
+CERTIFICATE = {
+    "not_after": "2026-12-06T04:00:00.000+00:00",
+    "issued_at": "2026-12-05T04:00:00.000+00:00",
+    "serial": "1f",
+}
+
+
 def _control_plane_status(plan: Plan) -> dict[str, Any]:
     r = plan.replica("payments/v2-0")
     return {
@@ -81,6 +88,8 @@ def _control_plane_status(plan: Plan) -> dict[str, Any]:
                 "acked_version": "aaa",
                 "snapshot_version": "bbb",
                 "nack": {"type_url": "t", "version": "bbb", "message": "bad listener"},
+                "identity": "spiffe://cluster.local/ns/default/sa/payments",
+                "certificate": CERTIFICATE,
             },
             {
                 "id": plan.ingress.node_id,
@@ -114,8 +123,12 @@ def test_status_merges_the_launchers_state_with_the_control_planes(plan: Plan) -
         "bbb",
         "bad listener",
     )
+    # Each endpoint's identity and certificate expiry, as the control plane holds them.
+    assert v2["identity"] == "spiffe://cluster.local/ns/default/sa/payments"
+    assert v2["certificate"] == CERTIFICATE
     v1 = next(e for e in payments if e["replica"] == "v1-0")
     assert (v1["acked_version"], v1["nack_error"], v1["connected"]) == (None, None, False)
+    assert (v1["identity"], v1["certificate"]) == (None, None)
     assert doc["gateway"]["acked_version"] == "ccc"
     assert doc["config_version"] == "cfg1"
     # The control plane's, then every declared service that would take calls but cannot.

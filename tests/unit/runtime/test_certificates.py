@@ -5,6 +5,7 @@ issuance, forgotten on disconnect; the settings refuse bad values naming the kno
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
+from grpcmesh_control.host.metrics import CERTIFICATE_EXPIRY, CERTIFICATE_ISSUED, ROOTS_EXPIRY
+from grpcmesh_control.host.xds_host import XdsHost
 from grpcmesh_control.local.controlplane import (
     ControlPlane,
     ControlPlaneSettings,
@@ -28,6 +32,7 @@ from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.model.identity import SpiffeId
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_control.mesh.xds import LISTENER, SnapshotCache
+from tests.unit.mesh.test_ca import make_intermediate
 
 START = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
 NODE = "sidecar~orders~0"
@@ -205,3 +210,79 @@ def _inbound(control_plane: ControlPlane) -> listener_pb2.Listener:
 
 def cache_has_no_secrets(control_plane: ControlPlane, node: str) -> bool:
     return control_plane.cache.node_secrets(node) is None
+
+
+def test_each_held_certificate_is_shown_without_its_key(ca: CertificateAuthority) -> None:
+    settings = CertificateSettings(ttl=dt.timedelta(hours=6))
+    cache, certificates, now = make(ca, settings)
+    cache.connected(NODE, {})
+    cache.connected("ingress~gateway~0", {})
+    held = certificates.held(NODE)
+    issued = certificates.certificate(NODE)
+    assert held is not None and issued is not None
+    assert str(held.identity) == "spiffe://cluster.local/ns/default/sa/orders"
+    assert (held.issued_at, held.not_after) == (START, START + dt.timedelta(hours=6))
+    assert held.serial == issued.certificate.serial_number
+    assert [c.node_id for c in certificates.all_held()] == ["ingress~gateway~0", NODE]
+    assert certificates.roots_not_after == ca.root.not_valid_after_utc
+    now.at = START + dt.timedelta(hours=3)
+    certificates.renew_due()
+    renewed = certificates.held(NODE)
+    assert renewed is not None and renewed.issued_at == now.at and renewed.serial != held.serial
+    cache.disconnected(NODE)
+    assert certificates.held(NODE) is None
+
+
+def test_the_roots_expiry_is_the_earliest_of_the_signing_chain() -> None:
+    # A user's intermediate that expires (in a year) long before their root (ten years).
+    their_root = CertificateAuthority.create_root(START - dt.timedelta(days=1))
+    cert_pem, key_pem = make_intermediate(their_root)
+    mesh = CertificateAuthority.from_pem(cert_pem, key_pem, their_root.pem()[2])
+    assert mesh.certificate.not_valid_after_utc < their_root.root.not_valid_after_utc
+    _, certificates, _ = make(mesh)
+    assert certificates.roots_not_after == mesh.certificate.not_valid_after_utc
+
+
+def _samples(exposition: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition.decode())
+        for s in family.samples
+    }
+
+
+def test_the_control_plane_exports_each_nodes_certificate_expiry_until_it_leaves(
+    ca: CertificateAuthority,
+) -> None:
+    host = XdsHost(MethodCatalog(()), ca=ca)
+    host.cache.connected(NODE, {})
+    held = host.certificates.held(NODE) if host.certificates else None
+    assert held is not None
+    labels = (("identity", "spiffe://cluster.local/ns/default/sa/orders"), ("node", NODE))
+    samples = _samples(host.metrics.exposition())
+    assert samples[(CERTIFICATE_EXPIRY, labels)] == held.not_after.timestamp()
+    assert samples[(CERTIFICATE_ISSUED, labels)] == held.issued_at.timestamp()
+    assert samples[(ROOTS_EXPIRY, ())] == ca.root.not_valid_after_utc.timestamp()
+    # /status names the node's identity and its certificate, never its key.
+    (node,) = host.status()["nodes"]
+    assert node["identity"] == "spiffe://cluster.local/ns/default/sa/orders"
+    assert node["certificate"]["serial"] == f"{held.serial:x}"
+    assert dt.datetime.fromisoformat(node["certificate"]["not_after"]) == held.not_after.replace(
+        microsecond=held.not_after.microsecond // 1000 * 1000
+    )
+    assert "PRIVATE KEY" not in json.dumps(host.status())
+    host.cache.disconnected(NODE)
+    samples = _samples(host.metrics.exposition())
+    assert not [key for key in samples if key[0] in (CERTIFICATE_EXPIRY, CERTIFICATE_ISSUED)]
+    assert (ROOTS_EXPIRY, ()) in samples
+    (node,) = host.status()["nodes"]
+    assert (node["identity"], node["certificate"]) == (None, None)
+
+
+def test_without_a_ca_no_certificate_series_and_no_identity() -> None:
+    host = XdsHost(MethodCatalog(()))
+    host.cache.connected(NODE, {})
+    names = {key[0] for key in _samples(host.metrics.exposition())}
+    assert not names & {CERTIFICATE_EXPIRY, CERTIFICATE_ISSUED, ROOTS_EXPIRY}
+    (node,) = host.status()["nodes"]
+    assert (node["identity"], node["certificate"]) == (None, None)
