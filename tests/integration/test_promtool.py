@@ -7,7 +7,8 @@
 3. ``promtool check config`` accepts the generated prometheus.yml;
 4. a real Prometheus on 127.0.0.1 scrapes the scrape model's three jobs — in-test exporters for
    the apps (the kit's ``MetricsEndpoint``) and the control plane (``ControlPlaneMetrics``), and
-   a real Envoy carrying traffic to a working and a refusing upstream — loads the generated
+   a real Envoy carrying traffic to a working and a refusing upstream, with an mTLS inbound
+   listener a plaintext caller knocks on (its ``ssl.*`` handshake stats) — loads the generated
    rules, and evaluates every dashboard panel's and every rule's PromQL over its HTTP API: each
    must evaluate without error, and each panel about traffic the exporters produced must return
    data.
@@ -17,6 +18,8 @@ Loopback only; every wait polls with a deadline; every process is killed in ``fi
 
 from __future__ import annotations
 
+import datetime as dt
+import http.client
 import json
 import re
 import shutil
@@ -38,7 +41,10 @@ import yaml
 from prometheus_client import start_http_server
 
 from grpcmesh_control.host.metrics import ControlPlaneMetrics, XdsType
+from grpcmesh_control.mesh.ca import CertificateAuthority, trust_bundle
 from grpcmesh_control.mesh.catalogs import load_catalog
+from grpcmesh_control.mesh.certificates import NodeCertificate
+from grpcmesh_control.mesh.model.identity import workload_identity
 from grpcmesh_control.mesh.translate.authorization import (
     DENIED_STAT_PREFIX,
     RBAC_FILTER,
@@ -179,6 +185,12 @@ def exporters() -> Iterator[Exporters]:
     apps: dict[str, MetricsEndpoint] = {}
     ports: dict[str, int] = {}
     control_plane = ControlPlaneMetrics()
+    # orders' sidecar holds a 24 h certificate issued now; the roots live ten years.
+    now = dt.datetime.now(dt.UTC)
+    held = NodeCertificate(
+        "sidecar~orders~v1-0", workload_identity("orders"), now, now + dt.timedelta(hours=24), 1
+    )
+    control_plane.observe_certificates(lambda: [held], lambda: now + dt.timedelta(days=3650))
     server, _thread = start_http_server(0, addr=LOCALHOST, registry=control_plane.registry)
     try:
         for name in ("payments", "catalog", "orders", "loadgen"):
@@ -192,11 +204,16 @@ def exporters() -> Iterator[Exporters]:
             endpoint.stop()
 
 
-def envoy_bootstrap(admin: int, listener: int, payments: int, refusing: int, xds: int) -> str:
+def envoy_bootstrap(
+    admin: int, listener: int, payments: int, refusing: int, xds: int, inbound: int, tls: Path
+) -> str:
     """orders' sidecar, as far as stats go: ``payments|v1`` answers (it is the payments app's
     HTTP /metrics), ``catalog|v1`` refuses connections (5xx, retries) and its calls count as
     authorization denials (shadow only); ADS points at a port
-    nobody serves (``control_plane.connected_state`` 0, config fetch times out after 1 s)."""
+    nobody serves (``control_plane.connected_state`` 0, config fetch times out after 1 s).
+    ``inbound`` is an mTLS listener like a sidecar's (a client certificate from the mesh CA
+    required; the certificate, key and roots are files in ``tls`` here, SDS in the mesh), so
+    its ``ssl.*`` stats exist."""
 
     def cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
         endpoint = {"address": {"socket_address": {"address": LOCALHOST, "port_value": port}}}
@@ -280,6 +297,7 @@ def envoy_bootstrap(admin: int, listener: int, payments: int, refusing: int, xds
         },
         "static_resources": {
             "listeners": [
+                inbound_listener(inbound, tls, hcm),
                 {
                     "name": "egress",
                     "address": {"socket_address": {"address": LOCALHOST, "port_value": listener}},
@@ -293,7 +311,7 @@ def envoy_bootstrap(admin: int, listener: int, payments: int, refusing: int, xds
                             ]
                         }
                     ],
-                }
+                },
             ],
             "clusters": [
                 cluster("xds_cluster", xds, typed_extension_protocol_options=http2),
@@ -303,6 +321,50 @@ def envoy_bootstrap(admin: int, listener: int, payments: int, refusing: int, xds
         },
     }
     return json.dumps(bootstrap)
+
+
+def mesh_tls_files(directory: Path) -> Path:
+    """orders' workload certificate, its key and the mesh roots, as files (test only)."""
+    now = dt.datetime.now(dt.UTC)
+    ca = CertificateAuthority.create_root(now)
+    issued = ca.issue_workload(workload_identity("orders"), now)
+    directory.mkdir(mode=0o700)
+    (directory / "cert.pem").write_bytes(issued.cert_chain_pem())
+    (directory / "key.pem").write_bytes(issued.key_pem())
+    (directory / "roots.pem").write_bytes(trust_bundle([ca.root], now))
+    return directory
+
+
+def inbound_listener(port: int, tls: Path, hcm: dict[str, Any]) -> dict[str, Any]:
+    context = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+        ".DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": str(tls / "cert.pem")},
+                    "private_key": {"filename": str(tls / "key.pem")},
+                }
+            ],
+            "validation_context": {"trusted_ca": {"filename": str(tls / "roots.pem")}},
+        },
+    }
+    return {
+        "name": "inbound",
+        "address": {"socket_address": {"address": LOCALHOST, "port_value": port}},
+        "filter_chains": [
+            {
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": context,
+                },
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ],
+            }
+        ],
+    }
 
 
 def envoy_binary() -> Path:
@@ -329,8 +391,9 @@ def process(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 @contextmanager
-def traffic(exporters: Exporters, through_envoy: str) -> Iterator[None]:
-    """Keeps counters moving (so every rate has data) until the block ends."""
+def traffic(exporters: Exporters, through_envoy: str, inbound: str) -> Iterator[None]:
+    """Keeps counters moving (so every rate has data) until the block ends; a plaintext
+    caller knocks on the mTLS ``inbound`` listener (``ssl.connection_error``)."""
     stop = threading.Event()
 
     def loop() -> None:
@@ -342,6 +405,11 @@ def traffic(exporters: Exporters, through_envoy: str) -> Iterator[None]:
                         pass
                 except OSError:  # 503 from the refusing upstream, or Envoy not listening yet
                     pass
+            try:
+                with urllib.request.urlopen(f"http://{inbound}/", timeout=1):
+                    pass
+            except (OSError, http.client.HTTPException):  # refused: no TLS handshake
+                pass
             stop.wait(0.2)
 
     thread = threading.Thread(target=loop, name="traffic", daemon=True)
@@ -399,13 +467,20 @@ def test_every_dashboard_and_rule_query_against_a_real_prometheus(
             checks[f"recorded {r.rule}"] = (r.rule, True)
 
     prom_port, envoy_admin, envoy_listener = free_port(), free_port(), free_port()
+    envoy_inbound = free_port()
     prometheus = f"{LOCALHOST}:{prom_port}"
     with ExitStack() as stack:
         exp = stack.enter_context(exporters())
         bootstrap = tmp_path / "envoy.json"
         bootstrap.write_text(
             envoy_bootstrap(
-                envoy_admin, envoy_listener, exp.ports["payments"], free_port(), free_port()
+                envoy_admin,
+                envoy_listener,
+                exp.ports["payments"],
+                free_port(),
+                free_port(),
+                envoy_inbound,
+                mesh_tls_files(tmp_path / "tls"),
             )
         )
         stack.enter_context(
@@ -415,7 +490,9 @@ def test_every_dashboard_and_rule_query_against_a_real_prometheus(
                 tmp_path / "envoy.log",
             )
         )  # fmt: skip
-        stack.enter_context(traffic(exp, f"{LOCALHOST}:{envoy_listener}"))
+        stack.enter_context(
+            traffic(exp, f"{LOCALHOST}:{envoy_listener}", f"{LOCALHOST}:{envoy_inbound}")
+        )
         targets = ScrapeTargets(
             apps=tuple(
                 AppTarget(f"{LOCALHOST}:{port}", name, "v1", "v1-0")

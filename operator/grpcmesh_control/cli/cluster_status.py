@@ -155,6 +155,8 @@ def _proxy(node: Mapping[str, Any] | None) -> dict[str, Any]:
         "acked_version": node.get("acked_version"),
         "snapshot_version": node.get("snapshot_version"),
         "nack_error": nack.get("message") if isinstance(nack, Mapping) else None,
+        "identity": node.get("identity"),
+        "certificate": node.get("certificate"),
     }
 
 

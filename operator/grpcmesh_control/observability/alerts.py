@@ -83,6 +83,16 @@ class Alert(StrEnum):
     INVALID_RESOURCES = "GrpcmeshInvalidResources"
     TARGET_DOWN = "GrpcmeshTargetDown"
     CALLS_DENIED = "GrpcmeshCallsDenied"
+    WORKLOAD_CERTIFICATE_EXPIRING = "GrpcmeshWorkloadCertificateExpiring"
+    MESH_ROOTS_EXPIRING = "GrpcmeshMeshRootsExpiring"
+
+
+CERTIFICATE_LIFE_LEFT = 0.25
+"""``GrpcmeshWorkloadCertificateExpiring`` fires when a certificate has less than this fraction of
+its lifetime left: renewal (at half life by default) has failed for a quarter of it."""
+
+ROOTS_WARNING_DAYS = 30
+"""``GrpcmeshMeshRootsExpiring`` fires this many days before the mesh roots expire."""
 
 
 @dataclass(frozen=True)
@@ -353,6 +363,7 @@ def _mesh_alerts() -> list[dict[str, Any]]:
                 ),
             },
         },
+        *_certificate_alerts(),
         {
             "alert": Alert.TARGET_DOWN.value,
             "expr": q.selector("up", q.regex("job", f"{Job.APP}|{Job.ENVOY}")) + " == 0",
@@ -361,6 +372,45 @@ def _mesh_alerts() -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "{{ $labels.job }} {{ $labels.service }}/{{ $labels.replica }} is down",
                 "description": "{{ $labels.instance }} has not answered scrapes for 2 minutes.",
+            },
+        },
+    ]
+
+
+def _certificate_alerts() -> list[dict[str, Any]]:
+    expiry = control_plane(ControlPlaneMetric.WORKLOAD_CERT_EXPIRY)
+    issued = control_plane(ControlPlaneMetric.WORKLOAD_CERT_ISSUED)
+    roots = control_plane(ControlPlaneMetric.ROOTS_EXPIRY)
+    return [
+        {
+            "alert": Alert.WORKLOAD_CERTIFICATE_EXPIRING.value,
+            "expr": (
+                f"({expiry} - time())\n< {_number(CERTIFICATE_LIFE_LEFT)} * ({expiry} - {issued})"
+            ),
+            "labels": {"severity": Severity.CRITICAL.value},
+            "annotations": {
+                "summary": "{{ $labels.node }}'s workload certificate expires in "
+                "{{ $value | humanizeDuration }}",
+                "description": (
+                    "The certificate of {{ $labels.identity }} has less than "
+                    f"{_percent(CERTIFICATE_LIFE_LEFT)} of its lifetime left: the control plane "
+                    "renews at half life, so renewal has been failing. When it expires, the "
+                    "node's mTLS handshakes fail and so do its calls. The control plane's log "
+                    "and GET /status (the node's secrets ACK) say why."
+                ),
+            },
+        },
+        {
+            "alert": Alert.MESH_ROOTS_EXPIRING.value,
+            "expr": f"min({roots}) - time() < {ROOTS_WARNING_DAYS * 86400}",
+            "labels": {"severity": Severity.WARNING.value},
+            "annotations": {
+                "summary": "The mesh roots expire in {{ $value | humanizeDuration }}",
+                "description": (
+                    f"A mesh root (or the CA's intermediate) expires within {ROOTS_WARNING_DAYS} "
+                    "days; past it no workload certificate verifies and every call between "
+                    "sidecars fails. Rotate it as docs/security.md (Root rotation) says."
+                ),
             },
         },
     ]

@@ -38,6 +38,7 @@ from grpcmesh_control.observability import _promql as q
 from grpcmesh_control.observability.scrape import Job, Label
 from grpcmesh_control.observability.signals import (
     ENVOY_INTERNAL_CLUSTERS,
+    HANDSHAKE_FAILURES,
     ControlPlaneMetric,
     EnvoyMetric,
     KitMetric,
@@ -563,6 +564,8 @@ def control_plane_dashboard() -> model.Dashboard:
     envoys_up = f"count({q.selector('up', q.eq('job', Job.ENVOY))} == 1)"
     nacks_1h = q.by("sum", (), q.increase(control_plane(ControlPlaneMetric.NACKS), "1h"))
     rebuild_buckets = control_plane(ControlPlaneMetric.REBUILD_SECONDS_BUCKET)
+    cert_expiry = control_plane(ControlPlaneMetric.WORKLOAD_CERT_EXPIRY)
+    cert_issued = control_plane(ControlPlaneMetric.WORKLOAD_CERT_ISSUED)
     board = (
         _board(
             "grpcmesh-control-plane",
@@ -697,6 +700,43 @@ def control_plane_dashboard() -> model.Dashboard:
                 ),
             )
         )
+        .with_row(_row("Identity"))
+        .with_panel(
+            _stat(
+                "Mesh roots expire in",
+                "Earliest expiry of the mesh roots and the CA's signing chain; rotate before "
+                "(docs/security.md). No data: no mesh CA (plaintext).",
+                _Unit.SECONDS,
+                f"min({control_plane(ControlPlaneMetric.ROOTS_EXPIRY)}) - time()",
+                width=6,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Workload certificate life left",
+                "Share of its lifetime each identity's shortest-lived certificate has left: "
+                "renewal at half life keeps it above 50%; below 25% alerts.",
+                _Unit.RATIO,
+                _Target(
+                    q.by(
+                        "min",
+                        ("identity",),
+                        f"({cert_expiry} - time()) / ({cert_expiry} - {cert_issued})",
+                    ),
+                    "{{identity}}",
+                ),
+                width=9,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Workload certificate expires in",
+                "Time to the earliest expiry among each identity's connected nodes.",
+                _Unit.SECONDS,
+                _Target(q.by("min", ("identity",), f"{cert_expiry} - time()"), "{{identity}}"),
+                width=9,
+            )
+        )
     )
     return _finish(board)
 
@@ -714,6 +754,9 @@ def envoy_dashboard() -> model.Dashboard:
 
     def gauge(aggregation: str, metric: EnvoyMetric) -> str:
         return q.by(aggregation, upstream, envoy(metric, mesh_clusters))
+
+    def ssl_rate(metric: EnvoyMetric) -> str:
+        return q.by("sum", (Label.SERVICE.value,), q.rate(envoy(metric), RATE_INTERVAL))
 
     board = (
         _board(
@@ -820,6 +863,31 @@ def envoy_dashboard() -> model.Dashboard:
                 _Unit.COUNT,
                 _Target(denied_calls(RATE_INTERVAL), "{{service}} ← {{caller}}: {{method}}"),
                 width=24,
+            )
+        )
+        .with_row(_row("mTLS handshakes"))
+        .with_panel(
+            _timeseries(
+                "Inbound handshakes/s",
+                "TLS handshakes the sidecars' inbound listeners completed (mTLS callers let "
+                "in), per proxy's service.",
+                _Unit.OPS,
+                _Target(ssl_rate(EnvoyMetric.LISTENER_SSL_HANDSHAKE), "{{service}}"),
+                width=8,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Inbound handshake failures/s",
+                "Callers the inbound listeners refused before any request, by reason: "
+                "plaintext (connection error), no client certificate, a certificate not from "
+                "the mesh CA, an identity outside the trust domain.",
+                _Unit.OPS,
+                *(
+                    _Target(ssl_rate(metric), f"{{{{service}}}}: {reason}")
+                    for metric, reason in HANDSHAKE_FAILURES
+                ),
+                width=16,
             )
         )
     )

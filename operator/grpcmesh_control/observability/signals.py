@@ -15,6 +15,7 @@ from grpcmesh_control.observability.scrape import Job, Label
 
 __all__ = [
     "ENVOY_INTERNAL_CLUSTERS",
+    "HANDSHAKE_FAILURES",
     "SERVER_FAULT_CODES",
     "ControlPlaneMetric",
     "EnvoyMetric",
@@ -57,6 +58,12 @@ class ControlPlaneMetric(StrEnum):
     REBUILD_ERRORS = "grpcmesh_snapshot_rebuild_errors_total"
     REBUILD_SECONDS_BUCKET = "grpcmesh_snapshot_rebuild_duration_seconds_bucket"
     SOURCE_PROBLEMS = "grpcmesh_source_problems"
+    WORKLOAD_CERT_EXPIRY = "grpcmesh_workload_certificate_expiry_timestamp_seconds"
+    """Per connected node (``node``, ``identity``): its certificate's notAfter, Unix seconds."""
+    WORKLOAD_CERT_ISSUED = "grpcmesh_workload_certificate_issued_timestamp_seconds"
+    """Per connected node: when its certificate was issued (expiry minus this: its lifetime)."""
+    ROOTS_EXPIRY = "grpcmesh_mesh_roots_expiry_timestamp_seconds"
+    """The earliest notAfter of the mesh roots and the CA's signing chain."""
 
 
 class EnvoyMetric(StrEnum):
@@ -78,6 +85,25 @@ class EnvoyMetric(StrEnum):
     MEMBERSHIP_TOTAL = "envoy_cluster_membership_total"
     RBAC_POLICY_SHADOW_DENIED = "envoy_http_rbac_policy_shadow_denied"
     """Per shadow policy; authorization's name one per caller and method it refuses."""
+    LISTENER_SSL_HANDSHAKE = "envoy_listener_ssl_handshake"
+    """TLS handshakes a listener completed (``envoy_listener_address``: its address_port)."""
+    LISTENER_SSL_CONNECTION_ERROR = "envoy_listener_ssl_connection_error"
+    """Connections that failed before or during the handshake: e.g. a plaintext caller."""
+    LISTENER_SSL_NO_CERT = "envoy_listener_ssl_fail_verify_no_cert"
+    """Callers that presented no client certificate (mTLS STRICT requires one)."""
+    LISTENER_SSL_VERIFY_ERROR = "envoy_listener_ssl_fail_verify_error"
+    """Client certificates that do not chain to the mesh roots (a foreign CA, expired)."""
+    LISTENER_SSL_VERIFY_SAN = "envoy_listener_ssl_fail_verify_san"
+    """Client certificates from the mesh CA whose SPIFFE ID is outside the trust domain."""
+
+
+HANDSHAKE_FAILURES = (
+    (EnvoyMetric.LISTENER_SSL_CONNECTION_ERROR, "connection error (plaintext caller?)"),
+    (EnvoyMetric.LISTENER_SSL_NO_CERT, "no client certificate"),
+    (EnvoyMetric.LISTENER_SSL_VERIFY_ERROR, "certificate not from the mesh CA"),
+    (EnvoyMetric.LISTENER_SSL_VERIFY_SAN, "identity outside the trust domain"),
+)
+"""The inbound listeners' TLS handshake failures, each with what it means."""
 
 
 ENVOY_INTERNAL_CLUSTERS = ("xds_cluster", "admin")

@@ -54,7 +54,11 @@ OPERATOR = {
     "version": "v9",
     "problems": [],
     "nodes": [
-        node("sidecar~catalog~catalog-0", "v9"),
+        {
+            **node("sidecar~catalog~catalog-0", "v9"),
+            "identity": "spiffe://cluster.local/ns/shop/sa/catalog",
+            "certificate": {"not_after": "2026-12-06T04:00:00.000+00:00"},
+        },
         node("sidecar~catalog~catalog-1", "v8", nack="bad route"),
         node("ingress~gateway~gateway-0", "v9"),
     ],
@@ -82,6 +86,10 @@ def test_each_pod_is_an_endpoint_with_its_own_sidecars_state() -> None:
     first, second = catalog["endpoints"]
     assert (first["acked_version"], first["nack_error"]) == ("v9", None)
     assert (second["acked_version"], second["nack_error"]) == ("v8", "bad route")
+    # The identity and certificate the operator's /status names (none without a mesh CA).
+    assert first["identity"] == "spiffe://cluster.local/ns/shop/sa/catalog"
+    assert first["certificate"] == {"not_after": "2026-12-06T04:00:00.000+00:00"}
+    assert (second["identity"], second["certificate"]) == (None, None)
     assert [g["node_id"] for g in doc["gateways"]] == ["ingress~gateway~gateway-0"]
     assert doc["context"] == "prod"
     assert doc["config_version"] == "v9"

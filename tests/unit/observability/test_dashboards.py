@@ -4,6 +4,7 @@ Grafana's sidecar. Each query is evaluated by a real Prometheus in test_promtool
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from pathlib import Path
@@ -16,7 +17,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from grpcmesh_control.host.metrics import ControlPlaneMetrics
+from grpcmesh_control.mesh.certificates import NodeCertificate
 from grpcmesh_control.mesh.model import MethodCatalog, MethodInfo, ServiceInfo
+from grpcmesh_control.mesh.model.identity import workload_identity
 from grpcmesh_control.mesh.translate.bootstrap import ADMIN_CLUSTER, XDS_CLUSTER
 from grpcmesh_control.observability import Job
 from grpcmesh_control.observability.dashboards import (
@@ -191,6 +194,11 @@ def test_kit_metric_names_are_the_kits(dashboards: Dashboards) -> None:
 def test_control_plane_metric_names_are_the_control_planes(dashboards: Dashboards) -> None:
     metrics = ControlPlaneMetrics()
     metrics.rebuild_duration.observe(0.01)
+    now = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+    held = NodeCertificate(
+        "sidecar~orders~v1-0", workload_identity("orders"), now, now + dt.timedelta(hours=24), 1
+    )
+    metrics.observe_certificates(lambda: [held], lambda: now + dt.timedelta(days=3650))
     used = metric_names(dashboards, "grpcmesh_")
     assert used
     assert used <= exposed(metrics.exposition())
