@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 
 from grpcmesh_control.cluster.objects import (
+    AppMeshSettings,
     EgressFilter,
     OperatorSettings,
+    Provider,
     appmesh_objects,
     render_problems,
 )
 from grpcmesh_control.cluster.objects.appmesh import GRPC_RETRY_EVENTS, _duration
+from grpcmesh_control.cluster.objects.settings import IdentitySettings
 from grpcmesh_control.mesh.model import MeshService, MethodCatalog, RetryOn, parse_mesh_service
 from tests.unit.examples import EXAMPLE_NAMES
 
@@ -95,10 +98,80 @@ def test_backends_are_virtual_services(
     services: dict[str, MeshService], appmesh_settings: OperatorSettings, catalog: MethodCatalog
 ) -> None:
     node = render(services["orders"], appmesh_settings, catalog)[("VirtualNode", "orders-v1")]
-    assert node["spec"]["backends"] == [
-        {"virtualService": {"virtualServiceRef": {"name": name}}}
-        for name in ("catalog", "inventory", "payments")
+    assert [b["virtualService"]["virtualServiceRef"] for b in node["spec"]["backends"]] == [
+        {"name": name} for name in ("catalog", "inventory", "payments")
     ]
+
+
+def test_backends_originate_mtls_and_pin_each_backends_identity(
+    services: dict[str, MeshService], appmesh_settings: OperatorSettings, catalog: MethodCatalog
+) -> None:
+    # As App Mesh's SPIRE integration expects: SDS secrets named by SPIFFE ID and trust domain.
+    settings = dataclasses.replace(
+        appmesh_settings, identity=IdentitySettings(trust_domain="mesh.example")
+    )
+    node = render(services["orders"], settings, catalog)[("VirtualNode", "orders-v1")]
+    names = ("catalog", "inventory", "payments")
+    for backend, name in zip(node["spec"]["backends"], names, strict=True):
+        assert backend["virtualService"]["clientPolicy"] == {
+            "tls": {
+                "certificate": {
+                    "sds": {"secretName": "spiffe://mesh.example/ns/default/sa/orders"}
+                },
+                "enforce": True,
+                "validation": {
+                    "subjectAlternativeNames": {
+                        "match": {"exact": [f"spiffe://mesh.example/ns/default/sa/{name}"]}
+                    },
+                    "trust": {"sds": {"secretName": "spiffe://mesh.example"}},
+                },
+            }
+        }
+    assert crd_errors(node) == []
+
+
+@pytest.mark.parametrize("mode", ["STRICT", "PERMISSIVE"])
+def test_each_listener_terminates_mtls_in_the_services_mode(
+    example_docs: dict[str, Any],
+    appmesh_settings: OperatorSettings,
+    catalog: MethodCatalog,
+    mode: str,
+) -> None:
+    doc = example_docs["payments"]
+    if mode != "STRICT":  # STRICT is the default: the example does not say it
+        doc["spec"]["mtls"] = {"mode": mode}
+    svc = parse_mesh_service(doc, catalog=catalog)
+    objects = appmesh_objects(
+        svc, namespace="shop", owner=owner_of(svc.name), settings=appmesh_settings, catalog=catalog
+    )
+    nodes = [o for o in objects if o["kind"] == "VirtualNode"]
+    assert len(nodes) == len(svc.versions)
+    for node in nodes:
+        [listener] = node["spec"]["listeners"]
+        assert listener["tls"] == {
+            "certificate": {"sds": {"secretName": "spiffe://cluster.local/ns/shop/sa/payments"}},
+            "mode": mode,
+            "validation": {"trust": {"sds": {"secretName": "spiffe://cluster.local"}}},
+        }
+        assert crd_errors(node) == []
+    assert render_problems(svc, appmesh_settings, catalog) == ()
+
+
+def test_external_backends_get_no_client_tls(
+    example_docs: dict[str, Any], catalog: MethodCatalog
+) -> None:
+    settings = OperatorSettings(
+        provider=Provider.APPMESH,
+        appmesh=AppMeshSettings(egress_filter=EgressFilter.ALLOW_ALL),
+    )
+    doc = example_docs["payments"]
+    doc["spec"]["backends"] = [
+        {"name": "psp", "external": {"host": "psp.example.com", "port": 443}}
+    ]
+    svc = parse_mesh_service(doc, catalog=catalog)
+    objects = appmesh_objects(svc, namespace=NAMESPACE, owner=owner_of(svc.name), settings=settings)
+    for node in (o for o in objects if o["kind"] == "VirtualNode"):
+        assert "backends" not in node["spec"]
 
 
 def test_weighted_targets(

@@ -47,6 +47,7 @@ from grpcmesh_control.cluster.objects.names import (
 from grpcmesh_control.cluster.objects.settings import EgressFilter, OperatorSettings
 from grpcmesh_control.mesh.errors import FieldError
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.identity import SpiffeId, workload_identity
 from grpcmesh_control.mesh.model.mesh import MeshService, RetryOn, VersionTarget
 from grpcmesh_control.mesh.translate.policy import RoutePolicy, route_policies
 
@@ -55,6 +56,7 @@ __all__ = [
     "MESH_NAMESPACE_LABEL",
     "appmesh_objects",
     "appmesh_problems",
+    "trust_bundle_secret",
     "virtual_node_name",
 ]
 
@@ -71,6 +73,34 @@ _NO_TIMEOUT = timedelta(0)
 
 def virtual_node_name(service: str, version: str) -> str:
     return version_service_name(service, version)
+
+
+def trust_bundle_secret(trust_domain: str) -> str:
+    """The SDS name under which SPIRE's agent serves a trust domain's bundle to App Mesh."""
+    return f"spiffe://{trust_domain}"
+
+
+def _sds(name: str) -> dict[str, Any]:
+    return {"sds": {"secretName": name}}
+
+
+def _listener_tls(svc: MeshService, identity: SpiffeId) -> dict[str, Any]:
+    return {
+        "certificate": _sds(identity.uri),
+        "mode": svc.mtls.value,
+        "validation": {"trust": _sds(trust_bundle_secret(identity.trust_domain))},
+    }
+
+
+def _client_tls(identity: SpiffeId, backend: SpiffeId) -> dict[str, Any]:
+    return {
+        "certificate": _sds(identity.uri),
+        "enforce": True,
+        "validation": {
+            "subjectAlternativeNames": {"match": {"exact": [backend.uri]}},
+            "trust": _sds(trust_bundle_secret(identity.trust_domain)),
+        },
+    }
 
 
 def appmesh_problems(
@@ -164,7 +194,7 @@ def _mesh(settings: OperatorSettings) -> dict[str, Any]:
     }
 
 
-def _listener(svc: MeshService) -> dict[str, Any]:
+def _listener(svc: MeshService, identity: SpiffeId) -> dict[str, Any]:
     policy = svc.traffic_policy
     listener: dict[str, Any] = {
         "healthCheck": {
@@ -176,6 +206,7 @@ def _listener(svc: MeshService) -> dict[str, Any]:
             "unhealthyThreshold": 2,
         },
         "portMapping": {"port": svc.grpc.port, "protocol": "grpc"},
+        "tls": _listener_tls(svc, identity),
         # Server side: no deadline of its own (callers' routes carry it), as the native
         # provider's inbound listener; idle streams are cut after an hour.
         "timeout": {
@@ -211,16 +242,25 @@ def _virtual_node(
     hostname = (
         f"{version_service_name(svc.name, version.name)}.{namespace}.svc.{settings.cluster_domain}"
     )
+    trust_domain = settings.identity.trust_domain
+    identity = workload_identity(svc.name, namespace, trust_domain)
     spec: dict[str, Any] = {}
     backends = [
-        {"virtualService": {"virtualServiceRef": {"name": b.name}}}
+        {
+            "virtualService": {
+                "clientPolicy": {
+                    "tls": _client_tls(identity, workload_identity(b.name, namespace, trust_domain))
+                },
+                "virtualServiceRef": {"name": b.name},
+            }
+        }
         for b in sorted(svc.backends, key=lambda b: b.name)
         if b.external is None
     ]
     if backends:
         spec["backends"] = backends
     spec |= {
-        "listeners": [_listener(svc)],
+        "listeners": [_listener(svc, identity)],
         "podSelector": {"matchLabels": version_selector(svc.name, version.name)},
         "serviceDiscovery": {"dns": {"hostname": hostname, "responseType": "ENDPOINTS"}},
     }
