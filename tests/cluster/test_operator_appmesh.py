@@ -84,3 +84,34 @@ def test_virtual_router_retries_follow_the_descriptor_sets(
         (grpc_service, "GetReview")
     ]
     assert retried[0]["retryPolicy"]["grpcRetryEvents"]
+
+
+def test_virtual_nodes_carry_mtls_as_the_api_server_stores_them(
+    kube: KubeCluster, ns: str, operator: Operator
+) -> None:
+    # PERMISSIVE listener, and a backend whose identity the client policy pins.
+    caller = example("catalog")
+    caller["metadata"]["name"] = "reviews"
+    caller["spec"]["grpc"]["services"] = [f"{ns.replace('-', '')}.v1.Reviews"]
+    caller["spec"]["workload"]["image"] = "example.com/reviews:1"
+    caller["spec"]["mtls"] = {"mode": "PERMISSIVE"}
+    caller["spec"]["backends"] = [{"name": "catalog"}]
+    kube.apply([example("catalog"), caller], namespace=ns)
+    nodes = wait_until(
+        lambda: kube.items("virtualnode", ns, selector="grpcmesh.io/service=reviews"),
+        "the reviews VirtualNodes",
+    )
+    td = operator_settings(kube).render.identity.trust_domain
+    for node in nodes:
+        [listener] = node["spec"]["listeners"]
+        assert listener["tls"] == {
+            "certificate": {"sds": {"secretName": f"spiffe://{td}/ns/{ns}/sa/reviews"}},
+            "mode": "PERMISSIVE",
+            "validation": {"trust": {"sds": {"secretName": f"spiffe://{td}"}}},
+        }
+        [backend] = node["spec"]["backends"]
+        tls = backend["virtualService"]["clientPolicy"]["tls"]
+        assert tls["enforce"] is True
+        assert tls["validation"]["subjectAlternativeNames"]["match"]["exact"] == [
+            f"spiffe://{td}/ns/{ns}/sa/catalog"
+        ]
