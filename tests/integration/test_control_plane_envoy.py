@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 import signal
@@ -203,9 +204,16 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def in_process_control_plane(state_dir: Path) -> AsyncIterator[Served]:
-    """The control plane in this event loop (its parts reachable), with its addresses."""
-    cp = ControlPlane(ControlPlaneSettings(state_dir, poll_interval=0.05))
+async def in_process_control_plane(
+    state_dir: Path, *, mtls: bool = True
+) -> AsyncIterator[Served]:
+    """The control plane in this event loop (its parts reachable), with its addresses.
+    ``mtls=False`` for rigs whose upstreams are bare apps standing in for sidecars: a caller's
+    sidecar then speaks plaintext to them, as with ``GRPCMESH_MTLS=off``."""
+    settings = ControlPlaneSettings(state_dir, poll_interval=0.05)
+    if not mtls:
+        settings = dataclasses.replace(settings, certificates=None)
+    cp = ControlPlane(settings)
     bound: asyncio.Future[BoundAddresses] = asyncio.get_running_loop().create_future()
     async with asyncio.TaskGroup() as tasks:
         serving = tasks.create_task(cp.run(on_ready=bound.set_result))
@@ -278,7 +286,8 @@ async def test_envoy_subscribes_and_acks(
         async with running_envoy(tmp_path, xds, transport) as envoy:
             await poll(lambda: _ready(envoy), "Envoy /ready")
             node = await converged(admin_url)
-            snapshot = cp.cache.node_snapshot(NODE_ID)
+            # Convergence is about config: the group snapshot, without the node's secrets.
+            snapshot = cp.cache.config_snapshot(NODE_ID)
             assert snapshot is not None and node["snapshot_version"] == snapshot.version
             assert node["nack"] is None and node["problem"] is None
 

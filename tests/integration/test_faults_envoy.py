@@ -136,7 +136,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     node = caller_sidecar()
     try:
         async with (
-            in_process_control_plane(run) as served,
+            in_process_control_plane(run, mtls=False) as served,
             running_envoy(tmp_path, served.xds, node=node) as envoy,
             grpc.aio.insecure_channel(
                 f"127.0.0.1:{node.egress_port}", options=[("grpc.default_authority", "faulty")]

@@ -81,7 +81,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     node = ProxyNode(NodeId.ingress(), ingress_port=free_port(), bind_address="127.0.0.1")
     try:
         async with (
-            in_process_control_plane(run) as served,
+            in_process_control_plane(run, mtls=False) as served,
             running_envoy(tmp_path, served.xds, node=node) as envoy,
         ):
             await poll(

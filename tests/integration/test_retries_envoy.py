@@ -181,7 +181,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     rig = None
     try:
         async with (
-            in_process_control_plane(run) as served,
+            in_process_control_plane(run, mtls=False) as served,
             running_envoy(tmp_path, served.xds, node=node) as envoy,
         ):
             rig = Rig(envoy, f"127.0.0.1:{node.egress_port}", servicer, {})
