@@ -204,9 +204,7 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def in_process_control_plane(
-    state_dir: Path, *, mtls: bool = True
-) -> AsyncIterator[Served]:
+async def in_process_control_plane(state_dir: Path, *, mtls: bool = True) -> AsyncIterator[Served]:
     """The control plane in this event loop (its parts reachable), with its addresses.
     ``mtls=False`` for rigs whose upstreams are bare apps standing in for sidecars: a caller's
     sidecar then speaks plaintext to them, as with ``GRPCMESH_MTLS=off``."""
