@@ -158,8 +158,10 @@ async def running_envoy(
     xds_address: str,
     transport: XdsTransport = XdsTransport.SOTW,
     node: ProxyNode | None = None,
+    **bootstrap: Any,
 ) -> AsyncIterator[Envoy]:
-    """An Envoy for ``node`` (default: the orders sidecar on free loopback ports)."""
+    """An Envoy for ``node`` (default: the orders sidecar on free loopback ports);
+    ``bootstrap``: more ``render_bootstrap`` arguments."""
     node = node or ProxyNode(
         NodeId.parse(NODE_ID),
         inbound_port=free_port(),
@@ -176,6 +178,7 @@ async def running_envoy(
         node_metadata=node.metadata(),
         bind_address="127.0.0.1",
         xds_transport=transport,
+        **bootstrap,
     )
     config_path = tmp_path / "envoy.json"
     config_path.write_text(json.dumps(config, indent=1))
@@ -204,11 +207,13 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def in_process_control_plane(state_dir: Path, *, mtls: bool = True) -> AsyncIterator[Served]:
+async def in_process_control_plane(
+    state_dir: Path, *, mtls: bool = True, secure_xds: bool = False
+) -> AsyncIterator[Served]:
     """The control plane in this event loop (its parts reachable), with its addresses.
     ``mtls=False`` for rigs whose upstreams are bare apps standing in for sidecars: a caller's
     sidecar then speaks plaintext to them, as with ``GRPCMESH_MTLS=off``."""
-    settings = ControlPlaneSettings(state_dir, poll_interval=0.05)
+    settings = ControlPlaneSettings(state_dir, poll_interval=0.05, secure_xds=secure_xds)
     if not mtls:
         settings = dataclasses.replace(settings, certificates=None)
     cp = ControlPlane(settings)

@@ -742,6 +742,13 @@ def control_plane(
     ready_file: Annotated[
         Path | None, typer.Option(help="Write the bound addresses here (JSON) once serving.")
     ] = None,
+    secure_xds: Annotated[
+        bool,
+        typer.Option(
+            help="Serve ADS only to Envoys sending their node token (from the run directory's "
+            "credential), each only its own config; over TLS with the mesh CA."
+        ),
+    ] = False,
 ) -> None:
     """Run the control plane on a run-state directory (what `grpcmesh up` starts)."""
     # Imported here: the xDS server and its protos are not needed by the other commands.
@@ -752,7 +759,10 @@ def control_plane(
     async def main(stop: asyncio.Event) -> int:
         code = 0
         try:
-            await _first(serve(state_dir, xds_port, admin_port, host, ready_file), stop.wait())
+            await _first(
+                serve(state_dir, xds_port, admin_port, host, ready_file, secure_xds=secure_xds),
+                stop.wait(),
+            )
         except* OSError as failed:  # a port in use, say
             _error(f"cannot serve: {failed.exceptions[0]}")
             code = EXIT_FAILED

@@ -36,7 +36,15 @@ from prometheus_client.registry import Collector
 
 from grpcmesh_control.mesh.certificates import NodeCertificate
 from grpcmesh_control.mesh.publisher import RebuildOutcome
-from grpcmesh_control.mesh.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SnapshotCache
+from grpcmesh_control.mesh.xds import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Refusal,
+    SnapshotCache,
+)
 
 __all__ = [
     "CERTIFICATE_EXPIRY",
@@ -125,6 +133,15 @@ class ControlPlaneMetrics:
             "content of each is in use.",
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "grpcmesh_xds_refusals",
+            "ADS streams refused: reason unauthenticated (no or a bad node credential) or "
+            "wrong_node (a valid credential asking for another node's configuration).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in Refusal:
+            self.refusals.labels(reason=reason.value)
         for label in XdsType:  # export zeros, so rate() works from the first scrape
             for counter in (self.pushes, self.acks, self.nacks):
                 counter.labels(type=label.value)
@@ -145,6 +162,10 @@ class ControlPlaneMetrics:
     def pushed(self, node_id: str, type_url: str) -> None:
         """``AdsServicer``'s ``on_push`` hook."""
         self.pushes.labels(type=XdsType.of(type_url).value).inc()
+
+    def refused(self, reason: Refusal) -> None:
+        """``AdsServicer``'s ``on_refused`` hook."""
+        self.refusals.labels(reason=reason.value).inc()
 
     def rebuilt(self, outcome: RebuildOutcome) -> None:
         """``Publisher``'s ``on_rebuild`` hook."""

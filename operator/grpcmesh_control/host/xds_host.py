@@ -48,7 +48,12 @@ from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
 from grpcmesh_control.mesh.translate import SnapshotBuilder
 from grpcmesh_control.mesh.translate.versioned import SECRET, TypeResources
-from grpcmesh_control.mesh.xds import AdsServicer, NodeStatus, VersionedSnapshot
+from grpcmesh_control.mesh.xds import (
+    AdsServicer,
+    NodeAuthenticator,
+    NodeStatus,
+    VersionedSnapshot,
+)
 
 __all__ = [
     "REDACTED",
@@ -84,7 +89,11 @@ class XdsHost:
 
     With a mesh ``ca``, the sidecars speak mTLS (STRICT unless a MeshService says PERMISSIVE)
     and every connected node is issued its workload certificate over SDS
-    (``certificates``, renewed while ``serving``); without one, plaintext."""
+    (``certificates``, renewed while ``serving``); without one, plaintext.
+
+    With an ``authenticator``, ADS streams are served only to callers proving a node identity,
+    each only its own nodes' configuration (``mesh.xds.server``; refusals counted in
+    ``grpcmesh_xds_refusals_total``). ``serving(..., tls=)`` serves ADS over TLS."""
 
     def __init__(
         self,
@@ -98,7 +107,9 @@ class XdsHost:
         protos: Callable[[], ProtoSet] | None = None,
         ca: CertificateAuthority | None = None,
         certificates: CertificateSettings | None = None,
+        authenticator: NodeAuthenticator | None = None,
     ) -> None:
+        self.authenticator = authenticator
         self.metrics = ControlPlaneMetrics()
         self.cache = MeteredSnapshotCache(self.metrics)
         settings = certificates or CertificateSettings()
@@ -209,14 +220,22 @@ class XdsHost:
         http_host: str,
         http_port: int | None,
         stop_grace: float,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> AsyncIterator[BoundPorts]:
         """ADS on ``xds_host:xds_port`` and ``app`` on ``http_host:http_port`` (None: no HTTP)
-        while the block runs. ``OSError`` when a port cannot be bound."""
+        while the block runs. ``tls``: (PEM private key, PEM certificate chain) to serve ADS
+        over TLS with; None: plaintext. ``OSError`` when a port cannot be bound."""
         # Without so_reuseport=0 grpc sets SO_REUSEPORT, and a second control plane on the same
         # port would silently share the Envoys' connections with the first.
         server = self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AdsServicer(self.cache, on_push=self.metrics.pushed), server
+            AdsServicer(
+                self.cache,
+                on_push=self.metrics.pushed,
+                authenticator=self.authenticator,
+                on_refused=self.metrics.refused,
+            ),
+            server,
         )
         if self.reflection is not None:
             server.add_generic_rpc_handlers(self.reflection.handlers())
@@ -224,7 +243,12 @@ class XdsHost:
         await runner.setup()
         try:
             try:
-                bound_xds = server.add_insecure_port(join_host_port(xds_host, xds_port))
+                address = join_host_port(xds_host, xds_port)
+                bound_xds = (
+                    server.add_insecure_port(address)
+                    if tls is None
+                    else server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+                )
             except RuntimeError as exc:  # grpc reports a failed bind this way
                 raise OSError(f"xDS port {xds_host}:{xds_port}: {exc}") from None
             await server.start()

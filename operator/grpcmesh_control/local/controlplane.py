@@ -18,6 +18,12 @@ mTLS (on by default): the mesh CA is loaded from (or created in) ``<state>/ca``
 ``GRPCMESH_TRUST_DOMAIN``, ``GRPCMESH_WORKLOAD_CERT_TTL`` (a duration, 24h by default),
 ``GRPCMESH_CERT_RENEW_FRACTION`` (0.5); ``GRPCMESH_MTLS=off`` runs the mesh in plaintext (a
 benchmark's baseline).
+
+Secured xDS (``secure_xds``, ``--secure-xds``; what ``grpcmesh up`` runs): an ADS stream is
+served only to an Envoy sending its node token (``local.credential.node_token``, derived from
+the run directory's credential; the launcher renders it into each bootstrap), and only its own
+node's configuration; with the mesh CA, ADS is served over TLS with a certificate for
+``host`` issued by the mesh CA at start (valid ``XDS_SERVING_VALIDITY``).
 """
 
 from __future__ import annotations
@@ -88,6 +94,14 @@ class ControlPlaneSettings:
     """Seconds in-flight ADS streams get when stopping (Envoys reconnect elsewhere anyway)."""
     certificates: CertificateSettings | None = field(default_factory=CertificateSettings)
     """Workload certificates, with mTLS between sidecars; None: plaintext, no CA."""
+    secure_xds: bool = False
+    """Serve ADS only to nodes proving their id with their node token, over TLS when there
+    is a mesh CA (module docstring)."""
+
+
+XDS_SERVING_VALIDITY = dt.timedelta(days=30)
+"""How long the xDS server's certificate is valid: it is issued anew at each start, and a local
+control plane lives as long as its ``grpcmesh up``."""
 
 
 _OFF = ("off", "false", "0", "no")
@@ -173,7 +187,21 @@ class ControlPlane:
             protos=lambda: self.protos,
             ca=ca,
             certificates=settings.certificates,
+            authenticator=(
+                credential.NodeTokens(credential.ensure(settings.state_dir))
+                if settings.secure_xds
+                else None
+            ),
         )
+        self._xds_tls: tuple[bytes, bytes] | None = None
+        if settings.secure_xds and ca is not None:
+            issued = ca.issue_serving(
+                [settings.host],
+                dt.datetime.now(dt.UTC),
+                validity=XDS_SERVING_VALIDITY,
+                common_name="grpcmesh xDS",
+            )
+            self._xds_tls = (issued.key_pem(), issued.cert_chain_pem())
         self.metrics, self.cache, self.publisher = (
             self.host.metrics,
             self.host.cache,
@@ -270,6 +298,7 @@ class ControlPlane:
                 http_host=settings.host,
                 http_port=settings.admin_port,
                 stop_grace=settings.stop_grace,
+                tls=self._xds_tls,
             ) as ports:
                 assert ports.http_port is not None
                 bound = BoundAddresses(settings.host, ports.xds_port, ports.http_port)
@@ -302,6 +331,8 @@ async def serve(
     admin_port: int,
     host: str = LOCALHOST,
     ready_file: Path | None = None,
+    *,
+    secure_xds: bool = False,
 ) -> None:
     """Run the control plane on ``state_dir`` until cancelled (``grpcmesh control-plane``)."""
     await run_control_plane(
@@ -312,6 +343,7 @@ async def serve(
             host=host,
             ready_file=ready_file,
             certificates=certificates_from_env(os.environ),
+            secure_xds=secure_xds,
         )
     )
 

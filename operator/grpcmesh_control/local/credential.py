@@ -16,13 +16,23 @@ tests) reads and checks it the same way::
     token = credential.read(run_dir)          # a client; CredentialError names the file
     headers = credential.headers(token)       # {"Authorization": "Bearer ..."}
     app.middlewares.append(credential.middleware(token))
+
+Each Envoy proves its node id to the xDS server with a token of its own, derived from the
+mesh's credential: ``node_token(token, node_id)`` is ``<node id, base64url>.<HMAC-SHA256 of
+the node id keyed with the credential, base64url>``. The launcher renders it into that node's
+bootstrap (mode 0600) as ADS call metadata ``authorization: Bearer <node token>``;
+``NodeTokens`` (the control plane's ``NodeAuthenticator``) verifies it and lets it ask for that
+node alone. A node's token reveals neither the credential nor another node's token.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -34,12 +44,17 @@ from grpcmesh_control.mesh.errors import MeshError
 __all__ = [
     "CREDENTIAL_FILE",
     "FILE_MODE",
+    "NODE_TOKEN_METADATA",
     "OPEN_PATHS",
     "CredentialError",
+    "NodeTokens",
     "create",
     "ensure",
     "headers",
     "middleware",
+    "new_token",
+    "node_metadata",
+    "node_token",
     "read",
 ]
 
@@ -59,9 +74,15 @@ def _path(run_dir: Path) -> Path:
     return run_dir / CREDENTIAL_FILE
 
 
-def create(run_dir: Path) -> str:
-    """A new random token written to ``RUN/credential`` (mode 0600, replacing any old one)."""
-    token = secrets.token_urlsafe(_TOKEN_BYTES)
+def new_token() -> str:
+    """A fresh random credential (``create`` writes one)."""
+    return secrets.token_urlsafe(_TOKEN_BYTES)
+
+
+def create(run_dir: Path, token: str | None = None) -> str:
+    """``token`` (a new random one by default) written to ``RUN/credential`` (mode 0600,
+    replacing any old one)."""
+    token = token or new_token()
     path = _path(run_dir)
     write_atomically(path, token + "\n", mode=FILE_MODE)
     return token
@@ -128,3 +149,54 @@ def _refused(reason: str) -> web.Response:
         status=401,
         headers={"WWW-Authenticate": _SCHEME},
     )
+
+
+NODE_TOKEN_METADATA = "authorization"
+"""The gRPC metadata key a node's token travels in (value ``Bearer <node token>``)."""
+_NODE_TOKEN_CONTEXT = b"grpcmesh xds node\0"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _node_mac(token: str, node_id: str) -> bytes:
+    return hmac.new(token.encode(), _NODE_TOKEN_CONTEXT + node_id.encode(), hashlib.sha256).digest()
+
+
+def node_token(token: str, node_id: str) -> str:
+    """The xDS token of ``node_id`` in the mesh whose credential is ``token``."""
+    return f"{_b64(node_id.encode())}.{_b64(_node_mac(token, node_id))}"
+
+
+def node_metadata(token: str, node_id: str) -> dict[str, str]:
+    """The ADS call metadata proving ``node_id`` (what its bootstrap's ``initial_metadata``
+    holds)."""
+    return {NODE_TOKEN_METADATA: f"{_SCHEME} {node_token(token, node_id)}"}
+
+
+class NodeTokens:
+    """The local control plane's ``NodeAuthenticator``: a caller is the node whose token it
+    sends, and may ask for that node's configuration alone."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def authenticate(self, metadata: Mapping[str, str]) -> str | None:
+        scheme, _, presented = metadata.get(NODE_TOKEN_METADATA, "").partition(" ")
+        encoded_id, dot, mac = presented.strip().partition(".")
+        if scheme != _SCHEME or not dot:
+            return None
+        try:
+            node_id = _unb64(encoded_id).decode()
+            given = _unb64(mac)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+        return node_id if hmac.compare_digest(given, _node_mac(self._token, node_id)) else None
+
+    def permits(self, identity: str, node_id: str) -> bool:
+        return identity == node_id

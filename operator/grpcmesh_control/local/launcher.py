@@ -7,7 +7,9 @@ each mesh afresh in it: resources copied from ``--resources``, new ports, new da
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -15,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpcmesh_control.local import credential
+from grpcmesh_control.local.atomic import write_atomically
 from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.local.controlplane import certificates_from_env
 from grpcmesh_control.local.envoy_binary import find_envoy
+from grpcmesh_control.local.mesh_ca import CA_DIR, CA_ROOT_FILE, load_or_create_mesh_ca
 from grpcmesh_control.local.plan import (
+    FILE_MODE,
     PORTS_PER_REPLICA,
     LocalSettings,
     Plan,
@@ -121,6 +127,11 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         raise LauncherError(
             f"a mesh is already running in {run_dir} (launcher pid {running.launcher_pid})"
         )
+    token = credential.new_token()
+    try:
+        mtls = certificates_from_env(os.environ) is not None
+    except ValueError as exc:
+        raise LauncherError(str(exc)) from None
     settings = LocalSettings(
         run_dir=run_dir,
         python=sys.executable,
@@ -129,15 +140,19 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         prometheus=prometheus,
         otlp_endpoint=options.otlp_endpoint,
         trace_sampling=options.trace_sampling,
+        xds_credential=token,
+        xds_trusted_ca=run_dir / CA_DIR / CA_ROOT_FILE if mtls else None,
     )
     ports = allocate_ports(ports_needed(services, prometheus=prometheus is not None))
     plan = build_plan(services, iter(ports), settings)
     _reset_run_dir(run_dir)
-    credential.create(run_dir)  # before the control plane starts: it reads it
+    credential.create(run_dir, token)  # before the control plane starts: it reads it
+    if mtls:  # the root the Envoys' bootstraps trust the xDS server's certificate with
+        load_or_create_mesh_ca(run_dir, dt.datetime.now(dt.UTC))
     _write_resources(run_dir / RESOURCES_DIR, files)
     for path, text in plan.files().items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_atomically(path, text, mode=FILE_MODE)
     if plan.prometheus is not None:
         write_rules(plan.prometheus.rules_path)
     return plan, settings

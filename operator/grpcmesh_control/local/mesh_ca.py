@@ -17,10 +17,12 @@ from pathlib import Path
 
 from grpcmesh_control.mesh.ca import CaError, CertificateAuthority
 
-__all__ = ["CA_DIR", "load_or_create_mesh_ca"]
+__all__ = ["CA_DIR", "CA_ROOT_FILE", "load_or_create_mesh_ca"]
 
 CA_DIR = "ca"
-_CERT, _KEY, _ROOT = "tls.crt", "tls.key", "ca.crt"
+CA_ROOT_FILE = "ca.crt"
+"""The mesh root(s), PEM: public; what the Envoys trust the xDS server's certificate with."""
+_CERT, _KEY, _ROOT = "tls.crt", "tls.key", CA_ROOT_FILE
 
 
 def load_or_create_mesh_ca(state: Path, now: dt.datetime) -> CertificateAuthority:

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from grpcmesh_control.local import credential
 from grpcmesh_control.mesh.appenv import AppEnv
 from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload
@@ -57,6 +58,7 @@ from grpcmesh_control.observability.scrape import ScrapeTargets, prometheus_conf
 __all__ = [
     "ADMIN_SOCKET",
     "DEFAULT_INGRESS_NAME",
+    "FILE_MODE",
     "PORTS_PER_REPLICA",
     "ControlPlanePlan",
     "IngressPlan",
@@ -81,6 +83,10 @@ _FIXED_PORTS = 4  # control plane xDS + admin, ingress listener + admin
 # launcher's own, so the services import from the same environment.
 _PYTHON_NAMES = frozenset({"python", "python3", "python3.11"})
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+
+
+FILE_MODE = 0o600
+"""The mode of the files a plan writes (``Plan.files``): a bootstrap holds a node token."""
 
 
 class PlanError(MeshError, ValueError):
@@ -114,6 +120,13 @@ class LocalSettings:
     ``GRPCMESH_TRACE_SAMPLING_RATIO``."""
     access_logs: bool = True
     """Envoys write a JSON access log line per request into their envoy.log."""
+    xds_credential: str | None = None
+    """The mesh's credential (``local.credential``): each Envoy's bootstrap then carries its
+    own node token (the bootstrap files must be written private), and the control plane runs
+    with ``--secure-xds``, serving ADS only to nodes proving their id. None: ADS is open."""
+    xds_trusted_ca: Path | None = None
+    """The mesh root (PEM file) the Envoys verify the control plane's TLS certificate with
+    (with ``xds_credential``, when mTLS is on); None: ADS in plaintext."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +250,8 @@ class Plan:
 
     def files(self) -> dict[Path, str]:
         """Every file the processes need before they start: bootstraps, app config and the
-        Prometheus config (its rules file is written by the launcher)."""
+        Prometheus config (its rules file is written by the launcher). Write them with mode
+        ``FILE_MODE``: a bootstrap holds its node's xDS token."""
         out = {self.ingress.bootstrap_path: _json(self.ingress.bootstrap)}
         for r in self.replicas:
             out[r.bootstrap_path] = _json(r.bootstrap)
@@ -295,6 +309,7 @@ def build_plan(
                 str(xds_port),
                 "--admin-port",
                 str(cp_admin),
+                *(() if settings.xds_credential is None else ("--secure-xds",)),
             ),
             log=run / "control-plane.log",
             cwd=run,
@@ -509,6 +524,7 @@ def _replica(
                 bind_address=LOCALHOST,
                 admin_socket=_admin_socket(directory),
                 health_paths=READ_ONLY_PATHS,
+                **_xds_security(settings, str(node.id)),
             )
         ),
         app=ProcessSpec(
@@ -520,6 +536,16 @@ def _replica(
         ),
         sidecar=_envoy_process(f"{svc.name}/{replica}/envoy", bootstrap_path, directory, settings),
     )
+
+
+def _xds_security(settings: LocalSettings, node_id: str) -> dict[str, Any]:
+    """``render_bootstrap``'s arguments proving ``node_id`` to a secured control plane."""
+    if settings.xds_credential is None:
+        return {}
+    return {
+        "xds_metadata": credential.node_metadata(settings.xds_credential, node_id),
+        "xds_trusted_ca": settings.xds_trusted_ca,
+    }
 
 
 def _admin_socket(directory: Path) -> Path:
@@ -559,6 +585,7 @@ def _ingress(take: _PortTaker, settings: LocalSettings, xds_address: str) -> Ing
                 bind_address=LOCALHOST,
                 admin_socket=_admin_socket(directory),
                 health_paths=READ_ONLY_PATHS,
+                **_xds_security(settings, str(node.id)),
             )
         ),
         process=_envoy_process("ingress/envoy", bootstrap_path, directory, settings),

@@ -35,7 +35,7 @@ import aiohttp
 
 from grpcmesh_control.local.atomic import write_atomically
 from grpcmesh_control.local.clients import ControlPlaneClient, HealthProbe, http_ok
-from grpcmesh_control.local.plan import Plan, PlanError, ProcessSpec, ReplicaPlan
+from grpcmesh_control.local.plan import FILE_MODE, Plan, PlanError, ProcessSpec, ReplicaPlan
 from grpcmesh_control.local.process import ManagedProcess, death_signal_prefix
 from grpcmesh_control.local.sources import (
     RESOURCES_DIR,
@@ -571,8 +571,11 @@ class Supervisor:
 
     def _write_files(self, replica: ReplicaPlan) -> None:
         replica.dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(replica.bootstrap_path, json.dumps(dict(replica.bootstrap), indent=1))
-        write_atomically(replica.config_path, replica.config_text)
+        # The bootstrap holds the node's xDS token: private, like the plan's other files.
+        write_atomically(
+            replica.bootstrap_path, json.dumps(dict(replica.bootstrap), indent=1), mode=FILE_MODE
+        )
+        write_atomically(replica.config_path, replica.config_text, mode=FILE_MODE)
 
     async def _retire(self, key: str) -> None:
         """Drain and stop one replica: not ready (callers' sidecars stop choosing it), a grace

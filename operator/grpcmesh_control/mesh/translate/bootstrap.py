@@ -28,6 +28,7 @@ from google.protobuf import json_format, struct_pb2
 
 from grpcmesh_control.mesh.translate import _envoy as e
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
+from grpcmesh_control.mesh.translate.tls import TLS_TRANSPORT_SOCKET
 
 __all__ = [
     "ADMIN_CLUSTER",
@@ -80,6 +81,8 @@ def render_bootstrap(
     xds_transport: XdsTransport = XdsTransport.DELTA,
     admin_socket: Path | None = None,
     health_paths: tuple[str, ...] = HEALTH_PATHS,
+    xds_metadata: Mapping[str, str] | None = None,
+    xds_trusted_ca: Path | None = None,
 ) -> dict[str, Any]:
     """The bootstrap as a dict (proto3 JSON field names).
 
@@ -96,6 +99,11 @@ def render_bootstrap(
     interface on that unix socket instead, mode ``ADMIN_SOCKET_MODE``, and ``admin_port`` then
     serves only ``health_paths`` (with ``health_port`` unset): no other local user can reach
     ``/quitquitquit`` or any other mutation.
+
+    ``xds_metadata`` is sent as call metadata on every ADS stream (``initial_metadata``; the
+    node's credential in local mode: the file must then be private). ``xds_trusted_ca`` (a PEM
+    file) makes the ADS connection TLS, verifying the control plane's certificate against it
+    and its name (an IP SAN for an IP address) against the host of ``xds_address``.
     """
     host, port = _split_host_port(xds_address)
     admin_address = e.socket_address(local_address, admin_port)
@@ -115,7 +123,11 @@ def render_bootstrap(
                 transport_api_version=config_source_pb2.ApiVersion.V3,
                 grpc_services=[
                     grpc_service_pb2.GrpcService(
-                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER)
+                        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER),
+                        initial_metadata=[
+                            e.base_pb2.HeaderValue(key=key, value=value)
+                            for key, value in sorted((xds_metadata or {}).items())
+                        ],
                     )
                 ],
                 # The node never changes on a stream; sending it once saves bytes per request.
@@ -125,7 +137,7 @@ def render_bootstrap(
             lds_config=e.ads_source(),
         ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            clusters=[xds_cluster(host, port, xds_connect_timeout)]
+            clusters=[xds_cluster(host, port, xds_connect_timeout, trusted_ca=xds_trusted_ca)]
         ),
         overload_manager=_overload_manager(max_downstream_connections),
     )
@@ -236,19 +248,44 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def xds_cluster(host: str, port: int, connect_timeout: timedelta) -> e.cluster_pb2.Cluster:
+def xds_cluster(
+    host: str, port: int, connect_timeout: timedelta, *, trusted_ca: Path | None = None
+) -> e.cluster_pb2.Cluster:
+    """The control plane's cluster; with ``trusted_ca``, over TLS (see ``render_bootstrap``)."""
     keepalive = e.protocol_pb2.KeepaliveSettings(
         # Detect a dead control plane (or a silently dropped connection) within ~35 s.
         interval=e.duration(timedelta(seconds=30)),
         timeout=e.duration(timedelta(seconds=5)),
     )
-    return Cluster(
+    cluster = Cluster(
         name=XDS_CLUSTER,
         type=Cluster.DiscoveryType.STATIC if _is_ip(host) else Cluster.DiscoveryType.STRICT_DNS,
         connect_timeout=e.duration(connect_timeout),
         load_assignment=_single_host(XDS_CLUSTER, host, port),
         typed_extension_protocol_options=e.http2_upstream_options(keepalive),
     )
+    if trusted_ca is not None:
+        cluster.transport_socket.CopyFrom(_xds_tls(host, trusted_ca))
+    return cluster
+
+
+def _xds_tls(host: str, trusted_ca: Path) -> e.base_pb2.TransportSocket:
+    san = e.tls_common_pb2.SubjectAltNameMatcher
+    name = san(
+        san_type=san.SanType.IP_ADDRESS if _is_ip(host) else san.SanType.DNS,
+        matcher=e.string_matcher_pb2.StringMatcher(exact=host),
+    )
+    context = e.tls_pb2.UpstreamTlsContext(
+        common_tls_context=e.tls_pb2.CommonTlsContext(
+            alpn_protocols=["h2"],
+            validation_context=e.tls_common_pb2.CertificateValidationContext(
+                trusted_ca=e.base_pb2.DataSource(filename=str(trusted_ca)),
+                match_typed_subject_alt_names=[name],
+            ),
+        ),
+        sni="" if _is_ip(host) else host,
+    )
+    return e.base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=e.pack(context))
 
 
 def _admin_cluster(admin: e.address_pb2.Address) -> e.cluster_pb2.Cluster:

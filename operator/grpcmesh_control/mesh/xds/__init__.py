@@ -19,7 +19,7 @@ from grpcmesh_control.mesh.translate.versioned import (
     version_snapshot,
 )
 from grpcmesh_control.mesh.xds.cache import NackRecord, NodeStatus, SnapshotCache
-from grpcmesh_control.mesh.xds.server import AdsServicer
+from grpcmesh_control.mesh.xds.server import AdsServicer, NodeAuthenticator, Refusal
 
 __all__ = [
     "CLUSTER",
@@ -31,7 +31,9 @@ __all__ = [
     "WILDCARD_TYPES",
     "AdsServicer",
     "NackRecord",
+    "NodeAuthenticator",
     "NodeStatus",
+    "Refusal",
     "ResourceType",
     "SnapshotCache",
     "TypeResources",

@@ -1,12 +1,19 @@
 """The ADS gRPC service: glues a stream's requests and its group's snapshot changes to the
-protocol state in ``streams``. One task per stream direction, no fire-and-forget tasks."""
+protocol state in ``streams``. One task per stream direction, no fire-and-forget tasks.
+
+With a ``NodeAuthenticator``, a stream is served only to a caller that proves who it is: its
+call metadata is checked before the first request is read (none or a bad credential:
+``UNAUTHENTICATED``), and every request's ``node.id`` must be one the proven identity may act
+as (else ``PERMISSION_DENIED``, before anything of that node is sent). Each refusal is reported
+to ``on_refused`` with its reason (``Refusal``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -37,12 +44,40 @@ class _Stream(Protocol[ReqIn, RespOut]):
     def close(self) -> None: ...
 
 
+class NodeAuthenticator(Protocol):
+    """Who an ADS caller is, and which nodes it may ask for."""
+
+    async def authenticate(self, metadata: Mapping[str, str]) -> str | None:
+        """The identity the call ``metadata`` proves; None: no valid credential."""
+        ...
+
+    def permits(self, identity: str, node_id: str) -> bool:
+        """Whether ``identity`` may be served ``node_id``'s configuration."""
+        ...
+
+
+class Refusal(StrEnum):
+    """Why a stream was refused (the label of the control plane's refusal counter)."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    """No credential, or one that does not verify."""
+    WRONG_NODE = "wrong_node"
+    """A valid credential, asking for a node id its identity may not act as."""
+
+
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, cache: SnapshotCache, on_push: Callable[[str, str], None] | None = None
+        self,
+        cache: SnapshotCache,
+        on_push: Callable[[str, str], None] | None = None,
+        *,
+        authenticator: NodeAuthenticator | None = None,
+        on_refused: Callable[[Refusal], None] | None = None,
     ) -> None:
         self.cache = cache
         self._on_push = on_push or (lambda node_id, type_url: None)
+        self._authenticator = authenticator
+        self._on_refused = on_refused or (lambda reason: None)
 
     async def StreamAggregatedResources(
         self,
@@ -66,6 +101,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         requests: AsyncIterator[Req],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Resp]:
+        identity = await self._authenticate(context)
         next_request: asyncio.Future[Req] = asyncio.ensure_future(anext(requests))
         change: asyncio.Future[int] | None = None
         try:
@@ -79,6 +115,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                         request = next_request.result()
                     except StopAsyncIteration:
                         return
+                    await self._check_node(identity, request, context)
                     try:
                         responses = stream.on_request(request)
                     except ProtocolError as exc:
@@ -108,6 +145,38 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     # StopAsyncIteration; retrieve it, or asyncio logs "never retrieved".
                     task.exception()
             stream.close()
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+        if self._authenticator is None:
+            return None
+        metadata = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if isinstance(value, str)  # binary (-bin) values carry no credential
+        }
+        identity = await self._authenticator.authenticate(metadata)
+        if identity is None:
+            self._on_refused(Refusal.UNAUTHENTICATED)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the xDS server needs the node's credential ('authorization: Bearer <token>' "
+                "call metadata); none was sent or it does not verify",
+            )
+        return identity
+
+    async def _check_node(
+        self, identity: str | None, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        if self._authenticator is None or identity is None or not request.HasField("node"):
+            return
+        node_id = request.node.id
+        if node_id and not self._authenticator.permits(identity, node_id):
+            self._on_refused(Refusal.WRONG_NODE)
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node.id {node_id!r}: the caller's credential is {identity!r}'s, which may "
+                "not ask for this node's configuration",
+            )
 
     def _watch(self, stream: _Stream[Any, Any]) -> asyncio.Future[int]:
         # The node's view: its group's snapshot and its own secrets (certificates).
