@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from grpcmesh_control.local.mesh_ca import CA_DIR, CA_ROOT_FILE
 from grpcmesh_control.mesh.translate.bootstrap import XdsTransport
 from grpcmesh_control.mesh.xds import CLUSTER, SECRET
 from tests.integration.test_control_plane_envoy import (
+    EXAMPLES,
     NODE_ID,
     TIMEOUT,
     _ready,
@@ -36,10 +38,19 @@ from tests.integration.test_control_plane_envoy import (
     in_process_control_plane,
     poll,
     running_envoy,
-    state_dir,  # noqa: F401 (the fixture)
+    write_endpoints,
 )
+from tests.loopback import free_port
 
 OTHER_NODE = "sidecar~payments~v1-0"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(EXAMPLES, run / "resources")
+    write_endpoints(run, ("payments", free_port(), True))
+    return run
 
 
 def _root(state_dir: Path) -> Path:
