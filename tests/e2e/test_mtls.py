@@ -1,7 +1,8 @@
 """Mutual TLS between sidecars, end to end (local mode, real Envoys): STRICT by default, the
 refusals (plaintext, no certificate, a foreign CA, a foreign trust domain) and the Envoy stat
-each one moves, PERMISSIVE only where declared, and workload certificates rotating every few
-seconds under open-loop load without a failed call.
+each one moves, PERMISSIVE only where declared, workload certificates rotating every few
+seconds under open-loop load without a failed call, and the xDS channel refusing a node that
+asks for another node's configuration (or sends no token).
 
 The mesh runs with short-lived certificates (``GRPCMESH_WORKLOAD_CERT_TTL``), so every test
 here also runs across rotations.
@@ -23,6 +24,8 @@ from typing import Any
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from grpcmesh_control.host.metrics import CERTIFICATE_EXPIRY, ROOTS_EXPIRY
@@ -31,6 +34,7 @@ from grpcmesh_control.local.plan import ADMIN_SOCKET
 from grpcmesh_control.local.state import ReplicaState
 from grpcmesh_control.mesh.ca import CertificateAuthority, Issued, trust_bundle
 from grpcmesh_control.mesh.model.identity import SpiffeId, ingress_identity, workload_identity
+from grpcmesh_control.mesh.xds import CLUSTER, SECRET
 from grpcmesh_loadgen import run_load
 from tests.e2e.harness import Mesh, envoy_stats, eventually, proxies
 from tests.e2e.test_mesh import (
@@ -321,3 +325,68 @@ def _metrics(address: str) -> str:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         text: str = response.read().decode()
     return text
+
+
+# --- the xDS channel ---------------------------------------------------------------------------
+
+
+def _node_token(bootstrap: Path) -> tuple[str, str]:
+    """The ``authorization`` metadata a node's bootstrap sends on its ADS stream."""
+    document = json.loads(bootstrap.read_text())
+    (header,) = document["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"]
+    return header["key"], header["value"]
+
+
+async def _ads_refusal(
+    xds: str, roots: bytes, node_id: str, metadata: tuple[tuple[str, str], ...]
+) -> tuple[grpc.StatusCode, int]:
+    """Ask ``xds`` for ``node_id``'s clusters and secrets with ``metadata``: the status the
+    stream ends with, and how many responses came before."""
+    async with grpc.aio.secure_channel(xds, grpc.ssl_channel_credentials(roots)) as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+            metadata=metadata
+        )
+        for type_url in (CLUSTER, SECRET):
+            request = discovery_pb2.DiscoveryRequest(
+                node=base_pb2.Node(id=node_id), type_url=type_url
+            )
+            try:
+                await call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                break  # already refused
+        received = 0
+        async with asyncio.timeout(15):
+            try:
+                while await call.read() is not grpc.aio.EOF:
+                    received += 1
+            except grpc.aio.AioRpcError as exc:
+                return exc.code(), received
+        return await call.code(), received
+
+
+async def test_a_sidecar_asking_for_another_nodes_config_is_refused(mesh: Mesh) -> None:
+    state = mesh.state
+    orders = mesh.replica("orders/v1-0")
+    payments = mesh.replica("payments/v1-0")
+    bootstraps = [mesh.run_dir / "ingress" / "envoy.json"] + [
+        mesh.run_dir / r.service / r.replica / "envoy.json" for r in state.replicas
+    ]
+    for bootstrap in bootstraps:  # each holds its node's token: its owner's alone
+        assert bootstrap.stat().st_mode & 0o777 == 0o600, bootstrap
+    # A compromised payments sidecar's token, asking for the orders sidecar's config and key.
+    payments_token = _node_token(mesh.run_dir / "payments" / payments.replica / "envoy.json")
+    roots = (mesh.run_dir / "ca" / "ca.crt").read_bytes()
+    code, received = await _ads_refusal(
+        state.control_plane_xds, roots, orders.node_id, (payments_token,)
+    )
+    assert (code, received) == (grpc.StatusCode.PERMISSION_DENIED, 0)
+    code, received = await _ads_refusal(state.control_plane_xds, roots, orders.node_id, ())
+    assert (code, received) == (grpc.StatusCode.UNAUTHENTICATED, 0)
+    text = await asyncio.to_thread(_metrics, state.control_plane_admin)
+    for reason in ("unauthenticated", "wrong_node"):
+        line = f'grpcmesh_xds_refusals_total{{reason="{reason}"}}'
+        assert any(
+            row.startswith(line + " ") and float(row.split()[-1]) >= 1 for row in text.splitlines()
+        ), f"{line} not counted"
+    # The mesh itself is unaffected: every node still converged with its own token.
+    await wait_converged(mesh)
