@@ -124,7 +124,8 @@ class Envoy:
         return {entry["name"]: entry for entry in dump.get("dynamic_listeners", [])}
 
     async def routes(self) -> dict[str, dict[str, Any]]:
-        dump = (await self.config_dump())[ROUTES_DUMP]
+        # No routes dump at all until the first route configuration arrives.
+        dump = (await self.config_dump()).get(ROUTES_DUMP, {})
         return {r["route_config"]["name"]: r for r in dump.get("dynamic_route_configs", [])}
 
     async def hosts(self, cluster: str) -> dict[str, str]:

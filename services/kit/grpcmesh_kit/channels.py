@@ -2,13 +2,16 @@
 
 Without a sidecar the channel dials the service's address from ``settings.targets``. With one
 (``settings.sidecar_egress``) it dials the local Envoy's egress listener and sets ``:authority``
-to the service name, which is what Envoy routes on; the app never learns endpoints.
+to the service name, which is what Envoy routes on; the app never learns endpoints. Proxyless
+(``settings.xds_bootstrap``) it dials ``xds:///<service>``: gRPC's xDS client, configured by
+that bootstrap, gets the service's routes and endpoints from the control plane itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,6 +75,24 @@ class UnknownService(LookupError):
     """No address is configured for the requested service."""
 
 
+XDS_SCHEME = "xds:///"
+GRPC_XDS_BOOTSTRAP_CONFIG = "GRPC_XDS_BOOTSTRAP_CONFIG"
+"""Where gRPC's xDS client reads its bootstrap (JSON text), once per process: when the first
+``xds:`` channel is made."""
+
+
+def use_xds_bootstrap(bootstrap: str) -> None:
+    """Hand ``bootstrap`` to gRPC's xDS client. It is read when the process's xDS client is
+    created, so a different one later would be silently ignored: refuse it instead."""
+    current = os.environ.get(GRPC_XDS_BOOTSTRAP_CONFIG)
+    if current is not None and current != bootstrap:
+        raise RuntimeError(
+            f"{GRPC_XDS_BOOTSTRAP_CONFIG} is already set to another bootstrap; "
+            "a process has one xDS client"
+        )
+    os.environ[GRPC_XDS_BOOTSTRAP_CONFIG] = bootstrap
+
+
 class ChannelFactory:
     def __init__(
         self,
@@ -85,6 +106,8 @@ class ChannelFactory:
     def route(self, service: str) -> tuple[str, str | None]:
         """(address to dial, :authority override) for ``service``."""
         settings = self._settings()
+        if settings.xds_bootstrap:
+            return f"{XDS_SCHEME}{service}", None
         if settings.sidecar_egress:
             return settings.sidecar_egress, service
         try:
@@ -92,7 +115,8 @@ class ChannelFactory:
         except KeyError:
             raise UnknownService(
                 f"no address for service {service!r}: set GRPCMESH_TARGETS "
-                f'(e.g. {{"{service}": "127.0.0.1:50051"}}) or GRPCMESH_SIDECAR_EGRESS'
+                f'(e.g. {{"{service}": "127.0.0.1:50051"}}), GRPCMESH_SIDECAR_EGRESS or '
+                "GRPCMESH_XDS_BOOTSTRAP"
             ) from None
 
     def channel(self, service: str) -> grpc.aio.Channel:
@@ -116,6 +140,8 @@ class ChannelFactory:
                     ("grpc.min_reconnect_backoff_ms", first),
                     ("grpc.max_reconnect_backoff_ms", longest),
                 ]
+            if address.startswith(XDS_SCHEME) and settings.xds_bootstrap:
+                use_xds_bootstrap(settings.xds_bootstrap)
             interceptors = self._for_target(address, authority)
             waiter = _AwaitSidecar() if authority else None
             if waiter is not None:  # innermost: the wait counts in the call's latency
@@ -129,8 +155,11 @@ class ChannelFactory:
     def _for_target(self, address: str, authority: str | None) -> list[grpc.aio.ClientInterceptor]:
         """The interceptors for one channel: those that label calls with their target (the
         tracing one: ``server.address``/``server.port``) get it."""
-        host, _, port = address.rpartition(":")
-        target = (authority or host.strip("[]"), int(port) if port.isdigit() else 0)
+        if address.startswith(XDS_SCHEME):
+            target = (address.removeprefix(XDS_SCHEME), 0)  # endpoints come from xDS
+        else:
+            host, _, port = address.rpartition(":")
+            target = (authority or host.strip("[]"), int(port) if port.isdigit() else 0)
         made: list[grpc.aio.ClientInterceptor] = []
         for interceptor in self._interceptors:
             if isinstance(interceptor, TargetAware):

@@ -66,6 +66,12 @@ class KitSettings(BaseSettings):
     sidecar_egress: str | None = None
     """host:port of the local Envoy's egress listener; when set, every channel dials it and
     Envoy routes on :authority (the target service name)."""
+    xds_bootstrap: str | None = None
+    """gRPC's xDS bootstrap (JSON) for a proxyless service (``spec.proxyless``); when set,
+    every channel dials ``xds:///<service>``: gRPC's own xDS client takes routes, deadlines,
+    retries and endpoints from the control plane and calls the backend's sidecar directly,
+    with no egress sidecar hop (external backends still go through the sidecar: the control
+    plane routes them there)."""
     sidecar_admin: str | None = None
     """host:port of the local Envoy's admin listener; when set, the app reports SERVING only
     once Envoy's /ready answers 200, i.e. the sidecar holds its first config from xDS."""

@@ -333,6 +333,10 @@ class MeshService:
     expose: bool = False
     """Routed at the ingress gateway; off by default, so nothing is public by accident."""
     mtls: MtlsMode = MtlsMode.STRICT
+    proxyless: bool = False
+    """The app's channels take routes and endpoints from the control plane over xDS (gRPC's
+    own client, ``xds:///<backend>``) instead of going through its egress sidecar; its
+    inbound sidecar stays (``translate.proxyless``)."""
     workload: Workload | None = None
     backends: tuple[Backend, ...] = ()
     traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)

@@ -450,6 +450,7 @@ def _build(body: Doc) -> MeshService:
         replicas=spec.get("replicas", 1),
         expose=spec.get("expose", False),
         mtls=MtlsMode(spec.get("mtls", {}).get("mode", MtlsMode.STRICT)),
+        proxyless=spec.get("proxyless", False),
         workload=None if workload is None else _workload(workload),
         backends=tuple(_backend(b) for b in spec.get("backends", [])),
         traffic_policy=_traffic_policy(spec.get("trafficPolicy", {})),

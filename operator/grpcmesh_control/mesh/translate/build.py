@@ -1,5 +1,7 @@
 """Registry + node -> Snapshot: the one entry point of translation (a pure function).
 
+Proxyless client ``proxyless~<svc>~<replica>``: per MeshService backend, an API listener, a
+route configuration, a cluster per version and their load assignments (``proxyless``).
 Sidecar ``sidecar~<svc>~<replica>``: listener ``inbound`` (to its app) and ``egress`` (RDS
 ``egress``: a virtual host per backend of ``<svc>``), cluster ``inbound|<app port>``, an EDS
 cluster and load assignment per version of each MeshService backend, a DNS cluster per external
@@ -29,8 +31,20 @@ from grpcmesh_control.mesh.translate.listeners import (
     ingress_listener,
 )
 from grpcmesh_control.mesh.translate.naming import NodeKind, ProxyNode
+from grpcmesh_control.mesh.translate.proxyless import (
+    proxyless_backends,
+    proxyless_cluster,
+    proxyless_listener,
+    proxyless_route_config,
+    sidecar_egress,
+)
 from grpcmesh_control.mesh.translate.registry import Registry
-from grpcmesh_control.mesh.translate.routes import egress_route_config, ingress_route_config
+from grpcmesh_control.mesh.translate.routes import (
+    InboundDeadline,
+    egress_route_config,
+    inbound_deadlines,
+    ingress_route_config,
+)
 from grpcmesh_control.mesh.translate.snapshot import Snapshot
 from grpcmesh_control.mesh.translate.tls import MeshTls
 from grpcmesh_control.mesh.translate.versioned import PackCache
@@ -55,6 +69,8 @@ def build_snapshot(
     svc = registry.service(node.id.name)
     if svc is None:
         raise UnknownNode(f"node {node.id}: no MeshService {node.id.name}")
+    if node.id.kind is NodeKind.PROXYLESS:
+        return _proxyless(registry, node, svc, parts)
     return _sidecar(registry, node, svc, parts)
 
 
@@ -76,10 +92,15 @@ class _Fresh:
         return service_clusters(svc, self.tls), _assignments(registry, svc)
 
     def sidecar_parts(
-        self, node: ProxyNode, app_port: int, svc: MeshService, catalog: MethodCatalog
+        self,
+        node: ProxyNode,
+        app_port: int,
+        svc: MeshService,
+        catalog: MethodCatalog,
+        deadlines: tuple[InboundDeadline, ...] = (),
     ) -> tuple[e.cluster_pb2.Cluster, Listeners]:
         authorization = authorization_filter(svc, catalog, self.tls)
-        inbound = inbound_listener(node, app_port, self.tls, svc.mtls, authorization)
+        inbound = inbound_listener(node, app_port, self.tls, svc.mtls, authorization, deadlines)
         listeners = (inbound, egress_listener(node))
         return inbound_cluster(app_port, node.local_address), listeners
 
@@ -91,8 +112,9 @@ class SnapshotBuilder(_Fresh):
     """``build_snapshot`` with memory, for the publisher: the parts of a snapshot that depend
     on one service alone (its clusters and load assignments: its spec and endpoints) are
     translated and packed once and shared by every snapshot routing to it, in this rebuild and
-    the next ones while the service is unchanged; the parts that depend on the node alone
-    (inbound cluster, listeners) are kept per node shape (the node without its replica).
+    the next ones while the service is unchanged; the parts that depend on the node and its
+    service's route deadlines (inbound cluster, listeners) are kept per node shape (the node
+    without its replica) and deadlines.
     Messages are shared between snapshots, so they must never be mutated (as everywhere)."""
 
     MAX_NODE_SHAPES = 4096
@@ -123,17 +145,30 @@ class SnapshotBuilder(_Fresh):
         return clusters, assignments
 
     def sidecar_parts(
-        self, node: ProxyNode, app_port: int, svc: MeshService, catalog: MethodCatalog
+        self,
+        node: ProxyNode,
+        app_port: int,
+        svc: MeshService,
+        catalog: MethodCatalog,
+        deadlines: tuple[InboundDeadline, ...] = (),
     ) -> tuple[e.cluster_pb2.Cluster, Listeners]:
         rest = tuple(getattr(node, f.name) for f in fields(node) if f.name != "id")
         authorization = _authorization_key(svc, catalog)
-        key: _NodeKey = (node.id.kind, node.id.name, rest, app_port, svc.mtls, authorization)
+        key: _NodeKey = (
+            node.id.kind,
+            node.id.name,
+            rest,
+            app_port,
+            svc.mtls,
+            authorization,
+            deadlines,
+        )
         known = self._nodes.get(key)
         if known is not None:
             return known
         if len(self._nodes) >= self.MAX_NODE_SHAPES:
             self._drop_nodes()
-        parts = self._nodes[key] = super().sidecar_parts(node, app_port, svc, catalog)
+        parts = self._nodes[key] = super().sidecar_parts(node, app_port, svc, catalog, deadlines)
         self._packs.add([parts[0], *parts[1]])
         return parts
 
@@ -163,7 +198,8 @@ def _observability_clusters(node: ProxyNode) -> list[e.cluster_pb2.Cluster]:
 
 def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService, parts: _Fresh) -> Snapshot:
     app_port = node.app_port or svc.grpc.port
-    inbound, listeners = parts.sidecar_parts(node, app_port, svc, registry.catalog)
+    deadlines = inbound_deadlines(svc, registry)
+    inbound, listeners = parts.sidecar_parts(node, app_port, svc, registry.catalog, deadlines)
     clusters = [inbound, *_observability_clusters(node)]
     endpoints = []
     for backend in registry.resolved_backends(svc):
@@ -181,6 +217,29 @@ def _sidecar(registry: Registry, node: ProxyNode, svc: MeshService, parts: _Fres
         endpoints=tuple(endpoints),
         listeners=listeners,
         routes=(egress_route_config(svc, registry),),
+        pack_cache=parts.pack_cache,
+    )
+
+
+def _proxyless(registry: Registry, node: ProxyNode, svc: MeshService, parts: _Fresh) -> Snapshot:
+    # The load assignments are the sidecars' (shared, packed once); gRPC reads the fields it
+    # knows. Clusters and routes are gRPC's own subset, small enough to translate per group.
+    backends = proxyless_backends(svc, registry)
+    clusters = [proxyless_cluster(b, v) for b in backends for v in b.versions]
+    endpoints = [a for b in backends for a in parts.service_parts(registry, b)[1]]
+    routes = [proxyless_route_config(b, registry) for b in backends]
+    external = sorted(b.name for b in registry.resolved_backends(svc) if b.external is not None)
+    if external:
+        cluster, assignment, external_routes = sidecar_egress(node, external)
+        clusters.append(cluster)
+        endpoints.append(assignment)
+        routes += external_routes
+    return Snapshot(
+        node_id=str(node.id),
+        clusters=tuple(clusters),
+        endpoints=tuple(endpoints),
+        listeners=tuple(proxyless_listener(r.name) for r in routes),
+        routes=tuple(routes),
         pack_cache=parts.pack_cache,
     )
 

@@ -38,6 +38,7 @@ from grpcmesh_control.mesh.translate.naming import (
 from grpcmesh_control.mesh.translate.routes import (
     FAULT_FILTER,
     NOT_DELIVERED_HEADER,
+    InboundDeadline,
     inbound_route_config,
 )
 from grpcmesh_control.mesh.translate.tls import MeshTls, downstream_transport_socket, tls_inspector
@@ -211,8 +212,10 @@ def inbound_listener(
     tls: MeshTls | None = None,
     mode: MtlsMode = MtlsMode.STRICT,
     authorization: hcm_pb2.HttpFilter | None = None,
+    deadlines: tuple[InboundDeadline, ...] = (),
 ) -> e.listener_pb2.Listener:
-    """``<bind>:<inbound port>`` -> the app; routes inline, they only change with the app port.
+    """``<bind>:<inbound port>`` -> the app; routes inline, they change only with the app port
+    and the service's route deadlines (``routes.inbound_route_config``).
 
     With ``tls``: mutual TLS required (``tls.downstream_transport_socket``); PERMISSIVE keeps a
     plaintext chain beside it, chosen per connection by the TLS inspector. ``authorization``
@@ -220,7 +223,7 @@ def inbound_listener(
     hcm = _hcm(INBOUND, node)
     if authorization is not None:
         hcm.http_filters.insert(0, authorization)
-    hcm.route_config.CopyFrom(inbound_route_config(app_port))
+    hcm.route_config.CopyFrom(inbound_route_config(app_port, deadlines))
     hcm.local_reply_config.mappers.append(_not_delivered_marker())
     listener = _listener(INBOUND, node.bind_address, node.inbound_port, hcm, Direction.INBOUND)
     if tls is None:

@@ -6,8 +6,12 @@ Node ids (Envoy bootstrap ``node.id``; ``~`` never occurs in DNS names, so it sp
   e.g. ``sidecar~orders~orders-v1-7d9f8-abcde`` (the pod name) or ``sidecar~orders~0`` locally.
 - ``ingress~<name>`` or ``ingress~<name>~<replica>``: an ingress gateway, e.g.
   ``ingress~gateway``.
+- ``proxyless~<service>~<replica>``: the xDS client inside one replica's app (gRPC's own, for
+  a MeshService with ``spec.proxyless``): its channels take routes and endpoints from the
+  control plane and skip the egress sidecar (``translate.proxyless``).
 
-``node.cluster`` is the service name for sidecars and ``ingress`` for gateways.
+``node.cluster`` is the service name for sidecars and proxyless clients, ``ingress`` for
+gateways.
 
 Ports a node listens on come from its bootstrap's ``node.metadata["grpcmesh"]`` (see
 ``ProxyNode.from_node``), so the local launcher can allocate them while Kubernetes pods use the
@@ -105,6 +109,7 @@ _REPLICA = re.compile(r"^[A-Za-z0-9]([-._A-Za-z0-9]*[A-Za-z0-9])?$")
 class NodeKind(StrEnum):
     SIDECAR = "sidecar"
     INGRESS = "ingress"
+    PROXYLESS = "proxyless"
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,8 @@ class NodeId:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) or len(self.name) > 63:
             raise InvalidNodeId(f"{self.name!r} is not a DNS-1035 label")
-        if self.kind is NodeKind.SIDECAR and not self.replica:
-            raise InvalidNodeId(f"sidecar node {self.name!r} needs a replica")
+        if self.kind is not NodeKind.INGRESS and not self.replica:
+            raise InvalidNodeId(f"{self.kind.value} node {self.name!r} needs a replica")
         if self.replica and not _REPLICA.match(self.replica):
             raise InvalidNodeId(
                 f"replica {self.replica!r} has characters other than [-._A-Za-z0-9]"
@@ -132,10 +137,11 @@ class NodeId:
             kind = NodeKind(parts[0])
         except ValueError:
             raise InvalidNodeId(
-                f"node id {text!r}: expected sidecar~<service>~<replica> or ingress~<name>"
+                f"node id {text!r}: expected sidecar~<service>~<replica>, ingress~<name> or "
+                "proxyless~<service>~<replica>"
             ) from None
-        if kind is NodeKind.SIDECAR and len(parts) != 3:
-            raise InvalidNodeId(f"node id {text!r}: expected sidecar~<service>~<replica>")
+        if kind is not NodeKind.INGRESS and len(parts) != 3:
+            raise InvalidNodeId(f"node id {text!r}: expected {kind.value}~<service>~<replica>")
         if kind is NodeKind.INGRESS and len(parts) not in (2, 3):
             raise InvalidNodeId(f"node id {text!r}: expected ingress~<name>[~<replica>]")
         return cls(kind, parts[1], parts[2] if len(parts) == 3 else "")
@@ -148,10 +154,15 @@ class NodeId:
     def ingress(cls, name: str = "gateway", replica: str = "") -> NodeId:
         return cls(NodeKind.INGRESS, name, replica)
 
+    @classmethod
+    def proxyless(cls, service: str, replica: str) -> NodeId:
+        return cls(NodeKind.PROXYLESS, service, replica)
+
     @property
     def envoy_cluster(self) -> str:
-        """Envoy's ``node.cluster``: the service for sidecars, ``ingress`` for gateways."""
-        return self.name if self.kind is NodeKind.SIDECAR else INGRESS
+        """The bootstrap's ``node.cluster``: the service for sidecars and proxyless clients,
+        ``ingress`` for gateways."""
+        return INGRESS if self.kind is NodeKind.INGRESS else self.name
 
     def __str__(self) -> str:
         parts = [self.kind.value, self.name] + ([self.replica] if self.replica else [])

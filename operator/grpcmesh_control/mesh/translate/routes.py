@@ -30,9 +30,11 @@ __all__ = [
     "NOT_DELIVERED_RETRIES",
     "REFLECTION_SERVICES",
     "RETRY_ON_TOKENS",
+    "InboundDeadline",
     "egress_route_config",
     "fault_config",
     "honour_grpc_timeout",
+    "inbound_deadlines",
     "inbound_route_config",
     "ingress_route_config",
     "retry_policy",
@@ -308,20 +310,51 @@ def _not_exposed_route() -> route.Route:
     )
 
 
-def inbound_route_config(app_port: int) -> e.route_pb2.RouteConfiguration:
-    """Everything to the local app. No timeout here: the caller's sidecar enforces deadlines."""
-    forward = route.RouteAction(
-        cluster=inbound_cluster_name(app_port),
-        timeout=e.duration(NO_TIMEOUT),
-        max_stream_duration=honour_grpc_timeout(),
+InboundDeadline = tuple[str, bool, timedelta]
+"""A route of a service's own inbound listener: (gRPC path, exact match, deadline)."""
+
+
+def inbound_deadlines(svc: MeshService, registry: Registry) -> tuple[InboundDeadline, ...]:
+    """The deadline of each of ``svc``'s routes (``policy.route_policies``), for its own
+    inbound listener: the same bounds its callers' sidecars enforce."""
+    return tuple(
+        (policy.path, policy.exact, policy.timeout)
+        for policy in route_policies(svc, registry.catalog)
+    )
+
+
+def inbound_route_config(
+    app_port: int, deadlines: tuple[InboundDeadline, ...] = ()
+) -> e.route_pb2.RouteConfiguration:
+    """Everything to the local app, each of the service's routes bounded by its deadline (or
+    the caller's ``grpc-timeout``, if shorter), and anything else (health, reflection) by the
+    caller's alone.
+
+    A caller's sidecar enforces the same deadlines first, so for it this bound never fires;
+    it is what bounds a call from a proxyless client (``translate.proxyless``), whose own
+    route timeout grpcio does not keep (a service-config timeout fires up to 2 s early in
+    Python, grpc/grpc#34547), and which therefore sends none. It bounds each attempt: a
+    proxyless client's retries are bounded as a whole by the caller's deadline."""
+    routes = [
+        route.Route(
+            name=f"app{path}",
+            match=route.RouteMatch(path=path) if exact else route.RouteMatch(prefix=path),
+            route=_to_app(app_port, timeout),
+        )
+        for path, exact, timeout in deadlines
+    ]
+    routes.append(
+        route.Route(name="app", match=route.RouteMatch(prefix="/"), route=_to_app(app_port))
     )
     return e.route_pb2.RouteConfiguration(
         name=INBOUND,
-        virtual_hosts=[
-            route.VirtualHost(
-                name=INBOUND,
-                domains=["*"],
-                routes=[route.Route(name="app", match=route.RouteMatch(prefix="/"), route=forward)],
-            )
-        ],
+        virtual_hosts=[route.VirtualHost(name=INBOUND, domains=["*"], routes=routes)],
+    )
+
+
+def _to_app(app_port: int, deadline: timedelta = NO_TIMEOUT) -> route.RouteAction:
+    return route.RouteAction(
+        cluster=inbound_cluster_name(app_port),
+        timeout=e.duration(NO_TIMEOUT),
+        max_stream_duration=honour_grpc_timeout(deadline),
     )

@@ -149,6 +149,7 @@ def check_consistency(
     bound = Counter(
         (lst.address.socket_address.address, lst.address.socket_address.port_value)
         for lst in listeners
+        if lst.HasField("address")  # an API listener (a proxyless client's) binds nothing
     )
     for (address, port), count in sorted(bound.items()):
         if count > 1:
@@ -159,6 +160,12 @@ def check_consistency(
 def _managers(
     listener: e.listener_pb2.Listener,
 ) -> Iterator[e.http_connection_manager_pb2.HttpConnectionManager]:
+    if listener.HasField("api_listener"):
+        packed = listener.api_listener.api_listener
+        if packed.Is(HCM.DESCRIPTOR):
+            hcm = HCM()
+            packed.Unpack(hcm)
+            yield hcm
     for chain in listener.filter_chains:
         for network_filter in chain.filters:
             if network_filter.name == HCM_FILTER and network_filter.typed_config.Is(HCM.DESCRIPTOR):
