@@ -135,7 +135,9 @@ class Rig:
 
     async def call(self, method: str, **kwargs: Any) -> bytes:
         channel = self.channels.channel(BACKEND)
-        stub = channel.unary_unary(f"/{BACKEND_SERVICE}/{method}")
+        stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            f"/{BACKEND_SERVICE}/{method}"
+        )
         return bytes(await stub(b"", timeout=CALLER_DEADLINE, **kwargs))
 
 

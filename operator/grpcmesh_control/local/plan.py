@@ -52,6 +52,7 @@ from grpcmesh_control.mesh.translate.naming import (
     NodeId,
     ProxyNode,
 )
+from grpcmesh_control.mesh.translate.proxyless import grpc_bootstrap
 from grpcmesh_control.observability.alerts import RULES_FILE_NAME
 from grpcmesh_control.observability.scrape import ScrapeTargets, prometheus_config
 
@@ -458,6 +459,17 @@ def _app_env(svc: MeshService, version: VersionTarget, workload: Workload) -> di
     return env
 
 
+def _proxyless_bootstrap(
+    svc: MeshService, replica: str, egress_port: int, xds_address: str
+) -> str | None:
+    """A proxyless service's app gets gRPC's xDS bootstrap (its own node, the control plane);
+    its sidecar's egress port is where the control plane routes its external backends."""
+    if not svc.proxyless:
+        return None
+    node = ProxyNode(NodeId.proxyless(svc.name, replica), egress_port=egress_port)
+    return json.dumps(grpc_bootstrap(node, xds_address), sort_keys=True)
+
+
 def _replica(
     svc: MeshService,
     version: VersionTarget,
@@ -497,6 +509,7 @@ def _replica(
         drain_seconds=settings.drain_seconds,
         otlp_endpoint=settings.otlp_endpoint,
         trace_sampling_ratio=settings.trace_sampling,
+        xds_bootstrap=_proxyless_bootstrap(svc, replica, egress, xds_address),
     )
     # The mesh's variables come last: a workload cannot move its own ports or database.
     env = {**_app_env(svc, version, workload), "PYTHONUNBUFFERED": "1", **contract.variables()}

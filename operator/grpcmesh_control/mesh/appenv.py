@@ -33,6 +33,7 @@ __all__ = [
     "SIDECAR_EGRESS",
     "TRACE_SAMPLING_RATIO",
     "VERSION",
+    "XDS_BOOTSTRAP",
     "AppEnv",
 ]
 
@@ -50,6 +51,7 @@ DB_PATH = "GRPCMESH_DB_PATH"
 DRAIN_SECONDS = "GRPCMESH_DRAIN_SECONDS"
 OTLP_ENDPOINT = "GRPCMESH_OTLP_ENDPOINT"
 TRACE_SAMPLING_RATIO = "GRPCMESH_TRACE_SAMPLING_RATIO"
+XDS_BOOTSTRAP = "GRPCMESH_XDS_BOOTSTRAP"
 
 RESERVED = frozenset(
     {
@@ -62,6 +64,7 @@ RESERVED = frozenset(
         SIDECAR_ADMIN,
         SIDECAR_EGRESS,
         VERSION,
+        XDS_BOOTSTRAP,
     }
 )
 """Set by the mesh on every app, whatever the workload says (the CRD refuses them in env)."""
@@ -70,7 +73,8 @@ RESERVED = frozenset(
 @dataclass(frozen=True)
 class AppEnv:
     """What one replica of one version of a service is told. ``None`` leaves a variable unset
-    (no sidecar: the kit dials directly; no path: the kit's default)."""
+    (no sidecar: the kit dials directly; no path: the kit's default; no xDS bootstrap: the kit
+    dials through its sidecar)."""
 
     service: str
     version: str
@@ -86,6 +90,9 @@ class AppEnv:
     otlp_endpoint: str | None = None
     trace_sampling_ratio: float | None = None
     """The mesh's one sampling ratio, which its Envoys use too."""
+    xds_bootstrap: str | None = None
+    """gRPC's xDS bootstrap (JSON) of a proxyless service's app (``spec.proxyless``,
+    ``translate.proxyless.grpc_bootstrap``): its channels dial ``xds:///<backend>``."""
 
     def variables(self) -> dict[str, str]:
         """Name -> value, sorted by name (stable pod templates and plans)."""
@@ -101,6 +108,7 @@ class AppEnv:
         optional = {
             SIDECAR_EGRESS: self.sidecar_egress,
             SIDECAR_ADMIN: self.sidecar_admin,
+            XDS_BOOTSTRAP: self.xds_bootstrap,
             DB_PATH: self.db_path,
             DRAIN_SECONDS: None if self.drain_seconds is None else f"{self.drain_seconds:g}",
             OTLP_ENDPOINT: self.otlp_endpoint,

@@ -264,6 +264,20 @@ def test_every_problem_is_reported_at_once(
     assert fields == ["spec.backends[3].name", "spec.grpc.port", "spec.workload.env[0].name"]
 
 
+def test_proxyless_is_denied_where_the_operator_cannot_render_it(
+    example_docs: dict[str, Any], services: dict[str, MeshService], catalog: MethodCatalog
+) -> None:
+    doc = example_docs["orders"]
+    doc["spec"]["proxyless"] = True
+    doc["spec"]["workload"]["env"] = [{"name": "GRPCMESH_XDS_BOOTSTRAP", "value": "{}"}]
+    fields = denied_fields(validate(doc, services, catalog))
+    assert fields == ["spec.workload.env[0].name"]  # the bootstrap is the mesh's to set
+    appmesh = OperatorSettings(provider=Provider.APPMESH)
+    del doc["spec"]["workload"]["env"]
+    denied = validate(doc, services, catalog, settings=appmesh)
+    assert "spec.proxyless" in denied_fields(denied)
+
+
 @pytest.mark.parametrize("obj", [None, "text", [], {"kind": "MeshService"}])
 def test_malformed_objects_are_denied_not_crashed_on(
     obj: Any, services: dict[str, MeshService], catalog: MethodCatalog

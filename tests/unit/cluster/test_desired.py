@@ -562,3 +562,41 @@ def test_every_app_is_told_its_version(
     for version in ("v1", "v2"):
         _, app = containers(one(objects, "Deployment", f"payments-{version}"))
         assert env_of(app)["GRPCMESH_VERSION"] == version
+
+
+def test_a_proxyless_services_app_gets_an_xds_bootstrap_naming_its_pod(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    doc = example_docs["orders"]
+    doc["spec"]["proxyless"] = True
+    svc = parse_mesh_service(doc, catalog=catalog)
+    _, app = containers(one(render(svc, settings), "Deployment", "orders-v1"))
+    names = [e["name"] for e in app["env"]]
+    # $(POD_NAME) expands only from a variable defined before it.
+    assert names.index("POD_NAME") < names.index("GRPCMESH_XDS_BOOTSTRAP")
+    env = env_of(app)
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    bootstrap = json.loads(env["GRPCMESH_XDS_BOOTSTRAP"])
+    assert bootstrap["node"]["id"] == "proxyless~orders~$(POD_NAME)"
+    assert bootstrap["xds_servers"][0]["server_uri"] == settings.xds_address
+    expanded = bootstrap["node"]["id"].replace("$(POD_NAME)", "orders-v1-7d9f8-abcde")
+    node = ProxyNode.from_node(expanded, bootstrap["node"]["metadata"])
+    assert (node.id, node.egress_port) == (
+        NodeId.proxyless("orders", "orders-v1-7d9f8-abcde"),
+        settings.proxy.egress_port,
+    )
+    assert env["GRPCMESH_SIDECAR_EGRESS"] == "127.0.0.1:15001"  # the sidecar stays
+    plain = parse_mesh_service(example_docs["inventory"], catalog=catalog)
+    _, other = containers(one(render(plain, settings), "Deployment", "inventory-v1"))
+    assert "GRPCMESH_XDS_BOOTSTRAP" not in env_of(other) and "POD_NAME" not in env_of(other)
+
+
+def test_proxyless_needs_the_native_provider(
+    example_docs: dict[str, Any], catalog: MethodCatalog, appmesh_settings: OperatorSettings
+) -> None:
+    doc = example_docs["orders"]
+    doc["spec"]["proxyless"] = True
+    svc = parse_mesh_service(doc, catalog=catalog)
+    with pytest.raises(InvalidResource) as caught:
+        render(svc, appmesh_settings)
+    assert "spec.proxyless" in [e.path for e in caught.value.errors]

@@ -428,3 +428,19 @@ def test_replan_points_the_running_prometheus_at_the_new_replicas(
         r.metrics_address for r in after.replicas
     ]
     assert plan.replica("catalog/v1-0").metrics_address not in after.prometheus.config_text
+
+
+def test_a_proxyless_services_app_gets_its_xds_bootstrap(
+    examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    services = tuple(dataclasses.replace(svc, proxyless=svc.name == "orders") for svc in examples)
+    plan = build_plan(services, itertools.count(FIRST_PORT), settings)
+    orders = plan.replica("orders/v1-1")
+    bootstrap = json.loads(orders.app.env["GRPCMESH_XDS_BOOTSTRAP"])
+    assert bootstrap["xds_servers"][0]["server_uri"] == plan.control_plane.xds_address
+    node = ProxyNode.from_node(bootstrap["node"]["id"], bootstrap["node"]["metadata"])
+    assert node.id == NodeId.proxyless("orders", "v1-1")
+    assert node.egress_port == orders.egress_port  # its external backends' way out
+    # The sidecar stays (inbound calls); other services dial through theirs as before.
+    assert orders.app.env["GRPCMESH_SIDECAR_EGRESS"] == f"127.0.0.1:{orders.egress_port}"
+    assert "GRPCMESH_XDS_BOOTSTRAP" not in plan.replica("catalog/v1-1").app.env

@@ -22,6 +22,7 @@ FULL = appenv.AppEnv(
     db_path="/var/lib/reviews/reviews.db",
     drain_seconds=0.5,
     otlp_endpoint="127.0.0.1:4317",
+    xds_bootstrap='{"xds_servers": []}',
 )
 
 
@@ -35,9 +36,8 @@ def test_every_variable_is_a_kit_setting() -> None:
 
 def test_the_reserved_variables_are_always_set() -> None:
     minimal = appenv.AppEnv("a", "v1", "127.0.0.1", 1, "127.0.0.1", 2, "/c.yaml")
-    assert appenv.RESERVED - {appenv.SIDECAR_ADMIN, appenv.SIDECAR_EGRESS} == set(
-        minimal.variables()
-    )
+    optional = {appenv.SIDECAR_ADMIN, appenv.SIDECAR_EGRESS, appenv.XDS_BOOTSTRAP}
+    assert appenv.RESERVED - optional == set(minimal.variables())
     assert set(FULL.variables()) >= appenv.RESERVED
 
 
@@ -56,6 +56,7 @@ def test_the_kit_reads_what_the_mesh_gives(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.sidecar_admin == FULL.sidecar_admin
     assert settings.drain_seconds == 0.5
     assert settings.otlp_endpoint == FULL.otlp_endpoint
+    assert settings.xds_bootstrap == FULL.xds_bootstrap
 
 
 def test_variables_are_sorted_and_unset_ones_left_out() -> None:

@@ -82,6 +82,7 @@ def test_defaults_for_a_minimal_resource() -> None:
     assert svc.namespace == "default"
     assert svc.replicas == 1
     assert svc.expose is False  # internal unless it asks to be routed at the ingress
+    assert svc.proxyless is False  # calls go through the sidecar unless it asks
     assert svc.workload is None
     assert svc.versions == (VersionTarget("v1", 100),)
     assert svc.traffic_policy == TrafficPolicy()
@@ -90,6 +91,15 @@ def test_defaults_for_a_minimal_resource() -> None:
     assert svc.traffic_policy.retries.attempts == 2
     assert svc.traffic_policy.retries.retry_on == (RetryOn.UNAVAILABLE,)
     assert svc.traffic_policy.outlier_detection is None
+
+
+def test_proxyless(example_docs: dict[str, Doc], catalog: MethodCatalog) -> None:
+    doc = example_docs["orders"]
+    doc["spec"]["proxyless"] = True
+    assert parse_mesh_service(doc, catalog=catalog).proxyless is True
+    doc["spec"]["proxyless"] = "yes"
+    with pytest.raises(InvalidResource, match=r"spec\.proxyless: 'yes' is not of type 'boolean'"):
+        parse_mesh_service(doc, source="orders.yaml")
 
 
 def test_expose(example_docs: dict[str, Doc], catalog: MethodCatalog) -> None:

@@ -78,6 +78,14 @@ def render_problems(
         problems.append(FieldError("spec.grpc.port", f"{svc.grpc.port} is reserved for {used_by}"))
     if settings.provider is Provider.APPMESH:
         problems += appmesh_problems(svc, settings, catalog)
+        if svc.proxyless:
+            problems.append(
+                FieldError(
+                    "spec.proxyless",
+                    "needs the native provider: proxyless clients take their routes from "
+                    "this control plane over xDS, which App Mesh's proxies do not use",
+                )
+            )
     return tuple(problems)
 
 

@@ -29,7 +29,9 @@ from grpcmesh_control.cluster.objects.proxy import (
     bootstrap_volume,
     local_address,
     pod_local_env,
+    pod_name_env,
     proxy_container,
+    proxyless_bootstrap,
 )
 from grpcmesh_control.cluster.objects.resources import render_resources
 from grpcmesh_control.cluster.objects.security import (
@@ -86,6 +88,7 @@ def _app_env(
     local = local_address(settings)
     proxy = settings.proxy
     sidecar = settings.provider is Provider.NATIVE
+    proxyless = sidecar and svc.proxyless  # render_problems refuses it with another provider
     # The root filesystem is read-only: point the services' sqlite file (db_path) at the data
     # emptyDir unless spec.config or the workload's env already chose a path (an env variable
     # would override spec.config, which is reloaded live and so should win).
@@ -105,9 +108,10 @@ def _app_env(
         sidecar_egress=f"{local}:{proxy.egress_port}" if sidecar else None,
         sidecar_admin=f"{local}:{proxy.admin_port}" if sidecar else None,
         db_path=None if chosen_db else f"{data_dir(svc.name, settings)}/{svc.name}.db",
+        xds_bootstrap=proxyless_bootstrap(svc.name, settings) if proxyless else None,
     )
     mesh = [{"name": name, "value": value} for name, value in contract.variables().items()]
-    return pod_local_env(settings) + own + mesh
+    return pod_local_env(settings) + (pod_name_env() if proxyless else []) + own + mesh
 
 
 def _config_path(settings: OperatorSettings) -> str:

@@ -35,6 +35,7 @@ from grpcmesh_control.mesh.translate.bootstrap import (
     render_local_overlay,
 )
 from grpcmesh_control.mesh.translate.naming import LOCALHOST, NodeId, NodeKind, ProxyNode
+from grpcmesh_control.mesh.translate.proxyless import grpc_bootstrap
 
 __all__ = [
     "BOOTSTRAP_DIR",
@@ -57,6 +58,7 @@ INBOUND_PORT_NAME = "grpc-inbound"
 HEALTH_PORT_NAME = "envoy-health"
 _READY_PATH = "/ready"
 POD_IP_VARIABLE = "POD_IP"
+POD_NAME_VARIABLE = "POD_NAME"
 
 
 def local_address(settings: OperatorSettings) -> str:
@@ -92,7 +94,7 @@ def _pod_node(service: str, settings: OperatorSettings) -> ProxyNode:
 
 def sidecar_node_id(service: str) -> str:
     """``sidecar~<svc>~$(POD_NAME)``: the kubelet substitutes the pod's name at start."""
-    return f"{NodeKind.SIDECAR.value}~{service}~$(POD_NAME)"
+    return f"{NodeKind.SIDECAR.value}~{service}~$({POD_NAME_VARIABLE})"
 
 
 def bootstrap_data(service: str, app_port: int, settings: OperatorSettings) -> dict[str, str]:
@@ -146,9 +148,7 @@ def proxy_container(service: str, settings: OperatorSettings) -> dict[str, Any]:
         log_level=proxy.log_level,
     )
     command += ["--service-node", sidecar_node_id(service), "--service-cluster", service]
-    env: list[dict[str, Any]] = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
-    ]
+    env: list[dict[str, Any]] = pod_name_env()
     if settings.pod_local_address is PodLocalAddress.POD_IP:
         overlay = render_local_overlay(
             proxy.admin_port,
@@ -186,6 +186,26 @@ def proxy_container(service: str, settings: OperatorSettings) -> dict[str, Any]:
         "securityContext": restricted_security_context(proxy.uid),
         "volumeMounts": [{"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR, "readOnly": True}],
     }
+
+
+def pod_name_env() -> list[dict[str, Any]]:
+    """``POD_NAME`` from the downward API, for ``$(POD_NAME)`` in later variables."""
+    source = {"fieldRef": {"fieldPath": "metadata.name"}}
+    return [{"name": POD_NAME_VARIABLE, "valueFrom": source}]
+
+
+def proxyless_bootstrap(service: str, settings: OperatorSettings) -> str:
+    """gRPC's xDS bootstrap (JSON, ``GRPCMESH_XDS_BOOTSTRAP``) of a proxyless service's app:
+    node ``proxyless~<svc>~$(POD_NAME)`` (``pod_name_env`` must come first, for the kubelet to
+    expand it), the control plane, and the sidecar's egress listener (external backends)."""
+    node = ProxyNode(
+        id=NodeId.proxyless(service, BOOTSTRAP_REPLICA),
+        egress_port=settings.proxy.egress_port,
+        local_address=local_address(settings),
+    )
+    node_id = f"{NodeKind.PROXYLESS.value}~{service}~$({POD_NAME_VARIABLE})"
+    document = grpc_bootstrap(node, settings.xds_address, node_id=node_id)
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def sidecar_app_env(settings: OperatorSettings) -> list[dict[str, str]]:

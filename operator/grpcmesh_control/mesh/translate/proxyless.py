@@ -77,9 +77,13 @@ SIDECAR_EGRESS_CLUSTER = "sidecar-egress"
 """The replica's own sidecar's egress listener: where a proxyless client's external calls go."""
 
 
-def grpc_bootstrap(node: ProxyNode, xds_address: str) -> dict[str, Any]:
+def grpc_bootstrap(
+    node: ProxyNode, xds_address: str, *, node_id: str | None = None
+) -> dict[str, Any]:
     """gRPC's xDS bootstrap for ``node``: the control plane at ``xds_address`` (host:port,
-    plaintext, xDS v3 over one ADS stream, state of the world) and the node's identity."""
+    plaintext, xDS v3 over one ADS stream, state of the world) and the node's identity.
+    ``node_id`` replaces ``node.id`` as written, e.g. ``proxyless~<svc>~$(POD_NAME)`` for the
+    kubelet to expand (a placeholder no ``NodeId`` accepts)."""
     return {
         "xds_servers": [
             {
@@ -89,7 +93,7 @@ def grpc_bootstrap(node: ProxyNode, xds_address: str) -> dict[str, Any]:
             }
         ],
         "node": {
-            "id": str(node.id),
+            "id": str(node.id) if node_id is None else node_id,
             "cluster": node.id.envoy_cluster,
             "metadata": node.metadata(),
             "locality": {},

@@ -353,8 +353,10 @@ def inbound_route_config(
 
 
 def _to_app(app_port: int, deadline: timedelta = NO_TIMEOUT) -> route.RouteAction:
+    # `timeout` only reads the same as the bound; Envoy keeps max_stream_duration (see
+    # honour_grpc_timeout).
     return route.RouteAction(
         cluster=inbound_cluster_name(app_port),
-        timeout=e.duration(NO_TIMEOUT),
+        timeout=e.duration(deadline),
         max_stream_duration=honour_grpc_timeout(deadline),
     )
