@@ -67,7 +67,8 @@ class Label(StrEnum):
 
 
 class ProxyKind(StrEnum):
-    """The ``proxy`` label of ``grpcmesh-envoy`` targets (the values of ``NodeKind``)."""
+    """The ``proxy`` label of ``grpcmesh-envoy`` targets (the values of ``NodeKind`` that run
+    an Envoy: not a proxyless client)."""
 
     SIDECAR = "sidecar"
     INGRESS = "ingress"

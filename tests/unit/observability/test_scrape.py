@@ -139,8 +139,10 @@ def test_bad_intervals_are_refused(interval: str) -> None:
         prometheus_config(ScrapeTargets(), interval)
 
 
-def test_proxy_kinds_are_the_node_kinds() -> None:
-    assert {k.value for k in ProxyKind} == {k.value for k in NodeKind}
+def test_proxy_kinds_are_the_node_kinds_that_run_envoy() -> None:
+    # A proxyless node is gRPC's xDS client inside an app: no Envoy to scrape.
+    envoys = {k.value for k in NodeKind} - {NodeKind.PROXYLESS.value}
+    assert {k.value for k in ProxyKind} == envoys
 
 
 # --- cluster ------------------------------------------------------------------------------------
