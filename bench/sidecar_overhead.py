@@ -27,15 +27,32 @@ drift on the shared machine hits every mode alike.
 Reported: p50/p90/p99 per mode (median of rounds), deltas and ratios against direct and
 mesh/bare, Envoy CPU seconds per 1000 calls (both proxies of a pair, from /proc) and RSS.
 
+``--client grpc`` compares proxyless gRPC with the sidecar pair instead; h2load cannot speak
+xDS, so the client is a grpc.aio process (open loop at the same fixed rate), the same one in
+every mode:
+
+    direct:    client -> server
+    mesh:      client -> Envoy (client's sidecar) -> Envoy (server's sidecar) -> server
+    proxyless: client (gRPC's xDS client: xds:///bench-server, from the control plane,
+               which runs in the benchmark's process) -> Envoy (server's sidecar) -> server
+
+Reported: the same percentiles and deltas, and CPU per call of the client process and of the
+Envoys its calls cross (the client's includes gRPC's xDS client and its load balancing).
+
     python -m bench.sidecar_overhead [--rounds 6] [--seconds 5] [--rate 500] [--payload 1024]
+    python -m bench.sidecar_overhead --client grpc [--rounds 6] [--seconds 5] [--rate 500]
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import itertools
 import json
+import math
+import os
 import shutil
 import signal
 import statistics
@@ -43,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,6 +80,11 @@ from bench._mesh import (
     running_envoys,
     stop_processes,
 )
+from grpcmesh_control.local.controlplane import (
+    BoundAddresses,
+    ControlPlane,
+    ControlPlaneSettings,
+)
 from grpcmesh_control.mesh.ca import CertificateAuthority, trust_bundle
 from grpcmesh_control.mesh.certificates import node_identity
 from grpcmesh_control.mesh.model import Backend, Endpoint, GrpcSpec, MeshService
@@ -74,6 +97,7 @@ from grpcmesh_control.mesh.translate import (
     static_bootstrap,
     workload_secrets,
 )
+from grpcmesh_control.mesh.translate.proxyless import grpc_bootstrap
 from grpcmesh_loadgen.procstat import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,19 +167,32 @@ def _start_server(workdir: Path, payload: int) -> tuple[subprocess.Popen[bytes],
     return process, int(json.loads(ports_file.read_text())["grpc"])
 
 
+def _services(app_port: int, *, proxyless: bool = False) -> list[MeshService]:
+    return [
+        MeshService(
+            CLIENT,
+            "default",
+            GrpcSpec(free_port(), ()),
+            backends=(Backend(SERVER),),
+            proxyless=proxyless,
+        ),
+        MeshService(SERVER, "default", GrpcSpec(app_port, (GRPC_SERVICE,))),
+    ]
+
+
+def _server_endpoints(server_inbound: int) -> dict[str, list[Endpoint]]:
+    # Callers reach a replica on its sidecar's inbound port, as the launcher registers it.
+    return {SERVER: [Endpoint("127.0.0.1", server_inbound, "v1")]}
+
+
 def _sidecar_bootstraps(
-    app_port: int, ca: CertificateAuthority | None = None
+    app_port: int, ca: CertificateAuthority | None = None, server_inbound: int | None = None
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Static bootstraps of both sidecars, from the mesh's own translation; and the client
     sidecar's egress port. With ``ca``: mTLS between them, each with a certificate for its
     identity from ``ca`` (what the control plane would send over SDS)."""
-    server_inbound = free_port()
-    services = [
-        MeshService(CLIENT, "default", GrpcSpec(free_port(), ()), backends=(Backend(SERVER),)),
-        MeshService(SERVER, "default", GrpcSpec(app_port, (GRPC_SERVICE,))),
-    ]
-    # Callers reach a replica on its sidecar's inbound port, as the launcher registers it.
-    registry = Registry.build(services, {SERVER: [Endpoint("127.0.0.1", server_inbound, "v1")]})
+    server_inbound = server_inbound or free_port()
+    registry = Registry.build(_services(app_port), _server_endpoints(server_inbound))
     client = ProxyNode(
         NodeId.sidecar(CLIENT, "0"),
         inbound_port=free_port(),
@@ -558,21 +595,304 @@ async def _bench(console: Console, rounds: int, seconds: float, rate: float, siz
     console.print(f"load average at the end: {load_average()}")
 
 
+GRPC_MODES = ("direct", "mesh", "proxyless")
+GRPC_PAIRS = {
+    "mesh": ("bench-client-sidecar", "bench-server-sidecar"),
+    "proxyless": ("bench-server-sidecar",),
+}
+WARMUP_CALLS = 200
+"""Calls a driver makes before it measures: connections up, xDS resolved, code paths warm."""
+
+
+@dataclass(frozen=True)
+class Drive:
+    """What one driver process calls: ``target`` (host:port or ``xds:///name``) at ``rate``."""
+
+    target: str
+    authority: str | None
+    bootstrap: str | None
+    rate: float
+    seconds: float
+    payload: int
+
+
+async def _drive(spec: Drive) -> dict[str, Any]:
+    """Open loop at ``spec.rate`` for ``spec.seconds`` after the warm-up: latencies of every
+    call started in the window, and this process's CPU over it."""
+    if spec.bootstrap is not None:
+        os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = spec.bootstrap  # read by the first xds: channel
+    options = [] if spec.authority is None else [("grpc.default_authority", spec.authority)]
+    payload = b"p" * spec.payload
+    async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
+        stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
+        for _ in range(WARMUP_CALLS):
+            await stub(payload, timeout=30, wait_for_ready=True)
+        latencies: list[float] = []
+        failed = 0
+
+        async def one() -> None:
+            nonlocal failed
+            started = time.perf_counter()
+            try:
+                answer = await stub(payload, timeout=10)
+            except grpc.aio.AioRpcError:
+                failed += 1
+                return
+            if len(answer) != spec.payload:
+                failed += 1
+                return
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        calls = max(1, int(spec.rate * spec.seconds))
+        cpu_before = time.process_time()
+        start = time.perf_counter()
+        tasks = []
+        for i in range(calls):
+            delay = start + i / spec.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        cpu = time.process_time() - cpu_before
+    latencies.sort()
+    return {
+        "calls": calls,
+        "total_calls": calls + WARMUP_CALLS,
+        "failed": failed,
+        "p50_ms": _percentile(latencies, 0.50) if latencies else math.nan,
+        "p90_ms": _percentile(latencies, 0.90) if latencies else math.nan,
+        "p99_ms": _percentile(latencies, 0.99) if latencies else math.nan,
+        "client_cpu_s": cpu,
+    }
+
+
+@dataclass(frozen=True)
+class GrpcRound:
+    mode: str
+    calls: int
+    failed: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    client_cpu_s: float
+    """The client process over the measured window."""
+    envoy_cpu_s: float
+    """The Envoys the mode's calls cross, over the driver's whole run (warm-up included)."""
+    envoy_calls: int
+    """Calls that crossed them in that time (warm-up included)."""
+
+
+def _grpc_round(
+    mode: str, spec: Drive, workdir: Path, envoys: list[Envoy], *, timeout: float
+) -> GrpcRound:
+    spec_file, out = workdir / f"drive-{mode}.json", workdir / f"drive-{mode}.out.json"
+    spec_file.write_text(json.dumps(spec.__dict__))
+    out.unlink(missing_ok=True)
+
+    def envoy_cpu() -> float:
+        return sum(cpu_seconds(e.pid) for e in envoys)
+
+    before = envoy_cpu()
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.sidecar_overhead", "--drive", str(spec_file), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+    used = envoy_cpu() - before
+    if run.returncode != 0 or not out.exists():
+        raise RuntimeError(f"{mode}: the driver failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    return GrpcRound(
+        mode=mode,
+        calls=result["calls"],
+        failed=result["failed"],
+        p50_ms=result["p50_ms"],
+        p90_ms=result["p90_ms"],
+        p99_ms=result["p99_ms"],
+        client_cpu_s=result["client_cpu_s"],
+        envoy_cpu_s=used,
+        envoy_calls=result["total_calls"],
+    )
+
+
+@contextlib.asynccontextmanager
+async def _control_plane(workdir: Path) -> AsyncIterator[tuple[ControlPlane, str]]:
+    """The real control plane, in this process; yields it and its xDS address."""
+    state = workdir / "state"
+    state.mkdir()
+    cp = ControlPlane(ControlPlaneSettings(state))
+    bound: asyncio.Future[BoundAddresses] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(cp.run(on_ready=bound.set_result))
+    try:
+        waiting: set[asyncio.Future[Any]] = {serving, bound}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED, timeout=30)
+        if serving.done():
+            serving.result()  # raises why it stopped
+        if not bound.done():
+            raise RuntimeError("the control plane did not start within 30 s")
+        yield cp, bound.result().xds_address
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+
+def _grpc_summary(console: Console, rounds: list[GrpcRound], rate: float) -> None:
+    def median(mode: str, field: str) -> float:
+        return float(statistics.median(getattr(r, field) for r in rounds if r.mode == mode))
+
+    table = Table(title=f"proxyless vs sidecar pair at {rate:g} calls/s (grpc.aio client, medians)")
+    for column in ("", "direct", "mesh", "proxyless", "Δ mesh", "Δ proxyless", "proxyless - mesh"):
+        table.add_column(column, justify="right")
+    for field in ("p50_ms", "p90_ms", "p99_ms"):
+        direct, mesh, proxyless = (median(m, field) for m in GRPC_MODES)
+        table.add_row(
+            field.removesuffix("_ms"),
+            f"{direct:.3f} ms",
+            f"{mesh:.3f} ms",
+            f"{proxyless:.3f} ms",
+            f"{mesh - direct:+.3f} ms",
+            f"{proxyless - direct:+.3f} ms",
+            f"{proxyless - mesh:+.3f} ms",
+        )
+    console.print(table)
+
+    def per_call_us(mode: str) -> tuple[float, float]:
+        of_mode = [r for r in rounds if r.mode == mode]
+        client = sum(r.client_cpu_s for r in of_mode) / sum(r.calls for r in of_mode) * 1e6
+        envoy = sum(r.envoy_cpu_s for r in of_mode) / sum(r.envoy_calls for r in of_mode) * 1e6
+        return client, envoy
+
+    cpu = Table(title="CPU per call (µs): the client process and the Envoys its calls cross")
+    for column in ("", "client", "Envoys", "total", "total - direct"):
+        cpu.add_column(column, justify="right")
+    direct_total = sum(per_call_us("direct"))
+    for mode in GRPC_MODES:
+        client, envoy = per_call_us(mode)
+        cpu.add_row(
+            mode,
+            f"{client:.0f}",
+            f"{envoy:.0f}",
+            f"{client + envoy:.0f}",
+            f"{client + envoy - direct_total:+.0f}",
+        )
+    console.print(cpu)
+    console.print(
+        "µs per call is vCPU-ms per 1000 calls/s: 100 µs per call = 0.1 vCPU at 1000 calls/s"
+    )
+    if any(r.failed for r in rounds):
+        console.print("[red]some calls failed: the numbers above are not trustworthy[/red]")
+
+
+async def _bench_grpc(
+    console: Console, rounds: int, seconds: float, rate: float, size: int
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="sidecar-overhead-grpc-") as tmp:
+        workdir = Path(tmp)
+        server, app_port = _start_server(workdir, size)
+        results: list[GrpcRound] = []
+        loads: list[str] = []
+        try:
+            server_inbound = free_port()
+            mesh_configs, egress_port = _sidecar_bootstraps(app_port, server_inbound=server_inbound)
+            async with _control_plane(workdir) as (cp, xds_address):
+                cp.publisher.update(
+                    _services(app_port, proxyless=True), _server_endpoints(server_inbound)
+                )
+                node = ProxyNode(NodeId.proxyless(CLIENT, "0"))
+                bootstrap = json.dumps(grpc_bootstrap(node, xds_address))
+                specs = {
+                    "direct": Drive(f"127.0.0.1:{app_port}", None, None, rate, seconds, size),
+                    "mesh": Drive(f"127.0.0.1:{egress_port}", SERVER, None, rate, seconds, size),
+                    "proxyless": Drive(f"xds:///{SERVER}", None, bootstrap, rate, seconds, size),
+                }
+                with running_envoys(mesh_configs, workdir, concurrency=1) as envoys:
+                    for envoy in envoys.values():
+                        envoy.wait_ready()
+                    pair = {m: [envoys[n] for n in names] for m, names in GRPC_PAIRS.items()}
+
+                    async def one(mode: str, spec: Drive) -> GrpcRound:
+                        # The driver is a process of its own; the control plane in this one
+                        # must keep answering it meanwhile.
+                        return await asyncio.to_thread(
+                            _grpc_round,
+                            mode,
+                            spec,
+                            workdir,
+                            pair.get(mode, []),
+                            timeout=spec.seconds * 4 + 60,
+                        )
+
+                    for mode in GRPC_MODES:  # warm: a short round each
+                        await one(mode, dataclasses.replace(specs[mode], seconds=1.0))
+                    orders = itertools.cycle(
+                        [GRPC_MODES[i:] + GRPC_MODES[:i] for i in range(len(GRPC_MODES))]
+                    )
+                    for _ in range(rounds):
+                        for mode in next(orders):
+                            r = await one(mode, specs[mode])
+                            results.append(r)
+                            loads.append(load_average().split("/")[0])
+                            console.print(
+                                f"  round {len(results)}: {mode:9} p50 {r.p50_ms:.3f} ms "
+                                f"p90 {r.p90_ms:.3f} ms p99 {r.p99_ms:.3f} ms "
+                                f"failed {r.failed}"
+                            )
+        finally:
+            stop_processes([server])
+    table = Table(title="rounds (grpc.aio client, fixed rate)", title_justify="left")
+    for column in ("#", "mode", "calls", "failed", "p50 ms", "p90 ms", "p99 ms", "load avg"):
+        table.add_column(column, justify="right")
+    for i, (r, load) in enumerate(zip(results, loads, strict=True), 1):
+        table.add_row(
+            str(i), r.mode, str(r.calls), str(r.failed),
+            f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}", load,
+        )  # fmt: skip
+    console.print(table)
+    _grpc_summary(console, results, rate)
+    console.print(f"load average at the end: {load_average()}")
+
+
 @app.command()
 def main(
     rounds: Annotated[int, typer.Option(min=1, help="Rounds per mode.")] = 6,
     seconds: Annotated[float, typer.Option(min=0.5, help="Length of a round.")] = 5.0,
     rate: Annotated[float, typer.Option(min=1, help="Calls per second (open loop).")] = 500.0,
     payload: Annotated[int, typer.Option(min=0, help="Request and response bytes.")] = 1024,
+    client: Annotated[
+        str,
+        typer.Option(
+            help="h2load: the sidecar pair against a bare pair; grpc: proxyless against the pair."
+        ),
+    ] = "h2load",
     serve: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    drive: Annotated[tuple[Path, Path] | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Measure what the two sidecars add to a unary call: against the server direct and a bare
-    Envoy pair."""
+    Envoy pair (h2load), or against proxyless gRPC (``--client grpc``)."""
     if serve is not None:  # the server process, started by the benchmark itself
         asyncio.run(_serve(serve, payload))
         return
+    if drive is not None:  # a grpc.aio client process, started by the benchmark itself
+        spec_file, out = drive
+        result = asyncio.run(_drive(Drive(**json.loads(spec_file.read_text()))))
+        out.write_text(json.dumps(result))
+        return
+    if client not in ("h2load", "grpc"):
+        raise typer.BadParameter(f"--client: {client!r} (h2load or grpc)")
     console = Console(width=150)
     print_header(console, "bench.sidecar_overhead")
+    if client == "grpc":
+        console.print(
+            f"{rounds} rounds per mode, {seconds:g} s each at {rate:g} calls/s (one grpc.aio "
+            f"client process per round, {WARMUP_CALLS} warm-up calls), {payload} B request and "
+            "response, Envoy --concurrency 1"
+        )
+        asyncio.run(_bench_grpc(console, rounds, seconds, rate, payload))
+        return
     console.print(
         f"{rounds} rounds per mode, {seconds:g} s each at {rate:g} calls/s "
         f"(h2load, {CONNECTIONS} connections), {payload} B request and response, "

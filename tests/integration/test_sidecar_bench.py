@@ -29,3 +29,22 @@ def test_the_sidecar_benchmark_measures_all_four_paths() -> None:
     assert len(failed) == 4 and set(failed) == {"0"}, run.stdout
     assert "some calls failed" not in run.stdout
     assert "mesh/bare" in run.stdout and "mtls/mesh" in run.stdout
+
+
+def test_the_proxyless_benchmark_measures_all_three_paths() -> None:
+    # A grpc.aio client direct, through the sidecar pair, and proxyless over xds:/// (the
+    # control plane in the benchmark's process, the server's sidecar kept).
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.sidecar_overhead", "--client", "grpc", "--rounds", "1",
+         "--seconds", "0.5", "--rate", "100"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    failed = re.findall(r"round \d+: +(\w+) .* failed (\d+)", run.stdout)
+    assert sorted(failed) == [("direct", "0"), ("mesh", "0"), ("proxyless", "0")], run.stdout
+    assert "some calls failed" not in run.stdout
+    assert "proxyless - mesh" in run.stdout
