@@ -1,0 +1,76 @@
+"""Local mode wires proxyless gRPC end to end: ``orders`` with ``spec.proxyless: true`` is told
+its xDS bootstrap by ``grpcmesh up``, the kit's channels dial ``xds:///catalog`` (and
+inventory, payments) through gRPC's own xDS client, and orders are placed through the ingress
+without a single call crossing orders' egress sidecar, while the backends' sidecars serve them.
+
+Its own mesh (one replica each): the module mesh of ``test_mesh`` routes orders through its
+sidecar, which other tests count on."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from grpcmesh_loadgen import run_load
+from tests.e2e.harness import RESOURCES, Mesh, envoy_stats
+
+pytestmark = pytest.mark.slow
+
+ORDERS = 12
+
+
+@pytest.fixture(scope="module")
+def proxyless_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    resources = tmp_path_factory.mktemp("proxyless-resources")
+    for name in ("catalog", "inventory", "payments", "orders"):
+        doc = yaml.safe_load((RESOURCES / f"{name}.yaml").read_text())
+        doc["spec"]["versions"] = [{"name": "v1", "weight": 100, "replicas": 1}]
+        if name == "orders":
+            doc["spec"]["proxyless"] = True
+        (resources / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    mesh = Mesh(tmp_path_factory.mktemp("proxyless") / "run", resources)
+    mesh.start()
+    try:
+        yield mesh
+    finally:
+        assert mesh.stop() == 128 + signal.SIGTERM, mesh.log.read_text()[-3000:]
+
+
+def _app_env(mesh: Mesh, key: str) -> dict[str, str]:
+    """The environment ``grpcmesh up`` started a replica's app with (from /proc)."""
+    pid = mesh.replica(key).app_pid
+    assert pid is not None
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().partition("=")[::2] for item in raw if b"=" in item)
+
+
+async def test_orders_placed_with_a_proxyless_orders_skip_its_egress_sidecar(
+    proxyless_mesh: Mesh,
+) -> None:
+    mesh = proxyless_mesh
+    orders = mesh.replica("orders/v1-0")
+    bootstrap = json.loads(_app_env(mesh, "orders/v1-0")["GRPCMESH_XDS_BOOTSTRAP"])
+    node = bootstrap["node"]
+    assert ProxyNode.from_node(node["id"], node["metadata"]).id == NodeId.proxyless(
+        "orders", "v1-0"
+    )
+    assert "GRPCMESH_XDS_BOOTSTRAP" not in _app_env(mesh, "payments/v1-0")
+
+    report = await run_load(mesh.state.ingress, ORDERS, 4.0, deadline_s=10.0)
+    assert report.statuses == {"OK": ORDERS}, report.error_samples
+    assert sum(report.outcomes.values()) == ORDERS
+
+    egress = await envoy_stats(orders.sidecar_admin, "http.egress.downstream_rq_total")
+    assert egress == {"http.egress.downstream_rq_total": 0}  # not one call went through it
+    inbound = await envoy_stats(orders.sidecar_admin, "http.inbound.downstream_rq_total")
+    assert inbound["http.inbound.downstream_rq_total"] >= ORDERS  # the ingress's calls
+    for backend in ("catalog", "inventory", "payments"):
+        admin = mesh.replica(f"{backend}/v1-0").sidecar_admin
+        served = await envoy_stats(admin, "http.inbound.downstream_rq_total")
+        assert served["http.inbound.downstream_rq_total"] >= ORDERS, backend
