@@ -48,6 +48,11 @@ Cluster ``inbound|<port>``  STATIC, the local app (``<local>:<port>``).
 Cluster ``external|<name>`` STRICT_DNS, an external backend.
 ==========================  ==================================================================
 
+A proxyless node's snapshot holds, per backend ``<name>``, Listener ``<name>`` (an API
+listener: what ``xds:///<name>`` resolves to) with RDS ``<name>``, the clusters ``<svc>|<version>``
+and their load assignments, and for external backends the EDS cluster ``sidecar-egress`` (the
+replica's own sidecar); see ``translate.proxyless``.
+
 Route order within a service: exact method paths (``/<package.Service>/<Method>``) whose policy
 differs from the service's, then the service prefix.
 """
