@@ -111,6 +111,9 @@ def backend_resource() -> dict[str, Any]:
         "spec": {
             "grpc": {"port": free_port(), "services": [BACKEND_SERVICE]},
             "versions": [{"name": name, "weight": weight} for name, weight in WEIGHTS.items()],
+            # A proxyless client speaks plaintext (gRPC's certificate providers are not wired
+            # yet): with the mesh's mTLS on, its backends must accept plaintext callers.
+            "mtls": {"mode": "PERMISSIVE"},
             "trafficPolicy": {"timeout": "5s"},
             "methods": [
                 {"name": f"{BACKEND_SERVICE}/Slow", "timeout": f"{int(ROUTE_TIMEOUT * 1000)}ms"},
