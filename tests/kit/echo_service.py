@@ -8,12 +8,14 @@ channel factory. Runnable as a process: ``python tests/kit/echo_service.py``.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import grpc
 
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
 from grpcmesh_kit import InvalidArgument, KitSettings, NotFound, ServiceApp, current_rpc
+from grpcmesh_kit.workers import WORKER_ENV
 
 CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 
@@ -23,6 +25,10 @@ class EchoSettings(KitSettings):
     delay_ms: int = 0
     startup_delay_ms: int = 0
     """How long the start hook takes: the window in which health must say NOT_SERVING."""
+    slow_worker: int = -1
+    """With ``workers`` > 1: the worker (by index) whose start hook takes
+    ``slow_worker_startup_ms`` instead, so the others are bound before it."""
+    slow_worker_startup_ms: int = 0
     downstream: str = ""
     """If set, GetProduct also calls GetProduct on this service (via app.channels)."""
 
@@ -57,6 +63,8 @@ class EchoCatalog(catalog_pb2_grpc.CatalogServiceServicer):
         if request.product_id == "crash":
             raise RuntimeError("secret internal detail")
         name = "echo"
+        if request.product_id == "pid":
+            name = str(os.getpid())  # which worker process answered
         if settings.downstream:
             stub = catalog_pb2_grpc.CatalogServiceStub(
                 self.app.channels.channel(settings.downstream)
@@ -80,7 +88,10 @@ def build_app(
     servicer = EchoCatalog(app)
 
     async def warm_up() -> None:
-        await asyncio.sleep(settings.startup_delay_ms / 1000)
+        worker = os.environ.get(WORKER_ENV, "")
+        slow = worker.split(":")[0] == str(settings.slow_worker)
+        delay = settings.slow_worker_startup_ms if slow else settings.startup_delay_ms
+        await asyncio.sleep(delay / 1000)
 
     app.on_start(warm_up)
     app.add_service(

@@ -4,6 +4,9 @@ Lifecycle: bind -> health NOT_SERVING -> on_start hooks (open stores, resume wor
 sidecar) -> SERVING -> ... SIGTERM -> NOT_SERVING at once -> drain (still serving, so callers
 that have not yet seen the health change do not fail) -> stop(grace) lets in-flight calls finish
 -> on_stop hooks.
+
+With ``workers`` > 1, ``run()`` supervises that many worker processes on one port instead, each
+going through this lifecycle (``grpcmesh_kit.workers``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
-from prometheus_client import Counter, Info
+from prometheus_client import Counter
 
 from grpcmesh_kit.channels import ChannelFactory
 from grpcmesh_kit.config import KitSettings, SettingsWatcher
@@ -31,6 +34,7 @@ from grpcmesh_kit.interceptors import LayeredServer, client_interceptors, server
 from grpcmesh_kit.logs import configure_logging
 from grpcmesh_kit.metrics import MetricsEndpoint
 from grpcmesh_kit.tracing import create_tracer_provider, otlp_exporter
+from grpcmesh_kit.workers import WorkerLink, WorkerPool, service_info
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +86,7 @@ class ServiceApp(Generic[S]):
         )
         self._watcher.subscribe(lambda _settings: reloads.inc())
         # Which service and version answer on this /metrics, as a constant-1 info series.
-        Info(
-            "grpcmesh_service",
-            "The service and version this app runs.",
-            registry=self.metrics.registry,
-        ).info({"service": settings.service_name, "version": settings.version or ""})
+        service_info(self.metrics.registry, settings)
         self.channels = ChannelFactory(
             lambda: self.settings, client_interceptors(self.metrics, self.tracer_provider)
         )
@@ -97,6 +97,8 @@ class ServiceApp(Generic[S]):
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._worker: WorkerLink | None = None
+        """Set in a worker of a multi-worker app (see ``grpcmesh_kit.workers``)."""
         self.port = 0
         self.metrics_port = 0
 
@@ -138,7 +140,11 @@ class ServiceApp(Generic[S]):
 
     def _server_options(self) -> list[tuple[str, int]]:
         s = self.settings
+        # Workers of one app share the port: SO_REUSEPORT (gRPC's default on Linux; said here,
+        # not assumed).
+        shared = [("grpc.so_reuseport", 1)] if self._worker is not None else []
         return [
+            *shared,
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.keepalive_time_ms", s.keepalive_time_ms),
@@ -150,8 +156,12 @@ class ServiceApp(Generic[S]):
         ]
 
     async def start(self) -> None:
-        """Bind, answer health as NOT_SERVING, run start hooks, then report SERVING."""
+        """Bind, answer health as NOT_SERVING, run start hooks, then report SERVING.
+
+        A worker runs its start hooks before it binds (the kernel hands a bound worker
+        connections at once) and reports SERVING when its parent says every worker is bound."""
         s = self.settings
+        worker = self._worker
         server = grpc.aio.server(
             interceptors=self._extra_interceptors,
             options=self._server_options(),
@@ -177,22 +187,15 @@ class ServiceApp(Generic[S]):
         )
         for name in (OVERALL, *self.service_names):
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
-        self.metrics_port = self.metrics.start(s.metrics_host, s.metrics_port)
-        await server.start()
         self._server, self._health = server, health
-        if s.ports_file is not None:
-            # Written once bound, before SERVING: launchers learn the ports here and must still
-            # wait for health to say SERVING before sending traffic.
-            s.ports_file.write_text(json.dumps({"grpc": self.port, "metrics": self.metrics_port}))
-        log.info(
-            "%s listening on %s, metrics on %s", s.service_name, self.address, self.metrics_address
-        )
         try:
-            for hook in self._start_hooks:
-                await hook()
-            if s.sidecar_admin:
-                await wait_for_sidecar(s.sidecar_admin, s.sidecar_ready_timeout_seconds)
+            if worker is None:
+                await self._bind(server)
+                await self._start_hooks_and_sidecar()
+            else:
+                await self._start_hooks_and_sidecar()
+                await self._bind(server)
+                await worker.ready_then_serve()
         except BaseException:
             # Nothing half-started may outlive a failed start: close the server, run stop hooks.
             await self.stop(drain=False)
@@ -201,6 +204,39 @@ class ServiceApp(Generic[S]):
         for name in (OVERALL, *self.service_names):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("%s serving", s.service_name)
+
+    async def _bind(self, server: grpc.aio.Server) -> None:
+        s = self.settings
+        if self._worker is None:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+            self.metrics_port = self.metrics.start(s.metrics_host, s.metrics_port)
+        else:
+            # The parent holds the port (port 0 resolved) and serves the summed /metrics.
+            self.port = server.add_insecure_port(f"{s.host}:{self._worker.port}")
+            self.metrics_port = s.metrics_port
+        await server.start()
+        if s.ports_file is not None and self._worker is None:
+            # Written once bound, before SERVING: launchers learn the ports here and must still
+            # wait for health to say SERVING before sending traffic.
+            s.ports_file.write_text(json.dumps({"grpc": self.port, "metrics": self.metrics_port}))
+        if self._worker is None:
+            log.info(
+                "%s listening on %s, metrics on %s",
+                s.service_name,
+                self.address,
+                self.metrics_address,
+            )
+        else:
+            log.info(
+                "%s worker %d listening on %s", s.service_name, self._worker.index, self.address
+            )
+
+    async def _start_hooks_and_sidecar(self) -> None:
+        s = self.settings
+        for hook in self._start_hooks:
+            await hook()
+        if s.sidecar_admin:
+            await wait_for_sidecar(s.sidecar_admin, s.sidecar_ready_timeout_seconds)
 
     async def stop(self, *, drain: bool = True) -> None:
         """NOT_SERVING, drain, stop(grace), stop hooks. Safe to call twice."""
@@ -236,16 +272,38 @@ class ServiceApp(Generic[S]):
             await self.stop()
 
     async def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        """Serve until SIGTERM or SIGINT, then shut down gracefully. With ``workers`` > 1 this
+        process supervises that many workers instead (``grpcmesh_kit.workers``); in a worker
+        it serves until signalled or until its parent is gone."""
         s = self.settings
         configure_logging(s.service_name, s.log_level, s.log_format)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        self._worker = WorkerLink.from_env()
+        if self._worker is None and s.workers > 1:
+            try:
+                await WorkerPool(s).run(stop)
+            finally:
+                await self.channels.close()
+                if self._owns_tracer:
+                    self.tracer_provider.shutdown()
+            return
+        orphaned: asyncio.Task[None] | None = None
+        if self._worker is not None:
+            await self._worker.open()
+            orphaned = asyncio.create_task(self._worker.closed(), name="worker-link")
+            orphaned.add_done_callback(lambda _task: stop.set())
         try:
-            await stop.wait()
-            log.info("shutdown signal received")
+            await self.start()
+            try:
+                await stop.wait()
+                log.info("shutdown signal received")
+            finally:
+                await self.stop()
         finally:
-            await self.stop()
+            if orphaned is not None:
+                orphaned.cancel()
+            if self._worker is not None:
+                self._worker.close()

@@ -47,6 +47,10 @@ class KitSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     """Prometheus /metrics port; 0 asks the OS for a free one."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Processes serving this replica, all on ``port`` (SO_REUSEPORT), to use more than one core;
+    read at start. Above 1, ``run()`` supervises that many workers and serves their summed
+    metrics on ``metrics_port`` (see ``grpcmesh_kit.workers``)."""
     ports_file: Path | None = None
     """If set, the bound ports are written there as JSON, for launchers that pass port 0."""
     drain_seconds: float = Field(default=3.0, ge=0)

@@ -7,7 +7,7 @@ work unchanged. Each app owns a registry (several apps can share a test process)
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from threading import Thread
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -126,21 +126,13 @@ class RpcMetrics:
         )
 
 
-@dataclass
-class MetricsEndpoint:
-    """The app's registry and, once started, its /metrics HTTP server."""
+class HttpMetrics:
+    """A registry's /metrics HTTP server, served on a background thread once started."""
 
-    registry: CollectorRegistry = field(
-        default_factory=lambda: CollectorRegistry(auto_describe=True)
-    )
-    server: WSGIServer | None = None
-    thread: Thread | None = None
-
-    def __post_init__(self) -> None:
-        # go-grpc-prometheus has no *_created series; keep the page identical in shape.
-        disable_created_metrics()
-        self.server_side = RpcMetrics.create("server", self.registry)
-        self.client_side = RpcMetrics.create("client", self.registry)
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.server: WSGIServer | None = None
+        self.thread: Thread | None = None
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on a background thread; returns the bound port."""
@@ -155,6 +147,21 @@ class MetricsEndpoint:
             self.server.server_close()
         if self.thread is not None:
             self.thread.join(timeout=5)
+
+
+class MetricsEndpoint(HttpMetrics):
+    """The app's registry with the RPC families and, once started, its /metrics HTTP server.
+
+    In a worker of a multi-worker app (``workers`` > 1) the values go to the parent's
+    multiprocess directory instead, and the parent serves the one /metrics (see workers.py).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry or CollectorRegistry(auto_describe=True))
+        # go-grpc-prometheus has no *_created series; keep the page identical in shape.
+        disable_created_metrics()
+        self.server_side = RpcMetrics.create("server", self.registry)
+        self.client_side = RpcMetrics.create("client", self.registry)
 
     def labels(self, grpc_type: GrpcType, full_method: str) -> dict[str, Any]:
         service, method = split_method(full_method)
