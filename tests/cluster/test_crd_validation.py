@@ -330,6 +330,13 @@ CASES = (
         "Too long",
     ),
     _case(
+        "workers-over",
+        "orders",
+        set_field("spec.workload.workers", 65),
+        "spec.workload.workers",
+        "less than or equal to 64",
+    ),
+    _case(
         "name-length",
         "payments",
         set_field("metadata.name", "p" * 64),

@@ -510,6 +510,7 @@ def _replica(
         otlp_endpoint=settings.otlp_endpoint,
         trace_sampling_ratio=settings.trace_sampling,
         xds_bootstrap=_proxyless_bootstrap(svc, replica, egress, xds_address),
+        workers=workload.workers,
     )
     # The mesh's variables come last: a workload cannot move its own ports or database.
     env = {**_app_env(svc, version, workload), "PYTHONUNBUFFERED": "1", **contract.variables()}

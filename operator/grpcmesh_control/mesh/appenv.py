@@ -10,7 +10,8 @@ the services that keep a ``Store``.
 ``RESERVED`` are the variables the mesh always sets: a workload (``spec.workload.env`` or a
 version's ``env``) cannot move its own ports, config file, sidecar or version. The others
 (``GRPCMESH_DB_PATH``, ``GRPCMESH_DRAIN_SECONDS``, ``GRPCMESH_OTLP_ENDPOINT``,
-``GRPCMESH_TRACE_SAMPLING_RATIO``) are set only where the mode has a value for them.
+``GRPCMESH_TRACE_SAMPLING_RATIO``, ``GRPCMESH_WORKERS`` from ``spec.workload.workers``) are set
+only where the mode has a value for them; where set, they win over the workload's own env.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "SIDECAR_EGRESS",
     "TRACE_SAMPLING_RATIO",
     "VERSION",
+    "WORKERS",
     "XDS_BOOTSTRAP",
     "AppEnv",
 ]
@@ -52,6 +54,7 @@ DRAIN_SECONDS = "GRPCMESH_DRAIN_SECONDS"
 OTLP_ENDPOINT = "GRPCMESH_OTLP_ENDPOINT"
 TRACE_SAMPLING_RATIO = "GRPCMESH_TRACE_SAMPLING_RATIO"
 XDS_BOOTSTRAP = "GRPCMESH_XDS_BOOTSTRAP"
+WORKERS = "GRPCMESH_WORKERS"
 
 RESERVED = frozenset(
     {
@@ -93,6 +96,8 @@ class AppEnv:
     xds_bootstrap: str | None = None
     """gRPC's xDS bootstrap (JSON) of a proxyless service's app (``spec.proxyless``,
     ``translate.proxyless.grpc_bootstrap``): its channels dial ``xds:///<backend>``."""
+    workers: int | None = None
+    """``spec.workload.workers``: processes per replica on one port."""
 
     def variables(self) -> dict[str, str]:
         """Name -> value, sorted by name (stable pod templates and plans)."""
@@ -115,6 +120,7 @@ class AppEnv:
             TRACE_SAMPLING_RATIO: (
                 None if self.trace_sampling_ratio is None else repr(self.trace_sampling_ratio)
             ),
+            WORKERS: None if self.workers is None else str(self.workers),
         }
         out |= {name: value for name, value in optional.items() if value is not None}
         return dict(sorted(out.items()))

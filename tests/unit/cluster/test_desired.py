@@ -253,6 +253,23 @@ def test_the_workload_cannot_override_mesh_variables(
     assert [e["value"] for e in app["env"] if e["name"] == "GRPCMESH_PORT"] == ["50051"]
 
 
+def test_workers_reach_the_app_and_win_over_its_env(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    doc = example_docs["inventory"]
+    _, app = containers(
+        one(
+            render(parse_mesh_service(doc, catalog=catalog), settings), "Deployment", "inventory-v1"
+        )
+    )
+    assert "GRPCMESH_WORKERS" not in env_of(app)  # unset: the kit's default, one process
+    doc["spec"]["workload"]["workers"] = 2
+    doc["spec"]["workload"]["env"].append({"name": "GRPCMESH_WORKERS", "value": "5"})
+    svc = parse_mesh_service(doc, catalog=catalog)
+    _, app = containers(one(render(svc, settings), "Deployment", "inventory-v1"))
+    assert [e["value"] for e in app["env"] if e["name"] == "GRPCMESH_WORKERS"][-1] == "2"
+
+
 def test_secret_and_config_map_env(
     example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
 ) -> None:

@@ -164,6 +164,14 @@ def test_workload_env_is_passed_but_cannot_move_the_mesh_settings(
     assert r.app.argv == ("/venv/bin/python", "-m", "grpcmesh_payments", "--verbose")
 
 
+def test_workers_reach_every_replica_of_every_version(settings: LocalSettings) -> None:
+    plan = build_plan(parse(PAYMENTS), itertools.count(FIRST_PORT), settings)
+    assert all("GRPCMESH_WORKERS" not in r.app.env for r in plan.replicas)
+    two = PAYMENTS.replace("    image: payments:1\n", "    image: payments:1\n    workers: 2\n")
+    plan = build_plan(parse(two), itertools.count(FIRST_PORT), settings)
+    assert [r.app.env["GRPCMESH_WORKERS"] for r in plan.replicas] == ["2", "2", "2"]
+
+
 def test_version_replicas_override_and_weight_zero_versions_still_run(
     settings: LocalSettings,
 ) -> None:

@@ -23,6 +23,7 @@ FULL = appenv.AppEnv(
     drain_seconds=0.5,
     otlp_endpoint="127.0.0.1:4317",
     xds_bootstrap='{"xds_servers": []}',
+    workers=2,
 )
 
 
@@ -57,6 +58,7 @@ def test_the_kit_reads_what_the_mesh_gives(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.drain_seconds == 0.5
     assert settings.otlp_endpoint == FULL.otlp_endpoint
     assert settings.xds_bootstrap == FULL.xds_bootstrap
+    assert settings.workers == 2
 
 
 def test_variables_are_sorted_and_unset_ones_left_out() -> None:

@@ -253,6 +253,12 @@ INVALID: list[tuple[str, str, Mutation, str]] = [
         "spec.replicas: 'two' is not of type 'integer'",
     ),
     (
+        "workers",
+        "orders",
+        set_field("spec.workload.workers", 0),
+        "spec.workload.workers: 0 is less than the minimum of 1",
+    ),
+    (
         "duration",
         "orders",
         set_field("spec.trafficPolicy.timeout", "2 seconds"),

@@ -109,6 +109,7 @@ def _app_env(
         sidecar_admin=f"{local}:{proxy.admin_port}" if sidecar else None,
         db_path=None if chosen_db else f"{data_dir(svc.name, settings)}/{svc.name}.db",
         xds_bootstrap=proxyless_bootstrap(svc.name, settings) if proxyless else None,
+        workers=workload.workers,
     )
     mesh = [{"name": name, "value": value} for name, value in contract.variables().items()]
     return pod_local_env(settings) + (pod_name_env() if proxyless else []) + own + mesh

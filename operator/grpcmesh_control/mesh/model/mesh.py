@@ -276,6 +276,9 @@ class Workload:
     args: tuple[str, ...] = ()
     env: tuple[EnvVar, ...] = ()
     resources: Resources = field(default_factory=Resources)
+    workers: int | None = None
+    """Processes per replica on one port (the kit's ``workers``); ``None`` leaves the kit's
+    default (1)."""
 
 
 @dataclass(frozen=True)

@@ -500,6 +500,7 @@ def _workload(doc: Doc) -> Workload:
             requests=_resource_list(resources.get("requests", {})),
             limits=_resource_list(resources.get("limits", {})),
         ),
+        workers=doc.get("workers"),
     )
 
 
