@@ -82,6 +82,23 @@ def kill_all(procs: list[psutil.Process]) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
+WORKERS_ENV = "GRPCMESH_E2E_WORKERS"
+
+
+def _with_workers(resources: Sequence[Path], out: Path, workers: int) -> Path:
+    """``resources`` copied to the folder ``out`` with ``spec.workload.workers: workers``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [f for p in resources for f in (sorted(p.glob("*.yaml")) if p.is_dir() else [p])]
+    for path in files:
+        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        for doc in docs:
+            workload = doc.get("spec", {}).get("workload")
+            if workload is not None:
+                workload["workers"] = workers
+        (out / path.name).write_text(yaml.safe_dump_all(docs))
+    return out
+
+
 class Mesh:
     """A ``grpcmesh up`` launcher in its own session, and the run directory it owns."""
 
@@ -93,9 +110,18 @@ class Mesh:
         prometheus: bool = False,
         up_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        workers: int | None = None,
     ) -> None:
         self.run_dir = run_dir
-        self.resources = (resources,) if isinstance(resources, Path) else tuple(resources)
+        self.workers = int(os.environ.get(WORKERS_ENV, "1")) if workers is None else workers
+        """Processes per replica (``spec.workload.workers``); ``GRPCMESH_E2E_WORKERS`` sets it
+        for every mesh a test starts without saying, so the whole suite can run with 2."""
+        given = (resources,) if isinstance(resources, Path) else tuple(resources)
+        self.resources = (
+            given
+            if self.workers == 1
+            else (_with_workers(given, run_dir.parent / f"{run_dir.name}-resources", self.workers),)
+        )
         """What ``--resources`` gives: files and folders of MeshServices."""
         self.prometheus = prometheus
         self.up_args = tuple(up_args)
@@ -184,6 +210,13 @@ class Mesh:
 
     def apply(self, path: Path) -> subprocess.CompletedProcess[str]:
         # apply waits (up to its --wait, 90 s) for the replicas it starts to be ready.
+        if self.workers != 1 and path.is_file():  # what is applied keeps the mesh's workers
+            path = (
+                _with_workers(
+                    [path], self.run_dir.parent / f"{self.run_dir.name}-apply", self.workers
+                )
+                / path.name
+            )
         return grpcmesh("apply", "-f", str(path), "--state-dir", str(self.run_dir), timeout=150)
 
     def resource_files(self) -> dict[str, bytes]:
@@ -271,12 +304,13 @@ async def config_reloads(metrics: str) -> float:
     return value(await scrape(metrics), "grpcmesh_config_reloads_total")
 
 
-async def reloaded(metrics: Sequence[str], before: Sequence[float]) -> None:
-    """Wait (bounded) until every app counted one more config reload than ``before``."""
+async def reloaded(metrics: Sequence[str], before: Sequence[float], workers: int = 1) -> None:
+    """Wait (bounded) until every app counted one more config reload than ``before`` in each
+    of its ``workers`` (an app's /metrics sums its workers' counts)."""
 
     async def done() -> bool | None:
         now = [await config_reloads(m) for m in metrics]
-        return all(n > b for n, b in zip(now, before, strict=True)) or None
+        return all(n >= b + workers for n, b in zip(now, before, strict=True)) or None
 
     await eventually(done, timeout=15, what="the apps reloaded their config")
 

@@ -145,7 +145,7 @@ async def payments_config(mesh: Mesh, *keys: str, **values: object) -> AsyncIter
     for key in keys:
         mesh.set_config(key, **values)
     try:
-        await reloaded(metrics, before)
+        await reloaded(metrics, before, mesh.workers)
         yield
     finally:
         before = [await config_reloads(m) for m in metrics]
@@ -153,7 +153,7 @@ async def payments_config(mesh: Mesh, *keys: str, **values: object) -> AsyncIter
             tmp = path.with_name(".config.yaml.tmp")
             tmp.write_text(original)
             tmp.replace(path)
-        await reloaded(metrics, before)
+        await reloaded(metrics, before, mesh.workers)
 
 
 async def failing_directly(mesh: Mesh, key: str) -> None:

@@ -278,7 +278,7 @@ async def test_failures_injected_in_payments_show_on_its_error_panel(observed: M
             tmp = path.with_name(".config.yaml.tmp")
             tmp.write_text(original)
             tmp.replace(path)
-        await reloaded(metrics, before)
+        await reloaded(metrics, before, observed.workers)
 
 
 # --- grpcmesh top ------------------------------------------------------------------------------

@@ -142,9 +142,9 @@ class ServiceApp(Generic[S]):
         s = self.settings
         # Workers of one app share the port: SO_REUSEPORT (gRPC's default on Linux; said here,
         # not assumed).
-        shared = [("grpc.so_reuseport", 1)] if self._worker is not None else []
+        extra = [("grpc.so_reuseport", 1)] if self._worker is not None else []
         return [
-            *shared,
+            *extra,
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.keepalive_time_ms", s.keepalive_time_ms),

@@ -24,6 +24,12 @@ across them), and supervises them:
   sees one page per replica as before. A dead worker's files are marked dead; its counters
   keep counting in the sum (a counter of a replica must not go down).
 
+Behind a sidecar: Envoy multiplexes its calls to the app over one HTTP/2 connection, which one
+worker owns. For an app with workers the mesh therefore caps the calls in flight per connection
+in the sidecar's cluster for it, so under load Envoy opens more connections, which the kernel
+spreads. (A limit the server announced instead would refuse the streams Envoy sends on a new
+connection before it has read the announcement.)
+
 Live config reloads need nothing extra: every worker watches the config file itself.
 """
 

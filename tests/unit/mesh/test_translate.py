@@ -3,6 +3,8 @@ snapshots, asserted on what Envoy will do (which route retries, which deadline, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +15,7 @@ from envoy.config.trace.v3 import opentelemetry_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from grpcmesh_control.mesh.model import (
     Endpoint,
@@ -28,10 +31,14 @@ from grpcmesh_control.mesh.translate import (
     ProxyNode,
     Registry,
     Snapshot,
+    SnapshotBuilder,
     UnknownNode,
     build_snapshot,
 )
-from grpcmesh_control.mesh.translate.clusters import FAILOVER_OVERPROVISIONING
+from grpcmesh_control.mesh.translate.clusters import (
+    FAILOVER_OVERPROVISIONING,
+    WORKER_STREAMS_PER_CONNECTION,
+)
 from grpcmesh_control.mesh.translate.routes import (
     HOST_SELECTION_ATTEMPTS,
     NOT_DELIVERED_HEADER,
@@ -92,6 +99,37 @@ def test_inbound_cluster_is_the_local_app_over_http2(orders_sidecar: Snapshot) -
     address = endpoint.endpoint.address.socket_address
     assert (address.address, address.port_value) == ("127.0.0.1", 50051)
     assert speaks_http2(app)
+
+
+def _streams_per_connection(item: cluster_pb2.Cluster) -> int | None:
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    item.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].Unpack(options)
+    http2 = options.explicit_http_config.http2_protocol_options
+    return http2.max_concurrent_streams.value if http2.HasField("max_concurrent_streams") else None
+
+
+@pytest.mark.parametrize("builder", [build_snapshot, SnapshotBuilder()], ids=["fresh", "memo"])
+def test_an_app_with_workers_is_reached_over_several_connections(
+    services: dict[str, MeshService],
+    catalog: MethodCatalog,
+    builder: Callable[[Registry, ProxyNode], Snapshot],
+) -> None:
+    """Each connection to the app is one worker's: Envoy caps the calls it multiplexes on
+    one, so under load it opens more, which the kernel spreads over the workers."""
+    node = ProxyNode(NodeId.sidecar("orders", "orders-0"))
+    single = builder(Registry.build(services.values(), ENDPOINTS, catalog), node)
+    assert _streams_per_connection(cluster(single, "inbound|50051")) is None
+    orders = services["orders"]
+    assert orders.workload is not None
+    two = replace(orders, workload=replace(orders.workload, workers=2))
+    mesh = Registry.build(
+        [*(s for s in services.values() if s is not orders), two], ENDPOINTS, catalog
+    )
+    inbound = cluster(builder(mesh, node), "inbound|50051")
+    assert _streams_per_connection(inbound) == WORKER_STREAMS_PER_CONNECTION
+    assert speaks_http2(inbound)
 
 
 def test_egress_has_one_virtual_host_per_backend_keyed_by_authority(

@@ -104,11 +104,16 @@ def ads_source() -> config_source_pb2.ConfigSource:
 
 def http2_upstream_options(
     keepalive: protocol_pb2.KeepaliveSettings | None = None,
+    max_concurrent_streams: int | None = None,
 ) -> dict[str, any_pb2.Any]:
-    """``typed_extension_protocol_options`` making a cluster speak HTTP/2 (gRPC needs it)."""
+    """``typed_extension_protocol_options`` making a cluster speak HTTP/2 (gRPC needs it);
+    ``max_concurrent_streams`` caps the calls Envoy multiplexes on one connection (past it, it
+    opens another)."""
     http2 = protocol_pb2.Http2ProtocolOptions()
     if keepalive is not None:
         http2.connection_keepalive.CopyFrom(keepalive)
+    if max_concurrent_streams is not None:
+        http2.max_concurrent_streams.value = max_concurrent_streams
     options = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=http2

@@ -102,7 +102,8 @@ class _Fresh:
         authorization = authorization_filter(svc, catalog, self.tls)
         inbound = inbound_listener(node, app_port, self.tls, svc.mtls, authorization, deadlines)
         listeners = (inbound, egress_listener(node))
-        return inbound_cluster(app_port, node.local_address), listeners
+        cluster = inbound_cluster(app_port, node.local_address, workers=_workers(svc))
+        return cluster, listeners
 
 
 _NodeKey = tuple[object, ...]
@@ -162,6 +163,7 @@ class SnapshotBuilder(_Fresh):
             svc.mtls,
             authorization,
             deadlines,
+            _workers(svc),
         )
         known = self._nodes.get(key)
         if known is not None:
@@ -182,6 +184,11 @@ class SnapshotBuilder(_Fresh):
         for cluster, listeners in self._nodes.values():
             self._packs.forget([cluster, *listeners])
         self._nodes.clear()
+
+
+def _workers(svc: MeshService) -> int:
+    """Processes serving each replica's app port (``spec.workload.workers``)."""
+    return (svc.workload.workers or 1) if svc.workload is not None else 1
 
 
 def _authorization_key(svc: MeshService, catalog: MethodCatalog) -> object:

@@ -44,6 +44,7 @@ from grpcmesh_control.mesh.translate.tls import MeshTls, upstream_transport_sock
 __all__ = [
     "FAILOVER_OVERPROVISIONING",
     "FAILOVER_PRIORITY",
+    "WORKER_STREAMS_PER_CONNECTION",
     "collector_cluster",
     "external_cluster",
     "inbound_cluster",
@@ -218,15 +219,25 @@ def _locality(
     )
 
 
-def inbound_cluster(app_port: int, address: str = LOCALHOST) -> e.cluster_pb2.Cluster:
-    """STATIC cluster ``inbound|<port>``: the app on the pod's local address (127.0.0.1)."""
+WORKER_STREAMS_PER_CONNECTION = 4
+"""Calls in flight per connection from a sidecar to an app with several workers
+(``spec.workload.workers``): each connection is one worker's (the kernel hands it to one), so
+past this Envoy opens another, and a few dozen calls in flight already spread over them."""
+
+
+def inbound_cluster(
+    app_port: int, address: str = LOCALHOST, *, workers: int = 1
+) -> e.cluster_pb2.Cluster:
+    """STATIC cluster ``inbound|<port>``: the app on the pod's local address (127.0.0.1).
+    With several ``workers`` on the port, calls are spread over several connections."""
     name = inbound_cluster_name(app_port)
+    streams = WORKER_STREAMS_PER_CONNECTION if workers > 1 else None
     return Cluster(
         name=name,
         type=Cluster.DiscoveryType.STATIC,
         connect_timeout=e.duration(LOCAL_CONNECT_TIMEOUT),
         load_assignment=load_assignment(name, [Endpoint(address, app_port, "")]),
-        typed_extension_protocol_options=e.http2_upstream_options(),
+        typed_extension_protocol_options=e.http2_upstream_options(max_concurrent_streams=streams),
     )
 
 
