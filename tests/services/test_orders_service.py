@@ -19,7 +19,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from grpcmesh.shop.v1 import common_pb2, inventory_pb2, orders_pb2, payments_pb2
+from grpcmesh.shop.v1 import common_pb2, inventory_pb2, orders_pb2, orders_pb2_grpc, payments_pb2
+from grpcmesh_orders.main import build_app as build_orders
 from tests.services.orders_fixtures import (
     CHARGE,
     COMMIT,
@@ -319,6 +320,28 @@ async def test_watch_streams_a_live_saga_to_its_end(tmp_path: Path) -> None:
         times = [e.time.ToDatetime() for e in events]
         assert times == sorted(times)
         assert order.state == CONFIRMED
+
+
+async def test_watch_on_another_replica_follows_a_saga_it_does_not_run(tmp_path: Path) -> None:
+    """Two orders processes on one database (replicas, or workers of one): the watcher's
+    process runs no saga for the order, so nothing in it wakes the watch; the log does."""
+    async with running_shop(tmp_path, stock=STOCK, payments={"latency_ms": 300}) as shop:
+        assert shop.orders_app is not None
+        other = build_orders(shop.orders_app.settings.model_copy())
+        async with other.running(), grpc.aio.insecure_channel(other.address) as channel:
+            watcher = orders_pb2_grpc.OrderServiceStub(channel)
+            placing = asyncio.create_task(place(shop.order_stub, "k", ITEMS, customer_id="w"))
+            order_id = ""
+            for _ in range(200):  # bounded: the order appears as soon as PLACED is written
+                if listed := await list_all(watcher, "w"):
+                    order_id = listed[0].order_id
+                    break
+                await asyncio.sleep(0.01)
+            assert order_id, "order never appeared"
+            request = orders_pb2.WatchOrderRequest(order_id=order_id)
+            events = [r.event async for r in watcher.WatchOrder(request, timeout=10)]
+            assert event_names(events) == HAPPY
+            assert (await placing).state == CONFIRMED
 
 
 async def test_watch_replays_after_a_sequence_and_ends(tmp_path: Path) -> None:

@@ -27,7 +27,9 @@ def build_app(
     notifier = OrderNotifier()
     clients = ShopClients(app.channels.channel, lambda: app.settings.step_deadline_seconds)
     runner = SagaRunner(repo, clients, notifier, lambda: app.settings)
-    servicer = OrderServicer(repo, runner, notifier)
+    servicer = OrderServicer(
+        repo, runner, notifier, watch_poll_seconds=lambda: app.settings.watch_poll_seconds
+    )
     app.add_service(
         orders_pb2.DESCRIPTOR.services_by_name["OrderService"],
         lambda server: orders_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -92,10 +93,12 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         runner: SagaRunner,
         notifier: OrderNotifier,
         order_ids: Callable[[], str] = new_order_id,
+        watch_poll_seconds: Callable[[], float] = lambda: 0.5,
     ) -> None:
         self._repo = repo
         self._runner = runner
         self._notifier = notifier
+        self._watch_poll_seconds = watch_poll_seconds
         self._order_ids = order_ids
         # Set by the start hook once the store is open (the key lives in the database).
         self.page_tokens: PageTokens | None = None
@@ -170,4 +173,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
                     return
             if state.terminal:
                 return  # the terminal event was at or before after_sequence
-            await wake.wait()
+            # Woken at once by a saga of this process; one in another process (a replica or
+            # worker on the same database) is seen on the next read.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._watch_poll_seconds())

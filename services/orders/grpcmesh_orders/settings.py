@@ -28,6 +28,9 @@ class OrdersSettings(KitSettings):
     plus ``recovery_interval_seconds``; keep it well above ``step_deadline_seconds``."""
     recovery_interval_seconds: float = Field(default=2.0, gt=0)
     """How often each replica looks for PENDING orders whose lease expired."""
+    watch_poll_seconds: float = Field(default=0.5, gt=0)
+    """How often WatchOrder re-reads an order's log when nothing in its own process woke it:
+    the saga may run in another replica or worker sharing the database."""
 
     @model_validator(mode="after")
     def _lease_outlives_a_step(self) -> Self:
