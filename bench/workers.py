@@ -167,7 +167,6 @@ def _round(server: Server, body: Path, *, seconds: float, clients: int, streams:
     command = [
         _h2load(),
         f"--duration={seconds:g}",
-        "--warm-up-time=1",
         f"--clients={clients}",
         f"--max-concurrent-streams={streams}",
         f"--data={body}",
@@ -192,9 +191,8 @@ def _round(server: Server, body: Path, *, seconds: float, clients: int, streams:
         calls=int(done[1]),
         failed=int(done[2]),
         seconds=elapsed,
-        # h2load's duration excludes the warm-up; the servers' CPU includes it, so scale.
-        server_cpu_s=server_used * elapsed / (elapsed + 1),
-        client_cpu_s=client_used * elapsed / (elapsed + 1),
+        server_cpu_s=server_used,
+        client_cpu_s=client_used,
     )
 
 

@@ -210,14 +210,17 @@ class Mesh:
 
     def apply(self, path: Path) -> subprocess.CompletedProcess[str]:
         # apply waits (up to its --wait, 90 s) for the replicas it starts to be ready.
-        if self.workers != 1 and path.is_file():  # what is applied keeps the mesh's workers
-            path = (
-                _with_workers(
-                    [path], self.run_dir.parent / f"{self.run_dir.name}-apply", self.workers
-                )
-                / path.name
-            )
-        return grpcmesh("apply", "-f", str(path), "--state-dir", str(self.run_dir), timeout=150)
+        if self.workers == 1 or not path.is_file():
+            return grpcmesh("apply", "-f", str(path), "--state-dir", str(self.run_dir), timeout=150)
+        # What is applied keeps the mesh's workers; the output names the file as given.
+        copy = _with_workers(
+            [path], self.run_dir.parent / f"{self.run_dir.name}-apply", self.workers
+        )
+        copy /= path.name
+        result = grpcmesh("apply", "-f", str(copy), "--state-dir", str(self.run_dir), timeout=150)
+        result.stdout = result.stdout.replace(str(copy), str(path))
+        result.stderr = result.stderr.replace(str(copy), str(path))
+        return result
 
     def resource_files(self) -> dict[str, bytes]:
         directory = self.run_dir / "resources"

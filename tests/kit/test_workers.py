@@ -227,6 +227,24 @@ async def test_a_killed_worker_is_replaced_and_an_orphaned_one_stops(tmp_path: P
         assert await health(app.address) is None
 
 
+async def test_a_worker_that_cannot_start_fails_the_app_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    # No sidecar answers at this admin address: every worker's start fails (SidecarNotReady).
+    async with workers(
+        tmp_path, sidecar_admin="127.0.0.1:9", sidecar_ready_timeout_seconds="0.5"
+    ) as app:
+        pids: set[int] = set()
+        async with asyncio.timeout(30):
+            while app.parent.poll() is None:
+                pids |= app.worker_pids()
+                await asyncio.sleep(0.05)
+        assert app.parent.returncode != 0
+        assert pids, "no worker was ever started"
+        assert not any(psutil.pid_exists(pid) for pid in pids)
+        assert await health(app.address) is None
+
+
 def test_a_malformed_worker_link_is_refused_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
