@@ -124,11 +124,12 @@ demo: gen ## start the reference services locally and place demo orders through 
 	$(VENV)/bin/grpcmesh demo --up
 
 .PHONY: bench
-bench: gen ## benchmarks: kit tax, PlaceOrder per core, sidecar overhead, xDS convergence
+bench: gen ## benchmarks: kit tax, PlaceOrder per core, sidecar overhead, xDS convergence, workers
 	$(PY) bench/kit_tax.py
 	$(PY) -m bench.place_order
 	$(PY) -m bench.sidecar_overhead
 	$(PY) -m bench.xds_convergence
+	$(PY) -m bench.workers
 
 .PHONY: bench-kube
 bench-kube: gen ## operator: 200 and 1000 MeshServices to Ready on the real control plane (~30 min)
