@@ -17,8 +17,11 @@ is also called with a gRPC client before and after the rounds, and the run stops
 fails. h2load dials the app directly, so the kernel spreads its ``--clients`` connections over
 the workers (behind a sidecar, the mesh caps calls per connection for the same effect).
 
-Reported per mode: calls/s (median of rounds), server CPU seconds per 1000 calls, the client's
-CPU share, and the ratio 2 workers / 1 worker against the goal (>= 1.5).
+Reported per mode: calls/s (median of rounds), the cores the app used (all its threads) and
+those of its serving processes' main threads alone (Python, which holds the GIL; the rest is
+gRPC's C-core threads), app CPU per call, the client's CPU share, and the ratio 2 workers /
+1 worker against the goal (>= 1.5). One worker is bound by its main thread at one core; two
+can only go further where the machine has a second core free for them.
 
     python -m bench.workers [--rounds 5] [--seconds 5] [--clients 16] [--streams 4]
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import resource
 import signal
@@ -87,10 +91,24 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
 
-    def cpu_s(self) -> float:
-        """The app's CPU so far: the process and its workers."""
+    def serving_pids(self) -> list[int]:
+        """The processes that serve calls: the app itself, or its workers."""
+        children = [c.pid for c in psutil.Process(self.process.pid).children()]
+        return children or [self.process.pid]
+
+    def cpu_s(self) -> tuple[float, float]:
+        """The app's CPU so far (the process and its workers, every thread), and that of the
+        serving processes' main threads alone (Python's share: the GIL holder)."""
         pids = [self.process.pid, *(c.pid for c in psutil.Process(self.process.pid).children())]
-        return sum(cpu_seconds(pid) for pid in pids)
+        main = sum(_thread_cpu_s(pid, pid) for pid in self.serving_pids())
+        return sum(cpu_seconds(pid) for pid in pids), main
+
+
+def _thread_cpu_s(pid: int, tid: int) -> float:
+    """User + system CPU seconds of one thread (proc(5): fields 14 and 15 of its stat)."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _start(workers: int, workdir: Path) -> Server:
@@ -151,6 +169,8 @@ class Round:
     failed: int
     seconds: float
     server_cpu_s: float
+    main_cpu_s: float
+    """Of server_cpu_s, the serving processes' main threads (the rest: gRPC's C threads)."""
     client_cpu_s: float
 
     @property
@@ -174,9 +194,11 @@ def _round(server: Server, body: Path, *, seconds: float, clients: int, streams:
         "--header=te: trailers",
         f"http://127.0.0.1:{server.port}{METHOD}",
     ]
-    server_before, client_before = server.cpu_s(), _children_cpu_s()
+    (server_before, main_before), client_before = server.cpu_s(), _children_cpu_s()
     run = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 4 + 30)
-    server_used, client_used = server.cpu_s() - server_before, _children_cpu_s() - client_before
+    (server_after, main_after), client_after = server.cpu_s(), _children_cpu_s()
+    server_used, main_used = server_after - server_before, main_after - main_before
+    client_used = client_after - client_before
     if run.returncode != 0:
         raise RuntimeError(f"h2load failed ({run.returncode}): {run.stderr or run.stdout}")
     finished = re.search(r"finished in ([\d.]+)(m?s)", run.stdout)
@@ -192,13 +214,15 @@ def _round(server: Server, body: Path, *, seconds: float, clients: int, streams:
         failed=int(done[2]),
         seconds=elapsed,
         server_cpu_s=server_used,
+        main_cpu_s=main_used,
         client_cpu_s=client_used,
     )
 
 
 def _tables(rounds: list[Round], loads: list[str]) -> tuple[Table, Table, float]:
     detail = Table(title="rounds (h2load, closed loop)", title_justify="left")
-    for column in ("round", "workers", "calls/s", "failed", "server CPU s", "client CPU s", "load"):
+    columns = ("round", "workers", "calls/s", "failed", "app cores", "main threads", "client")
+    for column in (*columns, "load"):
         detail.add_column(column, justify="right")
     for i, (r, load) in enumerate(zip(rounds, loads, strict=True)):
         detail.add_row(
@@ -206,20 +230,36 @@ def _tables(rounds: list[Round], loads: list[str]) -> tuple[Table, Table, float]
             str(r.workers),
             f"{r.rate:,.0f}",
             str(r.failed),
-            f"{r.server_cpu_s:.2f}",
-            f"{r.client_cpu_s:.2f}",
+            f"{r.server_cpu_s / r.seconds:.2f}",
+            f"{r.main_cpu_s / r.seconds:.2f}",
+            f"{r.client_cpu_s / r.seconds:.2f}",
             load,
         )
     summary = Table(title="median of rounds", title_justify="left")
-    for column in ("workers", "calls/s", "server CPU s / 1000 calls", "client CPU share"):
+    for column in (
+        "workers",
+        "calls/s",
+        "app cores",
+        "main-thread cores",
+        "app CPU ms / call",
+        "client CPU share",
+    ):
         summary.add_column(column, justify="right")
     rates: dict[int, float] = {}
     for workers in MODES:
         mine = [r for r in rounds if r.workers == workers]
         rates[workers] = statistics.median(r.rate for r in mine)
-        per_1000 = statistics.median(1000 * r.server_cpu_s / r.calls for r in mine)
-        share = statistics.median(r.client_cpu_s / (r.client_cpu_s + r.server_cpu_s) for r in mine)
-        summary.add_row(str(workers), f"{rates[workers]:,.0f}", f"{per_1000:.3f}", f"{share:.0%}")
+        client_share = statistics.median(
+            r.client_cpu_s / (r.client_cpu_s + r.server_cpu_s) for r in mine
+        )
+        summary.add_row(
+            str(workers),
+            f"{rates[workers]:,.0f}",
+            f"{statistics.median(r.server_cpu_s / r.seconds for r in mine):.2f}",
+            f"{statistics.median(r.main_cpu_s / r.seconds for r in mine):.2f}",
+            f"{statistics.median(1000 * r.server_cpu_s / r.calls for r in mine):.3f}",
+            f"{client_share:.0%}",
+        )
     return detail, summary, rates[2] / rates[1]
 
 
