@@ -79,5 +79,4 @@ async def test_every_replica_runs_its_workers_and_its_sidecar_reaches_both(mesh:
     counts = await asyncio.to_thread(
         lambda: [_sidecar_connections(w, port) for w in _workers_of(replica.app_pid)]
     )
-    print("connections per worker", counts)
     assert all(n > 0 for n in counts), counts
