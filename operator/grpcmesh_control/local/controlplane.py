@@ -53,10 +53,10 @@ from grpcmesh_control.local.sources.descriptors import (
 )
 from grpcmesh_control.local.watcher import DEFAULT_POLL_INTERVAL, FileSources
 from grpcmesh_control.mesh.catalogs import ProtoSet
-from grpcmesh_control.mesh.certificates import CertificateSettings
+from grpcmesh_control.mesh.certificates import CertificateSettings, certificate_settings_from_env
 from grpcmesh_control.mesh.clock import Clock, SystemClock
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource, InvalidResourceSet
-from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog, parse_duration
+from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
 
@@ -112,27 +112,7 @@ def certificates_from_env(environ: Mapping[str, str]) -> CertificateSettings | N
     ``ValueError`` naming the variable when one is not valid."""
     if environ.get("GRPCMESH_MTLS", "").strip().lower() in _OFF:
         return None
-    defaults = CertificateSettings()
-    ttl, fraction = (
-        environ.get("GRPCMESH_WORKLOAD_CERT_TTL"),
-        environ.get("GRPCMESH_CERT_RENEW_FRACTION"),
-    )
-    try:
-        ttl_value = defaults.ttl if not ttl else parse_duration(ttl)
-    except ValueError as exc:
-        raise ValueError(f"GRPCMESH_WORKLOAD_CERT_TTL: {exc}") from None
-    try:
-        fraction_value = defaults.renew_fraction if not fraction else float(fraction)
-    except ValueError:
-        raise ValueError(f"GRPCMESH_CERT_RENEW_FRACTION: {fraction!r} is not a number") from None
-    try:
-        return CertificateSettings(
-            ttl=ttl_value,
-            renew_fraction=fraction_value,
-            trust_domain=environ.get("GRPCMESH_TRUST_DOMAIN") or defaults.trust_domain,
-        )
-    except ValueError as exc:
-        raise ValueError(f"GRPCMESH_* certificate settings: {exc}") from None
+    return certificate_settings_from_env(environ)
 
 
 @dataclass(frozen=True)

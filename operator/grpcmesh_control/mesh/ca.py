@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -30,7 +30,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from grpcmesh_control.mesh.model.identity import SpiffeId
+from grpcmesh_control.mesh.model.durations import parse_duration
+from grpcmesh_control.mesh.model.identity import (
+    DEFAULT_TRUST_DOMAIN,
+    LOCAL_NAMESPACE,
+    SpiffeId,
+    validate_trust_domain,
+)
+from grpcmesh_control.mesh.translate.tls import MeshTls
 
 __all__ = [
     "BACKDATE",
@@ -39,7 +46,9 @@ __all__ = [
     "DEFAULT_WORKLOAD_TTL",
     "CaError",
     "CertificateAuthority",
+    "CertificateSettings",
     "Issued",
+    "certificate_settings_from_env",
     "load_certificates",
     "needs_renewal",
     "renew_at",
@@ -410,3 +419,65 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+@dataclass(frozen=True)
+class CertificateSettings:
+    """Workload identities and their certificates, in both modes (the chart's ``identity.*``,
+    local mode's ``GRPCMESH_*`` knobs: ``certificate_settings_from_env``)."""
+
+    ttl: dt.timedelta = DEFAULT_WORKLOAD_TTL
+    """Lifetime of a workload certificate (24 h): short, so a leaked key soon expires."""
+    renew_fraction: float = DEFAULT_RENEW_FRACTION
+    """A workload certificate is renewed once this fraction of its lifetime has passed (0.5:
+    at half life), leaving the other half to ride out a control plane outage."""
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    """The SPIFFE trust domain: ``spiffe://<trust_domain>/ns/<namespace>/sa/<sa>``. One per
+    mesh; two clusters sharing a root but not a trust domain do not trust each other's names."""
+    ingress_namespace: str = LOCAL_NAMESPACE
+    """Where the ingress gateway runs (a cluster: the release namespace, the operator's own):
+    its certificate and ``from.ingress`` rules name ``ingress_identity`` there."""
+
+    def __post_init__(self) -> None:
+        if self.ttl <= dt.timedelta(0):
+            raise ValueError(f"identity.certificateTTL: must be positive, not {self.ttl}")
+        if not 0 < self.renew_fraction < 1:
+            raise ValueError(
+                "identity.renewFraction: must be between 0 and 1 (exclusive), not "
+                f"{self.renew_fraction}"
+            )
+        validate_trust_domain(self.trust_domain, "identity.trustDomain")
+
+    @property
+    def tls(self) -> MeshTls:
+        return MeshTls(self.trust_domain, self.ingress_namespace)
+
+
+def certificate_settings_from_env(
+    environ: Mapping[str, str], defaults: CertificateSettings | None = None
+) -> CertificateSettings:
+    """``GRPCMESH_TRUST_DOMAIN``, ``GRPCMESH_WORKLOAD_CERT_TTL`` (a duration) and
+    ``GRPCMESH_CERT_RENEW_FRACTION`` over ``defaults``: the knobs both modes read (the chart
+    sets them from ``identity.*``). ``ValueError`` naming the variable when one is not valid."""
+    defaults = defaults or CertificateSettings()
+    ttl, fraction = (
+        environ.get("GRPCMESH_WORKLOAD_CERT_TTL"),
+        environ.get("GRPCMESH_CERT_RENEW_FRACTION"),
+    )
+    try:
+        ttl_value = defaults.ttl if not ttl else parse_duration(ttl)
+    except ValueError as exc:
+        raise ValueError(f"GRPCMESH_WORKLOAD_CERT_TTL: {exc}") from None
+    try:
+        fraction_value = defaults.renew_fraction if not fraction else float(fraction)
+    except ValueError:
+        raise ValueError(f"GRPCMESH_CERT_RENEW_FRACTION: {fraction!r} is not a number") from None
+    try:
+        return CertificateSettings(
+            ttl=ttl_value,
+            renew_fraction=fraction_value,
+            trust_domain=environ.get("GRPCMESH_TRUST_DOMAIN") or defaults.trust_domain,
+            ingress_namespace=defaults.ingress_namespace,
+        )
+    except ValueError as exc:
+        raise ValueError(f"GRPCMESH_* certificate settings: {exc}") from None

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from grpcmesh_control.mesh.ca import (
-    DEFAULT_RENEW_FRACTION,
-    DEFAULT_WORKLOAD_TTL,
     CertificateAuthority,
+    CertificateSettings,
     Issued,
+    certificate_settings_from_env,
     trust_bundle,
 )
 from grpcmesh_control.mesh.clock import Clock, SystemClock
@@ -34,14 +34,19 @@ from grpcmesh_control.mesh.model.identity import (
     LOCAL_NAMESPACE,
     SpiffeId,
     ingress_identity,
-    validate_trust_domain,
     workload_identity,
 )
-from grpcmesh_control.mesh.translate import MeshTls, NodeId, NodeKind, workload_secrets
+from grpcmesh_control.mesh.translate import NodeId, NodeKind, workload_secrets
 from grpcmesh_control.mesh.translate.versioned import SECRET, pack_resources
 from grpcmesh_control.mesh.xds import NodeStatus, SnapshotCache
 
-__all__ = ["CertificateSettings", "NodeCertificate", "WorkloadCertificates", "node_identity"]
+__all__ = [
+    "CertificateSettings",
+    "NodeCertificate",
+    "WorkloadCertificates",
+    "certificate_settings_from_env",
+    "node_identity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +54,21 @@ MAX_CHECK_INTERVAL = 1.0
 """Longest ``run`` sleeps between looks at what is due (seconds)."""
 
 
-@dataclass(frozen=True)
-class CertificateSettings:
-    """Lifetime and renewal of workload certificates, and the trust domain they name."""
-
-    ttl: dt.timedelta = DEFAULT_WORKLOAD_TTL
-    renew_fraction: float = DEFAULT_RENEW_FRACTION
-    trust_domain: str = DEFAULT_TRUST_DOMAIN
-
-    def __post_init__(self) -> None:
-        if self.ttl <= dt.timedelta(0):
-            raise ValueError(f"certificateTTL: must be positive, not {self.ttl}")
-        if not 0 < self.renew_fraction < 1:
-            raise ValueError(
-                f"renewFraction: must be between 0 and 1 (exclusive), not {self.renew_fraction}"
-            )
-        validate_trust_domain(self.trust_domain)
-
-    @property
-    def tls(self) -> MeshTls:
-        return MeshTls(self.trust_domain)
-
-
 def node_identity(
     node_id: str,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     namespace_of: Callable[[str], str | None] = lambda service: None,
+    ingress_namespace: str = LOCAL_NAMESPACE,
 ) -> SpiffeId:
     """The identity a node's certificate names: a sidecar's MeshService's workload (in its
     namespace, ``namespace_of``, local mode's default when unknown); the ingress gateway the
-    account authorization rules call the ingress (``ingress_identity``), never a name a
-    MeshService could also have. ``InvalidNodeId`` for an id of no known form."""
+    account authorization rules call the ingress (``ingress_identity``) in
+    ``ingress_namespace``, never a name a MeshService could also have. ``InvalidNodeId`` for
+    an id of no known form."""
     parsed = NodeId.parse(node_id)
-    namespace = namespace_of(parsed.name) or LOCAL_NAMESPACE
     if parsed.kind is NodeKind.INGRESS:
-        return ingress_identity(namespace, trust_domain)
+        return ingress_identity(ingress_namespace, trust_domain)
+    namespace = namespace_of(parsed.name) or LOCAL_NAMESPACE
     return workload_identity(parsed.name, namespace, trust_domain)
 
 
@@ -170,7 +155,12 @@ class WorkloadCertificates:
         """Issue ``node_id`` a new certificate and serve it; False for a node id of no known
         form (it gets no snapshot either)."""
         try:
-            identity = node_identity(node_id, self.settings.trust_domain, self._namespace_of)
+            identity = node_identity(
+                node_id,
+                self.settings.trust_domain,
+                self._namespace_of,
+                self.settings.ingress_namespace,
+            )
         except InvalidNodeId:
             return False
         now = self._now()

@@ -27,6 +27,7 @@ CHART_ENV = {
     "GRPCMESH_TRUST_DOMAIN": "prod.example.com",
     "GRPCMESH_WORKLOAD_CERT_TTL": "12h",
     "GRPCMESH_CERT_RENEW_FRACTION": "0.6",
+    "GRPCMESH_MESH_CA_SECRET": "grpcmesh-mesh-ca",
 }
 
 
@@ -42,8 +43,9 @@ def test_the_charts_environment() -> None:
     assert settings.render.appmesh.egress_filter is EgressFilter.ALLOW_ALL
     identity = settings.render.identity
     assert identity.trust_domain == "prod.example.com"
-    assert identity.workload_ttl == dt.timedelta(hours=12)
+    assert identity.ttl == dt.timedelta(hours=12)
     assert identity.renew_fraction == 0.6
+    assert settings.mesh_ca_secret == "grpcmesh-mesh-ca"
 
 
 def test_defaults_keep_the_documented_behaviour() -> None:
@@ -52,8 +54,9 @@ def test_defaults_keep_the_documented_behaviour() -> None:
     assert settings.render.proxy.image.startswith("envoyproxy/envoy-distroless:")
     assert settings.peering_priority == 0
     assert settings.render.identity.trust_domain == "cluster.local"
-    assert settings.render.identity.workload_ttl == dt.timedelta(hours=24)
+    assert settings.render.identity.ttl == dt.timedelta(hours=24)
     assert not settings.manages_webhook_tls
+    assert settings.mesh_ca_secret is None  # no CA: plaintext, as before
 
 
 def test_listeners_can_stay_on_loopback() -> None:

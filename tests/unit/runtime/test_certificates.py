@@ -103,6 +103,9 @@ def test_identities_of_sidecars_and_the_ingress() -> None:
     assert node_identity("ingress~gateway").uri == ingress
     assert node_identity("sidecar~gateway~0").uri == "spiffe://cluster.local/ns/default/sa/gateway"
     shop = node_identity("sidecar~orders~0", "td.example", lambda svc: "shop")
+    # In a cluster the gateway's namespace is the release's, whatever MeshServices are called.
+    gateway = node_identity("ingress~gateway", "td.example", lambda svc: "shop", "mesh-system")
+    assert gateway.uri == "spiffe://td.example/ns/mesh-system/sa/grpcmesh-ingress"
     assert shop.uri == "spiffe://td.example/ns/shop/sa/orders"
 
 

@@ -6,7 +6,6 @@ else receives the value. Rendering knobs live in ``k8s.settings.OperatorSettings
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,13 +16,12 @@ from grpcmesh_control.cluster.objects.admission import MissingBackends
 from grpcmesh_control.cluster.objects.settings import (
     AppMeshSettings,
     EgressFilter,
-    IdentitySettings,
     OperatorSettings,
     PodLocalAddress,
     Provider,
     ProxySettings,
 )
-from grpcmesh_control.mesh.model.durations import parse_duration
+from grpcmesh_control.mesh.ca import certificate_settings_from_env
 
 __all__ = ["ApplyStrategy", "RuntimeSettings"]
 
@@ -84,7 +82,14 @@ class RuntimeSettings:
     """Seconds between checks of the operator's own webhook certificate (renewed 30 days
     before it expires; kopf's webhook server reloads the rewritten files by itself)."""
     namespace: str = "grpcmesh-system"
-    """The operator's own namespace (from the downward API): where its Secret lives."""
+    """The operator's own namespace (from the downward API): where its Secrets live, and the
+    gateway (the ingress identity's namespace)."""
+    mesh_ca_secret: str | None = None
+    """Name of the ``kubernetes.io/tls`` Secret in ``namespace`` holding the mesh CA
+    (``cluster.objects.mesh_ca``): read at start, created with a self-signed root when
+    missing, never rewritten (it may hold the user's own intermediate). With it, sidecars
+    speak mTLS (STRICT unless a MeshService says PERMISSIVE) with workload certificates over
+    SDS; None: plaintext, no CA."""
     missing_backends: MissingBackends = MissingBackends.WARN
     """What the validating webhook does with a backend that names no MeshService yet: warn
     (the default; resources may be applied in any order) or deny."""
@@ -141,19 +146,7 @@ class RuntimeSettings:
             proxy=ProxySettings(
                 image=environ.get("GRPCMESH_PROXY_IMAGE") or defaults.render.proxy.image
             ),
-            identity=IdentitySettings(
-                trust_domain=environ.get("GRPCMESH_TRUST_DOMAIN")
-                or defaults.render.identity.trust_domain,
-                workload_ttl=_duration(
-                    environ.get("GRPCMESH_WORKLOAD_CERT_TTL"),
-                    defaults.render.identity.workload_ttl,
-                    "GRPCMESH_WORKLOAD_CERT_TTL",
-                ),
-                renew_fraction=float(
-                    environ.get("GRPCMESH_CERT_RENEW_FRACTION")
-                    or defaults.render.identity.renew_fraction
-                ),
-            ),
+            identity=certificate_settings_from_env(environ),
             appmesh=AppMeshSettings(
                 mesh_name=environ.get("GRPCMESH_APPMESH_MESH_NAME")
                 or defaults.render.appmesh.mesh_name,
@@ -186,6 +179,7 @@ class RuntimeSettings:
                 if name.strip()
             ),
             namespace=environ.get("GRPCMESH_NAMESPACE") or defaults.namespace,
+            mesh_ca_secret=environ.get("GRPCMESH_MESH_CA_SECRET") or None,
             missing_backends=MissingBackends(
                 environ.get("GRPCMESH_MISSING_BACKENDS", defaults.missing_backends.value)
             ),
@@ -205,15 +199,6 @@ def _priority(text: str | None) -> int:
     if text.strip() == RANDOM_PRIORITY:
         return 1 + secrets.randbelow(_PRIORITY_RANGE)
     return int(text)
-
-
-def _duration(text: str | None, default: dt.timedelta, name: str) -> dt.timedelta:
-    if not text:
-        return default
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from exc
 
 
 def _path(text: str | None) -> Path | None:

@@ -7,15 +7,10 @@ unit and reason.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from grpcmesh_control.mesh.ca import (
-    DEFAULT_RENEW_FRACTION,
-    DEFAULT_WORKLOAD_TTL,
-)
-from grpcmesh_control.mesh.model.identity import DEFAULT_TRUST_DOMAIN, validate_trust_domain
+from grpcmesh_control.mesh.ca import CertificateSettings
 from grpcmesh_control.mesh.model.mesh import ResourceList, Resources
 from grpcmesh_control.mesh.translate.naming import (
     DEFAULT_CA_BUNDLE,
@@ -27,7 +22,6 @@ __all__ = [
     "AppDefaults",
     "AppMeshSettings",
     "EgressFilter",
-    "IdentitySettings",
     "OperatorSettings",
     "PodLocalAddress",
     "Provider",
@@ -131,29 +125,6 @@ class AppMeshSettings:
 
 
 @dataclass(frozen=True)
-class IdentitySettings:
-    """Workload identities and their certificates (``mesh.model.identity``, ``mesh.ca``)."""
-
-    trust_domain: str = DEFAULT_TRUST_DOMAIN
-    """The SPIFFE trust domain: ``spiffe://<trust_domain>/ns/<namespace>/sa/<sa>``. One per
-    mesh; two clusters sharing a root but not a trust domain do not trust each other's names."""
-    workload_ttl: dt.timedelta = DEFAULT_WORKLOAD_TTL
-    """Lifetime of a workload certificate (24 h): short, so a leaked key soon expires."""
-    renew_fraction: float = DEFAULT_RENEW_FRACTION
-    """A workload certificate is renewed once this fraction of its lifetime has passed (0.5:
-    at half life), leaving the other half to ride out a control plane outage."""
-
-    def __post_init__(self) -> None:
-        validate_trust_domain(self.trust_domain, "identity.trustDomain")
-        if self.workload_ttl <= dt.timedelta(0):
-            raise ValueError(f"identity.certificateTTL: must be positive, not {self.workload_ttl}")
-        if not 0 < self.renew_fraction < 1:
-            raise ValueError(
-                f"identity.renewFraction: must be between 0 and 1, not {self.renew_fraction}"
-            )
-
-
-@dataclass(frozen=True)
 class OperatorSettings:
     provider: Provider = Provider.NATIVE
     xds_address: str = "grpcmesh-control.grpcmesh-system.svc:18000"
@@ -167,4 +138,6 @@ class OperatorSettings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     app: AppDefaults = field(default_factory=AppDefaults)
     appmesh: AppMeshSettings = field(default_factory=AppMeshSettings)
-    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    identity: CertificateSettings = field(default_factory=CertificateSettings)
+    """Workload identities and certificates (the chart's ``identity.*``); the operator's
+    control plane sets ``ingress_namespace`` to its own namespace, where the gateway runs."""
