@@ -112,23 +112,18 @@ class XdsHost:
         self.authenticator = authenticator
         self.metrics = ControlPlaneMetrics()
         self.cache = MeteredSnapshotCache(self.metrics)
-        settings = certificates or CertificateSettings()
+        self._clock = clock
+        self._builder = SnapshotBuilder()
         self.publisher = Publisher(
             self.cache,
             catalog,
             clock=clock,
             window=window,
             max_delay=max_delay,
-            build=SnapshotBuilder(settings.tls if ca is not None else None),
+            build=self._builder,
             on_rebuild=self.metrics.rebuilt,
         )
-        self.certificates = (
-            None
-            if ca is None
-            else WorkloadCertificates(
-                self.cache, ca, settings, clock=clock, namespace_of=self._namespace_of
-            )
-        )
+        self.certificates: WorkloadCertificates | None = None
         """Issues and renews the nodes' workload certificates (None: no mesh CA, plaintext)."""
         if self.certificates is not None:
             certs = self.certificates
@@ -141,6 +136,23 @@ class XdsHost:
         )
         """Server reflection for the exposed services, on the xDS port (the ingress routes it
         there); only when the mode gives the host its protos."""
+        if ca is not None:
+            self.use_ca(ca, certificates)
+
+    def use_ca(self, ca: CertificateAuthority, certificates: CertificateSettings | None) -> None:
+        """Speak mTLS with workload certificates from ``ca`` (what ``ca=`` in the constructor
+        does), for a mode that gets its CA only once it runs (the operator reads it from a
+        Secret). Only before the first snapshot is built and before ``serving``: a snapshot
+        built without TLS would stay as it is until its inputs changed."""
+        if self.certificates is not None:
+            raise RuntimeError("the xDS host already has a mesh CA")
+        if self.publisher.version is not None or self._server is not None:
+            raise RuntimeError("a mesh CA must be set before the first snapshot is built")
+        settings = certificates or CertificateSettings()
+        self._builder.tls = settings.tls
+        self.certificates = WorkloadCertificates(
+            self.cache, ca, settings, clock=self._clock, namespace_of=self._namespace_of
+        )
 
     def _namespace_of(self, service: str) -> str | None:
         registry = self.publisher.registry

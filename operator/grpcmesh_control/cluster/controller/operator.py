@@ -3,8 +3,9 @@
 
 ``Operator.run`` owns one TaskGroup: the publisher's debounce loop, the periodic resync, the
 status follower (``status_follower``), the event poster (``events``), the webhook certificate
-renewal (``webhook_tls``), the ADS gRPC server and kopf itself. The kopf handlers see the
-operator only through ``handlers.HandlerHost``. The control plane
+renewal (``webhook_tls``), the ADS gRPC server (with ``mesh_ca_secret``, the mesh CA loaded
+from its Secret first, ``mesh_ca``, and the workload certificates' renewal) and kopf itself.
+The kopf handlers see the operator only through ``handlers.HandlerHost``. The control plane
 starts first, so the first watch events already publish into a serving cache; when kopf stops
 (stop flag, SIGTERM) the rest is cancelled and the servers are stopped in ``finally``.
 
@@ -43,6 +44,7 @@ from grpcmesh_control.cluster.controller.descriptors import (
 from grpcmesh_control.cluster.controller.events import EventPoster
 from grpcmesh_control.cluster.controller.handlers import register_handlers
 from grpcmesh_control.cluster.controller.mesh import SERVICE_NAME_LABEL, MeshState
+from grpcmesh_control.cluster.controller.mesh_ca import ensure_mesh_ca
 from grpcmesh_control.cluster.controller.metrics import OperatorMetrics
 from grpcmesh_control.cluster.controller.peering import CLUSTER_PEERING, peering_active
 from grpcmesh_control.cluster.controller.reconcile import Reconciler, rollout_of
@@ -215,6 +217,8 @@ class Operator:
         settings = self.settings = await self._discover(client)
         if settings.manages_webhook_tls:
             await self.webhook_certificates.ensure(client)
+        if settings.mesh_ca_secret is not None:
+            await self._load_mesh_ca(client, settings.mesh_ca_secret)
         self.events.open()
         self.status_follower.open()
         self._reconciler = Reconciler(
@@ -306,6 +310,23 @@ class Operator:
             self.state.set_slice(body)
         self.publisher.rebuild()
         log.info("registry primed: %d MeshServices, %d EndpointSlices", len(services), len(slices))
+
+    async def _load_mesh_ca(self, client: KubeClient, secret: str) -> None:
+        """The mesh CA from (or created in) Secret ``namespace/secret``, before the first
+        snapshot: sidecars then speak mTLS, each issued its certificate over SDS. The gateway
+        runs in the operator's namespace, so the ingress identity is named there."""
+        settings = self.settings
+        ca = await ensure_mesh_ca(
+            client, namespace=settings.namespace, secret=secret, now=datetime.now(UTC)
+        )
+        identity = replace(settings.render.identity, ingress_namespace=settings.namespace)
+        self.host.use_ca(ca, identity)
+        log.info(
+            "mTLS on: mesh CA from secret %s/%s, trust domain %s",
+            settings.namespace,
+            secret,
+            identity.trust_domain,
+        )
 
     async def _discover(self, client: KubeClient) -> RuntimeSettings:
         """The settings, corrected by what the cluster serves: ServiceMonitors are rendered
