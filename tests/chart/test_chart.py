@@ -43,7 +43,10 @@ from .chart import (
 )
 
 RBAC = REPO / "manifests" / "rbac"
-SETTINGS_SOURCE = REPO / "operator" / "grpcmesh_control" / "cluster" / "controller" / "settings.py"
+SETTINGS_SOURCES = (
+    REPO / "operator" / "grpcmesh_control" / "cluster" / "controller" / "settings.py",
+    REPO / "operator" / "grpcmesh_control" / "mesh" / "ca.py",  # identity.*, both modes
+)
 HANDLERS = REPO / "operator" / "grpcmesh_control" / "cluster" / "controller" / "handlers.py"
 FULLNAME = RELEASE  # the release name contains the chart name
 VALUE_IDS = [name for name, _ in VALUE_SETS]
@@ -257,6 +260,7 @@ def test_operator_environment(cell: Cell) -> None:
         "GRPCMESH_TRUST_DOMAIN": "cluster.local",
         "GRPCMESH_WORKLOAD_CERT_TTL": "24h",
         "GRPCMESH_CERT_RENEW_FRACTION": "0.5",
+        "GRPCMESH_MESH_CA_SECRET": f"{FULLNAME}-mesh-ca",
         "GRPCMESH_WEBHOOK_PORT": "9443",
         "GRPCMESH_WEBHOOK_HOST": host,
         "POD_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
@@ -308,13 +312,15 @@ def test_the_operator_accepts_its_environment(cell: Cell) -> None:
     assert settings.webhook_port == 9443
     assert settings.namespace == NAMESPACE
     assert settings.missing_backends.value == "warn"
+    assert settings.mesh_ca_secret == f"{FULLNAME}-mesh-ca"
+    assert settings.render.identity.trust_domain == "cluster.local"
     if cell.cert_manager:
         assert not settings.manages_webhook_tls
     else:
         assert settings.manages_webhook_tls
         assert settings.webhook_secret == f"{FULLNAME}-webhook-tls"
         assert set(settings.webhook_configurations) == {FULLNAME}
-    read = set(re.findall(r"GRPCMESH_[A-Z_]+", SETTINGS_SOURCE.read_text()))
+    read = {v for p in SETTINGS_SOURCES for v in re.findall(r"GRPCMESH_[A-Z_]+", p.read_text())}
     assert {k for k in env if k.startswith("GRPCMESH_")} <= read
 
 
@@ -429,7 +435,7 @@ def manifest_rules(files: list[str], kind: str) -> dict[str, list[Obj]]:
 
 def rbac_files(cell: Cell) -> list[str]:
     """The manifests/rbac files an install like ``cell`` applies (docs/operator.md)."""
-    files = ["operator.yaml"]
+    files = ["operator.yaml", "operator-mesh-ca.yaml"]
     if cell.provider == "appmesh":
         files.append("operator-appmesh.yaml")
     if not cell.cert_manager:  # webhooks on: the operator manages its certificate
@@ -589,7 +595,8 @@ def test_webhook_values() -> None:
     off = render({"webhooks": {"enabled": False}})
     assert find(off, "ValidatingWebhookConfiguration") == []
     assert find(off, "MutatingWebhookConfiguration") == []
-    assert find(off, "Role") == []
+    # Only the mesh CA's Role is left: webhooks off take no Secret of their own.
+    assert [r["metadata"]["name"] for r in find(off, "Role")] == [f"{FULLNAME}-operator-mesh-ca"]
     env = operator_env(off)
     assert not {k for k in env if k.startswith("GRPCMESH_WEBHOOK")}
     ports = one(off, "Service", f"{FULLNAME}-control")["spec"]["ports"]

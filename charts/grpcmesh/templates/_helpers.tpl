@@ -77,6 +77,10 @@ helm.sh/chart: {{ include "grpcmesh.chart" . }}
 {{- printf "%s:%d" (include "grpcmesh.controlHost" .) (int .Values.operator.ports.xds) -}}
 {{- end -}}
 
+{{- define "grpcmesh.meshCaSecret" -}}
+{{- printf "%s-mesh-ca" (include "grpcmesh.fullname" .) -}}
+{{- end -}}
+
 {{- define "grpcmesh.webhookSecret" -}}
 {{- printf "%s-webhook-tls" (include "grpcmesh.fullname" .) -}}
 {{- end -}}

@@ -51,6 +51,7 @@ def allowed(rule_list: list[dict[str, Any]], group: str, resource: str) -> set[s
 NATIVE = rules(RBAC / "operator.yaml")
 APPMESH = rules(RBAC / "operator-appmesh.yaml")
 WEBHOOK_TLS = RBAC / "operator-webhook-certs.yaml"
+MESH_CA = RBAC / "operator-mesh-ca.yaml"
 
 
 @pytest.mark.parametrize("path", sorted(RBAC.glob("*.yaml")), ids=lambda p: p.name)
@@ -127,6 +128,20 @@ def test_webhook_tls_rules_reach_one_secret_and_two_configurations_by_name() -> 
     assert cluster["resourceNames"] == ["grpcmesh"] and cluster["verbs"] == ["get", "patch"]
     (role,) = [d for d in load(WEBHOOK_TLS) if d["kind"] == "Role"]
     assert role["metadata"]["namespace"] == settings.namespace
+
+
+def test_mesh_ca_rules_read_one_secret_by_name_and_only_create_others() -> None:
+    """The mesh CA's Role: ``create`` Secrets in the operator's namespace, ``get`` the one
+    (the chart's <release>-mesh-ca); no list, watch, patch or cluster-wide grant."""
+    namespaced = rules(MESH_CA, "Role")
+    assert {(tuple(r.get("resourceNames", ())), tuple(r["verbs"])) for r in namespaced} == {
+        ((), ("create",)),
+        (("grpcmesh-mesh-ca",), ("get",)),
+    }
+    assert all(r["resources"] == [SECRET.plural] for r in namespaced)
+    assert [d["kind"] for d in load(MESH_CA)] == ["Role", "RoleBinding"]
+    (role,) = [d for d in load(MESH_CA) if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == RuntimeSettings().namespace
 
 
 def test_bindings_tie_the_roles_to_the_service_account() -> None:
