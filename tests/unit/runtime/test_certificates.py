@@ -289,3 +289,40 @@ def test_without_a_ca_no_certificate_series_and_no_identity() -> None:
     assert not names & {CERTIFICATE_EXPIRY, CERTIFICATE_ISSUED, ROOTS_EXPIRY}
     (node,) = host.status()["nodes"]
     assert (node["identity"], node["certificate"]) == (None, None)
+
+
+def test_a_host_takes_its_ca_after_construction_only_before_its_first_snapshot(
+    tmp_path: Path,
+    example_files: dict[str, bytes],
+    catalog: MethodCatalog,
+    ca: CertificateAuthority,
+) -> None:
+    """The operator's way (``XdsHost.use_ca``): it reads its CA from a Secret once running,
+    so the host takes it later, with the cluster's settings (the gateway's namespace); once a
+    snapshot was built without TLS it refuses, since that snapshot would stay plaintext."""
+    (tmp_path / "resources").mkdir()
+    for name, content in example_files.items():
+        (tmp_path / "resources" / name).write_bytes(content)
+    late = ControlPlane(ControlPlaneSettings(tmp_path, certificates=None), catalog=catalog)
+    settings = CertificateSettings(trust_domain="td.example", ingress_namespace="mesh-system")
+    late.host.use_ca(ca, settings)
+    with pytest.raises(RuntimeError, match="already has a mesh CA"):
+        late.host.use_ca(ca, settings)
+    late.sources.reload()
+    late.publisher.rebuild()
+    late.cache.connected(NODE, ProxyNode(NodeId.sidecar("orders", "0")).metadata())
+    assert _inbound(late).filter_chains[0].transport_socket.name == "envoy.transport_sockets.tls"
+    gateway = "ingress~gateway"
+    late.cache.connected(gateway, ProxyNode(NodeId.ingress("gateway")).metadata())
+    assert late.host.certificates is not None
+    issued = late.host.certificates.certificate(gateway)
+    assert issued is not None
+    assert [i.uri for i in spiffe_ids(issued.certificate)] == [
+        "spiffe://td.example/ns/mesh-system/sa/grpcmesh-ingress"
+    ]
+
+    built = ControlPlane(ControlPlaneSettings(tmp_path, certificates=None), catalog=catalog)
+    built.sources.reload()
+    built.publisher.rebuild()
+    with pytest.raises(RuntimeError, match="before the first snapshot"):
+        built.host.use_ca(ca, settings)
