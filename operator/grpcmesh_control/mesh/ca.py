@@ -437,6 +437,9 @@ class CertificateSettings:
     ingress_namespace: str = LOCAL_NAMESPACE
     """Where the ingress gateway runs (a cluster: the release namespace, the operator's own):
     its certificate and ``from.ingress`` rules name ``ingress_identity`` there."""
+    plaintext_health_probes: bool = False
+    """STRICT sidecars also answer the plaintext gRPC health check (``MeshTls``): a cluster's
+    kubelet probes through the inbound port."""
 
     def __post_init__(self) -> None:
         if self.ttl <= dt.timedelta(0):
@@ -450,7 +453,7 @@ class CertificateSettings:
 
     @property
     def tls(self) -> MeshTls:
-        return MeshTls(self.trust_domain, self.ingress_namespace)
+        return MeshTls(self.trust_domain, self.ingress_namespace, self.plaintext_health_probes)
 
 
 def certificate_settings_from_env(
@@ -478,6 +481,7 @@ def certificate_settings_from_env(
             renew_fraction=fraction_value,
             trust_domain=environ.get("GRPCMESH_TRUST_DOMAIN") or defaults.trust_domain,
             ingress_namespace=defaults.ingress_namespace,
+            plaintext_health_probes=defaults.plaintext_health_probes,
         )
     except ValueError as exc:
         raise ValueError(f"GRPCMESH_* certificate settings: {exc}") from None

@@ -12,6 +12,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -304,14 +307,26 @@ def test_a_host_takes_its_ca_after_construction_only_before_its_first_snapshot(
     for name, content in example_files.items():
         (tmp_path / "resources" / name).write_bytes(content)
     late = ControlPlane(ControlPlaneSettings(tmp_path, certificates=None), catalog=catalog)
-    settings = CertificateSettings(trust_domain="td.example", ingress_namespace="mesh-system")
+    settings = CertificateSettings(
+        trust_domain="td.example", ingress_namespace="mesh-system", plaintext_health_probes=True
+    )
     late.host.use_ca(ca, settings)
     with pytest.raises(RuntimeError, match="already has a mesh CA"):
         late.host.use_ca(ca, settings)
     late.sources.reload()
     late.publisher.rebuild()
     late.cache.connected(NODE, ProxyNode(NodeId.sidecar("orders", "0")).metadata())
-    assert _inbound(late).filter_chains[0].transport_socket.name == "envoy.transport_sockets.tls"
+    secure, plain = _inbound(late).filter_chains
+    assert secure.transport_socket.name == "envoy.transport_sockets.tls"
+    assert secure.filter_chain_match.transport_protocol == "tls"
+    # STRICT, but the kubelet's plaintext probe reaches the app's health check, and only it.
+    assert plain.filter_chain_match.transport_protocol == "raw_buffer"
+    assert not plain.HasField("transport_socket")
+    hcm = hcm_pb2.HttpConnectionManager()
+    assert plain.filters[0].typed_config.Unpack(hcm)
+    routes = [r for host in hcm.route_config.virtual_hosts for r in host.routes]
+    assert [r.match.path for r in routes] == ["/grpc.health.v1.Health/Check"]
+    assert not [f.name for f in hcm.http_filters if "rbac" in f.name]
     gateway = "ingress~gateway"
     late.cache.connected(gateway, ProxyNode(NodeId.ingress("gateway")).metadata())
     assert late.host.certificates is not None

@@ -314,12 +314,18 @@ class Operator:
     async def _load_mesh_ca(self, client: KubeClient, secret: str) -> None:
         """The mesh CA from (or created in) Secret ``namespace/secret``, before the first
         snapshot: sidecars then speak mTLS, each issued its certificate over SDS. The gateway
-        runs in the operator's namespace, so the ingress identity is named there."""
+        runs in the operator's namespace, so the ingress identity is named there; the kubelet
+        probes apps through their sidecar's inbound port without a certificate, so that port
+        also answers the plaintext gRPC health check (and nothing else)."""
         settings = self.settings
         ca = await ensure_mesh_ca(
             client, namespace=settings.namespace, secret=secret, now=datetime.now(UTC)
         )
-        identity = replace(settings.render.identity, ingress_namespace=settings.namespace)
+        identity = replace(
+            settings.render.identity,
+            ingress_namespace=settings.namespace,
+            plaintext_health_probes=True,  # the kubelet's probes (cluster.objects.pod)
+        )
         self.host.use_ca(ca, identity)
         log.info(
             "mTLS on: mesh CA from secret %s/%s, trust domain %s",

@@ -230,15 +230,35 @@ def inbound_listener(
         return listener
     secure = listener.filter_chains[0]
     secure.transport_socket.CopyFrom(downstream_transport_socket(tls))
-    if mode is MtlsMode.PERMISSIVE:
+    if mode is MtlsMode.PERMISSIVE or tls.plaintext_health_probes:
         Match = e.listener_components_pb2.FilterChainMatch
         plain = listener.filter_chains.add()
         plain.CopyFrom(secure)
         plain.ClearField("transport_socket")
+        if mode is not MtlsMode.PERMISSIVE:  # STRICT: plaintext reaches the health check only
+            plain.filters[0].typed_config.Pack(_health_only(node, app_port))
         secure.filter_chain_match.CopyFrom(Match(transport_protocol="tls"))
         plain.filter_chain_match.CopyFrom(Match(transport_protocol="raw_buffer"))
         listener.listener_filters.append(tls_inspector())
     return listener
+
+
+HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+
+
+def _health_only(node: ProxyNode, app_port: int) -> hcm_pb2.HttpConnectionManager:
+    """The inbound connection manager for plaintext callers of a STRICT listener (the
+    kubelet's probes, ``MeshTls.plaintext_health_probes``): the app's gRPC health check and
+    nothing else (any other path: 404, which gRPC reports UNIMPLEMENTED)."""
+    hcm = _hcm(INBOUND, node)
+    routes = inbound_route_config(app_port)
+    for host in routes.virtual_hosts:
+        for item in host.routes:
+            item.match.ClearField("prefix")
+            item.match.path = HEALTH_CHECK_PATH
+    hcm.route_config.CopyFrom(routes)
+    hcm.local_reply_config.mappers.append(_not_delivered_marker())
+    return hcm
 
 
 def egress_listener(node: ProxyNode) -> e.listener_pb2.Listener:

@@ -59,6 +59,12 @@ class MeshTls:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     ingress_namespace: str = LOCAL_NAMESPACE
     """Where the ingress gateway runs: its identity is ``ingress_identity`` there."""
+    plaintext_health_probes: bool = False
+    """Whether a STRICT inbound listener also takes plaintext calls of the gRPC health check
+    (``/grpc.health.v1.Health/Check``, nothing else, no authorization: the caller has no
+    identity): in a cluster the kubelet probes the app through the inbound port and cannot
+    present a mesh certificate (``cluster.objects.pod``). Off locally, where probes reach the
+    app directly."""
 
     @property
     def peer_prefix(self) -> str:
