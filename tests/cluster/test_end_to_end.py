@@ -42,6 +42,7 @@ import grpc
 import pytest
 import yaml
 from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -377,6 +378,57 @@ def test_orders_through_the_gateway_all_succeed(mesh: Mesh) -> None:
     # They went through the gateway's Envoy: it counted them on the orders route's cluster.
     sent = counters(mesh.gateway, r"^cluster\.orders\|v1\.upstream_rq_total$")
     assert sent.get("cluster.orders|v1.upstream_rq_total", 0) >= 40, sent
+
+
+def presented_identities(envoy: str) -> set[str]:
+    """The URI SANs of the certificates Envoy at ``envoy`` holds (``/certs``): its own
+    workload certificate, as it got it over SDS."""
+    certs = json.loads(admin_get(envoy, "/certs"))["certificates"]
+    return {
+        san["uri"]
+        for entry in certs
+        for cert in entry.get("cert_chain") or []
+        for san in cert.get("subject_alt_names") or []
+        if "uri" in san
+    }
+
+
+def test_the_saga_runs_over_mtls_strict_with_workload_identities(mesh: Mesh) -> None:
+    """The chart's operator loaded its CA from the release's Secret and issued every sidecar
+    and the gateway a certificate for its SPIFFE ID; the saga's calls (the previous test)
+    went over mutual TLS, verified on both sides; a plaintext caller gets only the health
+    check."""
+    kube = mesh.kube
+    secret = kube.get("secret", f"{RELEASE}-mesh-ca", NAMESPACE)
+    assert secret is not None and set(secret["data"]) >= {"tls.crt", "tls.key", "ca.crt"}
+    prefix = f"spiffe://cluster.local/ns/{NAMESPACE}/sa"
+    assert presented_identities(mesh.gateway) == {f"{prefix}/grpcmesh-ingress"}
+    for service in SERVICES:
+        for pod in mesh.ready_pods(f"{LABEL_SERVICE}={service}"):
+            address = str(pod["status"]["podIP"])
+            assert presented_identities(address) == {f"{prefix}/{service}"}, address
+    # orders took the saga's calls over mTLS: its inbound listener completed handshakes
+    # with a verified client certificate, and none failed verification.
+    orders = str(mesh.one_pod(f"{LABEL_SERVICE}=orders")["status"]["podIP"])
+    ssl: Counter[str] = Counter()
+    for name, value in counters(orders, rf"^listener\..*_{INBOUND_PORT}\.ssl\.").items():
+        ssl[name.rsplit(".ssl.", 1)[1]] += value
+    assert ssl["handshake"] > 0, ssl
+    assert ssl["no_certificate"] == 0, ssl
+    assert not {k: v for k, v in ssl.items() if k.startswith("fail_verify") and v}, ssl
+    # The gateway originated mTLS to orders (its upstream cluster's TLS handshakes).
+    upstream = counters(mesh.gateway, r"^cluster\.orders\|v1\.ssl\.handshake$")
+    assert upstream.get("cluster.orders|v1.ssl.handshake", 0) > 0, upstream
+    # STRICT: a caller without a certificate reaches the app's gRPC health check (the
+    # kubelet's probes take that way) and nothing else: the call never gets to the app.
+    with grpc.insecure_channel(f"{orders}:{INBOUND_PORT}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        factory = OrderFactory(f"e2e-plain-{uuid.uuid4().hex[:8]}")
+        with pytest.raises(grpc.RpcError) as refused:
+            orders_pb2_grpc.OrderServiceStub(channel).PlaceOrder(factory.request(0), timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED, refused.value
 
 
 def test_reflection_through_the_gateway_describes_exactly_the_exposed_services(
