@@ -17,6 +17,7 @@ import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ import pytest
 import yaml
 from cryptography import x509
 
+from grpcmesh_control.cluster.objects.mesh_ca import mesh_ca_from_secret
+from grpcmesh_control.mesh.ca import CertificateAuthority
 from tests.chart.chart import render
 from tests.cluster.chart_release import ChartRelease
 from tests.cluster.kube import KubeCluster, KubectlError, wait_until
@@ -31,6 +34,7 @@ from tests.cluster.operator_process import OperatorProcess, log_problems
 from tests.loopback import free_port
 from tests.package import InstalledPackage
 from tests.shared import REPO, shared_path
+from tests.unit.mesh.test_ca import make_intermediate
 
 Obj = dict[str, Any]
 
@@ -42,6 +46,7 @@ MONITORING = {
     "prometheusRules": {"enabled": True},
     "dashboards": {"enabled": True},
 }
+MESH_CA_SECRET = f"{RELEASE}-mesh-ca"
 PROXY_CONTAINER = "grpcmesh-proxy"
 OPERATOR_MANAGER = "grpcmesh-operator"
 
@@ -80,6 +85,9 @@ def installed(
             undo.callback(kube.kubectl, "delete", "namespace", name, "--wait=false")
             # Waited for: names are mesh-wide, and a later module's operator must not see them.
             undo.callback(kube.kubectl, "delete", "meshservices", "--all", "-n", name)
+        # Bring your own CA: the platform's issuer wrote an intermediate into the mesh CA's
+        # Secret before the operator first started (docs/security.md).
+        kube.kubectl("apply", "-f", "-", stdin=json.dumps(platform_intermediate_secret()))
         operator = OperatorProcess.start(
             kube, release, installed_package.grpcmesh, tmp_path_factory.mktemp("operator")
         )
@@ -89,6 +97,22 @@ def installed(
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def platform_intermediate_secret() -> Obj:
+    """The mesh CA's Secret as cert-manager writes it for an ``isCA`` Certificate that the
+    platform's own root issues: ``tls.crt`` the intermediate, ``ca.crt`` their root."""
+    now = datetime.now(UTC)
+    platform_root = CertificateAuthority.create_root(now, common_name="platform root")
+    cert, key = make_intermediate(platform_root, now)
+    data = {"tls.crt": cert, "tls.key": key, "ca.crt": platform_root.pem()[2]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": MESH_CA_SECRET, "namespace": RELEASE},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
 
 
 def controlled_by(owner: Obj, items: list[Obj]) -> list[Obj]:
@@ -227,6 +251,44 @@ def test_the_operator_issues_its_certificate_and_installs_its_ca(installed: Inst
             assert [w["clientConfig"].get("caBundle") for w in config["webhooks"]] == [
                 ca_bundle
             ] * len(config["webhooks"]), (kind, name)
+
+
+def test_the_operator_serves_mtls_from_the_platforms_intermediate(installed: Installed) -> None:
+    """The operator read the mesh CA's Secret the platform wrote (an intermediate under their
+    root), left it as it was, and serves mTLS from it."""
+    kube, operator = installed.kube, installed.operator
+    assert operator.settings.mesh_ca_secret == MESH_CA_SECRET
+    secret = kube.get("secret", MESH_CA_SECRET, RELEASE)
+    ca = mesh_ca_from_secret(secret)
+    assert ca.intermediates == (ca.certificate,) and ca.root != ca.certificate
+    assert "platform root" in ca.root.subject.rfc4514_string()
+    managers = {f["manager"] for f in secret["metadata"].get("managedFields") or []}
+    assert OPERATOR_MANAGER not in managers and "kubectl" in " ".join(managers), managers
+    wait_until(
+        lambda: f"mTLS on: mesh CA from secret {RELEASE}/{MESH_CA_SECRET}" in operator.log(),
+        "the operator's log says it serves mTLS from the platform's CA",
+    )
+
+
+def test_the_operator_reads_no_secret_but_its_own(installed: Installed) -> None:
+    """Least privilege on Secrets, as the API server enforces it: the operator gets its
+    two Secrets by name and may create Secrets, and nothing else: not another Secret of its
+    namespace, not a list, not a rewrite of the mesh CA."""
+    kube, operator = installed.kube, installed.operator
+    assert can_i(kube, operator.token, "get", f"secrets/{MESH_CA_SECRET}")
+    assert can_i(kube, operator.token, "create", "secrets")
+    for verb in ("patch", "update", "delete"):
+        assert not can_i(kube, operator.token, verb, f"secrets/{MESH_CA_SECRET}"), verb
+    for verb in ("list", "watch"):
+        assert not can_i(kube, operator.token, verb, "secrets"), verb
+    kube.kubectl(
+        "create", "secret", "generic", "someone-elses", "-n", RELEASE, "--from-literal=k=v"
+    )
+    try:
+        with pytest.raises(KubectlError, match="forbidden"):
+            kube.kubectl("get", "secret", "someone-elses", "-n", RELEASE, token=operator.token)
+    finally:
+        kube.kubectl("delete", "secret", "someone-elses", "-n", RELEASE)
 
 
 def test_the_charts_reference_services_reconcile(installed: Installed) -> None:

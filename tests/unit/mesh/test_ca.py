@@ -126,8 +126,9 @@ def test_the_ca_round_trips_through_pem(root: CertificateAuthority) -> None:
     assert root.issued(again.issue_workload(ORDERS, NOW).certificate)
 
 
-def make_intermediate(parent: CertificateAuthority) -> tuple[bytes, bytes]:
-    """A user's PKI: their root signs an intermediate for the mesh (as cert-manager would)."""
+def make_intermediate(parent: CertificateAuthority, now: dt.datetime = NOW) -> tuple[bytes, bytes]:
+    """A user's PKI: their root signs an intermediate for the mesh (as cert-manager would);
+    its ``tls.crt`` and ``tls.key``."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "platform mesh intermediate")])
     cert = (
@@ -136,8 +137,8 @@ def make_intermediate(parent: CertificateAuthority) -> tuple[bytes, bytes]:
         .issuer_name(parent.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=365))
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
