@@ -125,9 +125,6 @@ class XdsHost:
         )
         self.certificates: WorkloadCertificates | None = None
         """Issues and renews the nodes' workload certificates (None: no mesh CA, plaintext)."""
-        if self.certificates is not None:
-            certs = self.certificates
-            self.metrics.observe_certificates(certs.all_held, lambda: certs.roots_not_after)
         self._problems = problems
         self._origin_of = origin_of
         self._server: grpc.aio.Server | None = None
@@ -150,9 +147,10 @@ class XdsHost:
             raise RuntimeError("a mesh CA must be set before the first snapshot is built")
         settings = certificates or CertificateSettings()
         self._builder.tls = settings.tls
-        self.certificates = WorkloadCertificates(
+        certs = self.certificates = WorkloadCertificates(
             self.cache, ca, settings, clock=self._clock, namespace_of=self._namespace_of
         )
+        self.metrics.observe_certificates(certs.all_held, lambda: certs.roots_not_after)
 
     def _namespace_of(self, service: str) -> str | None:
         registry = self.publisher.registry

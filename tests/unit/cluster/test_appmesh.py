@@ -18,7 +18,7 @@ from grpcmesh_control.cluster.objects import (
     render_problems,
 )
 from grpcmesh_control.cluster.objects.appmesh import GRPC_RETRY_EVENTS, _duration
-from grpcmesh_control.cluster.objects.settings import IdentitySettings
+from grpcmesh_control.mesh.ca import CertificateSettings
 from grpcmesh_control.mesh.model import MeshService, MethodCatalog, RetryOn, parse_mesh_service
 from tests.unit.examples import EXAMPLE_NAMES
 
@@ -108,7 +108,7 @@ def test_backends_originate_mtls_and_pin_each_backends_identity(
 ) -> None:
     # As App Mesh's SPIRE integration expects: SDS secrets named by SPIFFE ID and trust domain.
     settings = dataclasses.replace(
-        appmesh_settings, identity=IdentitySettings(trust_domain="mesh.example")
+        appmesh_settings, identity=CertificateSettings(trust_domain="mesh.example")
     )
     node = render(services["orders"], settings, catalog)[("VirtualNode", "orders-v1")]
     names = ("catalog", "inventory", "payments")
