@@ -19,6 +19,7 @@ import yaml
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_loadgen import run_load
 from tests.e2e.harness import RESOURCES, Mesh, envoy_stats
+from tests.e2e.test_mesh import wait_converged
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,7 @@ async def test_orders_placed_with_a_proxyless_orders_skip_its_egress_sidecar(
     )
     assert "GRPCMESH_XDS_BOOTSTRAP" not in _app_env(mesh, "payments/v1-0")
 
+    await wait_converged(mesh)  # the ingress routes to orders only once it has ACKed
     report = await run_load(mesh.state.ingress, ORDERS, 4.0, deadline_s=10.0)
     assert report.statuses == {"OK": ORDERS}, report.error_samples
     assert sum(report.outcomes.values()) == ORDERS

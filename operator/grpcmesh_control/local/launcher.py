@@ -132,6 +132,16 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         mtls = certificates_from_env(os.environ) is not None
     except ValueError as exc:
         raise LauncherError(str(exc)) from None
+    # gRPC's own xDS client cannot present a node token (nor TLS to the xDS port) yet, so a
+    # mesh with a proxyless service serves ADS as before secured xDS, and says so.
+    proxyless = sorted(svc.name for svc in services if svc.proxyless)
+    if proxyless:
+        print(
+            f"warning: xDS authentication is off: MeshService {', '.join(proxyless)} is "
+            "proxyless, and gRPC's xDS client cannot prove its node id yet",
+            file=sys.stderr,
+        )
+    secure_xds = not proxyless
     settings = LocalSettings(
         run_dir=run_dir,
         python=sys.executable,
@@ -140,8 +150,8 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         prometheus=prometheus,
         otlp_endpoint=options.otlp_endpoint,
         trace_sampling=options.trace_sampling,
-        xds_credential=token,
-        xds_trusted_ca=run_dir / CA_DIR / CA_ROOT_FILE if mtls else None,
+        xds_credential=token if secure_xds else None,
+        xds_trusted_ca=run_dir / CA_DIR / CA_ROOT_FILE if mtls and secure_xds else None,
     )
     ports = allocate_ports(ports_needed(services, prometheus=prometheus is not None))
     plan = build_plan(services, iter(ports), settings)
