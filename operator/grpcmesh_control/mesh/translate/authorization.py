@@ -217,10 +217,11 @@ def _short_names(services: Sequence[str]) -> dict[str, str]:
 def _accounting(
     svc: MeshService, authorization: Authorization, catalog: MethodCatalog, trust: MeshTls
 ) -> rbac_pb2.RBAC:
-    rules = authorization.rules
+    # Each rule's callers once: every target below asks which rules allow it.
+    by_rule = [(rule, _callers(rule.callers, svc, trust)) for rule in authorization.rules]
     labelled: dict[str, rbac_pb2.Principal] = {}
-    for rule in rules:
-        for label, principal in _callers(rule.callers, svc, trust):
+    for _, callers in by_rule:
+        for label, principal in callers:
             labelled.setdefault(label, principal)
     anyone_named = _any_of(list(labelled.values())) if labelled else None
     other = (
@@ -232,9 +233,9 @@ def _accounting(
     for name, path, service, method in _targets(svc, authorization, catalog):
         allowing = [
             principal
-            for rule in rules
+            for rule, callers in by_rule
             if _allows(rule, service, method)
-            for _, principal in _callers(rule.callers, svc, trust)
+            for _, principal in callers
         ]
         for label, who in [*labelled.items(), (OTHER, other)]:
             if allowing:
