@@ -12,7 +12,6 @@ import collections
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from rich.console import Console
 
 from grpcmesh_control.local.envoy_binary import find_envoy
+from grpcmesh_control.local.ports import allocate_ports
 from grpcmesh_control.mesh.translate import NodeId
 from grpcmesh_control.mesh.translate.bootstrap import envoy_command
 from grpcmesh_control.mesh.xds import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -44,9 +44,10 @@ MB = 1024 * 1024
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, below the ephemeral range (``allocate_ports``): a port the
+    kernel hands out for port 0 may meanwhile become some connection's source port, and the
+    process meant to bind it then cannot (seen in CI: the sidecar benchmark's Envoy)."""
+    return allocate_ports(1)[0]
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
