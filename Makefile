@@ -87,10 +87,14 @@ manifests: venv ## regenerate manifests/install/operator.yaml from charts/grpcme
 
 .PHONY: sysdeps
 sysdeps: ## install system packages the tests use (promtool, curl, h2load, node and npm), if missing
-	@{ command -v promtool && command -v curl && command -v h2load && command -v node && command -v npm; } >/dev/null || { \
+	@# Only the packages whose command is missing: a machine with its own Node.js (NodeSource's
+	@# nodejs ships npm) cannot take Debian's npm beside it, and apt then refuses everything.
+	@missing=$$(for pair in promtool:prometheus curl:curl h2load:nghttp2-client node:nodejs npm:npm; do \
+	  command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done); \
+	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  $$SUDO apt-get install -y -qq --no-install-recommends prometheus curl nghttp2-client nodejs npm >/dev/null; }
+	  $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }
 
 JS_TOOLS := tests/js
 

@@ -9,6 +9,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from grpcmesh_control.local.ports import allocate_ports
+
 T = TypeVar("T")
 
 LOCALHOST = "127.0.0.1"
@@ -16,10 +18,10 @@ TIMEOUT = 10.0
 
 
 def free_port() -> int:
-    """A port free on 127.0.0.1 now (the caller binds it soon after)."""
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 now (the caller binds it soon after). It comes from
+    ``allocate_ports``, below the ephemeral range: a port the kernel hands out for port 0 may
+    become some connection's source port before the caller binds it (a CI flake)."""
+    return allocate_ports(1)[0]
 
 
 def free_ports(count: int) -> int:

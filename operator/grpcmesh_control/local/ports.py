@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
+from collections import deque
 from pathlib import Path
 
 from grpcmesh_control.mesh.errors import MeshError
@@ -21,6 +23,11 @@ _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _DEFAULT_EPHEMERAL_LOW = 32768
 _LOWEST = 10000  # below: well-known and commonly configured service ports
 _ATTEMPTS_PER_PORT = 20
+# Ports handed out recently in this process are not handed out again: the caller may not have
+# bound one yet, and a second caller would then find it free too.
+_RECENT_LIMIT = 4096
+_recent: deque[int] = deque(maxlen=_RECENT_LIMIT)
+_recent_lock = threading.Lock()
 
 
 class PortsExhausted(MeshError, RuntimeError):
@@ -48,16 +55,18 @@ def allocate_ports(count: int, *, rng: random.Random | None = None) -> list[int]
     rng = rng or random.Random()
     high = max(_ephemeral_low(), _LOWEST + count * 4)
     chosen: list[int] = []
-    seen: set[int] = set()
-    for _ in range(count * _ATTEMPTS_PER_PORT):
-        if len(chosen) == count:
-            break
-        port = rng.randrange(_LOWEST, high)
-        if port in seen:
-            continue
-        seen.add(port)
-        if _bindable(port):
-            chosen.append(port)
-    if len(chosen) < count:
-        raise PortsExhausted(f"found {len(chosen)} free loopback ports of {count} needed")
+    with _recent_lock:
+        seen: set[int] = set(_recent)
+        for _ in range(count * _ATTEMPTS_PER_PORT):
+            if len(chosen) == count:
+                break
+            port = rng.randrange(_LOWEST, high)
+            if port in seen:
+                continue
+            seen.add(port)
+            if _bindable(port):
+                chosen.append(port)
+        if len(chosen) < count:
+            raise PortsExhausted(f"found {len(chosen)} free loopback ports of {count} needed")
+        _recent.extend(chosen)
     return chosen

@@ -28,3 +28,11 @@ def test_a_bound_port_is_never_chosen() -> None:
         candidates = iter([taken, taken, *range(ports._LOWEST, ports._LOWEST + 100)])
         rng.randrange = lambda *_: next(candidates)  # type: ignore[method-assign]
         assert taken not in ports.allocate_ports(3, rng=rng)
+
+
+def test_a_port_handed_out_is_not_handed_out_again_before_it_is_bound() -> None:
+    # Two callers drawing the same candidates (same seed): the second must not get the first's
+    # ports, though nothing has bound them yet.
+    first = ports.allocate_ports(5, rng=random.Random(42))
+    second = ports.allocate_ports(5, rng=random.Random(42))
+    assert not set(first) & set(second)
