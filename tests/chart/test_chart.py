@@ -260,6 +260,7 @@ def test_operator_environment(cell: Cell) -> None:
         "GRPCMESH_TRUST_DOMAIN": "cluster.local",
         "GRPCMESH_WORKLOAD_CERT_TTL": "24h",
         "GRPCMESH_CERT_RENEW_FRACTION": "0.5",
+        "GRPCMESH_TRACE_SAMPLING_RATIO": "0.01",
         "GRPCMESH_MESH_CA_SECRET": f"{FULLNAME}-mesh-ca",
         "GRPCMESH_WEBHOOK_PORT": "9443",
         "GRPCMESH_WEBHOOK_HOST": host,

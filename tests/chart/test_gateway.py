@@ -215,3 +215,36 @@ def test_envoy_accepts_the_bootstrap(tmp_path: Path, local_address: str) -> None
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tracing_reaches_the_gateway_and_the_operator() -> None:
+    """``tracing.*`` goes into the gateway's node metadata exactly as ``ProxyNode`` writes it
+    (so its HCM traces to the collector at the mesh's ratio), in the file and in the pod-ip
+    overlay, and into the operator's settings, which render the same for every sidecar."""
+    endpoint = "otel-collector.observability.svc:4317"
+    values = {"tracing": {"otlpEndpoint": endpoint, "samplingRatio": 0.25}}
+    objects = render(values)
+    bootstrap, _ = gateway(objects, RELEASE)
+    traced = ProxyNode(id=GATEWAY_NODE, otlp_collector=endpoint, trace_sampling=0.25)
+    expected = expected_bootstrap(operator_xds_address(objects, RELEASE))
+    expected["node"]["metadata"] = traced.metadata()
+    assert bootstrap == expected
+    node = ProxyNode.from_node(bootstrap["node"]["id"], bootstrap["node"]["metadata"])
+    assert (node.otlp_collector, node.trace_sampling) == (endpoint, 0.25)
+
+    operator = one(objects, "Deployment", f"{RELEASE}-operator")
+    (operator_container,) = operator["spec"]["template"]["spec"]["containers"]
+    env = {k: v for k, v in env_of(operator_container).items() if isinstance(v, str)}
+    tracing = RuntimeSettings.from_env(env).render.tracing
+    assert (tracing.otlp_endpoint, tracing.sampling) == (endpoint, 0.25)
+
+    _, deployment = gateway(render({**values, "podLocalAddress": "pod-ip"}), RELEASE)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    overlay = config_yaml(container)
+    assert overlay is not None
+    on_pod_ip = ProxyNode.from_node(str(GATEWAY_NODE), overlay["node"]["metadata"])
+    assert (on_pod_ip.otlp_collector, on_pod_ip.trace_sampling) == (endpoint, 0.25)
+
+    # Off by default: no collector anywhere, the default ratio left implicit.
+    bootstrap, _ = gateway(render({}), RELEASE)
+    assert "otlp_collector" not in bootstrap["node"]["metadata"]["grpcmesh"]

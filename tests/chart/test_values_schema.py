@@ -52,8 +52,18 @@ def test_accepts_every_matrix_cell(cell: Any) -> None:
             "/operator/resources/limits/cpu",
         ),
         ({"global": {"imagePullSecrets": "regcred"}}, "/global/imagePullSecrets"),
+        ({"tracing": {"otlpEndpoint": "collector"}}, "/tracing/otlpEndpoint"),
+        ({"tracing": {"samplingRatio": 2}}, "/tracing/samplingRatio"),
     ],
-    ids=["replicas-string", "bool-string", "port-range", "bad-quantity", "list-string"],
+    ids=[
+        "replicas-string",
+        "bool-string",
+        "port-range",
+        "bad-quantity",
+        "list-string",
+        "otlp-without-port",
+        "ratio-above-one",
+    ],
 )
 def test_rejects_a_wrong_type(values: Obj, named: str) -> None:
     assert named in schema_error(values)

@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 
 from grpcmesh_control.cluster.objects import OperatorSettings, Provider, desired_objects, object_key
 from grpcmesh_control.cluster.objects.desired import SCRAPE_CONVENTIONS
@@ -21,9 +24,10 @@ from grpcmesh_control.cluster.objects.names import (
     LABEL_VERSION,
     PROXY_CONTAINER,
 )
+from grpcmesh_control.cluster.objects.settings import PodLocalAddress, TracingSettings
 from grpcmesh_control.mesh.errors import InvalidResource
 from grpcmesh_control.mesh.model import MeshService, MethodCatalog, parse_mesh_service
-from grpcmesh_control.mesh.translate import NodeId, ProxyNode
+from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Registry, build_snapshot
 from grpcmesh_control.observability.scrape import Job, pod_monitors
 
 from .conftest import NAMESPACE, owner_of
@@ -617,3 +621,47 @@ def test_proxyless_needs_the_native_provider(
     with pytest.raises(InvalidResource) as caught:
         render(svc, appmesh_settings)
     assert "spec.proxyless" in [e.path for e in caught.value.errors]
+
+
+def test_tracing_reaches_every_sidecar_and_app(
+    services: dict[str, MeshService], settings: OperatorSettings
+) -> None:
+    """The mesh's collector and ratio go into the sidecar's node metadata (so its snapshot
+    traces to the collector at that ratio) and the app's kit variables, as in local mode."""
+    endpoint = "otel-collector.observability.svc:4317"
+    traced = dataclasses.replace(
+        settings, tracing=TracingSettings(otlp_endpoint=endpoint, sampling=0.25)
+    )
+    objects = render(services["orders"], traced)
+    _, app = containers(one(objects, "Deployment", "orders-v1"))
+    env = env_of(app)
+    assert env["GRPCMESH_OTLP_ENDPOINT"] == endpoint
+    assert float(env["GRPCMESH_TRACE_SAMPLING_RATIO"]) == 0.25
+
+    bootstrap = json.loads(
+        one(objects, "ConfigMap", "orders-envoy-bootstrap")["data"]["envoy.json"]
+    )
+    node = ProxyNode.from_node("sidecar~orders~orders-v1-abc", bootstrap["node"]["metadata"])
+    assert (node.otlp_collector, node.trace_sampling) == (endpoint, 0.25)
+    snapshot = build_snapshot(Registry.build(services.values()), node)
+    assert "otlp_collector" in {c.name for c in snapshot.clusters}
+    inbound = next(item for item in snapshot.listeners if item.name == "inbound")
+    manager = hcm_pb2.HttpConnectionManager()
+    inbound.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    assert manager.tracing.random_sampling.value == 25.0
+
+    # A new collector or ratio is a new bootstrap: the pods roll, as Envoy reads it once.
+    untraced = render(services["orders"], settings)
+    assert (
+        _templates(objects)["orders-v1"]["metadata"]["annotations"][ANNOTATION_BOOTSTRAP_HASH]
+        != _templates(untraced)["orders-v1"]["metadata"]["annotations"][ANNOTATION_BOOTSTRAP_HASH]
+    )
+    _, untraced_app = containers(one(untraced, "Deployment", "orders-v1"))
+    assert "GRPCMESH_OTLP_ENDPOINT" not in env_of(untraced_app)
+
+    # With per-pod addresses the node metadata comes from --config-yaml, which carries it too.
+    on_pod_ip = dataclasses.replace(traced, pod_local_address=PodLocalAddress.POD_IP)
+    proxy, _ = containers(one(render(services["orders"], on_pod_ip), "Deployment", "orders-v1"))
+    overlay = json.loads(proxy["command"][proxy["command"].index("--config-yaml") + 1])
+    node = ProxyNode.from_node("sidecar~orders~orders-v1-abc", overlay["node"]["metadata"])
+    assert (node.otlp_collector, node.trace_sampling) == (endpoint, 0.25)

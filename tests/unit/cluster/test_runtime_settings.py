@@ -95,6 +95,8 @@ def test_random_priorities_differ_between_replicas() -> None:
         ({"GRPCMESH_WORKLOAD_CERT_TTL": "a day"}, "GRPCMESH_WORKLOAD_CERT_TTL"),
         ({"GRPCMESH_WORKLOAD_CERT_TTL": "0s"}, "identity.certificateTTL"),
         ({"GRPCMESH_CERT_RENEW_FRACTION": "1.5"}, "identity.renewFraction"),
+        ({"GRPCMESH_TRACE_SAMPLING_RATIO": "2"}, "sampling ratio"),
+        ({"GRPCMESH_OTLP_ENDPOINT": "collector"}, "host:port"),
     ],
 )
 def test_bad_combinations_are_refused(env: dict[str, str], message: str) -> None:

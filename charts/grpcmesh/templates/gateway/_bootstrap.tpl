@@ -23,6 +23,7 @@ node:
       egress_port: 15001
       inbound_port: 15006
       ingress_port: {{ include "grpcmesh.gateway.ingressPort" . }}
+      {{- include "grpcmesh.gateway.tracingMetadata" . | nindent 6 }}
 admin:
   address:
     socket_address: {address: 127.0.0.1, port_value: {{ $admin }}}
@@ -129,6 +130,7 @@ node:
       inbound_port: 15006
       ingress_port: {{ include "grpcmesh.gateway.ingressPort" . }}
       local_address: {{ $address }}
+      {{- include "grpcmesh.gateway.tracingMetadata" . | nindent 6 }}
 admin:
   address:
     socket_address: {address: {{ $address }}, port_value: {{ include "grpcmesh.gateway.adminPort" . }}}
@@ -137,4 +139,16 @@ static_resources:
     {{- include "grpcmesh.gateway.adminCluster" $address | nindent 4 }}
   listeners:
     {{- include "grpcmesh.gateway.healthListener" (dict "address" $address "root" .) | nindent 4 }}
+{{- end -}}
+
+
+{{- /* The node metadata's tracing keys, as ProxyNode.metadata() writes them: the collector when
+tracing is on, the sampling ratio when it is not the default (0.01). */ -}}
+{{- define "grpcmesh.gateway.tracingMetadata" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+otlp_collector: {{ . | quote }}
+{{- end }}
+{{- if ne (float64 .Values.tracing.samplingRatio) 0.01 }}
+trace_sampling: {{ .Values.tracing.samplingRatio }}
+{{- end }}
 {{- end -}}

@@ -20,6 +20,7 @@ from grpcmesh_control.cluster.objects.settings import (
     PodLocalAddress,
     Provider,
     ProxySettings,
+    TracingSettings,
 )
 from grpcmesh_control.mesh.ca import certificate_settings_from_env
 
@@ -147,6 +148,12 @@ class RuntimeSettings:
                 image=environ.get("GRPCMESH_PROXY_IMAGE") or defaults.render.proxy.image
             ),
             identity=certificate_settings_from_env(environ),
+            tracing=TracingSettings(
+                otlp_endpoint=environ.get("GRPCMESH_OTLP_ENDPOINT") or None,
+                sampling=float(
+                    environ.get("GRPCMESH_TRACE_SAMPLING_RATIO") or defaults.render.tracing.sampling
+                ),
+            ),
             appmesh=AppMeshSettings(
                 mesh_name=environ.get("GRPCMESH_APPMESH_MESH_NAME")
                 or defaults.render.appmesh.mesh_name,

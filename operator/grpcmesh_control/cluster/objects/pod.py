@@ -110,6 +110,8 @@ def _app_env(
         db_path=None if chosen_db else f"{data_dir(svc.name, settings)}/{svc.name}.db",
         xds_bootstrap=proxyless_bootstrap(svc.name, settings) if proxyless else None,
         workers=workload.workers,
+        otlp_endpoint=settings.tracing.otlp_endpoint,
+        trace_sampling_ratio=settings.tracing.sampling,
     )
     mesh = [{"name": name, "value": value} for name, value in contract.variables().items()]
     return pod_local_env(settings) + (pod_name_env() if proxyless else []) + own + mesh

@@ -89,6 +89,8 @@ def _pod_node(service: str, settings: OperatorSettings) -> ProxyNode:
         bind_address=address,
         ca_bundle=proxy.ca_bundle,
         local_address=address,
+        otlp_collector=settings.tracing.otlp_endpoint,
+        trace_sampling=settings.tracing.sampling,
     )
 
 
@@ -107,6 +109,8 @@ def bootstrap_data(service: str, app_port: int, settings: OperatorSettings) -> d
         egress_port=proxy.egress_port,
         app_port=app_port,
         ca_bundle=proxy.ca_bundle,
+        otlp_collector=settings.tracing.otlp_endpoint,
+        trace_sampling=settings.tracing.sampling,
     )
     shared = settings.pod_local_address is PodLocalAddress.LOOPBACK
     document = render_bootstrap(

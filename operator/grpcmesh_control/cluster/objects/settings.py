@@ -16,6 +16,7 @@ from grpcmesh_control.mesh.translate.naming import (
     DEFAULT_CA_BUNDLE,
     DEFAULT_EGRESS_PORT,
     DEFAULT_INBOUND_PORT,
+    DEFAULT_TRACE_SAMPLING,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "PodLocalAddress",
     "Provider",
     "ProxySettings",
+    "TracingSettings",
 ]
 
 
@@ -116,6 +118,28 @@ class AppDefaults:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """Distributed tracing, mesh-wide (the chart's ``tracing.*``): the same collector and
+    sampling ratio reach every sidecar (node metadata, so its HCMs trace) and every app (the
+    kit's ``GRPCMESH_OTLP_ENDPOINT`` and ``GRPCMESH_TRACE_SAMPLING_RATIO``), as in local mode."""
+
+    otlp_endpoint: str | None = None
+    """host:port of an OTLP/gRPC collector (e.g. ``otel-collector.observability.svc:4317``);
+    None: nothing is traced."""
+    sampling: float = DEFAULT_TRACE_SAMPLING
+    """The fraction of new traces recorded (0 to 1); a traced request's hops follow the
+    decision made where it started (docs/observability.md)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sampling <= 1:
+            raise ValueError(f"tracing sampling ratio {self.sampling!r}: must be from 0 to 1")
+        if self.otlp_endpoint is not None:
+            host, sep, port = self.otlp_endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"OTLP endpoint {self.otlp_endpoint!r}: must be host:port")
+
+
+@dataclass(frozen=True)
 class AppMeshSettings:
     mesh_name: str = "grpcmesh"
     """Name of the one ``Mesh`` every VirtualNode/Router/Service joins. Namespaces join it with
@@ -138,6 +162,7 @@ class OperatorSettings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     app: AppDefaults = field(default_factory=AppDefaults)
     appmesh: AppMeshSettings = field(default_factory=AppMeshSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     identity: CertificateSettings = field(default_factory=CertificateSettings)
     """Workload identities and certificates (the chart's ``identity.*``); the operator's
     control plane sets ``ingress_namespace`` to its own namespace, where the gateway runs."""
