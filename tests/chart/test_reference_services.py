@@ -19,6 +19,7 @@ from grpcmesh_control.cluster.objects import (
 from grpcmesh_control.mesh.catalogs import load_catalog
 from grpcmesh_control.mesh.model import parse_mesh_service
 from tests.kube_schemas import crd_errors
+from tests.mesh_security import REFERENCE_RULES
 
 from .chart import CHART, NAMESPACE, REPO, Obj, find, load_yaml, render
 
@@ -61,7 +62,7 @@ def test_valid_for_the_crd_schema() -> None:
 @pytest.mark.parametrize("provider", list(Provider), ids=lambda p: p.value)
 def test_admitted_by_the_validating_webhook(provider: Provider) -> None:
     catalog = load_catalog()
-    services = mesh_services()
+    services = mesh_services({"provider": provider.value})
     settings = OperatorSettings(provider=provider)
     for name, svc in services.items():
         others = [parse_mesh_service(s, catalog=catalog) for n, s in services.items() if n != name]
@@ -96,6 +97,9 @@ def test_shapes_follow_the_examples() -> None:
         (example,) = load_yaml(EXAMPLES / f"{name}.yaml")
         spec = copy.deepcopy(services[name]["spec"])
         expected = copy.deepcopy(example["spec"])
+        # The examples are every local test's mesh, so they leave authorization out; the
+        # chart's rules are checked below.
+        spec.pop("authorization")
         for doc in (spec, expected):
             doc.pop("replicas", None)
             doc["workload"].pop("image")
@@ -103,6 +107,16 @@ def test_shapes_follow_the_examples() -> None:
         # The example's v2 canary needs a second image; the chart ships the released one.
         expected.pop("versions", None)
         assert spec == expected, name
+
+
+def test_authorization_allows_exactly_the_sagas_calls_except_with_app_mesh() -> None:
+    """The rules local mode's authorization test applies (tests/mesh_security.py), and the
+    cluster tier runs the saga under. App Mesh cannot enforce them and the operator refuses
+    them there, so the chart leaves them out with that provider."""
+    for name, svc in mesh_services().items():
+        assert svc["spec"]["authorization"] == {"rules": REFERENCE_RULES[name]}, name
+    for name, svc in mesh_services({"provider": "appmesh"}).items():
+        assert "authorization" not in svc["spec"], name
 
 
 def test_images_replicas_and_resources_come_from_values() -> None:

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
-import ssl
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -26,30 +21,11 @@ from grpcmesh_control.local.mesh_ca import load_or_create_mesh_ca
 from grpcmesh_control.mesh.ca import Issued, trust_bundle
 from grpcmesh_control.mesh.model.identity import SpiffeId, workload_identity
 from grpcmesh_control.mesh.translate.authorization import denial_policy_name
-from grpcmesh_control.observability.signals import EnvoyMetric
 from grpcmesh_loadgen import run_load
 from tests.e2e.harness import REPO, Mesh, _get, eventually
+from tests.mesh_security import REFERENCE_RULES, SHOP, grpc_status, rbac_denials
 
 pytestmark = pytest.mark.slow
-
-SHOP = "grpcmesh.shop.v1"
-# Exactly the calls the saga makes: the ingress calls orders and catalog (both exposed), and
-# orders calls one catalog method, three inventory methods and two payments methods.
-
-
-def _allow(callers: dict[str, Any], service: str, *methods: str) -> dict[str, Any]:
-    return {"from": callers, "to": [{"service": f"{SHOP}.{service}", "methods": list(methods)}]}
-
-
-ORDERS = {"services": ["orders"]}
-RULES: dict[str, list[dict[str, Any]]] = {
-    "catalog": [{"from": {"ingress": True}}, _allow(ORDERS, "CatalogService", "GetProduct")],
-    "orders": [{"from": {"ingress": True}}],
-    "inventory": [
-        _allow(ORDERS, "InventoryService", "ReserveStock", "ReleaseStock", "CommitStock")
-    ],
-    "payments": [_allow(ORDERS, "PaymentService", "Charge", "Refund")],
-}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +33,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     resources = tmp_path_factory.mktemp("authz-resources")
     for source in sorted((REPO / "manifests" / "examples").glob("*.yaml")):
         doc = yaml.safe_load(source.read_text())
-        doc["spec"]["authorization"] = {"rules": RULES[doc["metadata"]["name"]]}
+        doc["spec"]["authorization"] = {"rules": REFERENCE_RULES[doc["metadata"]["name"]]}
         (resources / source.name).write_text(yaml.safe_dump(doc))
     mesh = Mesh(tmp_path_factory.mktemp("authz") / "run", resources)
     mesh.start()
@@ -75,53 +51,11 @@ def _issue(mesh: Mesh, identity: SpiffeId) -> tuple[Issued, bytes]:
     )
 
 
-def _grpc_status(address: str, path: str, client: Issued, roots: bytes) -> str:
-    """A gRPC-shaped HTTP/1.1 POST over mTLS to a sidecar's inbound listener (its certificate
-    names a SPIFFE ID, no host name, so no host name check); the ``grpc-status`` of its
-    answer, or the status line when there is none."""
-    host, _, port = address.rpartition(":")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.load_verify_locations(cadata=roots.decode())
-    with tempfile.TemporaryDirectory() as scratch:
-        chain, key = Path(scratch, "chain.pem"), Path(scratch, "key.pem")
-        chain.write_bytes(client.cert_chain_pem())
-        key.write_bytes(client.key_pem())
-        context.load_cert_chain(chain, key)
-        request = (
-            f"POST {path} HTTP/1.1\r\nHost: payments\r\ncontent-type: application/grpc\r\n"
-            "te: trailers\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"
-        ).encode() + b"\x00\x00\x00\x00\x00"
-        with (
-            socket.create_connection((host, int(port)), timeout=5) as raw,
-            context.wrap_socket(raw) as tls,
-        ):
-            tls.sendall(request)
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                chunk = tls.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
-    head = answer.partition(b"\r\n\r\n")[0].decode(errors="replace").splitlines()
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "grpc-status":
-            return value.strip()
-    return head[0] if head else "no answer"
-
-
 async def _denials(mesh: Mesh) -> dict[str, int]:
     """payments' sidecar's denial counters by policy name, as Prometheus scrapes them."""
     replica = mesh.replica("payments/v1-0")
     text = await asyncio.to_thread(_get, f"http://{replica.sidecar_admin}/stats/prometheus")
-    prefix = f'{EnvoyMetric.RBAC_POLICY_SHADOW_DENIED}{{envoy_rbac_policy_name="'
-    counts: dict[str, int] = {}
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            name = line[len(prefix) :].partition('"')[0]
-            counts[name] = int(float(line.rpartition(" ")[2]))
-    return counts
+    return rbac_denials(text)
 
 
 async def test_the_saga_runs_with_rules_that_allow_exactly_its_calls(mesh: Mesh) -> None:
@@ -146,7 +80,7 @@ async def test_a_caller_the_rules_do_not_allow_is_denied_and_counted(
     policy = denial_policy_name(counted_as, f"PaymentService/{method}")
     before = (await _denials(mesh)).get(policy, 0)
     path = f"/{SHOP}.PaymentService/{method}"
-    status = await asyncio.to_thread(_grpc_status, replica.sidecar_inbound, path, client, roots)
+    status = await asyncio.to_thread(grpc_status, replica.sidecar_inbound, path, client, roots)
     assert status == "7"  # PERMISSION_DENIED
 
     async def counted() -> int | None:

@@ -15,8 +15,6 @@ import datetime as dt
 import http.client
 import json
 import socket
-import ssl
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +44,7 @@ from tests.e2e.test_mesh import (
     payments_stub,
     wait_converged,
 )
+from tests.mesh_security import tls_probe
 
 pytestmark = pytest.mark.slow
 
@@ -75,34 +74,6 @@ def _roots(mesh: Mesh) -> bytes:
     return trust_bundle([_mesh_ca(mesh).root], dt.datetime.now(dt.UTC))
 
 
-def _tls_probe(address: str, roots_pem: bytes, client: Issued | None) -> str:
-    """Open TLS to ``address`` (trusting ``roots_pem``, no host name check: the sidecar's
-    certificate names a SPIFFE ID), present ``client`` if given, send one HTTP/1.1 request.
-    ``"accepted: <status line>"`` or ``"refused: <why>"``."""
-    host, _, port = address.rpartition(":")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.load_verify_locations(cadata=roots_pem.decode())
-    with tempfile.TemporaryDirectory() as scratch:
-        if client is not None:
-            chain, key = Path(scratch, "chain.pem"), Path(scratch, "key.pem")
-            chain.write_bytes(client.cert_chain_pem())
-            key.write_bytes(client.key_pem())
-            context.load_cert_chain(chain, key)
-        try:
-            with (
-                socket.create_connection((host, int(port)), timeout=5) as raw,
-                context.wrap_socket(raw) as tls,
-            ):
-                tls.sendall(b"GET / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
-                first = tls.recv(64)
-        except (ssl.SSLError, ConnectionError) as exc:
-            return f"refused: {exc}"
-    if not first:
-        return "refused: closed without an answer"
-    return f"accepted: {first.splitlines()[0].decode(errors='replace')}"
-
-
 async def _ssl_stats(admin: str) -> dict[str, int]:
     """The inbound listener's TLS counters (``listener.<address>.ssl.*``), by their suffix."""
     stats = await envoy_stats(admin, ".ssl.")
@@ -119,7 +90,7 @@ async def _refused_with(
     """Probe ``key``'s inbound listener and wait for ``stat`` to count the refusal."""
     replica = mesh.replica(key)
     before = await _ssl_stats(replica.sidecar_admin)
-    outcome = await asyncio.to_thread(_tls_probe, replica.sidecar_inbound, _roots(mesh), client)
+    outcome = await asyncio.to_thread(tls_probe, replica.sidecar_inbound, _roots(mesh), client)
 
     async def counted() -> dict[str, int] | None:
         after = await _ssl_stats(replica.sidecar_admin)
@@ -194,7 +165,7 @@ async def test_a_caller_with_a_mesh_certificate_is_let_in(mesh: Mesh) -> None:
     # The control for the refusals above: the same probe, with a certificate the mesh issued.
     caller = _issue(_mesh_ca(mesh), workload_identity("orders"))
     replica = mesh.replica("payments/v1-0")
-    outcome = await asyncio.to_thread(_tls_probe, replica.sidecar_inbound, _roots(mesh), caller)
+    outcome = await asyncio.to_thread(tls_probe, replica.sidecar_inbound, _roots(mesh), caller)
     assert outcome.startswith("accepted: HTTP/1.1"), outcome
 
 
@@ -206,7 +177,7 @@ async def test_permissive_accepts_plaintext_only_where_declared(mesh: Mesh, work
         async with payments_stub(payments.sidecar_inbound) as stub:
             await stub.Charge(_charge_request("permissive", 0), timeout=10)
         assert await charges(mesh.state.ingress, 10) == {"OK": 10}
-        outcome = await asyncio.to_thread(_tls_probe, payments.sidecar_inbound, _roots(mesh), None)
+        outcome = await asyncio.to_thread(tls_probe, payments.sidecar_inbound, _roots(mesh), None)
         assert outcome.startswith("refused"), "TLS without a client certificate is no mesh peer"
         # orders did not declare it: still STRICT.
         async with payments_stub(orders.sidecar_inbound) as stub:
