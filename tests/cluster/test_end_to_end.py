@@ -13,6 +13,11 @@ gateway (the stand-in ``envoyproxy/envoy-distroless``). No container runs as a l
 Replicas are trimmed to what the scenario needs (gateway 1, orders 1, catalog 2) to keep the
 module within the CI budget on two cores.
 
+Security as the chart ships it: mTLS STRICT between every sidecar (and the gateway), with the
+reference services' ``spec.authorization`` rules allowing exactly the saga's calls
+(``tests/mesh_security.py``), and workload certificates that live ``CERT_TTL_S`` seconds
+(``identity.certificateTTL``), so every call of the module also crosses rotations.
+
 DNS: the Envoys find the operator's xDS Service by name (the chart's bootstrap); the agent's
 DNS server answers it with the Service's ready endpoints, i.e. the operator pod's IP, where
 its ADS listens on the Service's port (there is no kube-proxy to map a ClusterIP).
@@ -24,6 +29,8 @@ deletes a MeshService.
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import json
 import os
 import re
@@ -49,12 +56,16 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc, orders_pb2_grpc
 from grpcmesh_control.cluster.objects.names import APP_CONTAINER, LABEL_SERVICE, PROXY_CONTAINER
+from grpcmesh_control.mesh.ca import CertificateAuthority, Issued
+from grpcmesh_control.mesh.model.identity import workload_identity
+from grpcmesh_control.mesh.translate.authorization import denial_policy_name
 from grpcmesh_loadgen.orders import OrderFactory, order_outcome, run_load
 from tests.cluster.agent.runners import ImageRunner
 from tests.cluster.chart_release import ChartRelease
 from tests.cluster.kube import KubeCluster, wait_until
 from tests.cluster.node_agent import AgentOptions, AgentThread
 from tests.loopback import free_port
+from tests.mesh_security import REFERENCE_RULES, SHOP, grpc_status, rbac_denials, tls_probe
 from tests.shared import tool
 
 Obj = dict[str, Any]
@@ -71,6 +82,10 @@ ADMIN_PORT = 15000  # every Envoy's admin, on its pod IP in pod-ip mode
 INBOUND_PORT = 15006  # a sidecar's inbound listener: what EDS holds for a replica
 READY_TIMEOUT = 360.0  # install -> every MeshService Ready, every container from its image
 STEP_TIMEOUT = 180.0
+CERT_TTL_S = 12
+"""Workload certificates live 12 s and are renewed every 6 s (half life): short enough to see
+rotations under load in seconds, long enough that a busy machine's operator never lets one
+expire."""
 
 
 def values(images: Mapping[str, str]) -> Obj:
@@ -89,6 +104,7 @@ def values(images: Mapping[str, str]) -> Obj:
         "operator": {"image": image("grpcmesh-operator"), "ports": ports},
         "gateway": {"replicas": 1},
         "referenceServices": reference,
+        "identity": {"certificateTTL": f"{CERT_TTL_S}s"},
     }
 
 
@@ -235,6 +251,21 @@ def counters(envoy: str, pattern: str) -> dict[str, int]:
         if value.strip().isdigit():
             found[name] = int(value)
     return found
+
+
+def inbound_ssl(envoy: str) -> Counter[str]:
+    """The TLS counters of the inbound listener of the sidecar at ``envoy``, by suffix
+    (``handshake``, ``fail_verify_error``, ...)."""
+    ssl: Counter[str] = Counter()
+    for name, value in counters(envoy, rf"^listener\..*_{INBOUND_PORT}\.ssl\.").items():
+        ssl[name.rsplit(".ssl.", 1)[1]] += value
+    return ssl
+
+
+def denials(envoy: str) -> dict[str, int]:
+    """The sidecar's denial counters by policy (``caller=<who> method=<Service/Method>``), as
+    Prometheus scrapes them."""
+    return rbac_denials(admin_get(envoy, "/stats/prometheus"))
 
 
 def slice_ready(kube: KubeCluster, service: str, address: str) -> bool | None:
@@ -409,10 +440,8 @@ def test_the_saga_runs_over_mtls_strict_with_workload_identities(mesh: Mesh) -> 
             assert presented_identities(address) == {f"{prefix}/{service}"}, address
     # orders took the saga's calls over mTLS: its inbound listener completed handshakes
     # with a verified client certificate, and none failed verification.
-    orders = str(mesh.one_pod(f"{LABEL_SERVICE}=orders")["status"]["podIP"])
-    ssl: Counter[str] = Counter()
-    for name, value in counters(orders, rf"^listener\..*_{INBOUND_PORT}\.ssl\.").items():
-        ssl[name.rsplit(".ssl.", 1)[1]] += value
+    orders = pod_ip(mesh, "orders")
+    ssl = inbound_ssl(orders)
     assert ssl["handshake"] > 0, ssl
     assert ssl["no_certificate"] == 0, ssl
     assert not {k: v for k, v in ssl.items() if k.startswith("fail_verify") and v}, ssl
@@ -420,7 +449,10 @@ def test_the_saga_runs_over_mtls_strict_with_workload_identities(mesh: Mesh) -> 
     upstream = counters(mesh.gateway, r"^cluster\.orders\|v1\.ssl\.handshake$")
     assert upstream.get("cluster.orders|v1.ssl.handshake", 0) > 0, upstream
     # STRICT: a caller without a certificate reaches the app's gRPC health check (the
-    # kubelet's probes take that way) and nothing else: the call never gets to the app.
+    # kubelet's probes take that way) and nothing else: the call never gets to the app, and
+    # the sidecar counts the refusal (a request no route of the plaintext chain takes).
+    no_route = r"^http\.inbound\.no_route$"
+    before = counters(orders, no_route).get("http.inbound.no_route", 0)
     with grpc.insecure_channel(f"{orders}:{INBOUND_PORT}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -429,6 +461,141 @@ def test_the_saga_runs_over_mtls_strict_with_workload_identities(mesh: Mesh) -> 
         with pytest.raises(grpc.RpcError) as refused:
             orders_pb2_grpc.OrderServiceStub(channel).PlaceOrder(factory.request(0), timeout=5)
     assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED, refused.value
+    wait_until(
+        lambda: counters(orders, no_route).get("http.inbound.no_route", 0) > before,
+        "orders' sidecar counting the refused plaintext call",
+        10,
+    )
+
+
+def pod_ip(mesh: Mesh, service: str) -> str:
+    """The pod IP of ``service``'s one ready replica: its sidecar's inbound and admin."""
+    return str(mesh.one_pod(f"{LABEL_SERVICE}={service}")["status"]["podIP"])
+
+
+def mesh_ca(kube: KubeCluster) -> CertificateAuthority:
+    """The mesh CA as the operator loaded it: the release's Secret."""
+    data = kube.get("secret", f"{RELEASE}-mesh-ca", NAMESPACE)["data"]
+    pem = {key: base64.b64decode(value) for key, value in data.items()}
+    return CertificateAuthority.from_pem(pem["tls.crt"], pem["tls.key"], pem["ca.crt"])
+
+
+def issue(ca: CertificateAuthority, service: str) -> Issued:
+    """A workload certificate for ``service``'s identity in the release namespace: what its
+    sidecar would present."""
+    identity = workload_identity(service, NAMESPACE)
+    return ca.issue_workload(identity, dt.datetime.now(dt.UTC), ttl=dt.timedelta(minutes=5))
+
+
+def test_the_saga_ran_under_rules_that_allow_exactly_its_calls(mesh: Mesh) -> None:
+    """The chart's reference services carry the rules; the saga's calls so far (the orders
+    test, through every hop) were all allowed by them, and no sidecar denied a call."""
+    for body in mesh.kube.items("meshservices", NAMESPACE):
+        name = body["metadata"]["name"]
+        assert body["spec"]["authorization"] == {"rules": REFERENCE_RULES[name]}, name
+    for service in SERVICES:
+        for pod in mesh.ready_pods(f"{LABEL_SERVICE}={service}"):
+            address = str(pod["status"]["podIP"])
+            enforced = counters(address, r"^http\.inbound\.rbac\.authz\.(allowed|denied)$")
+            assert enforced.get("http.inbound.rbac.authz.denied") == 0, (service, enforced)
+            assert all(count == 0 for count in denials(address).values()), service
+        # Every service took calls through its rules (catalog on either replica).
+        allowed = sum(
+            counters(str(p["status"]["podIP"]), r"^http\.inbound\.rbac\.authz\.allowed$").get(
+                "http.inbound.rbac.authz.allowed", 0
+            )
+            for p in mesh.ready_pods(f"{LABEL_SERVICE}={service}")
+        )
+        assert allowed > 0, service
+
+
+@pytest.mark.parametrize(
+    ("client", "stat"),
+    [("foreign-ca", "fail_verify_error"), ("no-certificate", "fail_verify_no_cert")],
+)
+def test_a_caller_without_a_mesh_certificate_is_refused_and_counted(
+    mesh: Mesh, client: str, stat: str
+) -> None:
+    """TLS to payments' inbound listener with orders' identity signed by a CA the mesh does
+    not trust, or with no certificate at all: refused in the handshake, each counted by its
+    reason in the sidecar's listener stats."""
+    payments = pod_ip(mesh, "payments")
+    ca = mesh_ca(mesh.kube)
+    roots = ca.pem()[2]
+    impostor = issue(CertificateAuthority.create_root(dt.datetime.now(dt.UTC)), "orders")
+    before = inbound_ssl(payments)
+    outcome = tls_probe(
+        f"{payments}:{INBOUND_PORT}", roots, impostor if client == "foreign-ca" else None
+    )
+    assert outcome.startswith("refused"), outcome
+
+    def counted() -> Counter[str] | None:
+        now = inbound_ssl(payments)
+        return now if now[stat] > before[stat] else None
+
+    after = wait_until(counted, f"payments' sidecar counting ssl.{stat}", 10)
+    assert after["handshake"] == before["handshake"], (before, after)
+    # The control: the same probe with a certificate the mesh CA issued is let in.
+    accepted = tls_probe(f"{payments}:{INBOUND_PORT}", roots, issue(ca, "orders"))
+    assert accepted.startswith("accepted: HTTP/1.1"), accepted
+
+
+@pytest.mark.parametrize(
+    ("caller", "method", "counted_as"),
+    [
+        ("inventory", "Charge", "other"),  # a MeshService the rules do not name
+        ("orders", "GetPayment", "orders"),  # a named caller, a method it was not given
+    ],
+)
+def test_a_caller_the_rules_do_not_allow_is_denied_and_counted(
+    mesh: Mesh, caller: str, method: str, counted_as: str
+) -> None:
+    """A real workload certificate of ``caller`` (from the mesh CA in the release's Secret),
+    straight to payments' inbound listener: PERMISSION_DENIED at the sidecar, counted by
+    caller and method in the metric the GrpcmeshCallsDenied alert reads."""
+    payments = pod_ip(mesh, "payments")
+    ca = mesh_ca(mesh.kube)
+    policy = denial_policy_name(counted_as, f"PaymentService/{method}")
+    before = denials(payments).get(policy, 0)
+    path = f"/{SHOP}.PaymentService/{method}"
+    status = grpc_status(f"{payments}:{INBOUND_PORT}", path, issue(ca, caller), ca.pem()[2])
+    assert status == "7"  # PERMISSION_DENIED
+    wait_until(
+        lambda: denials(payments).get(policy, 0) > before,
+        f"payments' sidecar counting {policy}",
+        10,
+    )
+
+
+def workload_serials(envoy: str) -> set[str]:
+    """Serial numbers of the workload certificates Envoy at ``envoy`` holds now."""
+    certs = json.loads(admin_get(envoy, "/certs"))["certificates"]
+    return {
+        cert["serial_number"]
+        for entry in certs
+        for cert in entry.get("cert_chain") or []
+        if cert.get("subject_alt_names")
+    }
+
+
+def test_certificates_rotate_under_open_loop_load_without_a_failed_call(mesh: Mesh) -> None:
+    """Calls at a steady rate, not waiting for each other (the gateway -> orders -> catalog,
+    inventory, payments, and the gateway -> catalog), while the operator renews every
+    workload certificate at half its life: each watched Envoy goes through two new
+    certificates, and every call succeeds."""
+    watched = {"gateway": mesh.gateway} | {s: pod_ip(mesh, s) for s in ("orders", "payments")}
+    seen: dict[str, set[str]] = {name: set() for name in watched}
+
+    def rotated_twice() -> bool:
+        for name, envoy in watched.items():
+            seen[name] |= workload_serials(envoy)
+        return all(len(serials) >= 3 for serials in seen.values())
+
+    with CallStream(mesh.gateway) as stream:
+        wait_until(rotated_twice, "two rotations in every watched Envoy", CERT_TTL_S * 4)
+    statuses = stream.statuses
+    assert set(statuses) == {"OK"}, (dict(statuses), stream.errors[:10])
+    assert statuses["OK"] >= 20, dict(statuses)
 
 
 def test_reflection_through_the_gateway_describes_exactly_the_exposed_services(
