@@ -364,8 +364,14 @@ def test_a_dead_versions_share_moves_to_the_others_in_proportion(
     ]
     (own,) = assignments["payments|v2"].endpoints[0].lb_endpoints
     assert own.health_status == health_check_pb2.HealthStatus.UNHEALTHY
-    # A version no route sends to has nothing to fail over.
-    assert _localities(assignments["payments|dark"]) == [(0, "dark", 1, ["10.0.2.4"])]
+    # A version no route sends to fails over too: calls routed to it before its weight went to
+    # 0 (in flight, retried, or routed by the route Envoy still has) still pick hosts there.
+    assert _localities(assignments["payments|dark"]) == [
+        (0, "dark", 1, ["10.0.2.4"]),
+        (1, "v1", 60, ["10.0.2.1"]),
+        (1, "v2", 30, ["10.0.2.2"]),  # not ready: UNHEALTHY, so it takes none of it
+        (1, "v3", 10, ["10.0.2.3"]),
+    ]
 
 
 def test_a_version_scaled_to_zero_fails_over_whole(

@@ -13,6 +13,13 @@ with no ready or healthy endpoint (not ready in EDS, or ejected by outlier detec
 over: its share goes to the other versions in proportion to their weights, and comes back when
 one of its endpoints does. Weighted clusters alone never fail over: the route picks the cluster
 before any host health is known.
+
+A version without weight fails over too. Its weight only keeps new calls from being routed to
+it: calls routed before (in flight, waiting to be retried, or routed by a route Envoy has not
+replaced yet, since EDS lands before RDS) still pick hosts in its cluster. Local mode sets the
+weight of a version with no ready endpoint to 0 (``local.rollout``); when its failover went with
+the weight, a canary's death made the next EDS push leave its cluster with no healthy host at
+all, and each call that used it meanwhile failed with "no healthy upstream".
 """
 
 from __future__ import annotations
@@ -177,9 +184,12 @@ def load_assignment(
 def version_assignment(
     svc: MeshService, version: VersionTarget, endpoints: Mapping[str, Sequence[Endpoint]]
 ) -> e.endpoint_pb2.ClusterLoadAssignment:
-    """The load assignment of ``<svc>|<version>``: the version's endpoints at priority 0, and,
-    if it takes traffic, every other version that does at priority 1 (one locality each,
-    weighted by the version's weight). ``endpoints`` maps a version name to its endpoints.
+    """The load assignment of ``<svc>|<version>``: the version's endpoints at priority 0, and
+    every other version that takes traffic at priority 1 (one locality each, weighted by the
+    version's weight). ``endpoints`` maps a version name to its endpoints.
+
+    A version that takes no traffic keeps its failover: calls routed to it before its weight
+    went to 0 still use its cluster (see the module's docstring).
 
     Each locality is named by its version (``sub_zone``), and locality-weighted balancing
     (``version_cluster``) needs every locality weighted; priority 0 holds one, weight 1.
@@ -192,11 +202,10 @@ def version_assignment(
     )
     own = _lb_endpoints(endpoints.get(version.name, ()))
     failover = []
-    if version.weight > 0:  # a version never routed to has nothing to fail over
-        for other in svc.versions:
-            theirs = _lb_endpoints(endpoints.get(other.name, ()))
-            if other.name != version.name and other.weight > 0 and theirs:
-                failover.append(_locality(other.name, other.weight, FAILOVER_PRIORITY, theirs))
+    for other in svc.versions:
+        theirs = _lb_endpoints(endpoints.get(other.name, ()))
+        if other.name != version.name and other.weight > 0 and theirs:
+            failover.append(_locality(other.name, other.weight, FAILOVER_PRIORITY, theirs))
     if own or failover:
         # Priorities may not skip a level: priority 0 is there even when the version has no
         # endpoint (scaled to zero), and then all of its share fails over.
