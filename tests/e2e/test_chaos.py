@@ -89,14 +89,6 @@ PAYMENTS_CANCELLED_MIN = 5
 """Orders cancelled (their charge compensated) before the payment fault is lifted."""
 
 
-ORDERS_RETRY_BUDGET = {"percent": 100, "minConcurrency": 10}
-"""The ingress's retries of PlaceOrder may take up to all active requests (at least 10), as the
-e2e payments resource allows its callers. When an orders app or sidecar dies, the calls that
-reach it before its endpoint leaves EDS (~0.5 s) are resent; with the default budget (20 %, at
-least 3 concurrent retries) 3 calls started after the kill failed in each orders phase
-(``upstream_rq_retry_overflow`` in the ingress's stats) at 15 orders/s of ~180 ms each."""
-
-
 # --- the mesh ------------------------------------------------------------------------------------
 
 
@@ -110,7 +102,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         doc = yaml.safe_load(path.read_text())
         if doc["metadata"]["name"] == "orders":
             doc["spec"]["replicas"] = 2
-            doc["spec"]["trafficPolicy"]["retries"]["budget"] = ORDERS_RETRY_BUDGET
         (resources / path.name).write_text(yaml.safe_dump(doc))
     mesh = Mesh(base / "run", resources)
     mesh.start(timeout=180)

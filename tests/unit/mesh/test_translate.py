@@ -277,11 +277,15 @@ def test_circuit_breakers_and_retry_budget(orders_sidecar: Snapshot) -> None:
     assert (limits.max_connections.value, limits.max_pending_requests.value) == (100, 100)
     assert limits.max_requests.value == 200
     assert not limits.HasField("max_retries")  # Envoy's default; the budget governs anyway
-    assert limits.retry_budget.budget_percent.value == 20
+    assert limits.retry_budget.budget_percent.value == 20  # inventory sets Envoy's defaults
     assert limits.retry_budget.min_retry_concurrency.value == 3
     (payments,) = cluster(orders_sidecar, "payments|v2").circuit_breakers.thresholds
     assert payments.max_requests.value == 100
     assert not payments.HasField("max_connections")
+    # Payments sets no budget: the mesh's default lets a failover's resends through (50 % of
+    # the active calls, at least 10; docs/reliability.md).
+    assert payments.retry_budget.budget_percent.value == 50
+    assert payments.retry_budget.min_retry_concurrency.value == 10
 
 
 def test_load_assignments_carry_readiness(orders_sidecar: Snapshot) -> None:
