@@ -7,7 +7,12 @@ import os
 
 import pytest
 
-from grpcmesh_kit.channels import GRPC_XDS_BOOTSTRAP_CONFIG, ChannelFactory, use_xds_bootstrap
+from grpcmesh_kit.channels import (
+    GRPC_XDS_BOOTSTRAP_CONFIG,
+    XDS_CALL_CREDS_GATE,
+    ChannelFactory,
+    use_xds_bootstrap,
+)
 from grpcmesh_kit.config import KitSettings
 
 BOOTSTRAP = '{"xds_servers": [], "node": {"id": "proxyless~shop~0"}}'
@@ -47,3 +52,26 @@ def test_a_second_bootstrap_is_refused_not_ignored(monkeypatch: pytest.MonkeyPat
     use_xds_bootstrap(BOOTSTRAP)  # the same one again is fine
     with pytest.raises(RuntimeError, match="one xDS client"):
         use_xds_bootstrap('{"xds_servers": ["elsewhere"]}')
+
+
+SECURED = (
+    '{"xds_servers": [{"server_uri": "127.0.0.1:1", "channel_creds": [{"type": "tls"}], '
+    '"call_creds": [{"type": "jwt_token_file", "config": {"jwt_token_file": "/t"}}]}]}'
+)
+
+
+@pytest.mark.parametrize(("bootstrap", "gate"), [(BOOTSTRAP, None), (SECURED, "true")])
+def test_a_bootstrap_with_call_creds_turns_on_grpcs_reading_of_them(
+    monkeypatch: pytest.MonkeyPatch, bootstrap: str, gate: str | None
+) -> None:
+    monkeypatch.delenv(GRPC_XDS_BOOTSTRAP_CONFIG, raising=False)
+    monkeypatch.delenv(XDS_CALL_CREDS_GATE, raising=False)
+    use_xds_bootstrap(bootstrap)
+    assert os.environ.get(XDS_CALL_CREDS_GATE) == gate
+
+
+def test_an_explicit_call_creds_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(GRPC_XDS_BOOTSTRAP_CONFIG, raising=False)
+    monkeypatch.setenv(XDS_CALL_CREDS_GATE, "false")
+    use_xds_bootstrap(SECURED)
+    assert os.environ[XDS_CALL_CREDS_GATE] == "false"

@@ -16,14 +16,15 @@ mTLS (on by default): the mesh CA is loaded from (or created in) ``<state>/ca``
 (``local.mesh_ca``), and every sidecar speaks mutual TLS with a certificate issued over SDS
 (``mesh.certificates``). ``certificates_from_env`` reads the knobs the operator reads too:
 ``GRPCMESH_TRUST_DOMAIN``, ``GRPCMESH_WORKLOAD_CERT_TTL`` (a duration, 24h by default),
-``GRPCMESH_CERT_RENEW_FRACTION`` (0.5); ``GRPCMESH_MTLS=off`` runs the mesh in plaintext (a
-benchmark's baseline).
+``GRPCMESH_CERT_RENEW_FRACTION`` (0.5); ``GRPCMESH_MTLS=off`` runs the sidecars in plaintext
+(a benchmark's baseline).
 
 Secured xDS (``secure_xds``, ``--secure-xds``; what ``grpcmesh up`` runs): an ADS stream is
-served only to an Envoy sending its node token (``local.credential.node_token``, derived from
-the run directory's credential; the launcher renders it into each bootstrap), and only its own
-node's configuration; with the mesh CA, ADS is served over TLS with a certificate for
-``host`` issued by the mesh CA at start (valid ``XDS_SERVING_VALIDITY``).
+served only to an Envoy or proxyless app sending its node token (``local.credential.node_token``,
+a JWT signed with the run directory's credential; the launcher renders it into each Envoy's
+bootstrap and each proxyless app's token file), and only its own node's configuration. ADS is
+then served over TLS (with mTLS off too) with a certificate for ``host`` issued by the mesh CA
+at start (valid ``XDS_SERVING_VALIDITY``).
 """
 
 from __future__ import annotations
@@ -154,8 +155,11 @@ class ControlPlane:
         self._protos_problems: tuple[str, ...] = ()
         self._fixed_catalog = catalog is not None
         catalog = catalog if catalog is not None else self.protos.catalog
+        # The mesh CA issues the sidecars' certificates (mTLS) and the xDS server's own: ADS is
+        # TLS whenever it is secured, mTLS or not (a proxyless app's gRPC sends its token over
+        # TLS only).
         ca = None
-        if settings.certificates is not None:
+        if settings.certificates is not None or settings.secure_xds:
             ca = load_or_create_mesh_ca(settings.state_dir, dt.datetime.now(dt.UTC))
         self.host = XdsHost(
             catalog,
@@ -165,7 +169,7 @@ class ControlPlane:
             problems=lambda: [*self.sources.problems, *self._protos_problems],
             origin_of=lambda svc: self.sources.resources.file_of(svc.key),
             protos=lambda: self.protos,
-            ca=ca,
+            ca=None if settings.certificates is None else ca,
             certificates=settings.certificates,
             authenticator=(
                 credential.NodeTokens(credential.ensure(settings.state_dir))

@@ -17,12 +17,17 @@ tests) reads and checks it the same way::
     headers = credential.headers(token)       # {"Authorization": "Bearer ..."}
     app.middlewares.append(credential.middleware(token))
 
-Each Envoy proves its node id to the xDS server with a token of its own, derived from the
-mesh's credential: ``node_token(token, node_id)`` is ``<node id, base64url>.<HMAC-SHA256 of
-the node id keyed with the credential, base64url>``. The launcher renders it into that node's
-bootstrap (mode 0600) as ADS call metadata ``authorization: Bearer <node token>``;
-``NodeTokens`` (the control plane's ``NodeAuthenticator``) verifies it and lets it ask for that
-node alone. A node's token reveals neither the credential nor another node's token.
+Each xDS client proves its node id to the xDS server with a token of its own, derived from the
+mesh's credential: ``node_token(token, node_id)`` is a JWT (RFC 7519) signed HS256 with the
+credential, whose claims are ``sub`` (the node id), ``aud`` (``NODE_TOKEN_AUDIENCE``), ``iat`` and
+``exp``. A JWT because gRPC's xDS client sends one from a file (gRFC A97's ``jwt_token_file``
+call credentials, which read ``exp`` to know when to read the file again), and one form serves
+both kinds of client. The launcher renders an Envoy's token into its bootstrap (mode 0600) as
+ADS call metadata ``authorization: Bearer <node token>``, and writes a proxyless app's token to
+its replica's ``xds-token`` file (mode 0600) that its gRPC bootstrap names. ``NodeTokens`` (the
+control plane's ``NodeAuthenticator``) verifies signature, audience and expiry and lets the
+caller ask for that node alone. A node's token reveals neither the credential nor another
+node's token.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import secrets
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -44,6 +51,8 @@ from grpcmesh_control.mesh.errors import MeshError
 __all__ = [
     "CREDENTIAL_FILE",
     "FILE_MODE",
+    "NODE_TOKEN_AUDIENCE",
+    "NODE_TOKEN_LIFETIME_S",
     "NODE_TOKEN_METADATA",
     "OPEN_PATHS",
     "CredentialError",
@@ -55,6 +64,7 @@ __all__ = [
     "new_token",
     "node_metadata",
     "node_token",
+    "node_token_expiry",
     "read",
 ]
 
@@ -153,7 +163,12 @@ def _refused(reason: str) -> web.Response:
 
 NODE_TOKEN_METADATA = "authorization"
 """The gRPC metadata key a node's token travels in (value ``Bearer <node token>``)."""
-_NODE_TOKEN_CONTEXT = b"grpcmesh xds node\0"
+NODE_TOKEN_AUDIENCE = "grpcmesh-xds"
+"""A node token's ``aud``: what it is for, so no other token signed with the credential is one."""
+NODE_TOKEN_LIFETIME_S = 365 * 24 * 3600
+"""How long a node token is valid from when ``grpcmesh up`` renders it. The credential is new
+at every ``up``, which is what really ends a token; a long ``exp`` only bounds a mesh left up."""
+_JWT_HEADER = {"alg": "HS256", "typ": "JWT"}
 
 
 def _b64(data: bytes) -> str:
@@ -164,39 +179,76 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _node_mac(token: str, node_id: str) -> bytes:
-    return hmac.new(token.encode(), _NODE_TOKEN_CONTEXT + node_id.encode(), hashlib.sha256).digest()
+def _json_b64(document: Mapping[str, object]) -> str:
+    return _b64(json.dumps(document, separators=(",", ":"), sort_keys=True).encode())
 
 
-def node_token(token: str, node_id: str) -> str:
-    """The xDS token of ``node_id`` in the mesh whose credential is ``token``."""
-    return f"{_b64(node_id.encode())}.{_b64(_node_mac(token, node_id))}"
+def _signature(token: str, signing_input: str) -> bytes:
+    return hmac.new(token.encode(), signing_input.encode(), hashlib.sha256).digest()
 
 
-def node_metadata(token: str, node_id: str) -> dict[str, str]:
-    """The ADS call metadata proving ``node_id`` (what its bootstrap's ``initial_metadata``
-    holds)."""
-    return {NODE_TOKEN_METADATA: f"{_SCHEME} {node_token(token, node_id)}"}
+def node_token_expiry(now: float | None = None) -> int:
+    """The ``exp`` (Unix seconds) of tokens rendered at ``now`` (default: the current time)."""
+    return int(time.time() if now is None else now) + NODE_TOKEN_LIFETIME_S
+
+
+def node_token(token: str, node_id: str, *, expires: int | None = None) -> str:
+    """The xDS token (a JWT, HS256) of ``node_id`` in the mesh whose credential is ``token``,
+    valid until ``expires`` (Unix seconds; default ``node_token_expiry()``). The same inputs
+    give the same token, so a plan stays a function of its settings."""
+    exp = node_token_expiry() if expires is None else expires
+    claims = {
+        "aud": NODE_TOKEN_AUDIENCE,
+        "exp": exp,
+        "iat": exp - NODE_TOKEN_LIFETIME_S,
+        "sub": node_id,
+    }
+    signing_input = f"{_json_b64(_JWT_HEADER)}.{_json_b64(claims)}"
+    return f"{signing_input}.{_b64(_signature(token, signing_input))}"
+
+
+def node_metadata(token: str, node_id: str, *, expires: int | None = None) -> dict[str, str]:
+    """The ADS call metadata proving ``node_id`` (what an Envoy bootstrap's
+    ``initial_metadata`` holds, and what gRPC sends from a ``jwt_token_file``)."""
+    return {NODE_TOKEN_METADATA: f"{_SCHEME} {node_token(token, node_id, expires=expires)}"}
 
 
 class NodeTokens:
     """The local control plane's ``NodeAuthenticator``: a caller is the node whose token it
-    sends, and may ask for that node's configuration alone."""
+    sends (signed with the mesh's credential, for this audience, not expired by ``clock``), and
+    may ask for that node's configuration alone."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, clock: Callable[[], float] = time.time) -> None:
         self._token = token
+        self._clock = clock
 
     async def authenticate(self, metadata: Mapping[str, str]) -> str | None:
         scheme, _, presented = metadata.get(NODE_TOKEN_METADATA, "").partition(" ")
-        encoded_id, dot, mac = presented.strip().partition(".")
-        if scheme != _SCHEME or not dot:
+        parts = presented.strip().split(".")
+        if scheme != _SCHEME or len(parts) != 3:
+            return None
+        header, claims, signature = parts
+        try:
+            given = _unb64(signature)
+        except (binascii.Error, ValueError):
+            return None
+        # The signature first: nothing an unsigned token says is parsed.
+        if not hmac.compare_digest(given, _signature(self._token, f"{header}.{claims}")):
             return None
         try:
-            node_id = _unb64(encoded_id).decode()
-            given = _unb64(mac)
+            if json.loads(_unb64(header)) != _JWT_HEADER:
+                return None
+            document = json.loads(_unb64(claims))
         except (binascii.Error, UnicodeDecodeError, ValueError):
             return None
-        return node_id if hmac.compare_digest(given, _node_mac(self._token, node_id)) else None
+        if not isinstance(document, dict):
+            return None
+        node_id, exp = document.get("sub"), document.get("exp")
+        if document.get("aud") != NODE_TOKEN_AUDIENCE or not isinstance(node_id, str):
+            return None
+        if isinstance(exp, bool) or not isinstance(exp, int) or exp <= self._clock():
+            return None
+        return node_id
 
     def permits(self, identity: str, node_id: str) -> bool:
         return identity == node_id

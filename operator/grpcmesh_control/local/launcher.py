@@ -129,19 +129,9 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         )
     token = credential.new_token()
     try:
-        mtls = certificates_from_env(os.environ) is not None
+        certificates_from_env(os.environ)  # a bad GRPCMESH_* knob fails here, not in the CP
     except ValueError as exc:
         raise LauncherError(str(exc)) from None
-    # gRPC's own xDS client cannot present a node token (nor TLS to the xDS port) yet, so a
-    # mesh with a proxyless service serves ADS as before secured xDS, and says so.
-    proxyless = sorted(svc.name for svc in services if svc.proxyless)
-    if proxyless:
-        print(
-            f"warning: xDS authentication is off: MeshService {', '.join(proxyless)} is "
-            "proxyless, and gRPC's xDS client cannot prove its node id yet",
-            file=sys.stderr,
-        )
-    secure_xds = not proxyless
     settings = LocalSettings(
         run_dir=run_dir,
         python=sys.executable,
@@ -150,15 +140,19 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         prometheus=prometheus,
         otlp_endpoint=options.otlp_endpoint,
         trace_sampling=options.trace_sampling,
-        xds_credential=token if secure_xds else None,
-        xds_trusted_ca=run_dir / CA_DIR / CA_ROOT_FILE if mtls and secure_xds else None,
+        xds_credential=token,
+        # ADS is TLS with or without mTLS between sidecars: gRPC's xDS client (a proxyless
+        # app) sends its node token over TLS only.
+        xds_trusted_ca=run_dir / CA_DIR / CA_ROOT_FILE,
+        xds_token_expires=credential.node_token_expiry(),
     )
     ports = allocate_ports(ports_needed(services, prometheus=prometheus is not None))
     plan = build_plan(services, iter(ports), settings)
     _reset_run_dir(run_dir)
     credential.create(run_dir, token)  # before the control plane starts: it reads it
-    if mtls:  # the root the Envoys' bootstraps trust the xDS server's certificate with
-        load_or_create_mesh_ca(run_dir, dt.datetime.now(dt.UTC))
+    # The root the Envoys and proxyless apps trust the xDS server's certificate with (and, with
+    # mTLS on, the issuer of the sidecars' certificates).
+    load_or_create_mesh_ca(run_dir, dt.datetime.now(dt.UTC))
     _write_resources(run_dir / RESOURCES_DIR, files)
     for path, text in plan.files().items():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ Run-state layout (``docs/design/local-mode.md``)::
     RUN/ingress/{envoy.json,envoy.log,admin.sock}
     RUN/<svc>/data.db                 shared by the service's replicas, like one database
     RUN/<svc>/<replica>/{envoy.json,config.yaml,app.log,envoy.log,admin.sock}
+    RUN/<svc>/<replica>/xds-token     a proxyless app's node token (secured xDS)
 
 Each Envoy's admin interface is its ``admin.sock`` (mode 0600: only the user who started the
 mesh can connect, so no other local user can ``/quitquitquit`` a sidecar); its TCP admin port
@@ -52,7 +53,7 @@ from grpcmesh_control.mesh.translate.naming import (
     NodeId,
     ProxyNode,
 )
-from grpcmesh_control.mesh.translate.proxyless import grpc_bootstrap
+from grpcmesh_control.mesh.translate.proxyless import CALL_CREDS_GATE, grpc_bootstrap
 from grpcmesh_control.observability.alerts import RULES_FILE_NAME
 from grpcmesh_control.observability.scrape import ScrapeTargets, prometheus_config
 
@@ -61,6 +62,7 @@ __all__ = [
     "DEFAULT_INGRESS_NAME",
     "FILE_MODE",
     "PORTS_PER_REPLICA",
+    "XDS_TOKEN_FILE",
     "ControlPlanePlan",
     "IngressPlan",
     "LocalSettings",
@@ -78,6 +80,8 @@ __all__ = [
 
 DEFAULT_INGRESS_NAME = "gateway"
 ADMIN_SOCKET = "admin.sock"
+XDS_TOKEN_FILE = "xds-token"
+"""A proxyless app's node token, in its replica's directory (secured xDS)."""
 PORTS_PER_REPLICA = 5  # app gRPC, app metrics, sidecar inbound, egress, admin
 _FIXED_PORTS = 4  # control plane xDS + admin, ingress listener + admin
 # First words of spec.workload.command that mean "a Python interpreter": locally that is the
@@ -123,11 +127,16 @@ class LocalSettings:
     """Envoys write a JSON access log line per request into their envoy.log."""
     xds_credential: str | None = None
     """The mesh's credential (``local.credential``): each Envoy's bootstrap then carries its
-    own node token (the bootstrap files must be written private), and the control plane runs
-    with ``--secure-xds``, serving ADS only to nodes proving their id. None: ADS is open."""
+    own node token, and each proxyless app's token is in its replica's ``xds-token`` file (the
+    files must be written private), and the control plane runs with ``--secure-xds``, serving
+    ADS only to nodes proving their id. None: ADS is open."""
     xds_trusted_ca: Path | None = None
-    """The mesh root (PEM file) the Envoys verify the control plane's TLS certificate with
-    (with ``xds_credential``, when mTLS is on); None: ADS in plaintext."""
+    """The mesh root (PEM file) the Envoys and proxyless apps verify the control plane's TLS
+    certificate with (with ``xds_credential``); None: ADS in plaintext, which a proxyless app
+    cannot use with a credential (gRPC sends call credentials over TLS only)."""
+    xds_token_expires: int | None = None
+    """The node tokens' ``exp`` (Unix seconds; the launcher sets it once per ``up``, so a
+    replan renders the same tokens); None: ``credential.node_token_expiry()`` at each use."""
 
 
 @dataclass(frozen=True)
@@ -162,11 +171,23 @@ class ReplicaPlan:
     bootstrap: Mapping[str, Any]
     app: ProcessSpec
     sidecar: ProcessSpec
+    xds_token_path: Path | None = None
+    """A proxyless app's node token file (its gRPC bootstrap's ``jwt_token_file``), with a
+    secured control plane; None otherwise."""
+    xds_token: str | None = None
+    """That file's content: the JWT alone, no newline (gRPC sends the file as it is)."""
 
     @property
     def key(self) -> str:
         """``<svc>/<replica>``: unique in the mesh (and the replica's directory under RUN)."""
         return f"{self.service}/{self.replica}"
+
+    def files(self) -> dict[Path, str]:
+        """The replica's files, written before it starts (mode ``FILE_MODE``)."""
+        out = {self.bootstrap_path: _json(self.bootstrap), self.config_path: self.config_text}
+        if self.xds_token_path is not None and self.xds_token is not None:
+            out[self.xds_token_path] = self.xds_token
+        return out
 
     @property
     def app_address(self) -> str:
@@ -252,11 +273,11 @@ class Plan:
     def files(self) -> dict[Path, str]:
         """Every file the processes need before they start: bootstraps, app config and the
         Prometheus config (its rules file is written by the launcher). Write them with mode
-        ``FILE_MODE``: a bootstrap holds its node's xDS token."""
+        ``FILE_MODE``: a bootstrap holds its node's xDS token, as a proxyless app's token file
+        does."""
         out = {self.ingress.bootstrap_path: _json(self.ingress.bootstrap)}
         for r in self.replicas:
-            out[r.bootstrap_path] = _json(r.bootstrap)
-            out[r.config_path] = r.config_text
+            out |= r.files()
         if self.prometheus is not None:
             out[self.prometheus.config_path] = self.prometheus.config_text
         return out
@@ -460,14 +481,22 @@ def _app_env(svc: MeshService, version: VersionTarget, workload: Workload) -> di
 
 
 def _proxyless_bootstrap(
-    svc: MeshService, replica: str, egress_port: int, xds_address: str
-) -> str | None:
+    svc: MeshService, node: ProxyNode, xds_address: str, settings: LocalSettings, token: Path
+) -> str:
     """A proxyless service's app gets gRPC's xDS bootstrap (its own node, the control plane);
-    its sidecar's egress port is where the control plane routes its external backends."""
-    if not svc.proxyless:
-        return None
-    node = ProxyNode(NodeId.proxyless(svc.name, replica), egress_port=egress_port)
-    return json.dumps(grpc_bootstrap(node, xds_address), sort_keys=True)
+    its sidecar's egress port is where the control plane routes its external backends. With a
+    secured control plane it proves its node with the token in ``token``, over TLS."""
+    if settings.xds_credential is None:
+        return json.dumps(grpc_bootstrap(node, xds_address), sort_keys=True)
+    if settings.xds_trusted_ca is None:
+        raise PlanError(
+            f"MeshService {svc.key}: spec.proxyless needs the xDS server's TLS (the mesh root) "
+            "with secured xDS: gRPC sends its node token over TLS only"
+        )
+    bootstrap = grpc_bootstrap(
+        node, xds_address, trusted_ca=str(settings.xds_trusted_ca), token_file=str(token)
+    )
+    return json.dumps(bootstrap, sort_keys=True)
 
 
 def _replica(
@@ -495,6 +524,14 @@ def _replica(
     )
     config_path = directory / "config.yaml"
     bootstrap_path = directory / "envoy.json"
+    proxyless = None
+    if svc.proxyless:
+        app_node = ProxyNode(NodeId.proxyless(svc.name, replica), egress_port=egress)
+        token_file = directory / XDS_TOKEN_FILE
+        proxyless = (
+            token_file,
+            _proxyless_bootstrap(svc, app_node, xds_address, settings, token_file),
+        )
     contract = AppEnv(
         service=svc.name,
         version=version.name,
@@ -509,11 +546,15 @@ def _replica(
         drain_seconds=settings.drain_seconds,
         otlp_endpoint=settings.otlp_endpoint,
         trace_sampling_ratio=settings.trace_sampling,
-        xds_bootstrap=_proxyless_bootstrap(svc, replica, egress, xds_address),
+        xds_bootstrap=None if proxyless is None else proxyless[1],
         workers=workload.workers,
     )
     # The mesh's variables come last: a workload cannot move its own ports or database.
     env = {**_app_env(svc, version, workload), "PYTHONUNBUFFERED": "1", **contract.variables()}
+    token_path = token = None
+    if proxyless is not None and settings.xds_credential is not None:
+        token_path, token = proxyless[0], _node_token(settings, svc.name, replica)
+        env[CALL_CREDS_GATE] = "true"  # else gRPC ignores the bootstrap's call_creds
     return ReplicaPlan(
         service=svc.name,
         version=version.name,
@@ -549,6 +590,17 @@ def _replica(
             env=MappingProxyType(env),
         ),
         sidecar=_envoy_process(f"{svc.name}/{replica}/envoy", bootstrap_path, directory, settings),
+        xds_token_path=token_path,
+        xds_token=token,
+    )
+
+
+def _node_token(settings: LocalSettings, service: str, replica: str) -> str:
+    """A proxyless app's node token (``proxyless~<service>~<replica>``)."""
+    assert settings.xds_credential is not None
+    node_id = str(NodeId.proxyless(service, replica))
+    return credential.node_token(
+        settings.xds_credential, node_id, expires=settings.xds_token_expires
     )
 
 
@@ -557,7 +609,9 @@ def _xds_security(settings: LocalSettings, node_id: str) -> dict[str, Any]:
     if settings.xds_credential is None:
         return {}
     return {
-        "xds_metadata": credential.node_metadata(settings.xds_credential, node_id),
+        "xds_metadata": credential.node_metadata(
+            settings.xds_credential, node_id, expires=settings.xds_token_expires
+        ),
         "xds_trusted_ca": settings.xds_trusted_ca,
     }
 

@@ -571,11 +571,10 @@ class Supervisor:
 
     def _write_files(self, replica: ReplicaPlan) -> None:
         replica.dir.mkdir(parents=True, exist_ok=True)
-        # The bootstrap holds the node's xDS token: private, like the plan's other files.
-        write_atomically(
-            replica.bootstrap_path, json.dumps(dict(replica.bootstrap), indent=1), mode=FILE_MODE
-        )
-        write_atomically(replica.config_path, replica.config_text, mode=FILE_MODE)
+        # The bootstrap (and a proxyless app's token file) holds the node's xDS token: private,
+        # like the plan's other files.
+        for path, text in replica.files().items():
+            write_atomically(path, text, mode=FILE_MODE)
 
     async def _retire(self, key: str) -> None:
         """Drain and stop one replica: not ready (callers' sidecars stop choosing it), a grace

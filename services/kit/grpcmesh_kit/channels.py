@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -81,16 +82,35 @@ GRPC_XDS_BOOTSTRAP_CONFIG = "GRPC_XDS_BOOTSTRAP_CONFIG"
 ``xds:`` channel is made."""
 
 
+XDS_CALL_CREDS_GATE = "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"
+"""Without it set true, gRPC (grpcio 1.85) ignores a bootstrap's ``call_creds``: the xDS calls
+would go without the node token a secured control plane asks for, and be refused."""
+
+
 def use_xds_bootstrap(bootstrap: str) -> None:
     """Hand ``bootstrap`` to gRPC's xDS client. It is read when the process's xDS client is
-    created, so a different one later would be silently ignored: refuse it instead."""
+    created, so a different one later would be silently ignored: refuse it instead. A
+    bootstrap with ``call_creds`` (the node's token) also turns on gRPC's reading of them,
+    unless the environment already says otherwise."""
     current = os.environ.get(GRPC_XDS_BOOTSTRAP_CONFIG)
     if current is not None and current != bootstrap:
         raise RuntimeError(
             f"{GRPC_XDS_BOOTSTRAP_CONFIG} is already set to another bootstrap; "
             "a process has one xDS client"
         )
+    if _has_call_creds(bootstrap):
+        os.environ.setdefault(XDS_CALL_CREDS_GATE, "true")
     os.environ[GRPC_XDS_BOOTSTRAP_CONFIG] = bootstrap
+
+
+def _has_call_creds(bootstrap: str) -> bool:
+    try:
+        servers = json.loads(bootstrap).get("xds_servers")
+    except (ValueError, AttributeError):
+        return False  # gRPC reports a bad bootstrap itself, when it reads it
+    return isinstance(servers, list) and any(
+        isinstance(server, dict) and server.get("call_creds") for server in servers
+    )
 
 
 class ChannelFactory:

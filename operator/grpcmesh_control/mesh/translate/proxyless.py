@@ -31,7 +31,9 @@ calls that never reached an app beyond gRPC's own transparent retry, per-try tim
 budgets, outlier detection by consecutive errors, load balancers other than round robin, and
 connect timeouts.
 
-``grpc_bootstrap`` is the bootstrap gRPC's xDS client reads (``GRPCMESH_XDS_BOOTSTRAP``).
+``grpc_bootstrap`` is the bootstrap gRPC's xDS client reads (``GRPCMESH_XDS_BOOTSTRAP``); with a
+secured control plane it names the mesh root to verify the xDS server with and the file holding
+the node's token (``local.credential.node_token``, a JWT).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from grpcmesh_control.mesh.translate.routes import (
 )
 
 __all__ = [
+    "CALL_CREDS_GATE",
     "GRPC_MAX_ATTEMPTS",
     "SIDECAR_EGRESS_CLUSTER",
     "grpc_bootstrap",
@@ -73,25 +76,47 @@ __all__ = [
 Cluster = e.cluster_pb2.Cluster
 GRPC_MAX_ATTEMPTS = 5
 """gRPC caps a call's attempts at 5 (the first and 4 retries), whatever the policy says."""
+CALL_CREDS_GATE = "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"
+"""The environment variable without which gRPC ignores a bootstrap's ``call_creds`` (grpcio
+1.85: read when the process's xDS client parses its bootstrap; any value but a true one leaves
+the ADS calls without the token, and a secured control plane refuses them)."""
 SIDECAR_EGRESS_CLUSTER = "sidecar-egress"
 """The replica's own sidecar's egress listener: where a proxyless client's external calls go."""
 
 
 def grpc_bootstrap(
-    node: ProxyNode, xds_address: str, *, node_id: str | None = None
+    node: ProxyNode,
+    xds_address: str,
+    *,
+    node_id: str | None = None,
+    trusted_ca: str | None = None,
+    token_file: str | None = None,
 ) -> dict[str, Any]:
     """gRPC's xDS bootstrap for ``node``: the control plane at ``xds_address`` (host:port,
-    plaintext, xDS v3 over one ADS stream, state of the world) and the node's identity.
-    ``node_id`` replaces ``node.id`` as written, e.g. ``proxyless~<svc>~$(POD_NAME)`` for the
-    kubelet to expand (a placeholder no ``NodeId`` accepts)."""
+    xDS v3 over one ADS stream, state of the world) and the node's identity. ``node_id``
+    replaces ``node.id`` as written, e.g. ``proxyless~<svc>~$(POD_NAME)`` for the kubelet to
+    expand (a placeholder no ``NodeId`` accepts).
+
+    ``trusted_ca`` (a PEM file): the channel to the control plane is TLS, its certificate
+    verified against that root (gRFC A65's ``tls`` channel credentials); None: plaintext.
+    ``token_file``: every ADS call carries ``authorization: Bearer <the file's JWT>`` (gRFC
+    A97's ``jwt_token_file`` call credentials, which gRPC reads only with
+    ``CALL_CREDS_GATE=true`` in the app's environment, and sends only over TLS)."""
+    if token_file is not None and trusted_ca is None:
+        raise ValueError("gRPC sends call credentials over TLS only: give trusted_ca too")
+    server: dict[str, Any] = {
+        "server_uri": xds_address,
+        "channel_creds": (
+            [{"type": "insecure"}]
+            if trusted_ca is None
+            else [{"type": "tls", "config": {"ca_certificate_file": trusted_ca}}]
+        ),
+        "server_features": ["xds_v3"],
+    }
+    if token_file is not None:
+        server["call_creds"] = [{"type": "jwt_token_file", "config": {"jwt_token_file": token_file}}]
     return {
-        "xds_servers": [
-            {
-                "server_uri": xds_address,
-                "channel_creds": [{"type": "insecure"}],
-                "server_features": ["xds_v3"],
-            }
-        ],
+        "xds_servers": [server],
         "node": {
             "id": str(node.id) if node_id is None else node_id,
             "cluster": node.id.envoy_cluster,
