@@ -2,6 +2,8 @@
 its xDS bootstrap by ``grpcmesh up``, the kit's channels dial ``xds:///catalog`` (and
 inventory, payments) through gRPC's own xDS client, and orders are placed through the ingress
 without a single call crossing orders' egress sidecar, while the backends' sidecars serve them.
+The mesh keeps secured xDS: orders' gRPC proves its node to the control plane over TLS with the
+token (a JWT) in its replica's ``xds-token`` file, and nothing is refused.
 
 Its own mesh (one replica each): the module mesh of ``test_mesh`` routes orders through its
 sidecar, which other tests count on."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +67,17 @@ async def test_orders_placed_with_a_proxyless_orders_skip_its_egress_sidecar(
         "orders", "v1-0"
     )
     assert "GRPCMESH_XDS_BOOTSTRAP" not in _app_env(mesh, "payments/v1-0")
+    # Secured xDS: TLS to the control plane (the mesh root) and the node's own token file.
+    (server,) = bootstrap["xds_servers"]
+    assert server["channel_creds"] == [
+        {"type": "tls", "config": {"ca_certificate_file": str(mesh.run_dir / "ca" / "ca.crt")}}
+    ]
+    ((creds),) = server["call_creds"]
+    token_file = Path(creds["config"]["jwt_token_file"])
+    assert token_file == mesh.run_dir / "orders" / "v1-0" / "xds-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert _app_env(mesh, "orders/v1-0")["GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"] == "true"
+    assert "xDS authentication is off" not in mesh.log.read_text()
 
     await wait_converged(mesh)  # the ingress routes to orders only once it has ACKed
     report = await run_load(mesh.state.ingress, ORDERS, 4.0, deadline_s=10.0)
@@ -80,3 +94,19 @@ async def test_orders_placed_with_a_proxyless_orders_skip_its_egress_sidecar(
         admin = mesh.replica(f"{backend}/v1-0").sidecar_admin
         served = await envoy_stats(admin, "http.inbound.downstream_rq_total")
         assert served["http.inbound.downstream_rq_total"] >= 1, backend
+
+    # The proxyless node was served as itself, and no one was refused on the way.
+    admin = mesh.state.control_plane_admin
+    status = json.loads(_get(f"http://{admin}/status"))
+    (proxyless,) = [n for n in status["nodes"] if n["id"] == str(NodeId.proxyless("orders", "v1-0"))]
+    assert proxyless["connected"] and proxyless["acked_version"] == proxyless["snapshot_version"]
+    metrics = _get(f"http://{admin}/metrics").splitlines()
+    for reason in ("unauthenticated", "wrong_node"):
+        series = f'grpcmesh_xds_refusals_total{{reason="{reason}"}} '
+        assert [float(m.removeprefix(series)) for m in metrics if m.startswith(series)] == [0.0]
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text: str = response.read().decode()
+    return text
