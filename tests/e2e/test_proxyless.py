@@ -98,7 +98,9 @@ async def test_orders_placed_with_a_proxyless_orders_skip_its_egress_sidecar(
     # The proxyless node was served as itself, and no one was refused on the way.
     admin = mesh.state.control_plane_admin
     status = json.loads(_get(f"http://{admin}/status"))
-    (proxyless,) = [n for n in status["nodes"] if n["id"] == str(NodeId.proxyless("orders", "v1-0"))]
+    (proxyless,) = [
+        n for n in status["nodes"] if n["id"] == str(NodeId.proxyless("orders", "v1-0"))
+    ]
     assert proxyless["connected"] and proxyless["acked_version"] == proxyless["snapshot_version"]
     metrics = _get(f"http://{admin}/metrics").splitlines()
     for reason in ("unauthenticated", "wrong_node"):

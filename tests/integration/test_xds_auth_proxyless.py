@@ -145,9 +145,12 @@ async def test_a_proxyless_client_with_its_token_is_served(state_dir: Path, tmp_
 
             async def acked() -> dict[str, Any] | None:
                 status = await get_json(f"{served.admin_url}/status")
-                node = next((n for n in status["nodes"] if n["id"] == str(PROXYLESS)), None)
-                ok = node is not None and node["connected"] and node["acked_version"]
-                return node if ok and node["acked_version"] == node["snapshot_version"] else None
+                node: dict[str, Any] | None = next(
+                    (n for n in status["nodes"] if n["id"] == str(PROXYLESS)), None
+                )
+                if node is None or not node["connected"] or node["acked_version"] is None:
+                    return None
+                return node if node["acked_version"] == node["snapshot_version"] else None
 
             await poll(acked, f"{PROXYLESS} to ACK its snapshot")
         assert await _refusals(served.admin_url) == {"unauthenticated": 0, "wrong_node": 0}
@@ -169,8 +172,9 @@ async def test_a_proxyless_client_without_its_own_token_gets_nothing(
         bootstrap = _bootstrap(served.xds, state_dir, token)
         async with proxyless_client(bootstrap, gate=gate) as outcome:
             assert outcome["code"] == "UNAVAILABLE", outcome
-            assert f"xDS call failed with no responses received; status: {code}" in (
-                outcome["details"]
+            assert (
+                f"xDS call failed with no responses received; status: {code}"
+                in (outcome["details"])
             ), outcome
             refusals = await _refusals(served.admin_url)
             assert refusals[reason] >= 1, refusals

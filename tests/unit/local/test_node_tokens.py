@@ -23,6 +23,7 @@ from grpcmesh_control.local.plan import (
     LocalSettings,
     PlanError,
     build_plan,
+    replan,
 )
 from grpcmesh_control.mesh.model import MeshService
 from tests.unit.local.conftest import FIRST_PORT
@@ -97,15 +98,21 @@ async def test_missing_malformed_or_foreign_tokens_prove_nothing(metadata: dict[
 
 
 async def test_a_token_edited_to_name_another_node_does_not_verify() -> None:
-    header, claims, signature = credential.node_token(KEY, NODE).split(".")
+    header, _, signature = credential.node_token(KEY, NODE).split(".")
     other = credential.node_token(KEY, "sidecar~payments~v1-0").split(".")[1]
-    assert await credential.NodeTokens(KEY).authenticate(
-        {"authorization": f"Bearer {header}.{other}.{signature}"}
-    ) is None
+    assert (
+        await credential.NodeTokens(KEY).authenticate(
+            {"authorization": f"Bearer {header}.{other}.{signature}"}
+        )
+        is None
+    )
     edited = _b64({**_claims(credential.node_token(KEY, NODE)), "sub": "sidecar~payments~v1-0"})
-    assert await credential.NodeTokens(KEY).authenticate(
-        {"authorization": f"Bearer {header}.{edited}.{signature}"}
-    ) is None
+    assert (
+        await credential.NodeTokens(KEY).authenticate(
+            {"authorization": f"Bearer {header}.{edited}.{signature}"}
+        )
+        is None
+    )
 
 
 async def test_an_expired_token_does_not_verify() -> None:
@@ -211,10 +218,35 @@ def test_a_proxyless_app_gets_its_own_token_file_and_tls_to_the_xds_server(
     )
 
 
+def test_a_service_made_proxyless_live_restarts_with_its_token_file(
+    examples: tuple[MeshService, ...], settings: LocalSettings, tmp_path: Path
+) -> None:
+    """``grpcmesh apply`` of ``spec.proxyless: true`` to a running secured mesh: the replan
+    restarts orders' replicas (new app env) with their token files; nothing else changes."""
+    secured = dataclasses.replace(
+        settings,
+        xds_credential=KEY,
+        xds_trusted_ca=tmp_path / "run" / "ca" / "ca.crt",
+        xds_token_expires=EXPIRES,
+    )
+    plan = build_plan(examples, itertools.count(FIRST_PORT), secured)
+    services = tuple(dataclasses.replace(svc, proxyless=svc.name == "orders") for svc in examples)
+    after = replan(plan, services, iter(()), secured)
+    for replica in after.replicas:
+        before = plan.replica(replica.key)
+        if replica.service == "orders":
+            assert replica.app != before.app and replica.xds_token_path is not None
+            assert after.files()[replica.xds_token_path] == _token(
+                f"proxyless~{replica.key.replace('/', '~')}"
+            )
+        else:
+            assert replica == before
+
+
 def test_a_proxyless_app_cannot_send_its_token_in_plaintext(
     examples: tuple[MeshService, ...], settings: LocalSettings
 ) -> None:
     services = tuple(dataclasses.replace(svc, proxyless=svc.name == "orders") for svc in examples)
     secured = dataclasses.replace(settings, xds_credential=KEY)
-    with pytest.raises(PlanError, match="spec.proxyless needs the xDS server's TLS"):
+    with pytest.raises(PlanError, match=r"spec\.proxyless needs the xDS server's TLS"):
         build_plan(services, itertools.count(FIRST_PORT), secured)

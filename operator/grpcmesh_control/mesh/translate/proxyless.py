@@ -114,7 +114,9 @@ def grpc_bootstrap(
         "server_features": ["xds_v3"],
     }
     if token_file is not None:
-        server["call_creds"] = [{"type": "jwt_token_file", "config": {"jwt_token_file": token_file}}]
+        server["call_creds"] = [
+            {"type": "jwt_token_file", "config": {"jwt_token_file": token_file}}
+        ]
     return {
         "xds_servers": [server],
         "node": {
