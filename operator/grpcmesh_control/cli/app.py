@@ -745,8 +745,9 @@ def control_plane(
     secure_xds: Annotated[
         bool,
         typer.Option(
-            help="Serve ADS only to Envoys sending their node token (from the run directory's "
-            "credential), each only its own config; over TLS with the mesh CA."
+            help="Serve ADS only to Envoys and proxyless apps sending their node token (a JWT "
+            "signed with the run directory's credential), each only its own config; over TLS "
+            "with the mesh CA."
         ),
     ] = False,
 ) -> None:

@@ -94,10 +94,11 @@ class ControlPlaneSettings:
     stop_grace: float = 1.0
     """Seconds in-flight ADS streams get when stopping (Envoys reconnect elsewhere anyway)."""
     certificates: CertificateSettings | None = field(default_factory=CertificateSettings)
-    """Workload certificates, with mTLS between sidecars; None: plaintext, no CA."""
+    """Workload certificates, with mTLS between sidecars; None: plaintext between them (the
+    mesh CA is still loaded for the xDS server's certificate with ``secure_xds``)."""
     secure_xds: bool = False
-    """Serve ADS only to nodes proving their id with their node token, over TLS when there
-    is a mesh CA (module docstring)."""
+    """Serve ADS only to nodes proving their id with their node token, over TLS (module
+    docstring)."""
 
 
 XDS_SERVING_VALIDITY = dt.timedelta(days=30)
