@@ -5,7 +5,8 @@ token in a ``jwt_token_file``), proves its node to the secured control plane lik
 Each client is a process of its own (a process has one xDS client) dialling
 ``xds:///payments`` as node ``proxyless~orders~0`` of the proxyless MeshService orders:
 
-- with its own token it is served (connected, its snapshot ACKed) and nothing is refused;
+- with its own token it is served (connected, its snapshot ACKed) and nothing is refused,
+  with or without mTLS between the sidecars;
 - with another node's token (the orders sidecar's) its ADS call ends PERMISSION_DENIED;
 - with no token (no ``call_creds``) it ends UNAUTHENTICATED;
 - without ``GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS`` grpcio drops the ``call_creds``:
@@ -135,8 +136,13 @@ async def _refusals(admin_url: str) -> dict[str, float]:
     }
 
 
-async def test_a_proxyless_client_with_its_token_is_served(state_dir: Path, tmp_path: Path) -> None:
-    async with in_process_control_plane(state_dir, secure_xds=True) as served:
+@pytest.mark.parametrize("mtls", [True, False], ids=["mtls", "mtls-off"])
+async def test_a_proxyless_client_with_its_token_is_served(
+    state_dir: Path, tmp_path: Path, mtls: bool
+) -> None:
+    """With mTLS between sidecars off too: ADS is still TLS (the mesh CA issues the xDS
+    server's certificate), or gRPC would not send the token."""
+    async with in_process_control_plane(state_dir, mtls=mtls, secure_xds=True) as served:
         token = _token_file(tmp_path, state_dir, str(PROXYLESS))
         async with proxyless_client(_bootstrap(served.xds, state_dir, token)) as outcome:
             # Served: whatever became of the call (nothing listens at payments' endpoint), it
