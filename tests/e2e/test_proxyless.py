@@ -10,18 +10,20 @@ sidecar, which other tests count on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_loadgen import run_load
-from tests.e2e.harness import RESOURCES, Mesh, envoy_stats
+from tests.e2e.harness import RESOURCES, Mesh, envoy_stats, eventually
 from tests.e2e.test_mesh import wait_converged
 
 pytestmark = pytest.mark.slow
@@ -103,6 +105,42 @@ async def test_orders_placed_with_a_proxyless_orders_skip_its_egress_sidecar(
     ]
     assert proxyless["connected"] and proxyless["acked_version"] == proxyless["snapshot_version"]
     metrics = _get(f"http://{admin}/metrics").splitlines()
+    for reason in ("unauthenticated", "wrong_node"):
+        series = f'grpcmesh_xds_refusals_total{{reason="{reason}"}} '
+        assert [float(m.removeprefix(series)) for m in metrics if m.startswith(series)] == [0.0]
+
+
+async def test_a_proxyless_replica_started_by_a_live_apply_proves_its_own_node(
+    proxyless_mesh: Mesh, tmp_path: Path
+) -> None:
+    """``grpcmesh apply`` of a second orders replica to the running secured mesh: the launcher
+    writes its own token file, and its gRPC is served as ``proxyless~orders~v1-1``."""
+    mesh = proxyless_mesh
+    doc = yaml.safe_load((mesh.run_dir / "resources" / "orders.yaml").read_text())
+    doc["spec"]["versions"][0]["replicas"] = 2
+    (tmp_path / "orders.yaml").write_text(yaml.safe_dump(doc))
+    result = mesh.apply(tmp_path / "orders.yaml")
+    assert result.returncode == 0, result.stderr
+
+    token_file = mesh.run_dir / "orders" / "v1-1" / "xds-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert token_file.read_text() != (mesh.run_dir / "orders" / "v1-0" / "xds-token").read_text()
+    await wait_converged(mesh)
+    # The kit dials xds:/// at its first call: orders through the ingress reach both replicas.
+    report = await run_load(mesh.state.ingress, ORDERS, 4.0, deadline_s=10.0)
+    assert report.statuses == {"OK": ORDERS}, report.error_samples
+    admin = mesh.state.control_plane_admin
+    node_id = str(NodeId.proxyless("orders", "v1-1"))
+
+    async def served() -> dict[str, Any] | None:
+        status = json.loads(await asyncio.to_thread(_get, f"http://{admin}/status"))
+        node: dict[str, Any] | None = next((n for n in status["nodes"] if n["id"] == node_id), None)
+        if node is None or not node["connected"] or node["acked_version"] is None:
+            return None
+        return node if node["acked_version"] == node["snapshot_version"] else None
+
+    await eventually(served, timeout=30, what=f"{node_id} connected and ACKed")
+    metrics = (await asyncio.to_thread(_get, f"http://{admin}/metrics")).splitlines()
     for reason in ("unauthenticated", "wrong_node"):
         series = f'grpcmesh_xds_refusals_total{{reason="{reason}"}} '
         assert [float(m.removeprefix(series)) for m in metrics if m.startswith(series)] == [0.0]
