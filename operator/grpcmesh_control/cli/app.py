@@ -35,6 +35,7 @@ from grpcmesh_control.local import credential
 from grpcmesh_control.local.clients import AdminUnavailable, ApplyResult, ControlPlaneClient
 from grpcmesh_control.local.credential import CredentialError
 from grpcmesh_control.local.down import MeshNotRunning, MeshNotStopped, stop_mesh
+from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
 from grpcmesh_control.local.launcher import (
     DEFAULT_RUN_DIR,
     MeshOptions,
@@ -80,6 +81,41 @@ def _default_resources() -> Path:
     if here.is_dir():
         return here
     return Path(str(files("grpcmesh_control") / "examples"))
+
+
+IngressTlsCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--ingress-tls-cert",
+        help="PEM certificate chain (leaf first) the ingress serves TLS to outside clients "
+        "with; read over SDS, re-read when it changes. Without it the ingress is plaintext.",
+    ),
+]
+IngressTlsKey = Annotated[
+    Path | None,
+    typer.Option("--ingress-tls-key", help="PEM private key of --ingress-tls-cert."),
+]
+IngressClientCa = Annotated[
+    Path | None,
+    typer.Option(
+        "--ingress-client-ca",
+        help="PEM CA certificates: the ingress then requires a client certificate from them.",
+    ),
+]
+
+
+def _ingress_tls(
+    cert: Path | None, key: Path | None, client_ca: Path | None
+) -> GatewayTlsFiles | None:
+    """The ingress TLS options as files; ``typer.BadParameter`` for a partial set."""
+    if cert is None and key is None and client_ca is None:
+        return None
+    if cert is None or key is None:
+        raise typer.BadParameter(
+            "--ingress-tls-cert and --ingress-tls-key go together "
+            "(and --ingress-client-ca needs both)"
+        )
+    return GatewayTlsFiles(cert, key, client_ca)
 
 
 Resources = Annotated[
@@ -283,6 +319,9 @@ def up(
             "a trace is followed whole wherever it was sampled.",
         ),
     ] = DEFAULT_TRACE_SAMPLING,
+    ingress_tls_cert: IngressTlsCert = None,
+    ingress_tls_key: IngressTlsKey = None,
+    ingress_client_ca: IngressClientCa = None,
 ) -> None:
     """Start the mesh on this machine (foreground; Ctrl-C or SIGTERM stops everything)."""
     logging.basicConfig(
@@ -293,6 +332,7 @@ def up(
     options = replace(
         _options(resources, state_dir, startup_timeout, prometheus, otlp_endpoint, trace_sampling),
         descriptors=tuple(descriptors or ()),
+        ingress_tls=_ingress_tls(ingress_tls_cert, ingress_tls_key, ingress_client_ca),
     )
 
     def ready(state: RunState) -> None:
@@ -750,18 +790,30 @@ def control_plane(
             "with the mesh CA."
         ),
     ] = False,
+    ingress_tls_cert: IngressTlsCert = None,
+    ingress_tls_key: IngressTlsKey = None,
+    ingress_client_ca: IngressClientCa = None,
 ) -> None:
     """Run the control plane on a run-state directory (what `grpcmesh up` starts)."""
     # Imported here: the xDS server and its protos are not needed by the other commands.
     from grpcmesh_control.local.controlplane import serve
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    gateway_tls = _ingress_tls(ingress_tls_cert, ingress_tls_key, ingress_client_ca)
 
     async def main(stop: asyncio.Event) -> int:
         code = 0
         try:
             await _first(
-                serve(state_dir, xds_port, admin_port, host, ready_file, secure_xds=secure_xds),
+                serve(
+                    state_dir,
+                    xds_port,
+                    admin_port,
+                    host,
+                    ready_file,
+                    secure_xds=secure_xds,
+                    gateway_tls=gateway_tls,
+                ),
                 stop.wait(),
             )
         except* OSError as failed:  # a port in use, say

@@ -44,9 +44,10 @@ from grpcmesh_control.mesh.certificates import (
     WorkloadCertificates,
 )
 from grpcmesh_control.mesh.clock import Clock
+from grpcmesh_control.mesh.gateway_tls import GatewayCertificate, GatewayCertificates
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW, Publisher
-from grpcmesh_control.mesh.translate import SnapshotBuilder
+from grpcmesh_control.mesh.translate import GatewayTls, SnapshotBuilder
 from grpcmesh_control.mesh.translate.versioned import SECRET, TypeResources
 from grpcmesh_control.mesh.xds import (
     AdsServicer,
@@ -93,7 +94,10 @@ class XdsHost:
 
     With an ``authenticator``, ADS streams are served only to callers proving a node identity,
     each only its own nodes' configuration (``mesh.xds.server``; refusals counted in
-    ``grpcmesh_xds_refusals_total``). ``serving(..., tls=)`` serves ADS over TLS."""
+    ``grpcmesh_xds_refusals_total``). ``serving(..., tls=)`` serves ADS over TLS.
+
+    With ``use_gateway_tls`` the ingress gateway serves TLS to outside clients with a
+    configured certificate (``mesh.gateway_tls``), replaced live by ``gateway.update``."""
 
     def __init__(
         self,
@@ -125,6 +129,9 @@ class XdsHost:
         )
         self.certificates: WorkloadCertificates | None = None
         """Issues and renews the nodes' workload certificates (None: no mesh CA, plaintext)."""
+        self.gateway: GatewayCertificates | None = None
+        """Serves the ingress gateway's certificate for outside clients (None: its listener
+        is plaintext)."""
         self._problems = problems
         self._origin_of = origin_of
         self._server: grpc.aio.Server | None = None
@@ -151,6 +158,22 @@ class XdsHost:
             self.cache, ca, settings, clock=self._clock, namespace_of=self._namespace_of
         )
         self.metrics.observe_certificates(certs.all_held, lambda: certs.roots_not_after)
+
+    def use_gateway_tls(
+        self, tls: GatewayTls, certificate: GatewayCertificate | None = None
+    ) -> GatewayCertificates:
+        """The ingress listener serves TLS as ``tls`` says, with ``certificate`` (or, while it
+        is None, with none yet: the listener waits for ``gateway.update``). Only before the
+        first snapshot is built, like ``use_ca``."""
+        if self.gateway is not None:
+            raise RuntimeError("the xDS host already serves the gateway TLS")
+        if self.publisher.version is not None or self._server is not None:
+            raise RuntimeError("gateway TLS must be set before the first snapshot is built")
+        if certificate is not None and certificate.tls != tls:
+            raise ValueError(f"the gateway certificate serves {certificate.tls}, not {tls}")
+        self._builder.gateway_tls = tls
+        self.gateway = GatewayCertificates(self.cache, certificate)
+        return self.gateway
 
     def _namespace_of(self, service: str) -> str | None:
         registry = self.publisher.registry

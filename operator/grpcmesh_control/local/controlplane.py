@@ -25,6 +25,12 @@ a JWT signed with the run directory's credential; the launcher renders it into e
 bootstrap and each proxyless app's token file), and only its own node's configuration. ADS is
 then served over TLS (with mTLS off too) with a certificate for ``host`` issued by the mesh CA
 at start (valid ``XDS_SERVING_VALIDITY``).
+
+Gateway TLS (``gateway_tls``, ``--ingress-tls-cert``/``--ingress-tls-key`` and optionally
+``--ingress-client-ca``): the ingress listener serves TLS to outside clients with the
+certificate in those files, delivered over SDS (``local.gateway_tls``); the files are polled
+like the resources and a changed certificate is served without a restart. Without them the
+ingress listener stays plaintext.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.certificates import CertificateSettings, certificate_settings_from_env
 from grpcmesh_control.mesh.clock import Clock, SystemClock
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource, InvalidResourceSet
+from grpcmesh_control.mesh.gateway_tls import GatewayTlsError
 from grpcmesh_control.mesh.model import Endpoint, MeshService, MethodCatalog
 from grpcmesh_control.mesh.publisher import DEFAULT_MAX_DELAY, DEFAULT_WINDOW
 from grpcmesh_control.mesh.translate.naming import LOCALHOST
@@ -99,6 +106,8 @@ class ControlPlaneSettings:
     secure_xds: bool = False
     """Serve ADS only to nodes proving their id with their node token, over TLS (module
     docstring)."""
+    gateway_tls: GatewayTlsFiles | None = None
+    """The ingress listener's certificate for outside clients; None: plaintext."""
 
 
 XDS_SERVING_VALIDITY = dt.timedelta(days=30)
@@ -167,7 +176,11 @@ class ControlPlane:
             clock=self.clock,
             window=settings.debounce_window,
             max_delay=settings.debounce_max_delay,
-            problems=lambda: [*self.sources.problems, *self._protos_problems],
+            problems=lambda: [
+                *self.sources.problems,
+                *self._protos_problems,
+                *self._gateway_problems,
+            ],
             origin_of=lambda svc: self.sources.resources.file_of(svc.key),
             protos=lambda: self.protos,
             ca=None if settings.certificates is None else ca,
@@ -178,6 +191,12 @@ class ControlPlane:
                 else None
             ),
         )
+        self._gateway_problems: tuple[str, ...] = ()
+        self._gateway_read: tuple[bytes, bytes, bytes | None] | None = None
+        if settings.gateway_tls is not None:  # GatewayTlsError (a ValueError) names the file
+            self._gateway_read = settings.gateway_tls.contents()
+            certificate = settings.gateway_tls.check(self._gateway_read)
+            self.host.use_gateway_tls(certificate.tls, certificate)
         self._xds_tls: tuple[bytes, bytes] | None = None
         if settings.secure_xds and ca is not None:
             issued = ca.issue_serving(
@@ -249,10 +268,33 @@ class ControlPlane:
             log.info("descriptor sets applied: %s", ", ".join(sorted(descriptors)))
         return self.sources.write(plan)
 
+    def reload_gateway_tls(self) -> bool:
+        """Read the gateway's certificate files again; serve what they hold when it changed
+        and checks out (True). A file that does not is a problem in ``/status``; the last good
+        certificate stays."""
+        files, gateway = self.settings.gateway_tls, self.host.gateway
+        if files is None or gateway is None:
+            return False
+        try:
+            contents = files.contents()
+            if contents == self._gateway_read:  # polled often: parse only what changed
+                return False
+            self._gateway_read = contents
+            changed = gateway.update(files.check(contents))
+        except GatewayTlsError as exc:
+            problem = f"ingress TLS: {exc}; serving the previous certificate"
+            if self._gateway_problems != (problem,):
+                log.warning("%s", problem)
+            self._gateway_problems = (problem,)
+            return False
+        self._gateway_problems = ()
+        return changed
+
     async def _watch_protos(self) -> None:
         while True:
             await self.clock.sleep(self.settings.poll_interval)
             self.reload_protos()
+            self.reload_gateway_tls()
 
     def _update(
         self, services: tuple[MeshService, ...], endpoints: Mapping[str, tuple[Endpoint, ...]]
@@ -318,6 +360,7 @@ async def serve(
     ready_file: Path | None = None,
     *,
     secure_xds: bool = False,
+    gateway_tls: GatewayTlsFiles | None = None,
 ) -> None:
     """Run the control plane on ``state_dir`` until cancelled (``grpcmesh control-plane``)."""
     await run_control_plane(
@@ -329,6 +372,7 @@ async def serve(
             ready_file=ready_file,
             certificates=certificates_from_env(os.environ),
             secure_xds=secure_xds,
+            gateway_tls=gateway_tls,
         )
     )
 

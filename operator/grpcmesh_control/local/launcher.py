@@ -21,6 +21,7 @@ from grpcmesh_control.local.atomic import write_atomically
 from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.controlplane import certificates_from_env
 from grpcmesh_control.local.envoy_binary import find_envoy
+from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
 from grpcmesh_control.local.mesh_ca import CA_DIR, CA_ROOT_FILE, load_or_create_mesh_ca
 from grpcmesh_control.local.plan import (
     FILE_MODE,
@@ -93,6 +94,8 @@ class MeshOptions:
     """host:port of an OTLP/gRPC collector for the Envoys' and apps' spans; None: no tracing."""
     trace_sampling: float = DEFAULT_TRACE_SAMPLING
     """The share of new traces recorded, by Envoy and the apps alike."""
+    ingress_tls: GatewayTlsFiles | None = None
+    """The ingress serves TLS to outside clients with this certificate; None: plaintext."""
 
 
 def read_state(run_dir: Path) -> RunState | None:
@@ -132,6 +135,12 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         certificates_from_env(os.environ)  # a bad GRPCMESH_* knob fails here, not in the CP
     except ValueError as exc:
         raise LauncherError(str(exc)) from None
+    ingress_tls = None if options.ingress_tls is None else options.ingress_tls.resolved()
+    if ingress_tls is not None:
+        try:  # refused before anything starts, naming the file
+            ingress_tls.read()
+        except MeshError as exc:
+            raise LauncherError(f"ingress TLS: {exc}") from None
     settings = LocalSettings(
         run_dir=run_dir,
         python=sys.executable,
@@ -145,6 +154,7 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         # app) sends its node token over TLS only.
         xds_trusted_ca=run_dir / CA_DIR / CA_ROOT_FILE,
         xds_token_expires=credential.node_token_expiry(),
+        ingress_tls=ingress_tls,
     )
     ports = allocate_ports(ports_needed(services, prometheus=prometheus is not None))
     plan = build_plan(services, iter(ports), settings)

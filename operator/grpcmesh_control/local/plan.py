@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from grpcmesh_control.local import credential
+from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
 from grpcmesh_control.mesh.appenv import AppEnv
 from grpcmesh_control.mesh.errors import MeshError
 from grpcmesh_control.mesh.model.mesh import MeshService, VersionTarget, Workload
@@ -137,6 +138,9 @@ class LocalSettings:
     xds_token_expires: int | None = None
     """The node tokens' ``exp`` (Unix seconds; the launcher sets it once per ``up``, so a
     replan renders the same tokens); None: ``credential.node_token_expiry()`` at each use."""
+    ingress_tls: GatewayTlsFiles | None = None
+    """The ingress's server certificate for outside clients (absolute paths: the control
+    plane reads them and serves them over SDS); None: the ingress listener is plaintext."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,8 @@ class IngressPlan:
     bootstrap_path: Path
     bootstrap: Mapping[str, Any]
     process: ProcessSpec
+    tls: bool = False
+    """The listener serves TLS to outside clients (``LocalSettings.ingress_tls``)."""
 
     @property
     def address(self) -> str:
@@ -332,6 +338,7 @@ def build_plan(
                 "--admin-port",
                 str(cp_admin),
                 *(() if settings.xds_credential is None else ("--secure-xds",)),
+                *(() if settings.ingress_tls is None else settings.ingress_tls.argv()),
             ),
             log=run / "control-plane.log",
             cwd=run,
@@ -657,6 +664,7 @@ def _ingress(take: _PortTaker, settings: LocalSettings, xds_address: str) -> Ing
             )
         ),
         process=_envoy_process("ingress/envoy", bootstrap_path, directory, settings),
+        tls=settings.ingress_tls is not None,
     )
 
 

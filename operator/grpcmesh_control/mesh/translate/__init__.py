@@ -22,11 +22,17 @@ from grpcmesh_control.mesh.translate.snapshot import (
     resource_name,
 )
 from grpcmesh_control.mesh.translate.static import static_bootstrap
-from grpcmesh_control.mesh.translate.tls import MeshTls, workload_secrets
+from grpcmesh_control.mesh.translate.tls import (
+    GatewayTls,
+    MeshTls,
+    gateway_secrets,
+    workload_secrets,
+)
 
 __all__ = [
     "PUSH_ORDER",
     "EffectiveRetry",
+    "GatewayTls",
     "InconsistentSnapshot",
     "InvalidNodeId",
     "MeshTls",
@@ -43,6 +49,7 @@ __all__ = [
     "build_snapshot",
     "check_consistency",
     "external_cluster_name",
+    "gateway_secrets",
     "inbound_cluster_name",
     "node_group",
     "resource_name",

@@ -46,7 +46,7 @@ from grpcmesh_control.mesh.translate.routes import (
     ingress_route_config,
 )
 from grpcmesh_control.mesh.translate.snapshot import Snapshot
-from grpcmesh_control.mesh.translate.tls import MeshTls
+from grpcmesh_control.mesh.translate.tls import GatewayTls, MeshTls
 from grpcmesh_control.mesh.translate.versioned import PackCache
 
 __all__ = ["SnapshotBuilder", "build_snapshot"]
@@ -58,12 +58,14 @@ def build_snapshot(
     memo: SnapshotBuilder | None = None,
     *,
     tls: MeshTls | None = None,
+    gateway_tls: GatewayTls | None = None,
 ) -> Snapshot:
     """The node's complete configuration. Raises ``UnknownNode`` for a sidecar whose service
     the registry does not know: it gets nothing (and stays not ready) until the service exists.
     ``memo`` (a ``SnapshotBuilder``) reuses parts translated for other snapshots (and brings
-    its own ``tls``); ``tls`` without one: mTLS between sidecars (``translate.tls``)."""
-    parts = memo or _Fresh(tls)
+    its own ``tls`` and ``gateway_tls``); ``tls`` without one: mTLS between sidecars,
+    ``gateway_tls``: the ingress serves TLS to outside clients (``translate.tls``)."""
+    parts = memo or _Fresh(tls, gateway_tls)
     if node.id.kind is NodeKind.INGRESS:
         return _ingress(registry, node, parts)
     svc = registry.service(node.id.name)
@@ -84,9 +86,11 @@ class _Fresh:
 
     pack_cache: PackCache | None = None
 
-    def __init__(self, tls: MeshTls | None = None) -> None:
+    def __init__(self, tls: MeshTls | None = None, gateway_tls: GatewayTls | None = None) -> None:
         self.tls = tls
         """mTLS between sidecars (``translate.tls``); None: plaintext."""
+        self.gateway_tls = gateway_tls
+        """TLS on the ingress listener for outside clients; None: plaintext."""
 
     def service_parts(self, registry: Registry, svc: MeshService) -> tuple[Clusters, Assignments]:
         return service_clusters(svc, self.tls), _assignments(registry, svc)
@@ -121,8 +125,9 @@ class SnapshotBuilder(_Fresh):
     MAX_NODE_SHAPES = 4096
     """Node shapes remembered; past it they are forgotten and translated again as needed."""
 
-    def __init__(self, tls: MeshTls | None = None) -> None:
+    def __init__(self, tls: MeshTls | None = None, gateway_tls: GatewayTls | None = None) -> None:
         self.tls = tls
+        self.gateway_tls = gateway_tls
         self._packs = self.pack_cache = PackCache()
         self._services: dict[str, tuple[object, Clusters, Assignments]] = {}
         self._nodes: dict[_NodeKey, tuple[e.cluster_pb2.Cluster, Listeners]] = {}
@@ -263,7 +268,7 @@ def _ingress(registry: Registry, node: ProxyNode, parts: _Fresh) -> Snapshot:
         node_id=str(node.id),
         clusters=tuple(clusters),
         endpoints=tuple(endpoints),
-        listeners=(ingress_listener(node),),
+        listeners=(ingress_listener(node, parts.gateway_tls),),
         routes=(ingress_route_config(registry),),
         pack_cache=parts.pack_cache,
     )

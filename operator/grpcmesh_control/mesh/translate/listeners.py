@@ -41,7 +41,13 @@ from grpcmesh_control.mesh.translate.routes import (
     InboundDeadline,
     inbound_route_config,
 )
-from grpcmesh_control.mesh.translate.tls import MeshTls, downstream_transport_socket, tls_inspector
+from grpcmesh_control.mesh.translate.tls import (
+    GatewayTls,
+    MeshTls,
+    downstream_transport_socket,
+    gateway_transport_socket,
+    tls_inspector,
+)
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -268,6 +274,12 @@ def egress_listener(node: ProxyNode) -> e.listener_pb2.Listener:
     return _listener(EGRESS, node.local_address, node.egress_port, hcm, Direction.OUTBOUND)
 
 
-def ingress_listener(node: ProxyNode) -> e.listener_pb2.Listener:
+def ingress_listener(node: ProxyNode, gateway: GatewayTls | None = None) -> e.listener_pb2.Listener:
+    """``<bind>:<ingress port>``, routes from RDS ``ingress``; with ``gateway``, TLS (and
+    maybe client certificates) for outside clients (``tls.gateway_transport_socket``), else
+    plaintext."""
     hcm = _rds(_hcm(INGRESS, node, edge=True), INGRESS)
-    return _listener(INGRESS, node.bind_address, node.ingress_port, hcm, Direction.INBOUND)
+    listener = _listener(INGRESS, node.bind_address, node.ingress_port, hcm, Direction.INBOUND)
+    if gateway is not None:
+        listener.filter_chains[0].transport_socket.CopyFrom(gateway_transport_socket(gateway))
+    return listener

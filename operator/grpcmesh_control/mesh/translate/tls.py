@@ -12,6 +12,12 @@ node, ``WORKLOAD_SECRET`` (its chain and key) and ``ROOTS_SECRET`` (the trust bu
 contexts here only name them, so they are the same for every node and stay in the shared
 group snapshots; the secrets themselves are per node (``workload_secrets``).
 
+The ingress gateway's own listener faces outside clients: with ``GatewayTls`` it serves TLS
+with a configured server certificate (``GATEWAY_CERTIFICATE_SECRET``, also over SDS, from the
+control plane that read it from files or a Kubernetes Secret), ALPN ``h2`` and ``http/1.1``,
+TLS 1.2 at least, and, when asked, requires a client certificate from
+``GATEWAY_CLIENT_ROOTS_SECRET``; without it, the listener stays plaintext.
+
 ``MtlsMode.PERMISSIVE`` (per MeshService, for migration) adds a plaintext filter chain beside
 the TLS one on that service's inbound listener: a TLS inspector tells them apart by the
 transport protocol of each connection.
@@ -29,12 +35,18 @@ from grpcmesh_control.mesh.translate import _envoy as e
 
 __all__ = [
     "ALPN",
+    "GATEWAY_ALPN",
+    "GATEWAY_CERTIFICATE_SECRET",
+    "GATEWAY_CLIENT_ROOTS_SECRET",
     "ROOTS_SECRET",
     "TLS_INSPECTOR",
     "TLS_TRANSPORT_SOCKET",
     "WORKLOAD_SECRET",
+    "GatewayTls",
     "MeshTls",
     "downstream_transport_socket",
+    "gateway_secrets",
+    "gateway_transport_socket",
     "tls_inspector",
     "upstream_transport_socket",
     "workload_secrets",
@@ -45,6 +57,12 @@ WORKLOAD_SECRET = "workload"
 ROOTS_SECRET = "mesh-roots"
 """The roots the node trusts (an SDS ``validation_context``)."""
 ALPN = ("h2",)
+GATEWAY_CERTIFICATE_SECRET = "gateway-certificate"
+"""The gateway's server certificate chain and key for outside clients (``tls_certificate``)."""
+GATEWAY_CLIENT_ROOTS_SECRET = "gateway-client-roots"
+"""The CAs outside clients' certificates must chain to (``GatewayTls.require_client_certificate``)."""
+GATEWAY_ALPN = ("h2", "http/1.1")
+"""gRPC clients negotiate h2; HTTP/1.1 stays for a curl at the edge (the HCM's codec is AUTO)."""
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 
@@ -70,6 +88,15 @@ class MeshTls:
     def peer_prefix(self) -> str:
         """Every identity of this trust domain starts so (``spiffe://<td>/``)."""
         return f"spiffe://{self.trust_domain}/"
+
+
+@dataclass(frozen=True)
+class GatewayTls:
+    """The ingress gateway serves TLS to outside clients (its certificate over SDS)."""
+
+    require_client_certificate: bool = False
+    """Outside clients must present a certificate from the configured client CAs (mTLS at the
+    edge); False: any client that trusts the gateway's certificate may connect."""
 
 
 def _sds(name: str) -> secret_pb2.SdsSecretConfig:
@@ -118,6 +145,51 @@ def upstream_transport_socket(server: SpiffeId) -> e.base_pb2.TransportSocket:
     present exactly ``server``'s identity."""
     peer = _uri_matcher(e.string_matcher_pb2.StringMatcher(exact=server.uri))
     return _socket(e.tls_pb2.UpstreamTlsContext(common_tls_context=_common(peer)))
+
+
+def gateway_transport_socket(gateway: GatewayTls) -> e.base_pb2.TransportSocket:
+    """The ingress listener's TLS for outside clients: the gateway's server certificate from
+    SDS, TLS 1.2 or newer, ALPN ``GATEWAY_ALPN``; a client certificate verified against
+    ``GATEWAY_CLIENT_ROOTS_SECRET`` and required when ``gateway`` says so."""
+    params = e.tls_common_pb2.TlsParameters
+    common = _Common(
+        alpn_protocols=list(GATEWAY_ALPN),
+        tls_params=params(tls_minimum_protocol_version=params.TlsProtocol.TLSv1_2),
+        tls_certificate_sds_secret_configs=[_sds(GATEWAY_CERTIFICATE_SECRET)],
+    )
+    context = e.tls_pb2.DownstreamTlsContext(common_tls_context=common)
+    if gateway.require_client_certificate:
+        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
+            _sds(GATEWAY_CLIENT_ROOTS_SECRET)
+        )
+        context.require_client_certificate.value = True
+    return _socket(context)
+
+
+def gateway_secrets(
+    cert_chain_pem: bytes, key_pem: bytes, client_roots_pem: bytes | None = None
+) -> list[secret_pb2.Secret]:
+    """The gateway's SDS secrets: ``GATEWAY_CERTIFICATE_SECRET`` (chain and key) and, with
+    ``client_roots_pem``, ``GATEWAY_CLIENT_ROOTS_SECRET``."""
+    secrets = [
+        secret_pb2.Secret(
+            name=GATEWAY_CERTIFICATE_SECRET,
+            tls_certificate=e.tls_common_pb2.TlsCertificate(
+                certificate_chain=e.base_pb2.DataSource(inline_bytes=cert_chain_pem),
+                private_key=e.base_pb2.DataSource(inline_bytes=key_pem),
+            ),
+        )
+    ]
+    if client_roots_pem is not None:
+        secrets.append(
+            secret_pb2.Secret(
+                name=GATEWAY_CLIENT_ROOTS_SECRET,
+                validation_context=e.tls_common_pb2.CertificateValidationContext(
+                    trusted_ca=e.base_pb2.DataSource(inline_bytes=client_roots_pem)
+                ),
+            )
+        )
+    return secrets
 
 
 def tls_inspector() -> e.listener_components_pb2.ListenerFilter:

@@ -28,6 +28,7 @@ __all__ = [
     "ResourceType",
     "TypeResources",
     "VersionedSnapshot",
+    "merge_resources",
     "pack_resources",
     "resource_name",
     "version_snapshot",
@@ -155,6 +156,22 @@ def pack_resources(
         versions[name] = version
     digest = _hash("".join(f"{n}={v};" for n, v in versions.items()).encode())
     return TypeResources(digest, packed, versions)
+
+
+def merge_resources(parts: Iterable[TypeResources]) -> TypeResources:
+    """One type's resources from several sets (a node's secrets from several sources), versioned
+    as ``pack_resources`` would version them together. A name in two sets is an error."""
+    packed: dict[str, any_pb2.Any] = {}
+    versions: dict[str, str] = {}
+    for part in parts:
+        for name, resource in part.resources.items():
+            if name in packed:
+                raise ValueError(f"resource {name!r} comes from two sources")
+            packed[name] = resource
+            versions[name] = part.resource_versions[name]
+    ordered = {name: versions[name] for name in sorted(versions)}
+    digest = _hash("".join(f"{n}={v};" for n, v in ordered.items()).encode())
+    return TypeResources(digest, {name: packed[name] for name in ordered}, ordered)
 
 
 def version_snapshot(resources: Mapping[str, Mapping[str, Message]]) -> VersionedSnapshot:

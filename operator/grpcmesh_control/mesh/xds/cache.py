@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpcmesh_control.mesh.translate.naming import node_group
-from grpcmesh_control.mesh.translate.versioned import SECRET, TypeResources, VersionedSnapshot
+from grpcmesh_control.mesh.translate.versioned import (
+    SECRET,
+    TypeResources,
+    VersionedSnapshot,
+    merge_resources,
+)
+
+WORKLOAD_SECRETS = "workload"
+"""The source of a node's own certificate and roots (``mesh.certificates``)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ class SnapshotCache:
         self._members: dict[str, dict[str, None]] = {}
         self._listeners: list[Callable[[NodeStatus], None]] = []
         self._secrets: dict[str, TypeResources] = {}
+        # node -> source -> its secrets; _secrets holds them merged, as the node is served them
+        self._secret_parts: dict[str, dict[str, TypeResources]] = {}
         self._node_generation: dict[str, int] = {}
         self._node_changed: dict[str, asyncio.Event] = {}
         # node -> (group snapshot, its secrets, the view made of them), the last view served
@@ -120,13 +130,22 @@ class SnapshotCache:
         self._views[node_id] = (group, secrets, view)
         return view
 
-    def set_node_secrets(self, node_id: str, secrets: TypeResources) -> bool:
+    def set_node_secrets(
+        self, node_id: str, secrets: TypeResources, *, source: str = WORKLOAD_SECRETS
+    ) -> bool:
         """Serve ``node_id`` these SDS secrets (``pack_resources(SECRET, ...)``) beside its
-        group's snapshot; False (and no push) when they did not change."""
-        current = self._secrets.get(node_id)
+        group's snapshot, in place of those ``source`` set before; the node is served every
+        source's together (the ingress gateway: its workload certificate and its server
+        certificate for outside clients). False (and no push) when they did not change."""
+        parts = self._secret_parts.setdefault(node_id, {})
+        current = parts.get(source)
         if current is not None and current.version == secrets.version:
             return False
-        self._secrets[node_id] = secrets
+        parts[source] = secrets
+        if len(parts) == 1:
+            self._secrets[node_id] = secrets
+        else:
+            self._secrets[node_id] = merge_resources(parts[s] for s in sorted(parts))
         self._node_generation[node_id] = self._node_generation.get(node_id, 0) + 1
         event = self._node_changed.pop(node_id, None)
         if event is not None:
@@ -140,6 +159,7 @@ class SnapshotCache:
         """Drop a node's secrets (it is gone: no stream of it waits); a node that comes back
         is issued new ones, and a stream of it starts counting generations from 0 again."""
         self._secrets.pop(node_id, None)
+        self._secret_parts.pop(node_id, None)
         self._views.pop(node_id, None)
         self._node_generation.pop(node_id, None)
         self._node_changed.pop(node_id, None)
