@@ -50,6 +50,7 @@ from grpcmesh_control.host.xds_host import XdsHost, join_host_port
 from grpcmesh_control.local import credential
 from grpcmesh_control.local.admin import apply_route, delete_route
 from grpcmesh_control.local.atomic import write_atomically
+from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
 from grpcmesh_control.local.mesh_ca import load_or_create_mesh_ca
 from grpcmesh_control.local.rollout import route_to_ready
 from grpcmesh_control.local.sources import RESOURCES_DIR, ApplyPlan

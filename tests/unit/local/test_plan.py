@@ -6,11 +6,13 @@ import dataclasses
 import itertools
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
 from grpcmesh_control.local.plan import (
     PORTS_PER_REPLICA,
     LocalSettings,
@@ -215,6 +217,27 @@ def test_control_plane_command(plan: Plan) -> None:
         "--admin-port",
         str(cp.admin_port),
     )
+
+
+def test_ingress_tls_files_reach_the_control_plane_and_never_a_bootstrap(
+    examples: tuple[MeshService, ...], settings: LocalSettings
+) -> None:
+    files = GatewayTlsFiles(Path("/pki/gw.crt"), Path("/pki/gw.key"), Path("/pki/clients.crt"))
+    plan = build_plan(
+        examples, itertools.count(FIRST_PORT), dataclasses.replace(settings, ingress_tls=files)
+    )
+    argv = plan.control_plane.process.argv
+    assert argv[argv.index("--admin-port") + 2 :] == (
+        "--ingress-tls-cert",
+        "/pki/gw.crt",
+        "--ingress-tls-key",
+        "/pki/gw.key",
+        "--ingress-client-ca",
+        "/pki/clients.crt",
+    )
+    assert plan.ingress.tls
+    assert not any("/pki/" in text for text in plan.files().values())
+    assert not build_plan(examples, itertools.count(FIRST_PORT), settings).ingress.tls
 
 
 def test_services_without_workload_run_nothing(settings: LocalSettings) -> None:

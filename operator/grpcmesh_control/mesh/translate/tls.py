@@ -60,7 +60,8 @@ ALPN = ("h2",)
 GATEWAY_CERTIFICATE_SECRET = "gateway-certificate"
 """The gateway's server certificate chain and key for outside clients (``tls_certificate``)."""
 GATEWAY_CLIENT_ROOTS_SECRET = "gateway-client-roots"
-"""The CAs outside clients' certificates must chain to (``GatewayTls.require_client_certificate``)."""
+"""The CAs outside clients' certificates must chain to (with
+``GatewayTls.require_client_certificate``)."""
 GATEWAY_ALPN = ("h2", "http/1.1")
 """gRPC clients negotiate h2; HTTP/1.1 stays for a curl at the edge (the HCM's codec is AUTO)."""
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
