@@ -27,7 +27,7 @@ from grpcmesh_control.mesh.translate.naming import (
     ProxyNode,
 )
 
-from .chart import NAMESPACE, RELEASE, Obj, env_of, find, one, render
+from .chart import NAMESPACE, RELEASE, REPO, Obj, env_of, find, load_yaml, one, render
 
 ENVOY = Path(sys.executable).parent / "envoy"
 PROXY = ProxySettings()
@@ -248,3 +248,64 @@ def test_tracing_reaches_the_gateway_and_the_operator() -> None:
     # Off by default: no collector anywhere, the default ratio left implicit.
     bootstrap, _ = gateway(render({}), RELEASE)
     assert "otlp_collector" not in bootstrap["node"]["metadata"]["grpcmesh"]
+
+
+GATEWAY_TLS = {"gateway": {"tls": {"secretName": "grpcmesh-gateway-tls"}}}
+
+
+def test_gateway_tls_is_off_by_default() -> None:
+    objects = render({})
+    operator = one(objects, "Deployment", f"{RELEASE}-operator")
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    assert "GRPCMESH_GATEWAY_TLS_SECRET" not in env_of(container)
+    assert not [r for r in find(objects, "Role") if r["metadata"]["name"].endswith("gateway-tls")]
+    (port,) = one(objects, "Service", f"{RELEASE}-gateway")["spec"]["ports"]
+    assert port["appProtocol"] == "kubernetes.io/h2c"
+
+
+@pytest.mark.parametrize("require_client", [False, True])
+def test_gateway_tls_names_the_secret_to_the_operator_and_lets_it_read_only_that(
+    require_client: bool,
+) -> None:
+    tls = {"secretName": "grpcmesh-gateway-tls", "requireClientCertificate": require_client}
+    objects = render({"gateway": {"tls": tls}})
+    operator = one(objects, "Deployment", f"{RELEASE}-operator")
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    settings = RuntimeSettings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.gateway_tls_secret == "grpcmesh-gateway-tls"
+    assert settings.gateway_client_certificates is require_client
+    # Least privilege: get, on that one Secret, in the release namespace; as manifests/rbac.
+    role = one(objects, "Role", f"{RELEASE}-operator-gateway-tls")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["grpcmesh-gateway-tls"],
+            "verbs": ["get"],
+        }
+    ]
+    manifest = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in load_yaml(REPO / "manifests" / "rbac" / "operator-gateway-tls.yaml")
+    }
+    assert role["rules"] == manifest["Role", role["metadata"]["name"]]["rules"]
+    binding = one(objects, "RoleBinding", f"{RELEASE}-operator-gateway-tls")
+    assert binding["subjects"] == manifest["RoleBinding", binding["metadata"]["name"]]["subjects"]
+    assert binding["roleRef"] == manifest["RoleBinding", binding["metadata"]["name"]]["roleRef"]
+    # Nothing reaches the gateway pods but xDS: no Secret volume, the same bootstrap.
+    _, deployment = gateway(objects, RELEASE)
+    pod = deployment["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    assert gateway(objects, RELEASE)[0] == gateway(render({}), RELEASE)[0]
+    (port,) = one(objects, "Service", f"{RELEASE}-gateway")["spec"]["ports"]
+    assert "appProtocol" not in port  # not h2c any more
+
+
+def test_gateway_tls_values_are_checked_by_the_schema() -> None:
+    from .test_chart import lint_errors
+
+    assert lint_errors({"gateway": {"tls": {"secretName": "Not_A_Name"}}})
+    assert lint_errors({"gateway": {"tls": {"secret": "x"}}})
+    assert lint_errors(GATEWAY_TLS) == []

@@ -169,10 +169,9 @@ class XdsHost:
             raise RuntimeError("the xDS host already serves the gateway TLS")
         if self.publisher.version is not None or self._server is not None:
             raise RuntimeError("gateway TLS must be set before the first snapshot is built")
-        if certificate is not None and certificate.tls != tls:
-            raise ValueError(f"the gateway certificate serves {certificate.tls}, not {tls}")
+        gateway = GatewayCertificates(self.cache, certificate, tls)
         self._builder.gateway_tls = tls
-        self.gateway = GatewayCertificates(self.cache, certificate)
+        self.gateway = gateway
         return self.gateway
 
     def _namespace_of(self, service: str) -> str | None:

@@ -98,9 +98,18 @@ class GatewayCertificates:
     it for all of them. ``certificate`` None: nothing is served yet (a cluster whose Secret
     is not there yet): the gateway's TLS listener waits for it and serves no one."""
 
-    def __init__(self, cache: SnapshotCache, certificate: GatewayCertificate | None) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        certificate: GatewayCertificate | None,
+        tls: GatewayTls | None = None,
+    ) -> None:
         self._cache = cache
         self.certificate = certificate
+        self.tls = tls or (GatewayTls() if certificate is None else certificate.tls)
+        """The listener's shape these certificates must fit (client certificates or not)."""
+        if certificate is not None and certificate.tls != self.tls:
+            raise GatewayTlsError(f"the certificate serves {certificate.tls}, not {self.tls}")
         self._served: set[str] = set()
         cache.subscribe(self._on_node)
 
@@ -110,7 +119,7 @@ class GatewayCertificates:
         certificates are required: that is the listener's shape, fixed when the host starts."""
         if self.certificate == certificate:
             return False
-        if self.certificate is not None and self.certificate.tls != certificate.tls:
+        if certificate.tls != self.tls:
             raise GatewayTlsError(
                 "client certificates are required or not from the start on; "
                 "restart the control plane to change that"

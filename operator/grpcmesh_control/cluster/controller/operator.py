@@ -42,6 +42,7 @@ from grpcmesh_control.cluster.controller.descriptors import (
     protos_of_config_maps,
 )
 from grpcmesh_control.cluster.controller.events import EventPoster
+from grpcmesh_control.cluster.controller.gateway_tls import GatewayTlsSecret
 from grpcmesh_control.cluster.controller.handlers import register_handlers
 from grpcmesh_control.cluster.controller.mesh import SERVICE_NAME_LABEL, MeshState
 from grpcmesh_control.cluster.controller.mesh_ca import ensure_mesh_ca
@@ -88,7 +89,9 @@ class Operator:
         """Every descriptor-set ConfigMap's files: reflection at the ingress answers from them."""
         # The same xDS host local mode runs; /status and /debug/* show what it serves.
         self.host = XdsHost(
-            catalog, problems=lambda: self.state.problems(), protos=lambda: self.protos
+            catalog,
+            problems=lambda: [*self.state.problems(), *self._gateway_problems()],
+            protos=lambda: self.protos,
         )
         self.metrics, self.cache, self.publisher = (
             self.host.metrics,
@@ -109,6 +112,8 @@ class Operator:
         self.status_follower = StatusFollower(settings.status_debounce)
         self.webhook_certificates = WebhookCertificates(settings)
         self.cache.subscribe(self._node_changed)
+        self.gateway_tls: GatewayTlsSecret | None = None
+        """Reads the gateway's TLS Secret and serves it (``settings.gateway_tls_secret``)."""
 
     @property
     def webhook_tls_dir(self) -> Path | None:
@@ -195,6 +200,10 @@ class Operator:
             for known in self._reconciler.known():
                 self.refresh_status(known)
 
+    def _gateway_problems(self) -> list[str]:
+        problem = None if self.gateway_tls is None else self.gateway_tls.problem
+        return [] if problem is None else [problem]
+
     def _node_changed(self, node: NodeStatus) -> None:
         try:
             parsed = NodeId.parse(node.node_id)
@@ -219,6 +228,9 @@ class Operator:
             await self.webhook_certificates.ensure(client)
         if settings.mesh_ca_secret is not None:
             await self._load_mesh_ca(client, settings.mesh_ca_secret)
+        if settings.gateway_tls_secret is not None and self.gateway_tls is None:
+            self.gateway_tls = GatewayTlsSecret(self.host, settings)
+            await self.gateway_tls.refresh(client)
         self.events.open()
         self.status_follower.open()
         self._reconciler = Reconciler(
@@ -268,6 +280,10 @@ class Operator:
                 tasks.create_task(self.events.run(client), name="events"),
                 tasks.create_task(self.host.wait_for_termination(), name="xds-server"),
             ]
+            if self.gateway_tls is not None:  # every replica serves xDS, so every one reads it
+                background.append(
+                    tasks.create_task(self.gateway_tls.refresh_forever(client), name="gateway-tls")
+                )
             if settings.manages_webhook_tls:
                 background.append(
                     tasks.create_task(

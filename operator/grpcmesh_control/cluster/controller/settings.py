@@ -91,6 +91,16 @@ class RuntimeSettings:
     missing, never rewritten (it may hold the user's own intermediate). With it, sidecars
     speak mTLS (STRICT unless a MeshService says PERMISSIVE) with workload certificates over
     SDS; None: plaintext, no CA."""
+    gateway_tls_secret: str | None = None
+    """Name of the ``kubernetes.io/tls`` Secret in ``namespace`` the ingress gateway serves
+    TLS to outside clients with (``cluster.objects.gateway_tls``): read at start and every
+    ``gateway_tls_refresh`` seconds, served to the gateway over SDS; None: plaintext."""
+    gateway_client_certificates: bool = False
+    """With ``gateway_tls_secret``: outside clients must present a certificate that chains to
+    the Secret's ``ca.crt``."""
+    gateway_tls_refresh: float = 30.0
+    """Seconds between reads of ``gateway_tls_secret`` (a renewed certificate is served by
+    then; only ``get`` on the one Secret is granted, no watch)."""
     missing_backends: MissingBackends = MissingBackends.WARN
     """What the validating webhook does with a backend that names no MeshService yet: warn
     (the default; resources may be applied in any order) or deny."""
@@ -187,6 +197,10 @@ class RuntimeSettings:
             ),
             namespace=environ.get("GRPCMESH_NAMESPACE") or defaults.namespace,
             mesh_ca_secret=environ.get("GRPCMESH_MESH_CA_SECRET") or None,
+            gateway_tls_secret=environ.get("GRPCMESH_GATEWAY_TLS_SECRET") or None,
+            gateway_client_certificates=_flag(
+                environ.get("GRPCMESH_GATEWAY_CLIENT_CERTIFICATES"), False
+            ),
             missing_backends=MissingBackends(
                 environ.get("GRPCMESH_MISSING_BACKENDS", defaults.missing_backends.value)
             ),
