@@ -29,11 +29,12 @@ def test_model_all() -> None:
 def test_translate_all() -> None:
     assert sorted(translate.__all__) == sorted(
         [
-            "PUSH_ORDER", "EffectiveRetry", "InconsistentSnapshot", "InvalidNodeId", "MeshTls",
-            "NodeId",
+            "PUSH_ORDER", "EffectiveRetry", "GatewayTls", "InconsistentSnapshot", "InvalidNodeId",
+            "MeshTls", "NodeId",
             "NodeKind", "Problem", "ProxyNode", "Registry", "ResourceType", "RoutePolicy",
             "Snapshot", "SnapshotBuilder", "UnknownNode", "build_snapshot", "check_consistency",
-            "external_cluster_name", "inbound_cluster_name", "node_group", "resource_name",
+            "external_cluster_name", "gateway_secrets", "inbound_cluster_name", "node_group",
+            "resource_name",
             "route_policies",
             "static_bootstrap", "version_cluster_name", "workload_secrets",
         ]

@@ -15,7 +15,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from grpcmesh_control.mesh.gateway_tls import GatewayCertificate, GatewayTlsError
+from grpcmesh_control.mesh.gateway_certificate import GatewayCertificate, GatewayTlsError
 
 __all__ = ["CLIENT_CA", "SERVER_CERT", "SERVER_KEY", "gateway_certificate_from_secret"]
 
