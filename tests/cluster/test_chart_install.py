@@ -17,7 +17,7 @@ import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ MONITORING = {
     "dashboards": {"enabled": True},
 }
 MESH_CA_SECRET = f"{RELEASE}-grpcmesh-mesh-ca"  # <fullname>-mesh-ca; the test checks the env
+GATEWAY_TLS_SECRET = f"{RELEASE}-gateway-tls"  # gateway.tls.secretName: the user's (or issuer's)
 PROXY_CONTAINER = "grpcmesh-proxy"
 OPERATOR_MANAGER = "grpcmesh-operator"
 
@@ -58,7 +59,8 @@ def values() -> Obj:
     """The defaults, plus what a shared test machine needs: free ports (the operator binds
     them on this host, not in a pod of its own) and monitoring on."""
     ports = {name: free_port() for name in ("xds", "webhook", "metrics", "health")}
-    return {"operator": {"ports": ports}, "monitoring": MONITORING}
+    gateway = {"tls": {"secretName": GATEWAY_TLS_SECRET}}
+    return {"operator": {"ports": ports}, "monitoring": MONITORING, "gateway": gateway}
 
 
 @dataclass
@@ -91,6 +93,8 @@ def installed(
         # Secret before the operator first started (docs/security.md).
         kube.kubectl("apply", "-f", "-", stdin=json.dumps(platform_intermediate_secret()))
         mesh_ca_version = kube.get("secret", MESH_CA_SECRET, RELEASE)["metadata"]["resourceVersion"]
+        # The gateway's certificate for outside clients, as cert-manager would write it.
+        kube.kubectl("apply", "-f", "-", stdin=json.dumps(gateway_tls_secret()))
         operator = OperatorProcess.start(
             kube, release, installed_package.grpcmesh, tmp_path_factory.mktemp("operator")
         )
@@ -197,6 +201,22 @@ def can_i(kube: KubeCluster, token: str, verb: str, resource: str) -> bool:
     return True
 
 
+def gateway_tls_secret() -> Obj:
+    """A ``kubernetes.io/tls`` Secret for the gateway's listener (``gateway.tls.secretName``)."""
+    now = datetime.now(UTC)
+    issued = CertificateAuthority.create_root(now, common_name="shop's CA").issue_serving(
+        ["shop.example"], now, validity=timedelta(days=1)
+    )
+    data = {"tls.crt": issued.cert_chain_pem(), "tls.key": issued.key_pem()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": GATEWAY_TLS_SECRET, "namespace": RELEASE},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+
+
 # --- the tests, in order ---------------------------------------------------------------------
 
 
@@ -273,10 +293,24 @@ def test_the_operator_serves_mtls_from_the_platforms_intermediate(installed: Ins
     )
 
 
+def test_the_operator_serves_the_gateways_tls_secret(installed: Installed) -> None:
+    """gateway.tls.secretName reached the operator, and with the chart's RBAC alone it read
+    that Secret (the log says so only once the certificate checked out) and may not change it."""
+    kube, operator = installed.kube, installed.operator
+    assert operator.settings.gateway_tls_secret == GATEWAY_TLS_SECRET
+    wait_until(
+        lambda: f"gateway TLS: serving Secret {RELEASE}/{GATEWAY_TLS_SECRET}" in operator.log(),
+        "the operator's log says it serves the gateway's TLS Secret",
+    )
+    assert can_i(kube, operator.token, "get", f"secrets/{GATEWAY_TLS_SECRET}")
+    for verb in ("patch", "delete"):
+        assert not can_i(kube, operator.token, verb, f"secrets/{GATEWAY_TLS_SECRET}"), verb
+
+
 def test_the_operator_reads_no_secret_but_its_own(installed: Installed) -> None:
     """Least privilege on Secrets, as the API server enforces it: the operator gets its
-    two Secrets by name and may create Secrets, and nothing else: not another Secret of its
-    namespace, not a list, not a rewrite of the mesh CA."""
+    two Secrets (and the gateway's, above) by name and may create Secrets, and nothing else:
+    not another Secret of its namespace, not a list, not a rewrite of the mesh CA."""
     kube, operator = installed.kube, installed.operator
     assert can_i(kube, operator.token, "get", f"secrets/{MESH_CA_SECRET}")
     assert can_i(kube, operator.token, "create", "secrets")

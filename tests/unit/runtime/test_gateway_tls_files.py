@@ -5,12 +5,15 @@ a bad one is a problem in /status while the previous certificate stays."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
+from grpcmesh_control.host.xds_host import REDACTED, snapshot_document
 from grpcmesh_control.local.controlplane import ControlPlane, ControlPlaneSettings
 from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
 from grpcmesh_control.mesh.ca import CertificateAuthority
@@ -61,6 +64,13 @@ def test_the_files_are_served_and_a_changed_one_replaces_them(
     cp = _control_plane(tmp_path / "state", files, catalog)
     assert _served_chain(cp) == first
     assert cp.reload_gateway_tls() is False  # unchanged files: nothing to do
+    # /debug/snapshot shows the secret with its key redacted.
+    snapshot = cp.cache.node_snapshot(str(GATEWAY.id))
+    assert snapshot is not None
+    shown = json.dumps(snapshot_document(str(GATEWAY.id), snapshot))
+    key_body = files.key.read_text().splitlines()[1]
+    assert GATEWAY_CERTIFICATE_SECRET in shown and REDACTED in shown
+    assert key_body not in shown and base64.b64encode(files.key.read_bytes()).decode() not in shown
     second = _write(files)
     assert cp.reload_gateway_tls() is True
     assert _served_chain(cp) == second
