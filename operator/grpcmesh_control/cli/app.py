@@ -770,6 +770,96 @@ def demo(
     raise typer.Exit(_run_until_signal(lambda stop: _demo_up(options, orders, rate, stop, console)))
 
 
+# --- ca ----------------------------------------------------------------------------------
+
+ca_app = typer.Typer(no_args_is_help=True, help="The mesh's certificate authority (local mode).")
+app.add_typer(ca_app, name="ca")
+
+
+class RotateUntil(StrEnum):
+    TRUST = "trust"
+    SIGN = "sign"
+    FINISH = "finish"
+
+
+def _ca_request(
+    state_dir: Path, request: Callable[[ControlPlaneClient], Coroutine[Any, Any, Any]]
+) -> Any:
+    state = _running_state(state_dir)
+    try:
+        token = credential.read(Path(state.run_dir))
+    except CredentialError as exc:
+        _fail(exc, EXIT_CANNOT_RUN)
+
+    async def send() -> Any:
+        async with ControlPlaneClient(state.control_plane_admin, token=token) as client:
+            return await request(client)
+
+    try:
+        return asyncio.run(send())
+    except AdminUnavailable as exc:
+        _fail(exc, EXIT_CANNOT_RUN)
+
+
+@ca_app.command("rotate")
+def ca_rotate(
+    state_dir: StateDir = DEFAULT_RUN_DIR,
+    until: Annotated[
+        RotateUntil,
+        typer.Option(
+            "--until",
+            help="Stop after this step: trust (both roots trusted), sign (the new root signs, "
+            "every certificate re-issued) or finish (the old root dropped).",
+        ),
+    ] = RotateUntil.FINISH,
+    timeout: Annotated[
+        float, typer.Option(min=1.0, help="Seconds to wait in all for the nodes to ACK.")
+    ] = 120.0,
+) -> None:
+    """Rotate the running mesh's root CA without a failed call.
+
+    Steps, each taken only once every connected sidecar ACKed the one before: trust (a new
+    root is made and sent to every sidecar beside the old one), sign (the new root signs and
+    every certificate is re-issued), finish (the old root is deleted and dropped from the
+    bundle). Run again to resume a rotation that stopped part way (--until, a timeout, a
+    crash): each step's state is in the run directory."""
+    from grpcmesh_control.local.mesh_ca import RotationPhase
+    from grpcmesh_control.local.rotation import (
+        RotationRefused,
+        RotationTimeout,
+        rotate_root,
+    )
+
+    console = _console()
+
+    async def rotate(client: ControlPlaneClient) -> dict[str, Any]:
+        return await rotate_root(
+            client, until=RotationPhase(until.value), timeout_s=timeout, report=console.print
+        )
+
+    try:
+        doc = _ca_request(state_dir, rotate)
+    except (RotationRefused, RotationTimeout) as exc:
+        _fail(exc)
+    signer = doc["signer"]
+    roots = ", ".join(r["serial"] for r in doc["roots"])
+    console.print(
+        f"phase {doc['phase'] or 'none (rotation complete)'}; signing root serial "
+        f"{signer['serial']}; trusted root serial(s) {roots}"
+    )
+
+
+@ca_app.command("status")
+def ca_status(state_dir: StateDir = DEFAULT_RUN_DIR) -> None:
+    """The mesh root: the rotation phase, the signing and trusted roots, nodes not caught up
+    (JSON)."""
+
+    async def get(client: ControlPlaneClient) -> dict[str, Any]:
+        return await client.rotation()
+
+    print(json.dumps(_ca_request(state_dir, get), indent=2))
+
+
 # --- control plane -----------------------------------------------------------------------
 
 

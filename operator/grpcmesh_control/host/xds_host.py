@@ -26,7 +26,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aiohttp import web
@@ -252,11 +252,13 @@ class XdsHost:
         http_host: str,
         http_port: int | None,
         stop_grace: float,
-        tls: tuple[bytes, bytes] | None = None,
+        tls: ServingTls | None = None,
     ) -> AsyncIterator[BoundPorts]:
         """ADS on ``xds_host:xds_port`` and ``app`` on ``http_host:http_port`` (None: no HTTP)
         while the block runs. ``tls``: (PEM private key, PEM certificate chain) to serve ADS
-        over TLS with; None: plaintext. ``OSError`` when a port cannot be bound."""
+        over TLS with, or a function returning the current pair (asked at each handshake; a
+        new pair serves new connections, as after a root rotation); None: plaintext.
+        ``OSError`` when a port cannot be bound."""
         # Without so_reuseport=0 grpc sets SO_REUSEPORT, and a second control plane on the same
         # port would silently share the Envoys' connections with the first.
         server = self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -279,7 +281,7 @@ class XdsHost:
                 bound_xds = (
                     server.add_insecure_port(address)
                     if tls is None
-                    else server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+                    else server.add_secure_port(address, _server_credentials(tls))
                 )
             except RuntimeError as exc:  # grpc reports a failed bind this way
                 raise OSError(f"xDS port {xds_host}:{xds_port}: {exc}") from None
@@ -317,6 +319,31 @@ class XdsHost:
         """End the ADS streams now (Envoys reconnect elsewhere and keep their config)."""
         if self._server is not None:
             await self._server.stop(grace)
+
+
+ServingTls = tuple[bytes, bytes] | Callable[[], tuple[bytes, bytes]]
+"""(PEM private key, PEM certificate chain), or a function returning the current one."""
+
+
+def _server_credentials(tls: ServingTls) -> grpc.ServerCredentials:
+    if not callable(tls):
+        return grpc.ssl_server_credentials([tls])
+    current = tls()
+    served = [current]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        pair = tls()
+        if pair == served[0]:
+            return None  # unchanged: keep serving the one configured
+        served[0] = pair
+        return grpc.ssl_server_certificate_configuration([pair])
+
+    # grpc's docs: the fetcher returns None to keep the current configuration (its stubs
+    # do not say so)
+    fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], fetch)
+    return grpc.dynamic_ssl_server_credentials(
+        grpc.ssl_server_certificate_configuration([current]), fetcher
+    )
 
 
 def status_document(

@@ -106,6 +106,32 @@ class ControlPlaneClient:
         """POST /delete. ``ok`` False carries the control plane's own error message."""
         return await self._change("/delete", json={"name": name})
 
+    async def rotation(self) -> dict[str, Any]:
+        """GET /ca/rotation: the root rotation's phase, roots and the nodes not caught up."""
+        return (await self._rotation_request("GET", None))[1]
+
+    async def rotate(self, phase: str) -> tuple[bool, dict[str, Any]]:
+        """POST /ca/rotation: take step ``phase``. (False, the document with ``error`` and
+        ``pending``) when the control plane refused it (409: nodes not caught up, or a step
+        out of order)."""
+        return await self._rotation_request("POST", {"phase": phase})
+
+    async def _rotation_request(
+        self, method: str, body: dict[str, str] | None
+    ) -> tuple[bool, dict[str, Any]]:
+        url = f"{self.base}/ca/rotation"
+        try:
+            async with self.session.request(method, url, json=body) as response:
+                text = await response.text()
+                if response.status in (200, 409):
+                    doc: dict[str, Any] = json.loads(text)
+                    return response.status == 200, doc
+                raise AdminUnavailable(
+                    f"{method} /ca/rotation: HTTP {response.status}: {_error_message(text)[:500]}"
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdminUnavailable(f"control plane at {self.base}: {exc!r}") from None
+
     async def _change(self, path: str, **request: Any) -> ApplyResult:
         try:
             async with self.session.post(f"{self.base}{path}", **request) as response:

@@ -51,8 +51,9 @@ from grpcmesh_control.local import credential
 from grpcmesh_control.local.admin import apply_route, delete_route
 from grpcmesh_control.local.atomic import write_atomically
 from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
-from grpcmesh_control.local.mesh_ca import load_or_create_mesh_ca
+from grpcmesh_control.local.mesh_ca import MeshAuthority, load_mesh_authority
 from grpcmesh_control.local.rollout import route_to_ready
+from grpcmesh_control.local.rotation import RootRotation, rotation_routes
 from grpcmesh_control.local.sources import RESOURCES_DIR, ApplyPlan
 from grpcmesh_control.local.sources.descriptors import (
     descriptor_set_name_error,
@@ -170,8 +171,10 @@ class ControlPlane:
         # TLS whenever it is secured, mTLS or not (a proxyless app's gRPC sends its token over
         # TLS only).
         ca = None
+        authority = None
         if settings.certificates is not None or settings.secure_xds:
-            ca = load_or_create_mesh_ca(settings.state_dir, dt.datetime.now(dt.UTC))
+            authority = load_mesh_authority(settings.state_dir, dt.datetime.now(dt.UTC))
+            ca = authority.signer
         self.host = XdsHost(
             catalog,
             clock=self.clock,
@@ -199,14 +202,14 @@ class ControlPlane:
             certificate = settings.gateway_tls.check(self._gateway_read)
             self.host.use_gateway_tls(certificate.tls, certificate)
         self._xds_tls: tuple[bytes, bytes] | None = None
-        if settings.secure_xds and ca is not None:
-            issued = ca.issue_serving(
-                [settings.host],
-                dt.datetime.now(dt.UTC),
-                validity=XDS_SERVING_VALIDITY,
-                common_name="grpcmesh xDS",
+        self.rotation: RootRotation | None = None
+        """The mesh root's rotation (``local.rotation``); None without mTLS."""
+        if self.host.certificates is not None:
+            self.rotation = RootRotation(
+                settings.state_dir, self.host.certificates, on_change=self._serve_xds_with
             )
-            self._xds_tls = (issued.key_pem(), issued.cert_chain_pem())
+        elif authority is not None:  # ADS over TLS without mTLS: the CA serves ADS alone
+            self._serve_xds_with(authority)
         self.metrics, self.cache, self.publisher = (
             self.host.metrics,
             self.host.cache,
@@ -214,6 +217,23 @@ class ControlPlane:
         )
         self.sources = FileSources(settings.state_dir, self._update, catalog=catalog)
         self.metrics.observe(cache=self.cache, source_problems=lambda: len(self.sources.problems))
+
+    def _serve_xds_with(self, authority: MeshAuthority) -> None:
+        """(Re-)issue the xDS server's certificate from the CA signing now: Envoys starting
+        later trust the bundle of ``authority`` (``ca-bundle.crt``), which holds its root."""
+        if not self.settings.secure_xds:
+            return
+        issued = authority.signer.issue_serving(
+            [self.settings.host],
+            dt.datetime.now(dt.UTC),
+            validity=XDS_SERVING_VALIDITY,
+            common_name="grpcmesh xDS",
+        )
+        self._xds_tls = (issued.key_pem(), issued.cert_chain_pem())
+
+    def _current_xds_tls(self) -> tuple[bytes, bytes]:
+        assert self._xds_tls is not None
+        return self._xds_tls
 
     def reload_protos(self) -> bool:
         """Read the descriptor sets again; when they changed and are valid, use them (the
@@ -306,8 +326,13 @@ class ControlPlane:
     def http_app(self) -> web.Application:
         """The xDS host's endpoints plus ``POST /apply``; all but ``credential.OPEN_PATHS``
         need the run directory's credential (created here if the launcher did not)."""
+        rotation = [] if self.rotation is None else rotation_routes(self.rotation)
         app = self.host.http_app(
-            [apply_route(self.apply, self.publisher), delete_route(self.sources, self.publisher)]
+            [
+                apply_route(self.apply, self.publisher),
+                delete_route(self.sources, self.publisher),
+                *rotation,
+            ]
         )
         app.middlewares.append(credential.middleware(credential.ensure(self.settings.state_dir)))
         return app
@@ -326,7 +351,7 @@ class ControlPlane:
                 http_host=settings.host,
                 http_port=settings.admin_port,
                 stop_grace=settings.stop_grace,
-                tls=self._xds_tls,
+                tls=None if self._xds_tls is None else self._current_xds_tls,
             ) as ports:
                 assert ports.http_port is not None
                 bound = BoundAddresses(settings.host, ports.xds_port, ports.http_port)

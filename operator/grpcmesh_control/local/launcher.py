@@ -22,7 +22,7 @@ from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.controlplane import certificates_from_env
 from grpcmesh_control.local.envoy_binary import find_envoy
 from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
-from grpcmesh_control.local.mesh_ca import CA_DIR, CA_ROOT_FILE, load_or_create_mesh_ca
+from grpcmesh_control.local.mesh_ca import BUNDLE_FILE, load_mesh_authority, write_bundle
 from grpcmesh_control.local.plan import (
     FILE_MODE,
     PORTS_PER_REPLICA,
@@ -151,8 +151,9 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
         trace_sampling=options.trace_sampling,
         xds_credential=token,
         # ADS is TLS with or without mTLS between sidecars: gRPC's xDS client (a proxyless
-        # app) sends its node token over TLS only.
-        xds_trusted_ca=run_dir / CA_DIR / CA_ROOT_FILE,
+        # app) sends its node token over TLS only. The roots trusted now (a root rotation
+        # changes them: ``local.mesh_ca``).
+        xds_trusted_ca=run_dir / BUNDLE_FILE,
         xds_token_expires=credential.node_token_expiry(),
         ingress_tls=ingress_tls,
     )
@@ -160,9 +161,10 @@ def _prepare(options: MeshOptions) -> tuple[Plan, LocalSettings]:
     plan = build_plan(services, iter(ports), settings)
     _reset_run_dir(run_dir)
     credential.create(run_dir, token)  # before the control plane starts: it reads it
-    # The root the Envoys and proxyless apps trust the xDS server's certificate with (and, with
-    # mTLS on, the issuer of the sidecars' certificates).
-    load_or_create_mesh_ca(run_dir, dt.datetime.now(dt.UTC))
+    # The roots the Envoys and proxyless apps trust the xDS server's certificate with (and,
+    # with mTLS on, the issuer of the sidecars' certificates).
+    now = dt.datetime.now(dt.UTC)
+    write_bundle(run_dir, load_mesh_authority(run_dir, now), now)
     _write_resources(run_dir / RESOURCES_DIR, files)
     for path, text in plan.files().items():
         path.parent.mkdir(parents=True, exist_ok=True)

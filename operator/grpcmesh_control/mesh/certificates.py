@@ -9,6 +9,12 @@ on the node's ADS stream. ``run`` renews every certificate at ``renew_fraction``
 connections already open carry on, so a rotation fails no call. A node that disconnects is
 forgotten (its certificate with it): one that comes back is issued a new one.
 
+A root rotation changes what the nodes hold without a restart: ``set_authority`` takes a new
+trust bundle (every node is sent its certificate again with it) or a new signer (every node is
+issued a new certificate). Each change is an *epoch*; ``pending`` names the connected nodes
+that have not yet ACKed the secrets of the current one, which is how a rotation knows every
+node trusts the new root before anything is signed by it.
+
 The renewal time is measured from the issuance, not from ``notBefore``: the CA backdates
 ``notBefore`` for clock skew, which would make a short-lived certificate due at once.
 """
@@ -16,9 +22,13 @@ The renewal time is measured from the issuance, not from ``notBefore``: the CA b
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from grpcmesh_control.mesh.ca import (
     CertificateAuthority,
@@ -104,9 +114,16 @@ class WorkloadCertificates:
         clock: Clock | None = None,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         namespace_of: Callable[[str], str | None] = lambda service: None,
+        roots: Sequence[x509.Certificate] = (),
     ) -> None:
         self._cache = cache
         self._ca = ca
+        self._roots: tuple[x509.Certificate, ...] = tuple(roots) or (ca.root,)
+        self.epoch = _epoch(ca, self._roots)
+        """Names the current signer and bundle; ``pending`` compares nodes' ACKs with it."""
+        self._pushed: dict[str, tuple[str, str]] = {}
+        # node -> (secrets version, epoch) last set; and the epoch of the last one it ACKed
+        self._acked_epoch: dict[str, str] = {}
         self.settings = settings or CertificateSettings()
         self._clock: Clock = clock or SystemClock()
         self._now = now
@@ -144,12 +161,57 @@ class WorkloadCertificates:
         it, no certificate the mesh issues verifies (a root rotation is due before)."""
         return min(c.not_valid_after_utc for c in (self._ca.certificate, *self._ca.chain))
 
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The CA signing now."""
+        return self._ca
+
+    @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """The trust bundle every node is sent (the signer's root first)."""
+        return self._roots
+
+    def set_authority(self, ca: CertificateAuthority, roots: Sequence[x509.Certificate]) -> int:
+        """Sign with ``ca`` and send every node ``roots`` from now on. A new signer re-issues
+        every node's certificate; a new bundle alone re-sends each node its certificate with
+        it. Returns how many nodes were sent new secrets (0: nothing changed)."""
+        roots = tuple(roots)
+        epoch = _epoch(ca, roots)
+        if epoch == self.epoch:
+            return 0
+        new_signer = _fingerprint(ca.certificate) != _fingerprint(self._ca.certificate)
+        self._ca, self._roots, self.epoch = ca, roots, epoch
+        nodes = list(self._held)
+        for node_id in nodes:
+            if new_signer:
+                self.issue(node_id)
+            else:
+                self._serve(node_id, self._held[node_id])
+        log.info(
+            "trust bundle %s, signer %s: %d nodes sent new secrets",
+            ", ".join(r.subject.rfc4514_string() for r in roots),
+            ca.certificate.subject.rfc4514_string(),
+            len(nodes),
+        )
+        return len(nodes)
+
+    def pending(self) -> list[str]:
+        """Connected nodes holding a certificate that have not ACKed the current epoch's
+        secrets (their trust bundle and signer), by node id."""
+        return sorted(n for n in self._held if self._acked_epoch.get(n) != self.epoch)
+
     def _on_node(self, status: NodeStatus) -> None:
         if not status.connected:
             self._held.pop(status.node_id, None)
+            self._pushed.pop(status.node_id, None)
+            self._acked_epoch.pop(status.node_id, None)
             self._cache.forget_node_secrets(status.node_id)
-        elif status.node_id not in self._held:
+            return
+        if status.node_id not in self._held:
             self.issue(status.node_id)
+        pushed = self._pushed.get(status.node_id)
+        if pushed is not None and status.acked.get(SECRET) == pushed[0]:
+            self._acked_epoch[status.node_id] = pushed[1]
 
     def issue(self, node_id: str) -> bool:
         """Issue ``node_id`` a new certificate and serve it; False for a node id of no known
@@ -166,16 +228,22 @@ class WorkloadCertificates:
         now = self._now()
         issued = self._ca.issue_workload(identity, now, ttl=self.settings.ttl)
         life = issued.not_after - now
-        self._held[node_id] = _Held(
+        held = self._held[node_id] = _Held(
             issued, now + life * self.settings.renew_fraction, identity, now
         )
-        certificate, roots = workload_secrets(
-            issued.cert_chain_pem(), issued.key_pem(), trust_bundle([self._ca.root], now)
-        )
-        self._cache.set_node_secrets(node_id, pack_resources(SECRET, [certificate, roots]))
+        self._serve(node_id, held)
         self.issued_count += 1
         log.info("issued %s a certificate for %s until %s", node_id, identity, issued.not_after)
         return True
+
+    def _serve(self, node_id: str, held: _Held) -> None:
+        issued = held.issued
+        certificate, roots = workload_secrets(
+            issued.cert_chain_pem(), issued.key_pem(), trust_bundle(self._roots, self._now())
+        )
+        secrets = pack_resources(SECRET, [certificate, roots])
+        self._pushed[node_id] = (secrets.version, self.epoch)
+        self._cache.set_node_secrets(node_id, secrets)
 
     def renew_due(self) -> int:
         """Renew every certificate due now; how many were renewed."""
@@ -195,3 +263,14 @@ class WorkloadCertificates:
             if soonest is not None:
                 wait = min(wait, max(0.0, (soonest - now).total_seconds()))
             await self._clock.sleep(wait)
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
+
+
+def _epoch(ca: CertificateAuthority, roots: Sequence[x509.Certificate]) -> str:
+    digest = hashlib.sha256(_fingerprint(ca.certificate))
+    for root in roots:
+        digest.update(_fingerprint(root))
+    return digest.hexdigest()[:16]
