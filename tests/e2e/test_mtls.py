@@ -5,7 +5,8 @@ seconds under open-loop load without a failed call, and the xDS channel refusing
 asks for another node's configuration (or sends no token).
 
 The mesh runs with short-lived certificates (``GRPCMESH_WORKLOAD_CERT_TTL``), so every test
-here also runs across rotations.
+here also runs across rotations. The last test rotates the mesh root itself (``grpcmesh ca
+rotate``) under load, with a deliberately slow xDS client among the nodes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import datetime as dt
 import http.client
 import json
 import socket
+import ssl
+import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,19 +26,25 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 from prometheus_client.parser import text_string_to_metric_families
 
 from grpcmesh_control.host.metrics import CERTIFICATE_EXPIRY, ROOTS_EXPIRY
-from grpcmesh_control.local.mesh_ca import load_or_create_mesh_ca
+from grpcmesh_control.local import credential
+from grpcmesh_control.local.mesh_ca import BUNDLE_FILE, load_or_create_mesh_ca, read_ca
 from grpcmesh_control.local.plan import ADMIN_SOCKET
 from grpcmesh_control.local.state import ReplicaState
-from grpcmesh_control.mesh.ca import CertificateAuthority, Issued, trust_bundle
+from grpcmesh_control.mesh.ca import CaError, CertificateAuthority, Issued, trust_bundle
 from grpcmesh_control.mesh.model.identity import SpiffeId, ingress_identity, workload_identity
 from grpcmesh_control.mesh.xds import CLUSTER, SECRET
 from grpcmesh_loadgen import run_load
-from tests.e2e.harness import Mesh, envoy_stats, eventually, proxies
+from tests.e2e.harness import Mesh, envoy_stats, eventually, grpcmesh, proxies
 from tests.e2e.test_mesh import (
     PAYMENTS_YAML,
     _charge_request,
@@ -361,3 +371,216 @@ async def test_a_sidecar_asking_for_another_nodes_config_is_refused(mesh: Mesh) 
         ), f"{line} not counted"
     # The mesh itself is unaffected: every node still converged with its own token.
     await wait_converged(mesh)
+
+
+# --- root rotation ---------------------------------------------------------------------------
+
+SLOW_NODE = "sidecar~catalog~slow"
+SLOW_S = 3.0
+"""How long the slow node sits on the first bundle that trusts a new root before ACKing it."""
+
+
+def _bundle_serials(response: discovery_pb2.DiscoveryResponse) -> set[int]:
+    """Serial numbers of the roots a SDS response's ``mesh-roots`` secret trusts."""
+    for packed in response.resources:
+        secret = secret_pb2.Secret()
+        packed.Unpack(secret)
+        if secret.name == "mesh-roots":
+            pem = secret.validation_context.trusted_ca.inline_bytes
+            return {c.serial_number for c in x509.load_pem_x509_certificates(pem)}
+    return set()
+
+
+class _SlowNode:
+    """An xDS client standing in for a sidecar slow to take a new trust bundle (a busy or
+    briefly partitioned Envoy): it ACKs every SDS response at once, except the first whose
+    bundle trusts a root it had not seen, which it ACKs ``SLOW_S`` later, noting when."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.new_root_acked_at: float | None = None
+        self.responses = 0
+
+    async def run(self) -> None:
+        mesh = self.mesh
+        catalog = next(r for r in mesh.state.replicas if r.service == "catalog")
+        bootstrap = json.loads(
+            (mesh.run_dir / catalog.service / catalog.replica / "envoy.json").read_text()
+        )
+        node = base_pb2.Node(
+            id=SLOW_NODE, metadata=json_format.ParseDict(bootstrap["node"]["metadata"], Struct())
+        )
+        token = credential.node_metadata(credential.read(mesh.run_dir), SLOW_NODE)
+        roots = (mesh.run_dir / BUNDLE_FILE).read_bytes()
+        names = ["workload", "mesh-roots"]
+        xds = mesh.state.control_plane_xds
+        async with grpc.aio.secure_channel(xds, grpc.ssl_channel_credentials(roots)) as channel:
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+                metadata=tuple(token.items())
+            )
+            await call.write(
+                discovery_pb2.DiscoveryRequest(node=node, type_url=SECRET, resource_names=names)
+            )
+            first: set[int] | None = None
+            while (response := await call.read()) is not grpc.aio.EOF:
+                assert isinstance(response, discovery_pb2.DiscoveryResponse)
+                self.responses += 1
+                trusted = _bundle_serials(response)
+                first = trusted if first is None else first
+                if self.new_root_acked_at is None and trusted - first:
+                    await asyncio.sleep(SLOW_S)
+                    self.new_root_acked_at = time.monotonic()
+                await call.write(
+                    discovery_pb2.DiscoveryRequest(
+                        node=node,
+                        type_url=SECRET,
+                        resource_names=names,
+                        version_info=response.version_info,
+                        response_nonce=response.nonce,
+                    )
+                )
+
+
+def _new_ca(run_dir: Path, old: CertificateAuthority) -> CertificateAuthority | None:
+    """The CA replacing ``old``: staged in ``ca-next/``, or in ``ca/`` once the rotation
+    finished (read only; None: no new CA yet, or caught between the two)."""
+    for directory in (run_dir / "ca-next", run_dir / "ca"):
+        try:
+            ca = read_ca(directory)
+        except (CaError, FileNotFoundError):
+            continue
+        if ca.root != old.root:
+            return ca
+    return None
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def _admin_get_at(config_file: Path, path: str) -> str:
+    connection = _UnixHTTPConnection(config_file.with_name(ADMIN_SOCKET))
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read().decode()
+    finally:
+        connection.close()
+    assert response.status == 200, (response.status, body)
+    return body
+
+
+def _held_by_envoy(config_file: Path) -> tuple[set[int], set[int]]:
+    """(serials of the mesh roots it trusts, serials of the leaf certificates it holds), from
+    its admin ``/certs``: those it was sent over SDS (``<inline>``; a file is the bootstrap's)."""
+    certs = json.loads(_admin_get_at(config_file, "/certs"))["certificates"]
+    roots = {
+        int(c["serial_number"], 16)
+        for entry in certs
+        for c in entry.get("ca_cert", [])
+        if c["path"] == "<inline>"
+    }
+    leaves = {
+        int(c["serial_number"], 16)
+        for entry in certs
+        for c in entry.get("cert_chain", [])
+        if c.get("subject_alt_names")
+    }
+    return roots, leaves
+
+
+async def test_the_root_rotates_under_load_without_a_failed_call(mesh: Mesh) -> None:
+    await wait_converged(mesh)
+    old = _mesh_ca(mesh)
+    old_client = _issue(old, workload_identity("orders"))
+    payments = mesh.replica("payments/v1-0")
+    slow = _SlowNode(mesh)
+    first_new_certificate: list[float] = []
+
+    async def watch_payments() -> None:
+        """Note when payments' sidecar first serves a certificate from the new root (a TLS
+        handshake trusting the new root alone, with a client certificate from it)."""
+        while not first_new_certificate:
+            new = _new_ca(mesh.run_dir, old)
+            if new is not None:
+                client = _issue(new, workload_identity("orders"))
+                outcome = await asyncio.to_thread(
+                    tls_probe, payments.sidecar_inbound, _pem(new.root), client
+                )
+                if outcome.startswith("accepted"):
+                    first_new_certificate.append(time.monotonic())
+            await asyncio.sleep(0.1)
+
+    async def rotate() -> subprocess.CompletedProcess[str]:
+        async def served() -> bool:
+            return slow.responses > 0
+
+        await eventually(served, timeout=10, what="the slow node is served its secrets")
+        await asyncio.sleep(1.0)  # under load first
+        return await asyncio.to_thread(
+            grpcmesh, "ca", "rotate", "--state-dir", str(mesh.run_dir), "--timeout", "30"
+        )
+
+    started = time.monotonic()
+    async with asyncio.TaskGroup() as group:
+        slow_task = group.create_task(slow.run())
+        watcher = group.create_task(watch_payments())
+        rotation = group.create_task(rotate())
+        # Open loop, 8 orders/s for 10 s, the rotation (~4 s with the slow node) inside it.
+        report = await run_load(mesh.state.ingress, orders=80, rate=8.0, deadline_s=10.0)
+        done = await rotation
+        slow_task.cancel()
+        watcher.cancel()
+    rotated_in = time.monotonic() - started
+    # Nothing was signed by the new root before the slow node trusted it.
+    assert slow.new_root_acked_at is not None and first_new_certificate
+    assert first_new_certificate[0] > slow.new_root_acked_at, (
+        "a sidecar held a certificate from the new root "
+        f"{slow.new_root_acked_at - first_new_certificate[0]:.2f} s before every node trusted it"
+    )
+    assert report.succeeded, (report.statuses, report.error_samples)
+    assert report.ok == report.planned == 80
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"waiting for {SLOW_NODE}" in done.stdout, done.stdout
+    assert "finish: all" in done.stdout, done.stdout
+
+    # Every proxy trusts the new root alone and holds the certificate the control plane issued
+    # from it; every sidecar's inbound serves a chain to it and refuses the old root's clients.
+    new = _mesh_ca(mesh)
+    assert new.root != old.root
+    assert not (mesh.run_dir / "ca-next").exists() and not (mesh.run_dir / "ca-rotation").exists()
+    new_client = _issue(new, workload_identity("orders"))
+    admin = f"http://{mesh.state.control_plane_admin}"
+    configs = {mesh.state.ingress_node_id: mesh.run_dir / "ingress" / "envoy.json"} | {
+        r.node_id: Path(r.config_file) for r in mesh.state.replicas
+    }
+    for node_id, config in configs.items():
+
+        async def renewed(node_id: str = node_id, config: Path = config) -> bool:
+            roots, leaves = await asyncio.to_thread(_held_by_envoy, config)
+            nodes = json.loads(await asyncio.to_thread(_get, f"{admin}/status"))["nodes"]
+            issued = {
+                int(n["certificate"]["serial"], 16)
+                for n in nodes
+                if n["id"] == node_id and n["connected"] and n["certificate"]
+            }
+            return roots == {new.root.serial_number} and bool(leaves & issued)
+
+        await eventually(renewed, timeout=10, what=f"{node_id} holds the new root alone")
+    for replica in mesh.state.replicas:
+        accepted = await asyncio.to_thread(
+            tls_probe, replica.sidecar_inbound, _pem(new.root), new_client
+        )
+        assert accepted.startswith("accepted"), (replica.node_id, accepted)
+        refused = await asyncio.to_thread(
+            tls_probe, replica.sidecar_inbound, _pem(new.root), old_client
+        )
+        assert refused.startswith("refused"), (replica.node_id, refused)
+    print(done.stdout)
+    print(f"load: {report.ok}/{report.planned} ok in {rotated_in:.1f} s, the rotation inside it")

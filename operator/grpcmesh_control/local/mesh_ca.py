@@ -49,6 +49,7 @@ __all__ = [
     "RotationPhase",
     "load_mesh_authority",
     "load_or_create_mesh_ca",
+    "read_ca",
     "set_phase",
     "stage_next_ca",
     "write_bundle",
@@ -171,6 +172,13 @@ def _complete_finish(state: Path) -> None:
         staged.rename(current)
     shutil.rmtree(retired, ignore_errors=True)
     (state / PHASE_FILE).unlink(missing_ok=True)
+
+
+def read_ca(directory: Path) -> CertificateAuthority:
+    """The CA in ``directory`` (``ca/`` or ``ca-next/``), read only: no rotation completed,
+    nothing created (for tools and tests looking at a running mesh; the control plane is the
+    one writer). ``CaError`` naming the file when it cannot serve."""
+    return _load(directory)
 
 
 def _load(directory: Path) -> CertificateAuthority:
