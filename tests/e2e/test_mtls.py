@@ -454,6 +454,21 @@ def _new_ca(run_dir: Path, old: CertificateAuthority) -> CertificateAuthority | 
     return None
 
 
+def _server_certificate(address: str, root: x509.Certificate) -> x509.Certificate:
+    """The certificate a TLS server at ``address`` presents, verified against ``root``."""
+    host, _, port = address.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(cadata=_pem(root).decode())
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -477,15 +492,11 @@ def _admin_get_at(config_file: Path, path: str) -> str:
 
 
 def _held_by_envoy(config_file: Path) -> tuple[set[int], set[int]]:
-    """(serials of the mesh roots it trusts, serials of the leaf certificates it holds), from
-    its admin ``/certs``: those it was sent over SDS (``<inline>``; a file is the bootstrap's)."""
+    """(serials of the roots it trusts, serials of the leaf certificates it holds), from its
+    admin ``/certs``: the mesh roots sent over SDS (``<inline>``) and the xDS server's, from
+    the file the bootstrap's file-based SDS names (``ca-bundle.crt``, watched)."""
     certs = json.loads(_admin_get_at(config_file, "/certs"))["certificates"]
-    roots = {
-        int(c["serial_number"], 16)
-        for entry in certs
-        for c in entry.get("ca_cert", [])
-        if c["path"] == "<inline>"
-    }
+    roots = {int(c["serial_number"], 16) for entry in certs for c in entry.get("ca_cert", [])}
     leaves = {
         int(c["serial_number"], 16)
         for entry in certs
@@ -573,6 +584,9 @@ async def test_the_root_rotates_under_load_without_a_failed_call(mesh: Mesh) -> 
             return roots == {new.root.serial_number} and bool(leaves & issued)
 
         await eventually(renewed, timeout=10, what=f"{node_id} holds the new root alone")
+    # The xDS server's certificate is the new root's too: an Envoy reconnecting verifies it.
+    server = await asyncio.to_thread(_server_certificate, mesh.state.control_plane_xds, new.root)
+    server.verify_directly_issued_by(new.root)
     for replica in mesh.state.replicas:
         accepted = await asyncio.to_thread(
             tls_probe, replica.sidecar_inbound, _pem(new.root), new_client

@@ -47,6 +47,7 @@ from grpcmesh_control.mesh.translate.bootstrap import (
     UNIX_PATH_MAX,
     envoy_command,
     render_bootstrap,
+    xds_roots_sds_document,
 )
 from grpcmesh_control.mesh.translate.naming import (
     DEFAULT_TRACE_SAMPLING,
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_INGRESS_NAME",
     "FILE_MODE",
     "PORTS_PER_REPLICA",
+    "XDS_ROOTS_SDS_FILE",
     "XDS_TOKEN_FILE",
     "ControlPlanePlan",
     "IngressPlan",
@@ -83,6 +85,8 @@ DEFAULT_INGRESS_NAME = "gateway"
 ADMIN_SOCKET = "admin.sock"
 XDS_TOKEN_FILE = "xds-token"
 """A proxyless app's node token, in its replica's directory (secured xDS)."""
+XDS_ROOTS_SDS_FILE = "xds-roots.json"
+"""Beside the bootstraps in the run directory: the file-based SDS of the xDS server's roots."""
 PORTS_PER_REPLICA = 5  # app gRPC, app metrics, sidecar inbound, egress, admin
 _FIXED_PORTS = 4  # control plane xDS + admin, ingress listener + admin
 # First words of spec.workload.command that mean "a Python interpreter": locally that is the
@@ -132,9 +136,11 @@ class LocalSettings:
     files must be written private), and the control plane runs with ``--secure-xds``, serving
     ADS only to nodes proving their id. None: ADS is open."""
     xds_trusted_ca: Path | None = None
-    """The mesh root (PEM file) the Envoys and proxyless apps verify the control plane's TLS
+    """The mesh roots (PEM file) the Envoys and proxyless apps verify the control plane's TLS
     certificate with (with ``xds_credential``); None: ADS in plaintext, which a proxyless app
-    cannot use with a credential (gRPC sends call credentials over TLS only)."""
+    cannot use with a credential (gRPC sends call credentials over TLS only). Envoys read it
+    through a file-based SDS document beside the bootstraps (``XDS_ROOTS_SDS_FILE``), so they
+    pick up a root rotation's new bundle when the file is replaced."""
     xds_token_expires: int | None = None
     """The node tokens' ``exp`` (Unix seconds; the launcher sets it once per ``up``, so a
     replan renders the same tokens); None: ``credential.node_token_expiry()`` at each use."""
@@ -275,6 +281,9 @@ class Plan:
     prometheus: PrometheusPlan | None = None
     services: tuple[MeshService, ...] = ()
     """The MeshServices the plan was made for, every declared one (with a workload or not)."""
+    xds_roots_sds: tuple[Path, Path] | None = None
+    """(the file-based SDS document every bootstrap reads the xDS server's roots from, the
+    PEM bundle it names): with a secured, TLS control plane (``xds_trusted_ca``)."""
 
     def files(self) -> dict[Path, str]:
         """Every file the processes need before they start: bootstraps, app config and the
@@ -286,6 +295,9 @@ class Plan:
             out |= r.files()
         if self.prometheus is not None:
             out[self.prometheus.config_path] = self.prometheus.config_text
+        if self.xds_roots_sds is not None:
+            document, bundle = self.xds_roots_sds
+            out[document] = _json(xds_roots_sds_document(bundle))
         return out
 
     def replica(self, key: str) -> ReplicaPlan:
@@ -363,7 +375,14 @@ def build_plan(
             else _prometheus(take(), settings, replicas, control_plane, ingress)
         ),
         services=tuple(sorted(services, key=lambda s: s.name)),
+        xds_roots_sds=_xds_roots_sds(settings),
     )
+
+
+def _xds_roots_sds(settings: LocalSettings) -> tuple[Path, Path] | None:
+    if settings.xds_credential is None or settings.xds_trusted_ca is None:
+        return None
+    return settings.run_dir / XDS_ROOTS_SDS_FILE, settings.xds_trusted_ca
 
 
 def new_replicas(plan: Plan, services: Sequence[MeshService]) -> int:
@@ -615,11 +634,13 @@ def _xds_security(settings: LocalSettings, node_id: str) -> dict[str, Any]:
     """``render_bootstrap``'s arguments proving ``node_id`` to a secured control plane."""
     if settings.xds_credential is None:
         return {}
+    roots = _xds_roots_sds(settings)
     return {
         "xds_metadata": credential.node_metadata(
             settings.xds_credential, node_id, expires=settings.xds_token_expires
         ),
         "xds_trusted_ca": settings.xds_trusted_ca,
+        "xds_roots_sds": None if roots is None else roots[0],
     }
 
 

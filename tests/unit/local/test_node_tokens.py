@@ -19,6 +19,7 @@ import pytest
 from grpcmesh_control.local import credential
 from grpcmesh_control.local.plan import (
     FILE_MODE,
+    XDS_ROOTS_SDS_FILE,
     XDS_TOKEN_FILE,
     LocalSettings,
     PlanError,
@@ -26,6 +27,7 @@ from grpcmesh_control.local.plan import (
     replan,
 )
 from grpcmesh_control.mesh.model import MeshService
+from grpcmesh_control.mesh.translate.bootstrap import XDS_ROOTS_SECRET
 from tests.unit.local.conftest import FIRST_PORT
 
 KEY = "the mesh credential"
@@ -160,6 +162,7 @@ def test_the_plan_gives_each_envoy_its_own_token_and_the_mesh_root(
         settings, xds_credential=KEY, xds_trusted_ca=root, xds_token_expires=EXPIRES
     )
     plan = build_plan(examples, itertools.count(FIRST_PORT), secured)
+    sds_file = settings.run_dir / XDS_ROOTS_SDS_FILE
     assert "--secure-xds" in plan.control_plane.process.argv
     bootstraps = {r.node_id: r.bootstrap for r in plan.replicas}
     bootstraps[plan.ingress.node_id] = plan.ingress.bootstrap
@@ -171,10 +174,18 @@ def test_the_plan_gives_each_envoy_its_own_token_and_the_mesh_root(
         ]
         (xds,) = bootstrap["static_resources"]["clusters"][:1]
         tls = xds["transport_socket"]["typed_config"]["common_tls_context"]
-        assert tls["validation_context"]["trusted_ca"] == {"filename": str(root)}
-        assert tls["validation_context"]["match_typed_subject_alt_names"] == [
+        combined = tls["combined_validation_context"]
+        assert combined["default_validation_context"]["match_typed_subject_alt_names"] == [
             {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}
         ]
+        # The roots come from a file-based SDS document Envoy watches (a root rotation
+        # replaces the bundle it names), written with the bootstraps.
+        sds = combined["validation_context_sds_secret_config"]
+        assert sds["name"] == XDS_ROOTS_SECRET
+        assert sds["sds_config"]["path_config_source"]["path"] == str(sds_file)
+    (document,) = json.loads(plan.files()[sds_file])["resources"]
+    assert document["name"] == XDS_ROOTS_SECRET
+    assert document["validation_context"]["trusted_ca"] == {"filename": str(root)}
     assert FILE_MODE == 0o600
 
 

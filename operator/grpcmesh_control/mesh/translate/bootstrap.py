@@ -24,6 +24,7 @@ from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (
     downstream_connections_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import json_format, struct_pb2
 
 from grpcmesh_control.mesh.translate import _envoy as e
@@ -35,11 +36,13 @@ __all__ = [
     "ADMIN_SOCKET_MODE",
     "READ_ONLY_PATHS",
     "XDS_CLUSTER",
+    "XDS_ROOTS_SECRET",
     "XdsTransport",
     "envoy_command",
     "render_bootstrap",
     "render_local_overlay",
     "xds_cluster",
+    "xds_roots_sds_document",
 ]
 
 XDS_CLUSTER = "xds_cluster"
@@ -83,6 +86,7 @@ def render_bootstrap(
     health_paths: tuple[str, ...] = HEALTH_PATHS,
     xds_metadata: Mapping[str, str] | None = None,
     xds_trusted_ca: Path | None = None,
+    xds_roots_sds: Path | None = None,
 ) -> dict[str, Any]:
     """The bootstrap as a dict (proto3 JSON field names).
 
@@ -103,7 +107,10 @@ def render_bootstrap(
     ``xds_metadata`` is sent as call metadata on every ADS stream (``initial_metadata``; the
     node's credential in local mode: the file must then be private). ``xds_trusted_ca`` (a PEM
     file) makes the ADS connection TLS, verifying the control plane's certificate against it
-    and its name (an IP SAN for an IP address) against the host of ``xds_address``.
+    and its name (an IP SAN for an IP address) against the host of ``xds_address``. With
+    ``xds_roots_sds`` (a file holding ``xds_roots_sds_document(xds_trusted_ca)``), Envoy reads
+    those roots through file-based SDS instead, which it watches: a root rotation replacing the
+    PEM file (by a rename) changes what new ADS connections trust, without a restart.
     """
     host, port = _split_host_port(xds_address)
     admin_address = e.socket_address(local_address, admin_port)
@@ -137,7 +144,15 @@ def render_bootstrap(
             lds_config=e.ads_source(),
         ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            clusters=[xds_cluster(host, port, xds_connect_timeout, trusted_ca=xds_trusted_ca)]
+            clusters=[
+                xds_cluster(
+                    host,
+                    port,
+                    xds_connect_timeout,
+                    trusted_ca=xds_trusted_ca,
+                    roots_sds=xds_roots_sds,
+                )
+            ]
         ),
         overload_manager=_overload_manager(max_downstream_connections),
     )
@@ -249,7 +264,12 @@ def _is_ip(host: str) -> bool:
 
 
 def xds_cluster(
-    host: str, port: int, connect_timeout: timedelta, *, trusted_ca: Path | None = None
+    host: str,
+    port: int,
+    connect_timeout: timedelta,
+    *,
+    trusted_ca: Path | None = None,
+    roots_sds: Path | None = None,
 ) -> e.cluster_pb2.Cluster:
     """The control plane's cluster; with ``trusted_ca``, over TLS (see ``render_bootstrap``)."""
     keepalive = e.protocol_pb2.KeepaliveSettings(
@@ -265,25 +285,56 @@ def xds_cluster(
         typed_extension_protocol_options=e.http2_upstream_options(keepalive),
     )
     if trusted_ca is not None:
-        cluster.transport_socket.CopyFrom(_xds_tls(host, trusted_ca))
+        cluster.transport_socket.CopyFrom(_xds_tls(host, trusted_ca, roots_sds))
     return cluster
 
 
-def _xds_tls(host: str, trusted_ca: Path) -> e.base_pb2.TransportSocket:
+XDS_ROOTS_SECRET = "xds-roots"
+"""The file-based SDS secret naming the roots the xDS server's certificate is checked with."""
+
+
+def xds_roots_sds_document(trusted_ca: Path) -> dict[str, Any]:
+    """The file-based SDS document ``render_bootstrap``'s ``xds_roots_sds`` names: one
+    validation context secret whose ``trusted_ca`` is the PEM file ``trusted_ca``. Envoy
+    watches both this file and ``trusted_ca`` for moves (replace them by renaming)."""
+    secret = secret_pb2.Secret(
+        name=XDS_ROOTS_SECRET,
+        validation_context=e.tls_common_pb2.CertificateValidationContext(
+            trusted_ca=e.base_pb2.DataSource(filename=str(trusted_ca))
+        ),
+    )
+    packed = json_format.MessageToDict(e.pack(secret), preserving_proto_field_name=True)
+    return {"resources": [packed]}
+
+
+def _xds_tls(host: str, trusted_ca: Path, roots_sds: Path | None) -> e.base_pb2.TransportSocket:
     san = e.tls_common_pb2.SubjectAltNameMatcher
     name = san(
         san_type=san.SanType.IP_ADDRESS if _is_ip(host) else san.SanType.DNS,
         matcher=e.string_matcher_pb2.StringMatcher(exact=host),
     )
-    context = e.tls_pb2.UpstreamTlsContext(
-        common_tls_context=e.tls_pb2.CommonTlsContext(
-            alpn_protocols=["h2"],
-            validation_context=e.tls_common_pb2.CertificateValidationContext(
+    common = e.tls_pb2.CommonTlsContext(alpn_protocols=["h2"])
+    if roots_sds is None:
+        common.validation_context.CopyFrom(
+            e.tls_common_pb2.CertificateValidationContext(
                 trusted_ca=e.base_pb2.DataSource(filename=str(trusted_ca)),
                 match_typed_subject_alt_names=[name],
-            ),
-        ),
-        sni="" if _is_ip(host) else host,
+            )
+        )
+    else:
+        combined = common.combined_validation_context
+        combined.default_validation_context.match_typed_subject_alt_names.append(name)
+        combined.validation_context_sds_secret_config.CopyFrom(
+            secret_pb2.SdsSecretConfig(
+                name=XDS_ROOTS_SECRET,
+                sds_config=config_source_pb2.ConfigSource(
+                    path_config_source=config_source_pb2.PathConfigSource(path=str(roots_sds)),
+                    resource_api_version=config_source_pb2.ApiVersion.V3,
+                ),
+            )
+        )
+    context = e.tls_pb2.UpstreamTlsContext(
+        common_tls_context=common, sni="" if _is_ip(host) else host
     )
     return e.base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=e.pack(context))
 
