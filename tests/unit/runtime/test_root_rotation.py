@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
@@ -179,15 +180,16 @@ def test_a_crash_inside_finish_is_completed_before_anything_reads_the_ca(tmp_pat
 
 
 @pytest.fixture
-async def server(control_plane: ControlPlane) -> AsyncIterator[TestServer]:
+async def server(control_plane: ControlPlane) -> AsyncIterator[BaseTestServer]:
     async with TestServer(control_plane.http_app(), host="127.0.0.1") as test_server:
         yield test_server
 
 
 async def test_the_endpoint_needs_the_credential(
-    control_plane: ControlPlane, server: TestServer
+    control_plane: ControlPlane, server: BaseTestServer
 ) -> None:
     assert control_plane.rotation is not None
+    stranger: TestClient[Any, Any]
     async with TestClient(server) as stranger:
         for method in ("GET", "POST"):
             response = await stranger.request(method, "/ca/rotation", json={"phase": "trust"})
@@ -196,7 +198,7 @@ async def test_the_endpoint_needs_the_credential(
 
 
 async def test_the_client_drives_every_step_and_reports_progress(
-    control_plane: ControlPlane, server: TestServer, tmp_path: Path
+    control_plane: ControlPlane, server: BaseTestServer, tmp_path: Path
 ) -> None:
     cache = control_plane.cache
     for node in NODES:
