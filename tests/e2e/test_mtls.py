@@ -215,15 +215,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 def _admin_get(replica: ReplicaState, path: str) -> str:
     """GET ``path`` on the sidecar's full admin interface: its unix socket (the TCP admin port
     serves only health and stats)."""
-    connection = _UnixHTTPConnection(Path(replica.config_file).with_name(ADMIN_SOCKET))
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        body = response.read().decode()
-    finally:
-        connection.close()
-    assert response.status == 200, (response.status, body)
-    return body
+    return _admin_get_at(Path(replica.config_file), path)
 
 
 async def _certs(replica: ReplicaState) -> dict[str, Any]:
@@ -481,6 +473,7 @@ def _get(url: str) -> str:
 
 
 def _admin_get_at(config_file: Path, path: str) -> str:
+    """GET ``path`` on the admin socket beside an Envoy's bootstrap."""
     connection = _UnixHTTPConnection(config_file.with_name(ADMIN_SOCKET))
     try:
         connection.request("GET", path)
@@ -589,6 +582,12 @@ async def test_the_root_rotates_under_load_without_a_failed_call(mesh: Mesh) -> 
             return roots == {new.root.serial_number} and bool(leaves & issued)
 
         await eventually(renewed, timeout=10, what=f"{node_id} holds the new root alone")
+    # `grpcmesh ca status` says so too: no rotation in progress, the new root alone.
+    shown = await asyncio.to_thread(grpcmesh, "ca", "status", "--state-dir", str(mesh.run_dir))
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["phase"] is None and doc["pending"] == []
+    assert [r["serial"] for r in doc["roots"]] == [f"{new.root.serial_number:x}"]
     # The xDS server's certificate is the new root's too: an Envoy reconnecting verifies it.
     server = await asyncio.to_thread(_server_certificate, mesh.state.control_plane_xds, new.root)
     server.verify_directly_issued_by(new.root)

@@ -634,19 +634,7 @@ def _change(
 ) -> None:
     """Send a change with the mesh's credential; print ``done`` and what the launcher did."""
     state = _running_state(state_dir)
-    try:
-        token = credential.read(Path(state.run_dir))
-    except CredentialError as exc:
-        _fail(exc, EXIT_CANNOT_RUN)
-
-    async def post() -> ApplyResult:
-        async with ControlPlaneClient(state.control_plane_admin, token=token) as client:
-            return await send(client)
-
-    try:
-        result = asyncio.run(post())
-    except AdminUnavailable as exc:
-        _fail(exc, EXIT_CANNOT_RUN)
+    result: ApplyResult = _with_client(state, send)
     if not result.ok:
         _fail(f"refused: {result.message}")
     _console().print(done)
@@ -782,10 +770,11 @@ class RotateUntil(StrEnum):
     FINISH = "finish"
 
 
-def _ca_request(
-    state_dir: Path, request: Callable[[ControlPlaneClient], Coroutine[Any, Any, Any]]
+def _with_client(
+    state: RunState, request: Callable[[ControlPlaneClient], Coroutine[Any, Any, Any]]
 ) -> Any:
-    state = _running_state(state_dir)
+    """``request`` on the running mesh's control plane, with its credential; exits 2 when the
+    credential cannot be read or the control plane does not answer."""
     try:
         token = credential.read(Path(state.run_dir))
     except CredentialError as exc:
@@ -838,7 +827,7 @@ def ca_rotate(
         )
 
     try:
-        doc = _ca_request(state_dir, rotate)
+        doc = _with_client(_running_state(state_dir), rotate)
     except (RotationRefused, RotationTimeout) as exc:
         _fail(exc)
     signer = doc["signer"]
@@ -857,7 +846,7 @@ def ca_status(state_dir: StateDir = DEFAULT_RUN_DIR) -> None:
     async def get(client: ControlPlaneClient) -> dict[str, Any]:
         return await client.rotation()
 
-    print(json.dumps(_ca_request(state_dir, get), indent=2))
+    print(json.dumps(_with_client(_running_state(state_dir), get), indent=2))
 
 
 # --- control plane -----------------------------------------------------------------------

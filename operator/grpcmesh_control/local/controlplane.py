@@ -14,7 +14,9 @@ plane serves the versions it served before; reconnecting Envoys ACK them without
 
 mTLS (on by default): the mesh CA is loaded from (or created in) ``<state>/ca``
 (``local.mesh_ca``), and every sidecar speaks mutual TLS with a certificate issued over SDS
-(``mesh.certificates``). ``certificates_from_env`` reads the knobs the operator reads too:
+(``mesh.certificates``). ``/ca/rotation`` rotates the root in steps (``local.rotation``,
+``grpcmesh ca rotate``), the state kept in the state directory so a restart resumes it.
+``certificates_from_env`` reads the knobs the operator reads too:
 ``GRPCMESH_TRUST_DOMAIN``, ``GRPCMESH_WORKLOAD_CERT_TTL`` (a duration, 24h by default),
 ``GRPCMESH_CERT_RENEW_FRACTION`` (0.5); ``GRPCMESH_MTLS=off`` runs the sidecars in plaintext
 (a benchmark's baseline).

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from cryptography import x509
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from grpcmesh_control.local import credential
 from grpcmesh_control.local.clients import ControlPlaneClient
@@ -35,6 +34,7 @@ from grpcmesh_control.mesh.certificates import WorkloadCertificates
 from grpcmesh_control.mesh.model import MethodCatalog
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_control.mesh.xds import SECRET, SnapshotCache
+from tests.unit.runtime.test_certificates import served
 
 NODES = ("sidecar~orders~0", "sidecar~payments~0")
 
@@ -58,13 +58,7 @@ def ack(cache: SnapshotCache, node: str) -> None:
 
 def held(cache: SnapshotCache, node: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
     """The node's workload certificate and the roots it is sent."""
-    secrets = cache.node_secrets(node)
-    assert secrets is not None
-    out = {}
-    for name, packed in secrets.resources.items():
-        secret = secret_pb2.Secret()
-        assert packed.Unpack(secret)
-        out[name] = secret
+    out = served(cache, node)
     chain = out["workload"].tls_certificate.certificate_chain.inline_bytes
     roots = out["mesh-roots"].validation_context.trusted_ca.inline_bytes
     return x509.load_pem_x509_certificate(chain), x509.load_pem_x509_certificates(roots)
