@@ -328,12 +328,11 @@ class ControlPlane:
     def http_app(self) -> web.Application:
         """The xDS host's endpoints plus ``POST /apply``; all but ``credential.OPEN_PATHS``
         need the run directory's credential (created here if the launcher did not)."""
-        rotation = [] if self.rotation is None else rotation_routes(self.rotation)
         app = self.host.http_app(
             [
                 apply_route(self.apply, self.publisher),
                 delete_route(self.sources, self.publisher),
-                *rotation,
+                *rotation_routes(self.rotation),
             ]
         )
         app.middlewares.append(credential.middleware(credential.ensure(self.settings.state_dir)))

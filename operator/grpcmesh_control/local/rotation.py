@@ -157,7 +157,19 @@ class RootRotation:
         self._on_change(authority)
 
 
-def rotation_routes(rotation: RootRotation) -> list[web.RouteDef]:
+def rotation_routes(rotation: RootRotation | None) -> list[web.RouteDef]:
+    """``GET`` and ``POST /ca/rotation`` (module docstring); without a mesh CA (``rotation``
+    None, ``GRPCMESH_MTLS=off``) both answer 404 saying so."""
+    if rotation is None:
+
+        async def no_ca(request: web.Request) -> web.Response:
+            return json_response(
+                {"error": "this mesh runs without a CA (GRPCMESH_MTLS=off): no root to rotate"},
+                status=404,
+            )
+
+        return [web.get(ROTATION_PATH, no_ca), web.post(ROTATION_PATH, no_ca)]
+
     async def get(request: web.Request) -> web.Response:
         return json_response(rotation.status())
 

@@ -15,7 +15,7 @@ from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from cryptography import x509
 
 from grpcmesh_control.local import credential
-from grpcmesh_control.local.clients import ControlPlaneClient
+from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
 from grpcmesh_control.local.controlplane import ControlPlane, ControlPlaneSettings
 from grpcmesh_control.local.mesh_ca import (
     BUNDLE_FILE,
@@ -218,3 +218,15 @@ async def test_the_client_drives_every_step_and_reports_progress(
         with pytest.raises(RotationTimeout, match="sidecar~catalog~0"):
             await rotate_root(client, poll_s=0.01, timeout_s=0.3)
         assert (await client.rotation())["phase"] == "trust"
+
+
+async def test_without_a_ca_the_endpoint_says_there_is_nothing_to_rotate(
+    tmp_path: Path, catalog: MethodCatalog
+) -> None:
+    plaintext = ControlPlane(ControlPlaneSettings(tmp_path, certificates=None), catalog=catalog)
+    assert plaintext.rotation is None
+    async with TestServer(plaintext.http_app(), host="127.0.0.1") as server:
+        address = f"{server.host}:{server.port}"
+        async with ControlPlaneClient(address, token=credential.read(tmp_path)) as client:
+            with pytest.raises(AdminUnavailable, match="without a CA"):
+                await client.rotate("trust")
