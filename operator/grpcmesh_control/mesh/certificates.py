@@ -197,8 +197,14 @@ class WorkloadCertificates:
 
     def pending(self) -> list[str]:
         """Connected nodes holding a certificate that have not ACKed the current epoch's
-        secrets (their trust bundle and signer), by node id."""
-        return sorted(n for n in self._held if self._acked_epoch.get(n) != self.epoch)
+        secrets (their trust bundle and signer), by node id. Proxyless apps are not waited
+        for: gRPC's xDS client asks for no SDS secrets, so it never ACKs any."""
+        return sorted(
+            n
+            for n in self._held
+            if self._acked_epoch.get(n) != self.epoch
+            and NodeId.parse(n).kind is not NodeKind.PROXYLESS
+        )
 
     def _on_node(self, status: NodeStatus) -> None:
         if not status.connected:
