@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from grpcmesh_control.local.mesh_ca import BUNDLE_FILE
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode
 from grpcmesh_loadgen import run_load
 from tests.e2e.harness import RESOURCES, Mesh, envoy_stats, eventually
@@ -69,10 +70,10 @@ async def test_orders_placed_with_a_proxyless_orders_skip_its_egress_sidecar(
         "orders", "v1-0"
     )
     assert "GRPCMESH_XDS_BOOTSTRAP" not in _app_env(mesh, "payments/v1-0")
-    # Secured xDS: TLS to the control plane (the mesh root) and the node's own token file.
+    # Secured xDS: TLS to the control plane (the trusted roots) and the node's own token file.
     (server,) = bootstrap["xds_servers"]
     assert server["channel_creds"] == [
-        {"type": "tls", "config": {"ca_certificate_file": str(mesh.run_dir / "ca" / "ca.crt")}}
+        {"type": "tls", "config": {"ca_certificate_file": str(mesh.run_dir / BUNDLE_FILE)}}
     ]
     ((creds),) = server["call_creds"]
     token_file = Path(creds["config"]["jwt_token_file"])
