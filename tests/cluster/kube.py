@@ -238,10 +238,18 @@ class KubeCluster:
         self.kubectl("create", "namespace", name)
         return name
 
-    def token(self, service_account: str, namespace: str, duration: str = "2h") -> str:
-        """A token for ``service_account`` (``kubectl create token``), for acting as it."""
+    def token(
+        self,
+        service_account: str,
+        namespace: str,
+        duration: str = "2h",
+        audience: str | None = None,
+    ) -> str:
+        """A token for ``service_account`` (``kubectl create token``), for acting as it; with
+        ``audience``, bound to it instead of the API server's."""
+        extra = [f"--audience={audience}"] if audience else []
         return self.kubectl(
-            "create", "token", service_account, "-n", namespace, f"--duration={duration}"
+            "create", "token", service_account, "-n", namespace, f"--duration={duration}", *extra
         ).strip()
 
     def kubeconfig_for(self, token: str, path: Path) -> Path:

@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +53,29 @@ from grpcmesh_control.cluster.controller.settings import RuntimeSettings
 from grpcmesh_control.cluster.controller.status_follower import Key, StatusFollower
 from grpcmesh_control.cluster.controller.webhook_server import BoundedWebhookServer
 from grpcmesh_control.cluster.controller.webhook_tls import WebhookCertificates
+from grpcmesh_control.cluster.controller.xds_auth import (
+    TOKEN_EXCHANGE_PATH,
+    ServiceAccount,
+    ServiceAccountTokens,
+    token_exchange_app,
+    token_review,
+)
 from grpcmesh_control.cluster.objects.kinds import (
     CONFIG_MAP,
     CUSTOM_RESOURCE_DEFINITION,
     ENDPOINT_SLICE,
     SERVICE_MONITOR_CRD,
 )
+from grpcmesh_control.cluster.objects.settings import XdsCredential
 from grpcmesh_control.cluster.objects.status import WorkloadRollout
-from grpcmesh_control.host.xds_host import XdsHost
+from grpcmesh_control.host.xds_host import XdsHost, join_host_port
+from grpcmesh_control.mesh.ca import CertificateAuthority, trust_bundle
 from grpcmesh_control.mesh.catalogs import ProtoSet
 from grpcmesh_control.mesh.errors import InvalidNodeId
 from grpcmesh_control.mesh.model import MethodCatalog
+from grpcmesh_control.mesh.model.identity import service_account_name
 from grpcmesh_control.mesh.translate import NodeId
+from grpcmesh_control.mesh.translate.bootstrap import split_host_port
 from grpcmesh_control.mesh.translate.naming import NodeKind
 from grpcmesh_control.mesh.xds.cache import NodeStatus
 
@@ -73,6 +84,9 @@ __all__ = ["Operator", "run_operator"]
 log = logging.getLogger(__name__)
 
 _ANNOTATION_PREFIX = "grpcmesh.io"
+XDS_SERVING_VALIDITY = timedelta(days=365)
+"""The xDS serving certificate's life: issued at every operator start (not renewed while it
+runs; an operator running for a year must be restarted)."""
 
 
 class Operator:
@@ -104,6 +118,8 @@ class Operator:
         self.registry = kopf.OperatorRegistry()
         register_handlers(self.registry, self)
         self.xds_port: int | None = None
+        self.token_exchange_port: int | None = None
+        self._xds_tls: tuple[bytes, bytes] | None = None
         self.metrics_port: int | None = None
         self._reconciler: Reconciler | None = None
         self._rollouts: dict[Key, WorkloadRollout] = {}
@@ -226,11 +242,16 @@ class Operator:
         settings = self.settings = await self._discover(client)
         if settings.manages_webhook_tls:
             await self.webhook_certificates.ensure(client)
+        ca = None
         if settings.mesh_ca_secret is not None:
-            await self._load_mesh_ca(client, settings.mesh_ca_secret)
+            ca = await self._load_mesh_ca(client, settings.mesh_ca_secret)
         if settings.gateway_tls_secret is not None and self.gateway_tls is None:
             self.gateway_tls = GatewayTlsSecret(self.host, settings)
             await self.gateway_tls.refresh(client)
+        exchange: web.AppRunner | None = None
+        if settings.xds_auth and ca is not None:
+            exchange = await self._secure_xds(client, ca)
+            settings = self.settings
         self.events.open()
         self.status_follower.open()
         self._reconciler = Reconciler(
@@ -251,6 +272,7 @@ class Operator:
                 http_host=settings.metrics_host,
                 http_port=settings.metrics_port,
                 stop_grace=settings.stop_grace,
+                tls=self._xds_tls,
             ) as ports:
                 self.xds_port, self.metrics_port = ports.xds_port, ports.http_port
                 log.info("xDS on port %s, metrics on port %s", self.xds_port, self.metrics_port)
@@ -258,6 +280,8 @@ class Operator:
                     on_ready(self)
                 await self._serve(client, stop_flag)
         finally:
+            if exchange is not None:
+                await exchange.cleanup()
             await client.close()
             self._reconciler = self._client = None
             self.status_follower.close()
@@ -327,7 +351,56 @@ class Operator:
         self.publisher.rebuild()
         log.info("registry primed: %d MeshServices, %d EndpointSlices", len(services), len(slices))
 
-    async def _load_mesh_ca(self, client: KubeClient, secret: str) -> None:
+    async def _secure_xds(self, client: KubeClient, ca: CertificateAuthority) -> web.AppRunner:
+        """Authenticated xDS (``xds_auth``): a serving certificate from the mesh CA for the
+        names sidecars dial, the ServiceAccount-token check on every ADS stream, and the token
+        exchange their STS credentials call, listening before any bootstrap names it. Returns
+        the exchange's runner (the caller cleans it up)."""
+        settings = self.settings
+        host = split_host_port(settings.render.xds_address)[0]
+        names = list(dict.fromkeys([host, *settings.xds_serving_names]))
+        issued = ca.issue_serving(
+            names,
+            datetime.now(UTC),
+            validity=XDS_SERVING_VALIDITY,
+            common_name="grpcmesh xDS",
+        )
+        self._xds_tls = (issued.key_pem(), issued.cert_chain_pem())
+        gateway = settings.gateway_service_account
+        tokens = ServiceAccountTokens(
+            token_review(client),
+            self._service_account_of,
+            gateway=None if gateway is None else ServiceAccount(settings.namespace, gateway),
+        )
+        self.host.authenticator = tokens
+        runner = web.AppRunner(token_exchange_app(tokens), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.xds_host, settings.token_exchange_port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        port = int(runner.addresses[0][1])
+        self.token_exchange_port = port
+        credential = XdsCredential(
+            root_pem=trust_bundle([ca.root], datetime.now(UTC)).decode(),
+            token_exchange_uri=f"http://{join_host_port(host, port)}{TOKEN_EXCHANGE_PATH}",
+        )
+        self.settings = replace(
+            settings, render=replace(settings.render, xds_credential=credential)
+        )
+        log.info(
+            "xDS authentication on: TLS for %s, token exchange on port %d", ", ".join(names), port
+        )
+        return runner
+
+    def _service_account_of(self, service: str) -> ServiceAccount | None:
+        """The account the MeshService named ``service`` runs under (the operator renders one
+        per MeshService, named like it); None for an unknown service."""
+        key = self.state.key_of(service)
+        return None if key is None else ServiceAccount(key[0], service_account_name(key[1]))
+
+    async def _load_mesh_ca(self, client: KubeClient, secret: str) -> CertificateAuthority:
         """The mesh CA from (or created in) Secret ``namespace/secret``, before the first
         snapshot: sidecars then speak mTLS, each issued its certificate over SDS. The gateway
         runs in the operator's namespace, so the ingress identity is named there; the kubelet
@@ -349,6 +422,7 @@ class Operator:
             secret,
             identity.trust_domain,
         )
+        return ca
 
     async def _discover(self, client: KubeClient) -> RuntimeSettings:
         """The settings, corrected by what the cluster serves: ServiceMonitors are rendered

@@ -101,6 +101,19 @@ class RuntimeSettings:
     gateway_tls_refresh: float = 30.0
     """Seconds between reads of ``gateway_tls_secret`` (a renewed certificate is served by
     then; only ``get`` on the one Secret is granted, no watch)."""
+    xds_auth: bool = False
+    """Serve ADS over TLS (a mesh-CA certificate for the host of ``render.xds_address``) to
+    sidecars proving their ServiceAccount with a projected token (``xds_auth``), each only its
+    own MeshService's configuration; needs ``mesh_ca_secret``. False: plaintext, open."""
+    token_exchange_port: int = 18001
+    """HTTP port of the RFC 8693 token exchange the sidecars' STS credentials call (with
+    ``xds_auth``), on ``xds_host``; 0 picks a free one (tests)."""
+    gateway_service_account: str | None = "grpcmesh-ingress"
+    """The ServiceAccount (in ``namespace``) whose token may ask for ingress nodes; None: no
+    gateway may connect."""
+    xds_serving_names: tuple[str, ...] = ()
+    """More names for the xDS serving certificate, besides the host of ``render.xds_address``
+    (e.g. the Service's name with the cluster domain)."""
     missing_backends: MissingBackends = MissingBackends.WARN
     """What the validating webhook does with a backend that names no MeshService yet: warn
     (the default; resources may be applied in any order) or deny."""
@@ -124,6 +137,11 @@ class RuntimeSettings:
     (same environment) differ and exactly one is active."""
 
     def __post_init__(self) -> None:
+        if self.xds_auth and self.mesh_ca_secret is None:
+            raise ValueError(
+                "GRPCMESH_XDS_AUTH needs GRPCMESH_MESH_CA_SECRET: the xDS server's certificate "
+                "comes from the mesh CA"
+            )
         if self.webhook_port is None:
             return
         if (self.webhook_certfile is None) != (self.webhook_pkeyfile is None):
@@ -200,6 +218,19 @@ class RuntimeSettings:
             gateway_tls_secret=environ.get("GRPCMESH_GATEWAY_TLS_SECRET") or None,
             gateway_client_certificates=_flag(
                 environ.get("GRPCMESH_GATEWAY_CLIENT_CERTIFICATES"), False
+            ),
+            xds_auth=_flag(environ.get("GRPCMESH_XDS_AUTH"), defaults.xds_auth),
+            token_exchange_port=int(
+                environ.get("GRPCMESH_TOKEN_EXCHANGE_PORT", defaults.token_exchange_port)
+            ),
+            gateway_service_account=environ.get(
+                "GRPCMESH_GATEWAY_SERVICE_ACCOUNT", defaults.gateway_service_account or ""
+            )
+            or None,
+            xds_serving_names=tuple(
+                name.strip()
+                for name in environ.get("GRPCMESH_XDS_SERVING_NAMES", "").split(",")
+                if name.strip()
             ),
             missing_backends=MissingBackends(
                 environ.get("GRPCMESH_MISSING_BACKENDS", defaults.missing_backends.value)

@@ -34,7 +34,6 @@ from typing import Any
 
 from grpcmesh_control.cluster.objects.desired import render_problems
 from grpcmesh_control.cluster.objects.names import (
-    BOOTSTRAP_VOLUME,
     INJECT_VALUE,
     LABEL_INJECT,
     LABEL_SERVICE,
@@ -43,9 +42,9 @@ from grpcmesh_control.cluster.objects.names import (
     version_service_name,
 )
 from grpcmesh_control.cluster.objects.proxy import (
-    bootstrap_volume,
     pod_local_env,
     proxy_container,
+    proxy_volumes,
     sidecar_app_env,
 )
 from grpcmesh_control.cluster.objects.pss import restricted_violations
@@ -306,11 +305,13 @@ def _injection(
     else:
         yield _add("/spec/initContainers", [proxy_container(service, settings)])
     volumes = spec.get("volumes") or []
-    if not any(v.get("name") == BOOTSTRAP_VOLUME for v in volumes):
-        if volumes:
-            yield _add("/spec/volumes/-", bootstrap_volume(service))
-        else:
-            yield _add("/spec/volumes", [bootstrap_volume(service)])
+    present = {v.get("name") for v in volumes}
+    missing = [v for v in proxy_volumes(service, settings) if v["name"] not in present]
+    if missing and volumes:
+        for volume in missing:
+            yield _add("/spec/volumes/-", volume)
+    elif missing:
+        yield _add("/spec/volumes", missing)
     wanted = pod_local_env(settings) + sidecar_app_env(settings)
     for i, container in enumerate(spec.get("containers") or []):
         env = container.get("env") or []

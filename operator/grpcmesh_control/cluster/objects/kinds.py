@@ -19,6 +19,7 @@ __all__ = [
     "SERVICE_ACCOUNT",
     "SERVICE_MONITOR",
     "SERVICE_MONITOR_CRD",
+    "TOKEN_REVIEW",
     "VALIDATING_WEBHOOK_CONFIGURATION",
     "VIRTUAL_NODE",
     "VIRTUAL_ROUTER",
@@ -69,6 +70,8 @@ OWNED_KINDS = (
 # Not rendered per MeshService: the webhooks' TLS when the operator manages it
 # (k8s.webhook_tls), in the operator's namespace and on the chart's webhook configurations.
 SECRET = Kind("", "v1", "Secret", "secrets")
+# Create only: who a sidecar's projected ServiceAccount token says it is (xDS authentication).
+TOKEN_REVIEW = Kind("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", namespaced=False)
 # Read only: the mesh's endpoints (the registry), and whether the cluster serves ServiceMonitors.
 ENDPOINT_SLICE = Kind("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
 CUSTOM_RESOURCE_DEFINITION = Kind(

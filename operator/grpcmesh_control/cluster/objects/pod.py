@@ -26,11 +26,11 @@ from grpcmesh_control.cluster.objects.names import (
     version_labels,
 )
 from grpcmesh_control.cluster.objects.proxy import (
-    bootstrap_volume,
     local_address,
     pod_local_env,
     pod_name_env,
     proxy_container,
+    proxy_volumes,
     proxyless_bootstrap,
 )
 from grpcmesh_control.cluster.objects.resources import render_resources
@@ -199,7 +199,7 @@ def pod_template(
         if bootstrap_hash is not None:
             annotations[ANNOTATION_BOOTSTRAP_HASH] = bootstrap_hash
         spec["initContainers"] = [proxy_container(svc.name, settings)]
-        volumes.append(bootstrap_volume(svc.name))
+        volumes += proxy_volumes(svc.name, settings)
     spec["containers"] = [app_container(svc, version, workload, settings)]
     spec["volumes"] = sorted(volumes, key=lambda v: str(v["name"]))
     return {

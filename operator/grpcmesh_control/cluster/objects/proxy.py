@@ -30,6 +30,7 @@ from grpcmesh_control.cluster.objects.security import restricted_security_contex
 from grpcmesh_control.cluster.objects.settings import OperatorSettings, PodLocalAddress
 from grpcmesh_control.mesh import appenv
 from grpcmesh_control.mesh.translate.bootstrap import (
+    XdsTokenExchange,
     envoy_command,
     render_bootstrap,
     render_local_overlay,
@@ -48,8 +49,11 @@ __all__ = [
     "local_address",
     "pod_local_env",
     "proxy_container",
+    "proxy_volumes",
     "sidecar_app_env",
     "sidecar_node_id",
+    "xds_token_exchange",
+    "xds_token_volume",
 ]
 
 BOOTSTRAP_DIR = "/etc/grpcmesh/envoy"
@@ -57,6 +61,12 @@ BOOTSTRAP_REPLICA = "unset"
 INBOUND_PORT_NAME = "grpc-inbound"
 HEALTH_PORT_NAME = "envoy-health"
 _READY_PATH = "/ready"
+XDS_TOKEN_VOLUME = "xds-token"
+XDS_TOKEN_DIR = "/var/run/secrets/grpcmesh/xds"
+XDS_TOKEN_FILE = "token"
+XDS_TOKEN_AUDIENCE = "grpcmesh"  # cluster.controller.xds_auth.AUDIENCE checks it
+XDS_TOKEN_EXPIRY = 3600
+"""Seconds a projected token lives; the kubelet replaces it at 80% of that."""
 POD_IP_VARIABLE = "POD_IP"
 POD_NAME_VARIABLE = "POD_NAME"
 
@@ -121,8 +131,37 @@ def bootstrap_data(service: str, app_port: int, settings: OperatorSettings) -> d
         node_metadata=node.metadata(),
         # With a per-pod local address the health listener comes from --config-yaml.
         health_port=proxy.health_port if shared else None,
+        xds_token_exchange=xds_token_exchange(settings),
     )
     return {BOOTSTRAP_KEY: json.dumps(document, indent=2, sort_keys=True) + "\n"}
+
+
+def xds_token_exchange(settings: OperatorSettings) -> XdsTokenExchange | None:
+    """How an Envoy of this cluster proves its ServiceAccount on its ADS stream (None: xDS
+    authentication is off)."""
+    credential = settings.xds_credential
+    if credential is None:
+        return None
+    return XdsTokenExchange(
+        trusted_ca_pem=credential.root_pem,
+        token_exchange_uri=credential.token_exchange_uri,
+        subject_token_path=f"{XDS_TOKEN_DIR}/{XDS_TOKEN_FILE}",
+        audience=XDS_TOKEN_AUDIENCE,
+    )
+
+
+def xds_token_volume() -> dict[str, Any]:
+    """The projected ServiceAccount token Envoy sends on its ADS stream: audience-bound, short
+    lived and rotated by the kubelet; mounted into the Envoy container only."""
+    token = {
+        "audience": XDS_TOKEN_AUDIENCE,
+        "expirationSeconds": XDS_TOKEN_EXPIRY,
+        "path": XDS_TOKEN_FILE,
+    }
+    return {
+        "name": XDS_TOKEN_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": token}], "defaultMode": 0o440},
+    }
 
 
 def bootstrap_hash(data: dict[str, str]) -> str:
@@ -134,6 +173,13 @@ def bootstrap_hash(data: dict[str, str]) -> str:
 
 def bootstrap_volume(service: str) -> dict[str, Any]:
     return {"name": BOOTSTRAP_VOLUME, "configMap": {"name": bootstrap_config_map_name(service)}}
+
+
+def proxy_volumes(service: str, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The volumes ``proxy_container`` mounts: its bootstrap and, with xDS authentication,
+    its projected token."""
+    token = [xds_token_volume()] if settings.xds_credential is not None else []
+    return [bootstrap_volume(service), *token]
 
 
 def proxy_container(service: str, settings: OperatorSettings) -> dict[str, Any]:
@@ -188,7 +234,14 @@ def proxy_container(service: str, settings: OperatorSettings) -> dict[str, Any]:
         },
         "resources": render_resources(None, proxy.resources),
         "securityContext": restricted_security_context(proxy.uid),
-        "volumeMounts": [{"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR, "readOnly": True},
+            *(
+                [{"name": XDS_TOKEN_VOLUME, "mountPath": XDS_TOKEN_DIR, "readOnly": True}]
+                if settings.xds_credential is not None
+                else []
+            ),
+        ],
     }
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "Provider",
     "ProxySettings",
     "TracingSettings",
+    "XdsCredential",
 ]
 
 
@@ -149,6 +150,16 @@ class AppMeshSettings:
 
 
 @dataclass(frozen=True)
+class XdsCredential:
+    """How sidecars authenticate their ADS stream (``cluster.controller.xds_auth``): trust
+    ``root_pem`` (the mesh root, public) for the xDS server's certificate, and exchange their
+    projected ServiceAccount token at ``token_exchange_uri``."""
+
+    root_pem: str
+    token_exchange_uri: str
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     provider: Provider = Provider.NATIVE
     xds_address: str = "grpcmesh-control.grpcmesh-system.svc:18000"
@@ -166,3 +177,7 @@ class OperatorSettings:
     identity: CertificateSettings = field(default_factory=CertificateSettings)
     """Workload identities and certificates (the chart's ``identity.*``); the operator's
     control plane sets ``ingress_namespace`` to its own namespace, where the gateway runs."""
+    xds_credential: XdsCredential | None = None
+    """Set by the operator once it serves authenticated xDS (``GRPCMESH_XDS_AUTH``): sidecars
+    then get a projected token volume and a bootstrap that proves their account over TLS.
+    None: plaintext, unauthenticated ADS."""

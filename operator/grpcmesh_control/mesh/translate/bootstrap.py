@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -35,12 +36,15 @@ __all__ = [
     "ADMIN_CLUSTER",
     "ADMIN_SOCKET_MODE",
     "READ_ONLY_PATHS",
+    "SUBJECT_TOKEN_TYPE_JWT",
     "XDS_CLUSTER",
     "XDS_ROOTS_SECRET",
+    "XdsTokenExchange",
     "XdsTransport",
     "envoy_command",
     "render_bootstrap",
     "render_local_overlay",
+    "split_host_port",
     "xds_cluster",
     "xds_roots_sds_document",
 ]
@@ -58,6 +62,36 @@ ADMIN_SOCKET_MODE = 0o600
 DEFAULT_MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 Cluster = e.cluster_pb2.Cluster
+
+
+SUBJECT_TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+"""RFC 8693's type of a Kubernetes ServiceAccount token (a JWT)."""
+XDS_STAT_PREFIX = "xds_grpc"
+
+
+@dataclass(frozen=True)
+class XdsTokenExchange:
+    """How a node in a cluster proves itself on its ADS stream (``render_bootstrap``): over TLS
+    verified against the mesh root (public: ``trusted_ca_pem`` inline, or the file
+    ``trusted_ca_file``), with call credentials from an RFC 8693 token exchange (gRPC's STS
+    credentials): ``subject_token_path`` (the kubelet-rotated projected ServiceAccount token)
+    is re-read and exchanged at ``token_exchange_uri`` for the bearer token sent on the
+    stream."""
+
+    token_exchange_uri: str
+    subject_token_path: str
+    audience: str
+    trusted_ca_pem: str | None = None
+    trusted_ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.trusted_ca_pem is None) == (self.trusted_ca_file is None):
+            raise ValueError("XdsTokenExchange: give trusted_ca_pem or trusted_ca_file")
+
+    def trusted_ca(self) -> e.base_pb2.DataSource:
+        if self.trusted_ca_file is not None:
+            return e.base_pb2.DataSource(filename=self.trusted_ca_file)
+        return e.base_pb2.DataSource(inline_string=self.trusted_ca_pem)
 
 
 class XdsTransport(StrEnum):
@@ -87,6 +121,7 @@ def render_bootstrap(
     xds_metadata: Mapping[str, str] | None = None,
     xds_trusted_ca: Path | None = None,
     xds_roots_sds: Path | None = None,
+    xds_token_exchange: XdsTokenExchange | None = None,
 ) -> dict[str, Any]:
     """The bootstrap as a dict (proto3 JSON field names).
 
@@ -111,8 +146,18 @@ def render_bootstrap(
     ``xds_roots_sds`` (a file holding ``xds_roots_sds_document(xds_trusted_ca)``), Envoy reads
     those roots through file-based SDS instead, which it watches: a root rotation replacing the
     PEM file (by a rename) changes what new ADS connections trust, without a restart.
+
+    ``xds_token_exchange`` (a cluster's sidecars and gateway) makes the ADS service Envoy's
+    ``google_grpc`` client instead of ``envoy_grpc``: only it has call credentials that re-read
+    a rotating token file (``XdsTokenExchange``). It has its own connection (DNS through gRPC's
+    resolver, stats under ``XDS_STAT_PREFIX``); ``xds_cluster`` stays, over TLS with the same
+    trust, for what the ingress routes to the control plane (server reflection).
     """
-    host, port = _split_host_port(xds_address)
+    if xds_token_exchange is not None and (
+        xds_metadata or xds_trusted_ca is not None or xds_roots_sds is not None
+    ):
+        raise ValueError("xds_token_exchange brings its own TLS and credential")
+    host, port = split_host_port(xds_address)
     admin_address = e.socket_address(local_address, admin_port)
     if admin_socket is not None:
         if health_port is not None:
@@ -129,7 +174,9 @@ def render_bootstrap(
                 api_type=config_source_pb2.ApiConfigSource.ApiType.Value(xds_transport.value),
                 transport_api_version=config_source_pb2.ApiVersion.V3,
                 grpc_services=[
-                    grpc_service_pb2.GrpcService(
+                    _google_grpc(xds_address, xds_token_exchange)
+                    if xds_token_exchange is not None
+                    else grpc_service_pb2.GrpcService(
                         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER),
                         initial_metadata=[
                             e.base_pb2.HeaderValue(key=key, value=value)
@@ -143,18 +190,13 @@ def render_bootstrap(
             cds_config=e.ads_source(),
             lds_config=e.ads_source(),
         ),
-        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            clusters=[
-                xds_cluster(
-                    host,
-                    port,
-                    xds_connect_timeout,
-                    trusted_ca=xds_trusted_ca,
-                    roots_sds=xds_roots_sds,
-                )
-            ]
-        ),
         overload_manager=_overload_manager(max_downstream_connections),
+    )
+    trust: e.base_pb2.DataSource | Path | None = xds_trusted_ca
+    if xds_token_exchange is not None:
+        trust = xds_token_exchange.trusted_ca()
+    bootstrap.static_resources.clusters.append(
+        xds_cluster(host, port, xds_connect_timeout, trusted_ca=trust, roots_sds=xds_roots_sds)
     )
     if health_port is not None:
         bootstrap.static_resources.clusters.append(_admin_cluster(admin_address))
@@ -162,6 +204,27 @@ def render_bootstrap(
             _health_listener(bind_address, health_port, health_paths)
         )
     return json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
+
+
+def _google_grpc(xds_address: str, exchange: XdsTokenExchange) -> grpc_service_pb2.GrpcService:
+    google = grpc_service_pb2.GrpcService.GoogleGrpc
+    sts = google.CallCredentials.StsService(
+        token_exchange_service_uri=exchange.token_exchange_uri,
+        subject_token_path=exchange.subject_token_path,
+        subject_token_type=SUBJECT_TOKEN_TYPE_JWT,
+        audience=exchange.audience,
+    )
+    return grpc_service_pb2.GrpcService(
+        google_grpc=google(
+            # gRPC verifies the server's certificate names this host (DNS or IP SAN).
+            target_uri=xds_address,
+            channel_credentials=google.ChannelCredentials(
+                ssl_credentials=google.SslCredentials(root_certs=exchange.trusted_ca())
+            ),
+            call_credentials=[google.CallCredentials(sts_service=sts)],
+            stat_prefix=XDS_STAT_PREFIX,
+        )
+    )
 
 
 UNIX_PATH_MAX = 107
@@ -248,7 +311,7 @@ def envoy_command(
     return command
 
 
-def _split_host_port(address: str) -> tuple[str, int]:
+def split_host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"xds_address {address!r} is not host:port")
@@ -268,10 +331,11 @@ def xds_cluster(
     port: int,
     connect_timeout: timedelta,
     *,
-    trusted_ca: Path | None = None,
+    trusted_ca: Path | e.base_pb2.DataSource | None = None,
     roots_sds: Path | None = None,
 ) -> e.cluster_pb2.Cluster:
-    """The control plane's cluster; with ``trusted_ca``, over TLS (see ``render_bootstrap``)."""
+    """The control plane's cluster; with ``trusted_ca`` (a PEM file, or the PEM itself as a
+    ``DataSource``), over TLS (see ``render_bootstrap``)."""
     keepalive = e.protocol_pb2.KeepaliveSettings(
         # Detect a dead control plane (or a silently dropped connection) within ~35 s.
         interval=e.duration(timedelta(seconds=30)),
@@ -307,7 +371,11 @@ def xds_roots_sds_document(trusted_ca: Path) -> dict[str, Any]:
     return {"resources": [packed]}
 
 
-def _xds_tls(host: str, trusted_ca: Path, roots_sds: Path | None) -> e.base_pb2.TransportSocket:
+def _xds_tls(
+    host: str, trusted_ca: Path | e.base_pb2.DataSource, roots_sds: Path | None
+) -> e.base_pb2.TransportSocket:
+    if isinstance(trusted_ca, Path):
+        trusted_ca = e.base_pb2.DataSource(filename=str(trusted_ca))
     san = e.tls_common_pb2.SubjectAltNameMatcher
     name = san(
         san_type=san.SanType.IP_ADDRESS if _is_ip(host) else san.SanType.DNS,
@@ -317,7 +385,7 @@ def _xds_tls(host: str, trusted_ca: Path, roots_sds: Path | None) -> e.base_pb2.
     if roots_sds is None:
         common.validation_context.CopyFrom(
             e.tls_common_pb2.CertificateValidationContext(
-                trusted_ca=e.base_pb2.DataSource(filename=str(trusted_ca)),
+                trusted_ca=trusted_ca,
                 match_typed_subject_alt_names=[name],
             )
         )

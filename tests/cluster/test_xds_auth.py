@@ -1,0 +1,240 @@
+"""xDS authentication in a cluster, on the real API server: the operator (a local process, run
+from this checkout, ``GRPCMESH_XDS_AUTH``) serves ADS over TLS with a mesh-CA certificate and
+only to an Envoy proving its ServiceAccount with a projected token, each only the nodes of the
+MeshService that runs under that account.
+
+- The catalog's pod really runs on the node agent (process runner): its Envoy sidecar has the
+  projected token the agent got from the TokenRequest API (audience ``grpcmesh``), exchanges
+  it at the operator's token endpoint (gRPC's STS credentials) and gets its config, so the pod
+  goes Ready through its proxy.
+- A real Envoy with the operator's own catalog bootstrap but ANOTHER ServiceAccount's token
+  (``kubectl create token --audience grpcmesh``) is refused with PERMISSION_DENIED, counted as
+  ``wrong_node``, and gets no listener.
+- A client without a token, or with a token for the API server's audience, is
+  UNAUTHENTICATED; the token endpoint refuses the latter too.
+
+The xDS address is an IP here: Envoy's gRPC client resolves names with the system resolver,
+which does not know the agent's DNS table (``docs/node-agent.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from grpcmesh_control.cluster.objects.names import BOOTSTRAP_KEY, bootstrap_config_map_name
+from grpcmesh_control.mesh.translate.bootstrap import SUBJECT_TOKEN_TYPE_JWT, envoy_command
+from grpcmesh_control.mesh.xds import CLUSTER
+from tests.cluster.conftest import StartAgent
+from tests.cluster.kube import KubeCluster, wait_until
+from tests.integration.test_xds_auth_envoy import _ads, _request
+from tests.loopback import LOCALHOST, free_port
+from tests.scrape import fetch, value
+from tests.shared import REPO, tool
+
+ADMIN_PORT = 15000  # the sidecar's admin, on its pod IP (pod-ip mode)
+REFUSALS = "grpcmesh_xds_refusals_total"
+
+
+@dataclass
+class RunningOperator:
+    xds: str
+    metrics: str
+    token_exchange: str
+    log: Path
+
+    def refusals(self, reason: str) -> float:
+        return value(fetch(self.metrics), REFUSALS, reason=reason)
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://{self.metrics}/status", timeout=5) as response:
+            document: dict[str, Any] = json.load(response)
+        return document
+
+
+@pytest.fixture
+def operator(kube: KubeCluster, namespace: str, tmp_path: Path) -> Iterator[RunningOperator]:
+    """``grpcmesh operator`` with xDS authentication, its CA Secret in the test's namespace."""
+    xds_port, metrics_port, exchange_port = free_port(), free_port(), free_port()
+    log = tmp_path / "operator.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [tool("grpcmesh"), "operator"],
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kube.kubeconfig),
+                "GRPCMESH_NAMESPACE": namespace,
+                "GRPCMESH_MESH_CA_SECRET": "mesh-ca",
+                "GRPCMESH_XDS_AUTH": "true",
+                "GRPCMESH_POD_LOCAL_ADDRESS": "pod-ip",
+                "GRPCMESH_XDS_ADDRESS": f"{LOCALHOST}:{xds_port}",
+                "GRPCMESH_XDS_HOST": LOCALHOST,
+                "GRPCMESH_XDS_PORT": str(xds_port),
+                "GRPCMESH_TOKEN_EXCHANGE_PORT": str(exchange_port),
+                "GRPCMESH_METRICS_HOST": LOCALHOST,
+                "GRPCMESH_METRICS_PORT": str(metrics_port),
+                "GRPCMESH_LIVENESS": "",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield RunningOperator(
+                xds=f"{LOCALHOST}:{xds_port}",
+                metrics=f"{LOCALHOST}:{metrics_port}",
+                token_exchange=f"http://{LOCALHOST}:{exchange_port}/token",
+                log=log,
+            )
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def descriptors() -> dict[str, Any]:
+    binpb = REPO / "charts" / "grpcmesh" / "files" / "descriptors" / "grpcmesh.shop.v1.binpb"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "shop-descriptors", "labels": {"grpcmesh.io/descriptor-set": "true"}},
+        "binaryData": {"grpcmesh.shop.v1.binpb": base64.b64encode(binpb.read_bytes()).decode()},
+    }
+
+
+def ready_pod(kube: KubeCluster, namespace: str) -> dict[str, Any] | None:
+    for pod in kube.items("pods", namespace, "grpcmesh.io/service=catalog"):
+        conditions = pod.get("status", {}).get("conditions", [])
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            return dict(pod)
+    return None
+
+
+def admin(address: str, path: str) -> str:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def stat(address: str, name: str) -> int | None:
+    for line in admin(address, f"/stats?filter=^{name}$").splitlines():
+        key, _, number = line.partition(": ")
+        if key == name:
+            return int(number)
+    return None
+
+
+def exchange(url: str, token: str) -> tuple[int, dict[str, Any]]:
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": token,
+            "subject_token_type": SUBJECT_TOKEN_TYPE_JWT,
+        }
+    ).encode()
+    try:
+        with urllib.request.urlopen(url, data=form, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_only_the_services_own_account_gets_its_config(
+    kube: KubeCluster,
+    namespace: str,
+    start_node_agent: StartAgent,
+    operator: RunningOperator,
+    tmp_path: Path,
+) -> None:
+    start_node_agent("process")
+    catalog = yaml.safe_load((REPO / "manifests" / "examples" / "catalog.yaml").read_text())
+    catalog["spec"]["replicas"] = 1
+    kube.apply([descriptors(), catalog], namespace=namespace)
+
+    # 1. The sidecar with its own account's projected token: config over TLS, pod Ready.
+    pod = wait_until(lambda: ready_pod(kube, namespace), "the catalog pod Ready", timeout=90)
+    assert pod["spec"]["serviceAccountName"] == "catalog"
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "xds-token"]
+    (source,) = volume["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "grpcmesh"
+    (sidecar,) = pod["spec"]["initContainers"]
+    assert "xds-token" in {m["name"] for m in sidecar["volumeMounts"]}
+    (app,) = pod["spec"]["containers"]
+    assert "xds-token" not in {m["name"] for m in app.get("volumeMounts", [])}
+    sidecar_admin = f"{pod['status']['podIP']}:{ADMIN_PORT}"
+    assert stat(sidecar_admin, "control_plane.connected_state") == 1
+    nodes = {n["id"]: n for n in operator.status()["nodes"]}
+    node = nodes[f"sidecar~catalog~{pod['metadata']['name']}"]
+    assert node["connected"] and node["acked_version"] == node["snapshot_version"]
+    assert operator.refusals("wrong_node") == 0
+    assert operator.refusals("unauthenticated") == 0
+
+    # 2. A real Envoy with the catalog's bootstrap and another account's token: refused.
+    kube.kubectl("create", "serviceaccount", "intruder", "-n", namespace)
+    intruder = kube.token("intruder", namespace, duration="10m", audience="grpcmesh")
+    token_file = tmp_path / "token"
+    token_file.write_text(intruder)
+    config_map = kube.get("configmap", bootstrap_config_map_name("catalog"), namespace)
+    bootstrap = json.loads(config_map["data"][BOOTSTRAP_KEY])
+    (service,) = bootstrap["dynamic_resources"]["ads_config"]["grpc_services"]
+    sts = service["google_grpc"]["call_credentials"][0]["sts_service"]
+    sts["subject_token_path"] = str(token_file)
+    (tmp_path / "envoy.json").write_text(json.dumps(bootstrap))
+    admin_port = free_port()
+    overlay = {
+        "admin": {"address": {"socket_address": {"address": LOCALHOST, "port_value": admin_port}}}
+    }
+    command = envoy_command(tmp_path / "envoy.json", envoy=tool("envoy"), log_level="info")
+    command += ["--service-node", "sidecar~catalog~intruder", "--config-yaml", json.dumps(overlay)]
+    with (tmp_path / "envoy.log").open("w") as envoy_log:
+        envoy = subprocess.Popen(command, stdout=envoy_log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(
+                lambda: operator.refusals("wrong_node") >= 2 or None,
+                "the operator to refuse the intruder (twice: Envoy retries)",
+                timeout=30,
+            )
+            assert stat(f"{LOCALHOST}:{admin_port}", "control_plane.connected_state") == 0
+            assert json.loads(admin(f"{LOCALHOST}:{admin_port}", "/listeners?format=json")) in (
+                {},
+                {"listener_statuses": []},
+            )
+        finally:
+            envoy.terminate()
+            envoy.wait(timeout=10)
+    assert "closed: 7" in (tmp_path / "envoy.log").read_text()  # PERMISSION_DENIED
+    assert "sidecar~catalog~intruder" not in {n["id"] for n in operator.status()["nodes"]}
+    # The intruder's token is a valid one for the mesh: the exchange grants it (the stream
+    # check is what ties it to its own services).
+    code, answer = exchange(operator.token_exchange, intruder)
+    assert code == 200 and answer["access_token"] == intruder and answer["expires_in"] > 0
+
+    # 3. No token, or one for the API server's audience: UNAUTHENTICATED, nothing sent.
+    root = service["google_grpc"]["channel_credentials"]["ssl_credentials"]["root_certs"]
+    root_pem = root["inline_string"].encode()
+    api_token = kube.token("catalog", namespace, duration="10m")
+    for metadata in (None, {"authorization": f"Bearer {api_token}"}):
+        received, error = asyncio.run(
+            _ads(operator.xds, root_pem, [_request("sidecar~catalog~x", CLUSTER)], metadata)
+        )
+        assert error is not None and error.code() is grpc.StatusCode.UNAUTHENTICATED, error
+        assert received == []
+    assert operator.refusals("unauthenticated") == 2
+    code, answer = exchange(operator.token_exchange, api_token)
+    assert code == 400 and answer["error"] == "invalid_grant"
