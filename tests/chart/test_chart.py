@@ -264,6 +264,11 @@ def test_operator_environment(cell: Cell) -> None:
         "GRPCMESH_MESH_CA_SECRET": f"{FULLNAME}-mesh-ca",
         "GRPCMESH_WEBHOOK_PORT": "9443",
         "GRPCMESH_WEBHOOK_HOST": host,
+        # xDS authentication, on by default (tests/chart/test_gateway.py: the gateway's half).
+        "GRPCMESH_XDS_AUTH": "true",
+        "GRPCMESH_TOKEN_EXCHANGE_PORT": "18001",
+        "GRPCMESH_GATEWAY_SERVICE_ACCOUNT": "grpcmesh-ingress",
+        "GRPCMESH_XDS_ROOT_CONFIG_MAP": f"{FULLNAME}-xds-root",
         "POD_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
         "GRPCMESH_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
     }
@@ -358,13 +363,20 @@ def test_control_service_ports() -> None:
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
     assert ports == {
         "grpc-xds": (18000, "grpc-xds"),
+        "http-token": (18001, "http-token"),  # the token exchange (xDS authentication)
         "https-webhook": (443, "https-webhook"),
         "metrics": (9090, "metrics"),
     }
     pod = one(objects, "Deployment", f"{FULLNAME}-operator")["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert named == {"grpc-xds": 18000, "https-webhook": 9443, "metrics": 9090, "health": 8080}
+    assert named == {
+        "grpc-xds": 18000,
+        "http-token": 18001,
+        "https-webhook": 9443,
+        "metrics": 9090,
+        "health": 8080,
+    }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     # Ready only while it is the active peer (a standby's registry is empty).
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}

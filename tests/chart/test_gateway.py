@@ -4,6 +4,7 @@ the per-pod node id, and the real Envoy accepts the bootstrap."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -12,10 +13,17 @@ from pathlib import Path
 import pytest
 
 from grpcmesh_control.cluster.controller.settings import RuntimeSettings
-from grpcmesh_control.cluster.objects.proxy import BOOTSTRAP_REPLICA
+from grpcmesh_control.cluster.objects.proxy import (
+    BOOTSTRAP_REPLICA,
+    XDS_TOKEN_AUDIENCE,
+    XDS_TOKEN_DIR,
+    XDS_TOKEN_FILE,
+)
 from grpcmesh_control.cluster.objects.settings import PodLocalAddress, ProxySettings
+from grpcmesh_control.mesh.ca import CertificateAuthority
 from grpcmesh_control.mesh.model.identity import INGRESS_SERVICE_ACCOUNT
 from grpcmesh_control.mesh.translate.bootstrap import (
+    XdsTokenExchange,
     envoy_command,
     render_bootstrap,
     render_local_overlay,
@@ -38,8 +46,22 @@ POD_IP = "$(POD_IP)"
 GATEWAY_NODE = NodeId.ingress("gateway", BOOTSTRAP_REPLICA)
 
 
-def expected_bootstrap(xds_address: str, *, health: bool = True) -> Obj:
+XDS_ROOT = "/etc/grpcmesh/xds-root/ca.crt"  # the operator's ConfigMap, mounted
+
+
+def expected_bootstrap(
+    xds_address: str, *, health: bool = True, auth: bool = True, exchange_port: int = 18001
+) -> Obj:
+    """What the operator renders for the gateway node; with ``auth`` (the default), the ADS
+    stream proves the gateway's account as a sidecar's does, trusting the mounted root."""
     node = ProxyNode(id=GATEWAY_NODE)
+    host = xds_address.rpartition(":")[0]
+    exchange = XdsTokenExchange(
+        token_exchange_uri=f"http://{host}:{exchange_port}/token",
+        subject_token_path=f"{XDS_TOKEN_DIR}/{XDS_TOKEN_FILE}",
+        audience=XDS_TOKEN_AUDIENCE,
+        trusted_ca_file=XDS_ROOT,
+    )
     return render_bootstrap(
         str(node.id),
         node.id.envoy_cluster,
@@ -47,6 +69,7 @@ def expected_bootstrap(xds_address: str, *, health: bool = True) -> Obj:
         PROXY.admin_port,
         node_metadata=node.metadata(),
         health_port=PROXY.health_port if health else None,
+        xds_token_exchange=exchange if auth else None,
     )
 
 
@@ -77,8 +100,9 @@ def operator_xds_address(objects: list[Obj], fullname: str) -> str:
     [
         (RELEASE, NAMESPACE, {}, RELEASE),
         ("shop", "mesh", {"operator": {"ports": {"xds": 19000}}}, "shop-grpcmesh"),
+        (RELEASE, NAMESPACE, {"operator": {"xdsAuthentication": False}}, RELEASE),
     ],
-    ids=["defaults", "renamed"],
+    ids=["defaults", "renamed", "no-xds-auth"],
 )
 def test_bootstrap_is_the_operators(
     release: str, namespace: str, values: Obj, fullname: str
@@ -88,7 +112,8 @@ def test_bootstrap_is_the_operators(
     xds_address = operator_xds_address(objects, fullname)
     port = values.get("operator", {}).get("ports", {}).get("xds", 18000)
     assert xds_address == f"{fullname}-control.{namespace}.svc:{port}"
-    assert bootstrap == expected_bootstrap(xds_address)
+    auth = values.get("operator", {}).get("xdsAuthentication", True)
+    assert bootstrap == expected_bootstrap(xds_address, auth=auth)
     # The port metadata the control plane reads back: the ingress listener on 8080.
     node = ProxyNode.from_node(bootstrap["node"]["id"], bootstrap["node"]["metadata"])
     assert (node.id.kind, node.ingress_port) == (NodeKind.INGRESS, DEFAULT_INGRESS_PORT)
@@ -189,8 +214,11 @@ def test_disabled() -> None:
 @pytest.mark.parametrize("local_address", ["loopback", "pod-ip"])
 def test_envoy_accepts_the_bootstrap(tmp_path: Path, local_address: str) -> None:
     bootstrap, deployment = gateway(render({"podLocalAddress": local_address}), RELEASE)
+    # The mesh root where the pod mounts the operator's ConfigMap (Envoy reads it at start).
+    root = tmp_path / "ca.crt"
+    root.write_bytes(CertificateAuthority.create_root(dt.datetime.now(dt.UTC)).pem()[2])
     config = tmp_path / "envoy.json"
-    config.write_text(json.dumps(bootstrap))
+    config.write_text(json.dumps(bootstrap).replace(XDS_ROOT, str(root)))
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     overlay = config_yaml(container)
     # What the kubelet would expand $(POD_IP) to.

@@ -29,7 +29,11 @@ kube-proxy: a client dials the pod IP at the Service port, so ``port`` must equa
 ``targetPort``). Every Envoy the agent starts (a container whose command is ``envoy``) gets it
 as its resolver, merged into its ``--config-yaml``, the way a kubelet hands containers a
 ``resolv.conf``; image runs also get ``hosts`` as ``--add-host``. Other programs use the
-system resolver: point them at IPs.
+system resolver: point them at IPs. One exception: an Envoy run from its image also gets, as
+``--add-host``, every Service name its command or mounted files mention, for what Envoy
+resolves with gRPC's own resolver rather than its DNS clusters (``google_grpc`` ADS, the STS
+token exchange); it waits (``CreateContainerConfigError``, retried) until each has a ready
+endpoint, as a kubelet's container would wait for its Service's DNS to answer.
 
 Use it from sync tests through ``AgentThread`` (its own event loop in a thread) and the
 ``node_agent`` fixtures in ``tests/cluster/conftest.py``.
@@ -42,6 +46,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import re
 import shutil
 import signal
 import tempfile
@@ -59,6 +64,7 @@ import aiohttp
 from tests.cluster.agent.api import ApiError, KubeApi
 from tests.cluster.agent.dns import DnsServer, with_envoy_resolver
 from tests.cluster.agent.podspec import (
+    Mount,
     PodFacts,
     ResolveError,
     container_env,
@@ -73,6 +79,11 @@ from tests.cluster.agent.runners import Launch, Runner, Running
 __all__ = ["AgentOptions", "AgentThread", "IpBlock", "NodeAgent"]
 
 log = logging.getLogger(__name__)
+
+_SERVICE_NAME = re.compile(
+    r"\b[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\.svc(?:\.[a-z0-9-]+)*"
+)
+_MAX_SCANNED = 1 << 20  # bytes of a mounted file scanned for Service names
 T = TypeVar("T")
 
 HOST_IP = "127.0.0.1"
@@ -333,6 +344,14 @@ class PodWorker:
         user = (int(uid), security.get("runAsGroup")) if uid is not None else None
         command = expand_all(spec["command"], env) if spec.get("command") else None
         args = expand_all(spec["args"], env) if "args" in spec else None
+        hosts = dict(self.agent.options.hosts)
+        mounts = mounts_of(spec, self.volumes)
+        if (
+            command
+            and Path(command[0]).name == "envoy"
+            and self.agent.options.runner.name == "image"
+        ):
+            hosts |= await self._service_hosts([*command, *(args or [])], mounts)
         if command and Path(command[0]).name == "envoy" and self.agent.dns.port:
             command, args = with_envoy_resolver([*command, *(args or [])], self.agent.dns.port), []
         return Launch(
@@ -341,14 +360,36 @@ class PodWorker:
             command=command,
             args=args,
             env=env,
-            mounts=mounts_of(spec, self.volumes),
+            mounts=mounts,
             working_dir=spec.get("workingDir"),
             user=user,
             read_only_root=bool(security.get("readOnlyRootFilesystem", False)),
             scratch=self.folder,
             log=self.folder / "logs" / f"{state.name}.log",
-            hosts=self.agent.options.hosts,
+            hosts=hosts,
         )
+
+    async def _service_hosts(self, argv: list[str], mounts: list[Mount]) -> dict[str, str]:
+        """Every Service name in ``argv`` and the mounted files -> one of its ready endpoint
+        addresses. ``ResolveError`` while a Service has none (the container waits)."""
+        texts = list(argv)
+        for mount in mounts:
+            paths = [mount.host_path] if mount.host_path.is_file() else []
+            if mount.host_path.is_dir():
+                paths = [p for p in mount.host_path.rglob("*") if p.is_file()]
+            for path in paths:
+                if path.stat().st_size <= _MAX_SCANNED:
+                    texts.append(path.read_text(errors="replace"))
+        names = {m.group(0) for text in texts for m in _SERVICE_NAME.finditer(text)}
+        hosts: dict[str, str] = {}
+        for name in sorted(names):
+            addresses = await self.agent.resolve_service(name)
+            if addresses is None:
+                continue  # not a Service (of this cluster domain): the system resolver's
+            if not addresses:
+                raise ResolveError(f"Service name {name} has no ready endpoint yet")
+            hosts[name] = addresses[0]
+        return hosts
 
     async def _start_container(self, state: ContainerState) -> bool:
         """Start ``state``'s process; False (and a waiting reason) when it cannot start."""

@@ -77,6 +77,14 @@ helm.sh/chart: {{ include "grpcmesh.chart" . }}
 {{- printf "%s:%d" (include "grpcmesh.controlHost" .) (int .Values.operator.ports.xds) -}}
 {{- end -}}
 
+{{- define "grpcmesh.xdsRootConfigMap" -}}
+{{- printf "%s-xds-root" (include "grpcmesh.fullname" .) -}}
+{{- end -}}
+
+{{- define "grpcmesh.tokenExchangeUri" -}}
+{{- printf "http://%s:%d/token" (include "grpcmesh.controlHost" .) (int .Values.operator.ports.tokenExchange) -}}
+{{- end -}}
+
 {{- define "grpcmesh.meshCaSecret" -}}
 {{- printf "%s-mesh-ca" (include "grpcmesh.fullname" .) -}}
 {{- end -}}

@@ -85,6 +85,8 @@ def test_the_rest_is_least_privilege() -> None:
     assert allowed(NATIVE, "grpcmesh.io", "meshservices/finalizers") == set()
     assert allowed(NATIVE, "discovery.k8s.io", "endpointslices") == {"list", "watch"}
     assert allowed(NATIVE, "", "events") == {"create"}
+    # xDS authentication asks the API server who a sidecar's token belongs to; nothing more.
+    assert allowed(NATIVE, "authentication.k8s.io", "tokenreviews") == {"create"}
     crds = allowed(NATIVE, "apiextensions.k8s.io", "customresourcedefinitions")
     assert crds == {"get", "list", "watch"}
     peerings = allowed(NATIVE, "kopf.dev", "clusterkopfpeerings")
@@ -107,6 +109,7 @@ def test_the_rest_is_least_privilege() -> None:
         ("", "events"),
         ("apiextensions.k8s.io", "customresourcedefinitions"),
         ("kopf.dev", "clusterkopfpeerings"),
+        ("authentication.k8s.io", "tokenreviews"),
     }
     assert covered == expected
 

@@ -11,8 +11,13 @@ per-pod --config-yaml (grpcmesh.gateway.localOverlay). tests/chart compares this
 {{- define "grpcmesh.gateway.healthPort" -}}15021{{- end -}}
 {{- define "grpcmesh.gateway.ingressPort" -}}8080{{- end -}}
 
+{{- define "grpcmesh.gateway.xdsRootDir" -}}/etc/grpcmesh/xds-root{{- end -}}
+{{- define "grpcmesh.gateway.xdsTokenDir" -}}/var/run/secrets/grpcmesh/xds{{- end -}}
+
 {{- define "grpcmesh.gateway.bootstrap" -}}
 {{- $admin := include "grpcmesh.gateway.adminPort" . | int -}}
+{{- $auth := .Values.operator.xdsAuthentication -}}
+{{- $local := not (include "grpcmesh.podIpLocal" .) -}}
 node:
   id: ingress~gateway~unset
   cluster: ingress
@@ -32,12 +37,32 @@ dynamic_resources:
     api_type: DELTA_GRPC
     transport_api_version: V3
     grpc_services:
+      {{- if $auth }}
+      # gRPC's own client: its STS call credentials re-read the projected token and exchange
+      # it at the operator for the bearer token on the stream; TLS verified against the mesh
+      # root the operator publishes (docs/security.md).
+      - google_grpc:
+          target_uri: {{ include "grpcmesh.xdsAddress" . }}
+          channel_credentials:
+            ssl_credentials:
+              root_certs: {filename: {{ include "grpcmesh.gateway.xdsRootDir" . }}/ca.crt}
+          call_credentials:
+            - sts_service:
+                token_exchange_service_uri: {{ include "grpcmesh.tokenExchangeUri" . }}
+                subject_token_path: {{ include "grpcmesh.gateway.xdsTokenDir" . }}/token
+                subject_token_type: urn:ietf:params:oauth:token-type:jwt
+                audience: grpcmesh
+          stat_prefix: xds_grpc
+      {{- else }}
       - envoy_grpc: {cluster_name: xds_cluster}
+      {{- end }}
     set_node_on_first_message_only: true
   cds_config: {ads: {}, resource_api_version: V3}
   lds_config: {ads: {}, resource_api_version: V3}
 static_resources:
   clusters:
+    # The control plane, for what the ingress routes there (server reflection); the ADS
+    # stream itself uses it too unless xDS authentication gives it gRPC's own client.
     - name: xds_cluster
       type: STRICT_DNS
       connect_timeout: 1s
@@ -56,7 +81,21 @@ static_resources:
           explicit_http_config:
             http2_protocol_options:
               connection_keepalive: {interval: 30s, timeout: 5s}
-    {{- if not (include "grpcmesh.podIpLocal" .) }}
+      {{- if $auth }}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2]
+            validation_context:
+              trusted_ca: {filename: {{ include "grpcmesh.gateway.xdsRootDir" . }}/ca.crt}
+              match_typed_subject_alt_names:
+                - san_type: DNS
+                  matcher: {exact: {{ include "grpcmesh.controlHost" . }}}
+          sni: {{ include "grpcmesh.controlHost" . }}
+      {{- end }}
+    {{- if $local }}
     {{- include "grpcmesh.gateway.adminCluster" "127.0.0.1" | nindent 4 }}
   listeners:
     {{- include "grpcmesh.gateway.healthListener" (dict "address" "0.0.0.0" "root" .) | nindent 4 }}

@@ -36,7 +36,12 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from grpcmesh_control.cluster.controller.client import MESH_SERVICE, ApiError, KubeClient
+from grpcmesh_control.cluster.controller.client import (
+    MESH_SERVICE,
+    ApiError,
+    Conflict,
+    KubeClient,
+)
 from grpcmesh_control.cluster.controller.descriptors import (
     DESCRIPTOR_SET_LABEL,
     protos_of_config_maps,
@@ -84,6 +89,7 @@ __all__ = ["Operator", "run_operator"]
 log = logging.getLogger(__name__)
 
 _ANNOTATION_PREFIX = "grpcmesh.io"
+XDS_ROOT_KEY = "ca.crt"
 XDS_SERVING_VALIDITY = timedelta(days=365)
 """The xDS serving certificate's life: issued at every operator start (not renewed while it
 runs; an operator running for a year must be restarted)."""
@@ -386,13 +392,32 @@ class Operator:
             root_pem=trust_bundle([ca.root], datetime.now(UTC)).decode(),
             token_exchange_uri=f"http://{join_host_port(host, port)}{TOKEN_EXCHANGE_PATH}",
         )
-        self.settings = replace(
-            settings, render=replace(settings.render, xds_credential=credential)
-        )
+        if settings.xds_root_config_map is not None:
+            await self._publish_root(client, settings.xds_root_config_map, credential.root_pem)
+        render = replace(settings.render, xds_credential=credential)
+        self.settings = replace(settings, render=render)
         log.info(
             "xDS authentication on: TLS for %s, token exchange on port %d", ", ".join(names), port
         )
         return runner
+
+    async def _publish_root(self, client: KubeClient, name: str, root_pem: str) -> None:
+        """ConfigMap ``name`` in the operator's namespace holds the mesh root (``ca.crt``):
+        what the chart's gateway trusts the xDS server with."""
+        namespace = self.settings.namespace
+        data = {XDS_ROOT_KEY: root_pem}
+        try:
+            await client.create(
+                CONFIG_MAP,
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "data": data,
+                },
+            )
+        except Conflict:
+            await client.patch(CONFIG_MAP, namespace, name, {"data": data})
 
     def _service_account_of(self, service: str) -> ServiceAccount | None:
         """The account the MeshService named ``service`` runs under (the operator renders one

@@ -111,6 +111,10 @@ class RuntimeSettings:
     gateway_service_account: str | None = "grpcmesh-ingress"
     """The ServiceAccount (in ``namespace``) whose token may ask for ingress nodes; None: no
     gateway may connect."""
+    xds_root_config_map: str | None = None
+    """With ``xds_auth``: a ConfigMap in ``namespace`` the operator writes the mesh root to
+    (``ca.crt``, public) at start, for Envoys whose bootstrap it does not render (the chart's
+    gateway mounts it). None: none written."""
     xds_serving_names: tuple[str, ...] = ()
     """More names for the xDS serving certificate, besides the host of ``render.xds_address``
     (e.g. the Service's name with the cluster domain)."""
@@ -227,6 +231,7 @@ class RuntimeSettings:
                 "GRPCMESH_GATEWAY_SERVICE_ACCOUNT", defaults.gateway_service_account or ""
             )
             or None,
+            xds_root_config_map=environ.get("GRPCMESH_XDS_ROOT_CONFIG_MAP") or None,
             xds_serving_names=tuple(
                 name.strip()
                 for name in environ.get("GRPCMESH_XDS_SERVING_NAMES", "").split(",")

@@ -160,7 +160,7 @@ def xds_token_volume() -> dict[str, Any]:
     }
     return {
         "name": XDS_TOKEN_VOLUME,
-        "projected": {"sources": [{"serviceAccountToken": token}], "defaultMode": 0o440},
+        "projected": {"sources": [{"serviceAccountToken": token}]},
     }
 
 
