@@ -94,7 +94,7 @@ def values(images: Mapping[str, str]) -> Obj:
         repository, _, tag = rest.partition(":")
         return {"registry": registry, "repository": repository, "tag": tag}
 
-    ports = {name: free_port() for name in ("xds", "webhook", "metrics", "health")}
+    ports = {name: free_port() for name in ("xds", "tokenExchange", "webhook", "metrics", "health")}
     reference: Obj = {"enabled": True}
     for service in SERVICES:
         reference[service] = {"image": image(f"grpcmesh-{service}")}
