@@ -166,6 +166,16 @@ def test_only_the_services_own_account_gets_its_config(
     catalog = yaml.safe_load((REPO / "manifests" / "examples" / "catalog.yaml").read_text())
     catalog["spec"]["replicas"] = 1
     kube.apply([descriptors(), catalog], namespace=namespace)
+    try:
+        serve_only_its_own_account(kube, namespace, operator, tmp_path)
+    finally:
+        # Gone before the namespace is: another module's cluster-wide operator would see it.
+        kube.kubectl("delete", "meshservice", "catalog", "-n", namespace, timeout=60)
+
+
+def serve_only_its_own_account(
+    kube: KubeCluster, namespace: str, operator: RunningOperator, tmp_path: Path
+) -> None:
 
     # 1. The sidecar with its own account's projected token: config over TLS, pod Ready.
     pod = wait_until(lambda: ready_pod(kube, namespace), "the catalog pod Ready", timeout=90)
