@@ -32,8 +32,7 @@ as its resolver, merged into its ``--config-yaml``, the way a kubelet hands cont
 system resolver: point them at IPs. One exception: an Envoy run from its image also gets, as
 ``--add-host``, every Service name its command or mounted files mention, for what Envoy
 resolves with gRPC's own resolver rather than its DNS clusters (``google_grpc`` ADS, the STS
-token exchange); it waits (``CreateContainerConfigError``, retried) until each has a ready
-endpoint, as a kubelet's container would wait for its Service's DNS to answer.
+token exchange); it starts once each has a ready endpoint.
 
 Use it from sync tests through ``AgentThread`` (its own event loop in a thread) and the
 ``node_agent`` fixtures in ``tests/cluster/conftest.py``.
@@ -84,6 +83,7 @@ _SERVICE_NAME = re.compile(
     r"\b[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\.svc(?:\.[a-z0-9-]+)*"
 )
 _MAX_SCANNED = 1 << 20  # bytes of a mounted file scanned for Service names
+_SERVICE_POLL = 0.5  # seconds between looks at a Service an Envoy waits for
 T = TypeVar("T")
 
 HOST_IP = "127.0.0.1"
@@ -371,7 +371,7 @@ class PodWorker:
 
     async def _service_hosts(self, argv: list[str], mounts: list[Mount]) -> dict[str, str]:
         """Every Service name in ``argv`` and the mounted files -> one of its ready endpoint
-        addresses. ``ResolveError`` while a Service has none (the container waits)."""
+        addresses, once each such Service has one (the container waits until then)."""
         texts = list(argv)
         for mount in mounts:
             paths = [mount.host_path] if mount.host_path.is_file() else []
@@ -381,15 +381,24 @@ class PodWorker:
                 if path.stat().st_size <= _MAX_SCANNED:
                     texts.append(path.read_text(errors="replace"))
         names = {m.group(0) for text in texts for m in _SERVICE_NAME.finditer(text)}
-        hosts: dict[str, str] = {}
-        for name in sorted(names):
-            addresses = await self.agent.resolve_service(name)
-            if addresses is None:
-                continue  # not a Service (of this cluster domain): the system resolver's
-            if not addresses:
-                raise ResolveError(f"Service name {name} has no ready endpoint yet")
-            hosts[name] = addresses[0]
-        return hosts
+        # Polled here rather than failing the start: the restart backoff (10 s and more)
+        # would delay every Envoy far past the moment its Service answers.
+        while True:
+            hosts: dict[str, str] = {}
+            missing: list[str] = []
+            for name in sorted(names):
+                addresses = await self.agent.resolve_service(name)
+                if addresses is None:
+                    continue  # not a Service (of this cluster domain): the system resolver's
+                if addresses:
+                    hosts[name] = addresses[0]
+                else:
+                    missing.append(name)
+            if not missing:
+                return hosts
+            if self.terminating:
+                raise ResolveError(f"Service name {missing[0]} has no ready endpoint yet")
+            await self._until(asyncio.sleep(_SERVICE_POLL))
 
     async def _start_container(self, state: ContainerState) -> bool:
         """Start ``state``'s process; False (and a waiting reason) when it cannot start."""
