@@ -58,9 +58,7 @@ pytestmark = pytest.mark.timeout(300)
 def values() -> Obj:
     """The defaults, plus what a shared test machine needs: free ports (the operator binds
     them on this host, not in a pod of its own) and monitoring on."""
-    ports = {
-        name: free_port() for name in ("xds", "tokenExchange", "webhook", "metrics", "health")
-    }
+    ports = {name: free_port() for name in ("xds", "tokenExchange", "webhook", "metrics", "health")}
     gateway = {"tls": {"secretName": GATEWAY_TLS_SECRET}}
     return {"operator": {"ports": ports}, "monitoring": MONITORING, "gateway": gateway}
 
