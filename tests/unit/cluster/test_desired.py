@@ -24,7 +24,11 @@ from grpcmesh_control.cluster.objects.names import (
     LABEL_VERSION,
     PROXY_CONTAINER,
 )
-from grpcmesh_control.cluster.objects.settings import PodLocalAddress, TracingSettings
+from grpcmesh_control.cluster.objects.settings import (
+    PodLocalAddress,
+    TracingSettings,
+    XdsCredential,
+)
 from grpcmesh_control.mesh.errors import InvalidResource
 from grpcmesh_control.mesh.model import MeshService, MethodCatalog, parse_mesh_service
 from grpcmesh_control.mesh.translate import NodeId, ProxyNode, Registry, build_snapshot
@@ -610,6 +614,70 @@ def test_a_proxyless_services_app_gets_an_xds_bootstrap_naming_its_pod(
     plain = parse_mesh_service(example_docs["inventory"], catalog=catalog)
     _, other = containers(one(render(plain, settings), "Deployment", "inventory-v1"))
     assert "GRPCMESH_XDS_BOOTSTRAP" not in env_of(other) and "POD_NAME" not in env_of(other)
+
+
+def test_a_proxyless_app_proves_its_account_when_xds_auth_is_on(
+    example_docs: dict[str, Any], catalog: MethodCatalog, settings: OperatorSettings
+) -> None:
+    root = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n"
+    secured = dataclasses.replace(
+        settings,
+        xds_credential=XdsCredential(root_pem=root, token_exchange_uri="http://x:18001/token"),
+    )
+    doc = example_docs["orders"]
+    doc["spec"]["proxyless"] = True
+    doc["spec"]["workload"].setdefault("env", []).append(
+        {"name": "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS", "value": "false"}
+    )
+    svc = parse_mesh_service(doc, catalog=catalog)
+    objects = render(svc, secured)
+    deployment = one(objects, "Deployment", "orders-v1")
+    proxy, app = containers(deployment)
+    # The bootstrap: TLS to the control plane, the projected token on every ADS call.
+    env = env_of(app)
+    (server,) = json.loads(env["GRPCMESH_XDS_BOOTSTRAP"])["xds_servers"]
+    directory = "/var/run/secrets/grpcmesh/proxyless-xds"
+    assert server["channel_creds"] == [
+        {"type": "tls", "config": {"ca_certificate_file": f"{directory}/ca.pem"}}
+    ]
+    assert server["call_creds"] == [
+        {"type": "jwt_token_file", "config": {"jwt_token_file": f"{directory}/token"}}
+    ]
+    # gRPC reads call_creds only behind this gate; the workload cannot turn it off.
+    gates = [e for e in app["env"] if e["name"] == "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"]
+    assert gates == [{"name": "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS", "value": "true"}]
+    # The app's own volume (not Envoy's): a grpcmesh-audience token and the root, read-only.
+    assert {"name": "proxyless-xds", "mountPath": directory, "readOnly": True} in app[
+        "volumeMounts"
+    ]
+    assert "proxyless-xds" not in {m["name"] for m in proxy["volumeMounts"]}
+    assert "xds-token" not in {m["name"] for m in app["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    token, ca = volumes["proxyless-xds"]["projected"]["sources"]
+    assert token == {
+        "serviceAccountToken": {"audience": "grpcmesh", "expirationSeconds": 3600, "path": "token"}
+    }
+    bootstrap_map = one(objects, "ConfigMap", "orders-envoy-bootstrap")
+    assert ca == {
+        "configMap": {
+            "name": "orders-envoy-bootstrap",
+            "items": [{"key": "xds-root.pem", "path": "ca.pem"}],
+        }
+    }
+    assert bootstrap_map["data"]["xds-root.pem"] == root
+    # Off: plaintext, no token, no gate, no volume; a sidecar service's ConfigMap has no root.
+    _, plain_app = containers(one(render(svc, settings), "Deployment", "orders-v1"))
+    (plain,) = json.loads(env_of(plain_app)["GRPCMESH_XDS_BOOTSTRAP"])["xds_servers"]
+    assert plain["channel_creds"] == [{"type": "insecure"}] and "call_creds" not in plain
+    assert "proxyless-xds" not in {m["name"] for m in plain_app["volumeMounts"]}
+    assert env_of(plain_app)["GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"] == "false"
+    sidecar = parse_mesh_service(example_docs["inventory"], catalog=catalog)
+    sidecar_objects = render(sidecar, secured)
+    assert (
+        "xds-root.pem" not in one(sidecar_objects, "ConfigMap", "inventory-envoy-bootstrap")["data"]
+    )
+    sidecar_volumes = one(sidecar_objects, "Deployment", "inventory-v1")["spec"]["template"]
+    assert "proxyless-xds" not in {v["name"] for v in sidecar_volumes["spec"]["volumes"]}
 
 
 def test_proxyless_needs_the_native_provider(

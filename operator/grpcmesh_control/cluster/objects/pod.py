@@ -31,7 +31,10 @@ from grpcmesh_control.cluster.objects.proxy import (
     pod_name_env,
     proxy_container,
     proxy_volumes,
+    proxyless_app_env,
     proxyless_bootstrap,
+    proxyless_xds_mount,
+    proxyless_xds_volumes,
 )
 from grpcmesh_control.cluster.objects.resources import render_resources
 from grpcmesh_control.cluster.objects.security import (
@@ -84,11 +87,13 @@ def _app_env(
     svc: MeshService, version: VersionTarget, workload: Workload, settings: OperatorSettings
 ) -> list[Any]:
     """The workload's own variables, then the kit's contract (``mesh.appenv``), which wins."""
-    own = [env_var(e) for e in workload.env if e.name not in appenv.RESERVED]
     local = local_address(settings)
     proxy = settings.proxy
+    proxyless = _is_proxyless(svc, settings)
     sidecar = settings.provider is Provider.NATIVE
-    proxyless = sidecar and svc.proxyless  # render_problems refuses it with another provider
+    gate = proxyless_app_env(settings) if proxyless else []
+    mine = appenv.RESERVED | {g["name"] for g in gate}
+    own = [env_var(e) for e in workload.env if e.name not in mine]
     # The root filesystem is read-only: point the services' sqlite file (db_path) at the data
     # emptyDir unless spec.config or the workload's env already chose a path (an env variable
     # would override spec.config, which is reloaded live and so should win).
@@ -114,7 +119,12 @@ def _app_env(
         trace_sampling_ratio=settings.tracing.sampling,
     )
     mesh = [{"name": name, "value": value} for name, value in contract.variables().items()]
-    return pod_local_env(settings) + (pod_name_env() if proxyless else []) + own + mesh
+    return pod_local_env(settings) + (pod_name_env() if proxyless else []) + own + mesh + gate
+
+
+def _is_proxyless(svc: MeshService, settings: OperatorSettings) -> bool:
+    """render_problems refuses spec.proxyless with a provider other than the native one."""
+    return settings.provider is Provider.NATIVE and svc.proxyless
 
 
 def _config_path(settings: OperatorSettings) -> str:
@@ -165,6 +175,8 @@ def app_container(
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
         ],
     }
+    if _is_proxyless(svc, settings) and settings.xds_credential is not None:
+        container["volumeMounts"].append(proxyless_xds_mount())
     return container
 
 
@@ -200,6 +212,8 @@ def pod_template(
             annotations[ANNOTATION_BOOTSTRAP_HASH] = bootstrap_hash
         spec["initContainers"] = [proxy_container(svc.name, settings)]
         volumes += proxy_volumes(svc.name, settings)
+        if svc.proxyless:
+            volumes += proxyless_xds_volumes(svc.name, settings)
     spec["containers"] = [app_container(svc, version, workload, settings)]
     spec["volumes"] = sorted(volumes, key=lambda v: str(v["name"]))
     return {

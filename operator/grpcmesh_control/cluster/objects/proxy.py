@@ -36,13 +36,16 @@ from grpcmesh_control.mesh.translate.bootstrap import (
     render_local_overlay,
 )
 from grpcmesh_control.mesh.translate.naming import LOCALHOST, NodeId, NodeKind, ProxyNode
-from grpcmesh_control.mesh.translate.proxyless import grpc_bootstrap
+from grpcmesh_control.mesh.translate.proxyless import CALL_CREDS_GATE, grpc_bootstrap
 
 __all__ = [
     "BOOTSTRAP_DIR",
     "BOOTSTRAP_REPLICA",
     "HEALTH_PORT_NAME",
     "INBOUND_PORT_NAME",
+    "PROXYLESS_XDS_DIR",
+    "PROXYLESS_XDS_VOLUME",
+    "XDS_ROOT_KEY",
     "bootstrap_data",
     "bootstrap_hash",
     "bootstrap_volume",
@@ -50,6 +53,10 @@ __all__ = [
     "pod_local_env",
     "proxy_container",
     "proxy_volumes",
+    "proxyless_app_env",
+    "proxyless_bootstrap",
+    "proxyless_xds_mount",
+    "proxyless_xds_volumes",
     "sidecar_app_env",
     "sidecar_node_id",
     "xds_token_exchange",
@@ -67,6 +74,11 @@ XDS_TOKEN_FILE = "token"
 XDS_TOKEN_AUDIENCE = "grpcmesh"  # cluster.controller.xds_auth.AUDIENCE checks it
 XDS_TOKEN_EXPIRY = 3600
 """Seconds a projected token lives; the kubelet replaces it at 80% of that."""
+XDS_ROOT_KEY = "xds-root.pem"
+"""The mesh root in a proxyless service's bootstrap ConfigMap (its app's TLS trust for xDS)."""
+PROXYLESS_XDS_VOLUME = "proxyless-xds"
+PROXYLESS_XDS_DIR = "/var/run/secrets/grpcmesh/proxyless-xds"
+PROXYLESS_ROOT_FILE = "ca.pem"
 POD_IP_VARIABLE = "POD_IP"
 POD_NAME_VARIABLE = "POD_NAME"
 
@@ -109,9 +121,14 @@ def sidecar_node_id(service: str) -> str:
     return f"{NodeKind.SIDECAR.value}~{service}~$({POD_NAME_VARIABLE})"
 
 
-def bootstrap_data(service: str, app_port: int, settings: OperatorSettings) -> dict[str, str]:
-    """The bootstrap ConfigMap's ``data``: one key, canonical JSON (sorted keys), so equal
-    bootstraps hash equal."""
+def bootstrap_data(
+    service: str, app_port: int, settings: OperatorSettings, *, proxyless: bool = False
+) -> dict[str, str]:
+    """The bootstrap ConfigMap's ``data``: Envoy's bootstrap, canonical JSON (sorted keys), so
+    equal bootstraps hash equal. A ``proxyless`` service with xDS authentication on also gets
+    the mesh root (``XDS_ROOT_KEY``): gRPC's ``tls`` channel credentials read their trust from
+    a file, where Envoy's bootstrap carries it inline. Hashed with the rest, so a new root
+    rolls the pods."""
     proxy = settings.proxy
     node = ProxyNode(
         id=NodeId.sidecar(service, BOOTSTRAP_REPLICA),
@@ -133,7 +150,10 @@ def bootstrap_data(service: str, app_port: int, settings: OperatorSettings) -> d
         health_port=proxy.health_port if shared else None,
         xds_token_exchange=xds_token_exchange(settings),
     )
-    return {BOOTSTRAP_KEY: json.dumps(document, indent=2, sort_keys=True) + "\n"}
+    data = {BOOTSTRAP_KEY: json.dumps(document, indent=2, sort_keys=True) + "\n"}
+    if proxyless and settings.xds_credential is not None:
+        data[XDS_ROOT_KEY] = settings.xds_credential.root_pem
+    return data
 
 
 def xds_token_exchange(settings: OperatorSettings) -> XdsTokenExchange | None:
@@ -150,18 +170,56 @@ def xds_token_exchange(settings: OperatorSettings) -> XdsTokenExchange | None:
     )
 
 
-def xds_token_volume() -> dict[str, Any]:
-    """The projected ServiceAccount token Envoy sends on its ADS stream: audience-bound, short
-    lived and rotated by the kubelet; mounted into the Envoy container only."""
+def _projected_token() -> dict[str, Any]:
     token = {
         "audience": XDS_TOKEN_AUDIENCE,
         "expirationSeconds": XDS_TOKEN_EXPIRY,
         "path": XDS_TOKEN_FILE,
     }
+    return {"serviceAccountToken": token}
+
+
+def xds_token_volume() -> dict[str, Any]:
+    """The projected ServiceAccount token Envoy sends on its ADS stream: audience-bound, short
+    lived and rotated by the kubelet; mounted into the Envoy container only."""
     return {
         "name": XDS_TOKEN_VOLUME,
-        "projected": {"sources": [{"serviceAccountToken": token}]},
+        "projected": {"sources": [_projected_token()]},
     }
+
+
+def proxyless_xds_volumes(service: str, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """What a proxyless app presents to the control plane (none with xDS authentication off):
+    its own projected token (a volume apart from Envoy's, mounted into the app only; gRPC
+    re-reads the file before the token's ``exp``, and the kubelet rewrites it at 80% of its
+    life) and the mesh root from the bootstrap ConfigMap (``XDS_ROOT_KEY``)."""
+    if settings.xds_credential is None:
+        return []
+    root = {
+        "configMap": {
+            "name": bootstrap_config_map_name(service),
+            "items": [{"key": XDS_ROOT_KEY, "path": PROXYLESS_ROOT_FILE}],
+        }
+    }
+    return [
+        {
+            "name": PROXYLESS_XDS_VOLUME,
+            "projected": {"sources": [_projected_token(), root]},
+        }
+    ]
+
+
+def proxyless_xds_mount() -> dict[str, Any]:
+    return {"name": PROXYLESS_XDS_VOLUME, "mountPath": PROXYLESS_XDS_DIR, "readOnly": True}
+
+
+def proxyless_app_env(settings: OperatorSettings) -> list[dict[str, str]]:
+    """``CALL_CREDS_GATE=true`` when the bootstrap has call credentials (xDS authentication
+    on): without it gRPC drops them and the control plane refuses the app. The kit sets it
+    too, but only when it builds the channel; an app on plain grpcio needs it here."""
+    if settings.xds_credential is None:
+        return []
+    return [{"name": CALL_CREDS_GATE, "value": "true"}]
 
 
 def bootstrap_hash(data: dict[str, str]) -> str:
@@ -254,14 +312,24 @@ def pod_name_env() -> list[dict[str, Any]]:
 def proxyless_bootstrap(service: str, settings: OperatorSettings) -> str:
     """gRPC's xDS bootstrap (JSON, ``GRPCMESH_XDS_BOOTSTRAP``) of a proxyless service's app:
     node ``proxyless~<svc>~$(POD_NAME)`` (``pod_name_env`` must come first, for the kubelet to
-    expand it), the control plane, and the sidecar's egress listener (external backends)."""
+    expand it), the control plane, and the sidecar's egress listener (external backends).
+    With xDS authentication on, the channel is TLS (the mesh root from ``proxyless_xds_volumes``)
+    and every ADS call carries the app's projected token (``jwt_token_file``), which the control
+    plane reviews as for a sidecar: the service's account may ask for its proxyless nodes."""
     node = ProxyNode(
         id=NodeId.proxyless(service, BOOTSTRAP_REPLICA),
         egress_port=settings.proxy.egress_port,
         local_address=local_address(settings),
     )
     node_id = f"{NodeKind.PROXYLESS.value}~{service}~$({POD_NAME_VARIABLE})"
-    document = grpc_bootstrap(node, settings.xds_address, node_id=node_id)
+    secured = settings.xds_credential is not None
+    document = grpc_bootstrap(
+        node,
+        settings.xds_address,
+        node_id=node_id,
+        trusted_ca=f"{PROXYLESS_XDS_DIR}/{PROXYLESS_ROOT_FILE}" if secured else None,
+        token_file=f"{PROXYLESS_XDS_DIR}/{XDS_TOKEN_FILE}" if secured else None,
+    )
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
