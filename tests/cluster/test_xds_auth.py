@@ -12,6 +12,10 @@ MeshService that runs under that account.
   ``wrong_node``, and gets no listener.
 - A client without a token, or with a token for the API server's audience, is
   UNAUTHENTICATED; the token endpoint refuses the latter too.
+- A proxyless orders pod (``spec.proxyless``): its app, a small grpcio xDS client started by the
+  node agent with the rendered bootstrap, env gate and projected token, is served as
+  ``proxyless~orders~<pod>`` and ACKs its routes to catalog; the same client and bootstrap
+  with another account's token is refused (``wrong_node``).
 
 The xDS address is an IP here: Envoy's gRPC client resolves names with the system resolver,
 which does not know the agent's DNS table (``docs/node-agent.md``).
@@ -24,6 +28,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,6 +51,19 @@ from tests.loopback import LOCALHOST, free_port
 from tests.scrape import fetch, value
 from tests.shared import REPO, tool
 
+# The proxyless app: one call on xds:///catalog (resolving it subscribes the ADS stream), then
+# wait until stopped, so the stream stays up while the test looks at the control plane.
+PROXYLESS_CLIENT = """
+import os, signal, grpc
+os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = os.environ["GRPCMESH_XDS_BOOTSTRAP"]
+channel = grpc.insecure_channel("xds:///catalog")
+try:
+    channel.unary_unary("/grpcmesh.shop.v1.CatalogService/ListProducts")(b"", timeout=5)
+except grpc.RpcError as exc:
+    print(exc.code().name, exc.details(), flush=True)
+signal.pause()
+"""
+XDS_GATE = "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"
 ADMIN_PORT = 15000  # the sidecar's admin, on its pod IP (pod-ip mode)
 REFUSALS = "grpcmesh_xds_refusals_total"
 
@@ -165,12 +183,80 @@ def test_only_the_services_own_account_gets_its_config(
     start_node_agent("process")
     catalog = yaml.safe_load((REPO / "manifests" / "examples" / "catalog.yaml").read_text())
     catalog["spec"]["replicas"] = 1
-    kube.apply([descriptors(), catalog], namespace=namespace)
+    kube.apply([descriptors(), catalog, proxyless_orders()], namespace=namespace)
     try:
         serve_only_its_own_account(kube, namespace, operator, tmp_path)
+        serve_the_proxyless_app_its_own_routes(kube, namespace, operator, tmp_path)
     finally:
         # Gone before the namespace is: another module's cluster-wide operator would see it.
-        kube.kubectl("delete", "meshservice", "catalog", "-n", namespace, timeout=60)
+        kube.kubectl("delete", "meshservice", "catalog", "orders", "-n", namespace, timeout=60)
+
+
+def proxyless_orders() -> dict[str, Any]:
+    """Orders, proxyless, calling catalog only; its app is ``PROXYLESS_CLIENT``."""
+    orders = yaml.safe_load((REPO / "manifests" / "examples" / "orders.yaml").read_text())
+    spec = orders["spec"]
+    spec |= {"proxyless": True, "replicas": 1, "expose": False, "backends": [{"name": "catalog"}]}
+    spec["workload"]["command"] = ["python", "-c", PROXYLESS_CLIENT]
+    return dict(orders)
+
+
+def acked_node(operator: RunningOperator, node_id: str) -> dict[str, Any] | None:
+    nodes = {n["id"]: n for n in operator.status()["nodes"]}
+    node: dict[str, Any] | None = nodes.get(node_id)
+    if node is None or not node["connected"] or node["acked_version"] is None:
+        return None
+    return node if node["acked_version"] == node["snapshot_version"] else None
+
+
+def serve_the_proxyless_app_its_own_routes(
+    kube: KubeCluster, namespace: str, operator: RunningOperator, tmp_path: Path
+) -> None:
+    # 4. The proxyless app, with the token, root and gate the operator rendered: served.
+    def orders_pod() -> dict[str, Any] | None:
+        pods = kube.items("pods", namespace, "grpcmesh.io/service=orders")
+        return dict(pods[0]) if pods and pods[0].get("status", {}).get("podIP") else None
+
+    pod = wait_until(orders_pod, "the orders pod started", timeout=60)
+    node_id = f"proxyless~orders~{pod['metadata']['name']}"
+    wait_until(lambda: acked_node(operator, node_id), f"{node_id} to ACK", timeout=60)
+    assert operator.refusals("wrong_node") == 2 and operator.refusals("unauthenticated") == 2
+    (app,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    assert env[XDS_GATE] == "true"
+    (server,) = json.loads(env["GRPCMESH_XDS_BOOTSTRAP"])["xds_servers"]
+    assert [c["type"] for c in server["call_creds"]] == ["jwt_token_file"]
+
+    # 5. The same client and bootstrap with another account's token: refused.
+    directory = "/var/run/secrets/grpcmesh/proxyless-xds"
+    root = kube.get("configmap", bootstrap_config_map_name("orders"), namespace)
+    (tmp_path / "ca.pem").write_text(root["data"]["xds-root.pem"])
+    intruder = kube.token("intruder", namespace, duration="10m", audience="grpcmesh")
+    (tmp_path / "intruder-token").write_text(intruder)
+    bootstrap = (
+        env["GRPCMESH_XDS_BOOTSTRAP"]
+        .replace("$(POD_NAME)", "intruder")
+        .replace("$(POD_IP)", LOCALHOST)
+        .replace(f"{directory}/ca.pem", str(tmp_path / "ca.pem"))
+        .replace(f"{directory}/token", str(tmp_path / "intruder-token"))
+    )
+    client_env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    client_env |= {"GRPCMESH_XDS_BOOTSTRAP": bootstrap, XDS_GATE: "true"}
+    with (tmp_path / "intruder.log").open("w") as out:
+        client = subprocess.Popen(
+            [sys.executable, "-c", PROXYLESS_CLIENT], env=client_env, stdout=out, stderr=out
+        )
+        try:
+            wait_until(
+                lambda: operator.refusals("wrong_node") > 2 or None,
+                "the operator to refuse the proxyless intruder",
+                timeout=30,
+            )
+        finally:
+            client.terminate()
+            client.wait(timeout=10)
+    assert "proxyless~orders~intruder" not in {n["id"] for n in operator.status()["nodes"]}
+    assert acked_node(operator, node_id) is not None  # the pod's own stream is unaffected
 
 
 def serve_only_its_own_account(
