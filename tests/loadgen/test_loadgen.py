@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 
@@ -83,6 +84,24 @@ async def test_open_loop_holds_the_asked_rate(fake_orders: FakeServer) -> None:
     # only guards against a stalled dispatcher; a loaded machine may lag a little)
     assert report.elapsed_s >= 0.39
     assert 40.0 <= report.achieved_rate <= 103.0
+
+
+async def test_a_stop_ends_the_load_early_and_the_report_covers_what_ran(
+    fake_orders: FakeServer,
+) -> None:
+    stop = asyncio.Event()
+
+    async def stop_after_ten() -> None:
+        while len(fake_orders.servicer.requests) < 10:
+            await asyncio.sleep(0.01)
+        stop.set()
+
+    stopper = asyncio.create_task(stop_after_ten())
+    report = await asyncio.wait_for(run_load(fake_orders.address, 10_000, 100.0, stop=stop), 30)
+    await stopper
+    assert 10 <= report.planned == report.completed < 10_000
+    assert report.statuses == {"OK": report.completed}
+    assert len(fake_orders.servicer.requests) == report.completed
 
 
 def _closed_port() -> int:

@@ -100,13 +100,16 @@ async def run_load(
     currency: str = "USD",
     authority: str | None = None,
     connect_timeout_s: float = 10.0,
+    stop: asyncio.Event | None = None,
 ) -> LoadReport:
     """Place ``orders`` orders on the OrderService at ``target`` and report what happened.
 
     ``rate`` is orders per second on an open-loop schedule, or ``math.inf`` for a closed loop
     that keeps ``concurrency`` orders in flight (saturation throughput). ``deadline_s`` is each
     call's gRPC deadline. ``authority`` overrides ``:authority`` (for an ingress that routes on
-    it). Raises ``LoadgenError`` if the target does not accept a connection in time.
+    it). ``stop``, once set, ends the load early (no order starts after it; those in flight
+    finish): ``orders`` is then a bound, and the report covers the orders placed. Raises
+    ``LoadgenError`` if the target does not accept a connection in time.
     """
     mode = load_mode(rate)
     factory = OrderFactory(run_id or uuid.uuid4().hex[:12], seed=seed, currency=currency)
@@ -121,12 +124,12 @@ async def run_load(
                 f"cannot connect to {target} within {connect_timeout_s:g}s"
             ) from None
         place = placer(channel, requests, deadline_s=deadline_s)
-        run = await drive(place, count=orders, rate=rate, concurrency=concurrency)
+        run = await drive(place, count=orders, rate=rate, concurrency=concurrency, stop=stop)
     return summarize(
         run.results,
         target=target,
         mode=mode,
-        planned=orders,
+        planned=orders if stop is None else len(run.results),
         target_rate=rate,
         concurrency=concurrency,
         elapsed_s=run.elapsed_s,
