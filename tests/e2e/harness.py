@@ -82,6 +82,17 @@ def kill_all(procs: list[psutil.Process]) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
+def app_processes(replica: ReplicaState) -> list[int]:
+    """The pids of ``replica``'s app, the one the launcher started first: with ``workers`` > 1
+    it supervises that many worker processes, which serve the calls (its children)."""
+    assert replica.app_pid is not None
+    try:
+        children = psutil.Process(replica.app_pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    return [replica.app_pid, *(child.pid for child in children)]
+
+
 WORKERS_ENV = "GRPCMESH_E2E_WORKERS"
 
 

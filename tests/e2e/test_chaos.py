@@ -11,19 +11,22 @@ capture per confirmed order, a refund per compensated charge.
 
 The phases, in order (they share the mesh, and each starts from a recovered one):
 
-1. an orders replica's app is SIGKILLed; the supervisor restarts it, and the other replica's
-   recovery loop finishes its interrupted sagas once their leases expire;
-2. an orders replica's sidecar Envoy is SIGKILLed; the supervisor restarts it;
-3. the control plane is SIGKILLed; its supervisor restarts it and the sidecars keep their last
+1. an orders replica's app (its parent and its workers) is SIGKILLed; the supervisor restarts
+   it, and the other replica's recovery loop finishes its interrupted sagas once their leases
+   expire;
+2. the orders worker that drives a saga is SIGKILLed; its parent starts another in its place;
+3. an orders replica's sidecar Envoy is SIGKILLed; the supervisor restarts it;
+4. the control plane is SIGKILLed; its supervisor restarts it and the sidecars keep their last
    configuration meanwhile;
-4. the payments canary's app (v2, weight 10) is SIGKILLed; its share fails over to v1 until
+5. the payments canary's app (v2, weight 10) is SIGKILLed; its share fails over to v1 until
    the supervisor has it back;
-5. payments fails half of all charges with UNAVAILABLE (its own failure setting, live config):
+6. payments fails half of all charges with UNAVAILABLE (its own failure setting, live config):
    the route's retries hide most; the rest are in doubt, so the saga re-sends the charge with
    its key and refunds what it captures, and the order ends CANCELLED, not in an error.
 
-The mesh is the e2e resources with two orders replicas, so that an orders replica can die
-while the other one serves (the replicas share ``RUN/orders/data.db``, hence the sagas).
+The mesh is the e2e resources with two orders replicas of two workers each
+(``ORDERS_WORKERS``), so that an orders replica can die while the other one serves (the
+replicas share ``RUN/orders/data.db``, hence the sagas), and a worker while its sibling does.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
+import psutil
 import pytest
 import yaml
 
@@ -55,6 +59,7 @@ from grpcmesh_orders.books import BooksReport, audit
 from tests.e2e.harness import (
     RESOURCES,
     Mesh,
+    app_processes,
     config_reloads,
     converged,
     eventually,
@@ -89,12 +94,21 @@ PAYMENTS_CANCELLED_MIN = 5
 """Orders cancelled (their charge compensated) before the payment fault is lifted."""
 
 
+ORDERS_WORKERS = 2
+"""Orders runs two worker processes per replica here (``spec.workload.workers``), whatever
+``GRPCMESH_E2E_WORKERS`` says for the other services (more, if it says more): the sagas are
+driven by four processes sharing one store, and a worker can die on its own (the phase that
+kills one). An app with workers is the harder case of every orders phase; the canary and the
+other services keep one process unless ``GRPCMESH_E2E_WORKERS`` says otherwise."""
+
+
 # --- the mesh ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """The e2e resources, with two orders replicas (this module's own mesh)."""
+    """The e2e resources, with two orders replicas of ``ORDERS_WORKERS`` (this module's own
+    mesh)."""
     base = tmp_path_factory.mktemp("chaos")
     resources = base / "resources"
     resources.mkdir()
@@ -102,6 +116,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         doc = yaml.safe_load(path.read_text())
         if doc["metadata"]["name"] == "orders":
             doc["spec"]["replicas"] = 2
+            doc["spec"]["workload"]["workers"] = ORDERS_WORKERS
         (resources / path.name).write_text(yaml.safe_dump(doc))
     mesh = Mesh(base / "run", resources)
     mesh.start(timeout=180)
@@ -307,26 +322,83 @@ INTERRUPTED: set[str] = set()
 """Orders whose saga a killed orders process held: the books test checks they all ended."""
 
 
-def _leases_of(mesh: Mesh, pid: int) -> set[str]:
-    """The orders whose saga lease the orders process ``pid`` holds (owner is host/pid/id)."""
+def _leases_by_pid(mesh: Mesh, pids: set[int]) -> dict[int, set[str]]:
+    """The orders whose saga lease each of the processes ``pids`` holds (owner is
+    host/pid/id), for those that hold any."""
     conn = sqlite3.connect(f"file:{mesh.run_dir / 'orders/data.db'}?mode=ro", uri=True)
     try:
         rows = conn.execute("SELECT order_id, owner FROM saga_leases").fetchall()
     finally:
         conn.close()
-    return {order for order, owner in rows if owner.split("/")[1] == str(pid)}
+    held: dict[int, set[str]] = {}
+    for order, owner in rows:
+        pid = int(owner.split("/")[1])
+        if pid in pids:
+            held.setdefault(pid, set()).add(order)
+    return held
 
 
-async def _kill_mid_saga(mesh: Mesh, load: Load, app_pid: int, victim_pid: int) -> None:
-    """SIGKILL ``victim_pid`` once the orders app ``app_pid`` drives at least one saga."""
+Victim = Literal["app", "driver", "sidecar"]
+"""What ``_kill_mid_saga`` kills of a replica: its whole app (every process of it, as when a
+container dies), the one app process that drives a saga (a worker, with ``workers`` > 1), or
+its sidecar."""
 
-    async def holding() -> set[str]:
-        return await asyncio.to_thread(_leases_of, mesh, app_pid)
+
+async def _kill_mid_saga(mesh: Mesh, load: Load, replica: ReplicaState, victim: Victim) -> int:
+    """SIGKILL ``victim`` once a process of ``replica``'s app drives at least one saga; the
+    pid killed (for the app, its first process: the group's leader)."""
+    assert replica.app_pid is not None and replica.sidecar_pid is not None
+
+    async def holding() -> dict[int, set[str]]:
+        pids = await asyncio.to_thread(app_processes, replica)
+        return await asyncio.to_thread(_leases_by_pid, mesh, set(pids))
 
     held = await eventually(holding, timeout=RECOVERY_S, what="the orders app drives a saga")
+    driver, driven = max(held.items(), key=lambda item: len(item[1]))
     load.strike()
-    os.kill(victim_pid, signal.SIGKILL)
-    INTERRUPTED.update(held)
+    if victim == "app":
+        # The launcher starts the app leading its own process group; its workers are in it.
+        os.killpg(replica.app_pid, signal.SIGKILL)
+        INTERRUPTED.update(*held.values())
+        return replica.app_pid
+    pid = driver if victim == "driver" else replica.sidecar_pid
+    os.kill(pid, signal.SIGKILL)
+    # A dead sidecar interrupts the sagas of every process of the app.
+    INTERRUPTED.update(driven if victim == "driver" else set().union(*held.values()))
+    return pid
+
+
+async def _worker_replaced(mesh: Mesh, replica: ReplicaState, old_pid: int, workers: int) -> None:
+    """The app's parent has started a worker in place of ``old_pid`` (its own supervisor, the
+    launcher, restarted nothing): it has ``workers`` again, each listening on the app's
+    port, and the replica is ready."""
+    port = int(replica.app.rpartition(":")[2])
+
+    def listening(pid: int) -> bool:
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+        )
+
+    def replaced() -> bool:
+        now = mesh.replica(_key(replica))
+        if now.app_pid != replica.app_pid or now.app_restarts != replica.app_restarts:
+            raise AssertionError(f"the launcher restarted {_key(replica)}'s app: {now}")
+        try:
+            running = psutil.Process(replica.app_pid).children()
+            return (
+                now.ready
+                and len(running) == workers
+                and old_pid not in {w.pid for w in running}
+                and all(listening(w.pid) for w in running)
+            )
+        except psutil.NoSuchProcess:
+            return False
+
+    async def probe() -> bool:
+        return await asyncio.to_thread(replaced)
+
+    await eventually(probe, timeout=RECOVERY_S, what=f"{_key(replica)}'s worker is replaced")
 
 
 async def _set_payments(mesh: Mesh, **values: object) -> None:
@@ -336,15 +408,38 @@ async def _set_payments(mesh: Mesh, **values: object) -> None:
     before = [await config_reloads(m) for m in metrics]
     for replica in replicas:
         mesh.set_config(_key(replica), **values)
-    await reloaded(metrics, before)
+    await reloaded(metrics, before, mesh.workers)
 
 
 async def test_an_orders_replica_killed_mid_saga_under_load(mesh: Mesh) -> None:
     """Bound: only calls in flight at the kill may fail (a reset mid-call is not resent for a
     method that is not idempotent), or have their order cancelled; later calls that reach the
     dead app are answered "not delivered" by its sidecar and resent by the ingress to the other
-    replica, until the supervisor marks it not ready and restarts it. Every saga it held is
-    finished by recovery once its lease expires (checked by the books test)."""
+    replica, until the supervisor marks it not ready and restarts it. Every process of the app
+    dies at once (its workers with it, as in a container). Every saga it held is finished by
+    recovery once its lease expires (checked by the books test)."""
+    replica = mesh.replica("orders/v1-1")
+    assert replica.app_pid is not None
+    await _set_payments(mesh, latency_ms=PAYMENTS_LATENCY_MS)
+    try:
+
+        async def fault(load: Load) -> None:
+            killed = await _kill_mid_saga(mesh, load, replica, "app")
+            await _restarted(mesh, _key(replica), "app", replica.app_restarts, killed)
+
+        phase = await under_load(mesh, "orders app killed", fault, seed=61)
+    finally:
+        await _set_payments(mesh, latency_ms=0)
+    _assert_only_calls_in_flight_were_hurt(phase)
+
+
+async def test_an_orders_worker_killed_mid_saga_under_load(mesh: Mesh) -> None:
+    """Bound: as for a killed app. The orders app has ``ORDERS_WORKERS``; the worker that
+    drives a saga is SIGKILLed and its parent starts another in its place (the launcher
+    restarts nothing, the replica stays ready). Calls in flight on the dead worker's
+    connections from its sidecar fail; the sidecar's other connections, to the live worker,
+    carry on. The sagas the worker held are finished by recovery (the books test), by the
+    other worker, the new one or the other replica."""
     replica = mesh.replica("orders/v1-1")
     assert replica.app_pid is not None
     await _set_payments(mesh, latency_ms=PAYMENTS_LATENCY_MS)
@@ -352,10 +447,13 @@ async def test_an_orders_replica_killed_mid_saga_under_load(mesh: Mesh) -> None:
 
         async def fault(load: Load) -> None:
             assert replica.app_pid is not None
-            await _kill_mid_saga(mesh, load, replica.app_pid, replica.app_pid)
-            await _restarted(mesh, _key(replica), "app", replica.app_restarts, replica.app_pid)
+            workers = len(await asyncio.to_thread(psutil.Process(replica.app_pid).children))
+            assert workers >= ORDERS_WORKERS, workers
+            killed = await _kill_mid_saga(mesh, load, replica, "driver")
+            assert killed != replica.app_pid, "the parent serves no calls: it drives no saga"
+            await _worker_replaced(mesh, replica, killed, workers)
 
-        phase = await under_load(mesh, "orders app killed", fault, seed=61)
+        phase = await under_load(mesh, "orders worker killed", fault, seed=66)
     finally:
         await _set_payments(mesh, latency_ms=0)
     _assert_only_calls_in_flight_were_hurt(phase)
@@ -375,7 +473,7 @@ async def test_an_orders_sidecar_killed_mid_saga_under_load(mesh: Mesh) -> None:
 
         async def fault(load: Load) -> None:
             assert replica.app_pid is not None and replica.sidecar_pid is not None
-            await _kill_mid_saga(mesh, load, replica.app_pid, replica.sidecar_pid)
+            await _kill_mid_saga(mesh, load, replica, "sidecar")
             await _restarted(
                 mesh, _key(replica), "sidecar", replica.sidecar_restarts, replica.sidecar_pid
             )
@@ -434,7 +532,7 @@ async def test_the_canary_app_killed_under_load(mesh: Mesh) -> None:
 
         await eventually(serving, timeout=RECOVERY_S, what="the canary takes its share")
         load.strike()
-        os.kill(canary.app_pid, signal.SIGKILL)
+        os.killpg(canary.app_pid, signal.SIGKILL)  # the app and its workers, if it has any
         await _restarted(mesh, _key(canary), "app", canary.app_restarts, canary.app_pid)
 
         async def back() -> bool:  # the new process counts from zero
@@ -494,7 +592,7 @@ def _stores(mesh: Mesh) -> tuple[Path, Path, Path]:
 async def test_the_books_balance_after_the_chaos(mesh: Mesh) -> None:
     """Every saga ends (the killed replica's by recovery), and the books checker, run as an
     operator would, finds them balanced."""
-    assert len(PHASES) == 5, f"the phases before this test did not all run: {sorted(PHASES)}"
+    assert len(PHASES) == 6, f"the phases before this test did not all run: {sorted(PHASES)}"
 
     async def ended() -> BooksReport | None:
         report = await asyncio.to_thread(audit, *_stores(mesh))
