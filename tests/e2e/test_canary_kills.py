@@ -118,7 +118,9 @@ async def test_killing_the_canarys_app_again_and_again_fails_no_call(mesh: Mesh)
 
                 await eventually(serving, timeout=RECOVERY_S, what="the canary takes its share")
                 assert canary.app_pid is not None
-                os.kill(canary.app_pid, signal.SIGKILL)
+                # The app's process group: with workers, every process of it dies at once (as
+                # a container's would), not the parent alone, whose workers would drain.
+                os.killpg(canary.app_pid, signal.SIGKILL)
                 kills.append(time.monotonic())
 
                 async def restarted(before: int = canary.app_restarts) -> bool:
