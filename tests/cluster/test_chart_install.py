@@ -440,7 +440,31 @@ def test_the_api_server_refuses_what_the_mesh_cannot_take(installed: Installed) 
     assert kube.get("meshservice", "catalog-copy", OTHER) is None
 
 
+def test_the_examples_reconcile_in_another_namespace(installed: Installed) -> None:
+    kube = installed.kube
+    # The examples are the reference services again: the chart's go first.
+    kube.kubectl("delete", "meshservices", "--all", "-n", RELEASE)
+
+    examples = str(REPO / "manifests" / "examples")
+
+    def applied() -> bool:
+        # The webhook knows of the deletions once the operator's watch has seen them.
+        try:
+            kube.kubectl("apply", "-n", EXAMPLES, "-f", examples)
+        except KubectlError as exc:
+            assert "is already used by MeshService" in exc.stderr, exc.stderr
+            return False
+        return True
+
+    wait_until(applied, "the examples admitted", timeout=30)
+    names = sorted(p.stem for p in Path(examples).glob("*.yaml"))
+    assert_reconciled(kube, EXAMPLES, names)
+
+
 def test_a_pod_labelled_for_injection_gets_the_sidecar(installed: Installed) -> None:
+    """In the examples' namespace (after they reconciled), where MeshService catalog and its
+    ServiceAccount exist: with xDS authentication the webhook moves the pod onto that account,
+    which its sidecar proves; naming another account is refused, naming the field."""
     kube, settings = installed.kube, installed.operator.settings
     restricted = {
         "allowPrivilegeEscalation": False,
@@ -467,35 +491,22 @@ def test_a_pod_labelled_for_injection_gets_the_sidecar(installed: Installed) -> 
         },
     }
     created = json.loads(
-        kube.kubectl("create", "-n", OTHER, "-o", "json", "-f", "-", stdin=json.dumps(pod))
+        kube.kubectl("create", "-n", EXAMPLES, "-o", "json", "-f", "-", stdin=json.dumps(pod))
     )
     spec = created["spec"]
+    assert spec["serviceAccountName"] == "catalog"
     (sidecar,) = [c for c in spec.get("initContainers", []) if c["name"] == PROXY_CONTAINER]
     assert sidecar["restartPolicy"] == "Always"  # a native sidecar
     assert sidecar["image"] == settings.render.proxy.image
     bootstraps = [v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v]
     assert "catalog-envoy-bootstrap" in bootstraps, spec["volumes"]
 
-
-def test_the_examples_reconcile_in_another_namespace(installed: Installed) -> None:
-    kube = installed.kube
-    # The examples are the reference services again: the chart's go first.
-    kube.kubectl("delete", "meshservices", "--all", "-n", RELEASE)
-
-    examples = str(REPO / "manifests" / "examples")
-
-    def applied() -> bool:
-        # The webhook knows of the deletions once the operator's watch has seen them.
-        try:
-            kube.kubectl("apply", "-n", EXAMPLES, "-f", examples)
-        except KubectlError as exc:
-            assert "is already used by MeshService" in exc.stderr, exc.stderr
-            return False
-        return True
-
-    wait_until(applied, "the examples admitted", timeout=30)
-    names = sorted(p.stem for p in Path(examples).glob("*.yaml"))
-    assert_reconciled(kube, EXAMPLES, names)
+    other = copy.deepcopy(pod)
+    other["metadata"]["name"] = "catalog-as-intruder"
+    other["spec"]["serviceAccountName"] = "inventory"  # exists: another service's
+    with pytest.raises(KubectlError) as refused:
+        kube.kubectl("create", "-n", EXAMPLES, "-f", "-", stdin=json.dumps(other))
+    assert "spec.serviceAccountName" in refused.value.stderr, refused.value.stderr
 
 
 def test_the_operator_stops_promptly_and_its_log_is_clean(installed: Installed) -> None:

@@ -20,6 +20,7 @@ from grpcmesh_control.cluster.objects import (
     validate_admission,
 )
 from grpcmesh_control.cluster.objects.names import BOOTSTRAP_VOLUME, PROXY_CONTAINER
+from grpcmesh_control.cluster.objects.settings import XdsCredential
 from grpcmesh_control.mesh.model import MeshService, MethodCatalog, parse_mesh_service
 
 from .checks import apply_review_patch, validate_builtin
@@ -441,3 +442,38 @@ def test_an_unknown_field_is_denied_with_the_field_it_resembles(
     response = validate(example_docs["orders"], services, catalog)
     assert denied_fields(response) == ["spec.trafficPolicy.timout"]
     assert "unknown field (did you mean timeout?)" in response["status"]["message"]
+
+
+XDS_AUTH = OperatorSettings(
+    xds_credential=XdsCredential(
+        root_pem="-----BEGIN CERTIFICATE-----\n", token_exchange_uri="http://control:18001/token"
+    )
+)
+
+
+@pytest.mark.parametrize("account", [None, "default"])
+def test_with_xds_auth_an_injected_pod_runs_under_its_services_account(
+    account: str | None,
+) -> None:
+    spec = {} if account is None else {"serviceAccountName": account, "serviceAccount": account}
+    before = pod(INJECT, **spec)
+    response = mutate_pod(review(before, kind="Pod"), settings=XDS_AUTH)
+    assert response["response"]["allowed"] is True
+    after = apply_review_patch(before, response)
+    assert after["spec"]["serviceAccountName"] == "shipping"
+    if account is not None:
+        assert after["spec"]["serviceAccount"] == "shipping"
+    # Without xDS authentication the pod keeps the account it has.
+    plain = apply_review_patch(before, mutate_pod(review(before, kind="Pod")))
+    assert plain["spec"].get("serviceAccountName") == account
+
+
+def test_with_xds_auth_a_pod_naming_another_account_is_refused() -> None:
+    before = pod(INJECT, serviceAccountName="billing")
+    response = mutate_pod(review(before, kind="Pod"), settings=XDS_AUTH)["response"]
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert "spec.serviceAccountName" in message and "'shipping'" in message
+    # Its own account is accepted as it is.
+    same = pod(INJECT, serviceAccountName="shipping")
+    assert mutate_pod(review(same, kind="Pod"), settings=XDS_AUTH)["response"]["allowed"] is True

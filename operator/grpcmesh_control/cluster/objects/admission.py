@@ -53,6 +53,7 @@ from grpcmesh_control.cluster.objects.settings import OperatorSettings, Provider
 from grpcmesh_control.mesh import appenv
 from grpcmesh_control.mesh.errors import FieldError, InvalidResource
 from grpcmesh_control.mesh.model.catalog import MethodCatalog
+from grpcmesh_control.mesh.model.identity import service_account_name
 from grpcmesh_control.mesh.model.mesh import DEFAULT_VERSION, MeshService, ResourceList
 from grpcmesh_control.mesh.model.parse import parse_mesh_service
 from grpcmesh_control.mesh.model.schema import GROUP, KIND
@@ -281,10 +282,45 @@ def mutate_pod(review: Doc, *, settings: OperatorSettings | None = None) -> dict
     spec: Doc = pod.get("spec") or {}
     if _has_sidecar(spec):
         return _review(uid, allowed=True)
-    patch = list(_injection(service, labels, spec, settings))
+    account = _account_patch(service, spec, settings)
+    if isinstance(account, InvalidResource):
+        return _deny(uid, account)
+    patch = [*_injection(service, labels, spec, settings), *account]
     patched = _apply_spec_ops(spec, patch)
     warnings = [f"not PSS restricted: {v}" for v in restricted_violations(patched, metadata)]
     return _review(uid, allowed=True, patch=patch, warnings=warnings)
+
+
+_DEFAULT_ACCOUNT = "default"
+
+
+def _account_patch(
+    service: str, spec: Doc, settings: OperatorSettings
+) -> list[dict[str, Any]] | InvalidResource:
+    """With authenticated xDS the sidecar proves its MeshService by the pod's ServiceAccount,
+    which must be the one the operator renders for it: a pod left on the namespace's default
+    account is moved to it; a pod naming another is refused (its sidecar would be)."""
+    if settings.xds_credential is None:
+        return []
+    wanted = service_account_name(service)
+    named = spec.get("serviceAccountName") or spec.get("serviceAccount") or _DEFAULT_ACCOUNT
+    if named == wanted:
+        return []
+    if named != _DEFAULT_ACCOUNT:
+        return InvalidResource(
+            "Pod",
+            [
+                FieldError(
+                    "spec.serviceAccountName",
+                    f"{named!r}: a pod injected into MeshService {service!r} runs under its "
+                    f"ServiceAccount {wanted!r}, which its sidecar proves to the control plane; "
+                    "leave it unset",
+                )
+            ],
+        )
+    # The deprecated alias, when the API server filled it in, must agree.
+    fields = ["serviceAccountName", *(["serviceAccount"] if "serviceAccount" in spec else [])]
+    return [_add(f"/spec/{field}", wanted) for field in fields]
 
 
 def _is_dns_1035(text: str) -> bool:
