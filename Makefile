@@ -121,7 +121,7 @@ fmt: venv ## format and autofix
 
 .PHONY: test
 test: gen sysdeps test-tools checkov lint gen-check ## every test tier (lint, generated files, unit, integration, cluster, images, end to end)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25  # the slowest tests in the log: CI has a 25-minute budget
 
 .PHONY: demo
 demo: gen ## start the reference services locally and place demo orders through them
