@@ -472,7 +472,7 @@ def test_a_pod_labelled_for_injection_gets_the_sidecar(installed: Installed) -> 
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    pod = {
+    pod: Obj = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
