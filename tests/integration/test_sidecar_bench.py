@@ -1,7 +1,8 @@
 """``bench/sidecar_overhead.py`` runs end to end (not timed: the benchmark measures, this test
 only proves it works): h2load against the server direct, the mesh's generated sidecar pair
 (plaintext and mTLS) and a bare Envoy pair, with the gRPC check on every path before and after
-the rounds."""
+the rounds; and ``bench/mtls_handshake.py``, new connections at a sidecar's inbound listener with
+and without mTLS."""
 
 from __future__ import annotations
 
@@ -48,3 +49,29 @@ def test_the_proxyless_benchmark_measures_all_three_paths() -> None:
     assert sorted(failed) == [("direct", "0"), ("mesh", "0"), ("proxyless", "0")], run.stdout
     assert "some calls failed" not in run.stdout
     assert "proxyless - mesh" in run.stdout
+
+
+def test_the_handshake_benchmark_handshakes_with_mtls_only() -> None:
+    # A few new connections per mode at the callee sidecar's inbound listener: the mTLS ones
+    # present a certificate from the benchmark's mesh CA and move the listener's ssl.handshake
+    # counter by one each; the plaintext ones move it not at all. (The benchmark also exits
+    # non-zero when either does not hold.)
+    connections = 4
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.mtls_handshake", "--connections", str(connections),
+         "--rounds", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    pattern = r"round \d+: (\w+) +(\d+) connections .* ssl\.handshake \+(\d+), failed (\d+)"
+    rounds = re.findall(pattern, run.stdout)
+    assert sorted(rounds) == [
+        ("mtls", str(connections), str(connections), "0"),
+        ("plaintext", str(connections), "0", "0"),
+    ], run.stdout
+    assert "versions TLSv1.3" in run.stdout, run.stdout
+    assert "callee Envoy CPU" in run.stdout

@@ -1,0 +1,321 @@
+"""mTLS handshake cost per new connection at a sidecar's inbound listener, against plaintext.
+
+The callee is the sidecar benchmark's ``bench-server`` sidecar (``bench.sidecar_overhead``'s
+rig: the mesh's own translation, ``--concurrency 1``), run twice side by side: once plaintext
+(no CA, as ``GRPCMESH_MTLS=off``) and once with mTLS STRICT (its certificate and the mesh
+roots, issued by a mesh CA the benchmark creates, as static secrets: what SDS would send).
+
+The caller is curl (C, HTTP/2; h2load cannot present a client certificate), one process per
+connection: it connects to the callee's inbound listener, for mTLS presents a workload
+certificate the same CA issued to ``bench-client``'s identity, makes one gRPC call (a
+length-prefixed frame POSTed with ``te: trailers``), checks nothing itself, and closes. Its
+``-w`` timings give TCP connect, TLS done and the call answered; its headers give the gRPC
+status (every call must be OK). curl does not check the server's name (``-k``: the callee's
+certificate names a SPIFFE ID, not 127.0.0.1); the callee checks the caller's certificate in
+full, which is the side measured.
+
+Rounds alternate the two modes. Per round: the callee Envoy's CPU over
+its N connections (the
+scheduler's per-thread runtime, ``/proc/<pid>/task/*/schedstat``: clock ticks are 10 ms, a
+connection costs less), and its listener's ``ssl.handshake`` counter (must move by N for mTLS, by 0
+for plaintext: the run fails otherwise). Reported per new connection: Envoy CPU µs, latency
+p50/p90/p99 of connect + handshake + one call, the ratio and the delta, and the TLS version,
+cipher, curve and signature algorithm Envoy counted.
+
+    python -m bench.mtls_handshake [--connections 200] [--rounds 4] [--payload 1024]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench._mesh import Envoy, load_average, print_header, running_envoys, stop_processes
+from bench.sidecar_overhead import (
+    CLIENT,
+    METHOD,
+    _grpc_frame,
+    _percentile,
+    _sidecar_bootstraps,
+    _start_server,
+)
+from grpcmesh_control.local.ports import allocate_ports
+from grpcmesh_control.mesh.ca import CertificateAuthority, trust_bundle
+from grpcmesh_control.mesh.certificates import node_identity
+from grpcmesh_control.mesh.translate import NodeId
+from grpcmesh_loadgen.procstat import thread_run_seconds
+
+MODES = ("plaintext", "mtls")
+CALLEE = {"plaintext": "bench-server-sidecar", "mtls": "bench-server-mtls"}
+TLS_STATS = ("versions", "ciphers", "curves", "sigalgs")
+"""Envoy's per-handshake ``ssl.<kind>.<name>`` counters: what was negotiated."""
+
+app = typer.Typer(add_completion=False)
+
+
+@dataclass(frozen=True)
+class Round:
+    mode: str
+    connections: int
+    failed: int
+    total_ms: list[float]
+    """Per connection: TCP connect + TLS handshake (mTLS) + one gRPC call, as curl timed it."""
+    handshake_ms: list[float]
+    """Per connection: TLS done minus TCP connected (mTLS only)."""
+    envoy_cpu_s: float
+    handshakes: int
+    """The callee listener's ``ssl.handshake`` counter, moved over the round."""
+    seconds: float
+    load: str
+
+
+def _curl() -> str:
+    found = shutil.which("curl")
+    if found is None:
+        raise SystemExit("curl not found (install curl)")
+    return found
+
+
+def listener_ssl_stats(envoy: Envoy) -> dict[str, int]:
+    """The listeners' ``ssl.*`` counters of ``envoy`` (clusters excluded), summed by the name
+    after ``ssl.``: ``handshake``, ``versions.TLSv1.3``, ..."""
+    query = urllib.parse.urlencode({"format": "json", "filter": r"^listener\..*\.ssl\."})
+    url = f"http://127.0.0.1:{envoy.admin_port}/stats?{query}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        stats = json.load(response)["stats"]
+    out: dict[str, int] = {}
+    for stat in stats:
+        name, value = stat.get("name"), stat.get("value")
+        if not isinstance(name, str) or not isinstance(value, int) or ".ssl." not in name:
+            continue
+        key = name.split(".ssl.", 1)[1]
+        out[key] = out.get(key, 0) + value
+    return out
+
+
+def _command(mode: str, port: int, body: Path, tls_dir: Path) -> list[str]:
+    common = [
+        _curl(),
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "10",
+        "--request",
+        "POST",
+        "--data-binary",
+        f"@{body}",
+        "--header",
+        "content-type: application/grpc",
+        "--header",
+        "te: trailers",
+        "--dump-header",
+        "-",  # headers and trailers (grpc-status) on stdout
+        "--output",
+        "/dev/null",
+        "--write-out",
+        "timings %{time_connect} %{time_appconnect} %{time_total} %{http_code}\n",
+    ]
+    if mode == "plaintext":
+        return [*common, "--http2-prior-knowledge", f"http://127.0.0.1:{port}{METHOD}"]
+    return [
+        *common,
+        "--http2",
+        "--insecure",  # the callee names a SPIFFE ID, not 127.0.0.1; it checks us in full
+        "--cert",
+        str(tls_dir / "cert.pem"),
+        "--key",
+        str(tls_dir / "key.pem"),
+        f"https://127.0.0.1:{port}{METHOD}",
+    ]
+
+
+def _one_round(mode: str, port: int, envoy: Envoy, body: Path, tls_dir: Path, n: int) -> Round:
+    command = _command(mode, port, body, tls_dir)
+    totals: list[float] = []
+    handshakes_ms: list[float] = []
+    failed = 0
+    stats_before = listener_ssl_stats(envoy)
+    started, cpu_before = time.monotonic(), thread_run_seconds(envoy.pid)
+    for _ in range(n):
+        run = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        lines = run.stdout.lower().splitlines()
+        timings = [line.split() for line in lines if line.startswith("timings ")]
+        ok = run.returncode == 0 and "grpc-status: 0" in lines and bool(timings)
+        if not ok or timings[-1][4] != "200":
+            failed += 1
+            if failed <= 3:
+                print(f"{mode}: call failed ({run.returncode}): {run.stdout}{run.stderr}")
+            continue
+        connect, tls_done, total = (float(x) * 1000 for x in timings[-1][1:4])
+        totals.append(total)
+        if mode == "mtls":
+            handshakes_ms.append(tls_done - connect)
+    cpu = thread_run_seconds(envoy.pid) - cpu_before
+    seconds = time.monotonic() - started
+    handshakes = listener_ssl_stats(envoy).get("handshake", 0) - stats_before.get("handshake", 0)
+    return Round(
+        mode, n, failed, sorted(totals), sorted(handshakes_ms), cpu, handshakes, seconds,
+        load_average().split("/")[0],
+    )  # fmt: skip
+
+
+def _idle_cpu_per_s(envoy: Envoy, seconds: float = 1.0) -> float:
+    before = thread_run_seconds(envoy.pid)
+    time.sleep(seconds)  # a measurement window, not a wait for a condition
+    return (thread_run_seconds(envoy.pid) - before) / seconds
+
+
+def _write_caller_tls(ca: CertificateAuthority, tls_dir: Path) -> None:
+    """A workload certificate from the mesh CA for the caller's identity, as curl reads it."""
+    now = dt.datetime.now(dt.UTC)
+    issued = ca.issue_workload(node_identity(str(NodeId.sidecar(CLIENT, "0"))), now)
+    (tls_dir / "cert.pem").write_bytes(issued.cert_chain_pem())
+    (tls_dir / "key.pem").write_bytes(issued.key_pem())
+    (tls_dir / "roots.pem").write_bytes(trust_bundle([ca.root], now))
+
+
+def run_benchmark(console: Console, connections: int, rounds: int, payload: int) -> list[Round]:
+    with tempfile.TemporaryDirectory(prefix="mtls-handshake-") as tmp:
+        workdir = Path(tmp)
+        body = workdir / "request.bin"
+        body.write_bytes(_grpc_frame(b"p" * payload))
+        server, app_port = _start_server(workdir, payload)
+        try:
+            plain_in, mtls_in = allocate_ports(2)
+            ca = CertificateAuthority.create_root(dt.datetime.now(dt.UTC))
+            _write_caller_tls(ca, workdir)
+            plain, _ = _sidecar_bootstraps(app_port, server_inbound=plain_in)
+            mtls, _ = _sidecar_bootstraps(app_port, ca, server_inbound=mtls_in)
+            configs = {name: {**plain, **mtls}[name] for name in CALLEE.values()}
+            ports = {"plaintext": plain_in, "mtls": mtls_in}
+            with running_envoys(configs, workdir, concurrency=1) as envoys:
+                for envoy in envoys.values():
+                    envoy.wait_ready()
+                callee = {mode: envoys[name] for mode, name in CALLEE.items()}
+                for mode in MODES:  # code paths warm, and both paths proven before measuring
+                    warm = _one_round(mode, ports[mode], callee[mode], body, workdir, 3)
+                    if warm.failed:
+                        raise SystemExit(f"{mode}: the warm-up calls failed")
+                idle = {mode: _idle_cpu_per_s(callee[mode]) for mode in MODES}
+                results: list[Round] = []
+                for i in range(rounds):
+                    order = MODES if i % 2 == 0 else MODES[::-1]
+                    for mode in order:
+                        r = _one_round(mode, ports[mode], callee[mode], body, workdir, connections)
+                        results.append(r)
+                        console.print(
+                            f"  round {len(results)}: {mode:9} {r.connections} connections in "
+                            f"{r.seconds:.1f} s, Envoy CPU {r.envoy_cpu_s * 1e3:.1f} ms, "
+                            f"ssl.handshake +{r.handshakes}, failed {r.failed}, load {r.load}"
+                        )
+                negotiated = listener_ssl_stats(callee["mtls"])
+        finally:
+            stop_processes([server])
+    _report(console, results, idle, negotiated)
+    return results
+
+
+def _report(
+    console: Console, rounds: list[Round], idle: dict[str, float], negotiated: dict[str, int]
+) -> None:
+    def per_connection_us(mode: str) -> float:
+        of_mode = [r for r in rounds if r.mode == mode]
+        return sum(r.envoy_cpu_s for r in of_mode) / sum(r.connections for r in of_mode) * 1e6
+
+    def latency(mode: str, q: float, field: str = "total_ms") -> float:
+        # Median over rounds of each round's percentile: a disturbed round weighs one vote.
+        return float(
+            statistics.median(_percentile(getattr(r, field), q) for r in rounds if r.mode == mode)
+        )
+
+    table = Table(title="per new connection at the callee sidecar's inbound listener")
+    for column in ("", "plaintext", "mTLS", "mTLS/plaintext", "Δ"):
+        table.add_column(column, justify="right")
+    plain_cpu, mtls_cpu = per_connection_us("plaintext"), per_connection_us("mtls")
+    table.add_row(
+        "callee Envoy CPU",
+        f"{plain_cpu:.0f} µs",
+        f"{mtls_cpu:.0f} µs",
+        f"{mtls_cpu / plain_cpu:.2f}" if plain_cpu else "",
+        f"{mtls_cpu - plain_cpu:+.0f} µs",
+    )
+    for q in (0.50, 0.90, 0.99):
+        plain, mtls = latency("plaintext", q), latency("mtls", q)
+        table.add_row(
+            f"connect + call p{q * 100:.0f}",
+            f"{plain:.2f} ms",
+            f"{mtls:.2f} ms",
+            f"{mtls / plain:.2f}" if plain else "",
+            f"{mtls - plain:+.2f} ms",
+        )
+    table.add_row(
+        "TLS handshake p50 (curl)", "", f"{latency('mtls', 0.5, 'handshake_ms'):.2f} ms", "", ""
+    )
+    console.print(table)
+    seconds = {m: sum(r.seconds for r in rounds if r.mode == m) for m in MODES}
+    n = {m: sum(r.connections for r in rounds if r.mode == m) for m in MODES}
+    console.print(
+        "idle callee Envoy: "
+        + ", ".join(
+            f"{m} {idle[m] * 1e3:.1f} ms CPU/s (~{idle[m] * seconds[m] / n[m] * 1e6:.0f} µs of "
+            "each connection's figure)"
+            for m in MODES
+        )
+    )
+    kinds = {
+        kind: sorted(k.split(".", 1)[1] for k, v in negotiated.items() if k.startswith(kind) and v)
+        for kind in TLS_STATS
+    }
+    console.print(
+        "negotiated (Envoy's ssl counters): "
+        + "; ".join(f"{kind} {', '.join(names) or '?'}" for kind, names in kinds.items())
+        + "; certificates ECDSA P-256 (mesh CA)"
+    )
+    handshakes = {m: sum(r.handshakes for r in rounds if r.mode == m) for m in MODES}
+    console.print(
+        f"ssl.handshake: plaintext +{handshakes['plaintext']}, mtls +{handshakes['mtls']} "
+        f"over {n['mtls']} mTLS connections"
+    )
+    console.print(f"load average at the end: {load_average()}")
+
+
+@app.command()
+def main(
+    connections: Annotated[int, typer.Option(min=1, help="New connections per round.")] = 200,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds per mode (alternating).")] = 4,
+    payload: Annotated[int, typer.Option(min=0, help="Request and response bytes.")] = 1024,
+) -> None:
+    """Measure the callee sidecar's cost of an mTLS handshake per new connection."""
+    console = Console(width=150)
+    print_header(console, "bench.mtls_handshake")
+    console.print(
+        f"{rounds} rounds per mode of {connections} new connections (curl, one process each: "
+        f"connect, handshake, one {payload} B gRPC call, close), Envoy --concurrency 1"
+    )
+    results = run_benchmark(console, connections, rounds, payload)
+    failed = sum(r.failed for r in results)
+    wrong = [r for r in results if r.handshakes != (r.connections if r.mode == "mtls" else 0)]
+    if failed or wrong:
+        console.print(
+            f"[red]{failed} calls failed; {len(wrong)} rounds where ssl.handshake did not move "
+            "by the mTLS connections (or moved for plaintext)[/red]"
+        )
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()
