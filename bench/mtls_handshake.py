@@ -38,7 +38,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -48,6 +48,7 @@ from bench._mesh import Envoy, load_average, print_header, running_envoys, stop_
 from bench.sidecar_overhead import (
     CLIENT,
     METHOD,
+    SERVER,
     _grpc_frame,
     _percentile,
     _sidecar_bootstraps,
@@ -59,8 +60,25 @@ from grpcmesh_control.mesh.certificates import node_identity
 from grpcmesh_control.mesh.translate import NodeId
 from grpcmesh_loadgen.procstat import thread_run_seconds
 
-MODES = ("plaintext", "mtls")
-CALLEE = {"plaintext": "bench-server-sidecar", "mtls": "bench-server-mtls"}
+MODES = ("plaintext", "mtls", "pair-plaintext", "pair-mtls", "pair-mtls-full")
+CALLEE = {
+    "plaintext": "bench-server-sidecar",
+    "mtls": "bench-server-mtls",
+    "pair-plaintext": "bench-server-sidecar",
+    "pair-mtls": "bench-server-mtls",
+    "pair-mtls-full": "bench-server-mtls",
+}
+CALLER = {
+    "pair-plaintext": "bench-client-sidecar",
+    "pair-mtls": "bench-client-mtls",
+    "pair-mtls-full": "bench-client-mtls-full",
+}
+"""The pair modes go through the caller's sidecar (egress), made to open a new connection to
+the callee for every call (``max_requests_per_connection: 1``). ``pair-mtls`` keeps the mesh's
+TLS config, so Envoy resumes the TLS session of the previous connection (an abbreviated
+handshake); ``pair-mtls-full``'s caller keeps no session (``max_session_keys: 0``), so every
+connection makes a full handshake, as after a sidecar restart or with a new peer."""
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_STATS = ("versions", "ciphers", "curves", "sigalgs")
 """Envoy's per-handshake ``ssl.<kind>.<name>`` counters: what was negotiated."""
 
@@ -77,10 +95,17 @@ class Round:
     handshake_ms: list[float]
     """Per connection: TLS done minus TCP connected (mTLS only)."""
     envoy_cpu_s: float
-    handshakes: int
-    """The callee listener's ``ssl.handshake`` counter, moved over the round."""
+    """The callee's sidecar."""
+    caller_cpu_s: float
+    """The caller's sidecar (pair modes)."""
+    ssl: dict[str, int]
+    """The callee listener's ``ssl.*`` counters, moved over the round."""
     seconds: float
     load: str
+
+    @property
+    def handshakes(self) -> int:
+        return self.ssl.get("handshake", 0)
 
 
 def _curl() -> str:
@@ -108,6 +133,8 @@ def listener_ssl_stats(envoy: Envoy) -> dict[str, int]:
 
 
 def _command(mode: str, port: int, body: Path, tls_dir: Path) -> list[str]:
+    """One new connection and one call: to the callee's inbound listener, or (pair modes) in
+    plaintext to the caller's sidecar, which routes by the authority."""
     common = [
         _curl(),
         "--silent",
@@ -129,6 +156,14 @@ def _command(mode: str, port: int, body: Path, tls_dir: Path) -> list[str]:
         "--write-out",
         "timings %{time_connect} %{time_appconnect} %{time_total} %{http_code}\n",
     ]
+    if mode in CALLER:
+        return [
+            *common,
+            "--http2-prior-knowledge",
+            "--header",
+            f"host: {SERVER}",  # the :authority the caller's sidecar routes by
+            f"http://127.0.0.1:{port}{METHOD}",
+        ]
     if mode == "plaintext":
         return [*common, "--http2-prior-knowledge", f"http://127.0.0.1:{port}{METHOD}"]
     return [
@@ -143,12 +178,15 @@ def _command(mode: str, port: int, body: Path, tls_dir: Path) -> list[str]:
     ]
 
 
-def _one_round(mode: str, port: int, envoy: Envoy, body: Path, tls_dir: Path, n: int) -> Round:
+def _one_round(
+    mode: str, port: int, envoy: Envoy, caller: Envoy | None, body: Path, tls_dir: Path, n: int
+) -> Round:
     command = _command(mode, port, body, tls_dir)
     totals: list[float] = []
     handshakes_ms: list[float] = []
     failed = 0
     stats_before = listener_ssl_stats(envoy)
+    caller_before = 0.0 if caller is None else thread_run_seconds(caller.pid)
     started, cpu_before = time.monotonic(), thread_run_seconds(envoy.pid)
     for _ in range(n):
         run = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
@@ -162,14 +200,16 @@ def _one_round(mode: str, port: int, envoy: Envoy, body: Path, tls_dir: Path, n:
             continue
         connect, tls_done, total = (float(x) * 1000 for x in timings[-1][1:4])
         totals.append(total)
-        if mode == "mtls":
+        if mode == "mtls":  # curl's own TLS (pair modes: curl to the caller is plaintext)
             handshakes_ms.append(tls_done - connect)
     cpu = thread_run_seconds(envoy.pid) - cpu_before
+    caller_cpu = 0.0 if caller is None else thread_run_seconds(caller.pid) - caller_before
     seconds = time.monotonic() - started
-    handshakes = listener_ssl_stats(envoy).get("handshake", 0) - stats_before.get("handshake", 0)
+    after = listener_ssl_stats(envoy)
+    moved = {k: v - stats_before.get(k, 0) for k, v in after.items() if v != stats_before.get(k, 0)}
     return Round(
-        mode, n, failed, sorted(totals), sorted(handshakes_ms), cpu, handshakes, seconds,
-        load_average().split("/")[0],
+        mode, n, failed, sorted(totals), sorted(handshakes_ms), cpu, caller_cpu, moved,
+        seconds, load_average().split("/")[0],
     )  # fmt: skip
 
 
@@ -188,6 +228,20 @@ def _write_caller_tls(ca: CertificateAuthority, tls_dir: Path) -> None:
     (tls_dir / "roots.pem").write_bytes(trust_bundle([ca.root], now))
 
 
+def _new_connection_per_call(bootstrap: dict[str, Any], *, resume: bool = True) -> None:
+    """The caller's sidecar closes its connection to the callee after each call, so every call
+    opens (and, with mTLS, handshakes) a new one; without ``resume`` it keeps no TLS session
+    to resume either. The rest of its config stays the mesh's."""
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        if cluster["name"].startswith(f"{SERVER}|"):
+            options = cluster["typed_extension_protocol_options"][_HTTP_OPTIONS_KEY]
+            options["common_http_protocol_options"] = {"max_requests_per_connection": 1}
+            if not resume:
+                cluster["transport_socket"]["typed_config"]["max_session_keys"] = 0
+            return
+    raise RuntimeError(f"no cluster to {SERVER} in the caller's bootstrap")
+
+
 def run_benchmark(console: Console, connections: int, rounds: int, payload: int) -> list[Round]:
     with tempfile.TemporaryDirectory(prefix="mtls-handshake-") as tmp:
         workdir = Path(tmp)
@@ -198,43 +252,57 @@ def run_benchmark(console: Console, connections: int, rounds: int, payload: int)
             plain_in, mtls_in = allocate_ports(2)
             ca = CertificateAuthority.create_root(dt.datetime.now(dt.UTC))
             _write_caller_tls(ca, workdir)
-            plain, _ = _sidecar_bootstraps(app_port, server_inbound=plain_in)
-            mtls, _ = _sidecar_bootstraps(app_port, ca, server_inbound=mtls_in)
-            configs = {name: {**plain, **mtls}[name] for name in CALLEE.values()}
-            ports = {"plaintext": plain_in, "mtls": mtls_in}
+            plain, plain_egress = _sidecar_bootstraps(app_port, server_inbound=plain_in)
+            mtls, mtls_egress = _sidecar_bootstraps(app_port, ca, server_inbound=mtls_in)
+            # A third caller sidecar, to the same mTLS callee, for full handshakes.
+            full, full_egress = _sidecar_bootstraps(app_port, ca, server_inbound=mtls_in)
+            configs = {**plain, **mtls, "bench-client-mtls-full": full["bench-client-mtls"]}
+            for mode, name in CALLER.items():
+                _new_connection_per_call(configs[name], resume=mode != "pair-mtls-full")
+            ports = {
+                "plaintext": plain_in,
+                "mtls": mtls_in,
+                "pair-plaintext": plain_egress,
+                "pair-mtls": mtls_egress,
+                "pair-mtls-full": full_egress,
+            }
             with running_envoys(configs, workdir, concurrency=1) as envoys:
                 for envoy in envoys.values():
                     envoy.wait_ready()
                 callee = {mode: envoys[name] for mode, name in CALLEE.items()}
-                for mode in MODES:  # code paths warm, and both paths proven before measuring
-                    warm = _one_round(mode, ports[mode], callee[mode], body, workdir, 3)
-                    if warm.failed:
+                caller = {mode: envoys[name] for mode, name in CALLER.items()}
+
+                def one(mode: str, n: int) -> Round:
+                    return _one_round(
+                        mode, ports[mode], callee[mode], caller.get(mode), body, workdir, n
+                    )
+
+                for mode in MODES:  # code paths warm, and every path proven before measuring
+                    if one(mode, 3).failed:
                         raise SystemExit(f"{mode}: the warm-up calls failed")
-                idle = {mode: _idle_cpu_per_s(callee[mode]) for mode in MODES}
+                idle = {name: _idle_cpu_per_s(envoy) for name, envoy in envoys.items()}
                 results: list[Round] = []
                 for i in range(rounds):
                     order = MODES if i % 2 == 0 else MODES[::-1]
                     for mode in order:
-                        r = _one_round(mode, ports[mode], callee[mode], body, workdir, connections)
+                        r = one(mode, connections)
                         results.append(r)
                         console.print(
-                            f"  round {len(results)}: {mode:9} {r.connections} connections in "
-                            f"{r.seconds:.1f} s, Envoy CPU {r.envoy_cpu_s * 1e3:.1f} ms, "
+                            f"  round {len(results)}: {mode:14} {r.connections} connections in "
+                            f"{r.seconds:.1f} s, callee Envoy CPU {r.envoy_cpu_s * 1e3:.1f} ms, "
+                            f"caller {r.caller_cpu_s * 1e3:.1f} ms, "
                             f"ssl.handshake +{r.handshakes}, failed {r.failed}, load {r.load}"
                         )
-                negotiated = listener_ssl_stats(callee["mtls"])
         finally:
             stop_processes([server])
-    _report(console, results, idle, negotiated)
+    _report(console, results, idle)
     return results
 
 
-def _report(
-    console: Console, rounds: list[Round], idle: dict[str, float], negotiated: dict[str, int]
-) -> None:
-    def per_connection_us(mode: str) -> float:
+def _report(console: Console, rounds: list[Round], idle: dict[str, float]) -> None:
+    def per_connection_us(mode: str, field: str = "envoy_cpu_s") -> float:
         of_mode = [r for r in rounds if r.mode == mode]
-        return sum(r.envoy_cpu_s for r in of_mode) / sum(r.connections for r in of_mode) * 1e6
+        return sum(getattr(r, field) for r in of_mode) / sum(r.connections for r in of_mode) * 1e6
 
     def latency(mode: str, q: float, field: str = "total_ms") -> float:
         # Median over rounds of each round's percentile: a disturbed round weighs one vote.
@@ -242,53 +310,66 @@ def _report(
             statistics.median(_percentile(getattr(r, field), q) for r in rounds if r.mode == mode)
         )
 
-    table = Table(title="per new connection at the callee sidecar's inbound listener")
-    for column in ("", "plaintext", "mTLS", "mTLS/plaintext", "Δ"):
-        table.add_column(column, justify="right")
-    plain_cpu, mtls_cpu = per_connection_us("plaintext"), per_connection_us("mtls")
-    table.add_row(
-        "callee Envoy CPU",
-        f"{plain_cpu:.0f} µs",
-        f"{mtls_cpu:.0f} µs",
-        f"{mtls_cpu / plain_cpu:.2f}" if plain_cpu else "",
-        f"{mtls_cpu - plain_cpu:+.0f} µs",
-    )
-    for q in (0.50, 0.90, 0.99):
-        plain, mtls = latency("plaintext", q), latency("mtls", q)
+    def row(table: Table, label: str, plain: float, mtls: float, unit: str, digits: int) -> None:
         table.add_row(
-            f"connect + call p{q * 100:.0f}",
-            f"{plain:.2f} ms",
-            f"{mtls:.2f} ms",
+            label,
+            f"{plain:.{digits}f} {unit}",
+            f"{mtls:.{digits}f} {unit}",
             f"{mtls / plain:.2f}" if plain else "",
-            f"{mtls - plain:+.2f} ms",
+            f"{mtls - plain:+.{digits}f} {unit}",
         )
-    table.add_row(
-        "TLS handshake p50 (curl)", "", f"{latency('mtls', 0.5, 'handshake_ms'):.2f} ms", "", ""
+
+    pair = "curl -> caller sidecar -> callee sidecar, a new sidecar-to-sidecar connection per call"
+    for plain_mode, mtls_mode, title in (
+        ("plaintext", "mtls", "curl -> callee sidecar (inbound), a new connection per call"),
+        ("pair-plaintext", "pair-mtls-full", f"{pair}, full handshakes"),
+        ("pair-plaintext", "pair-mtls", f"{pair}, TLS sessions resumed (the mesh's config)"),
+    ):
+        table = Table(title=f"per new connection: {title}")
+        for column in ("", "plaintext", "mTLS", "mTLS/plaintext", "Δ"):
+            table.add_column(column, justify="right")
+        row(
+            table, "callee Envoy CPU", per_connection_us(plain_mode),
+            per_connection_us(mtls_mode), "µs", 0,
+        )  # fmt: skip
+        if plain_mode in CALLER:
+            row(
+                table, "caller Envoy CPU", per_connection_us(plain_mode, "caller_cpu_s"),
+                per_connection_us(mtls_mode, "caller_cpu_s"), "µs", 0,
+            )  # fmt: skip
+        for q in (0.50, 0.90, 0.99):
+            label = f"connect + call p{q * 100:.0f}"
+            row(table, label, latency(plain_mode, q), latency(mtls_mode, q), "ms", 2)
+        if plain_mode == "plaintext":
+            handshake = latency("mtls", 0.5, "handshake_ms")
+            table.add_row("TLS handshake p50 (curl)", "", f"{handshake:.2f} ms", "", "")
+        console.print(table)
+    console.print(
+        "idle Envoys (CPU per second; already inside the figures above): "
+        + ", ".join(f"{name} {cpu * 1e3:.1f} ms" for name, cpu in idle.items())
     )
-    console.print(table)
-    seconds = {m: sum(r.seconds for r in rounds if r.mode == m) for m in MODES}
+    for mode in (m for m in MODES if "mtls" in m):
+        moved: dict[str, int] = {}
+        for r in rounds:
+            if r.mode == mode:
+                for key, value in r.ssl.items():
+                    moved[key] = moved.get(key, 0) + value
+        kinds = {
+            kind: sorted(k.split(".", 1)[1] for k in moved if k.startswith(kind + "."))
+            for kind in TLS_STATS
+        }
+        console.print(
+            f"{mode}, negotiated at the callee (its ssl counters): "
+            + "; ".join(f"{kind} {', '.join(names) or '?'}" for kind, names in kinds.items())
+            + f"; sessions resumed {moved.get('session_reused', 0)} of "
+            f"{moved.get('handshake', 0)}"
+        )
+    console.print("certificates: ECDSA P-256 keys, issued by the mesh CA")
+    handshakes = {m: sum(r.handshakes for r in rounds if r.mode == m) for m in MODES}
     n = {m: sum(r.connections for r in rounds if r.mode == m) for m in MODES}
     console.print(
-        "idle callee Envoy: "
-        + ", ".join(
-            f"{m} {idle[m] * 1e3:.1f} ms CPU/s (~{idle[m] * seconds[m] / n[m] * 1e6:.0f} µs of "
-            "each connection's figure)"
-            for m in MODES
-        )
-    )
-    kinds = {
-        kind: sorted(k.split(".", 1)[1] for k, v in negotiated.items() if k.startswith(kind) and v)
-        for kind in TLS_STATS
-    }
-    console.print(
-        "negotiated (Envoy's ssl counters): "
-        + "; ".join(f"{kind} {', '.join(names) or '?'}" for kind, names in kinds.items())
-        + "; certificates ECDSA P-256 (mesh CA)"
-    )
-    handshakes = {m: sum(r.handshakes for r in rounds if r.mode == m) for m in MODES}
-    console.print(
-        f"ssl.handshake: plaintext +{handshakes['plaintext']}, mtls +{handshakes['mtls']} "
-        f"over {n['mtls']} mTLS connections"
+        "ssl.handshake at the callee: "
+        + ", ".join(f"{m} +{handshakes[m]} over {n[m]} connections" for m in MODES)
     )
     console.print(f"load average at the end: {load_average()}")
 
@@ -308,7 +389,7 @@ def main(
     )
     results = run_benchmark(console, connections, rounds, payload)
     failed = sum(r.failed for r in results)
-    wrong = [r for r in results if r.handshakes != (r.connections if r.mode == "mtls" else 0)]
+    wrong = [r for r in results if r.handshakes != (r.connections if "mtls" in r.mode else 0)]
     if failed or wrong:
         console.print(
             f"[red]{failed} calls failed; {len(wrong)} rounds where ssl.handshake did not move "

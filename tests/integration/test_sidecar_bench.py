@@ -52,26 +52,32 @@ def test_the_proxyless_benchmark_measures_all_three_paths() -> None:
 
 
 def test_the_handshake_benchmark_handshakes_with_mtls_only() -> None:
-    # A few new connections per mode at the callee sidecar's inbound listener: the mTLS ones
-    # present a certificate from the benchmark's mesh CA and move the listener's ssl.handshake
-    # counter by one each; the plaintext ones move it not at all. (The benchmark also exits
-    # non-zero when either does not hold.)
-    connections = 4
+    # A few new connections per mode: curl at the callee sidecar's inbound listener, and curl
+    # through the caller's sidecar, which opens a new connection to the callee per call. The
+    # mTLS ones move the callee listener's ssl.handshake counter by one each, the plaintext ones
+    # not at all; Envoy to Envoy resumes TLS sessions unless the caller keeps none. (The
+    # benchmark also exits non-zero when a call fails or a counter is off.)
+    n = 4
     run = subprocess.run(
-        [sys.executable, "-m", "bench.mtls_handshake", "--connections", str(connections),
-         "--rounds", "1"],
+        [sys.executable, "-m", "bench.mtls_handshake", "--connections", str(n), "--rounds", "1"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    pattern = r"round \d+: (\w+) +(\d+) connections .* ssl\.handshake \+(\d+), failed (\d+)"
-    rounds = re.findall(pattern, run.stdout)
-    assert sorted(rounds) == [
-        ("mtls", str(connections), str(connections), "0"),
-        ("plaintext", str(connections), "0", "0"),
+    pattern = r"round \d+: ([\w-]+) +(\d+) connections .* ssl\.handshake \+(\d+), failed (\d+)"
+    rounds = sorted(re.findall(pattern, run.stdout))
+    assert rounds == [
+        ("mtls", str(n), str(n), "0"),
+        ("pair-mtls", str(n), str(n), "0"),
+        ("pair-mtls-full", str(n), str(n), "0"),
+        ("pair-plaintext", str(n), "0", "0"),
+        ("plaintext", str(n), "0", "0"),
     ], run.stdout
-    assert "versions TLSv1.3" in run.stdout, run.stdout
-    assert "callee Envoy CPU" in run.stdout
+    out = " ".join(run.stdout.split())  # rich wraps long lines
+    assert "mtls, negotiated at the callee (its ssl counters): versions TLSv1.3" in out, out
+    assert re.search(rf"pair-mtls, negotiated .* sessions resumed {n} of {n}", out), out
+    assert re.search(rf"pair-mtls-full, negotiated .* sessions resumed 0 of {n}", out), out
+    assert "callee Envoy CPU" in out and "caller Envoy CPU" in out
