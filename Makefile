@@ -128,10 +128,11 @@ demo: gen ## start the reference services locally and place demo orders through 
 	$(VENV)/bin/grpcmesh demo --up
 
 .PHONY: bench
-bench: gen ## benchmarks: kit tax, PlaceOrder per core, sidecar overhead, xDS convergence, workers
+bench: gen ## benchmarks: kit tax, PlaceOrder per core, sidecar overhead, mTLS handshake, xDS convergence, workers
 	$(PY) bench/kit_tax.py
 	$(PY) -m bench.place_order
 	$(PY) -m bench.sidecar_overhead
+	$(PY) -m bench.mtls_handshake
 	$(PY) -m bench.xds_convergence
 	$(PY) -m bench.workers
 

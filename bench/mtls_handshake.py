@@ -14,13 +14,22 @@ status (every call must be OK). curl does not check the server's name (``-k``: t
 certificate names a SPIFFE ID, not 127.0.0.1); the callee checks the caller's certificate in
 full, which is the side measured.
 
-Rounds alternate the two modes. Per round: the callee Envoy's CPU over
-its N connections (the
-scheduler's per-thread runtime, ``/proc/<pid>/task/*/schedstat``: clock ticks are 10 ms, a
-connection costs less), and its listener's ``ssl.handshake`` counter (must move by N for mTLS, by 0
-for plaintext: the run fails otherwise). Reported per new connection: Envoy CPU µs, latency
-p50/p90/p99 of connect + handshake + one call, the ratio and the delta, and the TLS version,
-cipher, curve and signature algorithm Envoy counted.
+The pair modes put the caller's own sidecar in front (``bench-client``'s, the mesh's config
+but for ``max_requests_per_connection: 1`` on its cluster to the callee, so each call opens a
+new sidecar-to-sidecar connection; curl reaches it in plaintext, as an app does): Envoy to
+Envoy, with the TLS version and ciphers Envoy negotiates, measured on both sidecars.
+``pair-mtls`` keeps the mesh's TLS config, under which the caller resumes its previous TLS
+session; ``pair-mtls-full``'s caller keeps none (``max_session_keys: 0``): every connection a
+full handshake, as with a new peer or after a restart.
+
+Rounds alternate the modes (the order reverses every round). Per round: each Envoy's CPU over
+its N connections (the scheduler's per-thread runtime, ``/proc/<pid>/task/*/schedstat``: clock
+ticks are 10 ms, a connection costs less), and the callee listener's ``ssl.*`` counters
+(``ssl.handshake`` must move by N in an mTLS mode and by 0 in a plaintext one: the run fails
+otherwise). Reported per new connection: Envoy CPU µs (the callee's; the caller's too in the
+pair modes), latency p50/p90/p99 of connect + handshake + one call, the ratio and the delta;
+and per mTLS mode the TLS version, cipher, curve, signature algorithm and resumed sessions
+the callee counted.
 
     python -m bench.mtls_handshake [--connections 200] [--rounds 4] [--payload 1024]
 """
@@ -302,7 +311,8 @@ def run_benchmark(console: Console, connections: int, rounds: int, payload: int)
 def _report(console: Console, rounds: list[Round], idle: dict[str, float]) -> None:
     def per_connection_us(mode: str, field: str = "envoy_cpu_s") -> float:
         of_mode = [r for r in rounds if r.mode == mode]
-        return sum(getattr(r, field) for r in of_mode) / sum(r.connections for r in of_mode) * 1e6
+        used = sum(float(getattr(r, field)) for r in of_mode)
+        return used / sum(r.connections for r in of_mode) * 1e6
 
     def latency(mode: str, q: float, field: str = "total_ms") -> float:
         # Median over rounds of each round's percentile: a disturbed round weighs one vote.
