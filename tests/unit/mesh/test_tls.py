@@ -91,6 +91,9 @@ def test_clusters_originate_mtls_and_pin_the_server_identity(registry: Registry)
             ("exact", f"spiffe://mesh.example/ns/default/sa/{service}")
         ]
         _names_its_secrets(context.common_tls_context)
+        # Envoy's client side would stop at TLS 1.2: sidecars speak TLS 1.3 to each other.
+        params = context.common_tls_context.tls_params
+        assert params.tls_maximum_protocol_version == params.TlsProtocol.TLSv1_3
     # The app on the pod's loopback is not a mesh peer: plaintext.
     assert not cluster(orders, "inbound|50051").HasField("transport_socket")
 
