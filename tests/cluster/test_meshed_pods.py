@@ -119,14 +119,18 @@ def test_two_meshed_replicas_run_side_by_side_on_their_pod_ips(
         metrics = fetch(f"{address}:{METRICS_PORT}")
         assert value(metrics, "grpcmesh_service_info", service="catalog", version="v1") == 1
 
-    # The Service's EndpointSlice lists both, ready, with the sidecar's inbound port.
-    slices = kube.items("endpointslices", namespace, "kubernetes.io/service-name=catalog")
-    ready = sorted(
-        address
-        for item in slices
-        for ep in item.get("endpoints") or []
-        if ep["conditions"].get("ready")
-        for address in ep["addresses"]
-    )
-    assert ready == addresses
+    # The Service's EndpointSlice lists both, ready, with the sidecar's inbound port (the
+    # EndpointSlice controller follows the pods' readiness a moment later).
+    def both_listed() -> list[dict[str, Any]] | None:
+        slices = kube.items("endpointslices", namespace, "kubernetes.io/service-name=catalog")
+        ready = sorted(
+            address
+            for item in slices
+            for ep in item.get("endpoints") or []
+            if ep["conditions"].get("ready")
+            for address in ep["addresses"]
+        )
+        return slices if ready == addresses else None
+
+    slices = wait_until(both_listed, "both replicas ready in the EndpointSlice", timeout=30)
     assert INBOUND_PORT in {p["port"] for item in slices for p in item.get("ports") or []}
