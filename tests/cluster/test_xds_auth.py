@@ -24,7 +24,6 @@ which does not know the agent's DNS table (``docs/node-agent.md``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import subprocess
@@ -46,6 +45,7 @@ from grpcmesh_control.mesh.translate.bootstrap import SUBJECT_TOKEN_TYPE_JWT, en
 from grpcmesh_control.mesh.xds import CLUSTER
 from tests.cluster.conftest import StartAgent
 from tests.cluster.kube import KubeCluster, wait_until
+from tests.cluster.test_meshed_pods import descriptors
 from tests.integration.test_xds_auth_envoy import _ads, _request
 from tests.loopback import LOCALHOST, free_port
 from tests.scrape import fetch, value
@@ -124,16 +124,6 @@ def operator(kube: KubeCluster, namespace: str, tmp_path: Path) -> Iterator[Runn
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def descriptors() -> dict[str, Any]:
-    binpb = REPO / "charts" / "grpcmesh" / "files" / "descriptors" / "grpcmesh.shop.v1.binpb"
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "shop-descriptors", "labels": {"grpcmesh.io/descriptor-set": "true"}},
-        "binaryData": {"grpcmesh.shop.v1.binpb": base64.b64encode(binpb.read_bytes()).decode()},
-    }
 
 
 def ready_pod(kube: KubeCluster, namespace: str) -> dict[str, Any] | None:
