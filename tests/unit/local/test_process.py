@@ -90,6 +90,14 @@ async def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
     try:
         child = psutil.Process(int(await asyncio.wait_for(launcher.stdout.readline(), 30)))
         assert child.is_running()
+        # setpriv sets the parent-death signal and then execs the command: killed before
+        # that, the launcher leaves a child the signal never reaches (seen once in CI). Wait
+        # for the exec, which keeps the signal.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while "time.sleep(60)" not in " ".join(child.cmdline()):
+            assert loop.time() < deadline, child.cmdline()
+            await asyncio.sleep(0.01)
     finally:
         launcher.kill()  # SIGKILL: no chance to stop its children
         await launcher.wait()
