@@ -166,7 +166,8 @@ class Mesh:
             if self.launcher.poll() is not None:
                 raise AssertionError(f"grpcmesh up exited: {self.log.read_text()[-3000:]}")
             state = read_state(self.run_dir)
-            if state is not None and all(r.ready for r in state.replicas):
+            if state is not None and state.serving:
+                assert all(r.ready for r in state.replicas), state
                 return state
             time.sleep(0.2)
         raise AssertionError(f"mesh not ready in {timeout:g}s: {self.log.read_text()[-3000:]}")

@@ -175,15 +175,13 @@ async def failing_directly(mesh: Mesh, key: str) -> None:
 
 async def test_orders_placed_through_the_ingress_traverse_the_sidecars(mesh: Mesh) -> None:
     orders_sidecar = next(r for r in mesh.state.replicas if r.service == "orders").sidecar_admin
-
-    # "Every replica ready" precedes the EDS push that follows it: the first order after start
-    # once found no healthy inventory host in orders' sidecar and was cancelled as never sent.
-    async def backends_healthy() -> bool | None:
-        stats = await envoy_stats(orders_sidecar, "membership_healthy")
-        wanted = ("catalog|v1", "inventory|v1", "payments|v1")
-        return all(stats.get(f"cluster.{c}.membership_healthy", 0) > 0 for c in wanted) or None
-
-    await eventually(backends_healthy, timeout=30, what="orders' sidecar sees healthy backends")
+    # `up` is ready only once every proxy holds every ready endpoint: a first call right after
+    # it never meets "no healthy upstream" (it did while ready meant only "replicas ready").
+    healthy = await envoy_stats(orders_sidecar, "membership_healthy")
+    for backend in ("catalog|v1", "inventory|v1", "payments|v1", "payments|v2"):
+        assert healthy[f"cluster.{backend}.membership_healthy"] > 0, healthy
+    ingress = await envoy_stats(mesh.state.ingress_admin, "orders|v1.membership_healthy")
+    assert ingress["cluster.orders|v1.membership_healthy"] > 0, ingress
     before = await envoy_stats(orders_sidecar, "upstream_rq_total")
 
     report = await run_load(mesh.state.ingress, orders=20, rate=10.0, seed=1)

@@ -201,6 +201,7 @@ class XdsHost:
         inputs = publisher.inputs
         return status_document(
             version=publisher.version,
+            inputs_version=inputs.version,
             services=inputs.services,
             endpoints=inputs.endpoint_map,
             problems=[*self._problems(), *publisher.problems()],
@@ -349,6 +350,7 @@ def _server_credentials(tls: ServingTls) -> grpc.ServerCredentials:
 def status_document(
     *,
     version: str | None,
+    inputs_version: str,
     services: Sequence[MeshService],
     endpoints: Mapping[str, Sequence[Endpoint]],
     problems: list[str],
@@ -360,13 +362,15 @@ def status_document(
     certificate_of: Callable[[str], NodeCertificate | None] = lambda node_id: None,
 ) -> dict[str, Any]:
     """``GET /status`` (pure). ``version``: inputs of the published snapshots (None before the
-    first rebuild). A node has converged when ``acked_version == snapshot_version`` (its
+    first rebuild); ``inputs_version``: the newest inputs, which ``services`` describe (equal to
+    ``version`` once built). A node has converged when ``acked_version == snapshot_version`` (its
     config); ``secrets`` says which version of its SDS secrets it is served and whether it
     ACKed them (None: it is served none, e.g. no mesh CA); ``identity`` and ``certificate``
     (``not_after``, ``issued_at``, ``serial``) name the workload certificate it holds (None:
     none, e.g. no mesh CA, or the node disconnected)."""
     return {
         "version": version,
+        "inputs_version": inputs_version,
         "services": [
             {
                 "name": svc.name,

@@ -3,8 +3,9 @@ apps' grpc.health.v1. Create them inside the running event loop (aio objects bin
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -21,7 +22,9 @@ __all__ = [
     "ApplyResult",
     "ControlPlaneClient",
     "HealthProbe",
+    "NotConverged",
     "http_ok",
+    "wait_converged",
 ]
 
 HEALTH_CHECK_TIMEOUT_S = 1.0
@@ -29,6 +32,10 @@ HEALTH_CHECK_TIMEOUT_S = 1.0
 
 class AdminUnavailable(MeshError, ConnectionError):
     """The control plane's admin API did not answer."""
+
+
+class NotConverged(MeshError, TimeoutError):
+    """Some proxies did not connect and ACK, in time, a snapshot holding the ready endpoints."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,61 @@ async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
             return response.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
+
+
+async def wait_converged(
+    admin_address: str,
+    node_ids: Sequence[str],
+    *,
+    ready_endpoints: Mapping[str, int] | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, str]:
+    """Wait until every node is connected and has ACKed its current snapshot; returns node id
+    -> ACKed version. Raises ``NotConverged`` naming what is missing.
+
+    ``ready_endpoints`` (service name -> ready endpoints the launcher published) also waits
+    for the control plane to have read those endpoints and built the snapshots from them: a
+    replica is ready in the run state before the control plane has pushed its endpoint, and
+    a call in that gap finds "no healthy upstream" in its caller's sidecar."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with ControlPlaneClient(admin_address) as client:
+        while True:
+            try:
+                doc = await client.status()
+            except AdminUnavailable:
+                doc = {}
+            acked = {
+                str(node["id"]): str(node["acked_version"])
+                for node in doc.get("nodes", [])
+                if node.get("connected")
+                and node.get("acked_version")
+                and node.get("acked_version") == node.get("snapshot_version")
+            }
+            missing = [n for n in node_ids if n not in acked]
+            if ready_endpoints is not None:
+                missing += _endpoints_not_built(doc, ready_endpoints)
+            if not missing:
+                return {n: acked[n] for n in node_ids}
+            if loop.time() > deadline:
+                raise NotConverged(
+                    f"not connected or not ACKed after {timeout_s:g}s: {', '.join(missing)}"
+                )
+            await asyncio.sleep(0.1)
+
+
+def _endpoints_not_built(status: Mapping[str, Any], ready: Mapping[str, int]) -> list[str]:
+    """What of ``ready`` the control plane's published snapshots do not hold yet (``/status``:
+    its services' counts are of the newest inputs, built once ``version`` equals
+    ``inputs_version``)."""
+    if not status or status.get("version") != status.get("inputs_version"):
+        return ["the control plane's snapshots of the newest endpoints"]
+    published = {s["name"]: s["endpoints"]["ready"] for s in status.get("services", [])}
+    return [
+        f"{name}'s {count} ready endpoints"
+        for name, count in sorted(ready.items())
+        if published.get(name, 0) < count
+    ]
 
 
 class HealthProbe:

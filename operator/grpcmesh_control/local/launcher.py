@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpcmesh_control.local import credential
 from grpcmesh_control.local.atomic import write_atomically
-from grpcmesh_control.local.clients import AdminUnavailable, ControlPlaneClient
+from grpcmesh_control.local.clients import NotConverged, wait_converged
 from grpcmesh_control.local.controlplane import certificates_from_env
 from grpcmesh_control.local.envoy_binary import find_envoy
 from grpcmesh_control.local.gateway_tls import GatewayTlsFiles
@@ -70,10 +71,6 @@ RUN_DIR_MARKER = ".grpcmesh-run"
 
 class LauncherError(MeshError, RuntimeError):
     """The mesh cannot be started (no Envoy, a mesh already running in the directory, ...)."""
-
-
-class NotConverged(MeshError, TimeoutError):
-    """Some proxies did not connect and ACK their current snapshot in time."""
 
 
 @dataclass(frozen=True)
@@ -223,37 +220,6 @@ async def run_mesh(
     await supervisor.run(stop)
 
 
-async def wait_converged(
-    admin_address: str, node_ids: Sequence[str], *, timeout_s: float = 30.0
-) -> dict[str, str]:
-    """Wait until every node is connected and has ACKed its current snapshot; returns node id
-    -> ACKed version. Raises ``NotConverged`` naming the nodes that did not."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    pending: list[str] = list(node_ids)
-    async with ControlPlaneClient(admin_address) as client:
-        while True:
-            try:
-                nodes = {n["id"]: n for n in (await client.status()).get("nodes", [])}
-            except AdminUnavailable:
-                nodes = {}
-            acked = {
-                node_id: str(node["acked_version"])
-                for node_id, node in nodes.items()
-                if node.get("connected")
-                and node.get("acked_version")
-                and node.get("acked_version") == node.get("snapshot_version")
-            }
-            pending = [n for n in node_ids if n not in acked]
-            if not pending:
-                return {n: acked[n] for n in node_ids}
-            if loop.time() > deadline:
-                raise NotConverged(
-                    f"not connected or not ACKed after {timeout_s:g}s: {', '.join(pending)}"
-                )
-            await asyncio.sleep(0.1)
-
-
 class NotFollowed(MeshError, TimeoutError):
     """The launcher did not follow a change of ``resources/`` in time (or could not)."""
 
@@ -261,8 +227,9 @@ class NotFollowed(MeshError, TimeoutError):
 async def wait_followed(run_dir: Path, *, timeout_s: float = 90.0) -> Reconciled:
     """After an ``apply`` or ``delete``: wait until the launcher has followed the current
     ``resources/``: every replica it stopped is gone, every one it started is ready,
-    its sidecar connected and ACKing its snapshot. Returns what it did; raises ``NotFollowed``
-    naming what is missing (``reason`` of a replica that keeps crashing: see its log)."""
+    and every ready proxy has ACKed a snapshot holding the ready endpoints. Returns what it did;
+    raises ``NotFollowed`` naming what is missing (``reason`` of a replica that keeps crashing:
+    see its log)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     digest = content_digest(read_resource_files(run_dir / RESOURCES_DIR))
@@ -292,11 +259,15 @@ async def wait_followed(run_dir: Path, *, timeout_s: float = 90.0) -> Reconciled
             logs = ", ".join(replicas[k].app_log for k in wanted if k in replicas)
             raise NotFollowed(f"not ready after {timeout_s:g}s: {', '.join(waiting)} ({logs})")
         await asyncio.sleep(0.1)
-    nodes = [replicas[k].node_id for k in sorted(wanted)]
-    if nodes:
+    if wanted:
+        # The new replicas' sidecars, and every proxy that may call them, hold their endpoints.
+        nodes = [r.node_id for r in state.replicas if r.ready] + [state.ingress_node_id]
         try:
             await wait_converged(
-                state.control_plane_admin, nodes, timeout_s=max(1.0, deadline - loop.time())
+                state.control_plane_admin,
+                nodes,
+                ready_endpoints=Counter(r.service for r in state.replicas if r.ready),
+                timeout_s=max(1.0, deadline - loop.time()),
             )
         except NotConverged as exc:
             raise NotFollowed(str(exc)) from None

@@ -114,6 +114,9 @@ class RunState:
     ingress_restarts: int = 0
     declared: tuple[DeclaredVersion, ...] = ()
     reconciled: Reconciled | None = None
+    serving: bool = False
+    """The mesh has started: every replica ready, and every proxy ACKed config holding their
+    endpoints (``up`` says "mesh ready" then). Set once; later readiness is per replica."""
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -157,6 +160,7 @@ def run_state(
     control_plane_restarts: int = 0,
     restarts: Mapping[str, int] | None = None,
     reconciled: Reconciled | None = None,
+    serving: bool = False,
 ) -> RunState:
     """``pids`` and ``restarts`` are keyed by ``ProcessSpec.name``, ``ready`` by
     ``ReplicaPlan.key``."""
@@ -192,6 +196,7 @@ def run_state(
             for v in svc.versions
         ),
         reconciled=reconciled,
+        serving=serving,
         replicas=tuple(
             ReplicaState(
                 service=r.service,

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +35,13 @@ from pathlib import Path
 import aiohttp
 
 from grpcmesh_control.local.atomic import write_atomically
-from grpcmesh_control.local.clients import ControlPlaneClient, HealthProbe, http_ok
+from grpcmesh_control.local.clients import (
+    ControlPlaneClient,
+    HealthProbe,
+    NotConverged,
+    http_ok,
+    wait_converged,
+)
 from grpcmesh_control.local.plan import FILE_MODE, Plan, PlanError, ProcessSpec, ReplicaPlan
 from grpcmesh_control.local.process import ManagedProcess, death_signal_prefix
 from grpcmesh_control.local.sources import (
@@ -221,6 +228,7 @@ class Supervisor:
             control_plane_restarts=self.control_plane_restarts,
             restarts={p.spec.name: max(0, p.starts - 1) for p in processes},
             reconciled=self.reconciled,
+            serving=self.ready.is_set(),
         )
 
     def _extras(self) -> list[ManagedProcess]:
@@ -352,11 +360,27 @@ class Supervisor:
                         waiting[0][1],
                     )
                 await asyncio.sleep(self.settings.poll_starting_s)
-        self._write_state()
+        await self._await_endpoints_pushed(deadline - loop.time())
         self.ready.set()
+        self._write_state()
         self._on_ready(self.state())
         if self._replan is not None:
             await self._follow_resources()
+
+    async def _await_endpoints_pushed(self, timeout_s: float) -> None:
+        """Every proxy ACKed config that holds every ready endpoint. A replica is ready before
+        the control plane has read its endpoint and pushed it to its callers' sidecars; a call
+        in that gap fails with "no healthy upstream", so "mesh ready" waits for the push."""
+        ready = Counter(self.replicas[k].service for k, ok in self._ready.items() if ok)
+        try:
+            await wait_converged(
+                self.plan.control_plane.admin_address,
+                self.plan.node_ids,
+                ready_endpoints=ready,
+                timeout_s=max(1.0, timeout_s),
+            )
+        except NotConverged as exc:
+            raise StartupError("proxies", str(exc), self.control_plane.spec.log) from None
 
     def _check_alive(self) -> None:
         """While starting, an exited ingress or Prometheus fails ``up`` (replicas: their task)."""

@@ -70,7 +70,7 @@ async def test_status_before_any_node(
     client: TestClient[Any, Any], control_plane: ControlPlane
 ) -> None:
     status = await get_json(client, "/status")
-    assert status["version"] == control_plane.publisher.version
+    assert status["version"] == status["inputs_version"] == control_plane.publisher.version
     assert status["problems"] == []
     assert status["nodes"] == []
     orders = next(s for s in status["services"] if s["name"] == "orders")
@@ -197,8 +197,15 @@ async def test_apply_accepted(
     assert (state_dir / "resources" / "payments.yaml").read_bytes() == content
     # The version the next rebuild will report; rebuilding now, /status shows it.
     assert body["version"] != control_plane.publisher.version
+    # Until then /status says the newest inputs are not built: their counts are not served yet.
+    pending = await get_json(client, "/status")
+    assert (pending["version"], pending["inputs_version"]) == (
+        control_plane.publisher.version,
+        body["version"],
+    )
     control_plane.publisher.rebuild()
-    assert (await get_json(client, "/status"))["version"] == body["version"]
+    built = await get_json(client, "/status")
+    assert built["version"] == built["inputs_version"] == body["version"]
 
 
 async def test_debug_snapshot(client: TestClient[Any, Any], control_plane: ControlPlane) -> None:
