@@ -4,13 +4,17 @@ A caller's own sidecar answers some calls itself before sending anything upstrea
 endpoint, connection refused): those certainly had no effect. Every other failure - a route
 timeout, a reset after connecting, anything the callee's sidecar or the callee said - may come
 after the effect. ``clients.never_sent`` must tell them apart from what gRPC hands the caller,
-and a charge that never left must be neither re-sent nor refunded.
+and a charge that never left is never refunded: it is resent, a few times with backoff (it had
+no effect, so that is safe), and if it never gets out the order is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,10 @@ import pytest
 
 from grpcmesh.shop.v1 import orders_pb2
 from grpcmesh_orders.clients import never_sent
-from tests.loopback import LOCALHOST, free_port
+from tests.loopback import LOCALHOST, free_port, poll
 from tests.services.orders_fixtures import (
     CHARGE,
+    Shop,
     assert_books_from_stores,
     event_names,
     place,
@@ -128,24 +133,14 @@ async def test_no_connection_at_all_is_never_sent() -> None:
     assert never_sent(caught.value)
 
 
-async def test_a_charge_its_own_sidecar_refused_is_cancelled_without_resend_or_refund(
+async def test_a_charge_its_own_sidecar_keeps_refusing_is_cancelled_without_refund(
     tmp_path: Path,
 ) -> None:
     """Payments has no healthy endpoint in the orders sidecar's view: the charge never leaves.
     Before, orders treated it as "outcome unknown", re-sent it to learn the outcome and - when
     that got through - refunded it (issue 15: 63 and 103 charge-then-refund pairs); when it did
     not, the order stayed PENDING."""
-    stock = {"sku-0001": 5}
-    async with (
-        running_shop(tmp_path, stock=stock, with_orders=False) as shop,
-        static_envoy(
-            tmp_path,
-            "orders-sidecar",
-            [Route("/grpcmesh.shop.v1.PaymentService/", "payments")],
-            [cluster("payments", None)],
-        ) as sidecar,
-    ):
-        await shop.start_orders(targets={**shop.targets, "payments": sidecar})
+    async with payments_through_a_sidecar(tmp_path, None) as shop:
         order = await place(shop.order_stub, "k", timeout=20)
         events = await watch_all(shop.order_stub, order.order_id)
         assert order.state == orders_pb2.ORDER_STATE_CANCELLED
@@ -158,3 +153,91 @@ async def test_a_charge_its_own_sidecar_refused_is_cancelled_without_resend_or_r
         report = assert_books_from_stores(shop)
         assert (report.captured, report.refunded) == (0, 0)
         assert (await stock_of(shop, "sku-0001")).available == 5
+
+
+async def test_a_charge_its_own_sidecar_could_not_send_yet_is_resent_and_confirmed(
+    tmp_path: Path,
+) -> None:
+    """A moment's gap in the caller's sidecar (here payments' endpoint refuses connections until
+    the first charge has failed on it; in the mesh, an endpoint not pushed yet) does not cancel
+    the order: the call never left, so orders resends it and the order is confirmed. Before,
+    the first such failure cancelled the order (CI saw one cancelled right after start)."""
+    # Bound, not listening: connections to it are refused until it listens.
+    with socket.socket() as closed:
+        closed.bind((LOCALHOST, 0))
+        async with payments_through_a_sidecar(tmp_path, closed.getsockname()[1]) as shop:
+            with runner_warnings() as warnings:
+                placing = asyncio.create_task(place(shop.order_stub, "k", timeout=20))
+
+                async def resending() -> bool:
+                    return any("charge: try 1 never sent" in w for w in warnings)
+
+                await poll(resending, "orders to resend a charge that never left")
+                async with forwarding(closed, shop.targets["payments"]):
+                    order = await placing
+            assert order.state == orders_pb2.ORDER_STATE_CONFIRMED, order.failure_reason
+            events = await watch_all(shop.order_stub, order.order_id)
+            assert event_names(events) == [
+                "PLACED", "PRICED", "STOCK_RESERVED",
+                "PAYMENT_CAPTURED", "STOCK_COMMITTED", "CONFIRMED",
+            ]  # fmt: skip
+            assert shop.faults.calls[CHARGE] == 1  # the one that got out
+            report = assert_books_from_stores(shop)
+            assert (report.captured, report.refunded) == (1, 0)
+
+
+@asynccontextmanager
+async def payments_through_a_sidecar(tmp_path: Path, port: int | None) -> AsyncIterator[Shop]:
+    """The shop with 5 of sku-0001, orders calling payments through its own static sidecar,
+    whose payments cluster is 127.0.0.1:``port`` (None: no endpoint)."""
+    async with (
+        running_shop(tmp_path, stock={"sku-0001": 5}, with_orders=False) as shop,
+        static_envoy(
+            tmp_path,
+            "orders-sidecar",
+            [Route("/grpcmesh.shop.v1.PaymentService/", "payments")],
+            [cluster("payments", port)],
+        ) as sidecar,
+    ):
+        await shop.start_orders(targets={**shop.targets, "payments": sidecar})
+        yield shop
+
+
+@contextmanager
+def runner_warnings() -> Iterator[list[str]]:
+    """The saga runner's warnings, as they are logged."""
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("grpcmesh_orders.runner")
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
+@asynccontextmanager
+async def forwarding(listener: socket.socket, target: str) -> AsyncIterator[None]:
+    """Listen on ``listener`` and relay every connection to ``target`` (host:port)."""
+    host, _, port = target.rpartition(":")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(relay, sock=listener)
+    try:
+        yield
+    finally:
+        server.close()

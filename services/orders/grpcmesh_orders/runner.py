@@ -24,12 +24,15 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
+    wait_exponential_jitter,
     wait_random_exponential,
 )
 
@@ -58,6 +61,8 @@ from grpcmesh_orders.settings import OrdersSettings
 from grpcmesh_orders.storage import ConcurrentAppend, Lease, LeaseLost, OrderRepository
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A saga appends at most a dozen events; far more means a decision loop, which must not spin.
 MAX_EVENTS = 64
@@ -263,10 +268,14 @@ class SagaRunner:
             case saga.PriceItems(items=items, currency_code=currency):
                 return [await self._price(items, currency)]
             case saga.ReserveStock(items=items):
-                return [await _step(Step.RESERVE, c.reserve(order_id, items), StockReserved())]
+                reserve = partial(c.reserve, order_id, items)
+                return [await self._step(order_id, Step.RESERVE, reserve, StockReserved())]
             case saga.ChargePayment(idempotency_key=key, customer_id=customer, amount=amount):
                 try:
-                    outcome = await c.charge(key, order_id, customer, amount)
+                    outcome = await self._resend_unsent(
+                        f"order {order_id}: charge",
+                        partial(c.charge, key, order_id, customer, amount),
+                    )
                 except CallFailed as exc:
                     return [saga.step_failed(Step.CHARGE, exc.code, exc.message, sent=exc.sent)]
                 if not outcome.captured:
@@ -275,7 +284,8 @@ class SagaRunner:
                     return [StepFailed(Step.CHARGE, "FAILED_PRECONDITION", reason, False)]
                 return [PaymentCaptured(outcome.payment_id, outcome.amount)]
             case saga.CommitStock():
-                return [await _step(Step.COMMIT, c.commit(order_id), StockCommitted())]
+                commit = partial(c.commit, order_id)
+                return [await self._step(order_id, Step.COMMIT, commit, StockCommitted())]
             case saga.Confirm():
                 return [Confirmed()]
             case saga.Cancel(reason=reason):
@@ -300,7 +310,11 @@ class SagaRunner:
     async def _price(self, items: Sequence[LineItem], currency: str) -> EventData:
         product_ids = sorted({item.product_id for item in items})
         results = await asyncio.gather(
-            *(self._clients.price(p) for p in product_ids), return_exceptions=True
+            *(
+                self._resend_unsent(f"price of {p}", partial(self._clients.price, p))
+                for p in product_ids
+            ),
+            return_exceptions=True,
         )
         prices: dict[str, Money] = {}
         for product_id, result in zip(product_ids, results, strict=True):
@@ -347,6 +361,43 @@ class SagaRunner:
             return [StepFailed(Step.CHARGE, "FAILED_PRECONDITION", reason, False)]
         return [PaymentCaptured(outcome.payment_id, outcome.amount, recovered=True)]
 
+    async def _step(
+        self, order_id: str, step: Step, call: Callable[[], Awaitable[None]], success: EventData
+    ) -> EventData:
+        try:
+            await self._resend_unsent(f"order {order_id}: {step.value}", call)
+        except CallFailed as exc:
+            return saga.step_failed(step, exc.code, exc.message, sent=exc.sent)
+        return success
+
+    async def _resend_unsent(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, made again (``unsent_step_attempts`` in all, with jittered backoff) while
+        it fails without having left this side of the mesh: it had no effect, so a moment's
+        gap in the caller's sidecar does not cancel the order. Any other failure, or the last
+        unsent one, is raised."""
+        s = self._settings()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(s.unsent_step_attempts),
+            # A floor under the jitter: the waits must span the gap, not all land in its start.
+            wait=wait_exponential_jitter(
+                multiplier=s.compensation_backoff_seconds,
+                max=s.compensation_max_backoff_seconds,
+                jitter=s.compensation_backoff_seconds,
+            ),
+            retry=retry_if_exception(lambda exc: isinstance(exc, CallFailed) and not exc.sent),
+            before_sleep=lambda state: log.warning(
+                "%s: try %d never sent, resending: %s",
+                what,
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else None,
+            ),
+            reraise=True,
+        )
+        async for attempt_state in retrying:
+            with attempt_state:
+                return await call()
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
     async def _compensate(
         self, what: str, order_id: str, attempt: Callable[[], Awaitable[list[EventData]]]
     ) -> list[EventData]:
@@ -382,11 +433,3 @@ class SagaRunner:
         except CallFailed as exc:
             raise CompensationStalled(f"{what}: {exc}") from exc
         raise AssertionError("unreachable: tenacity either returns or re-raises")
-
-
-async def _step(step: Step, call: Awaitable[None], success: EventData) -> EventData:
-    try:
-        await call
-    except CallFailed as exc:
-        return saga.step_failed(step, exc.code, exc.message, sent=exc.sent)
-    return success

@@ -14,6 +14,13 @@ class OrdersSettings(KitSettings):
     db_path: str = "orders.db"
     step_deadline_seconds: float = Field(default=5.0, gt=0)
     """Deadline of each call the saga makes to catalog, inventory or payments."""
+    unsent_step_attempts: int = Field(default=5, ge=1)
+    """Tries of a forward step (price, reserve, charge, commit) whose call never left this side
+    of the mesh (``clients.never_sent``: the caller's sidecar had no healthy upstream, say).
+    The compensation backoff, doubling, comes between them (0.75 to 1 s in all by default).
+    Such a call had no effect, so resending it is safe, and such gaps last moments: an
+    endpoint the control plane is still pushing, a sidecar restarting. Only after the last
+    try does the order fail that step."""
     compensation_attempts: int = Field(default=6, ge=1)
     """Tries per compensation call (refund, release, ...) in one go; if they all fail the
     order is left compensating and the recovery loop tries again once its lease expires."""
