@@ -9,8 +9,6 @@ serving certificate are signed here, nowhere else.
   SPIFFE ID is the only identity in it (URI SAN, empty subject), ECDSA P-256, digital
   signature only, usable as TLS server and client.
 - ``issue_serving``: a TLS server certificate for DNS names or addresses (the webhooks).
-- ``renew_at`` / ``needs_renewal``: the rotation rule, at a fraction of the lifetime (half by
-  default), as Istio and SPIRE do, so a certificate is replaced long before it can expire.
 - ``trust_bundle``: the roots a peer should trust; during a root rotation it holds both the
   old and the new root so certificates from either verify until the old ones are gone.
 
@@ -50,8 +48,6 @@ __all__ = [
     "Issued",
     "certificate_settings_from_env",
     "load_certificates",
-    "needs_renewal",
-    "renew_at",
     "spiffe_ids",
     "trust_bundle",
 ]
@@ -277,21 +273,6 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False
             )
         )
-
-
-def renew_at(cert: x509.Certificate, fraction: float = DEFAULT_RENEW_FRACTION) -> dt.datetime:
-    """When ``cert`` should be replaced: ``fraction`` of the way through its validity."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"renew fraction must be between 0 and 1 (exclusive), not {fraction}")
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return start + (end - start) * fraction
-
-
-def needs_renewal(
-    cert: x509.Certificate, now: dt.datetime, fraction: float = DEFAULT_RENEW_FRACTION
-) -> bool:
-    """Whether ``cert`` is due for renewal at ``now`` under the rotation rule."""
-    return now >= renew_at(cert, fraction)
 
 
 def trust_bundle(roots: Iterable[x509.Certificate], now: dt.datetime) -> bytes:

@@ -21,8 +21,6 @@ from grpcmesh_control.mesh.ca import (
     CertificateAuthority,
     Issued,
     load_certificates,
-    needs_renewal,
-    renew_at,
     spiffe_ids,
     trust_bundle,
 )
@@ -105,17 +103,6 @@ def test_an_expired_certificate_fails_verification(
 ) -> None:
     with pytest.raises(VerificationError):
         verify(svid, root.pem()[2], NOW + DEFAULT_WORKLOAD_TTL + dt.timedelta(seconds=1))
-
-
-def test_renewal_is_due_at_half_life_by_default(svid: Issued) -> None:
-    cert = svid.certificate
-    half = cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
-    assert renew_at(cert) == half
-    assert not needs_renewal(cert, half - dt.timedelta(seconds=1))
-    assert needs_renewal(cert, half)
-    assert renew_at(cert, 0.8) > half
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        renew_at(cert, 1.0)
 
 
 def test_the_ca_round_trips_through_pem(root: CertificateAuthority) -> None:
