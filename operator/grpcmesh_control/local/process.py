@@ -3,7 +3,8 @@
 Each child leads its own process group, so a terminal's Ctrl-C reaches only the launcher (which
 stops the children in order) and a signal to the group also reaches anything the child spawned.
 On Linux, ``setpriv --pdeathsig TERM`` makes the kernel send SIGTERM to the child if the
-launcher dies without stopping it (killed with SIGKILL, say), so no orphan holds a port.
+launcher dies without stopping it (killed with SIGKILL, say), so no orphan holds a port; a
+child whose launcher died before the signal was set exits by itself.
 """
 
 from __future__ import annotations
@@ -24,10 +25,28 @@ __all__ = ["ManagedProcess", "death_signal_prefix", "is_alive"]
 log = logging.getLogger(__name__)
 
 
-def death_signal_prefix() -> tuple[str, ...]:
-    """``setpriv --pdeathsig TERM --`` where util-linux provides it, else nothing."""
-    setpriv = shutil.which("setpriv")
-    return (setpriv, "--pdeathsig", "TERM", "--") if setpriv else ()
+# Run after setpriv has set the parent-death signal: a launcher that died before that (between
+# fork and prctl) left this child with another parent already, and the signal would never come.
+_STILL_OUR_PARENT = 'test "$PPID" = {parent} || exit 143; exec "$@"'
+
+
+def death_signal_prefix(parent: int | None = None) -> tuple[str, ...]:
+    """``setpriv --pdeathsig TERM``, then a shell that exits at once unless its parent is still
+    ``parent`` (this process by default), where util-linux and a shell exist; else nothing."""
+    setpriv, sh = shutil.which("setpriv"), shutil.which("sh")
+    if not (setpriv and sh):
+        return ()
+    launcher = os.getpid() if parent is None else parent
+    return (
+        setpriv,
+        "--pdeathsig",
+        "TERM",
+        "--",
+        sh,
+        "-c",
+        _STILL_OUR_PARENT.format(parent=launcher),
+        "grpcmesh-child",
+    )
 
 
 def is_alive(pid: int) -> bool:

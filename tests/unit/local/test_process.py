@@ -63,6 +63,40 @@ async def test_a_process_can_be_started_again_after_it_ended(tmp_path: Path) -> 
     assert process.spec.log.read_text() == "hi\nhi\n"  # appended: a restart keeps the old log
 
 
+async def test_a_child_whose_launcher_is_gone_before_the_death_signal_exits_at_once(
+    tmp_path: Path,
+) -> None:
+    """setpriv sets the parent-death signal after the fork: a launcher SIGKILLed in between
+    leaves a child the signal never reaches (CI saw it once). The child checks, once the
+    signal is set, that its parent is still the launcher; here it is not (the prefix names
+    another pid), so it exits without running its command."""
+    marker = tmp_path / "ran"
+    spec = ProcessSpec(
+        "child",
+        (sys.executable, "-c", f"open({str(marker)!r}, 'w'); import time; time.sleep(60)"),
+        tmp_path / "child.log",
+        tmp_path,
+    )
+    orphaned = ManagedProcess(
+        spec, base_env=dict(os.environ), prefix=death_signal_prefix(parent=os.getppid())
+    )
+    await orphaned.start()
+    assert await asyncio.wait_for(orphaned.wait(), 15) == 128 + signal.SIGTERM
+    assert not marker.exists()
+
+    # With its launcher still there (the default: this process), the command runs.
+    kept = ManagedProcess(spec, base_env=dict(os.environ), prefix=death_signal_prefix())
+    await kept.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not marker.exists():
+            assert loop.time() < deadline, "the child never ran its command"
+            await asyncio.sleep(0.01)
+    finally:
+        await kept.stop(timeout=5)
+
+
 # A launcher that starts one long-lived child and reports its pid, then waits forever.
 LAUNCHER = """
 import asyncio, os, sys
@@ -90,9 +124,8 @@ async def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
     try:
         child = psutil.Process(int(await asyncio.wait_for(launcher.stdout.readline(), 30)))
         assert child.is_running()
-        # setpriv sets the parent-death signal and then execs the command: killed before
-        # that, the launcher leaves a child the signal never reaches (seen once in CI). Wait
-        # for the exec, which keeps the signal.
+        # Wait for the command itself: this test is about the signal once set (the test above
+        # covers a launcher gone before).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
         while "time.sleep(60)" not in " ".join(child.cmdline()):
