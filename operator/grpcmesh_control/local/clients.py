@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -218,7 +219,9 @@ def _endpoints_not_built(status: Mapping[str, Any], ready: Mapping[str, int]) ->
     ``inputs_version``)."""
     if not status or status.get("version") != status.get("inputs_version"):
         return ["the control plane's snapshots of the newest endpoints"]
-    published = {s["name"]: s["endpoints"]["ready"] for s in status.get("services", [])}
+    published: Counter[str] = Counter()
+    for service in status.get("services", []):  # one name may be in several namespaces
+        published[service["name"]] += service["endpoints"]["ready"]
     return [
         f"{name}'s {count} ready endpoints"
         for name, count in sorted(ready.items())
