@@ -30,7 +30,7 @@ from grpcmesh_control.cluster.controller.settings import RuntimeSettings
 from tests.cluster.chart_release import ChartRelease
 from tests.cluster.kube import KubeCluster, wait_until
 
-__all__ = ["OperatorProcess", "container_env", "log_problems"]
+__all__ = ["OperatorProcess", "container_env", "log_problems", "stop_process"]
 
 Obj = dict[str, Any]
 
@@ -151,15 +151,9 @@ class OperatorProcess:
         """SIGTERM, as the kubelet sends it; (exit status, seconds it took to exit). Fails
         with the log when it has not exited within ``timeout``."""
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(
-                f"the operator ignored SIGTERM for {timeout:g}s:\n{self.log()}"
-            ) from None
+        code = stop_process(self.process, timeout)
+        if code is None:
+            raise AssertionError(f"the operator ignored SIGTERM for {timeout:g}s:\n{self.log()}")
         return code, time.monotonic() - started
 
     def close(self) -> None:
@@ -167,6 +161,18 @@ class OperatorProcess:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
+    """SIGTERM (what the kubelet sends), SIGKILL when it has not exited within ``timeout``;
+    its exit status, None when it had to be killed. Reaped either way."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
 
 
 def container_env(container: Mapping[str, Any], *, pod_name: str, namespace: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpcmesh.shop.v1 import catalog_pb2, catalog_pb2_grpc
 from tests.cluster.conftest import StartAgent
 from tests.cluster.kube import KubeCluster, wait_until
+from tests.cluster.operator_process import stop_process
 from tests.loopback import LOCALHOST, free_port
 from tests.scrape import fetch, value
 from tests.shared import REPO, tool
@@ -57,12 +58,7 @@ def operator(kube: KubeCluster, tmp_path: Path) -> Iterator[int]:
     try:
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
