@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from grpcmesh_control.cluster.controller.operator import XDS_ROOT_KEY as PUBLISHED_ROOT_KEY
 from grpcmesh_control.cluster.controller.settings import RuntimeSettings
 from grpcmesh_control.cluster.objects.proxy import (
     BOOTSTRAP_REPLICA,
+    DEFAULT_ROOTS_VARIABLE,
     XDS_TOKEN_AUDIENCE,
     XDS_TOKEN_DIR,
     XDS_TOKEN_FILE,
@@ -57,7 +59,7 @@ def expected_bootstrap(
     node = ProxyNode(id=GATEWAY_NODE)
     host = xds_address.rpartition(":")[0]
     exchange = XdsTokenExchange(
-        token_exchange_uri=f"http://{host}:{exchange_port}/token",
+        token_exchange_uri=f"https://{host}:{exchange_port}/token",
         subject_token_path=f"{XDS_TOKEN_DIR}/{XDS_TOKEN_FILE}",
         audience=XDS_TOKEN_AUDIENCE,
         trusted_ca_file=XDS_ROOT,
@@ -161,6 +163,29 @@ def test_command_and_pod() -> None:
     (port,) = service["spec"]["ports"]
     assert (port["port"], port["targetPort"]) == (80, "grpc")
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("auth", [True, False], ids=["xds-auth", "no-xds-auth"])
+def test_the_gateway_trusts_the_mesh_root_for_the_token_exchange(auth: bool) -> None:
+    """gRPC's STS credentials verify the HTTPS exchange against the default roots only: the
+    gateway's Envoy names the mesh root the operator publishes, as a mounted file."""
+    objects = render({"operator": {"xdsAuthentication": auth}})
+    _, deployment = gateway(objects, RELEASE)
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = env_of(container)
+    if not auth:
+        assert DEFAULT_ROOTS_VARIABLE not in env
+        return
+    assert env[DEFAULT_ROOTS_VARIABLE] == XDS_ROOT
+    directory, _, key = XDS_ROOT.rpartition("/")
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == f"{RELEASE}-xds-root"
+    operator = one(objects, "Deployment", f"{RELEASE}-operator")
+    (operator_container,) = operator["spec"]["template"]["spec"]["containers"]
+    assert env_of(operator_container)["GRPCMESH_XDS_ROOT_CONFIG_MAP"] == f"{RELEASE}-xds-root"
+    assert key == PUBLISHED_ROOT_KEY  # the key the operator writes
 
 
 def test_pod_ip_local_address_puts_the_gateways_listeners_on_the_pod_ip() -> None:

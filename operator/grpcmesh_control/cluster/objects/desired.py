@@ -107,11 +107,7 @@ def desired_objects(
         raise InvalidResource(f"{KIND} {namespace}/{svc.name}", problems)
     native = settings.provider is Provider.NATIVE
     objects = [_config_map(svc, namespace, owner)]
-    bootstrap = (
-        bootstrap_data(svc.name, svc.grpc.port, settings, proxyless=svc.proxyless)
-        if native
-        else None
-    )
+    bootstrap = bootstrap_data(svc.name, svc.grpc.port, settings) if native else None
     if bootstrap is not None:
         objects.append(_bootstrap_config_map(svc, namespace, owner, bootstrap))
     objects.append(_service(svc, namespace, owner, settings))

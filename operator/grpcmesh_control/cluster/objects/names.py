@@ -12,9 +12,10 @@ Service ``<svc>-<version>``     Headless, one per version. Its EndpointSlices ca
                                 pods; App Mesh's DNS discovery resolves it per version too.
 Deployment ``<svc>-<version>``  One per version, when spec.workload is set.
 ConfigMap ``<svc>-config``      ``config.yaml`` = spec.config, mounted as a directory.
-ConfigMap ``<svc>-envoy-bootstrap``  ``envoy.json``, the sidecar's bootstrap; for a proxyless
-                                service with xDS authentication, ``xds-root.pem`` too (the
-                                mesh root its app trusts for the control plane).
+ConfigMap ``<svc>-envoy-bootstrap``  ``envoy.json``, the sidecar's bootstrap; with xDS
+                                authentication, ``xds-root.pem`` too (the mesh root: Envoy's
+                                gRPC default roots for the token exchange, and what a
+                                proxyless app trusts for the control plane).
 ServiceMonitor ``<svc>``        When the prometheus-operator CRD exists.
 ==============================  ===============================================================
 

@@ -41,6 +41,7 @@ from grpcmesh_control.mesh.translate.proxyless import CALL_CREDS_GATE, grpc_boot
 __all__ = [
     "BOOTSTRAP_DIR",
     "BOOTSTRAP_REPLICA",
+    "DEFAULT_ROOTS_VARIABLE",
     "HEALTH_PORT_NAME",
     "INBOUND_PORT_NAME",
     "PROXYLESS_XDS_DIR",
@@ -75,7 +76,14 @@ XDS_TOKEN_AUDIENCE = "grpcmesh"  # cluster.controller.xds_auth.AUDIENCE checks i
 XDS_TOKEN_EXPIRY = 3600
 """Seconds a projected token lives; the kubelet replaces it at 80% of that."""
 XDS_ROOT_KEY = "xds-root.pem"
-"""The mesh root in a proxyless service's bootstrap ConfigMap (its app's TLS trust for xDS)."""
+"""The mesh root in a bootstrap ConfigMap (xDS authentication on): Envoy's trust for the token
+exchange (``DEFAULT_ROOTS_VARIABLE``) and a proxyless app's for xDS."""
+DEFAULT_ROOTS_VARIABLE = "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
+"""gRPC's default roots file. Envoy's ``google_grpc`` STS call credentials verify an ``https``
+token exchange against the process's default roots and have no field for others, so the
+Envoy container points this at the mesh root. Nothing else gRPC does in the sidecar uses the
+default roots: the ADS channel carries its own (``root_certs``), every other client is
+Envoy's own (BoringSSL contexts from xDS), so the public roots it replaces are never needed."""
 PROXYLESS_XDS_VOLUME = "proxyless-xds"
 PROXYLESS_XDS_DIR = "/var/run/secrets/grpcmesh/proxyless-xds"
 PROXYLESS_ROOT_FILE = "ca.pem"
@@ -121,14 +129,13 @@ def sidecar_node_id(service: str) -> str:
     return f"{NodeKind.SIDECAR.value}~{service}~$({POD_NAME_VARIABLE})"
 
 
-def bootstrap_data(
-    service: str, app_port: int, settings: OperatorSettings, *, proxyless: bool = False
-) -> dict[str, str]:
+def bootstrap_data(service: str, app_port: int, settings: OperatorSettings) -> dict[str, str]:
     """The bootstrap ConfigMap's ``data``: Envoy's bootstrap, canonical JSON (sorted keys), so
-    equal bootstraps hash equal. A ``proxyless`` service with xDS authentication on also gets
-    the mesh root (``XDS_ROOT_KEY``): gRPC's ``tls`` channel credentials read their trust from
-    a file, where Envoy's bootstrap carries it inline. Hashed with the rest, so a new root
-    rolls the pods."""
+    equal bootstraps hash equal. With xDS authentication on it also holds the mesh root
+    (``XDS_ROOT_KEY``), as a file: Envoy's STS credentials verify the token exchange against
+    gRPC's default roots file (``DEFAULT_ROOTS_VARIABLE``), and a proxyless app's ``tls``
+    channel credentials read their trust from a file, where Envoy's bootstrap carries it
+    inline. Hashed with the rest, so a new root rolls the pods."""
     proxy = settings.proxy
     node = ProxyNode(
         id=NodeId.sidecar(service, BOOTSTRAP_REPLICA),
@@ -151,7 +158,7 @@ def bootstrap_data(
         xds_token_exchange=xds_token_exchange(settings),
     )
     data = {BOOTSTRAP_KEY: json.dumps(document, indent=2, sort_keys=True) + "\n"}
-    if proxyless and settings.xds_credential is not None:
+    if settings.xds_credential is not None:
         data[XDS_ROOT_KEY] = settings.xds_credential.root_pem
     return data
 
@@ -257,6 +264,9 @@ def proxy_container(service: str, settings: OperatorSettings) -> dict[str, Any]:
     )
     command += ["--service-node", sidecar_node_id(service), "--service-cluster", service]
     env: list[dict[str, Any]] = pod_name_env()
+    if settings.xds_credential is not None:
+        # The bootstrap ConfigMap's mesh root, mounted with the bootstrap (bootstrap_data).
+        env.append({"name": DEFAULT_ROOTS_VARIABLE, "value": f"{BOOTSTRAP_DIR}/{XDS_ROOT_KEY}"})
     if settings.pod_local_address is PodLocalAddress.POD_IP:
         overlay = render_local_overlay(
             proxy.admin_port,
