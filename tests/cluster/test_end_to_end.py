@@ -180,10 +180,21 @@ def current_and_ready(body: Mapping[str, Any]) -> bool:
     )
 
 
+def every_endpoint_ready(body: Mapping[str, Any]) -> bool:
+    """The status counts every replica's endpoint ready. Ready comes earlier: it needs the
+    Deployment available and one ready endpoint, and the EndpointSlice controller can lag
+    the Deployment's availability by a moment (CI saw 1 of 2 at Ready)."""
+    replicas = body["spec"].get("replicas", 1)
+    endpoints = (body.get("status") or {}).get("endpoints")
+    return bool(endpoints == {"ready": replicas, "total": replicas})
+
+
 def all_ready(kube: KubeCluster) -> list[Obj] | None:
     bodies = kube.items("meshservices", NAMESPACE)
     names = {b["metadata"]["name"] for b in bodies}
-    if names == set(SERVICES) and all(map(current_and_ready, bodies)):
+    if names == set(SERVICES) and all(
+        current_and_ready(b) and every_endpoint_ready(b) for b in bodies
+    ):
         return bodies
     return None
 
