@@ -195,8 +195,8 @@ def test_only_the_services_own_account_gets_its_config(
     catalog["spec"]["replicas"] = 1
     kube.apply([descriptors(), catalog, proxyless_orders()], namespace=namespace)
     try:
-        serve_only_its_own_account(kube, namespace, operator, tmp_path)
-        serve_the_proxyless_app_its_own_routes(kube, namespace, operator, tmp_path)
+        refused = serve_only_its_own_account(kube, namespace, operator, tmp_path)
+        serve_the_proxyless_app_its_own_routes(kube, namespace, operator, tmp_path, refused)
     finally:
         # Gone before the namespace is: another module's cluster-wide operator would see it.
         kube.kubectl("delete", "meshservice", "catalog", "orders", "-n", namespace, timeout=60)
@@ -220,8 +220,10 @@ def acked_node(operator: RunningOperator, node_id: str) -> dict[str, Any] | None
 
 
 def serve_the_proxyless_app_its_own_routes(
-    kube: KubeCluster, namespace: str, operator: RunningOperator, tmp_path: Path
+    kube: KubeCluster, namespace: str, operator: RunningOperator, tmp_path: Path, refused: float
 ) -> None:
+    """``refused``: the ``wrong_node`` refusals so far (the intruding Envoy's)."""
+
     # 4. The proxyless app, with the token, root and gate the operator rendered: served.
     def orders_pod() -> dict[str, Any] | None:
         pods = kube.items("pods", namespace, "grpcmesh.io/service=orders")
@@ -230,7 +232,8 @@ def serve_the_proxyless_app_its_own_routes(
     pod = wait_until(orders_pod, "the orders pod started", timeout=60)
     node_id = f"proxyless~orders~{pod['metadata']['name']}"
     wait_until(lambda: acked_node(operator, node_id), f"{node_id} to ACK", timeout=60)
-    assert operator.refusals("wrong_node") == 2 and operator.refusals("unauthenticated") == 2
+    assert operator.refusals("wrong_node") == refused  # the pod's own stream: none added
+    assert operator.refusals("unauthenticated") == 2
     (app,) = pod["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in app["env"]}
     assert env[XDS_GATE] == "true"
@@ -258,7 +261,7 @@ def serve_the_proxyless_app_its_own_routes(
         )
         try:
             wait_until(
-                lambda: operator.refusals("wrong_node") > 2 or None,
+                lambda: operator.refusals("wrong_node") > refused or None,
                 "the operator to refuse the proxyless intruder",
                 timeout=30,
             )
@@ -271,7 +274,9 @@ def serve_the_proxyless_app_its_own_routes(
 
 def serve_only_its_own_account(
     kube: KubeCluster, namespace: str, operator: RunningOperator, tmp_path: Path
-) -> None:
+) -> float:
+    """Returns the ``wrong_node`` refusals it caused: at least two, one more when Envoy's
+    next retry comes before it is stopped (CI saw three)."""
 
     # 1. The sidecar with its own account's projected token: config over TLS, pod Ready.
     pod = wait_until(lambda: ready_pod(kube, namespace), "the catalog pod Ready", timeout=90)
@@ -359,3 +364,4 @@ def serve_only_its_own_account(
     assert operator.refusals("unauthenticated") == 2
     code, answer = exchange(operator.token_exchange, api_token, mesh_root)
     assert code == 400 and answer["error"] == "invalid_grant"
+    return operator.refusals("wrong_node")
