@@ -56,12 +56,10 @@ __all__ = [
     "DEFAULT_RUN_DIR",
     "LauncherError",
     "MeshOptions",
-    "NotConverged",
     "NotFollowed",
     "prepare",
     "read_state",
     "run_mesh",
-    "wait_converged",
     "wait_followed",
 ]
 
